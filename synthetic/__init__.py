@@ -1,0 +1,41 @@
+"""Synthetic worlds, Bradley-Terry labels, DPO estimators and Monte-Carlo replicates."""
+
+from synthetic.baselines import first_two_weights, reference_weights, uniform_weights
+from synthetic.estimators import DPOResult, NewtonResult, dpo_loss, fit_dpo_optax, fit_newton
+from synthetic.labels import Allocation, allocation_from_counts, sample_allocation, simulate_wins
+from synthetic.monte_carlo import ReplicateResult, make_replicate, mean_and_ci, simulate_gaps
+from synthetic.worlds import (
+    Pool,
+    World,
+    contextual_world,
+    gaussian_world,
+    tabular_world,
+    world_curvature,
+    world_gap,
+)
+
+__all__ = [
+    "Pool",
+    "World",
+    "tabular_world",
+    "contextual_world",
+    "gaussian_world",
+    "world_gap",
+    "world_curvature",
+    "Allocation",
+    "allocation_from_counts",
+    "sample_allocation",
+    "simulate_wins",
+    "NewtonResult",
+    "DPOResult",
+    "dpo_loss",
+    "fit_newton",
+    "fit_dpo_optax",
+    "ReplicateResult",
+    "make_replicate",
+    "simulate_gaps",
+    "mean_and_ci",
+    "uniform_weights",
+    "reference_weights",
+    "first_two_weights",
+]

@@ -1,0 +1,175 @@
+r"""Design information matrix, the design criterion and the asymptotic gap.
+
+For an edge ``e = (x, y, y')`` with difference ``z_e = phi(x,y) - phi(x,y')`` one
+Bradley-Terry label is a logistic observation with covariate ``beta z_e``; its Fisher
+information at ``theta`` is ``beta^2 sigmoid'(beta theta.z_e) z_e z_e^T``. A design
+``w`` (probability vector over edges) has per-label information
+
+.. math::
+
+    \Sigma_w(\theta) = \beta^2 \sum_e w_e\, \sigma'(\beta\,\theta^\top z_e)\, z_e z_e^\top,
+    \qquad \sigma'(u) = \sigma(u)\,\sigma(-u),
+
+and criterion :math:`\Phi(w;\theta) = \mathrm{tr}(I(\theta)\,\Sigma_w(\theta)^+)`.
+Theory brief section 3; :math:`n\,\mathbb{E}G(\hat\theta_n) \to (\beta/2)\Phi(w;\theta^*)`.
+
+The pseudo-inverse is taken on the range of ``Sigma``. Equivalently
+:math:`\Phi = \lim_{\epsilon \downarrow 0} \mathrm{tr}(I (\Sigma + \epsilon\,\mathrm{Id})^{-1})`:
+directions that no edge sees (a per-prompt constant feature, the all-ones direction
+of a tabular model) carry no curvature and drop out, while a direction that carries
+curvature but that the design does not cover makes the criterion ``+inf``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from theory import _validation as V
+from theory.policy import normalized_prompt_weights, _policy_curvature
+
+__all__ = [
+    "information_matrix",
+    "design_criterion",
+    "trace_criterion",
+    "asymptotic_gap",
+]
+
+
+def _sigmoid_prime(u):
+    # sigmoid'(u) = sigmoid(u) sigmoid(-u), computed without cancellation for large |u|.
+    return jnp.exp(jax.nn.log_sigmoid(u) + jax.nn.log_sigmoid(-u))
+
+
+@jax.jit
+def _information_matrix(theta, diffs, weights, beta):
+    """Unchecked ``beta^2 sum_e weights_e sigmoid'(beta theta.z_e) z_e z_e^T``.
+
+    ``weights`` need not sum to one (the estimators pass label counts).
+    """
+    s = weights * _sigmoid_prime(beta * (diffs @ theta))
+    return beta**2 * (diffs.T * s) @ diffs
+
+
+def information_matrix(theta, diffs, weights, beta):
+    """Per-label information matrix ``Sigma_w(theta)`` of a design.
+
+    Args:
+      theta: ``[d]``.
+      diffs: ``[E, d]`` edge differences ``z_e = phi(x, y) - phi(x, y')``.
+      weights: ``[E]`` design, a probability vector over the edges.
+      beta: KL strength ``> 0``.
+
+    Returns:
+      ``[d, d]``: ``beta^2 sum_e w_e sigmoid'(beta theta.z_e) z_e z_e^T``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> S = information_matrix(jnp.zeros(2), jnp.eye(2), jnp.array([0.5, 0.5]), 1.0)
+      >>> bool(jnp.allclose(S, 0.125 * jnp.eye(2)))   # sigmoid'(0) = 1/4
+      True
+    """
+    e, d = V.check_diffs(diffs)
+    V.check_theta(theta, d)
+    V.check_design_weights(weights, e)
+    V.check_beta(beta)
+    return _information_matrix(theta, diffs, weights, beta)
+
+
+@jax.jit
+def _trace_criterion(curvature, sigma, ridge):
+    """``tr(I Sigma^+)`` on range(Sigma) (``ridge == 0``) or ``tr(I (ridge Id + Sigma)^-1)``."""
+    d = sigma.shape[0]
+    eps = jnp.finfo(sigma.dtype).eps
+    sym = 0.5 * (sigma + sigma.T)
+    # Regularised form: shift every eigenvalue by ridge.
+    lam, vec = jnp.linalg.eigh(sym)
+    proj = jnp.einsum("ia,ij,ja->a", vec, curvature, vec)  # v_a^T I v_a
+    lam_max = jnp.maximum(jnp.max(lam), 0.0)
+    # Numerical rank of Sigma: eigenvalues below 10 d eps lam_max are zero.
+    in_range = lam > 10.0 * d * eps * lam_max
+    pinv_value = jnp.sum(jnp.where(in_range, proj / jnp.where(in_range, lam, 1.0), 0.0))
+    # Curvature outside range(Sigma): a direction that matters to I is not covered.
+    uncovered = jnp.sum(jnp.where(in_range, 0.0, proj))
+    tr_i = jnp.maximum(jnp.trace(curvature), jnp.finfo(sigma.dtype).tiny)
+    not_covered = uncovered > jnp.sqrt(eps) * tr_i
+    pinv_value = jnp.where(not_covered, jnp.inf, pinv_value)
+    ridge_value = jnp.sum(proj / (lam + ridge))
+    return jnp.where(ridge > 0, ridge_value, pinv_value)
+
+
+def trace_criterion(curvature, sigma, ridge=0.0):
+    """``tr(I Sigma^+)`` from the two matrices (see :func:`design_criterion`).
+
+    Args:
+      curvature: ``[d, d]`` the policy curvature ``I``.
+      sigma: ``[d, d]`` an information matrix.
+      ridge: ``>= 0``; when ``> 0`` returns ``tr(I (ridge Id + Sigma)^-1)``.
+    """
+    d = V._shape(sigma)[0] if len(V._shape(sigma)) == 2 else -1
+    V.check_curvature(sigma, d, "sigma")
+    V.check_curvature(curvature, d)
+    V.check_nonnegative(ridge, "ridge")
+    return _trace_criterion(curvature, sigma, ridge)
+
+
+def design_criterion(weights, theta, diffs, curvature, beta, ridge=0.0):
+    """Design criterion ``Phi(w; theta) = tr(I Sigma_w(theta)^+)``.
+
+    The pseudo-inverse acts on the identifiable subspace (the range of
+    ``Sigma_w``). When some direction with curvature (``v^T I v > 0``) is not seen by
+    any weighted edge, the value is ``+inf``. With ``ridge > 0`` it is the paper's
+    regularised ``tr(I (ridge Id + Sigma_w)^-1)``.
+
+    Args:
+      weights: ``[E]`` design, a probability vector.
+      theta: ``[d]`` where the information is evaluated (``theta*`` for the oracle,
+        the reference ``0`` for the plug-in design).
+      diffs: ``[E, d]`` edge differences.
+      curvature: ``[d, d]`` ``I(theta)`` (from :func:`theory.policy_curvature`).
+      beta: ``> 0``.
+      ridge: ``>= 0``.
+
+    Returns:
+      Scalar in ``(0, inf]``.
+    """
+    e, d = V.check_diffs(diffs)
+    V.check_design_weights(weights, e)
+    V.check_theta(theta, d)
+    V.check_curvature(curvature, d)
+    V.check_beta(beta)
+    V.check_nonnegative(ridge, "ridge")
+    sigma = _information_matrix(theta, diffs, weights, beta)
+    return _trace_criterion(curvature, sigma, ridge)
+
+
+def asymptotic_gap(weights, theta_star, features, log_ref, diffs, beta, n, prompt_weights=None):
+    """Asymptotic prediction ``E G(theta_hat_n) ~ (beta / (2 n)) tr(I(theta*) Sigma_w(theta*)^+)``.
+
+    ``features``/``log_ref``/``prompt_weights`` describe the pool on which the gap is
+    measured (held-out prompts in the contextual world); ``diffs`` are the candidate
+    edges of the design, which may come from other (training) prompts.
+
+    Args:
+      weights: ``[E]`` design.
+      theta_star: ``[d]``.
+      features: ``[m, K, d]``.
+      log_ref: ``[m, K]``.
+      diffs: ``[E, d]``.
+      beta: ``> 0``.
+      n: number of labels ``> 0``.
+      prompt_weights: ``[m]`` or ``None``.
+    """
+    m, _, d = V.check_pool(features, log_ref)
+    e, d2 = V.check_diffs(diffs)
+    if d2 != d:
+        raise ValueError(f"diffs must have d = {d} columns to match features, got {d2}")
+    V.check_design_weights(weights, e)
+    V.check_theta(theta_star, d, "theta_star")
+    V.check_beta(beta)
+    V.check_budget(n)
+    V.check_prompt_weights(prompt_weights, m)
+    rho = normalized_prompt_weights(prompt_weights, m, jnp.result_type(features))
+    curvature = _policy_curvature(theta_star, features, log_ref, rho)
+    sigma = _information_matrix(theta_star, diffs, weights, beta)
+    return beta / (2.0 * n) * _trace_criterion(curvature, sigma, 0.0)
