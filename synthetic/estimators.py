@@ -30,7 +30,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 __all__ = [
@@ -51,9 +50,9 @@ class NewtonResult(NamedTuple):
       grad_norm: Euclidean norm of the final gradient.
       num_iter: Newton iterations taken.
       converged: the last accepted step was below ``tol (1 + ||theta||)``.
-      mle_exists: ``converged`` and every fitted margin ``|beta theta.z_e|`` on a
-        labelled edge is below ``separation_margin``. ``False`` flags separable labels
-        (the unpenalised MLE is at infinity); the returned ``theta`` is then the last
+      mle_exists: ``converged`` and the Hessian on the labelled span is not
+        degenerate (see :func:`fit_newton`). ``False`` flags separable labels (the
+        unpenalised MLE is at infinity); the returned ``theta`` is then the last
         iterate and must not be used as an estimate.
       max_margin: ``max_e |beta theta.z_e|`` over labelled edges.
     """
@@ -128,30 +127,36 @@ def _null_projector(diffs, counts):
     return (vec * null) @ vec.T
 
 
-def fit_newton(diffs, counts, wins, beta, ridge=0.0, max_iter=100, tol=None, separation_margin=None):
+def fit_newton(diffs, counts, wins, beta, ridge=0.0, max_iter=100, tol=None, curvature_floor=None):
     """Exact DPO/MLE by damped Newton with Armijo backtracking.
 
     Newton directions solve ``(H + P_null) delta = -g`` with ``P_null`` the projector
     on the directions no labelled edge sees; since ``g`` lies in the labelled span,
-    so do the iterates, giving the minimum-norm minimiser.
+    so do the iterates, giving the minimum-norm minimiser. The Armijo test allows a
+    rounding slack of ``10 eps (1 + |L|)`` so that steps whose decrease is below the
+    loss's resolution (close to the optimum, or in float32) are still taken.
 
-    Separation (no finite MLE) is detected, not hidden: on separable labels the
-    Newton steps stay of order one in margin units while ``||theta||`` grows, so the
-    step test never passes and the margins run off; ``mle_exists`` is then
-    ``False``. The rule is checked against an exact linear-programming oracle in the
-    tests.
+    Separation (no finite MLE) is detected, not hidden. Along an escape direction
+    ``v`` of separable labels the curvature ``v^T H v`` decays like
+    ``exp(-margin)`` while the iterates run off, so either the step test never passes
+    within ``max_iter`` (``converged = False``), or the iterates stall where the
+    curvature on the labelled span has collapsed. ``mle_exists`` therefore requires
+    convergence *and* a smallest eigenvalue of ``H(theta_hat)`` on the labelled span
+    of at least ``curvature_floor`` times the largest eigenvalue of ``H(0)``. The rule is checked against an exact
+    linear-programming oracle in the tests. With ``ridge > 0`` the minimiser always
+    exists and only convergence is required.
 
     Args:
       diffs: ``[A, d]``.
       counts: ``[A]`` labels per edge (zeros allowed).
       wins: ``[A]`` wins of the first completion (may be fractional).
       beta: ``> 0``.
-      ridge: per-label ridge ``>= 0`` (with ``ridge > 0`` the minimiser always exists).
+      ridge: per-label ridge ``>= 0``.
       max_iter: Newton iteration cap.
       tol: relative step tolerance; default ``eps^0.6`` of the dtype (4e-10 in
         float64, 7e-5 in float32).
-      separation_margin: largest believable fitted margin; default
-        ``0.5 log(1/eps) + 5`` (23 in float64, 13 in float32).
+      curvature_floor: smallest believable ``lambda_min(H(theta_hat)) / lambda_max(H(0))``
+        on the labelled span; default ``sqrt(eps)`` (1.5e-8 in float64, 3.5e-4 in float32).
 
     Returns:
       :class:`NewtonResult`.
@@ -159,7 +164,7 @@ def fit_newton(diffs, counts, wins, beta, ridge=0.0, max_iter=100, tol=None, sep
     dtype = diffs.dtype
     eps = float(jnp.finfo(dtype).eps)
     tol = eps**0.6 if tol is None else tol
-    separation_margin = 0.5 * float(-np.log(eps)) + 5.0 if separation_margin is None else separation_margin
+    curvature_floor = eps**0.5 if curvature_floor is None else curvature_floor
     counts = jnp.asarray(counts, dtype=dtype)
     wins = jnp.asarray(wins, dtype=dtype)
     d = diffs.shape[1]
@@ -176,33 +181,43 @@ def fit_newton(diffs, counts, wins, beta, ridge=0.0, max_iter=100, tol=None, sep
         theta, _, it, f0 = state
         g, h = _grad_hess(theta, diffs, counts, wins, beta, ridge)
         delta = -jnp.linalg.solve(h + p_null, g)
-        slope = jnp.dot(g, delta)  # < 0 for a descent direction
+        delta = jnp.where(jnp.all(jnp.isfinite(delta)), delta, 0.0)
+        slope = jnp.dot(g, delta)  # <= 0 for a descent direction
+        slack = 10.0 * eps * (1.0 + jnp.abs(f0))
 
-        def ls_cond(ls):
-            t, f_new, k = ls
-            return (f_new > f0 + 0.25 * t * slope) & (k < 40)
+        def ok(t, f_new):
+            return jnp.isfinite(f_new) & (f_new <= f0 + 0.25 * t * slope + slack)
 
         def ls_body(ls):
             t, _, k = ls
             t = 0.5 * t
             return t, loss(theta + t * delta), k + 1
 
-        t, f1, k = jax.lax.while_loop(ls_cond, ls_body, (jnp.asarray(1.0, dtype), loss(theta + delta), 0))
-        accepted = (f1 <= f0 + 0.25 * t * slope) & jnp.isfinite(f1)
+        t, f1, _ = jax.lax.while_loop(
+            lambda ls: ~ok(ls[0], ls[1]) & (ls[2] < 60), ls_body, (jnp.asarray(1.0, dtype), loss(theta + delta), 0)
+        )
+        accepted = ok(t, f1)
         t = jnp.where(accepted, t, 0.0)
         new_theta = theta + t * delta
         step_norm = jnp.linalg.norm(t * delta)
-        # Converged: step below tolerance. Stored as step = 0 to stop the loop.
+        # Converged: step below tolerance; stored as step = 0 to stop the loop.
         done = step_norm <= tol * (1.0 + jnp.linalg.norm(new_theta))
         return new_theta, jnp.where(done, 0.0, step_norm + 1.0), it + 1, jnp.where(accepted, f1, f0)
 
     theta0 = jnp.zeros((d,), dtype)
     init = (theta0, jnp.asarray(jnp.inf, dtype), jnp.asarray(0, jnp.int32), loss(theta0))
     theta, step, it, f = jax.lax.while_loop(cond, body, init)
-    g, _ = _grad_hess(theta, diffs, counts, wins, beta, ridge)
+    g, h = _grad_hess(theta, diffs, counts, wins, beta, 0.0)
     converged = step == 0
+    # Smallest eigenvalue of H on the labelled span (null directions lifted out of
+    # the way), against the curvature scale at theta = 0, which no iterate changes.
+    _, h0 = _grad_hess(theta0, diffs, counts, wins, beta, 0.0)
+    scale = jnp.max(jnp.linalg.eigvalsh(h0))
+    lam_min_span = jnp.min(jnp.linalg.eigvalsh(h + scale * p_null))
+    curvature_ok = lam_min_span >= curvature_floor * scale
+    exists = converged & ((ridge > 0) | curvature_ok)
+    g = g + ridge * theta
     max_margin = jnp.max(jnp.where(counts > 0, jnp.abs(beta * (diffs @ theta)), 0.0))
-    exists = converged & (max_margin <= separation_margin)
     return NewtonResult(theta, f, jnp.linalg.norm(g), it, converged, exists, max_margin)
 
 

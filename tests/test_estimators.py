@@ -1,0 +1,162 @@
+"""Newton MLE against statsmodels/scipy, separation against an LP oracle, optax DPO against Newton."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.optimize
+import statsmodels.api as sm
+
+from synthetic import dpo_loss, fit_dpo_optax, fit_newton, simulate_wins
+from theory import enumerate_edges
+
+
+def _data(seed, e=25, d=3, c=30, beta=0.7):
+    rng = np.random.default_rng(seed)
+    diffs = rng.normal(size=(e, d))
+    ts = rng.normal(size=d)
+    counts = rng.integers(1, c, size=e).astype(float)
+    wins = np.asarray(simulate_wins(jax.random.PRNGKey(seed), ts, diffs, counts, beta))
+    return diffs, counts, wins, beta
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_newton_matches_statsmodels_binomial_glm(seed):
+    diffs, counts, wins, beta = _data(seed)
+    fit = fit_newton(jnp.asarray(diffs), counts, wins, beta)
+    assert bool(fit.converged) and bool(fit.mle_exists)
+    glm = sm.GLM(np.c_[wins, counts - wins], beta * diffs, family=sm.families.Binomial()).fit(tol=1e-13)
+    np.testing.assert_allclose(fit.theta, glm.params, rtol=1e-8, atol=1e-10)
+    assert float(fit.grad_norm) < 1e-10
+
+
+def test_newton_min_norm_on_non_identifiable_tabular_edges():
+    """Tabular diffs never see the all-ones direction: theta_hat is orthogonal to it and
+    the identifiable margins equal statsmodels' fitted linear predictor."""
+    rng = np.random.default_rng(1)
+    k = 5
+    feats, log_ref = np.eye(k)[None], np.zeros((1, k))
+    edges = enumerate_edges(feats, log_ref)
+    diffs = np.asarray(edges.diffs)
+    counts = np.full(edges.num_edges, 40.0)
+    wins = np.asarray(simulate_wins(jax.random.PRNGKey(1), rng.normal(size=k), diffs, counts, 1.0))
+    fit = fit_newton(jnp.asarray(diffs), counts, wins, 1.0)
+    assert bool(fit.mle_exists)
+    assert abs(float(np.sum(fit.theta))) < 1e-10
+    # Reference-item parametrisation (theta_0 = 0) is identifiable: drop column 0.
+    glm = sm.GLM(np.c_[wins, counts - wins], diffs[:, 1:], family=sm.families.Binomial()).fit(tol=1e-13)
+    np.testing.assert_allclose(diffs @ np.asarray(fit.theta), diffs[:, 1:] @ glm.params, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("ridge", [1e-3, 0.1])
+def test_newton_with_ridge_matches_scipy_minimize(ridge):
+    diffs, counts, wins, beta = _data(9, e=10, d=4, c=5)
+    fit = fit_newton(jnp.asarray(diffs), counts, wins, beta, ridge=ridge)
+    f = lambda t: float(dpo_loss(jnp.asarray(t), jnp.asarray(diffs), counts, wins, beta, ridge))
+    g = lambda t: np.asarray(jax.grad(dpo_loss)(jnp.asarray(t), jnp.asarray(diffs), counts, wins, beta, ridge))
+    ref = scipy.optimize.minimize(f, np.zeros(4), jac=g, method="BFGS", options={"gtol": 1e-12})
+    np.testing.assert_allclose(fit.theta, ref.x, rtol=1e-6, atol=1e-8)
+
+
+def _separable_lp(diffs, counts, wins):
+    """Exact oracle: labels are (quasi-)separable iff some v has A v >= 0 and 1^T A v >= 1,
+    where A stacks +z_e for every edge with a win and -z_e for every edge with a loss."""
+    rows = [diffs[e] for e in range(len(counts)) if wins[e] > 0] + [
+        -diffs[e] for e in range(len(counts)) if counts[e] - wins[e] > 0
+    ]
+    a = np.array(rows)
+    d = a.shape[1]
+    res = scipy.optimize.linprog(
+        np.zeros(d), A_ub=np.vstack([-a, -a.sum(axis=0, keepdims=True)]),
+        b_ub=np.r_[np.zeros(len(a)), -1.0], bounds=[(None, None)] * d, method="highs",
+    )
+    return res.status == 0
+
+
+@pytest.mark.parametrize("seed, e, d, max_count", [(0, 5, 2, 2), (1, 6, 3, 3), (2, 9, 4, 5)])
+def test_separation_detection_agrees_with_lp_oracle(seed, e, d, max_count):
+    """Small random samples separate often; the Newton flag must agree with the LP on each."""
+    rng = np.random.default_rng(seed)
+    n_cases = 300
+    diffs = rng.normal(size=(n_cases, e, d))
+    counts = rng.integers(1, max_count + 1, size=(n_cases, e)).astype(float)
+    ts = rng.normal(size=d)
+    keys = jax.random.split(jax.random.PRNGKey(seed), n_cases)
+    wins = np.asarray(jax.vmap(lambda k, z, c: simulate_wins(k, ts, z, c, 1.5))(keys, diffs, counts))
+    fits = jax.jit(jax.vmap(lambda z, c, w: fit_newton(z, c, w, 1.0)))(jnp.asarray(diffs), counts, wins)
+    separable = np.array([_separable_lp(diffs[i], counts[i], wins[i]) for i in range(n_cases)])
+    assert 0.05 < separable.mean() < 0.95  # both kinds are exercised
+    np.testing.assert_array_equal(~np.asarray(fits.mle_exists), separable)
+    ok = np.asarray(fits.mle_exists)
+    assert np.all(np.asarray(fits.grad_norm)[ok] < 1e-8)
+
+
+def test_separable_labels_flagged_and_ridge_restores_existence():
+    diffs, counts, wins = jnp.array([[1.0, 0.0], [0.0, 1.0]]), np.array([3.0, 2.0]), np.array([3.0, 1.0])
+    fit = fit_newton(diffs, counts, wins, 1.0)
+    assert not bool(fit.mle_exists) and float(fit.max_margin) > 20  # iterates ran off
+    ridged = fit_newton(diffs, counts, wins, 1.0, ridge=0.01)
+    assert bool(ridged.mle_exists) and bool(ridged.converged)
+
+
+@pytest.mark.parametrize("optimizer, lr, steps", [("adam", 0.05, 3000), ("rmsprop", 0.01, 3000)])
+def test_optax_dpo_reaches_newton_solution(optimizer, lr, steps):
+    diffs, counts, wins, beta = _data(3)
+    newton = fit_newton(jnp.asarray(diffs), counts, wins, beta)
+    dpo = fit_dpo_optax(jnp.asarray(diffs), counts, wins, beta, optimizer=optimizer, learning_rate=lr, num_steps=steps)
+    # The loss is flat near the optimum: parameters agree to ~1e-4 when losses agree to ~1e-9.
+    np.testing.assert_allclose(dpo.theta, newton.theta, rtol=1e-4, atol=1e-5)
+    assert float(dpo.loss) - float(newton.loss) < 1e-8
+    assert float(dpo.loss_history[0]) > float(dpo.loss)
+
+
+def test_optax_label_smoothing_equals_newton_on_smoothed_wins():
+    diffs, counts, wins, beta = _data(4)
+    eps = 0.1
+    smoothed = (1 - eps) * wins + eps * (counts - wins)
+    newton = fit_newton(jnp.asarray(diffs), counts, smoothed, beta)
+    dpo = fit_dpo_optax(jnp.asarray(diffs), counts, wins, beta, label_smoothing=eps, num_steps=3000)
+    np.testing.assert_allclose(dpo.theta, newton.theta, rtol=1e-4, atol=1e-5)
+    # and the smoothed solution is shrunk towards 0 relative to the plain MLE
+    plain = fit_newton(jnp.asarray(diffs), counts, wins, beta)
+    assert float(jnp.linalg.norm(newton.theta)) < float(jnp.linalg.norm(plain.theta))
+
+
+def test_dpo_loss_matches_trl_per_label_form():
+    """Sum over expanded labels of -(1-eps) log sigmoid(beta m) - eps log sigmoid(-beta m)."""
+    diffs, counts, wins, beta = _data(5, e=6, c=4)
+    theta, eps = np.array([0.3, -0.2, 0.5]), 0.2
+    total, n = 0.0, 0
+    for e in range(6):
+        for s, k in ((1.0, wins[e]), (-1.0, counts[e] - wins[e])):
+            m = s * diffs[e] @ theta  # chosen minus rejected
+            total += k * (-(1 - eps) * np.log(1 / (1 + np.exp(-beta * m))) - eps * np.log(1 / (1 + np.exp(beta * m))))
+            n += k
+    np.testing.assert_allclose(dpo_loss(jnp.asarray(theta), jnp.asarray(diffs), counts, wins, beta, 0.0, eps), total / n, rtol=1e-12)
+
+
+def test_vmapped_newton_equals_per_replicate_fits():
+    diffs, counts, _, beta = _data(6)
+    ts = np.ones(3) * 0.4
+    keys = jax.random.split(jax.random.PRNGKey(2), 6)
+    wins = jax.vmap(lambda k: simulate_wins(k, ts, diffs, counts, beta))(keys)
+    batched = jax.jit(jax.vmap(lambda w: fit_newton(jnp.asarray(diffs), counts, w, beta)))(wins)
+    for r in range(6):
+        single = fit_newton(jnp.asarray(diffs), counts, wins[r], beta)
+        np.testing.assert_allclose(batched.theta[r], single.theta, rtol=1e-10)
+
+
+def test_newton_float32_close_to_float64():
+    diffs, counts, wins, beta = _data(7)
+    f64 = fit_newton(jnp.asarray(diffs), counts, wins, beta)
+    f32 = fit_newton(jnp.asarray(diffs, dtype=jnp.float32), counts, wins, beta)
+    assert f32.theta.dtype == jnp.float32 and bool(f32.mle_exists)
+    np.testing.assert_allclose(f32.theta, f64.theta, rtol=1e-4, atol=1e-5)
+
+
+def test_optax_argument_errors():
+    diffs, counts, wins, beta = _data(8, e=4)
+    with pytest.raises(ValueError, match="optimizer"):
+        fit_dpo_optax(jnp.asarray(diffs), counts, wins, beta, optimizer="lbfgs-magic")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        fit_dpo_optax(jnp.asarray(diffs), counts, wins, beta, label_smoothing=0.7)

@@ -1,0 +1,187 @@
+"""Information matrix and design criterion against autodiff, statsmodels and dense linear algebra."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+import statsmodels.api as sm
+
+from conftest import random_pool
+from theory import (
+    asymptotic_gap,
+    design_criterion,
+    enumerate_edges,
+    information_matrix,
+    policy_curvature,
+    trace_criterion,
+)
+
+
+def _design(rng, e, d):
+    return rng.normal(size=(e, d)), rng.dirichlet(np.ones(e))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_information_is_expected_hessian_of_per_label_dpo_loss(seed):
+    rng = np.random.default_rng(seed)
+    diffs, w = _design(rng, 12, 4)
+    theta, beta = rng.normal(size=4), 0.6
+
+    def label_loss(t, z, s):  # -log sigmoid(s beta t.z), one DPO label
+        return -jax.nn.log_sigmoid(s * beta * jnp.dot(t, z))
+
+    hess = sum(w[e] * jax.hessian(label_loss)(jnp.asarray(theta), diffs[e], 1.0) for e in range(12))
+    np.testing.assert_allclose(information_matrix(theta, diffs, w, beta), hess, rtol=1e-11)
+
+
+def test_information_equals_fisher_score_outer_product_at_truth(rng):
+    """At theta*, E_s[grad l grad l^T] over the Bradley-Terry label equals Sigma (information identity)."""
+    diffs, w = _design(rng, 9, 3)
+    ts, beta = rng.normal(size=3), 1.7
+
+    def label_loss(t, z, s):
+        return -jax.nn.log_sigmoid(s * beta * jnp.dot(t, z))
+
+    fisher = np.zeros((3, 3))
+    for e in range(9):
+        p = jax.nn.sigmoid(beta * diffs[e] @ ts)
+        for s, prob in ((1.0, p), (-1.0, 1 - p)):
+            g = np.asarray(jax.grad(label_loss)(jnp.asarray(ts), diffs[e], s))
+            fisher += w[e] * prob * np.outer(g, g)
+    np.testing.assert_allclose(information_matrix(ts, diffs, w, beta), fisher, rtol=1e-11)
+
+
+@pytest.mark.slow
+def test_statsmodels_logit_covariance_approaches_inverse_information():
+    """n cov_params() of a Logit fit on a large simulated sample -> Sigma_w(theta*)^-1.
+
+    The sandwich-free MLE covariance is estimated at theta_hat, so its error is
+    O(n^-1/2); at n = 400,000 the relative error is ~0.5%, and 3% is the tolerance.
+    """
+    rng = np.random.default_rng(11)
+    e, d, beta, n = 8, 3, 0.5, 400_000
+    diffs, w = _design(rng, e, d)
+    ts = rng.normal(size=d)
+    edge = rng.choice(e, size=n, p=w)
+    x = beta * diffs[edge]
+    y = rng.random(n) < 1 / (1 + np.exp(-x @ ts))
+    fit = sm.Logit(y.astype(float), x).fit(disp=0, tol=1e-12)
+    sigma = np.asarray(information_matrix(ts, diffs, w, beta))
+    np.testing.assert_allclose(n * fit.cov_params(), np.linalg.inv(sigma), rtol=0.03)
+
+
+def test_criterion_full_rank_matches_dense_inverse(rng):
+    diffs, w = _design(rng, 10, 4)
+    theta, beta = rng.normal(size=4), 0.9
+    a = rng.normal(size=(4, 4))
+    curv = a @ a.T
+    sigma = np.asarray(information_matrix(theta, diffs, w, beta))
+    expected = np.trace(curv @ np.linalg.inv(sigma))
+    np.testing.assert_allclose(design_criterion(w, theta, diffs, curv, beta), expected, rtol=1e-10)
+    ridge = 0.05
+    np.testing.assert_allclose(
+        design_criterion(w, theta, diffs, curv, beta, ridge=ridge),
+        np.trace(curv @ np.linalg.inv(ridge * np.eye(4) + sigma)),
+        rtol=1e-10,
+    )
+
+
+def _reduced_criterion(curv, sigma, basis):
+    """tr((B^T I B)(B^T Sigma B)^-1) in an orthonormal basis B of the identifiable subspace."""
+    return np.trace((basis.T @ curv @ basis) @ np.linalg.inv(basis.T @ sigma @ basis))
+
+
+def test_criterion_tabular_pseudo_inverse_matches_reduced_basis_and_ridge_limit():
+    rng = np.random.default_rng(3)
+    k = 6
+    feats, log_ref = np.eye(k)[None], np.log(rng.dirichlet(0.5 * np.ones(k)))[None]
+    ts, beta = rng.normal(size=k), 1.0
+    edges = enumerate_edges(feats, log_ref)
+    w = rng.dirichlet(np.ones(edges.num_edges))
+    curv = np.asarray(policy_curvature(ts, feats, log_ref))
+    sigma = np.asarray(information_matrix(ts, edges.diffs, w, beta))
+    basis = scipy.linalg.null_space(np.ones((1, k)))  # the identifiable subspace 1^perp
+    expected = _reduced_criterion(curv, sigma, basis)
+    got = float(design_criterion(w, ts, edges.diffs, curv, beta))
+    np.testing.assert_allclose(got, expected, rtol=1e-9)
+    # tr(I (Sigma + eps Id)^-1) -> Phi as eps -> 0; the error is O(eps).
+    np.testing.assert_allclose(float(design_criterion(w, ts, edges.diffs, curv, beta, ridge=1e-9)), expected, rtol=1e-6)
+
+
+def test_criterion_contextual_non_identifiable_prompt_block():
+    """phi = [x; a; x(x)a]: the x block is constant within a prompt and must drop out."""
+    from synthetic import contextual_world
+
+    world = contextual_world(jax.random.PRNGKey(0), prompt_dim=2, action_dim=2, num_train_prompts=15, num_completions=4)
+    tr = world.train
+    edges = enumerate_edges(tr.features, tr.log_ref)
+    w = np.full(edges.num_edges, 1.0 / edges.num_edges)
+    ts, beta = world.theta_star, world.beta
+    curv = np.asarray(policy_curvature(ts, tr.features, tr.log_ref))
+    sigma = np.asarray(information_matrix(ts, edges.diffs, w, beta))
+    basis = scipy.linalg.orth(np.asarray(edges.diffs).T)  # span of the edge differences
+    assert basis.shape[1] == 2 + 4  # the a and x(x)a blocks
+    np.testing.assert_allclose(
+        design_criterion(w, ts, edges.diffs, curv, beta), _reduced_criterion(curv, sigma, basis), rtol=1e-9
+    )
+
+
+def test_criterion_is_inf_when_design_misses_a_direction_that_matters():
+    k = 4
+    feats, log_ref = np.eye(k)[None], np.log(np.full((1, k), 1 / k))
+    edges = enumerate_edges(feats, log_ref)
+    curv = policy_curvature(np.zeros(k), feats, log_ref)
+    only_01 = ((edges.first == 0) & (edges.second == 1)).astype(float)
+    assert design_criterion(only_01, np.zeros(k), edges.diffs, curv, 1.0) == np.inf
+    # A spanning path 0-1, 1-2, 2-3 covers 1^perp: finite.
+    path = (edges.second - edges.first == 1).astype(float)
+    path /= path.sum()
+    value = float(design_criterion(path, np.zeros(k), edges.diffs, curv, 1.0))
+    assert np.isfinite(value) and value > 0
+    # With a ridge the uncovered design has a finite (large) regularised value.
+    assert np.isfinite(float(design_criterion(only_01, np.zeros(k), edges.diffs, curv, 1.0, ridge=1e-3)))
+
+
+def test_criterion_ignores_curvature_free_uncovered_directions():
+    """An uncovered direction with no curvature (v^T I v = 0) does not make Phi infinite."""
+    diffs = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    w = np.array([0.5, 0.5])
+    curv = np.diag([1.0, 2.0, 0.0])
+    sigma = np.asarray(information_matrix(np.zeros(3), diffs, w, 1.0))
+    np.testing.assert_allclose(design_criterion(w, np.zeros(3), diffs, curv, 1.0), 1.0 / sigma[0, 0] + 2.0 / sigma[1, 1])
+    np.testing.assert_allclose(trace_criterion(curv, sigma), 1.0 / sigma[0, 0] + 2.0 / sigma[1, 1])
+
+
+def test_asymptotic_gap_is_half_beta_over_n_times_criterion(rng):
+    feats, log_ref, rho = random_pool(rng, m=5, k=5, d=3, pad=False)
+    edges = enumerate_edges(feats, log_ref)
+    w = rng.dirichlet(np.ones(edges.num_edges))
+    ts, beta, n = rng.normal(size=3), 0.25, 1234
+    curv = np.asarray(policy_curvature(ts, feats, log_ref, rho))
+    sigma = np.asarray(information_matrix(ts, edges.diffs, w, beta))
+    expected = beta / (2 * n) * np.trace(curv @ np.linalg.inv(sigma))
+    np.testing.assert_allclose(asymptotic_gap(w, ts, feats, log_ref, edges.diffs, beta, n, rho), expected, rtol=1e-10)
+
+
+def test_criterion_convex_in_weights_along_random_segments(rng):
+    """F4 (convexity), checked numerically on segments between random designs."""
+    diffs = rng.normal(size=(8, 3))
+    curv = np.diag([1.0, 0.5, 2.0])
+    theta = rng.normal(size=3)
+    for _ in range(10):
+        w0, w1 = rng.dirichlet(np.ones(8)), rng.dirichlet(np.ones(8))
+        f0 = float(design_criterion(w0, theta, diffs, curv, 1.0))
+        f1 = float(design_criterion(w1, theta, diffs, curv, 1.0))
+        for lam in (0.25, 0.5, 0.75):
+            mid = float(design_criterion((1 - lam) * w0 + lam * w1, theta, diffs, curv, 1.0))
+            assert mid <= (1 - lam) * f0 + lam * f1 + 1e-10 * max(f0, f1)
+
+
+def test_jit_and_vmap_over_designs(rng):
+    diffs = rng.normal(size=(6, 3))
+    ws = rng.dirichlet(np.ones(6), size=5)
+    curv = np.eye(3)
+    batched = jax.jit(jax.vmap(lambda w: design_criterion(w, jnp.zeros(3), diffs, curv, 1.0)))(ws)
+    eager = [float(design_criterion(w, np.zeros(3), diffs, curv, 1.0)) for w in ws]
+    np.testing.assert_allclose(batched, eager, rtol=1e-12)
