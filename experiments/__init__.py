@@ -1,0 +1,1 @@
+"""Experiments: the Hydra apps, their configs and the plotting scripts."""
