@@ -13,6 +13,7 @@ Run: ``python -m experiments.quickstart`` (Hydra overrides allowed, e.g.
 from __future__ import annotations
 
 import csv
+import inspect
 import logging
 import os
 from pathlib import Path
@@ -49,6 +50,10 @@ def validate(cfg: DictConfig) -> None:
     """Check the configuration before any work starts; errors name the key."""
     if cfg.world.name not in WORLDS:
         raise ValueError(f"world.name must be one of {sorted(WORLDS)}, got {cfg.world.name!r}")
+    allowed = sorted(set(inspect.signature(WORLDS[cfg.world.name]).parameters) - {"key", "dtype"})
+    for p in cfg.world.params:
+        if p not in allowed:
+            raise ValueError(f"world.params.{p} is not a parameter of the {cfg.world.name} world; allowed: {allowed}")
     for d in cfg.designs:
         if d not in DESIGNS:
             raise ValueError(f"designs: unknown design {d!r}; known designs are {sorted(DESIGNS)}")

@@ -31,6 +31,11 @@ def test_quickstart_runs_and_writes_figure_and_data(tmp_path):
     assert "design" in quickstart.format_table(rows)
 
 
+def test_world_group_switches_all_parameters(tmp_path):
+    rows = quickstart.run(_cfg(tmp_path, "world=tabular", "world.params.num_completions=5", "designs=[uniform]", "budgets=[800]"))
+    assert rows[0]["world"] == "tabular" and rows[0]["valid_fraction"] == 1.0
+
+
 def test_same_seed_same_numbers(tmp_path):
     a = quickstart.run(_cfg(tmp_path, "designs=[uniform]", "budgets=[500]"))
     b = quickstart.run(_cfg(tmp_path, "designs=[uniform]", "budgets=[500]"))
@@ -46,8 +51,9 @@ def test_same_seed_same_numbers(tmp_path):
         ("num_replicates=1", "num_replicates"),
         ("world.params.num_completions=1", "num_completions"),
         ("world.params.beta=0", "beta"),
+        ("world=tabular +world.params.prompt_dim=3", "world.params.prompt_dim"),
     ],
 )
 def test_invalid_config_fails_before_work(tmp_path, override, field):
     with pytest.raises(ValueError, match=field):
-        quickstart.run(_cfg(tmp_path, override))
+        quickstart.run(_cfg(tmp_path, *override.split()))
