@@ -7,6 +7,7 @@ replicates in one call (STYLE.md habit 4).
 
 from __future__ import annotations
 
+from statistics import NormalDist
 from typing import Callable, NamedTuple
 
 import jax
@@ -89,8 +90,6 @@ def mean_and_ci(x, level: float = 0.95):
     Returns:
       ``(mean, se, lo, hi)`` as floats.
     """
-    from statistics import NormalDist
-
     a = np.asarray(x, dtype=np.float64)
     if a.ndim != 1 or a.size < 2:
         raise ValueError(f"x must be a 1-d sample of size >= 2, got shape {list(a.shape)}")

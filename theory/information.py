@@ -82,7 +82,6 @@ def _trace_criterion(curvature, sigma, ridge):
     d = sigma.shape[0]
     eps = jnp.finfo(sigma.dtype).eps
     sym = 0.5 * (sigma + sigma.T)
-    # Regularised form: shift every eigenvalue by ridge.
     lam, vec = jnp.linalg.eigh(sym)
     proj = jnp.einsum("ia,ij,ja->a", vec, curvature, vec)  # v_a^T I v_a
     lam_max = jnp.maximum(jnp.max(lam), 0.0)
@@ -94,6 +93,7 @@ def _trace_criterion(curvature, sigma, ridge):
     tr_i = jnp.maximum(jnp.trace(curvature), jnp.finfo(sigma.dtype).tiny)
     not_covered = uncovered > jnp.sqrt(eps) * tr_i
     pinv_value = jnp.where(not_covered, jnp.inf, pinv_value)
+    # Regularised form: tr(I (ridge Id + Sigma)^-1) shifts every eigenvalue by ridge.
     ridge_value = jnp.sum(proj / (lam + ridge))
     return jnp.where(ridge > 0, ridge_value, pinv_value)
 
@@ -106,7 +106,8 @@ def trace_criterion(curvature, sigma, ridge=0.0):
       sigma: ``[d, d]`` an information matrix.
       ridge: ``>= 0``; when ``> 0`` returns ``tr(I (ridge Id + Sigma)^-1)``.
     """
-    d = V._shape(sigma)[0] if len(V._shape(sigma)) == 2 else -1
+    shape = V._shape(sigma)
+    d = shape[0] if len(shape) == 2 else -1
     V.check_curvature(sigma, d, "sigma")
     V.check_curvature(curvature, d)
     V.check_nonnegative(ridge, "ridge")
