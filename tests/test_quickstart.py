@@ -2,6 +2,8 @@
 
 import csv
 
+import numpy as np
+
 import pytest
 from hydra import compose, initialize_config_module
 
@@ -22,7 +24,8 @@ def test_quickstart_runs_and_writes_figure_and_data(tmp_path):
     assert len(rows) == 3 * 2
     assert {r["design"] for r in rows} == {"uniform", "reference", "first_two"}
     for r in rows:
-        assert r["valid_fraction"] == 1.0 and r["ci_low"] <= r["mean_gap"] <= r["ci_high"]
+        # (the CI brackets the mean by construction; what can fail is a NaN or a degenerate sample)
+        assert r["valid_fraction"] == 1.0 and np.isfinite(r["mean_gap"]) and r["se"] > 0
         assert r["predicted_gap"] > 0
     paths = quickstart.write_outputs(rows, cfg.output)
     assert all(p.exists() and p.stat().st_size > 0 for p in paths)
