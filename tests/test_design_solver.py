@@ -1,0 +1,338 @@
+"""The optimal-design solver against independent oracles.
+
+* cvxpy (Clarabel, an interior-point method) solves the same convex programs;
+* the equivalence theorems are checked with a dense numpy pseudo-inverse, not with
+  the solver's own rank-two bookkeeping;
+* classical logistic designs (Kiefer-Wolfowitz / Abdelbasit-Plackett values) posed as
+  edge differences.
+"""
+
+import cvxpy as cp
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.optimize import minimize_scalar
+
+from conftest import random_pool
+from theory import design_criterion, enumerate_edges, policy_curvature
+from theory.design import _line_search, optimal_design
+
+TIGHT = 1e-8
+
+
+def _sigmoid_prime(u):
+    return np.exp(-np.logaddexp(0, u) - np.logaddexp(0, -u))
+
+
+def _instance(rng, m=3, k=4, d=3, theta_scale=0.7):
+    feats, log_ref, rho = random_pool(rng, m=m, k=k, d=d, pad=False)
+    edges = enumerate_edges(feats, log_ref)
+    theta = theta_scale * rng.normal(size=d)
+    curv = np.asarray(policy_curvature(jnp.asarray(theta), feats, log_ref, rho))
+    return np.asarray(edges.diffs), theta, curv, edges
+
+
+def _scaled(diffs, theta, beta):
+    c = beta**2 * _sigmoid_prime(beta * diffs @ theta)
+    return diffs * np.sqrt(c)[:, None]
+
+
+def _span_basis(v):
+    u, s, _ = np.linalg.svd(v.T, full_matrices=False)
+    return u[:, s > 1e-10 * s.max()]
+
+
+def _cvxpy_optimum(diffs, theta, curv, beta, criterion, ridge=0.0, groups=None, masses=None):
+    """Optimal value by cvxpy, in reduced span coordinates (ridge = 0) or full space."""
+    v = _scaled(diffs, theta, beta)
+    d = v.shape[1]
+    if ridge > 0:
+        basis, offset = np.eye(d), ridge * np.eye(d)
+    else:
+        basis = _span_basis(v)
+        offset = np.zeros((basis.shape[1],) * 2)
+    vr = v @ basis
+    w = cp.Variable(v.shape[0], nonneg=True)
+    sigma = offset + vr.T @ cp.diag(w) @ vr
+    sigma = 0.5 * (sigma + sigma.T)
+    if groups is None:
+        cons = [cp.sum(w) == 1]
+    else:
+        cons = [cp.sum(w[np.flatnonzero(groups == g)]) == masses[g] for g in range(len(masses))]
+    if criterion == "D":
+        obj = -cp.log_det(sigma)
+    else:
+        mat = curv if criterion == "L" else np.eye(d)
+        mat_r = basis.T @ mat @ basis
+        lam, vec = np.linalg.eigh(0.5 * (mat_r + mat_r.T))
+        bmat = vec * np.sqrt(np.clip(lam, 0, None))[None, :]
+        obj = cp.matrix_frac(bmat, sigma)
+    prob = cp.Problem(cp.Minimize(obj), cons)
+    prob.solve(solver=cp.CLARABEL, tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
+    assert prob.status == cp.OPTIMAL, prob.status
+    value = prob.value
+    if ridge > 0 and criterion == "A":
+        pass
+    return float(value), np.asarray(w.value)
+
+
+def _dense_scores(w, diffs, theta, curv, beta, criterion, ridge=0.0):
+    """-dPhi/dw_e from a dense numpy (pseudo-)inverse: independent of the solver."""
+    v = _scaled(diffs, theta, beta)
+    sigma = v.T @ (w[:, None] * v)
+    d = v.shape[1]
+    if ridge > 0:
+        tinv = np.linalg.inv(ridge * np.eye(d) + sigma)
+    else:
+        tinv = np.linalg.pinv(sigma, rcond=1e-10, hermitian=True)
+    if criterion == "D":
+        return np.einsum("ei,ij,ej->e", v, tinv, v)
+    mat = curv if criterion == "L" else np.eye(d)
+    mv = v @ tinv
+    return np.einsum("ei,ij,ej->e", mv, mat, mv)
+
+
+@pytest.mark.parametrize("criterion", ["L", "A", "D"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_matches_cvxpy(criterion, seed):
+    rng = np.random.default_rng(seed)
+    diffs, theta, curv, _ = _instance(rng)
+    beta = 1.3
+    sol = optimal_design(jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), beta, criterion=criterion, tol=TIGHT)
+    ref, _ = _cvxpy_optimum(diffs, theta, curv, beta, criterion)
+    assert sol.converged
+    assert abs(sol.value - ref) <= 1e-4 * abs(ref)
+    # The certificate bounds the suboptimality of the returned design.
+    assert sol.value - ref <= sol.certificate + 1e-7 * abs(ref)
+
+
+@pytest.mark.parametrize("criterion", ["L", "A", "D"])
+def test_matches_cvxpy_with_ridge(criterion):
+    rng = np.random.default_rng(7)
+    diffs, theta, curv, _ = _instance(rng, d=4)
+    # Append a feature no edge sees: with a ridge it contributes a constant.
+    beta, ridge = 0.8, 0.05
+    sol = optimal_design(jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), beta, criterion=criterion, ridge=ridge, tol=TIGHT)
+    ref, _ = _cvxpy_optimum(diffs, theta, curv, beta, criterion, ridge=ridge)
+    assert abs(sol.value - ref) <= 1e-4 * abs(ref)
+
+
+def test_ridge_constant_outside_span_matches_design_criterion():
+    # A tabular-like instance: the all-ones direction is invisible to every edge.
+    rng = np.random.default_rng(3)
+    k = 5
+    feats = np.eye(k)[None]
+    log_ref = np.log(rng.dirichlet(np.ones(k)))[None]
+    edges = enumerate_edges(feats, log_ref)
+    theta = 0.3 * rng.normal(size=k)
+    curv = policy_curvature(jnp.asarray(theta), feats, log_ref)
+    for ridge in [0.0, 0.1]:
+        sol = optimal_design(edges.diffs, jnp.asarray(theta), curv, 1.0, ridge=ridge, tol=1e-9)
+        assert sol.rank == k - 1
+        ref = design_criterion(sol.weights, jnp.asarray(theta), edges.diffs, curv, 1.0, ridge=ridge)
+        np.testing.assert_allclose(sol.value, float(ref), rtol=1e-10)
+
+
+def test_groups_match_cvxpy_and_keep_group_mass():
+    rng = np.random.default_rng(11)
+    diffs, theta, curv, edges = _instance(rng, m=4, k=4, d=3)
+    groups = np.asarray(edges.prompt)
+    masses = np.array([0.1, 0.2, 0.3, 0.4])
+    sol = optimal_design(jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), 1.0, groups=groups, group_weights=masses, tol=TIGHT)
+    ref, _ = _cvxpy_optimum(diffs, theta, curv, 1.0, "L", groups=groups, masses=masses)
+    assert abs(sol.value - ref) <= 1e-4 * abs(ref)
+    np.testing.assert_allclose(np.bincount(groups, weights=np.asarray(sol.weights)), masses, atol=1e-12)
+    # Grouped equivalence theorem: inside each group, every weighted edge attains the group's max.
+    dd = _dense_scores(np.asarray(sol.weights), diffs, theta, curv, 1.0, "L")
+    for g in range(4):
+        members = groups == g
+        top = dd[members].max()
+        active = members & (np.asarray(sol.weights) > 1e-6)
+        np.testing.assert_allclose(dd[active], top, rtol=1e-4)
+
+
+@pytest.mark.parametrize("criterion", ["L", "A", "D"])
+def test_equivalence_theorem_at_optimum(criterion):
+    rng = np.random.default_rng(5)
+    diffs, theta, curv, _ = _instance(rng, m=4, k=5, d=4)
+    beta = 1.0
+    sol = optimal_design(jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), beta, criterion=criterion, tol=1e-10)
+    w = np.asarray(sol.weights)
+    dd = _dense_scores(w, diffs, theta, curv, beta, criterion)
+    if criterion == "D":
+        # Kiefer-Wolfowitz: the largest weighted leverage equals the dimension.
+        target = sol.rank
+    else:
+        # L and A: the largest directional derivative equals the criterion itself.
+        target = sol.value
+    np.testing.assert_allclose(dd.max(), target, rtol=1e-8)
+    np.testing.assert_allclose(dd[w > 1e-8], target, rtol=1e-6)
+    np.testing.assert_allclose(np.sum(w * dd), target, rtol=1e-8)
+
+
+def test_certificate_shrinks_to_requested_tolerance_and_bounds_every_iterate():
+    rng = np.random.default_rng(9)
+    diffs, theta, curv, _ = _instance(rng, m=6, k=5, d=4)
+    ref, _ = _cvxpy_optimum(diffs, theta, curv, 1.0, "L")
+    previous = np.inf
+    for tol in [1e-1, 1e-2, 1e-3, 1e-5]:
+        sol = optimal_design(jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), 1.0, tol=tol)
+        assert sol.converged and sol.relative_certificate <= tol
+        assert sol.certificate <= previous + 1e-12
+        previous = sol.certificate
+        hist = sol.history
+        # Valid at every iterate: Phi(w_t) - Phi* <= cert(w_t).
+        assert np.all(hist["value"] - ref <= hist["certificate"] + 1e-9 * ref)
+        # Exact line search: the criterion never increases.
+        assert np.all(np.diff(hist["value"]) <= 1e-9 * ref)
+
+
+def test_working_set_path_reaches_the_full_solution():
+    rng = np.random.default_rng(13)
+    diffs, theta, curv, _ = _instance(rng, m=20, k=6, d=4)
+    full = optimal_design(jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), 1.0, tol=1e-9)
+    small = optimal_design(jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), 1.0, tol=1e-9, working_set=8)
+    assert len(small.history["pricing"]) > 1  # several pricing rounds happened
+    assert small.converged
+    np.testing.assert_allclose(small.value, full.value, rtol=1e-8)
+
+
+def test_float32_input_reaches_tolerance():
+    rng = np.random.default_rng(2)
+    diffs, theta, curv, _ = _instance(rng, m=5, k=5, d=3)
+    ref, _ = _cvxpy_optimum(diffs, theta, curv, 1.0, "L")
+    sol = optimal_design(
+        jnp.asarray(diffs, jnp.float32), jnp.asarray(theta, jnp.float32), jnp.asarray(curv, jnp.float32), 1.0, tol=1e-3
+    )
+    assert sol.weights.dtype == jnp.float32
+    assert sol.converged
+    assert abs(sol.value - ref) <= 2e-3 * ref
+
+
+@pytest.mark.parametrize("kind", ["L", "D"])
+def test_line_search_is_exact(kind):
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=(2, 2))
+    gm = a @ a.T + 0.1 * np.eye(2)
+    h = rng.normal(size=(2, 2))
+    hm = h @ h.T
+    # Make the exchange improving: Phi'(0) = -(H11 - H22) (L) or -(G11 - G22) (D) < 0.
+    if kind == "L":
+        hm[0, 0] += 1.0
+    else:
+        gm[0, 0] += 1.0
+    dmat = np.diag([1.0, -1.0])
+
+    def phi(alpha):
+        if kind == "D":
+            return -np.log(np.linalg.det(np.eye(2) + alpha * dmat @ gm))
+        return -np.trace(alpha * np.linalg.inv(dmat + alpha * gm) @ hm)
+
+    alpha_max = 0.2
+    alpha, _, dphi = _line_search(kind, jnp.asarray(gm), jnp.asarray(hm), jnp.asarray(alpha_max))
+    ref = minimize_scalar(phi, bounds=(0, alpha_max), method="bounded", options={"xatol": 1e-12})
+    np.testing.assert_allclose(float(dphi), phi(float(alpha)), rtol=1e-10, atol=1e-14)
+    assert float(dphi) <= ref.fun + 1e-12
+
+
+def test_two_parameter_logistic_d_optimal_design():
+    # logit P = theta . (1, t) with theta = (0, 1): the D-optimal design puts weight 1/2
+    # at linear predictors +-1.5434 (response probabilities 0.176 and 0.824). On a grid
+    # of step 0.02 that also holds +-1.5434, the solver must put (almost) all mass there
+    # and nowhere else: the grid neighbours at +-0.0034 or more are strictly worse.
+    t = np.union1d(np.linspace(-4, 4, 401), [-1.5434, 1.5434])
+    diffs = np.stack([np.ones_like(t), t], axis=1)
+    sol = optimal_design(jnp.asarray(diffs), jnp.asarray([0.0, 1.0]), None, 1.0, criterion="D", tol=1e-8)
+    assert sol.converged
+    w = np.asarray(sol.weights)
+    at = np.isin(t, [-1.5434, 1.5434])
+    np.testing.assert_allclose(w[at], [0.5, 0.5], atol=2e-3)
+    # Kiefer-Wolfowitz on the whole grid: max leverage is the dimension, 2, attained there.
+    assert set(t[np.argsort(-w)[:2]]) == {-1.5434, 1.5434}
+    p = 1 / (1 + np.exp(-1.5434))
+    np.testing.assert_allclose([1 - p, p], [0.176, 0.824], atol=5e-4)
+    # Without the inserted points the grid optimum brackets +-1.5434 within one step.
+    t2 = np.linspace(-4, 4, 401)
+    sol2 = optimal_design(jnp.asarray(np.stack([np.ones_like(t2), t2], 1)), jnp.asarray([0.0, 1.0]), None, 1.0, criterion="D", tol=1e-6)
+    w2 = np.asarray(sol2.weights)
+    assert np.all(np.abs(np.abs(t2[w2 > 1e-3]) - 1.5434) < 0.02 + 1e-9)
+    assert sol2.value >= sol.value - 1e-12  # the grid without the points cannot do better
+
+
+@pytest.mark.parametrize("criterion", ["L", "A", "D"])
+def test_one_parameter_logistic_design(criterion):
+    # One parameter: every criterion maximises sigmoid'(t) t^2, at |t| = 2.3994.
+    scipy_opt = minimize_scalar(lambda s: -_sigmoid_prime(s) * s**2, bounds=(0.5, 5), method="bounded", options={"xatol": 1e-10})
+    np.testing.assert_allclose(scipy_opt.x, 2.3994, atol=1e-4)
+    t = np.union1d(np.linspace(-5, 5, 501), [-2.3994, 2.3994])
+    sol = optimal_design(jnp.asarray(t[:, None]), jnp.asarray([1.0]), jnp.eye(1), 1.0, criterion=criterion, tol=1e-10)
+    w = np.asarray(sol.weights)
+    np.testing.assert_allclose(w[np.abs(np.abs(t) - 2.3994) < 1e-12].sum(), 1.0, atol=1e-12)
+
+
+def test_value_is_the_design_criterion():
+    rng = np.random.default_rng(21)
+    diffs, theta, curv, _ = _instance(rng, m=5, k=6, d=3)
+    sol = optimal_design(jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), 0.5, tol=1e-6)
+    ref = design_criterion(sol.weights, jnp.asarray(theta), jnp.asarray(diffs), jnp.asarray(curv), 0.5)
+    np.testing.assert_allclose(sol.value, float(ref), rtol=1e-10)
+    w = np.asarray(sol.weights)
+    assert np.all(w >= 0) and abs(w.sum() - 1) < 1e-12
+
+
+def test_contextual_x_block_is_not_identifiable_and_handled():
+    # phi = [x; a; x (x) a]: edge differences never see the x block, nor does I.
+    from synthetic import contextual_world, world_curvature
+    import jax
+
+    world = contextual_world(jax.random.PRNGKey(0), num_train_prompts=10, num_eval_prompts=20, num_completions=4)
+    edges = enumerate_edges(world.train.features, world.train.log_ref)
+    curv = world_curvature(world, world.theta_star)
+    sol = optimal_design(edges.diffs, world.theta_star, curv, world.beta, tol=1e-6)
+    assert sol.rank == world.dim - 3
+    ref = design_criterion(sol.weights, world.theta_star, edges.diffs, curv, world.beta)
+    np.testing.assert_allclose(sol.value, float(ref), rtol=1e-9)
+
+
+def test_errors_name_the_field():
+    z = jnp.asarray(np.random.default_rng(0).normal(size=(6, 2)))
+    th = jnp.zeros(2)
+    with pytest.raises(ValueError, match=r"criterion must be one of \['L', 'A', 'D'\]"):
+        optimal_design(z, th, jnp.eye(2), 1.0, criterion="E")
+    with pytest.raises(ValueError, match="curvature is required"):
+        optimal_design(z, th, None, 1.0)
+    with pytest.raises(ValueError, match="no edges"):
+        optimal_design(jnp.zeros((0, 2)), th, jnp.eye(2), 1.0)
+    with pytest.raises(ValueError, match="tol must be"):
+        optimal_design(z, th, jnp.eye(2), 1.0, tol=0)
+    with pytest.raises(ValueError, match="groups must be an integer array"):
+        optimal_design(z, th, jnp.eye(2), 1.0, groups=np.zeros(3, int))
+    # Curvature in a direction that no edge sees: every design is +inf.
+    z1 = jnp.asarray([[1.0, 0.0], [2.0, 0.0]])
+    with pytest.raises(ValueError, match="not spanned by any candidate edge"):
+        optimal_design(z1, th, jnp.eye(2), 1.0)
+    # With a ridge the same instance is well posed.
+    sol = optimal_design(z1, th, jnp.eye(2), 1.0, ridge=0.1, tol=1e-8)
+    assert np.isfinite(sol.value)
+
+
+@pytest.mark.parametrize("kind", ["A", "L", "D"])
+def test_support_hessian_matches_autodiff(kind):
+    import jax
+
+    from theory.design import _reduced_value, _support_hessian
+
+    rng = np.random.default_rng(17)
+    s, r = 7, 3
+    xs = jnp.asarray(rng.normal(size=(s, r)))
+    w = jnp.asarray(rng.dirichlet(np.ones(s)))
+    offset = 0.01 * jnp.eye(r)
+    b = jnp.asarray(rng.normal(size=(r, 2)))
+
+    def f(w):
+        return _reduced_value(w, xs, offset, b, kind)
+
+    t = offset + (xs.T * w) @ xs
+    g, h = _support_hessian(xs, jnp.linalg.inv(t), b, kind)
+    np.testing.assert_allclose(g, jax.grad(f)(w), rtol=1e-10)
+    np.testing.assert_allclose(h, jax.hessian(f)(w), rtol=1e-9, atol=1e-12)

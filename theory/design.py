@@ -1,0 +1,730 @@
+r"""Certified optimal approximate designs over candidate comparison edges.
+
+A design is a probability vector ``w`` over the ``E`` candidate edges. With
+``v_e = beta sqrt(sigmoid'(beta theta.z_e)) z_e`` the information matrix is
+``Sigma_w = sum_e w_e v_e v_e^T`` and, with ``T_w = ridge Id + Sigma_w``,
+
+* ``"L"`` (the paper's criterion): ``Phi_L(w) = tr(I T_w^+)``, ``I`` the policy curvature;
+* ``"A"``: ``Phi_A(w) = tr(T_w^+)`` (the L-criterion with ``I = Id``);
+* ``"D"``: ``Phi_D(w) = -log det T_w`` (a pseudo-determinant when ``ridge = 0``).
+
+When ``ridge = 0`` every inverse and determinant is taken on the identifiable
+subspace ``U = span{z_e}`` (theory brief section 3): directions that no candidate edge
+sees carry no information and, for ``"L"``, must carry no curvature, or every
+design has ``Phi = +inf`` (an error here). With ``ridge > 0`` the criteria are the
+full-space ones; the part outside ``U`` is a constant that does not depend on ``w``.
+
+Optimality (theory brief F4, the equivalence theorem). Let
+``d_e(w) = -dPhi/dw_e``: ``v_e^T T^+ I T^+ v_e`` for L, ``v_e^T T^{+2} v_e`` for A and
+the leverage ``v_e^T T^+ v_e`` for D. ``Phi`` is convex, so for every feasible ``w'``
+
+.. math::  \Phi(w) - \Phi(w') \le \max_e d_e(w) - \sum_e w_e d_e(w) =: \mathrm{cert}(w),
+
+which is the Frank-Wolfe duality gap. It is a certificate at *every* iterate, and
+``cert(w) = 0`` iff ``w`` is optimal (for L and A with ``ridge = 0`` the condition is
+``max_e d_e = Phi``; for D it is Kiefer-Wolfowitz, ``max_e d_e = dim U``). With
+groups (a product of simplices, each group ``g`` of mass ``m_g``) the maximum is
+taken per group: ``cert = sum_g m_g max_{e in g} d_e - sum_e w_e d_e``.
+
+Algorithm: pairwise Frank-Wolfe (the vertex-exchange method of optimal design). Each
+step moves mass ``alpha`` from the worst active edge ``a`` to the best edge ``j`` of
+one group, with ``alpha`` chosen by an exact line search on the closed-form
+rank-two update of ``T^{-1}``. The method keeps ``M = V T^{-1}`` (``[E, r]``) up to date
+with rank-two (Woodbury) updates, so one step costs ``O(E r)``, not ``O(E r^2)``; the
+ridge is untouched by a mass transfer, so the updates are exact for every ridge.
+Every ``refresh_every`` steps, and before convergence is declared, everything is
+recomputed from the weights (``O(E r^2)``), so the reported value and certificate
+never carry accumulated rounding. The start is a small spanning support chosen by
+pivoted Gram-Schmidt (plus one edge per group without one), uniform within groups.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from theory import _validation as V
+from theory.information import _sigmoid_prime
+
+__all__ = ["DesignSolution", "optimal_design", "CRITERIA"]
+
+CRITERIA = ("L", "A", "D")
+
+
+class DesignSolution(NamedTuple):
+    """Result of :func:`optimal_design`.
+
+    Attributes:
+      weights: ``[E]`` the design (non-negative, sums to one; to each group's mass).
+      value: criterion at ``weights`` (full definition, ridge constant included).
+      certificate: duality gap ``cert(w) >= value - optimum`` (absolute), computed
+        from scratch at ``weights``.
+      relative_certificate: ``certificate / value`` for L and A; ``certificate / r``
+        for D (then the D-efficiency is at least ``exp(-relative_certificate)``).
+      converged: ``relative_certificate <= tol``.
+      num_iter: pairwise steps taken.
+      rank: ``r``, the dimension of the identifiable subspace ``span{z_e}``.
+      history: dict of ``[num_iter + 1]`` arrays ``value`` and ``certificate``
+        (as tracked during the iterations; the final entries are recomputed).
+    """
+
+    weights: jnp.ndarray
+    value: float
+    certificate: float
+    relative_certificate: float
+    converged: bool
+    num_iter: int
+    rank: int
+    history: dict
+
+
+class _Problem(NamedTuple):
+    """Reduced problem in ``r`` coordinates, after whitening where possible."""
+
+    x: jnp.ndarray  # [E, r] transformed v_e
+    offset: jnp.ndarray  # [r, r] ridge term in these coordinates
+    b: Optional[jnp.ndarray]  # [r, k] with I_r = b b^T (general L only)
+    kind: str  # "A" (tr T^-1), "L" (tr b^T T^-1 b), "D" (-logdet T)
+    constant: float  # criterion part outside span{z_e}
+    rank: int
+
+
+def _rank_tol(lam_max, d, dtype):
+    return 10.0 * d * jnp.finfo(dtype).eps * lam_max
+
+
+def _reduce(diffs, theta, curvature, beta, criterion, ridge) -> _Problem:
+    e, d = diffs.shape
+    dtype = diffs.dtype
+    c = beta**2 * _sigmoid_prime(beta * (diffs @ theta))
+    v = diffs * jnp.sqrt(c)[:, None]
+    gram = v.T @ v
+    lam, vec = np.linalg.eigh(np.asarray(0.5 * (gram + gram.T), dtype=np.float64))
+    keep = lam > float(_rank_tol(max(lam.max(), 0.0), d, np.float64))
+    r = int(keep.sum())
+    if r == 0:
+        raise ValueError("diffs: every candidate edge difference is zero; no design has information")
+    u = jnp.asarray(vec[:, keep], dtype=dtype)  # [d, r] orthonormal basis of span{z_e}
+    vr = v @ u
+    eye = jnp.eye(r, dtype=dtype)
+    if criterion == "D":
+        const = -(d - r) * float(np.log(ridge)) if (ridge > 0 and r < d) else 0.0
+        return _Problem(vr, ridge * eye, None, "D", const, r)
+    if criterion == "A":
+        const = (d - r) / ridge if (ridge > 0 and r < d) else 0.0
+        return _Problem(vr, ridge * eye, None, "A", const, r)
+    cur = np.asarray(curvature, dtype=np.float64)
+    cur = 0.5 * (cur + cur.T)
+    u64 = vec[:, keep]
+    cur_r = u64.T @ cur @ u64
+    outside = float(np.trace(cur) - np.trace(cur_r))
+    tr_i = max(float(np.trace(cur)), np.finfo(np.float64).tiny)
+    if ridge == 0 and outside > np.sqrt(np.finfo(np.asarray(diffs).dtype).eps) * tr_i:
+        raise ValueError(
+            "curvature: a direction with curvature is not spanned by any candidate edge "
+            f"(curvature mass {outside:.3g} of {tr_i:.3g} lies outside span{{z_e}}), so every "
+            "design has criterion +inf; add edges that see it or use ridge > 0"
+        )
+    const = max(outside, 0.0) / ridge if ridge > 0 else 0.0
+    mu, w = np.linalg.eigh(cur_r)
+    mu_max = max(mu.max(), 0.0)
+    if mu_max <= 0:
+        raise ValueError("curvature is zero on the span of the candidate edges: every design has criterion 0")
+    if mu.min() > 1e3 * np.sqrt(np.finfo(np.asarray(diffs).dtype).eps) * mu_max:
+        # Whiten: with I_r = L L^T, L = W mu^{1/2}, tr(I_r T^-1) = tr((L^-1 T L^-T)^-1);
+        # v -> L^-1 v and the ridge becomes ridge * diag(1 / mu).
+        a = w / np.sqrt(mu)[None, :]  # L^-T
+        x = vr @ jnp.asarray(a, dtype=dtype)
+        offset = jnp.asarray(np.diag(ridge / mu), dtype=dtype)
+        return _Problem(x, offset, None, "A", const, r)
+    pos = mu > float(_rank_tol(mu_max, r, np.float64))
+    b = jnp.asarray(w[:, pos] * np.sqrt(mu[pos])[None, :], dtype=dtype)
+    return _Problem(vr, ridge * eye, b, "L", const, r)
+
+
+# ----------------------------------------------------------------------------------
+# State and its exact recomputation
+
+
+class _State(NamedTuple):
+    w: jnp.ndarray  # [E]
+    tinv: jnp.ndarray  # [r, r]
+    m: jnp.ndarray  # [E, r]   X T^-1
+    q: jnp.ndarray  # [E, k]   X T^-1 b (general L), else [E, 0]
+    dd: jnp.ndarray  # [E]   d_e
+    value: jnp.ndarray  # scalar, reduced criterion
+
+
+def _scores(kind, x, m, q):
+    if kind == "A":
+        return jnp.sum(m * m, axis=1)
+    if kind == "L":
+        return jnp.sum(q * q, axis=1)
+    return jnp.sum(m * x, axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("kind",))
+def _refresh(w, x, offset, b, kind):
+    t = offset + (x.T * w) @ x
+    t = 0.5 * (t + t.T)
+    chol = jnp.linalg.cholesky(t)
+    eye = jnp.eye(t.shape[0], dtype=t.dtype)
+    tinv = jax.scipy.linalg.cho_solve((chol, True), eye)
+    tinv = 0.5 * (tinv + tinv.T)
+    m = x @ tinv
+    q = m @ b if kind == "L" else m[:, :0]
+    if kind == "A":
+        value = jnp.trace(tinv)
+    elif kind == "L":
+        value = jnp.trace(b.T @ tinv @ b)
+    else:
+        value = -2.0 * jnp.sum(jnp.log(jnp.diagonal(chol)))
+    return _State(w, tinv, m, q, _scores(kind, x, m, q), value)
+
+
+def _certificate(state, groups, masses, num_groups):
+    best = jax.ops.segment_max(state.dd, groups, num_segments=num_groups)
+    spent = jax.ops.segment_sum(state.w * state.dd, groups, num_segments=num_groups)
+    gaps = masses * best - spent
+    return gaps, jnp.sum(gaps)
+
+
+# ----------------------------------------------------------------------------------
+# One pairwise step
+
+
+def _two_by_two_inv(a):
+    det = a[0, 0] * a[1, 1] - a[0, 1] * a[1, 0]
+    adj = jnp.array([[a[1, 1], -a[0, 1]], [-a[1, 0], a[0, 0]]], dtype=a.dtype)
+    return adj / det
+
+
+def _line_search(kind, gm, hm, alpha_max, iters=60):
+    """Exact minimiser of ``Phi(alpha)`` on ``[0, alpha_max]`` by bisection on ``Phi'``.
+
+    ``Phi(alpha) = Phi - tr(alpha (D + alpha G)^-1 H)`` for A/L and
+    ``Phi - log det(Id + alpha D G)`` for D, with ``D = diag(1, -1)``; ``Phi`` is convex
+    in ``alpha``, so ``Phi'`` is increasing.
+    """
+    dmat = jnp.diag(jnp.array([1.0, -1.0], dtype=gm.dtype))
+    eye = jnp.eye(2, dtype=gm.dtype)
+
+    def fprime(alpha):
+        if kind == "D":
+            return -jnp.trace(_two_by_two_inv(eye + alpha * dmat @ gm) @ dmat @ gm)
+        ninv = _two_by_two_inv(dmat + alpha * gm)
+        return -jnp.trace(ninv @ dmat @ ninv @ hm)
+
+    def phi_drop(alpha):
+        if kind == "D":
+            return -jnp.log(jnp.linalg.det(eye + alpha * dmat @ gm))
+        return -jnp.trace(alpha * _two_by_two_inv(dmat + alpha * gm) @ hm)
+
+    end = fprime(alpha_max)
+    full = jnp.isfinite(end) & (end <= 0)
+
+    def body(_, lohi):
+        lo, hi = lohi
+        mid = 0.5 * (lo + hi)
+        fm = fprime(mid)
+        up = ~(fm <= 0)  # NaN (past a singularity) counts as positive
+        return jnp.where(up, lo, mid), jnp.where(up, mid, hi)
+
+    lo, _ = jax.lax.fori_loop(0, iters, body, (jnp.zeros_like(alpha_max), alpha_max))
+    alpha = jnp.where(full, alpha_max, lo)
+    return alpha, full, phi_drop(alpha)
+
+
+@functools.partial(jax.jit, static_argnames=("kind", "num_groups", "num_steps"))
+def _run_steps(state, x, b, groups, masses, tol, const, kind, num_groups, num_steps):
+    """Up to ``num_steps`` pairwise steps; stops early when the relative certificate is ``<= tol``.
+
+    The scale is ``value + const`` for A and L and ``const`` (= the rank) for D.
+    """
+    dtype = x.dtype
+
+    def scale(value):
+        return const if kind == "D" else value + const
+    hist_v = jnp.full((num_steps,), jnp.nan, dtype)
+    hist_c = jnp.full((num_steps,), jnp.nan, dtype)
+
+    def cond(carry):
+        st, it, cert, _, _ = carry
+        return (it < num_steps) & (cert > tol * scale(st.value))
+
+    def body(carry):
+        st, it, _, hv, hc = carry
+        gaps, _ = _certificate(st, groups, masses, num_groups)
+        g = jnp.argmax(gaps)
+        in_g = groups == g
+        j = jnp.argmax(jnp.where(in_g, st.dd, -jnp.inf))
+        a = jnp.argmin(jnp.where(in_g & (st.w > 0), st.dd, jnp.inf))
+        p, qv = st.m[j], st.m[a]
+        xj, xa = x[j], x[a]
+        gm = jnp.array([[xj @ p, xj @ qv], [xa @ p, xa @ qv]], dtype=dtype)
+        gm = 0.5 * (gm + gm.T)
+        if kind == "L":
+            hj, ha = st.q[j], st.q[a]
+        else:
+            hj, ha = p, qv
+        hm = jnp.array([[hj @ hj, hj @ ha], [ha @ hj, ha @ ha]], dtype=dtype)
+        alpha, full, dphi = _line_search(kind, gm, hm, st.w[a])
+        # At rounding level (nearly collinear j and a, or a certificate of order eps)
+        # the 2x2 algebra can lose its sign; such a step is rejected and the loop stops.
+        ok = jnp.isfinite(dphi) & (dphi <= 0) & jnp.isfinite(alpha) & (alpha > 0)
+        alpha = jnp.where(ok, alpha, 0.0)
+        dphi = jnp.where(ok, dphi, 0.0)
+        full = full & ok
+        dmat = jnp.diag(jnp.array([1.0, -1.0], dtype=dtype))
+        kmat = alpha * _two_by_two_inv(dmat + alpha * gm)
+        rows = jnp.stack([p, qv])  # [2, r] = W^T T^-1
+        pcols = x @ rows.T  # [E, 2] = X T^-1 W
+        pk = pcols @ kmat
+        m = st.m - pk @ rows
+        q = st.q - pk @ (rows @ b) if kind == "L" else st.q
+        tinv = st.tinv - rows.T @ kmat @ rows
+        w = st.w.at[j].add(alpha)
+        w = w.at[a].set(jnp.where(full, 0.0, st.w[a] - alpha))
+        new = _State(w, tinv, m, q, _scores(kind, x, m, q), st.value + dphi)
+        _, cert = _certificate(new, groups, masses, num_groups)
+        # A rejected step ends the loop (the certificate is reported as 0 to stop it;
+        # the caller recomputes the true one from scratch).
+        cert = jnp.where(ok, cert, 0.0)
+        return new, it + ok.astype(it.dtype), cert, hv.at[it].set(new.value), hc.at[it].set(cert)
+
+    _, cert0 = _certificate(state, groups, masses, num_groups)
+    st, it, cert, hv, hc = jax.lax.while_loop(cond, body, (state, jnp.asarray(0), cert0, hist_v, hist_c))
+    return st, it, hv, hc
+
+
+# ----------------------------------------------------------------------------------
+# Start: a small spanning support
+
+
+@functools.partial(jax.jit, static_argnames=("r",))
+def _pivoted_support(x, r):
+    """Indices of ``r`` edges chosen by pivoted Gram-Schmidt (greedy volume)."""
+    e = x.shape[0]
+    res0 = jnp.sum(x * x, axis=1)
+
+    def taken(chosen, k):
+        # Edges already chosen (the first k entries of chosen) are not candidates.
+        mask = jnp.zeros((e,), bool)
+        return mask.at[chosen].set(jnp.arange(r) < k, mode="drop")
+
+    def body(k, carry):
+        res, basis, chosen = carry
+        j = jnp.argmax(jnp.where(taken(chosen, k), -jnp.inf, res))
+        xj = x[j]
+        coef = basis @ xj
+        qk = xj - basis.T @ coef
+        qk = qk / jnp.linalg.norm(qk)
+        proj = x @ qk
+        res = jnp.maximum(res - proj**2, 0.0)
+        return res, basis.at[k].set(qk), chosen.at[k].set(j.astype(jnp.int32))
+
+    init = (res0, jnp.zeros((r, x.shape[1]), x.dtype), jnp.full((r,), e, jnp.int32))
+    _, _, chosen = jax.lax.fori_loop(0, r, body, init)
+    return chosen
+
+
+def _initial_weights(x, groups, masses, num_groups, rank):
+    e = x.shape[0]
+    chosen = np.unique(np.asarray(_pivoted_support(x, rank)))
+    support = np.zeros(e, dtype=bool)
+    support[chosen] = True
+    g = np.asarray(groups)
+    norms = np.asarray(jnp.sum(x * x, axis=1))
+    for grp in range(num_groups):
+        members = np.flatnonzero(g == grp)
+        if not support[members].any():
+            support[members[np.argmax(norms[members])]] = True
+    counts = np.bincount(g[support], minlength=num_groups)
+    w = np.where(support, np.asarray(masses)[g] / np.maximum(counts[g], 1), 0.0)
+    return jnp.asarray(w, dtype=x.dtype)
+
+
+# ----------------------------------------------------------------------------------
+# Working sets
+
+
+@functools.partial(jax.jit, static_argnames=("kind",))
+def _price(x, tinv, b, kind):
+    """``d_e`` for every edge from ``T^-1``: one ``O(E r^2)`` pass."""
+    m = x @ tinv
+    q = m @ b if kind == "L" else m[:, :0]
+    return _scores(kind, x, m, q)
+
+
+def _violation(dd, w, groups, masses, num_groups):
+    """``d_e`` minus the weighted mean of ``d`` in its group: > 0 where mass should go."""
+    spent = np.bincount(groups, weights=w * dd, minlength=num_groups)
+    mean = np.where(masses > 0, spent / np.where(masses > 0, masses, 1.0), np.inf)
+    return dd - mean[groups]
+
+
+def _full_certificate(dd, w, groups, masses, num_groups):
+    best = np.full(num_groups, -np.inf)
+    np.maximum.at(best, groups, dd)
+    best = np.where(masses > 0, best, 0.0)
+    return float(np.sum(masses * best) - np.sum(w * dd))
+
+
+def _grow(ws, score, chunk):
+    """``ws`` plus up to ``chunk`` edges of largest positive ``score`` (sorted indices)."""
+    score = np.asarray(score, dtype=np.float64).copy()
+    score[ws] = -np.inf
+    k = min(chunk, int(np.sum(score > 0)))
+    if k > 0:
+        top = np.argpartition(-score, k - 1)[:k]
+        ws = np.union1d(ws, top)
+    return np.asarray(ws, dtype=np.int64)
+
+
+def _capacity(n, total):
+    cap = 256
+    while cap < n:
+        cap *= 2
+    return min(cap, total) if n <= total else n
+
+
+def _refresh_subset(idx, w_full, x, offset, b, kind):
+    sub = jnp.asarray(idx)
+    return _refresh(jnp.asarray(w_full[idx], dtype=x.dtype), x[sub], offset, b, kind)
+
+
+def _solve_restricted(
+    ws, w_full, x, b, prob, groups, masses, num_groups, tol, max_steps, refresh_every, scale, scale_const, polish_max
+):
+    """Pairwise Frank-Wolfe on the edges ``ws`` (padded with zero rows to a bucket size)."""
+    e = x.shape[0]
+    cap = _capacity(ws.size, e)
+    pad = cap - ws.size
+    idx = np.concatenate([ws, np.zeros(pad, dtype=np.int64)])
+    real = np.concatenate([np.ones(ws.size), np.zeros(pad)])
+    xw = x[jnp.asarray(idx)] * jnp.asarray(real, dtype=x.dtype)[:, None]
+    gw = jnp.asarray(np.where(real > 0, groups[idx], 0).astype(np.int32))
+    ww = jnp.asarray(np.where(real > 0, w_full[idx], 0.0), dtype=x.dtype)
+    mj = jnp.asarray(masses, dtype=x.dtype)
+    state = _refresh(ww, xw, prob.offset, b, prob.kind)
+    if not bool(jnp.isfinite(state.value)):
+        raise ValueError("init: the starting design is singular on the span of the edges; use ridge > 0")
+    hist_v, hist_c = [], []
+    done = 0
+    tol_j = jnp.asarray(tol, x.dtype)
+    const_j = jnp.asarray(scale_const, x.dtype)
+    while done < max_steps:
+        _, cert = _certificate(state, gw, mj, num_groups)
+        if float(cert) / scale(float(state.value)) <= tol:
+            break
+        steps = int(min(refresh_every, max_steps - done))
+        state, n_done, hv, hc = _run_steps(state, xw, b, gw, mj, tol_j, const_j, prob.kind, num_groups, steps)
+        n_done = int(n_done)
+        hist_v.extend(np.asarray(hv[:n_done]).tolist())
+        hist_c.extend(np.asarray(hc[:n_done]).tolist())
+        done += n_done
+        state = _refresh(state.w, xw, prob.offset, b, prob.kind)
+        _, cert = _certificate(state, gw, mj, num_groups)
+        if float(cert) / scale(float(state.value)) > tol and 0 < int(jnp.sum(state.w > 0)) <= polish_max:
+            # Pairwise steps zig-zag between nearly collinear support points; a Newton
+            # step on the support settles the weights (and drops the redundant ones).
+            wp = _polish(state.w, xw, prob.offset, b, prob.kind, np.asarray(gw), num_groups)
+            polished = _refresh(jnp.asarray(wp, x.dtype), xw, prob.offset, b, prob.kind)
+            if float(polished.value) < float(state.value):
+                state = polished
+        if n_done == 0:
+            break
+    return state, done, hist_v, hist_c
+
+
+# ----------------------------------------------------------------------------------
+# Newton polish on the support
+
+
+def _support_hessian(xs, tinv, b, kind):
+    """Gradient ``-d`` and Hessian of the (reduced) criterion in the support weights.
+
+    D: ``H_ij = (v_i^T T^-1 v_j)^2``; A: ``2 (v_i^T T^-1 v_j)(v_i^T T^-2 v_j)``;
+    L: ``2 (v_i^T T^-1 v_j)(v_i^T T^-1 B B^T T^-1 v_j)`` (tested against autodiff).
+    """
+    m = xs @ tinv
+    k = m @ xs.T
+    if kind == "D":
+        return -jnp.sum(m * xs, axis=1), k * k
+    mq = m @ b if kind == "L" else m
+    k2 = mq @ mq.T
+    return -jnp.sum(mq * mq, axis=1), 2.0 * k * k2
+
+
+@functools.partial(jax.jit, static_argnames=("kind",))
+def _reduced_value(w, xs, offset, b, kind):
+    t = offset + (xs.T * w) @ xs
+    t = 0.5 * (t + t.T)
+    chol = jnp.linalg.cholesky(t)
+    if kind == "D":
+        return -2.0 * jnp.sum(jnp.log(jnp.diagonal(chol)))
+    inv = jax.scipy.linalg.cho_solve((chol, True), jnp.eye(t.shape[0], dtype=t.dtype))
+    if kind == "A":
+        return jnp.trace(inv)
+    return jnp.trace(b.T @ inv @ b)
+
+
+@functools.partial(jax.jit, static_argnames=("kind",))
+def _newton_direction(w, xs, tinv, offset, b, kind, groups_onehot, real):
+    """Newton step on the support with the group-mass constraints (a KKT solve)."""
+    g, h = _support_hessian(xs, tinv, b, kind)
+    s = w.shape[0]
+    dtype = w.dtype
+    scale = jnp.maximum(jnp.max(jnp.abs(jnp.diagonal(h))), jnp.finfo(dtype).tiny)
+    # Padded slots are pinned: unit Hessian, zero gradient, so their step is zero.
+    h = jnp.where(real[:, None] & real[None, :], h, 0.0) + jnp.diag(jnp.where(real, 1e-12 * scale, scale))
+    g = jnp.where(real, g, 0.0)
+    a = groups_onehot.T  # [G, s]
+    ng = a.shape[0]
+    kkt = jnp.block([[h, a.T], [a, jnp.zeros((ng, ng), dtype)]])
+    rhs = jnp.concatenate([-g, jnp.zeros((ng,), dtype)])
+    sol = jnp.linalg.lstsq(kkt, rhs)[0]
+    return jnp.where(real, sol[:s], 0.0)
+
+
+def _polish(w, xs, offset, b, kind, groups, num_groups, steps=8):
+    """Projected Newton on the weighted edges (``w > 0``) of the working set."""
+    sup = np.flatnonzero(np.asarray(w) > 0)
+    cap = 16
+    while cap < sup.size:
+        cap *= 2
+    idx = np.concatenate([sup, np.zeros(cap - sup.size, dtype=np.int64)])
+    real_np = np.arange(cap) < sup.size
+    real = jnp.asarray(real_np)
+    xs = xs[jnp.asarray(idx)] * real[:, None].astype(xs.dtype)
+    gs = np.where(real_np, np.asarray(groups)[idx], 0)
+    onehot = jnp.asarray((gs[:, None] == np.arange(num_groups)[None, :]) & real_np[:, None], dtype=xs.dtype)
+    ws = jnp.where(real, jnp.asarray(w)[jnp.asarray(idx)], 0.0)
+    value = float(_reduced_value(ws, xs, offset, b, kind))
+    for _ in range(steps):
+        t = offset + (xs.T * ws) @ xs
+        tinv = jnp.linalg.inv(0.5 * (t + t.T))
+        delta = np.asarray(_newton_direction(ws, xs, 0.5 * (tinv + tinv.T), offset, b, kind, onehot, real))
+        wsn = np.asarray(ws)
+        neg = delta < 0
+        alpha_max = float(np.min(-wsn[neg] / delta[neg])) if neg.any() else np.inf
+        alpha = min(1.0, alpha_max)
+        improved = False
+        for _ in range(30):
+            trial = np.where(real_np, np.maximum(wsn + alpha * delta, 0.0), 0.0)
+            if alpha == alpha_max:
+                trial[np.argmin(np.where(neg, -wsn / np.where(neg, delta, -1.0), np.inf))] = 0.0
+            tv = float(_reduced_value(jnp.asarray(trial, xs.dtype), xs, offset, b, kind))
+            if np.isfinite(tv) and tv < value:
+                improved = True
+                break
+            alpha *= 0.5
+        if not improved:
+            break
+        ws, value = jnp.asarray(trial, xs.dtype), tv
+    out = np.asarray(w, dtype=np.float64).copy()
+    out[sup] = np.asarray(ws, dtype=np.float64)[: sup.size]
+    return out
+
+
+# ----------------------------------------------------------------------------------
+# Public solver
+
+
+def _check_groups(groups, group_weights, e):
+    if groups is None:
+        if group_weights is not None:
+            raise ValueError("group_weights given without groups")
+        return np.zeros(e, dtype=np.int32), np.ones(1), 1
+    g = np.asarray(groups)
+    if g.shape != (e,) or not np.issubdtype(g.dtype, np.integer):
+        raise ValueError(f"groups must be an integer array of shape [E] = [{e}], got {g.dtype} shape {list(g.shape)}")
+    if g.min() < 0:
+        raise ValueError(f"groups must be >= 0, min is {g.min()}")
+    num = int(g.max()) + 1
+    present = np.bincount(g, minlength=num) > 0
+    if group_weights is None:
+        masses = present / present.sum()
+    else:
+        masses = np.asarray(group_weights, dtype=np.float64)
+        if masses.shape != (num,):
+            raise ValueError(f"group_weights must have shape [num_groups] = [{num}], got {list(masses.shape)}")
+        if np.any(~np.isfinite(masses)) or np.any(masses < 0):
+            raise ValueError("group_weights must be finite and >= 0")
+        if np.any(masses[~present] > 0):
+            raise ValueError("group_weights: a group with no edge has positive mass")
+        if masses.sum() <= 0:
+            raise ValueError("group_weights must not all be zero")
+        masses = masses / masses.sum()
+    if np.any(masses[present] <= 0):
+        # Zero-mass groups are fine but their edges can never carry weight: fold them out.
+        pass
+    return g.astype(np.int32), masses, num
+
+
+def optimal_design(
+    diffs,
+    theta,
+    curvature,
+    beta,
+    criterion: str = "L",
+    ridge: float = 0.0,
+    tol: float = 1e-3,
+    max_iter: int = 100_000,
+    groups=None,
+    group_weights=None,
+    refresh_every: int = 200,
+    init=None,
+    working_set: int = 2048,
+    polish_max: int = 512,
+) -> DesignSolution:
+    """Minimise an L-, A- or D-criterion over designs on the candidate edges.
+
+    Args:
+      diffs: ``[E, d]`` edge differences ``z_e``.
+      theta: ``[d]`` where the information is evaluated (``theta*``: oracle;
+        ``0``: plug-in at the reference; a pilot estimate: two-stage).
+      curvature: ``[d, d]`` ``I(theta)`` for ``"L"``; ignored (may be ``None``) for A, D.
+      beta: ``> 0``.
+      criterion: ``"L"`` (``tr(I Sigma^+)``, the paper's), ``"A"`` or ``"D"``.
+      ridge: ``>= 0``; ``> 0`` gives the paper's ``tr(I (ridge Id + Sigma)^-1)``.
+      tol: stop when the relative certificate is ``<= tol`` (see :class:`DesignSolution`).
+      max_iter: maximum number of pairwise steps.
+      groups: optional ``[E]`` integer group of each edge (e.g. its prompt): the design
+        then puts mass ``group_weights[g]`` on group ``g`` (response selection).
+      group_weights: ``[G]`` masses (normalised; default uniform over non-empty groups).
+      refresh_every: exact recomputation period (steps).
+      init: optional ``[E]`` starting design (must satisfy the group masses and give a
+        non-singular ``Sigma`` on the span when ``ridge = 0``).
+      working_set: when ``E > 2 working_set`` the steps run on a working set of edges
+        that grows by this many of the most violating edges after each pricing pass
+        over all edges (column generation); the certificate is always over all edges.
+      polish_max: after each block of ``refresh_every`` steps that has not converged,
+        a projected Newton step on the weighted edges is tried when there are at most
+        this many (``O(s^2 r + s^3)``); it is kept only if it lowers the criterion.
+
+    Returns:
+      :class:`DesignSolution`.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> z = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+      >>> sol = optimal_design(z, jnp.zeros(2), None, 1.0, criterion="D", tol=1e-6)
+      >>> [round(float(v), 3) for v in sol.weights]   # D-optimal: equal weights
+      [0.333, 0.333, 0.333]
+    """
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {list(CRITERIA)}, got {criterion!r}")
+    e, d = V.check_diffs(diffs)
+    V.check_theta(theta, d)
+    V.check_beta(beta)
+    V.check_nonnegative(ridge, "ridge")
+    if criterion == "L":
+        if curvature is None:
+            raise ValueError('curvature is required for criterion "L"')
+        V.check_curvature(curvature, d)
+    if not (isinstance(tol, (int, float)) and tol > 0):
+        raise ValueError(f"tol must be a number > 0, got {tol!r}")
+    if not (isinstance(max_iter, (int, np.integer)) and max_iter >= 0):
+        raise ValueError(f"max_iter must be an integer >= 0, got {max_iter!r}")
+    if not (isinstance(refresh_every, (int, np.integer)) and refresh_every >= 1):
+        raise ValueError(f"refresh_every must be an integer >= 1, got {refresh_every!r}")
+    if not (isinstance(working_set, (int, np.integer)) and working_set >= 1):
+        raise ValueError(f"working_set must be an integer >= 1, got {working_set!r}")
+    groups_np, masses_np, num_groups = _check_groups(groups, group_weights, e)
+    ridge = float(ridge)
+
+    diffs = jnp.asarray(diffs)
+    dtype = diffs.dtype
+    theta = jnp.asarray(theta, dtype=dtype)
+    prob = _reduce(diffs, theta, curvature, beta, criterion, ridge)
+    x = prob.x
+    b = prob.b if prob.b is not None else jnp.zeros((prob.rank, 0), dtype)
+
+    if init is None:
+        w0 = _initial_weights(x, groups_np, masses_np, num_groups, prob.rank)
+    else:
+        w0 = np.asarray(init, dtype=np.float64)
+        if w0.shape != (e,) or np.any(~np.isfinite(w0)) or np.any(w0 < 0):
+            raise ValueError(f"init must be a non-negative finite array of shape [E] = [{e}]")
+        got = np.bincount(groups_np, weights=w0, minlength=num_groups)
+        if not np.allclose(got, masses_np, atol=1e-9):
+            raise ValueError("init must put each group's mass on the group (sum to 1 without groups)")
+        w0 = jnp.asarray(w0, dtype=dtype)
+
+    scale_const = float(prob.rank) if prob.kind == "D" else prob.constant
+
+    def scale(value):
+        return scale_const if prob.kind == "D" else value + scale_const
+
+    # Column generation: solve on a working set of edges, price every edge with one
+    # O(E r^2) pass, add the most violating edges, repeat. The certificate is always
+    # the one over all E edges.
+    w_full = np.asarray(w0, dtype=np.float64)
+    chunk = int(working_set)
+    if e <= 2 * chunk:
+        ws = np.arange(e)
+    else:
+        st0 = _refresh_subset(np.flatnonzero(w_full > 0), w_full, x, prob.offset, b, prob.kind)
+        d0 = np.asarray(_price(x, st0.tinv, b, prob.kind))
+        ws = _grow(np.flatnonzero(w_full > 0), _violation(d0, w_full, groups_np, masses_np, num_groups), chunk)
+    tol_inner = tol if ws.size == e else 0.5 * tol
+    hist_v, hist_c, hist_full = [], [], []
+    it = 0
+    while True:
+        st, n_done, hv, hc = _solve_restricted(
+            ws, w_full, x, b, prob, groups_np, masses_np, num_groups, tol_inner, max_iter - it, refresh_every, scale, scale_const,
+            polish_max,
+        )
+        it += n_done
+        hist_v.extend(hv)
+        hist_c.extend(hc)
+        w_full = np.zeros(e)
+        w_full[ws] = np.asarray(st.w, dtype=np.float64)[: ws.size]
+        val = float(st.value)
+        if ws.size == e:
+            d_full = np.asarray(st.dd, dtype=np.float64)[:e]
+        else:
+            d_full = np.asarray(_price(x, st.tinv, b, prob.kind), dtype=np.float64)
+        viol = _violation(d_full, w_full, groups_np, masses_np, num_groups)
+        cert = float(_full_certificate(d_full, w_full, groups_np, masses_np, num_groups))
+        hist_full.append((it, cert))
+        if hist_c:
+            hist_v[-1], hist_c[-1] = val, cert
+        else:
+            hist_v.append(val)
+            hist_c.append(cert)
+        if cert / scale(val) <= tol or it >= max_iter:
+            break
+        outside = np.ones(e, dtype=bool)
+        outside[ws] = False
+        if ws.size < e and np.any(viol[outside] > 0):
+            # Keep the support, drop the rest of the old working set, add the most
+            # violating edges: the working set stays near support + chunk.
+            ws = _grow(np.flatnonzero(w_full > 0), viol, chunk)
+            tol_inner = tol if ws.size == e else 0.5 * tol
+        else:
+            tol_inner = 0.25 * tol_inner
+            if tol_inner < 1e3 * np.finfo(np.asarray(diffs).dtype).eps:
+                break
+    weights = jnp.asarray(w_full, dtype=dtype)
+    value = val + prob.constant
+    rel = cert / (prob.rank if prob.kind == "D" else value)
+    return DesignSolution(
+        weights=weights,
+        value=value,
+        certificate=cert,
+        relative_certificate=rel,
+        converged=bool(rel <= tol),
+        num_iter=it,
+        rank=prob.rank,
+        history={
+            "value": np.asarray(hist_v) + prob.constant,
+            "certificate": np.asarray(hist_c),
+            "pricing": np.asarray(hist_full).reshape(-1, 2),
+        },
+    )
