@@ -1,5 +1,7 @@
 """Synthetic worlds, Bradley-Terry labels, DPO estimators and Monte-Carlo replicates."""
 
+from synthetic.designs import DESIGNS, DesignOutput, DesignProblem, design_problem, register_design, run_design
+from synthetic.rounding import ROUNDINGS, round_design
 from synthetic.baselines import first_two_weights, reference_weights, uniform_weights
 from synthetic.estimators import DPOResult, NewtonResult, dpo_loss, fit_dpo_optax, fit_newton
 from synthetic.labels import Allocation, allocation_from_counts, sample_allocation, simulate_wins
@@ -38,4 +40,12 @@ __all__ = [
     "uniform_weights",
     "reference_weights",
     "first_two_weights",
+    "DESIGNS",
+    "DesignOutput",
+    "DesignProblem",
+    "design_problem",
+    "register_design",
+    "run_design",
+    "ROUNDINGS",
+    "round_design",
 ]

@@ -1,0 +1,730 @@
+r"""Every comparison-selection rule behind one interface, registered by name.
+
+A design is a function ``design(key, problem, budget, **params) -> DesignOutput``:
+it chooses which candidate comparisons of ``problem`` receive the ``budget`` labels.
+Register a new one in a few lines::
+
+    from synthetic.designs import register_design, weighted_output
+
+    @register_design("my_rule", summary="what it does", source="where it comes from")
+    def my_rule(key, problem, budget, rounding="auto"):
+        w = ...  # [E] non-negative weights over problem.edges
+        return weighted_output(key, problem, budget, w, rounding)
+
+and run it with :func:`run_design` (which checks the contract: exactly ``budget``
+labels, non-negative counts, the design's own constraints) or through the Hydra
+sweep by its name.
+
+What a design may read. ``problem.edges`` and ``problem.pool`` (the candidate
+comparisons and their completions, as a practitioner has them), ``problem.target``
+(the pool on which the gap is measured, for the curvature) and ``problem.beta``.
+``problem.theta_star`` is the simulation's truth: only the oracle design, the noisy
+reward-model proxy (whose correlation with the true reward is a parameter) and
+:meth:`DesignProblem.label` (the simulated annotator, for pilot labels) read it.
+
+Pilot labels. Adaptive designs (two-stage, pilot reward models, pilot uncertainty)
+spend part of the budget on labels they observe; ``DesignOutput.pilot`` holds those
+``(counts, wins)`` per edge and the allocation includes their counts. An evaluation
+must reuse these wins rather than draw fresh ones for the pilot edges.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from synthetic.baselines import first_two_weights, reference_weights, uniform_weights
+from synthetic.estimators import fit_newton
+from synthetic.labels import Allocation, allocation_from_counts, simulate_wins
+from synthetic.rounding import ROUNDINGS, resolve_rounding, round_design
+from synthetic.worlds import Pool, World
+from theory.design import optimal_design
+from theory.edges import Edges, enumerate_edges
+from theory.information import design_criterion
+from theory.policy import policy_curvature
+
+__all__ = [
+    "DesignProblem",
+    "DesignOutput",
+    "DesignSpec",
+    "DESIGNS",
+    "REWARD_POSITIONS",
+    "design_problem",
+    "register_design",
+    "get_design",
+    "run_design",
+    "weighted_output",
+    "allocation_criterion",
+    "reward_model",
+]
+
+
+# ------------------------------------------------------------------------- problem
+
+
+class DesignProblem(NamedTuple):
+    """Everything a design may use (see the module docstring for what reads what)."""
+
+    edges: Edges
+    pool: Pool
+    target: Pool
+    beta: float
+    theta_star: jax.Array
+
+    @property
+    def num_edges(self) -> int:
+        return self.edges.num_edges
+
+    @property
+    def dim(self) -> int:
+        return int(self.pool.features.shape[-1])
+
+    def curvature(self, theta) -> jax.Array:
+        """``I(theta)`` on the target pool."""
+        t = self.target
+        return policy_curvature(jnp.asarray(theta), t.features, t.log_ref, t.prompt_weights)
+
+    def label(self, key, counts) -> np.ndarray:
+        """Simulated annotator: Bradley-Terry wins ``[E]`` for ``counts`` ``[E]`` labels per edge."""
+        c = jnp.asarray(counts, dtype=self.edges.diffs.dtype)
+        return np.asarray(simulate_wins(key, self.theta_star, self.edges.diffs, c, self.beta)).astype(np.int64)
+
+    def edge_index(self) -> np.ndarray:
+        """``[m, K, K]`` map from ``(prompt, i, j)`` to the edge id (``-1`` where none)."""
+        m, k = self.pool.log_ref.shape
+        idx = -np.ones((m, k, k), dtype=np.int64)
+        e = self.edges
+        ids = np.arange(e.num_edges)
+        idx[e.prompt, e.first, e.second] = ids
+        idx[e.prompt, e.second, e.first] = ids
+        return idx
+
+
+def design_problem(world: World) -> DesignProblem:
+    """Candidate edges are all within-prompt pairs of the world's training pool."""
+    edges = enumerate_edges(world.train.features, world.train.log_ref)
+    return DesignProblem(edges, world.train, world.eval, float(world.beta), world.theta_star)
+
+
+class DesignOutput(NamedTuple):
+    """What a design returns.
+
+    Attributes:
+      allocation: distinct edge ids with label counts (pilot labels included).
+      weights: ``[E]`` the approximate design it rounded, or ``None``.
+      pilot: ``(counts, wins)`` ``[E]`` labels already observed while designing, or ``None``.
+      info: extra diagnostics (certificate of a solved design, pilot estimate, ...).
+    """
+
+    allocation: Allocation
+    weights: Optional[np.ndarray]
+    pilot: Optional[tuple]
+    info: dict
+
+    def dense_counts(self, num_edges: int) -> np.ndarray:
+        return self.allocation.dense_counts(num_edges)
+
+
+# ------------------------------------------------------------------------ registry
+
+
+@dataclasses.dataclass(frozen=True)
+class DesignSpec:
+    name: str
+    fn: Callable
+    summary: str
+    source: str
+    params: dict  # parameter name -> default
+
+    def __call__(self, key, problem, budget, **params):
+        return self.fn(key, problem, budget, **params)
+
+
+DESIGNS: dict[str, DesignSpec] = {}
+
+
+def register_design(name: str, *, summary: str, source: str, replace: bool = False):
+    """Decorator registering ``fn(key, problem, budget, **params)`` under ``name``."""
+
+    def deco(fn):
+        if name in DESIGNS and not replace:
+            raise ValueError(f"design {name!r} is already registered (pass replace=True to override)")
+        sig = inspect.signature(fn)
+        names = list(sig.parameters)
+        if names[:3] != ["key", "problem", "budget"]:
+            raise ValueError(f"design {name!r}: the signature must start with (key, problem, budget), got {names[:3]}")
+        params = {p.name: p.default for p in list(sig.parameters.values())[3:]}
+        DESIGNS[name] = DesignSpec(name, fn, summary, source, params)
+        return fn
+
+    return deco
+
+
+def get_design(name: str) -> DesignSpec:
+    if name not in DESIGNS:
+        raise ValueError(f"design must be one of {sorted(DESIGNS)}, got {name!r}")
+    return DESIGNS[name]
+
+
+def check_design_params(name: str, params: dict) -> None:
+    """Unknown parameter names fail before any work, listing the allowed ones."""
+    spec = get_design(name)
+    unknown = sorted(set(params) - set(spec.params))
+    if unknown:
+        raise ValueError(f"design {name!r} has no parameter(s) {unknown}; allowed: {sorted(spec.params)}")
+
+
+def run_design(name: str, key, problem: DesignProblem, budget: int, **params) -> DesignOutput:
+    """Run a registered design and check its contract."""
+    spec = get_design(name)
+    check_design_params(name, params)
+    _check_budget(budget)
+    out = spec.fn(key, problem, int(budget), **params)
+    if not isinstance(out, DesignOutput):
+        raise TypeError(f"design {name!r} must return a DesignOutput, got {type(out).__name__}")
+    counts = out.allocation.counts
+    if np.any(counts <= 0) or np.any(out.allocation.edges < 0) or np.any(out.allocation.edges >= problem.num_edges):
+        raise RuntimeError(f"design {name!r} returned an invalid allocation")
+    if out.allocation.budget != int(budget):
+        raise RuntimeError(f"design {name!r} returned {out.allocation.budget} labels for a budget of {budget}")
+    return out
+
+
+def _check_budget(budget):
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
+        raise ValueError(f"budget must be an integer number of labels >= 1, got {budget!r}")
+
+
+def _check_choice(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+
+
+def _check_fraction(name, value, lo=0.0, hi=1.0, lo_open=True, hi_open=True):
+    ok = isinstance(value, (int, float)) and np.isfinite(value)
+    ok = ok and (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+    if not ok:
+        lb = "(" if lo_open else "["
+        rb = ")" if hi_open else "]"
+        raise ValueError(f"{name} must be in {lb}{lo}, {hi}{rb}, got {value!r}")
+
+
+def allocation_criterion(problem: DesignProblem, counts, theta=None, ridge: float = 0.0) -> float:
+    """``Phi(counts / n; theta)`` of a realised allocation (``theta*`` by default)."""
+    c = np.asarray(counts, dtype=np.float64)
+    theta = problem.theta_star if theta is None else jnp.asarray(theta)
+    w = jnp.asarray(c / c.sum(), dtype=problem.edges.diffs.dtype)
+    return float(design_criterion(w, theta, problem.edges.diffs, problem.curvature(theta), problem.beta, ridge))
+
+
+def weighted_output(key, problem, budget, weights, rounding="auto", pilot=None, info=None) -> DesignOutput:
+    """Round ``weights`` to ``budget`` labels (plus pilot counts, if any) by ``rounding``."""
+    _check_choice("rounding", rounding, ROUNDINGS)
+    w = np.asarray(weights, dtype=np.float64)
+    info = dict(info or {})
+    if pilot is None:
+        info["rounding"] = resolve_rounding(w, budget, rounding)
+        alloc = round_design(key, w, budget, info["rounding"])
+    else:
+        rest = budget - int(pilot[0].sum())
+        counts = np.asarray(pilot[0], dtype=np.int64).copy()
+        if rest > 0:
+            info["rounding"] = resolve_rounding(w, rest, rounding)
+            counts += round_design(key, w, rest, info["rounding"]).dense_counts(problem.num_edges)
+        alloc = allocation_from_counts(counts)
+    return DesignOutput(alloc, w / w.sum(), pilot, info)
+
+
+def selection_output(key, problem, budget, selected, rounding="auto", pilot=None, info=None) -> DesignOutput:
+    """Uniform weights over the ``selected`` edge ids, rounded."""
+    sel = np.unique(np.asarray(selected, dtype=np.int64))
+    if sel.size == 0:
+        raise ValueError("the design selected no edge")
+    w = np.zeros(problem.num_edges)
+    w[sel] = 1.0
+    return weighted_output(key, problem, budget, w, rounding, pilot, info)
+
+
+# ------------------------------------------------------------------- shared pieces
+
+
+def _present(problem):
+    return np.isfinite(np.asarray(problem.pool.log_ref))
+
+
+def _pilot(key, problem, budget, pilot_fraction, pilot_ridge):
+    """Label ``pilot_fraction * budget`` uniformly chosen edges and fit DPO on them."""
+    _check_fraction("pilot_fraction", pilot_fraction)
+    n0 = int(np.floor(pilot_fraction * budget))
+    if n0 < 1 or n0 >= budget:
+        raise ValueError(
+            f"pilot_fraction * budget must leave at least one pilot and one designed label; "
+            f"got {pilot_fraction} * {budget} = {pilot_fraction * budget:g}"
+        )
+    k_alloc, k_lab = jax.random.split(key)
+    counts = round_design(k_alloc, uniform_weights(problem.edges), n0, "efficient").dense_counts(problem.num_edges)
+    wins = problem.label(k_lab, counts)
+    fit = fit_newton(
+        problem.edges.diffs,
+        jnp.asarray(counts, problem.edges.diffs.dtype),
+        jnp.asarray(wins, problem.edges.diffs.dtype),
+        problem.beta,
+        ridge=pilot_ridge,
+    )
+    return (counts, wins), fit.theta
+
+
+def _theta_at(at, key, problem, budget, pilot_fraction, pilot_ridge):
+    _check_choice("at", at, ("reference", "truth", "pilot"))
+    if at == "reference":
+        return jnp.zeros(problem.dim, problem.edges.diffs.dtype), None
+    if at == "truth":
+        return problem.theta_star, None
+    pilot, theta = _pilot(key, problem, budget, pilot_fraction, pilot_ridge)
+    return theta, pilot
+
+
+def _solve(problem, theta, criterion, ridge, tol, groups=None, group_weights=None, diffs=None):
+    curv = problem.curvature(theta) if criterion == "L" else None
+    return optimal_design(
+        problem.edges.diffs if diffs is None else diffs,
+        theta,
+        curv,
+        problem.beta,
+        criterion=criterion,
+        ridge=ridge,
+        tol=tol,
+        groups=groups,
+        group_weights=group_weights,
+    )
+
+
+def _sol_info(sol, theta):
+    return {
+        "criterion_value": sol.value,
+        "relative_certificate": sol.relative_certificate,
+        "converged": sol.converged,
+        "theta": np.asarray(theta),
+    }
+
+
+def _prompt_masses(problem, prompts):
+    rho = np.asarray(problem.pool.prompt_weights, dtype=np.float64)[prompts]
+    return rho / rho.sum()
+
+
+# ------------------------------------------------------------------ reward models
+
+REWARD_POSITIONS = ("min", "mu-2sigma", "mu-sigma", "mu", "mu+sigma", "mu+2sigma", "max")
+
+
+def reward_model(key, problem, reward="proxy", correlation=1.0, pilot_theta=None) -> np.ndarray:
+    """Reward-model scores ``[m, K]`` of the pool's completions (``-inf`` where absent).
+
+    ``"proxy"``: ``correlation * r~ + sqrt(1 - correlation^2) * eps`` with ``r~`` the
+    true reward ``beta theta*.phi`` standardised over all present completions and
+    ``eps ~ N(0, 1)``, so its correlation with the true reward is ``correlation``.
+    ``"pilot"``: ``beta theta_pilot.phi`` from a pilot DPO fit.
+    """
+    _check_choice("reward", reward, ("proxy", "pilot"))
+    present = _present(problem)
+    feats = jnp.asarray(problem.pool.features)
+    if reward == "pilot":
+        scores = problem.beta * np.asarray(feats @ pilot_theta)
+        return np.where(present, scores, -np.inf)
+    if not isinstance(correlation, (int, float)) or not np.isfinite(correlation) or not -1.0 <= correlation <= 1.0:
+        raise ValueError(f"correlation must be in [-1, 1], got {correlation!r}")
+    true = problem.beta * np.asarray(feats @ problem.theta_star)
+    vals = true[present]
+    sd = vals.std()
+    std = (true - vals.mean()) / sd if sd > 0 else np.zeros_like(true)
+    eps = np.asarray(jax.random.normal(key, true.shape, dtype=feats.dtype))
+    scores = correlation * std + np.sqrt(max(1.0 - correlation**2, 0.0)) * eps
+    return np.where(present, scores, -np.inf)
+
+
+def _rewards(key, problem, budget, reward, correlation, pilot_fraction, pilot_ridge):
+    k_pilot, k_noise = jax.random.split(key)
+    pilot, theta = None, None
+    if reward == "pilot":
+        pilot, theta = _pilot(k_pilot, problem, budget, pilot_fraction, pilot_ridge)
+    return reward_model(k_noise, problem, reward, correlation, theta), pilot
+
+
+def _position_target(scores_row, present_row, position):
+    vals = scores_row[present_row]
+    mu, sd = vals.mean(), vals.std()
+    return {
+        "min": vals.min(),
+        "mu-2sigma": mu - 2 * sd,
+        "mu-sigma": mu - sd,
+        "mu": mu,
+        "mu+sigma": mu + sd,
+        "mu+2sigma": mu + 2 * sd,
+        "max": vals.max(),
+    }[position]
+
+
+def _nearest(scores_row, present_row, target, exclude):
+    dist = np.where(present_row, np.abs(scores_row - target), np.inf)
+    if exclude is not None:
+        dist[exclude] = np.inf
+    return int(np.argmin(dist))
+
+
+# ------------------------------------------------------------------------ designs
+
+
+def _optimal(key, problem, budget, criterion, at, rounding, ridge, tol, pilot_fraction, pilot_ridge):
+    k_pilot, k_round = jax.random.split(key)
+    theta, pilot = _theta_at(at, k_pilot, problem, budget, pilot_fraction, pilot_ridge)
+    sol = _solve(problem, theta, criterion, ridge, tol)
+    return weighted_output(k_round, problem, budget, np.asarray(sol.weights), rounding, pilot, _sol_info(sol, theta))
+
+
+@register_design(
+    "oracle",
+    summary="L-optimal design D*(theta*) at the true parameter: the unattainable benchmark.",
+    source="Which Pairs to Compare (arXiv 2606.19607), the design minimising tr(I Sigma^+)",
+)
+def oracle(key, problem, budget, rounding="auto", ridge=0.0, tol=1e-4):
+    return _optimal(key, problem, budget, "L", "truth", rounding, ridge, tol, 0.2, 1e-3)
+
+
+@register_design(
+    "plug_in",
+    summary="L-optimal design D*(theta0) at the reference theta0 = 0: no labels needed.",
+    source="Which Pairs to Compare (arXiv 2606.19607), plug-in design and its bound",
+)
+def plug_in(key, problem, budget, rounding="auto", ridge=0.0, tol=1e-4):
+    return _optimal(key, problem, budget, "L", "reference", rounding, ridge, tol, 0.2, 1e-3)
+
+
+@register_design(
+    "two_stage",
+    summary="Pilot fraction labelled uniformly, DPO fit, the rest L-optimal at the pilot estimate.",
+    source="Which Pairs to Compare (arXiv 2606.19607), adaptive two-stage design",
+)
+def two_stage(key, problem, budget, pilot_fraction=0.2, pilot_ridge=1e-3, rounding="auto", ridge=0.0, tol=1e-4):
+    return _optimal(key, problem, budget, "L", "pilot", rounding, ridge, tol, pilot_fraction, pilot_ridge)
+
+
+@register_design(
+    "d_optimal",
+    summary="D-optimal design (maximise log det Sigma on the identifiable subspace).",
+    source="Kiefer and Wolfowitz (1960); classical optimal design",
+)
+def d_optimal(key, problem, budget, at="reference", rounding="auto", ridge=0.0, tol=1e-4, pilot_fraction=0.2, pilot_ridge=1e-3):
+    return _optimal(key, problem, budget, "D", at, rounding, ridge, tol, pilot_fraction, pilot_ridge)
+
+
+@register_design(
+    "a_optimal",
+    summary="A-optimal design (minimise tr Sigma^+): parameter error, not policy gap.",
+    source="classical optimal design (Pukelsheim, Optimal Design of Experiments, ch. 6)",
+)
+def a_optimal(key, problem, budget, at="reference", rounding="auto", ridge=0.0, tol=1e-4, pilot_fraction=0.2, pilot_ridge=1e-3):
+    return _optimal(key, problem, budget, "A", at, rounding, ridge, tol, pilot_fraction, pilot_ridge)
+
+
+def _greedy(vecs, budget, gamma, with_replacement):
+    """Repeatedly take the edge maximising ``v^T H^-1 v``; ``H = gamma Id + sum v v^T``."""
+    e, d = vecs.shape
+    if not with_replacement and budget > e:
+        raise ValueError(
+            f"budget {budget} is larger than the {e} candidate edges, and this greedy design labels each "
+            "edge at most once (pass with_replacement=True to allow repeats)"
+        )
+
+    @jax.jit
+    def run(vecs):
+        hinv0 = jnp.eye(d, dtype=vecs.dtype) / gamma
+        scores0 = jnp.sum(vecs * vecs, axis=1) / gamma
+
+        def body(t, carry):
+            hinv, scores, taken, order = carry
+            j = jnp.argmax(jnp.where(taken, -jnp.inf, scores))
+            u = hinv @ vecs[j]
+            denom = 1.0 + vecs[j] @ u
+            proj = vecs @ u
+            scores = scores - proj**2 / denom
+            hinv = hinv - jnp.outer(u, u) / denom
+            taken = taken.at[j].set(not with_replacement)
+            return hinv, scores, taken, order.at[t].set(j.astype(order.dtype))
+
+        init = (hinv0, scores0, jnp.zeros(e, bool), jnp.zeros(budget, jnp.int32))
+        return jax.lax.fori_loop(0, budget, body, init)[3]
+
+    return np.bincount(np.asarray(run(vecs)), minlength=e)
+
+
+def _check_positive(name, value):
+    if not isinstance(value, (int, float)) or not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+@register_design(
+    "adpo_greedy",
+    summary="Greedy offline D-optimal: take the edge maximising v^T H^-1 v, v = beta sqrt(mu(1-mu)) z; each once.",
+    source="Kveton et al. (2025), Active Learning for DPO (ADPO+)",
+)
+def adpo_greedy(key, problem, budget, gamma=1.0, at="reference", with_replacement=False, pilot_fraction=0.2, pilot_ridge=1e-3):
+    _check_positive("gamma", gamma)
+    theta, pilot = _theta_at(at, key, problem, budget, pilot_fraction, pilot_ridge)
+    z = problem.edges.diffs
+    mu = jax.nn.sigmoid(problem.beta * (z @ theta))
+    vecs = problem.beta * jnp.sqrt(mu * (1 - mu))[:, None] * z
+    n = budget - (0 if pilot is None else int(pilot[0].sum()))
+    counts = _greedy(vecs, n, float(gamma), bool(with_replacement))
+    if pilot is not None:
+        counts = counts + pilot[0]
+    return DesignOutput(allocation_from_counts(counts), None, pilot, {"theta": np.asarray(theta)})
+
+
+@register_design(
+    "apo_greedy",
+    summary="Greedy largest ||z||_{H^-1} without the logistic weight; each edge once.",
+    source="Das et al. (2024), Active Preference Optimization (APO)",
+)
+def apo_greedy(key, problem, budget, gamma=1.0, with_replacement=False):
+    _check_positive("gamma", gamma)
+    counts = _greedy(problem.edges.diffs, budget, float(gamma), bool(with_replacement))
+    return DesignOutput(allocation_from_counts(counts), None, None, {})
+
+
+@register_design(
+    "uniform",
+    summary="Uniform over all candidate edges (random pairs).",
+    source="common practice; the paper's baseline",
+)
+def uniform(key, problem, budget, rounding="auto"):
+    return weighted_output(key, problem, budget, uniform_weights(problem.edges), rounding)
+
+
+@register_design(
+    "first_two",
+    summary="The first two completions of each prompt, one pair per prompt.",
+    source="common practice (sample two completions, label them)",
+)
+def first_two(key, problem, budget, rounding="auto"):
+    return weighted_output(key, problem, budget, first_two_weights(problem.edges), rounding)
+
+
+@register_design(
+    "first_n",
+    summary="The first N comparisons in pool order (N = num_pairs, default min(budget, E)).",
+    source="common practice (label what comes first)",
+)
+def first_n(key, problem, budget, num_pairs=None, rounding="auto"):
+    e = problem.num_edges
+    n = min(budget, e) if num_pairs is None else num_pairs
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= e:
+        raise ValueError(f"num_pairs must be an integer in [1, {e}] (the number of candidate edges), got {num_pairs!r}")
+    return selection_output(key, problem, budget, np.arange(n), rounding)
+
+
+@register_design(
+    "reference_weighted",
+    summary="Edge weight proportional to pi0(y|x) pi0(y'|x): pairs the reference model is likely to sample.",
+    source="on-policy sampling heuristic; Which Pairs to Compare finds it poor and high-variance",
+)
+def reference_weighted(key, problem, budget, rounding="auto"):
+    return weighted_output(key, problem, budget, reference_weights(problem.edges, problem.pool.log_ref), rounding)
+
+
+def _per_prompt_pairs(problem, pick):
+    """One edge per prompt with >= 2 completions: ``pick(prompt) -> (i, j)``."""
+    present = _present(problem)
+    idx = problem.edge_index()
+    prompts = np.flatnonzero(present.sum(axis=1) >= 2)
+    sel = []
+    for x in prompts:
+        i, j = pick(x)
+        sel.append(idx[x, i, j])
+    sel = np.asarray(sel)
+    assert np.all(sel >= 0)
+    return prompts, sel
+
+
+def _per_prompt_output(key, problem, budget, prompts, sel, rounding, pilot, info=None):
+    w = np.zeros(problem.num_edges)
+    w[sel] = _prompt_masses(problem, prompts)
+    return weighted_output(key, problem, budget, w, rounding, pilot, info)
+
+
+@register_design(
+    "best_vs_worst",
+    summary="Per prompt, the highest- against the lowest-reward completion under a reward model.",
+    source="common practice in iterative DPO (e.g. the baseline of Finding the Sweet Spot, 2025)",
+)
+def best_vs_worst(key, problem, budget, reward="proxy", correlation=1.0, pilot_fraction=0.2, pilot_ridge=1e-3, rounding="auto"):
+    k_r, k_round = jax.random.split(key)
+    scores, pilot = _rewards(k_r, problem, budget, reward, correlation, pilot_fraction, pilot_ridge)
+    prompts, sel = _per_prompt_pairs(problem, lambda x: (int(np.argmax(scores[x])), int(np.argmin(np.where(np.isfinite(scores[x]), scores[x], np.inf)))))
+    return _per_prompt_output(k_round, problem, budget, prompts, sel, rounding, pilot)
+
+
+@register_design(
+    "sweet_spot",
+    summary="Chosen at one reward position, rejected nearest another (default max vs mu - 2 sigma); 7 positions, 21 pairs.",
+    source="Finding the Sweet Spot (2025, seed 003): rejected at mu - 2 sigma beats the minimum",
+)
+def sweet_spot(
+    key, problem, budget, chosen="max", rejected="mu-2sigma", reward="proxy", correlation=1.0, pilot_fraction=0.2, pilot_ridge=1e-3, rounding="auto"
+):
+    _check_choice("chosen", chosen, REWARD_POSITIONS)
+    _check_choice("rejected", rejected, REWARD_POSITIONS)
+    if chosen == rejected:
+        raise ValueError(f"chosen and rejected must be different positions, both are {chosen!r}")
+    k_r, k_round = jax.random.split(key)
+    scores, pilot = _rewards(k_r, problem, budget, reward, correlation, pilot_fraction, pilot_ridge)
+    present = _present(problem)
+
+    def pick(x):
+        i = _nearest(scores[x], present[x], _position_target(scores[x], present[x], chosen), None)
+        j = _nearest(scores[x], present[x], _position_target(scores[x], present[x], rejected), i)
+        return i, j
+
+    prompts, sel = _per_prompt_pairs(problem, pick)
+    return _per_prompt_output(k_round, problem, budget, prompts, sel, rounding, pilot)
+
+
+@register_design(
+    "sweet_spot_scalable",
+    summary="Chosen = highest reward; rejected = lowest of num_samples random other completions (default 5).",
+    source="Finding the Sweet Spot (2025, seed 003), the scalable construction",
+)
+def sweet_spot_scalable(
+    key, problem, budget, num_samples=5, reward="proxy", correlation=1.0, pilot_fraction=0.2, pilot_ridge=1e-3, rounding="auto"
+):
+    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+    k_r, k_pick, k_round = jax.random.split(key, 3)
+    scores, pilot = _rewards(k_r, problem, budget, reward, correlation, pilot_fraction, pilot_ridge)
+    present = _present(problem)
+    m, k = present.shape
+    gumbel = np.asarray(jax.random.gumbel(k_pick, (m, k)))
+
+    def pick(x):
+        i = int(np.argmax(scores[x]))
+        others = np.flatnonzero(present[x] & (np.arange(k) != i))
+        draw = others[np.argsort(-gumbel[x, others])[: min(num_samples, others.size)]]
+        return i, int(draw[np.argmin(scores[x, draw])])
+
+    prompts, sel = _per_prompt_pairs(problem, pick)
+    return _per_prompt_output(k_round, problem, budget, prompts, sel, rounding, pilot)
+
+
+@register_design(
+    "reference_filter",
+    summary="Keep the fraction of pairs with the largest |log pi0(y|x) - log pi0(y'|x)|, uniform over them.",
+    source="our reading of Clear Preferences Leave Traces (2025, seed 004); its exact rule is not in the abstract",
+)
+def reference_filter(key, problem, budget, fraction=0.4, rounding="auto"):
+    _check_fraction("fraction", fraction, hi_open=False)
+    lr = np.asarray(problem.pool.log_ref, dtype=np.float64)
+    e = problem.edges
+    gap = np.abs(lr[e.prompt, e.first] - lr[e.prompt, e.second])
+    keep = max(1, int(np.ceil(fraction * e.num_edges)))
+    tie = np.asarray(jax.random.uniform(key, (e.num_edges,)))
+    order = np.lexsort((tie, -gap))
+    return selection_output(jax.random.fold_in(key, 1), problem, budget, order[:keep], rounding)
+
+
+def _uncertainty(key, problem, budget, at, num_pairs, rounding, pilot_fraction, pilot_ridge, most_certain):
+    _check_choice("at", at, ("reference", "pilot"))
+    k_theta, k_tie, k_round = jax.random.split(key, 3)
+    theta, pilot = _theta_at(at, k_theta, problem, budget, pilot_fraction, pilot_ridge)
+    e = problem.num_edges
+    n = min(budget, e) if num_pairs is None else num_pairs
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= e:
+        raise ValueError(f"num_pairs must be an integer in [1, {e}] (the number of candidate edges), got {num_pairs!r}")
+    p = np.asarray(jax.nn.sigmoid(problem.beta * (problem.edges.diffs @ theta)), dtype=np.float64)
+    score = np.abs(p - 0.5)
+    tie = np.asarray(jax.random.uniform(k_tie, (e,)))
+    order = np.lexsort((tie, -score if most_certain else score))
+    return selection_output(k_round, problem, budget, order[:n], rounding, pilot, {"theta": np.asarray(theta)})
+
+
+@register_design(
+    "uncertainty",
+    summary="The num_pairs edges whose predicted preference is nearest 1/2 (ties at random; at theta0 = 0 all tie).",
+    source="uncertainty sampling (Lewis and Gale 1994); common in active preference learning",
+)
+def uncertainty(key, problem, budget, at="reference", num_pairs=None, rounding="auto", pilot_fraction=0.2, pilot_ridge=1e-3):
+    return _uncertainty(key, problem, budget, at, num_pairs, rounding, pilot_fraction, pilot_ridge, False)
+
+
+@register_design(
+    "most_certain",
+    summary="The opposite of uncertainty sampling: the edges whose predicted preference is farthest from 1/2.",
+    source="'clear preference' heuristics; the opposite of uncertainty sampling",
+)
+def most_certain(key, problem, budget, at="reference", num_pairs=None, rounding="auto", pilot_fraction=0.2, pilot_ridge=1e-3):
+    return _uncertainty(key, problem, budget, at, num_pairs, rounding, pilot_fraction, pilot_ridge, True)
+
+
+@register_design(
+    "response_selection",
+    summary="Exactly one labelled pair per prompt, drawn from the L-optimal design normalised within each prompt.",
+    source="Which Pairs to Compare (arXiv 2606.19607), IMDb response selection",
+)
+def response_selection(key, problem, budget, at="reference", ridge=0.0, tol=1e-4, pilot_fraction=0.2, pilot_ridge=1e-3):
+    k_theta, k_pick, k_split = jax.random.split(key, 3)
+    theta, pilot = _theta_at(at, k_theta, problem, budget, pilot_fraction, pilot_ridge)
+    present = _present(problem)
+    prompts = np.flatnonzero(present.sum(axis=1) >= 2)
+    masses = np.zeros(present.shape[0])
+    masses[prompts] = _prompt_masses(problem, prompts)
+    groups = np.asarray(problem.edges.prompt, dtype=np.int64)
+    # A prompt's edges only see that prompt's differences: with ridge = 0 the grouped
+    # problem needs every prompt's block; the solver errors clearly if it is singular.
+    sol = _solve(problem, theta, "L", ridge, tol, groups=groups, group_weights=masses)
+    w = np.asarray(sol.weights, dtype=np.float64)
+    # One pair per prompt, drawn from the within-prompt design; labels split over
+    # prompts by efficient rounding of the prompt weights.
+    rest = budget - (0 if pilot is None else int(pilot[0].sum()))
+    per_prompt = round_design(k_split, masses, rest, "efficient").dense_counts(masses.size)
+    counts = np.zeros(problem.num_edges, dtype=np.int64)
+    keys = jax.random.split(k_pick, present.shape[0])
+    for x in np.flatnonzero(per_prompt):
+        members = np.flatnonzero(groups == x)
+        pw = w[members] / w[members].sum()
+        j = members[int(jax.random.choice(keys[x], members.size, p=jnp.asarray(pw)))]
+        counts[j] += per_prompt[x]
+    if pilot is not None:
+        counts += pilot[0]
+    return DesignOutput(allocation_from_counts(counts), w, pilot, _sol_info(sol, theta))
+
+
+@register_design(
+    "prompt_selection",
+    summary="Each prompt has one fixed pair (its first two completions); choose budget prompts without replacement by the L-optimal design.",
+    source="Which Pairs to Compare (arXiv 2606.19607), IMDb prompt selection",
+)
+def prompt_selection(key, problem, budget, at="reference", ridge=0.0, tol=1e-4):
+    _check_choice("at", at, ("reference", "truth"))
+    theta, _ = _theta_at(at, key, problem, budget, 0.2, 1e-3)
+    mask = (problem.edges.first == 0) & (problem.edges.second == 1)
+    fixed = np.flatnonzero(mask)
+    if fixed.size == 0:
+        raise ValueError("prompt_selection: no prompt has completions 0 and 1 present")
+    if budget > fixed.size:
+        raise ValueError(
+            f"budget {budget} is larger than the {fixed.size} prompts with a fixed pair: prompt selection "
+            "labels each prompt at most once"
+        )
+    diffs = problem.edges.diffs[jnp.asarray(fixed)]
+    sol = _solve(problem, theta, "L", ridge if ridge > 0 else 0.0, tol, diffs=diffs)
+    w = np.zeros(problem.num_edges)
+    w[fixed] = np.asarray(sol.weights, dtype=np.float64)
+    # Without replacement needs budget <= support; the optimal design is sparse, so
+    # sample among the fixed pairs with a floor that keeps every prompt eligible.
+    sampling = np.where(mask, np.maximum(w, 1e-12 * w.max()), 0.0)
+    alloc = round_design(key, sampling, budget, "without_replacement")
+    return DesignOutput(alloc, w, None, _sol_info(sol, theta))
