@@ -31,6 +31,7 @@ must reuse these wins rather than draw fresh ones for the pilot edges.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from typing import Callable, NamedTuple, Optional
 
@@ -41,7 +42,7 @@ import numpy as np
 from synthetic.baselines import first_two_weights, reference_weights, uniform_weights
 from synthetic.estimators import fit_newton
 from synthetic.labels import Allocation, allocation_from_counts, simulate_wins
-from synthetic.rounding import ROUNDINGS, resolve_rounding, round_design
+from synthetic.rounding import ROUNDINGS, check_budget, resolve_rounding, round_design
 from synthetic.worlds import Pool, World
 from theory.design import optimal_design
 from theory.edges import Edges, enumerate_edges
@@ -183,7 +184,7 @@ def run_design(name: str, key, problem: DesignProblem, budget: int, **params) ->
     """Run a registered design and check its contract."""
     spec = get_design(name)
     check_design_params(name, params)
-    _check_budget(budget)
+    check_budget(budget)
     out = spec.fn(key, problem, int(budget), **params)
     if not isinstance(out, DesignOutput):
         raise TypeError(f"design {name!r} must return a DesignOutput, got {type(out).__name__}")
@@ -193,11 +194,6 @@ def run_design(name: str, key, problem: DesignProblem, budget: int, **params) ->
     if out.allocation.budget != int(budget):
         raise RuntimeError(f"design {name!r} returned {out.allocation.budget} labels for a budget of {budget}")
     return out
-
-
-def _check_budget(budget):
-    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
-        raise ValueError(f"budget must be an integer number of labels >= 1, got {budget!r}")
 
 
 def _check_choice(name, value, allowed):
@@ -432,35 +428,38 @@ def a_optimal(key, problem, budget, at="reference", rounding="auto", ridge=0.0, 
     return _optimal(key, problem, budget, "A", at, rounding, ridge, tol, pilot_fraction, pilot_ridge)
 
 
+@functools.partial(jax.jit, static_argnames=("budget", "with_replacement"))
+def _greedy_order(vecs, gamma, budget, with_replacement):
+    e, d = vecs.shape
+    hinv0 = jnp.eye(d, dtype=vecs.dtype) / gamma
+    scores0 = jnp.sum(vecs * vecs, axis=1) / gamma
+
+    def body(t, carry):
+        hinv, scores, taken, order = carry
+        j = jnp.argmax(jnp.where(taken, -jnp.inf, scores))
+        u = hinv @ vecs[j]
+        denom = 1.0 + vecs[j] @ u
+        proj = vecs @ u
+        # Sherman-Morrison: v^T (H + u u^T)^-1 v = v^T H^-1 v - (v^T H^-1 u)^2 / (1 + u^T H^-1 u).
+        scores = scores - proj**2 / denom
+        hinv = hinv - jnp.outer(u, u) / denom
+        taken = taken.at[j].set(not with_replacement)
+        return hinv, scores, taken, order.at[t].set(j.astype(order.dtype))
+
+    init = (hinv0, scores0, jnp.zeros(e, bool), jnp.zeros(budget, jnp.int32))
+    return jax.lax.fori_loop(0, budget, body, init)[3]
+
+
 def _greedy(vecs, budget, gamma, with_replacement):
     """Repeatedly take the edge maximising ``v^T H^-1 v``; ``H = gamma Id + sum v v^T``."""
-    e, d = vecs.shape
+    e = vecs.shape[0]
     if not with_replacement and budget > e:
         raise ValueError(
             f"budget {budget} is larger than the {e} candidate edges, and this greedy design labels each "
             "edge at most once (pass with_replacement=True to allow repeats)"
         )
-
-    @jax.jit
-    def run(vecs):
-        hinv0 = jnp.eye(d, dtype=vecs.dtype) / gamma
-        scores0 = jnp.sum(vecs * vecs, axis=1) / gamma
-
-        def body(t, carry):
-            hinv, scores, taken, order = carry
-            j = jnp.argmax(jnp.where(taken, -jnp.inf, scores))
-            u = hinv @ vecs[j]
-            denom = 1.0 + vecs[j] @ u
-            proj = vecs @ u
-            scores = scores - proj**2 / denom
-            hinv = hinv - jnp.outer(u, u) / denom
-            taken = taken.at[j].set(not with_replacement)
-            return hinv, scores, taken, order.at[t].set(j.astype(order.dtype))
-
-        init = (hinv0, scores0, jnp.zeros(e, bool), jnp.zeros(budget, jnp.int32))
-        return jax.lax.fori_loop(0, budget, body, init)[3]
-
-    return np.bincount(np.asarray(run(vecs)), minlength=e)
+    order = _greedy_order(vecs, jnp.asarray(gamma, vecs.dtype), int(budget), bool(with_replacement))
+    return np.bincount(np.asarray(order), minlength=e)
 
 
 def _check_positive(name, value):

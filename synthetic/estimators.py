@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from theory.information import rank_threshold
+
 __all__ = [
     "NewtonResult",
     "DPOResult",
@@ -123,7 +125,7 @@ def _null_projector(diffs, counts):
     gram = z.T @ z
     lam, vec = jnp.linalg.eigh(gram)
     eps = jnp.finfo(diffs.dtype).eps
-    null = lam <= 10.0 * gram.shape[0] * eps * jnp.maximum(jnp.max(lam), eps)
+    null = lam <= rank_threshold(jnp.maximum(jnp.max(lam), eps), gram.shape[0], diffs.dtype)
     return (vec * null) @ vec.T
 
 

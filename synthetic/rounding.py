@@ -37,6 +37,13 @@ __all__ = ["ROUNDINGS", "round_design", "resolve_rounding", "efficient_rounding"
 ROUNDINGS = ("auto", "efficient", "without_replacement", "with_replacement")
 
 
+def check_budget(budget) -> int:
+    """A label budget is an integer ``>= 1``."""
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
+        raise ValueError(f"budget must be an integer number of labels >= 1, got {budget!r}")
+    return int(budget)
+
+
 def _check(weights, budget):
     w = np.asarray(weights, dtype=np.float64)
     if w.ndim != 1 or w.size == 0:
@@ -45,9 +52,7 @@ def _check(weights, budget):
         raise ValueError("weights must be finite and >= 0")
     if w.sum() <= 0:
         raise ValueError("weights must not all be zero")
-    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
-        raise ValueError(f"budget must be an integer number of labels >= 1, got {budget!r}")
-    return w / w.sum(), int(budget)
+    return w / w.sum(), check_budget(budget)
 
 
 def sample_without_replacement(key, weights, budget) -> Allocation:

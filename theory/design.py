@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from theory import _validation as V
-from theory.information import _sigmoid_prime
+from theory.information import _sigmoid_prime, rank_threshold
 
 __all__ = ["DesignSolution", "optimal_design", "CRITERIA"]
 
@@ -95,10 +95,6 @@ class _Problem(NamedTuple):
     rank: int
 
 
-def _rank_tol(lam_max, d, dtype):
-    return 10.0 * d * jnp.finfo(dtype).eps * lam_max
-
-
 def _reduce(diffs, theta, curvature, beta, criterion, ridge) -> _Problem:
     e, d = diffs.shape
     dtype = diffs.dtype
@@ -106,7 +102,7 @@ def _reduce(diffs, theta, curvature, beta, criterion, ridge) -> _Problem:
     v = diffs * jnp.sqrt(c)[:, None]
     gram = v.T @ v
     lam, vec = np.linalg.eigh(np.asarray(0.5 * (gram + gram.T), dtype=np.float64))
-    keep = lam > float(_rank_tol(max(lam.max(), 0.0), d, np.float64))
+    keep = lam > float(rank_threshold(max(lam.max(), 0.0), d, np.float64))
     r = int(keep.sum())
     if r == 0:
         raise ValueError("diffs: every candidate edge difference is zero; no design has information")
@@ -143,7 +139,7 @@ def _reduce(diffs, theta, curvature, beta, criterion, ridge) -> _Problem:
         x = vr @ jnp.asarray(a, dtype=dtype)
         offset = jnp.asarray(np.diag(ridge / mu), dtype=dtype)
         return _Problem(x, offset, None, "A", const, r)
-    pos = mu > float(_rank_tol(mu_max, r, np.float64))
+    pos = mu > float(rank_threshold(mu_max, r, np.float64))
     b = jnp.asarray(w[:, pos] * np.sqrt(mu[pos])[None, :], dtype=dtype)
     return _Problem(vr, ridge * eye, b, "L", const, r)
 
@@ -585,9 +581,6 @@ def _check_groups(groups, group_weights, e):
         if masses.sum() <= 0:
             raise ValueError("group_weights must not all be zero")
         masses = masses / masses.sum()
-    if np.any(masses[present] <= 0):
-        # Zero-mass groups are fine but their edges can never carry weight: fold them out.
-        pass
     return g.astype(np.int32), masses, num
 
 

@@ -41,6 +41,11 @@ def _sigmoid_prime(u):
     return jnp.exp(jax.nn.log_sigmoid(u) + jax.nn.log_sigmoid(-u))
 
 
+def rank_threshold(lam_max, d, dtype):
+    """Eigenvalues at or below ``10 d eps lam_max`` count as zero (numerical rank)."""
+    return 10.0 * d * jnp.finfo(dtype).eps * lam_max
+
+
 @jax.jit
 def _information_matrix(theta, diffs, weights, beta):
     """Unchecked ``beta^2 sum_e weights_e sigmoid'(beta theta.z_e) z_e z_e^T``.
@@ -86,7 +91,7 @@ def _trace_criterion(curvature, sigma, ridge):
     proj = jnp.einsum("ia,ij,ja->a", vec, curvature, vec)  # v_a^T I v_a
     lam_max = jnp.maximum(jnp.max(lam), 0.0)
     # Numerical rank of Sigma: eigenvalues below 10 d eps lam_max are zero.
-    in_range = lam > 10.0 * d * eps * lam_max
+    in_range = lam > rank_threshold(lam_max, d, sigma.dtype)
     pinv_value = jnp.sum(jnp.where(in_range, proj / jnp.where(in_range, lam, 1.0), 0.0))
     # Curvature outside range(Sigma): a direction that matters to I is not covered.
     uncovered = jnp.sum(jnp.where(in_range, 0.0, proj))
