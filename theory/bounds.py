@@ -1,0 +1,543 @@
+r"""Finite-budget bounds on the DPO optimality gap, as numbers an instance gives.
+
+Every constant here is named in ``theory/DERIVATIONS.md`` (section numbers in the
+docstrings). The three results:
+
+* **Upper bound** (Theorem 1, section 5): for the safeguarded DPO estimator (the MLE
+  when it exists inside the parameter ball ``||theta|| <= radius``, else the reference
+  ``theta = 0``) on ``n`` labels with empirical design ``w``,
+
+  .. math::
+
+     \mathbb E\,G(\hat\theta_n) \le \frac{\beta}{2n}\,\Phi\;
+       e^{\zeta_I s_n}\Big(1 + \eta(m_n)\sqrt{\kappa\, d_V/\Phi}\Big)^2 + G_{\max}\, n^{-a}
+
+  for every ``n >= n_0`` (:func:`upper_bound_valid_from`).
+* **Lower bound** (Theorem 2, section 6): for *every* estimator from the same labels,
+  the worst-case expected gap over the neighbourhood
+  ``{theta : ||theta - theta*||_I <= h}`` is at least :func:`lower_bound`; the van Trees
+  prior is a product of cosine-squared densities in ``I``-whitened coordinates.
+* **Plug-in bound** (Theorem 3, section 7): designing at ``theta0`` instead of
+  ``theta*`` costs at most ``exp(2 (rho(delta) + m(delta)))`` in the criterion.
+
+All three depend on the instance only through :class:`BoundConstants`, computed once
+by :func:`instance_constants`. Constants are float64 numpy numbers (the eigen-analysis
+of two ``d x d`` matrices), whatever JAX's default precision.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from theory import _validation as V
+from theory.information import _information_matrix
+from theory.policy import _policy_curvature, normalized_prompt_weights
+
+__all__ = [
+    "BoundConstants",
+    "UpperBound",
+    "LowerBound",
+    "instance_constants",
+    "asymptotic_prediction",
+    "upper_bound",
+    "upper_bound_valid_from",
+    "lower_bound",
+    "plug_in_factor",
+    "plug_in_factor_radius",
+    "pair_diameter",
+    "check_boundedness",
+    "check_coverage",
+    "check_radius",
+    "sample_prior",
+    "prior_widths",
+    "sandwich_factors",
+]
+
+_RANK_TOL = 1e-9  # relative eigenvalue floor for ranges (float64 eigen-analysis)
+
+
+class BoundConstants(NamedTuple):
+    """Instance constants of ``theory/DERIVATIONS.md`` (symbol in brackets).
+
+    Attributes:
+      beta: KL strength [beta].
+      criterion: ``tr(I S^+)`` [Phi]; ``inf`` when not identifiable.
+      identifiable: ``range(I) <= range(S)`` [assumption A1].
+      dim: ``rank(S)``, the dimension of the labelled span [d_V].
+      kappa: ``lambda_max(S^{+1/2} I S^{+1/2})`` [kappa].
+      zeta: ``beta max_{e: w_e > 0} ||z_e||_{S^+}`` [zeta].
+      zeta_eval: ``max_{target pairs} ||phi - phi'||_{S^+}`` [zeta_I]; ``inf`` when a
+        target pair leaves the labelled span.
+      coverage: smallest non-zero eigenvalue of ``S`` [lambda_S, assumption A3].
+      theta_norm: ``||P_V theta*||``, the part of ``theta*`` the labels can see.
+      radius: radius of the parameter ball [B, assumption A4].
+      diameter: ``max_{target pairs} ||phi - phi'||`` [D_phi, assumption A2].
+      gap_max: ``beta (B + ||P_V theta*||) D_phi`` [G_max], the largest gap of the
+        safeguarded estimator.
+      curv_eigs: eigenvalues of ``T = I^{+1/2} S I^{+1/2}`` on ``range(I)`` [t_i]; a
+        zero marks a direction of ``range(I)`` the design does not see.
+      curv_dim: ``rank(I)`` [d_I].
+      c_curv: ``max_{target pairs} ||phi - phi'||_{I^+}`` [c_I].
+      pair_coords: ``[P, d_I]`` target pair differences in the prior's coordinates
+        (``|Q^T Lambda^{-1/2} U^T z|``, section 6) [tilde z].
+      edge_coords: ``[E', d_I]`` the same for the labelled edges, times ``beta``.
+      prior_basis: ``[d, d_I]`` ``U Lambda^{-1/2} Q``: maps prior coordinates to ``theta - theta*``.
+    """
+
+    beta: float
+    criterion: float
+    identifiable: bool
+    dim: int
+    kappa: float
+    zeta: float
+    zeta_eval: float
+    coverage: float
+    theta_norm: float
+    radius: float
+    diameter: float
+    gap_max: float
+    curv_eigs: np.ndarray
+    curv_dim: int
+    c_curv: float
+    pair_coords: np.ndarray
+    edge_coords: np.ndarray
+    prior_basis: np.ndarray
+
+
+class UpperBound(NamedTuple):
+    """Theorem 1 at one budget.
+
+    Attributes:
+      value: the bound on ``E G`` (``inf`` where not valid).
+      valid: ``n >= n_0``: both conditions of Theorem 1 hold.
+      leading: ``beta Phi / (2 n)``.
+      factor: multiplies ``leading``; tends to 1.
+      remainder: ``G_max n^{-a}``.
+      score_radius: ``r_n``, the high-probability radius of the score in ``S^+``-norm.
+      error_radius: ``s_n``, the matching radius of ``theta_hat - theta*`` in ``S``-norm.
+    """
+
+    value: float
+    valid: bool
+    leading: float
+    factor: float
+    remainder: float
+    score_radius: float
+    error_radius: float
+
+
+class LowerBound(NamedTuple):
+    """Theorem 2 at one budget.
+
+    Attributes:
+      value: lower bound on the worst-case (and the prior-averaged) expected gap.
+      halfwidth: ``h``, the ``I``-norm radius of the neighbourhood (prior support).
+      rho0: the truncation level of F3.
+      alpha: the prior scale (half-widths :func:`prior_widths`).
+      factor: ``value / (beta Phi / (2 n))``; tends to 1.
+    """
+
+    value: float
+    halfwidth: float
+    rho0: float
+    alpha: float
+    factor: float
+
+
+# ----------------------------------------------------------------------- helpers
+
+
+def _psd_range(a):
+    """Eigenvectors ``[d, r]`` and eigenvalues ``[r]`` of a PSD matrix on its range."""
+    a = 0.5 * (a + a.T)
+    lam, vec = np.linalg.eigh(a)
+    top = max(lam.max(initial=0.0), 0.0)
+    keep = lam > _RANK_TOL * top if top > 0 else np.zeros_like(lam, dtype=bool)
+    return vec[:, keep], lam[keep]
+
+
+def _target_pairs(features, log_ref):
+    """Differences ``phi(x, y) - phi(x, y')`` of all present target pairs ``[P, d]``."""
+    f = np.asarray(features, dtype=np.float64)
+    present = np.isfinite(np.asarray(log_ref))
+    ii, jj = np.triu_indices(f.shape[1], 1)
+    keep = present[:, ii] & present[:, jj]
+    x, p = np.nonzero(keep)
+    return f[x, ii[p]] - f[x, jj[p]]
+
+
+def _max_mahalanobis(z, basis, lam):
+    """``max_i ||z_i||_{M^+}`` with ``M = basis diag(lam) basis^T``; ``inf`` if ``z_i`` leaves the range."""
+    if z.shape[0] == 0:
+        return 0.0
+    coords = z @ basis
+    outside = np.linalg.norm(z - coords @ basis.T, axis=1)
+    scale = np.linalg.norm(z, axis=1).max()
+    if outside.max() > 1e-7 * max(scale, 1e-300):
+        return math.inf
+    return float(np.sqrt(((coords**2) / lam).sum(axis=1)).max())
+
+
+def pair_diameter(features, log_ref) -> float:
+    """``D_phi = max_x max_{y, y'} ||phi(x, y) - phi(x, y')||`` over present completions."""
+    V.check_pool(features, log_ref)
+    z = _target_pairs(features, log_ref)
+    return float(np.linalg.norm(z, axis=1).max()) if z.shape[0] else 0.0
+
+
+# ----------------------------------------------------------------------- constants
+
+
+def instance_constants(weights, theta_star, features, log_ref, diffs, beta, radius, prompt_weights=None) -> BoundConstants:
+    """All constants of Theorems 1-2 for one instance and empirical design.
+
+    Args:
+      weights: ``[E]`` empirical design ``n_e / n`` (or a continuous design).
+      theta_star: ``[d]``.
+      features, log_ref, prompt_weights: the target pool (where the gap is measured).
+      diffs: ``[E, d]`` candidate edge differences.
+      beta: ``> 0``.
+      radius: ``B > 0``, the radius of the parameter ball (assumption A4).
+    """
+    m, _, d = V.check_pool(features, log_ref)
+    e, d2 = V.check_diffs(diffs)
+    if d2 != d:
+        raise ValueError(f"diffs must have d = {d} columns to match features, got {d2}")
+    V.check_design_weights(weights, e)
+    V.check_theta(theta_star, d, "theta_star")
+    V.check_beta(beta)
+    V.check_prompt_weights(prompt_weights, m)
+    try:
+        radius = float(radius)
+    except (TypeError, ValueError):
+        raise ValueError(f"radius must be a number > 0, got {radius!r}") from None
+    if not math.isfinite(radius) or radius <= 0:
+        raise ValueError(f"radius must be a finite number > 0, got {radius!r}")
+
+    f64 = np.float64
+    dtype = jnp.result_type(features)
+    rho = normalized_prompt_weights(prompt_weights, m, dtype)
+    theta = jnp.asarray(theta_star, dtype)
+    curv = np.asarray(_policy_curvature(theta, jnp.asarray(features, dtype), jnp.asarray(log_ref, dtype), rho), f64)
+    sigma = np.asarray(_information_matrix(theta, jnp.asarray(diffs, dtype), jnp.asarray(weights, dtype), beta), f64)
+    z_edges = np.asarray(diffs, f64)[np.asarray(weights) > 0]
+    z_pairs = _target_pairs(features, log_ref)
+    ts = np.asarray(theta_star, f64)
+    beta = float(beta)
+
+    # Labelled span V = range(S): Theorem 1 lives there.
+    ws, lam_s = _psd_range(sigma)
+    dim = int(lam_s.size)
+    if dim == 0:
+        raise ValueError("weights put no mass on a non-zero edge difference: the design sees nothing")
+    s_half_inv = ws / np.sqrt(lam_s)  # columns: S^{+1/2} in the basis ws
+    a_mat = s_half_inv.T @ curv @ s_half_inv
+    kappa = float(np.linalg.eigvalsh(0.5 * (a_mat + a_mat.T)).max())
+    zeta = beta * _max_mahalanobis(z_edges, ws, lam_s)
+    zeta_eval = _max_mahalanobis(z_pairs, ws, lam_s)
+    theta_norm = float(np.linalg.norm(ws.T @ ts))
+    diameter = float(np.linalg.norm(z_pairs, axis=1).max()) if z_pairs.shape[0] else 0.0
+
+    # Identifiable subspace range(I): Theorem 2 lives there.
+    wi, lam_i = _psd_range(curv)
+    i_half_inv = wi / np.sqrt(lam_i)
+    t_mat = i_half_inv.T @ sigma @ i_half_inv
+    curv_eigs, q = np.linalg.eigh(0.5 * (t_mat + t_mat.T))
+    curv_eigs = np.clip(curv_eigs, 0.0, None)
+    prior_basis = i_half_inv @ q
+    top = curv_eigs.max(initial=0.0)
+    seen = curv_eigs > _RANK_TOL * top if top > 0 else np.zeros_like(curv_eigs, dtype=bool)
+    curv_eigs = np.where(seen, curv_eigs, 0.0)
+    identifiable = bool(np.all(seen)) and math.isfinite(zeta_eval)
+    criterion = float(np.sum(1.0 / curv_eigs)) if identifiable else math.inf
+    return BoundConstants(
+        beta=beta,
+        criterion=criterion,
+        identifiable=identifiable,
+        dim=dim,
+        kappa=kappa,
+        zeta=zeta,
+        zeta_eval=zeta_eval,
+        coverage=float(lam_s.min()),
+        theta_norm=theta_norm,
+        radius=radius,
+        diameter=diameter,
+        gap_max=beta * (radius + theta_norm) * diameter,
+        curv_eigs=curv_eigs,
+        curv_dim=int(lam_i.size),
+        c_curv=_max_mahalanobis(z_pairs, wi, lam_i),
+        pair_coords=np.abs(z_pairs @ prior_basis),
+        edge_coords=beta * np.abs(z_edges @ prior_basis),
+        prior_basis=prior_basis,
+    )
+
+
+# ------------------------------------------------------------------- assumptions
+
+
+def check_boundedness(features, log_ref, diffs) -> dict:
+    """Assumption A2 (bounded features): the two diameters the constants use.
+
+    Returns:
+      ``{"target_diameter": D_phi, "edge_diameter": max_e ||z_e||}``, both finite.
+    """
+    V.check_pool(features, log_ref)
+    V.check_diffs(diffs)
+    z = np.asarray(diffs, np.float64)
+    return {"target_diameter": pair_diameter(features, log_ref), "edge_diameter": float(np.linalg.norm(z, axis=1).max())}
+
+
+def check_coverage(c: BoundConstants) -> dict:
+    """Assumptions A1 (identifiability) and A3 (coverage) on an instance.
+
+    Returns:
+      ``identifiable`` (every direction of ``range(I)`` is seen by the design),
+      ``coverage`` (smallest non-zero eigenvalue of ``S`` on the labelled span),
+      ``unseen_directions`` (how many directions of ``range(I)`` no labelled edge sees).
+    """
+    return {
+        "identifiable": c.identifiable,
+        "coverage": c.coverage,
+        "unseen_directions": int(np.sum(c.curv_eigs == 0.0)),
+    }
+
+
+def check_radius(c: BoundConstants) -> dict:
+    """Assumption A4: ``theta*`` lies strictly inside the parameter ball.
+
+    Returns:
+      ``inside`` and ``margin = B - ||P_V theta*||``.
+    """
+    margin = c.radius - c.theta_norm
+    return {"inside": margin > 0, "margin": margin}
+
+
+def _check_n(n):
+    if isinstance(n, bool) or not isinstance(n, (int, float, np.integer, np.floating)) or not math.isfinite(n) or n < 1:
+        raise ValueError(f"n must be a number of labels >= 1, got {n!r}")
+    return float(n)
+
+
+def _check_tail(tail):
+    if isinstance(tail, bool) or not isinstance(tail, (int, float)) or not math.isfinite(tail) or tail <= 0:
+        raise ValueError(f"tail must be a number > 0, got {tail!r}")
+    return float(tail)
+
+
+# ------------------------------------------------------------------ the results
+
+
+def asymptotic_prediction(c: BoundConstants, n) -> float:
+    """``beta Phi / (2 n)``, the common leading term (section 3)."""
+    return c.beta * c.criterion / (2.0 * _check_n(n))
+
+
+def sandwich_factors(rho):
+    """F2 sharpened: ``(psi_-(rho), psi_+(rho))`` with ``G / ((beta/2) Delta^T I Delta)`` between them.
+
+    ``psi_-(rho) = 2 (1 - (1 + rho) e^{-rho}) / rho^2 >= e^{-rho}`` and
+    ``psi_+(rho) = 2 ((rho - 1) e^{rho} + 1) / rho^2 <= e^{rho}`` (section 4, F2').
+    """
+    rho = float(rho)
+    if rho < 0 or not math.isfinite(rho):
+        raise ValueError(f"rho must be a finite number >= 0, got {rho!r}")
+    if rho < 1e-4:
+        return 1.0 - 2.0 * rho / 3.0, 1.0 + 2.0 * rho / 3.0
+    lo = 2.0 * (-math.expm1(-rho) - rho * math.exp(-rho)) / rho**2
+    hi = 2.0 * (rho * math.exp(rho) - math.expm1(rho)) / rho**2
+    return lo, hi
+
+
+def _eta(m):
+    """``eta(m) = m / (1 - e^{-m}) - 1``: ``||M^{-1} - Id||`` for ``spec(M) in [c_-(m), c_+(m)]`` (Lemma 5.2)."""
+    if m < 1e-8:
+        return 0.5 * m
+    return m / (-math.expm1(-m)) - 1.0
+
+
+def _score_radius(c, n, tail):
+    """``r_n = sqrt(d_V / n) + zeta sqrt(a log n / (2 n))`` (Lemma 5.3, McDiarmid)."""
+    return math.sqrt(c.dim / n) + c.zeta * math.sqrt(tail * math.log(n) / (2.0 * n))
+
+
+def _upper_conditions(c, n, tail):
+    r = _score_radius(c, n, tail)
+    if not (c.identifiable and c.zeta * r < 1.0):
+        return False, r, math.inf
+    s = -math.log1p(-c.zeta * r) / c.zeta
+    inside = c.theta_norm + s / math.sqrt(c.coverage) <= c.radius
+    return bool(inside and n >= 3), r, s
+
+
+def upper_bound(c: BoundConstants, n, tail: float = 2.0) -> UpperBound:
+    """Theorem 1: the expected gap of the safeguarded DPO estimator at budget ``n``.
+
+    Args:
+      c: :func:`instance_constants` of the empirical design.
+      n: number of labels.
+      tail: ``a > 0``: the score leaves its ball with probability ``<= n^{-a}``.
+
+    Returns:
+      :class:`UpperBound` (``value = inf`` and ``valid = False`` below ``n_0``).
+    """
+    n = _check_n(n)
+    tail = _check_tail(tail)
+    leading = c.beta * c.criterion / (2.0 * n)
+    valid, r, s = _upper_conditions(c, n, tail)
+    if not valid:
+        return UpperBound(math.inf, False, leading, math.inf, math.inf, r, s)
+    m = c.zeta * s
+    factor = sandwich_factors(c.zeta_eval * s)[1] * (1.0 + _eta(m) * math.sqrt(c.kappa * c.dim / c.criterion)) ** 2
+    remainder = c.gap_max * n ** (-tail)
+    return UpperBound(leading * factor + remainder, True, leading, factor, remainder, r, s)
+
+
+def upper_bound_valid_from(c: BoundConstants, tail: float = 2.0) -> float:
+    """``n_0``: the smallest integer ``n >= 3`` from which Theorem 1 holds (``inf`` if none).
+
+    Both conditions are monotone in ``n`` for ``n >= 3`` (``r_n`` decreases), so
+    ``n_0`` is found by doubling and bisection.
+    """
+    tail = _check_tail(tail)
+    if not c.identifiable or check_radius(c)["margin"] <= 0:
+        return math.inf
+    hi = 4.0
+    while not _upper_conditions(c, hi, tail)[0]:
+        hi *= 2.0
+        if hi > 1e30:
+            return math.inf
+    lo = 3.0
+    if _upper_conditions(c, lo, tail)[0]:
+        return lo
+    while hi - lo > 1.0:
+        mid = math.floor(0.5 * (lo + hi))
+        if mid in (lo, hi):
+            break
+        lo, hi = (lo, mid) if _upper_conditions(c, mid, tail)[0] else (mid, hi)
+    return float(hi)
+
+
+def prior_widths(c: BoundConstants, n, alpha) -> np.ndarray:
+    """Half-widths ``a_i = alpha / sqrt(n t_i + 1)`` of the van Trees prior box (section 6)."""
+    return float(alpha) / np.sqrt(float(n) * c.curv_eigs + 1.0)
+
+
+def _lower_terms(c, n, alpha, rho0):
+    """Theorem 2's bound for one ``(alpha, rho0)``, with its pieces (Lemmas 6.1-6.4)."""
+    a = prior_widths(c, n, alpha)
+    h = float(np.sqrt(np.sum(a**2)))  # I-norm radius of the box
+    rho_box = float((c.pair_coords @ a).max()) if c.pair_coords.size else 0.0
+    m_box = float((c.edge_coords @ a).max()) if c.edge_coords.size else 0.0
+    if rho_box > 50.0 or m_box > 50.0:  # the factor e^{-rho_box} is below 2e-22: the bound is ~0
+        return 0.0, h
+    trace = float(np.sum(1.0 / (n * math.exp(m_box) * c.curv_eigs + math.pi**2 / a**2)))
+    radius = rho0 / c.c_curv
+    shrink = (radius / (radius + 2.0 * h)) ** 2
+    return sandwich_factors(rho0)[0] * math.exp(-rho_box) * shrink * 0.5 * c.beta * trace, h
+
+
+def lower_bound(c: BoundConstants, n, grid: int = 40) -> LowerBound:
+    """Theorem 2: no estimator from ``n`` labels of this design does better, worst case over ``N``.
+
+    ``N`` is the prior's box around ``theta*`` (half-widths :func:`prior_widths`,
+    ``I``-norm radius ``h``). The bound holds for every ``alpha > 0`` and ``rho0 > 0``;
+    this returns the largest value over a log grid of both (a maximum of valid
+    bounds is valid). It needs no lower limit on ``n`` and stays positive when the
+    design misses a direction of ``range(I)`` (then it does not vanish as ``n`` grows).
+
+    Args:
+      c: :func:`instance_constants`.
+      n: number of labels.
+      grid: points per axis of the search grid.
+
+    Returns:
+      :class:`LowerBound`.
+    """
+    n = _check_n(n)
+    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 2:
+        raise ValueError(f"grid must be an integer >= 2, got {grid!r}")
+    leading = c.beta * c.criterion / (2.0 * n)
+    if c.curv_dim == 0 or not math.isfinite(c.c_curv):
+        return LowerBound(0.0, 0.0, 0.0, 0.0, 0.0)
+    best = (-1.0, 0.0, 0.0, 0.0)
+    for alpha in np.geomspace(1e-2, 1e3, grid):
+        for rho0 in np.geomspace(1e-3, 10.0, grid):
+            v, h = _lower_terms(c, n, alpha, rho0)
+            if v > best[0]:
+                best = (v, h, float(rho0), float(alpha))
+    value, h, rho0, alpha = best
+    factor = value / leading if math.isfinite(leading) and leading > 0 else math.nan
+    return LowerBound(value, h, rho0, alpha, factor)
+
+
+def _sample_box(key, theta_star, basis, widths):
+    """``theta* + basis @ nu`` with independent ``nu_i`` of density ``cos^2(pi nu / (2 a_i)) / a_i``."""
+    u = jax.random.uniform(key, widths.shape, dtype=widths.dtype)
+
+    def body(_, lh):
+        lo, hi = lh
+        mid = 0.5 * (lo + hi)
+        below = (mid + 1) / 2 + jnp.sin(jnp.pi * mid) / (2 * jnp.pi) < u
+        return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(0, 60, body, (-jnp.ones_like(u), jnp.ones_like(u)))
+    return theta_star + basis @ (widths * 0.5 * (lo + hi))
+
+
+def sample_prior(key, c: BoundConstants, theta_star, n, alpha):
+    """Draw ``theta ~ pi`` of Theorem 2 (``vmap`` over keys for many draws).
+
+    ``theta = theta* + sum_i nu_i b_i`` with ``b_i`` the columns of
+    ``c.prior_basis`` and independent ``nu_i`` on ``[-a_i, a_i]`` with density
+    ``cos^2(pi nu / (2 a_i)) / a_i`` (section 6), sampled by inverting its CDF
+    ``F(x) = (x + 1) / 2 + sin(pi x) / (2 pi)`` (``x = nu / a_i``) by bisection.
+
+    Args:
+      key: JAX PRNG key.
+      c: constants.
+      theta_star: ``[d]``.
+      n, alpha: the budget and prior scale (``LowerBound.alpha`` of that budget).
+    """
+    theta_star = jnp.asarray(theta_star)
+    dtype = theta_star.dtype
+    widths = jnp.asarray(prior_widths(c, n, alpha), dtype)
+    return _sample_box(key, theta_star, jnp.asarray(c.prior_basis, dtype), widths)
+
+
+# --------------------------------------------------------------------- plug-in
+
+
+def plug_in_factor(theta0, theta_star, features, log_ref, diffs, beta, relative_certificate: float = 0.0) -> float:
+    """Theorem 3: ``Phi(w_{theta0}; theta*) / Phi(w_{theta*}; theta*) <= exp(2 (rho(delta) + m(delta)))``.
+
+    ``delta = theta* - theta0``, ``rho(delta)`` its largest within-prompt spread on the
+    target pool and ``m(delta) = beta max_e |delta . z_e|`` over the candidate edges.
+    With a plug-in design certified only to a relative gap ``eps``, multiply by ``1 + eps``.
+    """
+    _, _, d = V.check_pool(features, log_ref)
+    V.check_theta(theta0, d, "theta0")
+    V.check_theta(theta_star, d, "theta_star")
+    V.check_diffs(diffs)
+    V.check_beta(beta)
+    V.check_nonnegative(relative_certificate, "relative_certificate")
+    delta = np.asarray(theta_star, np.float64) - np.asarray(theta0, np.float64)
+    f = np.asarray(features, np.float64)
+    present = np.isfinite(np.asarray(log_ref))
+    proj = f @ delta
+    spread = np.where(present, proj, -np.inf).max(axis=1) - np.where(present, proj, np.inf).min(axis=1)
+    rho = float(spread.max())
+    m = float(beta) * float(np.abs(np.asarray(diffs, np.float64) @ delta).max())
+    return math.exp(2.0 * (rho + m)) * (1.0 + float(relative_certificate))
+
+
+def plug_in_factor_radius(r0, target_diameter, edge_diameter, beta) -> float:
+    """Theorem 3 in terms of ``r0 = ||theta0 - theta*||`` only: ``exp(2 r0 (D_phi + beta D_z))``."""
+    for name, v in (("r0", r0), ("target_diameter", target_diameter), ("edge_diameter", edge_diameter)):
+        V.check_nonnegative(v, name)
+    V.check_beta(beta)
+    return math.exp(2.0 * float(r0) * (float(target_diameter) + float(beta) * float(edge_diameter)))
