@@ -1,0 +1,139 @@
+"""The sweep app: validation before any job, atomic resumable cells, same numbers after a kill."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_module
+
+from experiments import sweep
+from synthetic.designs import DESIGNS
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = [
+    "world=tabular",
+    "world.params.num_completions=5",
+    "num_replicates=20",
+    "hydra.sweep.dir=${results_dir}/_hydra",
+    "hydra/job_logging=disabled",
+]
+
+
+def _run(args, wait=True):
+    cmd = [sys.executable, "-m", "experiments.sweep", "-m", *SMALL, *args]
+    if wait:
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _records(d):
+    out = {}
+    for p in sorted(Path(d).glob("*.npz")):
+        cols, meta = sweep.read_cell(p)
+        out[p.name] = (cols["gap"], cols["valid"], meta["budget"], meta["design"]["name"])
+    return out
+
+
+@pytest.mark.slow
+def test_killed_and_restarted_sweep_gives_the_same_records_as_an_uninterrupted_one(tmp_path):
+    grid = ["design=uniform,oracle,two_stage", "budget=100,300,1000"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    res = _run([f"results_dir={a}", *grid])
+    assert res.returncode == 0, res.stderr[-2000:]
+    full = _records(a)
+    assert len(full) == 9
+    # Kill the second sweep (SIGKILL: no clean-up) once some cells are written.
+    proc = _run([f"results_dir={b}", *grid], wait=False)
+    t0 = time.time()
+    while len(list(Path(b).glob("*.npz"))) < 3 and time.time() - t0 < 240:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = {p.name: p.stat().st_mtime_ns for p in Path(b).glob("*.npz")}
+    assert 3 <= len(done_before) < 9
+    # A half-written temporary file and a corrupt cell file must not be trusted.
+    (b / ".stale.tmp").write_bytes(b"partial")
+    victim = sorted(done_before)[0]
+    (b / victim).write_bytes(b"not a zip file")
+    res = _run([f"results_dir={b}", *grid])
+    assert res.returncode == 0, res.stderr[-2000:]
+    again = _records(b)
+    assert again.keys() == full.keys()
+    for name, (gap, valid, n, design) in full.items():
+        np.testing.assert_array_equal(again[name][0], gap)
+        np.testing.assert_array_equal(again[name][1], valid)
+    # Finished cells were skipped, not recomputed (the corrupt one was).
+    for name, mtime in done_before.items():
+        if name != victim:
+            assert (b / name).stat().st_mtime_ns == mtime
+    assert "uniform" in res.stdout and "/uniform" in res.stdout  # the summary table
+
+
+def test_an_invalid_job_anywhere_in_a_sweep_stops_it_before_the_first_job(tmp_path):
+    res = _run([f"results_dir={tmp_path}", "design=uniform,first_two", "budget=100,-1"])
+    assert res.returncode != 0
+    assert "invalid sweep, no job started" in res.stderr and "budget must be an integer >= 1" in res.stderr
+    assert not list(tmp_path.glob("*.npz"))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["budget=-1"], "budget must be an integer >= 1"),
+        (["num_replicates=1"], "num_replicates must be an integer >= 2"),
+        (["world.params.num_completions=1"], "num_completions must be an integer >= 2"),
+        (["world.params.beta=0"], "beta must be a finite number > 0"),
+        (["design=first_two", "design.params.rounding=without_replacement", "budget=100000"], "exceeds the 10 candidate edges"),
+        (["+design.params.nope=1"], "allowed: ['rounding']"),
+        (["+world.params.nope=1"], "allowed: ["),
+        (["estimator=optax", "+estimator.params.nope=1"], "allowed: ["),
+    ],
+)
+def test_invalid_configs_name_the_key_and_the_allowed_values(overrides, message):
+    with initialize_config_module(config_module="experiments.conf", version_base=None):
+        cfg = compose(config_name="sweep", overrides=["world=tabular", "world.params.num_completions=5", *overrides])
+        with pytest.raises(ValueError) as err:
+            sweep.validate(cfg)
+        assert message in str(err.value)
+
+
+def test_sweep_expands_experiment_grids_and_command_line_lists():
+    with initialize_config_module(config_module="experiments.conf", version_base=None):
+        cfg = compose(config_name="sweep", overrides=["experiment=figure1_contextual"], return_hydra_config=True)
+        cfg.hydra.overrides.task = ["experiment=figure1_contextual", "seed=0,1"]
+        jobs = sweep.sweep_job_overrides(cfg)
+    assert len(jobs) == 12 * 4 * 2
+
+
+def test_every_registered_design_has_a_config_with_its_defaults():
+    with initialize_config_module(config_module="experiments.conf", version_base=None):
+        for name, spec in DESIGNS.items():
+            cfg = compose(config_name="sweep", overrides=[f"design={name}"])
+            assert cfg.design.name == name
+            assert dict(cfg.design.params) == pytest.approx(spec.params) or dict(cfg.design.params) == spec.params
+
+
+def test_cell_id_changes_with_what_changes_the_numbers():
+    with initialize_config_module(config_module="experiments.conf", version_base=None):
+        base = compose(config_name="sweep")
+        ids = {sweep.cell_id(compose(config_name="sweep", overrides=o))[0] for o in [[], ["budget=2000"], ["seed=1"], ["world_seed=1"], ["design=oracle"], ["estimator=optax"], ["results_dir=elsewhere"]]}
+        assert len(ids) == 6  # results_dir does not change the numbers
+        assert sweep.cell_id(base)[0] == sweep.cell_id(compose(config_name="sweep"))[0]
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    class Boom(Exception):
+        pass
+
+    class Bad:
+        def __array__(self, *a, **k):
+            raise Boom()
+
+    with pytest.raises(Boom):
+        sweep.write_atomic(tmp_path / "c.npz", {"gap": Bad()}, {})
+    assert list(tmp_path.iterdir()) == []
