@@ -10,15 +10,18 @@ docstrings). The three results:
   .. math::
 
      \mathbb E\,G(\hat\theta_n) \le \frac{\beta}{2n}\,\Phi\;
-       e^{\zeta_I s_n}\Big(1 + \eta(m_n)\sqrt{\kappa\, d_V/\Phi}\Big)^2 + G_{\max}\, n^{-a}
+       \psi_+(\zeta_I s_n)\Big(1 + \eta(m_n)\sqrt{\kappa\, d_V/\Phi}\Big)^2 + G_{\max}\, n^{-a}
 
   for every ``n >= n_0`` (:func:`upper_bound_valid_from`).
 * **Lower bound** (Theorem 2, section 6): for *every* estimator from the same labels,
-  the worst-case expected gap over the neighbourhood
-  ``{theta : ||theta - theta*||_I <= h}`` is at least :func:`lower_bound`; the van Trees
-  prior is a product of cosine-squared densities in ``I``-whitened coordinates.
+  the worst-case expected gap over a box ``N`` around ``theta*`` (inside
+  ``{theta : ||theta - theta*||_I <= h}``, shrinking as ``n`` grows) is at least
+  :func:`lower_bound`; the van Trees prior on ``N`` is a product of cosine-squared
+  densities in coordinates that whiten ``I`` and diagonalise ``S``.
 * **Plug-in bound** (Theorem 3, section 7): designing at ``theta0`` instead of
   ``theta*`` costs at most ``exp(2 (rho(delta) + m(delta)))`` in the criterion.
+
+``psi_+`` is the sharpened sandwich factor of F2' (:func:`sandwich_factors`).
 
 All three depend on the instance only through :class:`BoundConstants`, computed once
 by :func:`instance_constants`. Constants are float64 numpy numbers (the eigen-analysis
