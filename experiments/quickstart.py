@@ -13,7 +13,6 @@ Run: ``python -m experiments.quickstart`` (Hydra overrides allowed, e.g.
 from __future__ import annotations
 
 import csv
-import inspect
 import logging
 import os
 from pathlib import Path
@@ -22,9 +21,10 @@ import hydra
 import jax
 import jax.numpy as jnp
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 import synthetic
+from experiments.worlds import check_world_config, make_world
 from experiments.plotting import plot_gap_vs_budget
 from synthetic import mean_and_ci, sample_allocation, simulate_gaps
 from theory import asymptotic_gap, enumerate_edges
@@ -33,11 +33,6 @@ jax.config.update("jax_enable_x64", True)
 # Hydra sets logging to INFO; JAX then reports every accelerator plugin it does not find.
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 
-WORLDS = {
-    "tabular": synthetic.tabular_world,
-    "contextual": synthetic.contextual_world,
-    "gaussian": synthetic.gaussian_world,
-}
 DESIGNS = {
     "uniform": lambda edges, world: synthetic.uniform_weights(edges),
     "reference": lambda edges, world: synthetic.reference_weights(edges, world.train.log_ref),
@@ -48,12 +43,7 @@ COLUMNS = ["world", "design", "budget", "replicates", "valid_fraction", "mean_ga
 
 def validate(cfg: DictConfig) -> None:
     """Check the configuration before any work starts; errors name the key."""
-    if cfg.world.name not in WORLDS:
-        raise ValueError(f"world.name must be one of {sorted(WORLDS)}, got {cfg.world.name!r}")
-    allowed = sorted(set(inspect.signature(WORLDS[cfg.world.name]).parameters) - {"key", "dtype"})
-    for p in cfg.world.params:
-        if p not in allowed:
-            raise ValueError(f"world.params.{p} is not a parameter of the {cfg.world.name} world; allowed: {allowed}")
+    check_world_config(cfg.world)
     for d in cfg.designs:
         if d not in DESIGNS:
             raise ValueError(f"designs: unknown design {d!r}; known designs are {sorted(DESIGNS)}")
@@ -73,7 +63,7 @@ def run(cfg: DictConfig) -> list[dict]:
     validate(cfg)
     key = jax.random.PRNGKey(cfg.seed)
     k_world, k_alloc, k_labels = jax.random.split(key, 3)
-    world = WORLDS[cfg.world.name](k_world, **OmegaConf.to_container(cfg.world.params))
+    world = make_world(cfg.world, k_world)
     edges = enumerate_edges(world.train.features, world.train.log_ref)
     ev = world.eval
     rows = []

@@ -36,7 +36,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-import synthetic
+from experiments.worlds import check_world_config, make_world
 from synthetic.designs import DESIGNS, check_design_params, design_problem, run_design
 from synthetic.estimators import fit_dpo_optax, fit_newton
 from synthetic.labels import simulate_wins
@@ -48,11 +48,6 @@ jax.config.update("jax_enable_x64", True)
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 log = logging.getLogger(__name__)
 
-WORLDS = {
-    "tabular": synthetic.tabular_world,
-    "contextual": synthetic.contextual_world,
-    "gaussian": synthetic.gaussian_world,
-}
 ESTIMATORS = {"newton": fit_newton, "optax": fit_dpo_optax}
 RECORD_FIELDS = ["replicate", "gap", "valid", "predicted_gap"]
 
@@ -62,12 +57,7 @@ RECORD_FIELDS = ["replicate", "gap", "valid", "predicted_gap"]
 
 def validate(cfg: DictConfig) -> None:
     """Check every key before any work; errors name the key and the allowed values."""
-    if cfg.world.name not in WORLDS:
-        raise ValueError(f"world.name must be one of {sorted(WORLDS)}, got {cfg.world.name!r}")
-    allowed = sorted(set(inspect.signature(WORLDS[cfg.world.name]).parameters) - {"key", "dtype"})
-    for p in cfg.world.params:
-        if p not in allowed:
-            raise ValueError(f"world.params.{p} is not a parameter of the {cfg.world.name} world; allowed: {allowed}")
+    check_world_config(cfg.world)
     if cfg.design.name not in DESIGNS:
         raise ValueError(f"design.name must be one of {sorted(DESIGNS)}, got {cfg.design.name!r}")
     check_design_params(cfg.design.name, dict(cfg.design.params))
@@ -84,7 +74,7 @@ def validate(cfg: DictConfig) -> None:
             raise ValueError(f"{key} must be an integer >= {lo}, got {v!r}")
     # World parameters (K >= 2, beta > 0, ...) are checked by the constructor, which
     # is cheap; the pool-size check needs the world.
-    world = make_world(cfg)
+    world = make_world(cfg.world, jax.random.key(cfg.world_seed))
     num_edges = design_problem(world).num_edges
     rounding = cfg.design.params.get("rounding", DESIGNS[cfg.design.name].params.get("rounding"))
     if rounding == "without_replacement" and cfg.budget > num_edges:
@@ -92,10 +82,6 @@ def validate(cfg: DictConfig) -> None:
             f"budget = {cfg.budget} exceeds the {num_edges} candidate edges of this world, which design.params.rounding = "
             "'without_replacement' cannot allocate; allowed: budget <= number of edges, or rounding in ['auto', 'efficient', 'with_replacement']"
         )
-
-
-def make_world(cfg: DictConfig):
-    return WORLDS[cfg.world.name](jax.random.key(cfg.world_seed), **OmegaConf.to_container(cfg.world.params))
 
 
 # ------------------------------------------------------------------- the cell
@@ -148,7 +134,7 @@ _COMPILED: dict = {}
 
 def run_cell(cfg: DictConfig) -> dict:
     """Compute one cell's records (no file I/O)."""
-    world = make_world(cfg)
+    world = make_world(cfg.world, jax.random.key(cfg.world_seed))
     problem = design_problem(world)
     name = cfg.design.name
     # Keys depend on the cell, not on the order jobs run in.

@@ -159,3 +159,19 @@ def check_budget(n, name="n") -> None:
         v = float(n)
         if not np.isfinite(v) or v <= 0:
             raise ValueError(f"{name} must be a number of labels > 0, got {v}")
+
+
+def check_design_instance(weights, theta_star, features, log_ref, diffs, beta, prompt_weights) -> tuple[int, int, int]:
+    """A design on candidate edges with a target pool: shapes agree, values are valid.
+
+    Returns ``(m, E, d)``.
+    """
+    m, _, d = check_pool(features, log_ref)
+    e, d2 = check_diffs(diffs)
+    if d2 != d:
+        raise ValueError(f"diffs must have d = {d} columns to match features, got {d2}")
+    check_design_weights(weights, e)
+    check_theta(theta_star, d, "theta_star")
+    check_beta(beta)
+    check_prompt_weights(prompt_weights, m)
+    return m, e, d

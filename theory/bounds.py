@@ -207,14 +207,7 @@ def instance_constants(weights, theta_star, features, log_ref, diffs, beta, radi
       beta: ``> 0``.
       radius: ``B > 0``, the radius of the parameter ball (assumption A4).
     """
-    m, _, d = V.check_pool(features, log_ref)
-    e, d2 = V.check_diffs(diffs)
-    if d2 != d:
-        raise ValueError(f"diffs must have d = {d} columns to match features, got {d2}")
-    V.check_design_weights(weights, e)
-    V.check_theta(theta_star, d, "theta_star")
-    V.check_beta(beta)
-    V.check_prompt_weights(prompt_weights, m)
+    m, _, _ = V.check_design_instance(weights, theta_star, features, log_ref, diffs, beta, prompt_weights)
     try:
         radius = float(radius)
     except (TypeError, ValueError):

@@ -166,15 +166,8 @@ def asymptotic_gap(weights, theta_star, features, log_ref, diffs, beta, n, promp
       n: number of labels ``> 0``.
       prompt_weights: ``[m]`` or ``None``.
     """
-    m, _, d = V.check_pool(features, log_ref)
-    e, d2 = V.check_diffs(diffs)
-    if d2 != d:
-        raise ValueError(f"diffs must have d = {d} columns to match features, got {d2}")
-    V.check_design_weights(weights, e)
-    V.check_theta(theta_star, d, "theta_star")
-    V.check_beta(beta)
+    m, _, _ = V.check_design_instance(weights, theta_star, features, log_ref, diffs, beta, prompt_weights)
     V.check_budget(n)
-    V.check_prompt_weights(prompt_weights, m)
     rho = normalized_prompt_weights(prompt_weights, m, jnp.result_type(features))
     curvature = _policy_curvature(theta_star, features, log_ref, rho)
     sigma = _information_matrix(theta_star, diffs, weights, beta)

@@ -1,0 +1,30 @@
+"""World registry shared by the Hydra apps (quick start and sweep)."""
+
+from __future__ import annotations
+
+import inspect
+
+from omegaconf import DictConfig, OmegaConf
+
+import synthetic
+
+WORLDS = {
+    "tabular": synthetic.tabular_world,
+    "contextual": synthetic.contextual_world,
+    "gaussian": synthetic.gaussian_world,
+}
+
+
+def check_world_config(world_cfg: DictConfig) -> None:
+    """``world.name`` is known and ``world.params`` are parameters of its constructor."""
+    if world_cfg.name not in WORLDS:
+        raise ValueError(f"world.name must be one of {sorted(WORLDS)}, got {world_cfg.name!r}")
+    allowed = sorted(set(inspect.signature(WORLDS[world_cfg.name]).parameters) - {"key", "dtype"})
+    for p in world_cfg.params:
+        if p not in allowed:
+            raise ValueError(f"world.params.{p} is not a parameter of the {world_cfg.name} world; allowed: {allowed}")
+
+
+def make_world(world_cfg: DictConfig, key):
+    """Build the configured world (its constructor checks the parameter values)."""
+    return WORLDS[world_cfg.name](key, **OmegaConf.to_container(world_cfg.params))
