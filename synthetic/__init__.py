@@ -5,11 +5,12 @@ from synthetic.rounding import ROUNDINGS, round_design
 from synthetic.baselines import first_two_weights, reference_weights, uniform_weights
 from synthetic.estimators import DPOResult, NewtonResult, dpo_loss, fit_dpo_optax, fit_newton
 from synthetic.labels import Allocation, allocation_from_counts, sample_allocation, simulate_wins
-from synthetic.monte_carlo import ReplicateResult, make_replicate, mean_and_ci, simulate_gaps
+from synthetic.monte_carlo import ReplicateResult, mean_and_ci, replicate_gaps, simulate_gaps
 from synthetic.worlds import (
     Pool,
     World,
     contextual_world,
+    first_completions,
     gaussian_world,
     tabular_world,
     world_curvature,
@@ -21,6 +22,7 @@ __all__ = [
     "World",
     "tabular_world",
     "contextual_world",
+    "first_completions",
     "gaussian_world",
     "world_gap",
     "world_curvature",
@@ -34,7 +36,7 @@ __all__ = [
     "fit_newton",
     "fit_dpo_optax",
     "ReplicateResult",
-    "make_replicate",
+    "replicate_gaps",
     "simulate_gaps",
     "mean_and_ci",
     "uniform_weights",

@@ -21,7 +21,6 @@ bound when ``(lower - mean) / se > z_{1-alpha}``, and the asymptotic ratio when
 from __future__ import annotations
 
 import math
-from functools import partial
 from statistics import NormalDist
 from typing import NamedTuple
 
@@ -30,12 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from synthetic.designs import DesignProblem, run_design
-from synthetic.estimators import fit_newton
-from synthetic.labels import simulate_wins
+from synthetic.monte_carlo import replicate_gaps
 from synthetic.rounding import efficient_rounding
 from synthetic.worlds import World
 from theory import bounds as TB
-from theory.policy import _optimality_gap
 
 __all__ = [
     "BoundRow",
@@ -48,25 +45,6 @@ __all__ = [
 def default_radius(world: World) -> float:
     """The parameter ball used in the checks: ``B = 2 ||theta*|| + 1``."""
     return 2.0 * float(np.linalg.norm(np.asarray(world.theta_star))) + 1.0
-
-
-@partial(jax.jit, static_argnames=("prior",))
-def _replicates(keys, theta_star, diffs, counts, beta, radius, features, log_ref, rho, basis, widths, prior):
-    """``vmap`` over keys: draw the truth (``prior``), labels, safeguarded MLE, exact gap."""
-
-    def one(key):
-        k_theta, k_labels = jax.random.split(key)
-        if prior:
-            theta = TB._sample_box(k_theta, theta_star, basis, widths)
-        else:
-            theta = theta_star
-        wins = simulate_wins(k_labels, theta, diffs, counts, beta)
-        fit = fit_newton(diffs, counts, wins, beta)
-        use = fit.mle_exists & (jnp.linalg.norm(fit.theta) <= radius)
-        est = jnp.where(use, fit.theta, jnp.zeros_like(fit.theta))
-        return _optimality_gap(est, theta, features, log_ref, beta, rho), use
-
-    return jax.vmap(one)(keys)
 
 
 def safeguarded_gaps(key, world: World, diffs, counts, num_replicates: int, radius: float, prior=None):
@@ -91,22 +69,14 @@ def safeguarded_gaps(key, world: World, diffs, counts, num_replicates: int, radi
     if isinstance(num_replicates, bool) or not isinstance(num_replicates, int) or num_replicates < 2:
         raise ValueError(f"num_replicates must be an integer >= 2, got {num_replicates!r}")
     diffs = jnp.asarray(diffs)
-    dtype = diffs.dtype
-    ev = world.eval
-    d = diffs.shape[1]
-    if prior is None:
-        basis = jnp.zeros((d, 1), dtype)
-        widths = jnp.zeros((1,), dtype)
-    else:
+    truth_prior = None
+    if prior is not None:
         c, n, alpha = prior
-        basis = jnp.asarray(c.prior_basis, dtype)
-        widths = jnp.asarray(TB.prior_widths(c, n, alpha), dtype)
-    rho = jnp.asarray(ev.prompt_weights, dtype) / jnp.sum(ev.prompt_weights)
+        truth_prior = (c.prior_basis, TB.prior_widths(c, n, alpha))
     keys = jax.random.split(key, num_replicates)
-    gaps, used = _replicates(
-        keys, jnp.asarray(world.theta_star, dtype), diffs, jnp.asarray(counts, dtype), float(world.beta), float(radius),
-        ev.features, ev.log_ref, rho, basis, widths, prior is not None,
-    )
+    res = replicate_gaps(keys, world.theta_star, diffs, counts, float(world.beta), world.eval,
+                         safeguard_radius=float(radius), truth_prior=truth_prior)
+    gaps, used = res.gap, res.valid
     return np.asarray(gaps), np.asarray(used)
 
 

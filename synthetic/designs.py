@@ -30,7 +30,9 @@ must reuse these wins rather than draw fresh ones for the pilot edges.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import hashlib
 import functools
 import inspect
 from typing import Callable, NamedTuple, Optional
@@ -285,10 +287,48 @@ def _theta_at(at, key, problem, budget, pilot_fraction, pilot_ridge):
     return theta, pilot
 
 
+_SOLVED: "collections.OrderedDict[str, object]" = collections.OrderedDict()
+_SOLVED_MAX = 16
+
+
+def _solve_key(*arrays_and_args) -> str:
+    h = hashlib.sha256()
+    for a in arrays_and_args:
+        if a is None:
+            h.update(b"none|")
+        elif isinstance(a, (str, int, float)):
+            h.update(f"{type(a).__name__}:{a!r}|".encode())
+        else:
+            arr = np.ascontiguousarray(np.asarray(a))
+            h.update(f"{arr.dtype}{arr.shape}|".encode())
+            h.update(arr.tobytes())
+    return h.hexdigest()
+
+
 def _solve(problem, theta, criterion, ridge, tol, groups=None, group_weights=None, diffs=None):
+    """Solve the optimal design, memoised on every input that changes the answer.
+
+    A sweep asks for the same oracle, plug-in, A- or D-optimal design at every
+    budget; the solve does not depend on the budget, so it is done once per process
+    (the last ``_SOLVED_MAX`` solves are kept).
+    """
+    d = problem.edges.diffs if diffs is None else diffs
+    key = _solve_key(d, theta, problem.target.features, problem.target.log_ref, problem.target.prompt_weights,
+                     problem.beta, criterion, float(ridge), float(tol), groups, group_weights)
+    if key in _SOLVED:
+        _SOLVED.move_to_end(key)
+        return _SOLVED[key]
+    sol = _solve_uncached(problem, theta, criterion, ridge, tol, groups, group_weights, d)
+    _SOLVED[key] = sol
+    while len(_SOLVED) > _SOLVED_MAX:
+        _SOLVED.popitem(last=False)
+    return sol
+
+
+def _solve_uncached(problem, theta, criterion, ridge, tol, groups, group_weights, diffs):
     curv = problem.curvature(theta) if criterion == "L" else None
     return optimal_design(
-        problem.edges.diffs if diffs is None else diffs,
+        diffs,
         theta,
         curv,
         problem.beta,

@@ -1,12 +1,28 @@
 """Monte-Carlo replicates: labels -> DPO fit -> exact gap, ``vmap``-ed over keys.
 
-``make_replicate`` resolves everything static in Python and returns a pure
-``run(key)``; :func:`simulate_gaps` compiles ``jax.vmap(run)`` once and evaluates all
-replicates in one call (STYLE.md habit 4).
+One engine serves every caller (the quick API :func:`simulate_gaps`, the sweep app,
+the Monte-Carlo checks of the bounds): :func:`replicate_gaps` takes **dense** per-edge
+label counts, keeps only the labelled edges (plus the pilot's), and pads them to a
+power-of-two bucket. A replicate therefore costs ``O(distinct edges x d)`` per Newton
+step, and one compiled function serves every design and budget of a world: it is
+re-traced only when the bucket size, the estimator or its options change
+(``TRACE_COUNT`` counts the traces; a test guards it).
+
+Options:
+
+* ``pilot = (counts, wins)``: labels an adaptive design already observed; they are
+  added to every replicate, which redraws only the remaining ``counts - pilot``.
+* ``safeguard_radius = B``: the safeguarded estimator of Theorem 1 (the MLE when it
+  exists and ``||theta|| <= B``, else the reference ``theta = 0``).
+* ``truth_prior = (basis, widths)``: each replicate draws its own truth from the
+  van Trees prior of Theorem 2 (``theory.bounds._sample_box``) and measures the gap
+  against it (a Bayes risk).
 """
 
 from __future__ import annotations
 
+import functools
+import json
 from statistics import NormalDist
 from typing import Callable, NamedTuple
 
@@ -16,19 +32,20 @@ import numpy as np
 
 from synthetic.estimators import fit_dpo_optax, fit_newton
 from synthetic.labels import Allocation, simulate_wins
-from synthetic.worlds import World
+from synthetic.worlds import Pool, World
 from theory.policy import _optimality_gap
 
-__all__ = ["ReplicateResult", "make_replicate", "simulate_gaps", "mean_and_ci"]
+__all__ = ["ReplicateResult", "replicate_gaps", "simulate_gaps", "mean_and_ci", "ESTIMATORS", "TRACE_COUNT"]
 
 
 class ReplicateResult(NamedTuple):
-    """One replicate (or ``[R]``-batched replicates under ``vmap``).
+    """One replicate (or ``[R]``-batched replicates).
 
     Attributes:
       gap: exact optimality gap of the fitted policy on the evaluation pool.
-      theta_hat: ``[d]`` estimate.
-      valid: the estimate exists (Newton: MLE exists; optax: always ``True``).
+      theta_hat: ``[d]`` estimate (after the safeguard, if any).
+      valid: Newton: the MLE exists (and, with a safeguard, lies in the ball, so it
+        was used); optax: the loss is finite.
     """
 
     gap: jax.Array
@@ -36,52 +53,154 @@ class ReplicateResult(NamedTuple):
     valid: jax.Array
 
 
-_ESTIMATORS = ("newton", "optax")
+ESTIMATORS = {"newton": fit_newton, "optax": fit_dpo_optax}
+
+#: Number of times the replicate core has been traced (compiled), per process.
+TRACE_COUNT = {"replicates": 0}
+
+_MIN_BUCKET = 16
 
 
-def make_replicate(world: World, edge_diffs, allocation: Allocation, estimator: str = "newton", **estimator_kwargs) -> Callable:
-    """Build ``run(key) -> ReplicateResult`` for one world, allocation and estimator.
+@functools.lru_cache(maxsize=64)
+def _core(estimator: str, params_json: str, safeguard: bool, prior: bool) -> Callable:
+    fit = ESTIMATORS[estimator]
+    params = json.loads(params_json)
 
-    Args:
-      world: the synthetic world.
-      edge_diffs: ``[E, d]`` differences of the candidate edges (``Edges.diffs``).
-      allocation: labelled edges and counts.
-      estimator: ``"newton"`` (exact MLE) or ``"optax"`` (gradient DPO).
-      **estimator_kwargs: passed to :func:`fit_newton` or :func:`fit_dpo_optax`.
-    """
-    if estimator not in _ESTIMATORS:
-        raise ValueError(f"estimator must be one of {list(_ESTIMATORS)}, got {estimator!r}")
-    diffs = jnp.asarray(edge_diffs)[np.asarray(allocation.edges)]
-    counts = jnp.asarray(allocation.counts, dtype=diffs.dtype)
-    beta = world.beta
-    ev = world.eval
-    theta_star = world.theta_star
+    @jax.jit
+    def run(keys, theta_star, diffs, counts, pilot_counts, pilot_wins, beta, features, log_ref, rho, radius, basis, widths):
+        TRACE_COUNT["replicates"] += 1  # runs at trace time only
 
-    def run(key):
-        wins = simulate_wins(key, theta_star, diffs, counts, beta)
-        if estimator == "newton":
-            fit = fit_newton(diffs, counts, wins, beta, **estimator_kwargs)
-            theta, valid = fit.theta, fit.mle_exists
-        else:
-            fit = fit_dpo_optax(diffs, counts, wins, beta, **estimator_kwargs)
-            theta, valid = fit.theta, jnp.isfinite(fit.loss)
-        gap = _optimality_gap(theta, theta_star, ev.features, ev.log_ref, beta, ev.prompt_weights)
-        return ReplicateResult(gap, theta, valid)
+        def one(key):
+            k_theta, k_labels = jax.random.split(key)
+            if prior:
+                from theory.bounds import _sample_box
+
+                truth = _sample_box(k_theta, theta_star, basis, widths)
+            else:
+                truth = theta_star
+            wins = simulate_wins(k_labels, truth, diffs, counts - pilot_counts, beta) + pilot_wins
+            res = fit(diffs, counts, wins, beta, **params)
+            valid = res.mle_exists if estimator == "newton" else jnp.isfinite(res.loss)
+            theta = res.theta
+            if safeguard:
+                valid = valid & (jnp.linalg.norm(theta) <= radius)
+                theta = jnp.where(valid, theta, jnp.zeros_like(theta))
+            gap = _optimality_gap(theta, truth, features, log_ref, beta, rho)
+            return ReplicateResult(gap, theta, valid)
+
+        return jax.vmap(one)(keys)
 
     return run
 
 
+def _bucket(size: int, total: int) -> int:
+    b = _MIN_BUCKET
+    while b < size:
+        b *= 2
+    return min(b, total) if total >= _MIN_BUCKET else total
+
+
+def replicate_gaps(
+    keys,
+    theta_star,
+    diffs,
+    counts,
+    beta: float,
+    eval_pool: Pool,
+    *,
+    pilot=None,
+    estimator: str = "newton",
+    estimator_params: dict | None = None,
+    safeguard_radius: float | None = None,
+    truth_prior=None,
+    chunk_size: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ReplicateResult:
+    """Replicates ``labels -> fit -> gap`` for the keys ``[R]``, one compiled call per chunk.
+
+    Args:
+      keys: ``[R]`` PRNG keys (one per replicate).
+      theta_star: ``[d]`` true parameter (the centre of ``truth_prior`` if given).
+      diffs: ``[E, d]`` candidate edge differences.
+      counts: ``[E]`` labels per edge (pilot labels included).
+      beta: KL weight ``> 0``.
+      eval_pool: pool on which the gap is measured.
+      pilot: ``(counts [E], wins [E])`` already observed labels, or ``None``.
+      estimator: ``"newton"`` or ``"optax"``; ``estimator_params`` its options.
+      safeguard_radius: ``B`` of the safeguarded estimator, or ``None``.
+      truth_prior: ``(basis [d, k], widths [k])`` to draw each replicate's truth.
+      chunk_size: replicates per compiled call (default: all at once); the numbers
+        do not depend on it.
+      progress: called with the number of replicates finished after each chunk.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {estimator!r}")
+    params = dict(estimator_params or {})
+    diffs = jnp.asarray(diffs)
+    dtype = diffs.dtype
+    e, d = diffs.shape
+    counts = np.asarray(counts, np.float64)
+    if counts.shape != (e,):
+        raise ValueError(f"counts must have shape [{e}] (one entry per candidate edge), got {list(counts.shape)}")
+    if np.any(counts < 0) or not np.all(np.isfinite(counts)):
+        raise ValueError("counts must be finite and >= 0")
+    if pilot is None:
+        p_counts, p_wins = np.zeros(e), np.zeros(e)
+    else:
+        p_counts, p_wins = (np.asarray(a, np.float64) for a in pilot)
+        if p_counts.shape != (e,) or p_wins.shape != (e,):
+            raise ValueError(f"pilot must be (counts [{e}], wins [{e}])")
+        if np.any(p_counts > counts):
+            raise ValueError("pilot counts must not exceed counts on any edge")
+    support = np.flatnonzero(counts > 0)
+    size = _bucket(support.size, e)
+    idx = np.zeros(size, np.int64)
+    idx[: support.size] = support
+    used = np.zeros(size)
+    used[: support.size] = 1.0
+    sub = lambda a: jnp.asarray(np.asarray(a)[idx] * used, dtype)  # noqa: E731 - padded rows carry no labels
+    if truth_prior is None:
+        basis, widths = jnp.zeros((d, 1), dtype), jnp.zeros((1,), dtype)
+    else:
+        basis, widths = (jnp.asarray(a, dtype) for a in truth_prior)
+    radius = jnp.asarray(np.inf if safeguard_radius is None else float(safeguard_radius), dtype)
+    run = _core(estimator, json.dumps(params, sort_keys=True), safeguard_radius is not None, truth_prior is not None)
+    rho = jnp.asarray(eval_pool.prompt_weights, dtype) / jnp.sum(eval_pool.prompt_weights)
+    args = (jnp.asarray(theta_star, dtype), diffs[idx], sub(counts), sub(p_counts), sub(p_wins), float(beta),
+            eval_pool.features, eval_pool.log_ref, rho, radius, basis, widths)
+    keys = jnp.asarray(keys)
+    r = keys.shape[0]
+    step = r if chunk_size is None else int(chunk_size)
+    if step < 1:
+        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+    parts = []
+    for start in range(0, r, step):
+        ks = keys[start : start + step]
+        pad = step - ks.shape[0]
+        if pad:  # keep one compiled shape: pad with copies, drop their results
+            ks = jnp.concatenate([ks, jnp.repeat(ks[:1], pad, axis=0)])
+        out = run(ks, *args)
+        parts.append(jax.tree_util.tree_map(lambda a: a[: step - pad], out))
+        if progress is not None:
+            progress(step - pad)
+    return ReplicateResult(*(jnp.concatenate(xs) for xs in zip(*parts)))
+
+
 def simulate_gaps(key, world: World, edge_diffs, allocation: Allocation, num_replicates: int, estimator: str = "newton", **estimator_kwargs) -> ReplicateResult:
-    """Run ``num_replicates`` independent replicates in one compiled, vmapped call.
+    """Run ``num_replicates`` independent replicates of one allocation.
 
     Returns:
       :class:`ReplicateResult` with a leading ``[R]`` axis.
     """
     if isinstance(num_replicates, bool) or not isinstance(num_replicates, int) or num_replicates < 1:
         raise ValueError(f"num_replicates must be an integer >= 1, got {num_replicates!r}")
-    run = make_replicate(world, edge_diffs, allocation, estimator, **estimator_kwargs)
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {estimator!r}")
+    diffs = jnp.asarray(edge_diffs)
+    counts = allocation.dense_counts(diffs.shape[0])
     keys = jax.random.split(key, num_replicates)
-    return jax.jit(jax.vmap(run))(keys)
+    return replicate_gaps(keys, world.theta_star, diffs, counts, world.beta, world.eval,
+                          estimator=estimator, estimator_params=estimator_kwargs)
 
 
 def mean_and_ci(x, level: float = 0.95):

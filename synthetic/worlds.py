@@ -32,6 +32,7 @@ __all__ = [
     "tabular_world",
     "contextual_world",
     "gaussian_world",
+    "first_completions",
     "world_gap",
     "world_curvature",
 ]
@@ -260,3 +261,26 @@ def gaussian_world(
     theta_star = theta_scale / math.sqrt(d) * jax.random.normal(k_t, (d,), dtype)
     pool = Pool(features, log_ref, _uniform(m, dtype))
     return World(pool, pool, theta_star, float(beta))
+
+
+def first_completions(world: World, k: int) -> World:
+    """The same world with each prompt's pool cut to its first ``k`` completions.
+
+    ``pi0`` is renormalised over the kept completions (``pi0(y | y in first k)``);
+    features, ``theta*`` and prompts are unchanged, so worlds with growing ``k`` are
+    nested: the pool-size experiment varies ``K`` without drawing a new instance.
+    """
+    _check_int("k", k, 2)
+    kmax = world.train.features.shape[1]
+    if k > kmax:
+        raise ValueError(f"k must be <= the pool size {kmax}, got {k}")
+
+    def cut(pool: Pool) -> Pool:
+        lr = pool.log_ref[:, :k]
+        present = jnp.isfinite(lr)
+        if not bool(jnp.all(jnp.sum(present, axis=1) >= 1)):
+            raise ValueError(f"k = {k} leaves a prompt with no completion")
+        norm = jax.scipy.special.logsumexp(jnp.where(present, lr, -jnp.inf), axis=1, keepdims=True)
+        return Pool(pool.features[:, :k], jnp.where(present, lr - norm, -jnp.inf), pool.prompt_weights)
+
+    return World(cut(world.train), cut(world.eval), world.theta_star, world.beta)

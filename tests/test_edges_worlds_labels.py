@@ -176,3 +176,19 @@ def test_allocation_from_counts_and_its_errors():
         sample_allocation(jax.random.PRNGKey(0), np.array([0.5, 0.5]), 0)
     with pytest.raises(ValueError, match="weights"):
         sample_allocation(jax.random.PRNGKey(0), np.array([0.7, 0.7]), 10)
+
+
+def test_first_completions_cuts_pools_and_renormalises_pi0():
+    from synthetic import contextual_world, first_completions
+
+    world = contextual_world(jax.random.PRNGKey(3), num_completions=6, num_train_prompts=4, num_eval_prompts=5)
+    cut = first_completions(world, 3)
+    for full, part in ((world.train, cut.train), (world.eval, cut.eval)):
+        np.testing.assert_array_equal(part.features, full.features[:, :3])
+        p = np.exp(np.asarray(full.log_ref[:, :3], np.float64))
+        np.testing.assert_allclose(np.exp(part.log_ref), p / p.sum(axis=1, keepdims=True), rtol=1e-12)
+    np.testing.assert_array_equal(cut.theta_star, world.theta_star)
+    with pytest.raises(ValueError, match="k must be <= the pool size 6"):
+        first_completions(world, 7)
+    with pytest.raises(ValueError, match="k must be an integer >= 2"):
+        first_completions(world, 1)

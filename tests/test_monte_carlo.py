@@ -77,3 +77,68 @@ def test_same_key_same_numbers_and_estimator_name_checked():
         simulate_gaps(jax.random.PRNGKey(9), world, edges.diffs, alloc, 8, estimator="sgd-magic")
     with pytest.raises(ValueError, match="num_replicates"):
         simulate_gaps(jax.random.PRNGKey(9), world, edges.diffs, alloc, 0)
+
+
+def _small():
+    world = gaussian_world(jax.random.PRNGKey(11), num_prompts=7, num_completions=4, dim=3)  # shapes no other test uses
+    edges = enumerate_edges(world.train.features, world.train.log_ref)
+    return world, edges
+
+
+def test_one_compiled_replicate_function_serves_every_allocation_of_a_bucket():
+    """The trace-count guard: designs and budgets change the counts, not the compiled function."""
+    from synthetic.monte_carlo import TRACE_COUNT, replicate_gaps
+
+    world, edges = _small()
+    e = edges.num_edges  # 42 edges: buckets of 16, 32 and 42 (all)
+    keys = jax.random.split(jax.random.PRNGKey(0), 4)
+    rng = np.random.default_rng(0)
+    start = TRACE_COUNT["replicates"]
+    for support in (20, 25, 30, 32, 17):  # all in the 32-bucket
+        counts = np.zeros(e)
+        counts[rng.choice(e, support, replace=False)] = rng.integers(1, 50, support)
+        replicate_gaps(keys, world.theta_star, edges.diffs, counts, world.beta, world.eval)
+    assert TRACE_COUNT["replicates"] - start == 1
+    for support in (3, 10, 16, 33, 42):  # the 16-bucket, then all edges
+        counts = np.zeros(e)
+        counts[rng.choice(e, support, replace=False)] = 40
+        replicate_gaps(keys, world.theta_star, edges.diffs, counts, world.beta, world.eval)
+    assert TRACE_COUNT["replicates"] - start == 3
+
+
+def test_a_sweep_traces_the_replicate_function_once_per_bucket(tmp_path):
+    from experiments import sweep
+    from synthetic.monte_carlo import TRACE_COUNT
+
+    jobs = [["world=tabular", "world.params.num_completions=6", f"design={d}", f"budget={n}", "num_replicates=10"]
+            for d in ("uniform", "oracle", "d_optimal") for n in (200, 400, 800)]
+    sweep.run_jobs(jobs[:1], tmp_path / "warm", progress=False)  # traces this world's function (15 edges: one bucket)
+    start = TRACE_COUNT["replicates"]
+    sweep.run_jobs(jobs, tmp_path / "r", progress=False)
+    assert len(list((tmp_path / "r").glob("*.npz"))) == 9
+    assert TRACE_COUNT["replicates"] == start  # nine cells, three designs, three budgets: no new trace
+
+
+def test_replicate_options_chunking_pilot_and_safeguard():
+    from synthetic.monte_carlo import replicate_gaps
+
+    world, edges = _small()
+    counts = np.full(edges.num_edges, 30.0)
+    keys = jax.random.split(jax.random.PRNGKey(1), 7)
+    args = (world.theta_star, edges.diffs, counts, world.beta, world.eval)
+    whole = replicate_gaps(keys, *args)
+    seen = []
+    chunked = replicate_gaps(keys, *args, chunk_size=3, progress=seen.append)
+    np.testing.assert_allclose(chunked.gap, whole.gap, rtol=1e-12)
+    assert seen == [3, 3, 1]
+    # every label already observed as pilot: all replicates see the same wins
+    wins = np.floor(counts / 3)
+    fixed = replicate_gaps(keys, *args, pilot=(counts, wins))
+    np.testing.assert_allclose(fixed.theta_hat, np.broadcast_to(fixed.theta_hat[0], fixed.theta_hat.shape), rtol=1e-12)
+    # a ball too small for any MLE: the safeguard returns the reference theta = 0
+    guarded = replicate_gaps(keys, *args, safeguard_radius=1e-9)
+    assert not bool(jnp.any(guarded.valid)) and float(jnp.abs(guarded.theta_hat).max()) == 0.0
+    with pytest.raises(ValueError, match="counts must have shape"):
+        replicate_gaps(keys, world.theta_star, edges.diffs, counts[:-1], world.beta, world.eval)
+    with pytest.raises(ValueError, match="pilot counts must not exceed"):
+        replicate_gaps(keys, *args, pilot=(counts + 1, wins))
