@@ -19,6 +19,7 @@ _global_``, one per figure). Every key is checked before any work starts.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import inspect
 import json
 import logging
@@ -35,20 +36,21 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
 from experiments.worlds import check_world_config, make_world
 from synthetic.designs import DESIGNS, check_design_params, design_problem, run_design
-from synthetic.estimators import fit_dpo_optax, fit_newton
-from synthetic.labels import simulate_wins
-from synthetic.monte_carlo import mean_and_ci
+from synthetic.monte_carlo import ESTIMATORS, mean_and_ci, replicate_gaps
 from theory import asymptotic_gap
-from theory.policy import _optimality_gap
 
 jax.config.update("jax_enable_x64", True)
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting chatter
 log = logging.getLogger(__name__)
 
-ESTIMATORS = {"newton": fit_newton, "optax": fit_dpo_optax}
+#: Replicates per compiled call: bounds memory and drives the progress bar; the
+#: numbers do not depend on it.
+REPLICATE_CHUNK = 50
 RECORD_FIELDS = ["replicate", "gap", "valid", "predicted_gap"]
 
 
@@ -57,6 +59,11 @@ RECORD_FIELDS = ["replicate", "gap", "valid", "predicted_gap"]
 
 def validate(cfg: DictConfig) -> None:
     """Check every key before any work; errors name the key and the allowed values."""
+    for module in cfg.get("imports") or []:
+        try:
+            importlib.import_module(module)  # registers user designs (register_design)
+        except ImportError as err:
+            raise ValueError(f"imports: cannot import {module!r} ({err}); allowed: importable module names") from None
     check_world_config(cfg.world)
     if cfg.design.name not in DESIGNS:
         raise ValueError(f"design.name must be one of {sorted(DESIGNS)}, got {cfg.design.name!r}")
@@ -72,16 +79,32 @@ def validate(cfg: DictConfig) -> None:
         lo = {"budget": 1, "num_replicates": 2}.get(key, 0)
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise ValueError(f"{key} must be an integer >= {lo}, got {v!r}")
+    if not isinstance(cfg.get("progress", False), bool):
+        raise ValueError(f"progress must be true or false, got {cfg.progress!r}")
+    if cfg.get("figure") is not None and not isinstance(cfg.figure, str):
+        raise ValueError(f"figure must be null or a path prefix (a string), got {cfg.figure!r}")
     # World parameters (K >= 2, beta > 0, ...) are checked by the constructor, which
     # is cheap; the pool-size check needs the world.
     world = make_world(cfg.world, jax.random.key(cfg.world_seed))
-    num_edges = design_problem(world).num_edges
-    rounding = cfg.design.params.get("rounding", DESIGNS[cfg.design.name].params.get("rounding"))
-    if rounding == "without_replacement" and cfg.budget > num_edges:
+    problem = design_problem(world)
+    num_edges = problem.num_edges
+    params = {**DESIGNS[cfg.design.name].params, **cfg.design.params}
+    if params.get("rounding") == "without_replacement" and cfg.budget > num_edges:
         raise ValueError(
             f"budget = {cfg.budget} exceeds the {num_edges} candidate edges of this world, which design.params.rounding = "
             "'without_replacement' cannot allocate; allowed: budget <= number of edges, or rounding in ['auto', 'efficient', 'with_replacement']"
         )
+    if params.get("with_replacement") is False and cfg.budget > num_edges:
+        raise ValueError(
+            f"budget = {cfg.budget} exceeds the {num_edges} candidate edges of this world, and design {cfg.design.name!r} with "
+            "design.params.with_replacement = false labels each edge at most once; allowed: budget <= number of edges, "
+            "or design.params.with_replacement = true"
+        )
+    if cfg.design.name == "prompt_selection":
+        prompts = int(np.sum(np.sum(np.isfinite(np.asarray(problem.pool.log_ref)), axis=1) >= 2))
+        if cfg.budget > prompts:
+            raise ValueError(f"budget = {cfg.budget} exceeds the {prompts} prompts of this world; prompt_selection labels "
+                             "each prompt at most once; allowed: budget <= number of prompts")
 
 
 # ------------------------------------------------------------------- the cell
@@ -111,28 +134,7 @@ def code_version() -> str:
         return "unknown"
 
 
-def _replicates_fn(estimator: str, params: dict):
-    fit = ESTIMATORS[estimator]
-
-    @jax.jit
-    def run(keys, theta_star, diffs, counts, pilot_counts, pilot_wins, beta, features, log_ref, rho):
-        def one(key):
-            fresh = simulate_wins(key, theta_star, diffs, counts - pilot_counts, beta)
-            wins = fresh + pilot_wins
-            res = fit(diffs, counts, wins, beta, **params)
-            theta = res.theta
-            valid = res.mle_exists if estimator == "newton" else jnp.isfinite(res.loss)
-            return _optimality_gap(theta, theta_star, features, log_ref, beta, rho), valid
-
-        return jax.vmap(one)(keys)
-
-    return run
-
-
-_COMPILED: dict = {}
-
-
-def run_cell(cfg: DictConfig) -> dict:
+def run_cell(cfg: DictConfig, progress: bool = False) -> dict:
     """Compute one cell's records (no file I/O)."""
     world = make_world(cfg.world, jax.random.key(cfg.world_seed))
     problem = design_problem(world)
@@ -141,24 +143,17 @@ def run_cell(cfg: DictConfig) -> dict:
     salt = int(hashlib.sha256(f"{name}|{cfg.budget}".encode()).hexdigest()[:7], 16)
     k_design, k_labels = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), salt))
     out = run_design(name, k_design, problem, cfg.budget, **OmegaConf.to_container(cfg.design.params))
-    e = problem.num_edges
-    dtype = problem.edges.diffs.dtype
-    counts = out.dense_counts(e).astype(np.float64)
-    if out.pilot is not None:
-        pilot_counts, pilot_wins = (np.asarray(a, np.float64) for a in out.pilot)
-    else:
-        pilot_counts, pilot_wins = np.zeros(e), np.zeros(e)
-    params = OmegaConf.to_container(cfg.estimator.params)
-    sig = (cfg.estimator.name, json.dumps(params, sort_keys=True))
-    if sig not in _COMPILED:
-        _COMPILED[sig] = _replicates_fn(cfg.estimator.name, params)
-    ev = world.eval
-    rho = ev.prompt_weights / jnp.sum(ev.prompt_weights)
+    counts = out.dense_counts(problem.num_edges).astype(np.float64)
     keys = jax.random.split(k_labels, cfg.num_replicates)
-    gaps, valid = _COMPILED[sig](
-        keys, world.theta_star, problem.edges.diffs, jnp.asarray(counts, dtype), jnp.asarray(pilot_counts, dtype),
-        jnp.asarray(pilot_wins, dtype), world.beta, ev.features, ev.log_ref, rho,
-    )
+    with tqdm(total=cfg.num_replicates, desc=f"{name} n={cfg.budget}", unit="rep", leave=False, disable=not progress) as bar:
+        res = replicate_gaps(
+            keys, world.theta_star, problem.edges.diffs, counts, world.beta, world.eval,
+            pilot=out.pilot,
+            estimator=cfg.estimator.name, estimator_params=OmegaConf.to_container(cfg.estimator.params),
+            chunk_size=min(REPLICATE_CHUNK, cfg.num_replicates), progress=bar.update,
+        )
+    gaps, valid = res.gap, res.valid
+    ev = world.eval
     w_hat = counts / counts.sum()
     predicted = float(asymptotic_gap(w_hat, world.theta_star, ev.features, ev.log_ref, problem.edges.diffs, world.beta, cfg.budget, ev.prompt_weights))
     r = cfg.num_replicates
@@ -209,7 +204,7 @@ def job(cfg: DictConfig) -> Path:
     if path.exists() and read_cell(path) is not None:
         log.info("cell %s already done, skipped", cid)
         return path
-    cols = run_cell(cfg)
+    cols = run_cell(cfg, progress=bool(cfg.get("progress", False)))
     meta = {
         **ident,
         "cell": cid,
@@ -225,9 +220,14 @@ def job(cfg: DictConfig) -> Path:
 
 
 def aggregate(results_dir: Path, level: float = 0.95) -> list[dict]:
-    """Means and confidence intervals per (world, design, estimator, budget) over all cell files."""
+    """Means and confidence intervals per (world, design, estimator, budget) over all cell files of a directory."""
+    return aggregate_files(sorted(Path(results_dir).glob("*.npz")), level)
+
+
+def aggregate_files(paths, level: float = 0.95) -> list[dict]:
+    """Means and confidence intervals per (world, design, estimator, budget) over the given cell files."""
     groups: dict = {}
-    for p in sorted(Path(results_dir).glob("*.npz")):
+    for p in paths:
         got = read_cell(p)
         if got is None:
             continue
@@ -279,6 +279,38 @@ def sweep_job_overrides(config: DictConfig) -> list[list[str]]:
     return [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
+def compose_job(overrides, hydra_node: bool = False) -> DictConfig:
+    """The composed config of one job (outside a running Hydra app)."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="experiments.conf", version_base=None):
+        return compose(config_name="sweep", overrides=list(overrides), return_hydra_config=hydra_node)
+
+
+def grid(experiment: str, overrides=()) -> list[list[str]]:
+    """Every job's overrides of ``experiment=<experiment>`` plus ``overrides`` (comma lists sweep)."""
+    cfg = compose_job([f"experiment={experiment}"], hydra_node=True)
+    cfg.hydra.overrides.task = [f"experiment={experiment}", *overrides]
+    return sweep_job_overrides(cfg)
+
+
+def run_jobs(jobs, results_dir, progress: bool = True, desc: str = "cells") -> list[Path]:
+    """Run a list of jobs (override lists) in this process, like a multirun with the basic launcher.
+
+    Every job is composed and validated before the first one runs; finished cells in
+    ``results_dir`` are skipped. Returns the cell files, in the order of ``jobs``.
+    """
+    cfgs = []
+    for overrides in jobs:
+        cfg = compose_job([*overrides, f"results_dir={results_dir}", f"progress={str(progress).lower()}"])
+        try:
+            validate(cfg)
+        except ValueError as err:
+            raise ValueError(f"job [{' '.join(overrides)}]: {err}") from None
+        cfgs.append(cfg)
+    return [job(cfg) for cfg in tqdm(cfgs, desc=desc, unit="cell", disable=not progress)]
+
+
 class ValidateSweep(Callback):
     """Composes and validates every job of a multirun before the first one starts.
 
@@ -300,21 +332,64 @@ class ValidateSweep(Callback):
         log.info("validated %d jobs", len(jobs))
 
 
-class SummaryCallback(Callback):
-    """Prints the summary table of ``results_dir`` after a multirun."""
+class CellProgress(Callback):
+    """A progress bar over the cells of a multirun (for launchers that run jobs in
+    this process; with joblib, Ray or Slurm each worker logs its own cells)."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def __getstate__(self) -> dict:
+        # Launchers (joblib, Ray) pickle the callbacks into their workers; the bar stays here.
+        return {"bar": None}
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        if config.get("progress", False):
+            self.bar = tqdm(total=len(sweep_job_overrides(config)), desc="cells", unit="cell")
+
+    def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        print(format_summary(aggregate(results_path(config))))
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def write_summary(config: DictConfig) -> list[dict]:
+    """Print the summary table of ``results_dir``; with ``figure`` set, also write
+    ``<figure>.csv`` (the rows) and ``<figure>.png``/``.pdf`` (gap against budget)."""
+    rows = aggregate(results_path(config))
+    print(format_summary(rows))
+    target = config.get("figure")
+    if target and rows:
+        from experiments.plotting import plot_gap_vs_budget, save_figure, write_csv
+
+        out = Path(hydra.utils.to_absolute_path(str(target)))
+        write_csv(rows, out.with_suffix(".csv"))
+        worlds = sorted({r["world"] for r in rows})
+        fig = plot_gap_vs_budget(rows, title=f"{', '.join(worlds)} world: DPO gap by design")
+        for p in save_figure(fig, out):
+            print(f"wrote {p}")
+    return rows
+
+
+class SummaryCallback(Callback):
+    """Prints the summary table (and writes the figure, if configured) after a multirun."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        write_summary(config)
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="sweep")
 def main(cfg: DictConfig) -> None:
     if cfg.summary_only:
-        print(format_summary(aggregate(results_path(cfg))))
+        write_summary(cfg)
         return
     job(cfg)
     if HydraConfig.get().mode != RunMode.MULTIRUN:
-        print(format_summary(aggregate(results_path(cfg))))
+        write_summary(cfg)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,20 @@ def check_world_config(world_cfg: DictConfig) -> None:
     for p in world_cfg.params:
         if p not in allowed:
             raise ValueError(f"world.params.{p} is not a parameter of the {world_cfg.name} world; allowed: {allowed}")
+    extra = sorted(set(world_cfg) - {"name", "params", "keep_completions"})
+    if extra:
+        raise ValueError(f"world.{extra[0]} is not a world key; allowed: ['keep_completions', 'name', 'params']")
+    keep = world_cfg.get("keep_completions")
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 2):
+        raise ValueError(f"world.keep_completions must be null or an integer >= 2, got {keep!r}")
 
 
 def make_world(world_cfg: DictConfig, key):
-    """Build the configured world (its constructor checks the parameter values)."""
-    return WORLDS[world_cfg.name](key, **OmegaConf.to_container(world_cfg.params))
+    """Build the configured world (its constructor checks the parameter values).
+
+    ``world.keep_completions = k`` cuts every pool to its first ``k`` completions
+    (:func:`synthetic.first_completions`), so worlds of different ``k`` are nested.
+    """
+    world = WORLDS[world_cfg.name](key, **OmegaConf.to_container(world_cfg.params))
+    keep = world_cfg.get("keep_completions")
+    return world if keep is None else synthetic.first_completions(world, keep)

@@ -90,6 +90,8 @@ def test_an_invalid_job_anywhere_in_a_sweep_stops_it_before_the_first_job(tmp_pa
         (["world.params.beta=0"], "beta must be a finite number > 0"),
         (["design=first_two", "design.params.rounding=without_replacement", "budget=100000"], "exceeds the 10 candidate edges"),
         (["+design.params.nope=1"], "allowed: ['rounding']"),
+        (["design=adpo_greedy", "budget=11"], "design.params.with_replacement = false labels each edge at most once"),
+        (["design=prompt_selection", "budget=2"], "prompt_selection labels each prompt at most once"),
         (["+world.params.nope=1"], "allowed: ["),
         (["estimator=optax", "+estimator.params.nope=1"], "allowed: ["),
     ],
@@ -137,3 +139,39 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(Boom):
         sweep.write_atomic(tmp_path / "c.npz", {"gap": Bad()}, {})
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["local_joblib", "ray_local"])
+def test_launchers_give_the_same_records_as_the_basic_launcher(tmp_path, launcher):
+    """Scale-out through Hydra launchers (joblib processes; a local Ray instance with two CPUs)."""
+    grid = ["design=uniform,oracle", "budget=100,300"]
+    base, other = tmp_path / "basic", tmp_path / launcher
+    res = _run([f"results_dir={base}", *grid])
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = _run([f"results_dir={other}", *grid, f"hydra/launcher={launcher}"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    a, b = _records(base), _records(other)
+    assert len(a) == 4 and a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name][0], b[name][0])
+    assert "oracle" in res.stdout  # the summary of the multirun
+
+
+def test_a_design_registered_by_user_code_runs_through_imports(tmp_path):
+    module = tmp_path / "my_designs_for_test.py"
+    module.write_text(
+        "from synthetic.designs import register_design, weighted_output\n"
+        "from synthetic import uniform_weights\n"
+        "@register_design('everything_once', summary='uniform', source='test', replace=True)\n"
+        "def everything_once(key, problem, budget, rounding='auto'):\n"
+        "    return weighted_output(key, problem, budget, uniform_weights(problem.edges), rounding)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    cmd = [sys.executable, "-m", "experiments.sweep", "-m", *SMALL, f"results_dir={tmp_path / 'r'}",
+           "imports=[my_designs_for_test]", "design=custom", "design.name=everything_once", "budget=100,200"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert len(list((tmp_path / "r").glob("*everything_once*.npz"))) == 2
+    bad = _run([f"results_dir={tmp_path / 'r'}", "imports=[no_such_module_xyz]", "budget=100"])
+    assert bad.returncode != 0 and "imports: cannot import 'no_such_module_xyz'" in bad.stderr
