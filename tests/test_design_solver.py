@@ -335,3 +335,25 @@ def test_support_hessian_matches_autodiff(kind):
     g, h = _support_hessian(xs, jnp.linalg.inv(t), b, kind)
     np.testing.assert_allclose(g, jax.grad(f)(w), rtol=1e-10)
     np.testing.assert_allclose(h, jax.hessian(f)(w), rtol=1e-9, atol=1e-12)
+
+
+def test_float32_solve_keeps_the_weights_a_probability_vector_and_its_certificate_honest():
+    """Regression: the support Newton polish once let float32 weights drift to sum 3.4
+    (the KKT constraint rows hold only to the solve's conditioning), which lowered the
+    unnormalised criterion and reported a negative certificate."""
+    rng = np.random.default_rng(0)
+    e, d = 3000, 32
+    z = rng.normal(size=(e, d))
+    theta = rng.normal(size=d) / np.sqrt(d)
+    a = rng.normal(size=(d, 2 * d))
+    curv = a @ a.T / (2 * d)
+    sol = optimal_design(jnp.asarray(z, jnp.float32), jnp.asarray(theta, jnp.float32), jnp.asarray(curv, jnp.float32), 1.0, tol=1e-3)
+    w = np.asarray(sol.weights, np.float64)
+    assert abs(w.sum() - 1.0) < 1e-5 and w.min() >= 0
+    # the certificate recomputed in float64 from scratch (dense inverse) agrees and is below tol
+    s = 0.25 / np.cosh(z @ theta / 2) ** 2
+    sinv = np.linalg.inv((z * (w / w.sum() * s)[:, None]).T @ z)
+    phi = np.trace(curv @ sinv)
+    de = s * ((z @ (sinv @ curv @ sinv)) * z).sum(axis=1)
+    rel = (de.max() - phi) / phi
+    assert 0 <= rel <= 1.01e-3 and abs(rel - sol.relative_certificate) < 1e-5

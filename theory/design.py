@@ -525,12 +525,22 @@ def _polish(w, xs, offset, b, kind, groups, num_groups, steps=8):
     gs = np.where(real_np, np.asarray(groups)[idx], 0)
     onehot = jnp.asarray((gs[:, None] == np.arange(num_groups)[None, :]) & real_np[:, None], dtype=xs.dtype)
     ws = jnp.where(real, jnp.asarray(w)[jnp.asarray(idx)], 0.0)
+    # Group masses, kept exactly: in float32 the KKT solve's constraint rows are only
+    # met to its conditioning, and a step that adds mass "lowers" the criterion by
+    # scaling Sigma up (the weights once drifted to sum 3.4). Directions are projected
+    # on the constraints and trials renormalised, in float64.
+    members = [real_np & (gs == g) for g in range(num_groups)]
+    ws64 = np.asarray(ws, dtype=np.float64)
+    masses = [ws64[m].sum() for m in members]
     value = float(_reduced_value(ws, xs, offset, b, kind))
     for _ in range(steps):
         t = offset + (xs.T * ws) @ xs
         tinv = jnp.linalg.inv(0.5 * (t + t.T))
-        delta = np.asarray(_newton_direction(ws, xs, 0.5 * (tinv + tinv.T), offset, b, kind, onehot, real))
-        wsn = np.asarray(ws)
+        delta = np.array(_newton_direction(ws, xs, 0.5 * (tinv + tinv.T), offset, b, kind, onehot, real), dtype=np.float64)
+        for m in members:
+            if m.any():
+                delta[m] -= delta[m].mean()
+        wsn = np.asarray(ws, dtype=np.float64)
         neg = delta < 0
         alpha_max = float(np.min(-wsn[neg] / delta[neg])) if neg.any() else np.inf
         alpha = min(1.0, alpha_max)
@@ -539,6 +549,10 @@ def _polish(w, xs, offset, b, kind, groups, num_groups, steps=8):
             trial = np.where(real_np, np.maximum(wsn + alpha * delta, 0.0), 0.0)
             if alpha == alpha_max:
                 trial[np.argmin(np.where(neg, -wsn / np.where(neg, delta, -1.0), np.inf))] = 0.0
+            for m, mass in zip(members, masses):
+                tot = trial[m].sum()
+                if tot > 0:
+                    trial[m] *= mass / tot
             tv = float(_reduced_value(jnp.asarray(trial, xs.dtype), xs, offset, b, kind))
             if np.isfinite(tv) and tv < value:
                 improved = True
