@@ -185,3 +185,18 @@ def test_jit_and_vmap_over_designs(rng):
     batched = jax.jit(jax.vmap(lambda w: design_criterion(w, jnp.zeros(3), diffs, curv, 1.0)))(ws)
     eager = [float(design_criterion(w, np.zeros(3), diffs, curv, 1.0)) for w in ws]
     np.testing.assert_allclose(batched, eager, rtol=1e-12)
+
+
+def test_blocked_information_matrix_equals_the_plain_sum_for_every_remainder():
+    """The row-blocked accumulation (used for large E) against one dense product."""
+    from theory.information import _GRAM_BLOCK, _information_matrix
+
+    rng = np.random.default_rng(5)
+    for e in (3, _GRAM_BLOCK * 2, _GRAM_BLOCK * 3 + 17):
+        z = jnp.asarray(rng.normal(size=(e, 4)))
+        th = jnp.asarray(rng.normal(size=4))
+        w = jnp.asarray(rng.random(e))
+        u = np.asarray(z @ th)
+        s = np.asarray(w) * np.exp(-np.logaddexp(0, u) - np.logaddexp(0, -u))
+        dense = (np.asarray(z).T * s) @ np.asarray(z)
+        np.testing.assert_allclose(_information_matrix(th, z, w, 1.0), dense, rtol=1e-12, atol=1e-14)
