@@ -130,6 +130,15 @@ def _null_projector(diffs, counts):
     return (vec * null) @ vec.T
 
 
+def _newton_setup(diffs, counts, wins, tol, curvature_floor):
+    """dtype, eps, default tolerances (``eps^0.6`` step, ``eps^0.5`` curvature floor), typed counts and wins."""
+    dtype = diffs.dtype
+    eps = float(jnp.finfo(dtype).eps)
+    tol = eps**0.6 if tol is None else tol
+    curvature_floor = eps**0.5 if curvature_floor is None else curvature_floor
+    return dtype, eps, tol, curvature_floor, jnp.asarray(counts, dtype=dtype), jnp.asarray(wins, dtype=dtype)
+
+
 def fit_newton(diffs, counts, wins, beta, ridge=0.0, max_iter=100, tol=None, curvature_floor=None):
     """Exact DPO/MLE by damped Newton with Armijo backtracking.
 
@@ -169,12 +178,7 @@ def fit_newton(diffs, counts, wins, beta, ridge=0.0, max_iter=100, tol=None, cur
     Returns:
       :class:`NewtonResult`.
     """
-    dtype = diffs.dtype
-    eps = float(jnp.finfo(dtype).eps)
-    tol = eps**0.6 if tol is None else tol
-    curvature_floor = eps**0.5 if curvature_floor is None else curvature_floor
-    counts = jnp.asarray(counts, dtype=dtype)
-    wins = jnp.asarray(wins, dtype=dtype)
+    dtype, eps, tol, curvature_floor, counts, wins = _newton_setup(diffs, counts, wins, tol, curvature_floor)
     d = diffs.shape[1]
     p_null = _null_projector(diffs, counts)
 
@@ -326,10 +330,11 @@ def fit_newton_shared(diffs, counts, wins, beta, ridge=0.0, max_iter=100, tol=No
       counts: ``[A]`` labels per edge, shared by all replicates.
       wins: ``[R, A]`` wins of the first completion, one row per replicate.
       beta, ridge, max_iter, tol, curvature_floor: as :func:`fit_newton`.
-      anchor: ``[d]`` where ``M`` is formed and the iterations start; default the MLE
-        of the replicate-averaged wins. Pass a value that does not depend on the
-        batch (e.g. the fit to the expected wins) to make each replicate's answer
-        independent of which other replicates share its call.
+      anchor: ``[d]`` where ``M`` is formed and the iterations start (its component
+        outside the labelled span is dropped); default the MLE of the
+        replicate-averaged wins. Pass a value that does not depend on the batch (the
+        simulation's ``theta*``) to make each replicate's answer independent of which
+        other replicates share its call.
       chord_iter: cap on chord steps.
       fallback_size: replicates refitted by Newton in one batch; default ``max(1, R // 8)``.
 
@@ -337,12 +342,7 @@ def fit_newton_shared(diffs, counts, wins, beta, ridge=0.0, max_iter=100, tol=No
       :class:`NewtonResult` with a leading ``[R]`` axis; ``num_iter`` counts chord
       steps, plus Newton steps for refitted replicates.
     """
-    dtype = diffs.dtype
-    eps = float(jnp.finfo(dtype).eps)
-    tol = eps**0.6 if tol is None else tol
-    curvature_floor = eps**0.5 if curvature_floor is None else curvature_floor
-    counts = jnp.asarray(counts, dtype=dtype)
-    wins = jnp.asarray(wins, dtype=dtype)
+    dtype, eps, tol, curvature_floor, counts, wins = _newton_setup(diffs, counts, wins, tol, curvature_floor)
     if wins.ndim != 2 or wins.shape[1] != diffs.shape[0]:
         raise ValueError(f"wins must have shape [R, {diffs.shape[0]}] (one row per replicate), got {list(wins.shape)}")
     r, d = wins.shape[0], diffs.shape[1]
@@ -356,6 +356,7 @@ def fit_newton_shared(diffs, counts, wins, beta, ridge=0.0, max_iter=100, tol=No
         anchor = fit_newton(diffs, counts, jnp.mean(wins, axis=0), beta, ridge, max_iter, tol, curvature_floor).theta
     anchor = jnp.asarray(anchor, dtype)
     anchor = jnp.where(jnp.all(jnp.isfinite(anchor)), anchor, 0.0)
+    anchor = anchor - p_null @ anchor  # iterates keep the anchor's null component: drop it (minimum norm)
     u_bar = beta * (diffs @ anchor)
     s_bar = jnp.exp(jax.nn.log_sigmoid(u_bar) + jax.nn.log_sigmoid(-u_bar))
     m = beta**2 * (diffs.T * (counts * s_bar)) @ diffs / n  # H(anchor) without the ridge

@@ -116,7 +116,7 @@ def _binomial_inverse_cdf(key, counts, p):
     return jnp.where(flip, counts - x, x)
 
 
-def simulate_wins(key, theta_star, diffs, counts, beta):
+def simulate_wins(key, theta_star, diffs, counts, beta, method: str | None = None):
     """Bradley-Terry win counts ``wins_e ~ Binomial(counts_e, sigmoid(beta theta*.z_e))``.
 
     Pure and ``vmap``-able over ``key``. Counts up to :data:`INVERSE_CDF_MAX_COUNT` are
@@ -130,11 +130,22 @@ def simulate_wins(key, theta_star, diffs, counts, beta):
       diffs: ``[A, d]`` differences of the labelled edges.
       counts: ``[A]`` labels per edge.
       beta: ``> 0``.
+      method: ``"inverse"`` (requires counts ``<= INVERSE_CDF_MAX_COUNT``), ``"btrs"``
+        (``jax.random.binomial``), or ``None`` to choose by the counts. Under ``jit``
+        with traced counts, ``None`` compiles both; callers that know their counts pass
+        the method.
 
     Returns:
       ``[A]`` wins of the first completion, same float dtype as ``diffs``.
     """
+    if method not in (None, "inverse", "btrs"):
+        raise ValueError(f"method must be one of None, 'inverse', 'btrs', got {method!r}")
     p = jax.nn.sigmoid(beta * (diffs @ theta_star))
+    if method is not None:
+        counts = jnp.asarray(counts, dtype=p.dtype)
+        if method == "inverse":
+            return _binomial_inverse_cdf(key, counts, p)
+        return jax.random.binomial(key, counts, p).astype(p.dtype)
     try:  # concrete counts (eager calls, or unbatched under vmap): choose the sampler here
         small = bool(np.max(np.asarray(counts), initial=0) <= INVERSE_CDF_MAX_COUNT)
     except jax.errors.TracerArrayConversionError:  # traced counts (under jit): choose at run time

@@ -4,15 +4,17 @@ One engine serves every caller (the quick API :func:`simulate_gaps`, the sweep a
 the Monte-Carlo checks of the bounds): :func:`replicate_gaps` takes **dense** per-edge
 label counts, keeps only the labelled edges (plus the pilot's), and pads them to a
 power-of-two bucket, so one compiled function serves every design and budget of a
-world: it is re-traced only when the bucket size, the estimator or its options change
-(``TRACE_COUNT`` counts the traces; a test guards it).
+world: it is re-traced only when the bucket size, the estimator or its options change,
+or when an edge gets more than ``INVERSE_CDF_MAX_COUNT`` labels (the label sampler
+switches) (``TRACE_COUNT`` counts the traces; a test guards it).
 
 All replicates of a call share their counts, so the exact MLE (``estimator="newton"``)
 is computed by :func:`synthetic.estimators.fit_newton_shared`: one curvature, formed at
 the fit to the expected wins and factored once, preconditions a chord iteration that
 costs two ``[R, A] x [A, d]`` products a step for all replicates together; replicates it
-cannot certify are refitted by :func:`~synthetic.estimators.fit_newton`. Each replicate's
-answer depends only on its own key (chunking changes nothing).
+cannot certify are refitted by :func:`~synthetic.estimators.fit_newton`. The curvature
+is formed at ``theta*`` (projected on the labelled span), so each replicate's answer
+depends only on its own key (chunking changes nothing).
 
 Options:
 
@@ -37,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from synthetic.estimators import fit_dpo_optax, fit_newton, fit_newton_shared
-from synthetic.labels import Allocation, simulate_wins
+from synthetic.labels import INVERSE_CDF_MAX_COUNT, Allocation, simulate_wins
 from synthetic.worlds import Pool, World
 from theory.policy import _optimality_gap
 
@@ -68,7 +70,7 @@ _MIN_BUCKET = 16
 
 
 @functools.lru_cache(maxsize=64)
-def _core(estimator: str, params_json: str, safeguard: bool, prior: bool, fit_dtype: str | None) -> Callable:
+def _core(estimator: str, params_json: str, safeguard: bool, prior: bool, fit_dtype: str | None, sampler: str) -> Callable:
     fit = ESTIMATORS[estimator]
     params = json.loads(params_json)
 
@@ -84,17 +86,15 @@ def _core(estimator: str, params_json: str, safeguard: bool, prior: bool, fit_dt
                 truth = _sample_box(k_theta, theta_star, basis, widths)
             else:
                 truth = theta_star
-            return truth, simulate_wins(k_labels, truth, diffs, counts - pilot_counts, beta) + pilot_wins
+            return truth, simulate_wins(k_labels, truth, diffs, counts - pilot_counts, beta, method=sampler) + pilot_wins
 
         truths, wins = jax.vmap(draw)(keys)
         fd = diffs.dtype if fit_dtype is None else jnp.dtype(fit_dtype)
         zf, cf, wf = diffs.astype(fd), counts.astype(fd), wins.astype(fd)
         if estimator == "newton":
             # The counts are shared: one curvature, factored once, serves every replicate.
-            # Anchor at the fit to the expected wins, which no replicate's draw changes.
-            expected = pilot_wins + (counts - pilot_counts) * jax.nn.sigmoid(beta * (diffs @ theta_star))
-            anchor = fit_newton(diffs, counts, expected, beta, **params).theta
-            res = fit_newton_shared(zf, cf, wf, beta, anchor=anchor.astype(fd), **params)
+            # Anchored at theta* (the centre of the prior, if any), which no draw changes.
+            res = fit_newton_shared(zf, cf, wf, beta, anchor=theta_star.astype(fd), **params)
             valid = res.mle_exists
         else:
             res = jax.vmap(lambda w: fit(zf, cf, w, beta, **params))(wf)
@@ -191,8 +191,10 @@ def replicate_gaps(
     radius = jnp.asarray(np.inf if safeguard_radius is None else float(safeguard_radius), dtype)
     if fit_dtype not in (None, "float32", "float64"):
         raise ValueError(f"fit_dtype must be one of None, 'float32', 'float64', got {fit_dtype!r}")
+    # the label sampler is chosen here, from the concrete counts, so only one is compiled
+    sampler = "inverse" if np.max(counts - p_counts) <= INVERSE_CDF_MAX_COUNT else "btrs"
     run = _core(estimator, json.dumps(params, sort_keys=True), safeguard_radius is not None, truth_prior is not None,
-                fit_dtype)
+                fit_dtype, sampler)
     rho = jnp.asarray(eval_pool.prompt_weights, dtype) / jnp.sum(eval_pool.prompt_weights)
     args = (jnp.asarray(theta_star, dtype), diffs[idx], sub(counts), sub(p_counts), sub(p_wins), float(beta),
             eval_pool.features, eval_pool.log_ref, rho, radius, basis, widths)

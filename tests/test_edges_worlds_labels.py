@@ -185,6 +185,13 @@ def test_simulate_wins_reproducible_and_key_dependent():
     np.testing.assert_array_equal(a, b)
     draws = [np.asarray(simulate_wins(jax.random.PRNGKey(i), ts, diffs, counts, 1.0)) for i in range(2, 6)]
     assert any(not np.array_equal(a, d) for d in draws)
+    # the automatic choice is the inverse CDF at these counts, whether counts are concrete or traced
+    traced = jax.jit(lambda c: simulate_wins(jax.random.PRNGKey(1), ts, diffs, c, 1.0))(jnp.asarray(counts, float))
+    explicit = simulate_wins(jax.random.PRNGKey(1), ts, diffs, counts, 1.0, method="inverse")
+    np.testing.assert_array_equal(a, traced)
+    np.testing.assert_array_equal(a, explicit)
+    with pytest.raises(ValueError, match="method must be one of"):
+        simulate_wins(jax.random.PRNGKey(1), ts, diffs, counts, 1.0, method="normal")
 
 
 def test_sample_allocation_budget_and_multinomial_proportions():

@@ -104,6 +104,11 @@ def test_one_compiled_replicate_function_serves_every_allocation_of_a_bucket():
         counts[rng.choice(e, support, replace=False)] = 40
         replicate_gaps(keys, world.theta_star, edges.diffs, counts, world.beta, world.eval)
     assert TRACE_COUNT["replicates"] - start == 3
+    for top in (150, 300, 5000):  # past INVERSE_CDF_MAX_COUNT labels on an edge: the other sampler, traced once
+        counts = np.full(e, 40.0)
+        counts[0] = top
+        replicate_gaps(keys, world.theta_star, edges.diffs, counts, world.beta, world.eval)
+    assert TRACE_COUNT["replicates"] - start == 4
 
 
 def test_a_sweep_traces_the_replicate_function_once_per_bucket(tmp_path):
@@ -112,7 +117,10 @@ def test_a_sweep_traces_the_replicate_function_once_per_bucket(tmp_path):
 
     jobs = [["world=tabular", "world.params.num_completions=6", f"design={d}", f"budget={n}", "num_replicates=10"]
             for d in ("uniform", "oracle", "d_optimal") for n in (200, 400, 800)]
-    sweep.run_jobs(jobs[:1], tmp_path / "warm", progress=False)  # traces this world's function (15 edges: one bucket)
+    # traces this world's function (15 edges: one bucket) with each label sampler: at most
+    # 100 labels an edge (inverse CDF), and more (uniform at 2,000 labels: 133 an edge)
+    warm = [jobs[0], ["world=tabular", "world.params.num_completions=6", "design=uniform", "budget=2000", "num_replicates=10"]]
+    sweep.run_jobs(warm, tmp_path / "warm", progress=False)
     start = TRACE_COUNT["replicates"]
     sweep.run_jobs(jobs, tmp_path / "r", progress=False)
     assert len(list((tmp_path / "r").glob("*.npz"))) == 9
