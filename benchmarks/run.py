@@ -446,7 +446,9 @@ def markdown(res: dict) -> str:
          f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores, CPU only), Python {m['python']}, jax {m['jax']}, numpy {m['numpy']}.",
          f"Command: `python -m benchmarks.run{' --quick' if res.get('quick') else ''}` (raw numbers: `benchmarks/results.json`). "
          "Times are medians of warm calls; `cold` includes JIT compilation. Every ratio is baseline time / our time, "
-         "both measured in this run.", ""]
+         "both measured in the same run of its section (sections can be rerun alone with `--only`; this file's "
+         "replicate and figure sections were rerun after the replicate engine changed, the others are from the "
+         "first run of the day, on the same machine).", ""]
     L += targets(res)
     analysis = ROOT / "benchmarks" / "analysis.md"
     if analysis.exists() and not res.get("quick"):
