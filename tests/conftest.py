@@ -1,10 +1,39 @@
-"""Shared fixtures. Tests run in float64 (derivative and oracle comparisons need it)."""
+"""Shared fixtures. Tests run in float64 (derivative and oracle comparisons need it).
 
-import jax
+Compiled XLA executables go to a persistent cache for the session, so that the many
+subprocess runs of the sweep app (kill and resume, launchers, figures, notebooks) and
+tests that build the same computation again load it instead of compiling it. The cache
+is keyed by the computation and the JAX version, so it changes no number; it lives in
+a temporary folder removed at exit unless ``JAX_COMPILATION_CACHE_DIR`` is already set.
+"""
+
+import atexit
+import os
+import shutil
+import tempfile
+
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _CACHE = tempfile.mkdtemp(prefix="jax-cache-tests-")
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+# Inherited by subprocesses; small and fast compilations are cached too.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+import jax  # noqa: E402
 import numpy as np
 import pytest
 
 jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update(
+    "jax_persistent_cache_min_compile_time_secs",
+    float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
+)
+jax.config.update(
+    "jax_persistent_cache_min_entry_size_bytes",
+    int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]),
+)
 
 
 @pytest.fixture
