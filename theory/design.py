@@ -417,7 +417,8 @@ def _refresh_subset(idx, w_full, x, offset, b, kind):
 
 
 def _solve_restricted(
-    ws, w_full, x, b, prob, groups, masses, num_groups, tol, max_steps, refresh_every, scale, scale_const, polish_max
+    ws, w_full, x, b, prob, groups, masses, num_groups, tol, max_steps, refresh_every, scale, scale_const, polish_max,
+    newton_cg=True,
 ):
     """Pairwise Frank-Wolfe on the edges ``ws`` (padded with zero rows to a bucket size)."""
     e = x.shape[0]
@@ -437,6 +438,7 @@ def _solve_restricted(
     tol_j = jnp.asarray(tol, x.dtype)
     const_j = jnp.asarray(scale_const, x.dtype)
     state = _multiplicative(state, xw, prob.offset, b, gw, mj, prob.kind, num_groups, 5)
+    blocks, next_cg, cg_gap = 0, 0, 1
     while done < max_steps:
         _, cert = _certificate(state, gw, mj, num_groups)
         if float(cert) / scale(float(state.value)) <= tol:
@@ -450,13 +452,23 @@ def _solve_restricted(
         state = _refresh(state.w, xw, prob.offset, b, prob.kind)
         state = _multiplicative(state, xw, prob.offset, b, gw, mj, prob.kind, num_groups, 5)
         _, cert = _certificate(state, gw, mj, num_groups)
-        if float(cert) / scale(float(state.value)) > tol and 0 < int(jnp.sum(state.w > 0)) <= polish_max:
+        support = int(jnp.sum(state.w > 0))
+        if float(cert) / scale(float(state.value)) > tol and 0 < support <= polish_max:
             # Pairwise steps zig-zag between nearly collinear support points; a Newton
             # step on the support settles the weights (and drops the redundant ones).
             wp = _polish(state.w, xw, prob.offset, b, prob.kind, np.asarray(gw), num_groups)
             polished = _refresh(jnp.asarray(wp, x.dtype), xw, prob.offset, b, prob.kind)
             if float(polished.value) < float(state.value):
                 state = polished
+        elif float(cert) / scale(float(state.value)) > tol and support > polish_max and newton_cg and blocks >= next_cg:
+            # Large supports (an interior optimum has every edge in it): projected Newton,
+            # matrix-free. When it does not halve the certificate it is tried half as
+            # often (1, 2, 4, ... blocks apart).
+            state = _polish_cg(state, xw, prob.offset, b, prob.kind, gw, num_groups)
+            after = float(_certificate(state, gw, mj, num_groups)[1])
+            cg_gap = 1 if after <= 0.5 * float(cert) else 2 * cg_gap
+            next_cg = blocks + cg_gap
+        blocks += 1
         if n_done == 0:
             break
     return state, done, hist_v, hist_c
@@ -566,6 +578,119 @@ def _polish(w, xs, offset, b, kind, groups, num_groups, steps=8):
     return out
 
 
+def _hessian_vector(u, x, m, q, kind):
+    """``H u`` for the Hessian of the reduced criterion in the weights, without forming ``H``.
+
+    With ``H = c (K1 o K2)`` (see :func:`_support_hessian`) and both factors of rank
+    ``r``, ``(H u)_i = c a_i^T (sum_j u_j x_j p_j^T) c_i``: ``O(E r k)`` instead of
+    ``O(E^2 r)``. D: ``a = c = m``, ``p = x``, ``c = 1``; A: ``a = c = p = m``; L:
+    ``a = m``, ``p = c = q``, both with ``c = 2``.
+    """
+    if kind == "D":
+        s = (x.T * u) @ x
+        return jnp.sum((m @ s) * m, axis=1)
+    right = q if kind == "L" else m
+    s = (x.T * u) @ right
+    return 2.0 * jnp.sum((m @ s) * right, axis=1)
+
+
+def _project_groups(v, free, groups, num_groups):
+    """``v`` on the free weights, minus its mean over the free weights of each group."""
+    v = jnp.where(free, v, 0.0)
+    tot = jax.ops.segment_sum(v, groups, num_segments=num_groups)
+    cnt = jax.ops.segment_sum(free.astype(v.dtype), groups, num_segments=num_groups)
+    return jnp.where(free, v - (tot / jnp.maximum(cnt, 1.0))[groups], 0.0)
+
+
+@functools.partial(jax.jit, static_argnames=("kind", "num_groups", "max_iter"))
+def _newton_cg_direction(state, x, groups, kind, num_groups, max_iter=100, rtol=1e-3):
+    """Projected Newton direction with the group masses fixed (Bertsekas 1982).
+
+    Projected conjugate gradients on ``P H P delta = -P g``, ``g = -d`` the gradient and
+    ``P`` the projection on the free edges with zero mass change per group. ``H`` is
+    positive semi-definite (the criterion is convex); CG stops at a residual of
+    ``rtol`` relative, at ``max_iter`` steps, or at a direction of no curvature.
+    """
+    # Bertsekas' projected Newton: an edge is held at its bound only when its weight is
+    # within eps of zero *and* its d_e does not beat its group's weighted mean (the
+    # gradient pushes it to zero); every other edge is free, including unweighted edges
+    # that would gain mass. eps is 1% of the group's uniform weight. Held edges step to
+    # zero; the free ones take the Newton step.
+    spent = jax.ops.segment_sum(state.w * state.dd, groups, num_segments=num_groups)
+    mass = jax.ops.segment_sum(state.w, groups, num_segments=num_groups)
+    mean = spent / jnp.where(mass > 0, mass, 1.0)
+    real = jnp.any(x != 0, axis=1) | (state.w > 0)  # padded rows of a working set are zero
+    cnt = jax.ops.segment_sum(real.astype(x.dtype), groups, num_segments=num_groups)
+    eps = 0.01 * (mass / jnp.maximum(cnt, 1.0))[groups]
+    free = ~((state.w <= eps) & (state.dd <= mean[groups])) & (mass[groups] > 0) & real
+    rhs = _project_groups(state.dd, free, groups, num_groups)
+    rr0 = rhs @ rhs
+
+    def cond(c):
+        _, _, _, rr, it, stop = c
+        return (it < max_iter) & ~stop & (rr > (rtol * rtol) * rr0)
+
+    def body(c):
+        d, r, p, rr, it, _ = c
+        hp = _project_groups(_hessian_vector(p, x, state.m, state.q, kind), free, groups, num_groups)
+        php = p @ hp
+        ok = php > 0
+        alpha = jnp.where(ok, rr / jnp.where(ok, php, 1.0), 0.0)
+        d = d + alpha * p
+        r = r - alpha * hp
+        rrn = r @ r
+        p = r + (rrn / jnp.where(rr > 0, rr, 1.0)) * p
+        return d, r, p, rrn, it + 1, ~ok
+
+    init = (jnp.zeros_like(rhs), rhs, rhs, rr0, jnp.asarray(0), rr0 <= 0)
+    delta = jax.lax.while_loop(cond, body, init)[0]
+    # Held edges take the projected gradient step, which sends them to zero (the
+    # renormalisation hands their mass to the rest); left in place, the tiny weights
+    # of a sparse optimum would never leave the support.
+    held = ~free & (state.w > 0)
+    return jnp.where(held, -state.w, delta)
+
+
+def _polish_cg(state, x, offset, b, kind, groups, num_groups, steps=8):
+    """Projected Newton with CG directions (for supports too large to factor): steps
+    ``max(w + alpha delta, 0)``, ``alpha = 1, 1/2, ...`` until the criterion drops;
+    returns the best state found. As in :func:`_polish`, group masses are
+    kept exactly: directions have zero mass per group and trials are renormalised in
+    float64. Stops at the first step that does not lower the criterion, or when the
+    decrease is below ``1e-3`` of the current certificate (nothing left to gain on this
+    support)."""
+    g_np = np.asarray(groups)
+    w64 = np.asarray(state.w, dtype=np.float64)
+    masses = np.bincount(g_np, weights=w64, minlength=num_groups)
+    for _ in range(steps):
+        _, cert = _certificate(state, groups, jnp.asarray(masses, state.w.dtype), num_groups)
+        delta = np.asarray(_newton_cg_direction(state, x, groups, kind, num_groups), dtype=np.float64)
+        wn = np.asarray(state.w, dtype=np.float64)
+        if not np.any(delta != 0):
+            break
+        alpha = 1.0
+        new = None
+        for _ in range(30):
+            trial = np.maximum(wn + alpha * delta, 0.0)  # projected on w >= 0
+            tot = np.bincount(g_np, weights=trial, minlength=num_groups)
+            if np.any((tot <= 0) & (masses > 0)):
+                alpha *= 0.5
+                continue
+            trial *= np.where(tot > 0, masses / np.where(tot > 0, tot, 1.0), 0.0)[g_np]
+            cand = _refresh(jnp.asarray(trial, x.dtype), x, offset, b, kind)
+            if bool(jnp.isfinite(cand.value)) and float(cand.value) < float(state.value):
+                new = cand
+                break
+            alpha *= 0.5
+        if new is None:
+            break
+        gained = float(state.value) - float(new.value)
+        state = new
+        if gained < 1e-3 * float(cert):
+            break
+    return state
+
+
 # ----------------------------------------------------------------------------------
 # Public solver
 
@@ -613,6 +738,7 @@ def optimal_design(
     init=None,
     working_set: int = 2048,
     polish_max: int = 512,
+    newton_cg: bool = True,
 ) -> DesignSolution:
     """Minimise an L-, A- or D-criterion over designs on the candidate edges.
 
@@ -638,6 +764,10 @@ def optimal_design(
       polish_max: after each block of ``refresh_every`` steps that has not converged,
         a projected Newton step on the weighted edges is tried when there are at most
         this many (``O(s^2 r + s^3)``); it is kept only if it lowers the criterion.
+      newton_cg: on larger supports, take the same Newton steps matrix-free (projected
+        conjugate gradients, ``O(E r k)`` a Hessian-vector product). Interior optima
+        (every edge weighted, e.g. a tabular pool with a peaked ``pi0``) need it: pairwise
+        steps alone converge slowly there. ``False`` gives the pairwise steps alone.
 
     Returns:
       :class:`DesignSolution`.
@@ -716,7 +846,7 @@ def optimal_design(
     while True:
         st, n_done, hv, hc = _solve_restricted(
             ws, w_full, x, b, prob, groups_np, masses_np, num_groups, tol_inner, max_iter - it, refresh_every, scale, scale_const,
-            polish_max,
+            polish_max, bool(newton_cg),
         )
         it += n_done
         hist_v.extend(hv)
