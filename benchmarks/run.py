@@ -10,6 +10,9 @@ date). Sections (``--only``):
   Anthropic-HH scale (160,800 Gaussian edges, d = 128) to certified relative gaps 1e-2
   and 1e-3, against a plain numpy Frank-Wolfe (``Sigma^-1`` recomputed every step) and
   cvxpy (Clarabel) on the same instances; growth with ``E`` and ``d``.
+* ``newton``: the solver with against without its matrix-free projected Newton polish
+  (``newton_cg``) on interior optima (Figure 1's tabular world) and at HH scale.
+* ``cvxpy``: cvxpy (Clarabel) on the growth-with-E instances.
 * ``replicates``: 1,000 Monte-Carlo DPO fits at n = 10^4 labels (tabular d = 100,
   contextual d = 32) against a loop of scikit-learn ``LogisticRegression``.
 * ``information``: ``Sigma_w(theta)`` at E = 10^6, d = 128, float32 and float64, against
@@ -273,6 +276,54 @@ def bench_solver(quick: bool) -> dict:
     return out
 
 
+# ------------------------------------------------------------------ interior optima
+
+
+def bench_newton(quick: bool) -> list:
+    """The solver with its matrix-free projected Newton polish (the default) against the
+    same solver with ``newton_cg=False`` (pairwise steps, multiplicative and dense
+    polish only: the solver before that polish existed), on the same instances: the
+    tabular world of Figure 1 (K = 100, 4,950 edges, peaked ``pi0``: an interior optimum)
+    for the L-criterion at the reference and at theta*, A and D at the reference, and
+    the HH-scale instance (a sparse optimum) as a check that nothing got slower there.
+    One timed solve each, after a loose-tolerance solve that compiles."""
+    import jax
+    import jax.numpy as jnp
+
+    from synthetic import design_problem, tabular_world
+    from theory import optimal_design
+
+    cases = []
+    world = tabular_world(jax.random.key(0), num_completions=30 if quick else 100, theta_scale=0.2)
+    prob = design_problem(world)
+    zero = jnp.zeros(prob.dim)
+    tab = (prob.edges.diffs, prob.beta)
+    cases += [("tabular", "L", "reference", tab, zero, prob.curvature(zero), 1e-4),
+              ("tabular", "L", "truth", tab, world.theta_star, prob.curvature(world.theta_star), 1e-4),
+              ("tabular", "A", "reference", tab, zero, None, 1e-4),
+              ("tabular", "D", "reference", tab, zero, None, 1e-4)]
+    if not quick:
+        z, theta, curv = hh_instance(np.float64)
+        cases.append(("HH (Gaussian)", "L", "truth", (jnp.asarray(z), 1.0), jnp.asarray(theta), jnp.asarray(curv), 1e-3))
+    rows = []
+    for world_name, crit, at, (diffs, beta), theta, curv, tol in cases:
+        row = {"world": world_name, "E": int(diffs.shape[0]), "d": int(diffs.shape[1]), "criterion": crit, "at": at, "tol": tol}
+        for label, ncg in (("ours", True), ("pairwise", False)):
+            def run(t):
+                return optimal_design(diffs, theta, curv, beta, criterion=crit, tol=t, newton_cg=ncg)
+            run(1e-1)
+            t0 = time.perf_counter()
+            sol = run(tol)
+            row[f"{label}_s"] = time.perf_counter() - t0
+            row[f"{label}_steps"] = int(sol.num_iter)
+            row[f"{label}_certificate"] = float(sol.relative_certificate)
+            row[f"{label}_value"] = float(sol.value)
+        row["ratio"] = row["pairwise_s"] / row["ours_s"]
+        rows.append(row)
+        print("newton", row, flush=True)
+    return rows
+
+
 # ------------------------------------------------------------------------ replicates
 
 
@@ -440,15 +491,28 @@ def _f(x, nd=3):
     return f"{x:.{nd}g}"
 
 
+def _section_machine(res: dict, name: str) -> dict:
+    return (res.get("section_machines") or {}).get(name, res["machine"])
+
+
+def _machine_line(m: dict) -> str:
+    return f"{m['date']}, {m['cpu']} ({m['cores']} cores, CPU only), Python {m['python']}, jax {m['jax']}, numpy {m['numpy']}"
+
+
 def markdown(res: dict) -> str:
     m = res["machine"]
     L = ["# Benchmarks", "",
-         f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores, CPU only), Python {m['python']}, jax {m['jax']}, numpy {m['numpy']}.",
          f"Command: `python -m benchmarks.run{' --quick' if res.get('quick') else ''}` (raw numbers: `benchmarks/results.json`). "
-         "Times are medians of warm calls; `cold` includes JIT compilation. Every ratio is baseline time / our time, "
-         "both measured in the same run of its section (sections can be rerun alone with `--only`; this file's "
-         "replicate and figure sections were rerun after the replicate engine changed, the others are from the "
-         "first run of the day, on the same machine).", ""]
+         "Times are medians of warm calls unless a section says otherwise; `cold` includes JIT compilation. Every ratio "
+         "is baseline time / our time, both measured in the same run of its section, on the same machine. Sections "
+         "can be rerun alone with `--only`, and each records where and when it ran:", ""]
+    where: dict = {}
+    for name in SECTIONS:
+        if res.get(name):
+            where.setdefault(_machine_line(_section_machine(res, name)), []).append(name)
+    for line, names in where.items():
+        L.append(f"- {', '.join(names)}: {line}")
+    L.append("")
     L += targets(res)
     analysis = ROOT / "benchmarks" / "analysis.md"
     if analysis.exists() and not res.get("quick"):
@@ -497,6 +561,19 @@ def markdown(res: dict) -> str:
             L.append(f"| {r['E']:,} | {secs} | {r['status']} | {_f(r['cvxpy_certificate'], 2)} | {r['ours_s']:.2f} | {ratio} |")
         L.append("")
     rp = res.get("replicates")
+    nw = res.get("newton")
+    if nw:
+        L += ["## 1b. Design solver on interior optima: projected Newton polish", "",
+              "The same solver with and without its matrix-free projected Newton polish (`newton_cg=False`: "
+              "pairwise steps, multiplicative and dense support polish only, i.e. the solver before this polish). "
+              "One timed solve each after a compiling solve at tolerance 0.1; `steps`: pairwise Frank-Wolfe steps.", "",
+              "| world | E | d | criterion | at | target | ours (s) | steps | certificate | without (s) | steps | certificate | ratio |",
+              "|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in nw:
+            L.append(f"| {r['world']} | {r['E']:,} | {r['d']} | {r['criterion']} | {r['at']} | {r['tol']:g} | {r['ours_s']:.1f} | "
+                     f"{r['ours_steps']:,} | {r['ours_certificate']:.1e} | {r['pairwise_s']:.1f} | {r['pairwise_steps']:,} | "
+                     f"{r['pairwise_certificate']:.1e} | {r['ratio']:.1f} |")
+        L.append("")
     if rp:
         L += ["## 2. Replicate fitting", "",
               "Monte-Carlo replicates of the exact DPO MLE (`synthetic.replicate_gaps`: labels as per-edge win counts drawn by "
@@ -555,26 +632,35 @@ def targets(res: dict) -> list[str]:
     rows = []
     hh = [r for r in (res.get("solver") or {}).get("hh", []) if r["tol"] == 1e-3]
     for r in hh:
-        rows.append((f"HH-scale design certified to 1e-3 ({r['dtype']})", "<= 30 s", f"{r['ours_s']:.1f} s", r["ours_s"] <= 30))
+        rows.append((f"HH-scale design certified to 1e-3 ({r['dtype']})", "<= 30 s", f"{r['ours_s']:.1f} s", r["ours_s"] <= 30,
+                     "hh_float32" if r["dtype"] == "float32" and "hh_float32" in (res.get("section_machines") or {}) else "solver"))
+    for r in res.get("newton") or []:
+        if r["world"].startswith("HH"):
+            rows.append((f"HH-scale design certified to 1e-3 (float64, section 1b)", "<= 30 s", f"{r['ours_s']:.1f} s",
+                         r["ours_s"] <= 30, "newton"))
     for r in res.get("replicates") or []:
         best = r.get("ratio_per_label", r["ratio"])
-        rows.append((f"replicate fitting vs scikit-learn loop, one row per label ({r['world']}, d = {r['d']}, float64)", ">= 50x", f"{best:.1f}x", best >= 50))
+        rows.append((f"replicate fitting vs scikit-learn loop, one row per label ({r['world']}, d = {r['d']}, float64)", ">= 50x", f"{best:.1f}x", best >= 50,
+                     "replicates"))
         if "ratio_per_label_float32" in r:
             b32 = r["ratio_per_label_float32"]
             rows.append((f"replicate fitting vs scikit-learn loop, one row per label ({r['world']}, d = {r['d']}, float32 fit)", ">= 50x",
-                         f"{b32:.1f}x", b32 >= 50))
+                         f"{b32:.1f}x", b32 >= 50, "replicates"))
     for r in res.get("information") or []:
         rows.append((f"information matrix vs BLAS ({r['dtype']}, E = {r['E']:,})", "<= 1.5x", f"{r['ratio_core_to_blas']:.2f}x",
-                     r["ratio_core_to_blas"] <= 1.5))
+                     r["ratio_core_to_blas"] <= 1.5, "information"))
     fg = res.get("figures")
     if fg:
-        rows.append(("full figure set" + (" (--small)" if fg["small"] else ""), "<= 600 s", f"{fg['wall_s']:.0f} s", fg["wall_s"] <= 600))
-    out = ["## Targets", "", "| target | goal | measured | met |", "|---|---|---|---|"]
-    out += [f"| {a} | {b} | {c} | {'yes' if ok else '**no**'} |" for a, b, c, ok in rows]
+        rows.append(("full figure set" + (" (--small)" if fg["small"] else ""), "<= 600 s", f"{fg['wall_s']:.0f} s", fg["wall_s"] <= 600,
+                     "figures"))
+    out = ["## Targets", "", "| target | goal | measured | met | measured on |", "|---|---|---|---|---|"]
+    for a, b, c, ok, sec in rows:
+        m = _section_machine(res, sec)
+        out.append(f"| {a} | {b} | {c} | {'yes' if ok else '**no**'} | {m['cpu']}, {m['date']} |")
     return out + [""]
 
 
-SECTIONS = ("solver", "cvxpy", "replicates", "information", "figures")
+SECTIONS = ("solver", "newton", "cvxpy", "replicates", "information", "figures")
 
 
 def main(argv=None):
@@ -597,11 +683,13 @@ def main(argv=None):
     res = json.loads(path.read_text()) if path.exists() else {}
     if res.get("quick") != args.quick:
         res = {}
-    res.update(machine=machine(), quick=args.quick)
-    fns = {"solver": bench_solver, "cvxpy": bench_cvxpy, "replicates": bench_replicates, "information": bench_information,
+    res.setdefault("machine", machine())  # the first full run's; sections run later record their own
+    res["quick"] = args.quick
+    fns = {"solver": bench_solver, "newton": bench_newton, "cvxpy": bench_cvxpy, "replicates": bench_replicates, "information": bench_information,
            "figures": functools.partial(bench_figures, out=args.figures_out)}
     if args.only == ["hh_float32"]:
         bench_hh_float32(args.quick, res)
+        res.setdefault("section_machines", {})["hh_float32"] = machine()
         path.write_text(json.dumps(res, indent=1, default=float))
         Path(args.markdown).write_text(markdown(res))
         return
@@ -609,6 +697,7 @@ def main(argv=None):
         if name in args.only:
             t0 = time.time()
             res[name] = fns[name](args.quick)
+            res.setdefault("section_machines", {})[name] = machine()
             print(f"== {name}: {time.time() - t0:.0f} s", flush=True)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(res, indent=1, default=float))  # after every section: nothing lost
