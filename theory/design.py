@@ -26,6 +26,24 @@ which is the Frank-Wolfe duality gap. It is a certificate at *every* iterate, an
 groups (a product of simplices, each group ``g`` of mass ``m_g``) the maximum is
 taken per group: ``cert = sum_g m_g max_{e in g} d_e - sum_e w_e d_e``.
 
+Designs with caps (finite budgets). With budget ``n`` and at most ``c_e`` labels on
+edge ``e`` the design satisfies ``0 <= w_e <= caps_e = c_e / n`` (HH: each comparison
+at most once, ``caps = 1 / n``). Over this capped simplex the linear maximisation of
+``<d, s>`` fills the edges of largest ``d_e`` up to their caps until the mass is placed
+(per group with groups), and ``cert(w) = <d(w), s - w> >= Phi(w) - Phi*`` by convexity.
+The equivalence theorem for bounded designs (Wynn 1982; Sahm and Schwabe 2001): ``w``
+is optimal iff there is a threshold ``t`` (per group) with ``d_e >= t`` on edges at their
+cap, ``d_e = t`` on free support edges (``0 < w_e < caps_e``) and ``d_e <= t`` off the
+support. By LP duality ``max_s <d, s> = min_t m t + sum_e c_e (d_e - t)_+``, so every
+threshold gives an upper bound of the certificate; the iterations use that O(E) bound
+at the threshold of the last exact (sorted) LMO, and the reported certificate is the
+exact one, recomputed from scratch.
+
+Bayes criterion. A prior ``N(0, Id / lambda)`` on ``theta`` and ``n`` labels give a
+posterior precision of about ``lambda Id + n Sigma_w``; the expected gap is then about
+``(beta / 2n) tr(I (lambda / n Id + Sigma_w)^-1)``: the criterion above with
+``ridge = lambda / n`` (``prior_precision`` and ``budget`` of :func:`optimal_design`).
+
 Algorithm: pairwise Frank-Wolfe (the vertex-exchange method of optimal design),
 interleaved with multiplicative re-weighting of the support (kept when it lowers the
 criterion). Each
@@ -34,6 +52,9 @@ one group, with ``alpha`` chosen by an exact line search on the closed-form
 rank-two update of ``T^{-1}``. The method keeps ``M = V T^{-1}`` (``[E, r]``) up to date
 with rank-two (Woodbury) updates, so one step costs ``O(E r)``, not ``O(E r^2)``; the
 ridge is untouched by a mass transfer, so the updates are exact for every ridge.
+With caps a step is limited by ``min(w_a, c_j - w_j)`` (``j`` the best edge below its
+cap), the multiplicative step becomes ``w_e <- min(c_e, tau w_e d_e^p)`` and the Newton
+steps hold edges at either bound and project their trials on the capped simplex.
 Every ``refresh_every`` steps, and before convergence is declared, everything is
 recomputed from the weights (``O(E r^2)``), so the reported value and certificate
 never carry accumulated rounding. The start is a small spanning support chosen by
@@ -105,7 +126,17 @@ def _reduce(diffs, theta, curvature, beta, criterion, ridge) -> _Problem:
     keep = lam > float(rank_threshold(max(lam.max(), 0.0), d, np.float64))
     r = int(keep.sum())
     if r == 0:
-        raise ValueError("diffs: every candidate edge difference is zero; no design has information")
+        if not bool(jnp.any(diffs != 0)):
+            raise ValueError("diffs: every candidate edge difference is zero; no design has information")
+        margins = np.abs(np.asarray(beta * (diffs @ theta), dtype=np.float64))
+        raise ValueError(
+            "saturated information: sigmoid'(beta theta.z_e) is 0 to floating-point precision on every candidate edge "
+            f"(|beta theta.z_e| from {margins.min():.3g} to {margins.max():.3g}, largest |z_e| "
+            f"{float(jnp.max(jnp.abs(diffs))):.3g}), so no design has information at this theta; "
+            "theta, beta or the scale of the features is too large (margins beyond about "
+            f"{float(-np.log(np.finfo(np.asarray(diffs).dtype).tiny)):.0f} give sigmoid' = 0 in "
+            f"{np.asarray(diffs).dtype})"
+        )
     u = jnp.asarray(vec[:, keep], dtype=dtype)  # [d, r] orthonormal basis of span{z_e}
     vr = v @ u
     eye = jnp.eye(r, dtype=dtype)
@@ -184,29 +215,133 @@ def _refresh(w, x, offset, b, kind):
     return _State(w, tinv, m, q, _scores(kind, x, m, q), value)
 
 
-def _certificate(state, groups, masses, num_groups):
-    best = jax.ops.segment_max(state.dd, groups, num_segments=num_groups)
+def _certificate(state, groups, masses, num_groups, caps=None, thr=None):
+    """Per-group Frank-Wolfe gaps and their sum.
+
+    Without caps: ``m_g max_{e in g} d_e - sum_{e in g} w_e d_e``. With caps (capped
+    simplex) the linear maximisation ``max {d.s : sum_g s = m_g, 0 <= s <= c}`` has the
+    LP dual ``min_t m_g t + sum_e c_e (d_e - t)_+``, so for *every* threshold ``thr_g``
+
+        gap_g(thr) = m_g thr_g + sum_{e in g} c_e (d_e - thr_g)_+ - sum_{e in g} w_e d_e
+
+    bounds the exact capped gap from above (equality at the capped LMO's threshold,
+    see :func:`_capped_lmo_np`): a valid certificate at any iterate, and O(E), where the
+    exact one needs a sort.
+    """
     spent = jax.ops.segment_sum(state.w * state.dd, groups, num_segments=num_groups)
-    gaps = masses * best - spent
+    if caps is None:
+        best = jax.ops.segment_max(state.dd, groups, num_segments=num_groups)
+        gaps = masses * best - spent
+    else:
+        over = jax.ops.segment_sum(caps * jnp.maximum(state.dd - thr[groups], 0.0), groups, num_segments=num_groups)
+        gaps = jnp.where(masses > 0, masses * thr, 0.0) + over - spent
     return gaps, jnp.sum(gaps)
 
 
+def _capped_lmo_np(dd, caps, groups, masses, num_groups):
+    """Linear maximisation over the capped simplex, in float64 numpy (exact).
+
+    ``s`` fills each group's edges in decreasing ``d_e`` up to their caps until the
+    group's mass is placed; returns ``(lmo_g, thr_g)`` with ``lmo_g = sum_{e in g} s_e d_e``
+    and ``thr_g`` the ``d`` of the marginal (last filled) edge: the threshold ``t`` of the
+    equivalence theorem for bounded designs at the optimum.
+    """
+    dd = np.asarray(dd, dtype=np.float64)
+    caps = np.asarray(caps, dtype=np.float64)
+    order = np.lexsort((-dd, groups))
+    g_s, c_s, d_s = groups[order], caps[order], dd[order]
+    tot = np.bincount(groups, weights=caps, minlength=num_groups)
+    start = np.concatenate([[0.0], np.cumsum(tot)[:-1]])
+    before = np.cumsum(c_s) - c_s - start[g_s]
+    s_s = np.clip(masses[g_s] - before, 0.0, c_s)
+    lmo = np.bincount(g_s, weights=s_s * d_s, minlength=num_groups)
+    thr = np.full(num_groups, np.inf)
+    np.minimum.at(thr, g_s[s_s > 0], d_s[s_s > 0])
+    thr = np.where(np.isfinite(thr), thr, 0.0)  # groups of mass 0 (their caps are 0)
+    return lmo, thr
+
+
+def _project_capped_np(y, caps, groups, masses, num_groups, iters=200):
+    """Euclidean projection of ``y`` on ``{w : sum_{e in g} w_e = m_g, 0 <= w <= caps}``:
+    ``w = clip(y - tau_g, 0, caps)`` with ``tau_g`` by bisection (float64), then the
+    rounding left in each group's mass is spread over its edges strictly inside their
+    bounds."""
+    y = np.asarray(y, dtype=np.float64)
+    caps = np.asarray(caps, dtype=np.float64)
+    live = caps > 0
+    lo = np.full(num_groups, np.inf)
+    np.minimum.at(lo, groups[live], (y - caps)[live])
+    hi = np.full(num_groups, -np.inf)
+    np.maximum.at(hi, groups[live], y[live])
+    lo = np.where(np.isfinite(lo), lo, 0.0)
+    hi = np.where(np.isfinite(hi), hi, 0.0)
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        f = np.bincount(groups, weights=np.clip(y - mid[groups], 0.0, caps), minlength=num_groups)
+        big = f > masses
+        lo, hi = np.where(big, mid, lo), np.where(big, hi, mid)
+        if np.all(hi - lo <= 4 * np.finfo(np.float64).eps * np.maximum(np.abs(hi), np.abs(lo))):
+            break
+    w = np.clip(y - hi[groups], 0.0, caps)
+    inside = (w > 0) & (w < caps)
+    short = masses - np.bincount(groups, weights=w, minlength=num_groups)
+    cnt = np.bincount(groups, weights=inside.astype(np.float64), minlength=num_groups)
+    w = np.where(inside, np.clip(w + (short / np.maximum(cnt, 1.0))[groups], 0.0, caps), w)
+    return w
+
+
+def _scale_to_caps(u, caps, groups, masses, num_groups, iters=100):
+    """``w = min(caps, tau_g u)`` with ``tau_g`` such that each group has mass ``m_g``
+    (geometric bisection; the rounding left is spread over the uncapped edges).
+    Returns ``(w, feasible)``; infeasible when a group's caps on ``u > 0`` sum below
+    its mass."""
+    pos = u > 0
+    room = jax.ops.segment_sum(jnp.where(pos, caps, 0.0), groups, num_segments=num_groups)
+    feasible = jnp.all(room >= masses * (1 - 1e-12))
+    tot = jax.ops.segment_sum(u, groups, num_segments=num_groups)
+    lo = jnp.where((masses > 0) & (tot > 0), masses / jnp.where(tot > 0, tot, 1.0), 1.0)
+    ratio = jnp.where(pos & (caps > 0), caps / jnp.where(pos, u, 1.0), 0.0)
+    hi = jnp.maximum(jax.ops.segment_max(ratio, groups, num_segments=num_groups), lo)
+
+    def body(_, lohi):
+        lo, hi = lohi
+        mid = jnp.sqrt(lo * hi)
+        f = jax.ops.segment_sum(jnp.minimum(caps, mid[groups] * u), groups, num_segments=num_groups)
+        big = f >= masses
+        return jnp.where(big, lo, mid), jnp.where(big, mid, hi)
+
+    lo, hi = jax.lax.fori_loop(0, iters, body, (lo, hi))
+    w = jnp.minimum(caps, lo[groups] * u)  # mass <= m_g
+    free = (w < caps) & (w > 0)
+    short = masses - jax.ops.segment_sum(w, groups, num_segments=num_groups)
+    part = jax.ops.segment_sum(jnp.where(free, w, 0.0), groups, num_segments=num_groups)
+    fac = 1.0 + short / jnp.where(part > 0, part, 1.0)
+    w = jnp.where(free, jnp.minimum(w * fac[groups], caps), w)
+    return w, feasible
+
+
 @functools.partial(jax.jit, static_argnames=("kind", "num_groups", "num_steps"))
-def _multiplicative(state, x, offset, b, groups, masses, kind, num_groups, num_steps):
+def _multiplicative(state, x, offset, b, groups, masses, kind, num_groups, num_steps, caps=None):
     """Multiplicative reweighting ``w_e <- w_e d_e^p`` (renormalised per group).
 
     ``p = 1`` for D (Titterington 1976) and ``p = 1/2`` for A and L (Fellman 1974;
     Yu 2010). Zeros stay zero, so it re-balances the current support at once, which
     pairwise steps do slowly. Each step is kept only if it lowers the criterion.
+    With caps the renormalisation is ``w_e <- min(c_e, tau_g w_e d_e^p)`` (a heuristic
+    there; the acceptance test keeps it safe).
     """
     power = 1.0 if kind == "D" else 0.5
 
     def body(_, st):
         w = st.w * jnp.power(jnp.maximum(st.dd, 0.0), power)
-        tot = jax.ops.segment_sum(w, groups, num_segments=num_groups)
-        w = jnp.where(st.w > 0, w * (masses / jnp.where(tot > 0, tot, 1.0))[groups], 0.0)
+        if caps is None:
+            tot = jax.ops.segment_sum(w, groups, num_segments=num_groups)
+            w = jnp.where(st.w > 0, w * (masses / jnp.where(tot > 0, tot, 1.0))[groups], 0.0)
+            ok = True
+        else:
+            w, ok = _scale_to_caps(jnp.where(st.w > 0, w, 0.0), caps, groups, masses, num_groups)
         new = _refresh(w, x, offset, b, kind)
-        better = jnp.isfinite(new.value) & (new.value < st.value)
+        better = ok & jnp.isfinite(new.value) & (new.value < st.value)
         return jax.tree_util.tree_map(lambda a, c: jnp.where(better, a, c), new, st)
 
     return jax.lax.fori_loop(0, num_steps, body, state)
@@ -259,10 +394,17 @@ def _line_search(kind, gm, hm, alpha_max, iters=60):
 
 
 @functools.partial(jax.jit, static_argnames=("kind", "num_groups", "num_steps"))
-def _run_steps(state, x, b, groups, masses, tol, const, kind, num_groups, num_steps):
+def _run_steps(state, x, b, groups, masses, tol, const, kind, num_groups, num_steps, caps=None, thr=None):
     """Up to ``num_steps`` pairwise steps; stops early when the relative certificate is ``<= tol``.
 
     The scale is ``value + const`` for A and L and ``const`` (= the rank) for D.
+
+    With ``caps`` (capped simplex) a step moves mass from the worst weighted edge ``a``
+    to the best edge ``j`` below its cap, at most ``min(w_a, c_j - w_j)`` (an edge that
+    reaches its bound is set to it exactly); the group is the one of largest gap among
+    those with an improving pair (``d_j > d_a``). The certificate is the threshold bound
+    of :func:`_certificate` at the fixed thresholds ``thr`` (valid at every iterate, and
+    exact at the start of the block when ``thr`` comes from :func:`_capped_lmo_np`).
     """
     dtype = x.dtype
 
@@ -277,10 +419,18 @@ def _run_steps(state, x, b, groups, masses, tol, const, kind, num_groups, num_st
 
     def body(carry):
         st, it, _, hv, hc = carry
-        gaps, _ = _certificate(st, groups, masses, num_groups)
-        g = jnp.argmax(gaps)
-        in_g = groups == g
-        j = jnp.argmax(jnp.where(in_g, st.dd, -jnp.inf))
+        gaps, _ = _certificate(st, groups, masses, num_groups, caps, thr)
+        if caps is None:
+            g = jnp.argmax(gaps)
+            in_g = groups == g
+            j = jnp.argmax(jnp.where(in_g, st.dd, -jnp.inf))
+        else:
+            below = st.w < caps
+            up = jax.ops.segment_max(jnp.where(below, st.dd, -jnp.inf), groups, num_segments=num_groups)
+            down = jax.ops.segment_min(jnp.where(st.w > 0, st.dd, jnp.inf), groups, num_segments=num_groups)
+            g = jnp.argmax(jnp.where(up > down, gaps, -jnp.inf))
+            in_g = groups == g
+            j = jnp.argmax(jnp.where(in_g & below, st.dd, -jnp.inf))
         a = jnp.argmin(jnp.where(in_g & (st.w > 0), st.dd, jnp.inf))
         p, qv = st.m[j], st.m[a]
         xj, xa = x[j], x[a]
@@ -291,10 +441,17 @@ def _run_steps(state, x, b, groups, masses, tol, const, kind, num_groups, num_st
         else:
             hj, ha = p, qv
         hm = jnp.array([[hj @ hj, hj @ ha], [ha @ hj, ha @ ha]], dtype=dtype)
-        alpha, full, dphi = _line_search(kind, gm, hm, st.w[a])
+        if caps is None:
+            alpha_max = st.w[a]
+        else:
+            room_j = caps[j] - st.w[j]
+            alpha_max = jnp.minimum(st.w[a], room_j)
+        alpha, full, dphi = _line_search(kind, gm, hm, alpha_max)
         # At rounding level (nearly collinear j and a, or a certificate of order eps)
         # the 2x2 algebra can lose its sign; such a step is rejected and the loop stops.
         ok = jnp.isfinite(dphi) & (dphi <= 0) & jnp.isfinite(alpha) & (alpha > 0)
+        if caps is not None:
+            ok = ok & (j != a) & (st.dd[j] > st.dd[a])
         alpha = jnp.where(ok, alpha, 0.0)
         dphi = jnp.where(ok, dphi, 0.0)
         full = full & ok
@@ -306,16 +463,21 @@ def _run_steps(state, x, b, groups, masses, tol, const, kind, num_groups, num_st
         m = st.m - pk @ rows
         q = st.q - pk @ (rows @ b) if kind == "L" else st.q
         tinv = st.tinv - rows.T @ kmat @ rows
-        w = st.w.at[j].add(alpha)
-        w = w.at[a].set(jnp.where(full, 0.0, st.w[a] - alpha))
+        if caps is None:
+            w = st.w.at[j].add(alpha)
+            w = w.at[a].set(jnp.where(full, 0.0, st.w[a] - alpha))
+        else:
+            a_binds = st.w[a] <= room_j
+            w = st.w.at[j].set(jnp.where(full & ~a_binds, caps[j], jnp.minimum(st.w[j] + alpha, caps[j])))
+            w = w.at[a].set(jnp.where(full & a_binds, 0.0, jnp.maximum(st.w[a] - alpha, 0.0)))
         new = _State(w, tinv, m, q, _scores(kind, x, m, q), st.value + dphi)
-        _, cert = _certificate(new, groups, masses, num_groups)
+        _, cert = _certificate(new, groups, masses, num_groups, caps, thr)
         # A rejected step ends the loop (the certificate is reported as 0 to stop it;
         # the caller recomputes the true one from scratch).
         cert = jnp.where(ok, cert, 0.0)
         return new, it + ok.astype(it.dtype), cert, hv.at[it].set(new.value), hc.at[it].set(cert)
 
-    _, cert0 = _certificate(state, groups, masses, num_groups)
+    _, cert0 = _certificate(state, groups, masses, num_groups, caps, thr)
     st, it, cert, hv, hc = jax.lax.while_loop(cond, body, (state, jnp.asarray(0), cert0, hist_v, hist_c))
     return st, it, hv, hc
 
@@ -379,18 +541,56 @@ def _price(x, tinv, b, kind):
     return _scores(kind, x, m, q)
 
 
-def _violation(dd, w, groups, masses, num_groups):
-    """``d_e`` minus the weighted mean of ``d`` in its group: > 0 where mass should go."""
+def _violation(dd, w, groups, masses, num_groups, caps=None):
+    """``d_e`` minus the weighted mean of ``d`` in its group: > 0 where mass should go.
+
+    With caps the reference is the capped LMO's threshold ``t_g`` (an edge of weight 0
+    with ``d_e > t_g`` is one the linear maximisation would fill)."""
+    if caps is not None:
+        _, thr = _capped_lmo_np(dd, caps, groups, masses, num_groups)
+        return np.where(caps > 0, dd - thr[groups], -np.inf)
     spent = np.bincount(groups, weights=w * dd, minlength=num_groups)
     mean = np.where(masses > 0, spent / np.where(masses > 0, masses, 1.0), np.inf)
     return dd - mean[groups]
 
 
-def _full_certificate(dd, w, groups, masses, num_groups):
+def _full_certificate(dd, w, groups, masses, num_groups, caps=None):
+    """``<d, s - w>`` with ``s`` the (capped) linear-maximisation vertex: bounds ``Phi(w) - Phi*``."""
+    if caps is not None:
+        lmo, _ = _capped_lmo_np(dd, caps, groups, masses, num_groups)
+        return float(np.sum(lmo) - np.sum(w * dd))
     best = np.full(num_groups, -np.inf)
     np.maximum.at(best, groups, dd)
     best = np.where(masses > 0, best, 0.0)
     return float(np.sum(masses * best) - np.sum(w * dd))
+
+
+def _check_caps(caps, groups, masses, num_groups, e):
+    """``caps`` as float64 ``[E]`` upper bounds, at most each group's mass (``None`` stays ``None``)."""
+    if caps is None:
+        return None
+    c = np.asarray(caps, dtype=np.float64) if not isinstance(caps, jnp.ndarray) else np.asarray(caps, np.float64)
+    if c.ndim == 0:
+        c = np.full(e, float(c))
+    if c.shape != (e,):
+        raise ValueError(f"caps must be a scalar or an array of shape [E] = [{e}], got shape {list(np.shape(caps))}")
+    if np.any(np.isnan(c)) or np.any(c < 0):
+        raise ValueError("caps must be >= 0 (inf for no cap), got NaN or a negative value")
+    c = np.minimum(c, masses[groups])
+    room = np.bincount(groups, weights=c, minlength=num_groups)
+    short = room < masses * (1 - 1e-12)
+    if np.any(short):
+        if num_groups == 1:
+            raise ValueError(
+                f"caps sum to {room[0]:.6g} < 1: no design satisfies 0 <= w_e <= caps_e (with budget n and c_e labels "
+                "an edge, caps_e = c_e / n, so the caps allow fewer than n labels)"
+            )
+        g = int(np.flatnonzero(short)[0])
+        raise ValueError(
+            f"caps: group {g} has caps summing to {room[g]:.6g} < its mass {masses[g]:.6g} ({int(short.sum())} groups "
+            "short); no design satisfies the caps and the group masses"
+        )
+    return c
 
 
 def _grow(ws, score, chunk):
@@ -418,55 +618,75 @@ def _refresh_subset(idx, w_full, x, offset, b, kind):
 
 def _solve_restricted(
     ws, w_full, x, b, prob, groups, masses, num_groups, tol, max_steps, refresh_every, scale, scale_const, polish_max,
-    newton_cg=True,
+    newton_cg=True, caps=None,
 ):
-    """Pairwise Frank-Wolfe on the edges ``ws`` (padded with zero rows to a bucket size)."""
+    """Pairwise Frank-Wolfe on the edges ``ws`` (padded with zero rows to a bucket size).
+
+    ``caps``: ``None`` or the float64 ``[E]`` caps (already at most each group's mass).
+    """
     e = x.shape[0]
     cap = _capacity(ws.size, e)
     pad = cap - ws.size
     idx = np.concatenate([ws, np.zeros(pad, dtype=np.int64)])
     real = np.concatenate([np.ones(ws.size), np.zeros(pad)])
     xw = x[jnp.asarray(idx)] * jnp.asarray(real, dtype=x.dtype)[:, None]
-    gw = jnp.asarray(np.where(real > 0, groups[idx], 0).astype(np.int32))
+    g_np = np.where(real > 0, groups[idx], 0).astype(np.int32)
+    gw = jnp.asarray(g_np)
     ww = jnp.asarray(np.where(real > 0, w_full[idx], 0.0), dtype=x.dtype)
     mj = jnp.asarray(masses, dtype=x.dtype)
+    if caps is None:
+        cw = cw64 = None
+    else:
+        cw64 = np.where(real > 0, caps[idx], 0.0)  # padded rows: cap 0, never weighted
+        cw = jnp.asarray(cw64, dtype=x.dtype)
     state = _refresh(ww, xw, prob.offset, b, prob.kind)
     if not bool(jnp.isfinite(state.value)):
         raise ValueError("init: the starting design is singular on the span of the edges; use ridge > 0")
+
+    def exact(st):
+        """Certificate of ``st`` on the working set (exact capped LMO) and thresholds."""
+        if caps is None:
+            return float(_certificate(st, gw, mj, num_groups)[1]), None
+        dd = np.asarray(st.dd, dtype=np.float64)
+        lmo, thr = _capped_lmo_np(dd, cw64, g_np, np.asarray(masses, dtype=np.float64), num_groups)
+        spent = np.bincount(g_np, weights=np.asarray(st.w, dtype=np.float64) * dd, minlength=num_groups)
+        return float(np.sum(lmo - spent)), thr
+
     hist_v, hist_c = [], []
     done = 0
     tol_j = jnp.asarray(tol, x.dtype)
     const_j = jnp.asarray(scale_const, x.dtype)
-    state = _multiplicative(state, xw, prob.offset, b, gw, mj, prob.kind, num_groups, 5)
+    state = _multiplicative(state, xw, prob.offset, b, gw, mj, prob.kind, num_groups, 5, caps=cw)
     blocks, next_cg, cg_gap = 0, 0, 1
     while done < max_steps:
-        _, cert = _certificate(state, gw, mj, num_groups)
-        if float(cert) / scale(float(state.value)) <= tol:
+        cert, thr = exact(state)
+        if cert / scale(float(state.value)) <= tol:
             break
         steps = int(min(refresh_every, max_steps - done))
-        state, n_done, hv, hc = _run_steps(state, xw, b, gw, mj, tol_j, const_j, prob.kind, num_groups, steps)
+        thr_j = None if thr is None else jnp.asarray(thr, x.dtype)
+        state, n_done, hv, hc = _run_steps(state, xw, b, gw, mj, tol_j, const_j, prob.kind, num_groups, steps, caps=cw, thr=thr_j)
         n_done = int(n_done)
         hist_v.extend(np.asarray(hv[:n_done]).tolist())
         hist_c.extend(np.asarray(hc[:n_done]).tolist())
         done += n_done
         state = _refresh(state.w, xw, prob.offset, b, prob.kind)
-        state = _multiplicative(state, xw, prob.offset, b, gw, mj, prob.kind, num_groups, 5)
-        _, cert = _certificate(state, gw, mj, num_groups)
+        state = _multiplicative(state, xw, prob.offset, b, gw, mj, prob.kind, num_groups, 5, caps=cw)
+        cert, _ = exact(state)
         support = int(jnp.sum(state.w > 0))
-        if float(cert) / scale(float(state.value)) > tol and 0 < support <= polish_max:
+        if cert / scale(float(state.value)) > tol and 0 < support <= polish_max:
             # Pairwise steps zig-zag between nearly collinear support points; a Newton
             # step on the support settles the weights (and drops the redundant ones).
-            wp = _polish(state.w, xw, prob.offset, b, prob.kind, np.asarray(gw), num_groups)
+            wp = _polish(state.w, xw, prob.offset, b, prob.kind, np.asarray(gw), num_groups, caps=cw64)
             polished = _refresh(jnp.asarray(wp, x.dtype), xw, prob.offset, b, prob.kind)
             if float(polished.value) < float(state.value):
                 state = polished
-        elif float(cert) / scale(float(state.value)) > tol and support > polish_max and newton_cg and blocks >= next_cg:
+        elif cert / scale(float(state.value)) > tol and support > polish_max and newton_cg and blocks >= next_cg:
             # Large supports (an interior optimum has every edge in it): projected Newton,
             # matrix-free. When it does not halve the certificate it is tried half as
             # often (1, 2, 4, ... blocks apart).
-            state = _polish_cg(state, xw, prob.offset, b, prob.kind, gw, num_groups)
-            after = float(_certificate(state, gw, mj, num_groups)[1])
-            cg_gap = 1 if after <= 0.5 * float(cert) else 2 * cg_gap
+            state = _polish_cg(state, xw, prob.offset, b, prob.kind, gw, num_groups, caps=cw64, thr_fn=exact)
+            after, _ = exact(state)
+            cg_gap = 1 if after <= 0.5 * cert else 2 * cg_gap
             next_cg = blocks + cg_gap
         blocks += 1
         if n_done == 0:
@@ -524,8 +744,11 @@ def _newton_direction(w, xs, tinv, offset, b, kind, groups_onehot, real):
     return jnp.where(real, sol[:s], 0.0)
 
 
-def _polish(w, xs, offset, b, kind, groups, num_groups, steps=8):
-    """Projected Newton on the weighted edges (``w > 0``) of the working set."""
+def _polish(w, xs, offset, b, kind, groups, num_groups, steps=8, caps=None):
+    """Projected Newton on the weighted edges (``w > 0``) of the working set.
+
+    With ``caps`` (float64 numpy, one per edge of ``w``) the edges at their cap are held
+    and trials are projected on the capped simplex."""
     sup = np.flatnonzero(np.asarray(w) > 0)
     cap = 16
     while cap < sup.size:
@@ -544,27 +767,39 @@ def _polish(w, xs, offset, b, kind, groups, num_groups, steps=8):
     members = [real_np & (gs == g) for g in range(num_groups)]
     ws64 = np.asarray(ws, dtype=np.float64)
     masses = [ws64[m].sum() for m in members]
+    if caps is not None:
+        caps_s = np.where(real_np, np.asarray(caps, dtype=np.float64)[idx], 0.0)
+        movable_np = real_np & (ws64 < caps_s)
+        movable = jnp.asarray(movable_np)
+        onehot = onehot * movable[:, None].astype(xs.dtype)
+        members_step = [movable_np & (gs == g) for g in range(num_groups)]
+        masses_arr = np.asarray(masses)
+    else:
+        movable, members_step = real, members
     value = float(_reduced_value(ws, xs, offset, b, kind))
     for _ in range(steps):
         t = offset + (xs.T * ws) @ xs
         tinv = jnp.linalg.inv(0.5 * (t + t.T))
-        delta = np.array(_newton_direction(ws, xs, 0.5 * (tinv + tinv.T), offset, b, kind, onehot, real), dtype=np.float64)
-        for m in members:
+        delta = np.array(_newton_direction(ws, xs, 0.5 * (tinv + tinv.T), offset, b, kind, onehot, movable), dtype=np.float64)
+        for m in members_step:
             if m.any():
                 delta[m] -= delta[m].mean()
         wsn = np.asarray(ws, dtype=np.float64)
         neg = delta < 0
         alpha_max = float(np.min(-wsn[neg] / delta[neg])) if neg.any() else np.inf
-        alpha = min(1.0, alpha_max)
+        alpha = min(1.0, alpha_max) if caps is None else 1.0
         improved = False
         for _ in range(30):
-            trial = np.where(real_np, np.maximum(wsn + alpha * delta, 0.0), 0.0)
-            if alpha == alpha_max:
-                trial[np.argmin(np.where(neg, -wsn / np.where(neg, delta, -1.0), np.inf))] = 0.0
-            for m, mass in zip(members, masses):
-                tot = trial[m].sum()
-                if tot > 0:
-                    trial[m] *= mass / tot
+            if caps is not None:
+                trial = _project_capped_np(wsn + alpha * delta, caps_s, gs, masses_arr, num_groups)
+            else:
+                trial = np.where(real_np, np.maximum(wsn + alpha * delta, 0.0), 0.0)
+                if alpha == alpha_max:
+                    trial[np.argmin(np.where(neg, -wsn / np.where(neg, delta, -1.0), np.inf))] = 0.0
+                for m, mass in zip(members, masses):
+                    tot = trial[m].sum()
+                    if tot > 0:
+                        trial[m] *= mass / tot
             tv = float(_reduced_value(jnp.asarray(trial, xs.dtype), xs, offset, b, kind))
             if np.isfinite(tv) and tv < value:
                 improved = True
@@ -603,13 +838,18 @@ def _project_groups(v, free, groups, num_groups):
 
 
 @functools.partial(jax.jit, static_argnames=("kind", "num_groups", "max_iter"))
-def _newton_cg_direction(state, x, groups, kind, num_groups, max_iter=100, rtol=1e-3):
+def _newton_cg_direction(state, x, groups, kind, num_groups, max_iter=100, rtol=1e-3, caps=None, thr=None):
     """Projected Newton direction with the group masses fixed (Bertsekas 1982).
 
     Projected conjugate gradients on ``P H P delta = -P g``, ``g = -d`` the gradient and
     ``P`` the projection on the free edges with zero mass change per group. ``H`` is
     positive semi-definite (the criterion is convex); CG stops at a residual of
     ``rtol`` relative, at ``max_iter`` steps, or at a direction of no curvature.
+
+    With ``caps`` the bounds are ``0 <= w <= c`` and the reference level is the
+    threshold ``thr_g`` of the capped LMO instead of the weighted mean: an edge within
+    eps of its cap whose ``d_e`` is at least the threshold is held there too (it steps
+    to its cap).
     """
     # Bertsekas' projected Newton: an edge is held at its bound only when its weight is
     # within eps of zero *and* its d_e does not beat its group's weighted mean (the
@@ -622,7 +862,13 @@ def _newton_cg_direction(state, x, groups, kind, num_groups, max_iter=100, rtol=
     real = jnp.any(x != 0, axis=1) | (state.w > 0)  # padded rows of a working set are zero
     cnt = jax.ops.segment_sum(real.astype(x.dtype), groups, num_segments=num_groups)
     eps = 0.01 * (mass / jnp.maximum(cnt, 1.0))[groups]
-    free = ~((state.w <= eps) & (state.dd <= mean[groups])) & (mass[groups] > 0) & real
+    if caps is None:
+        free = ~((state.w <= eps) & (state.dd <= mean[groups])) & (mass[groups] > 0) & real
+    else:
+        eps = jnp.minimum(eps, 0.01 * caps)
+        ref = thr[groups]
+        at_cap = (state.w >= caps - eps) & (state.dd >= ref)
+        free = ~((state.w <= eps) & (state.dd <= ref)) & ~at_cap & (mass[groups] > 0) & real & (caps > 0)
     rhs = _project_groups(state.dd, free, groups, num_groups)
     rr0 = rhs @ rhs
 
@@ -648,35 +894,51 @@ def _newton_cg_direction(state, x, groups, kind, num_groups, max_iter=100, rtol=
     # renormalisation hands their mass to the rest); left in place, the tiny weights
     # of a sparse optimum would never leave the support.
     held = ~free & (state.w > 0)
-    return jnp.where(held, -state.w, delta)
+    if caps is None:
+        return jnp.where(held, -state.w, delta)
+    held_up = ~free & at_cap
+    return jnp.where(held_up, caps - state.w, jnp.where(held, -state.w, delta))
 
 
-def _polish_cg(state, x, offset, b, kind, groups, num_groups, steps=8):
+def _polish_cg(state, x, offset, b, kind, groups, num_groups, steps=8, caps=None, thr_fn=None):
     """Projected Newton with CG directions (for supports too large to factor): steps
     ``max(w + alpha delta, 0)``, ``alpha = 1, 1/2, ...`` until the criterion drops;
     returns the best state found. As in :func:`_polish`, group masses are
     kept exactly: directions have zero mass per group and trials are renormalised in
     float64. Stops at the first step that does not lower the criterion, or when the
     decrease is below ``1e-3`` of the current certificate (nothing left to gain on this
-    support)."""
+    support).
+
+    With ``caps`` (float64 numpy ``[E]``) trials are the Euclidean projection of
+    ``w + alpha delta`` on the capped simplex, and ``thr_fn(state)`` gives the
+    certificate and thresholds of the current state."""
     g_np = np.asarray(groups)
     w64 = np.asarray(state.w, dtype=np.float64)
     masses = np.bincount(g_np, weights=w64, minlength=num_groups)
     for _ in range(steps):
-        _, cert = _certificate(state, groups, jnp.asarray(masses, state.w.dtype), num_groups)
-        delta = np.asarray(_newton_cg_direction(state, x, groups, kind, num_groups), dtype=np.float64)
+        if caps is None:
+            _, cert = _certificate(state, groups, jnp.asarray(masses, state.w.dtype), num_groups)
+            delta = _newton_cg_direction(state, x, groups, kind, num_groups)
+        else:
+            cert, thr = thr_fn(state)
+            delta = _newton_cg_direction(state, x, groups, kind, num_groups, caps=jnp.asarray(caps, x.dtype),
+                                         thr=jnp.asarray(thr, x.dtype))
+        delta = np.asarray(delta, dtype=np.float64)
         wn = np.asarray(state.w, dtype=np.float64)
         if not np.any(delta != 0):
             break
         alpha = 1.0
         new = None
         for _ in range(30):
-            trial = np.maximum(wn + alpha * delta, 0.0)  # projected on w >= 0
-            tot = np.bincount(g_np, weights=trial, minlength=num_groups)
-            if np.any((tot <= 0) & (masses > 0)):
-                alpha *= 0.5
-                continue
-            trial *= np.where(tot > 0, masses / np.where(tot > 0, tot, 1.0), 0.0)[g_np]
+            if caps is not None:
+                trial = _project_capped_np(wn + alpha * delta, caps, g_np, masses, num_groups)
+            else:
+                trial = np.maximum(wn + alpha * delta, 0.0)  # projected on w >= 0
+                tot = np.bincount(g_np, weights=trial, minlength=num_groups)
+                if np.any((tot <= 0) & (masses > 0)):
+                    alpha *= 0.5
+                    continue
+                trial *= np.where(tot > 0, masses / np.where(tot > 0, tot, 1.0), 0.0)[g_np]
             cand = _refresh(jnp.asarray(trial, x.dtype), x, offset, b, kind)
             if bool(jnp.isfinite(cand.value)) and float(cand.value) < float(state.value):
                 new = cand
@@ -739,8 +1001,16 @@ def optimal_design(
     working_set: int = 2048,
     polish_max: int = 512,
     newton_cg: bool = True,
+    caps=None,
+    prior_precision: Optional[float] = None,
+    budget: Optional[float] = None,
 ) -> DesignSolution:
     """Minimise an L-, A- or D-criterion over designs on the candidate edges.
+
+    ``optimal_design(diffs, theta, curvature, beta, criterion="L", ridge=0.0, tol=1e-3,
+    max_iter=100_000, groups=None, group_weights=None, refresh_every=200, init=None,
+    working_set=2048, polish_max=512, newton_cg=True, caps=None, prior_precision=None,
+    budget=None)``
 
     Args:
       diffs: ``[E, d]`` edge differences ``z_e``.
@@ -768,9 +1038,23 @@ def optimal_design(
         conjugate gradients, ``O(E r k)`` a Hessian-vector product). Interior optima
         (every edge weighted, e.g. a tabular pool with a peaked ``pi0``) need it: pairwise
         steps alone converge slowly there. ``False`` gives the pairwise steps alone.
+      caps: ``None`` (no upper bounds: today's solver, number for number), a scalar or an
+        ``[E]`` array of upper bounds, finite or ``inf``, ``>= 0``: the design must satisfy
+        ``0 <= w_e <= caps_e``. With budget ``n`` and at most ``c_e`` labels on edge ``e``,
+        ``caps_e = c_e / n`` (``caps = 1 / n``: each comparison labelled at most once).
+        The steps then work on the capped simplex (with groups: each group's capped
+        simplex), and the certificate is the duality gap of the capped problem: the
+        linear maximisation fills the edges of largest ``d_e`` up to their caps
+        (Wynn 1982; Sahm and Schwabe 2001). Caps whose sum is below 1 (below a group's
+        mass with groups) admit no design: ``ValueError``.
+      prior_precision: ``lambda >= 0`` of a Gaussian prior ``N(0, Id / lambda)`` on
+        ``theta``; with ``budget`` (``n``) the criterion is the Bayes one,
+        ``tr(I (lambda / n Id + Sigma_w)^-1)`` (A, D alike), i.e. ``ridge = lambda / n``.
+        Not together with ``ridge > 0``.
+      budget: ``n > 0`` labels; required with ``prior_precision`` and used only there.
 
     Returns:
-      :class:`DesignSolution`.
+      :class:`DesignSolution` (with caps, ``weights`` satisfy them exactly).
 
     Examples:
       >>> import jax.numpy as jnp
@@ -799,6 +1083,18 @@ def optimal_design(
         raise ValueError(f"working_set must be an integer >= 1, got {working_set!r}")
     groups_np, masses_np, num_groups = _check_groups(groups, group_weights, e)
     ridge = float(ridge)
+    if prior_precision is not None or budget is not None:
+        if prior_precision is None:
+            raise ValueError("budget is used only with prior_precision (the Bayes criterion ridge = prior_precision / budget)")
+        if not (isinstance(prior_precision, (int, float, np.integer, np.floating)) and np.isfinite(prior_precision)
+                and prior_precision >= 0):
+            raise ValueError(f"prior_precision must be a finite number >= 0, got {prior_precision!r}")
+        if not (isinstance(budget, (int, float, np.integer, np.floating)) and np.isfinite(budget) and budget > 0):
+            raise ValueError(f"budget must be a finite number > 0 (the number of labels n) with prior_precision, got {budget!r}")
+        if ridge != 0:
+            raise ValueError(f"give either ridge or prior_precision and budget (ridge = prior_precision / budget), not both; ridge={ridge}")
+        ridge = float(prior_precision) / float(budget)
+    caps_np = _check_caps(caps, groups_np, masses_np, num_groups, e)
 
     diffs = jnp.asarray(diffs)
     dtype = diffs.dtype
@@ -815,6 +1111,11 @@ def optimal_design(
             w0 = jnp.asarray(masses_np[groups_np] / counts[groups_np], dtype=dtype)
         else:
             w0 = _initial_weights(x, groups_np, masses_np, num_groups, prob.rank)
+        if caps_np is not None:
+            # The nearest feasible design (Euclidean projection on the capped simplex):
+            # where caps bind, the start's edges are filled to their caps and the rest
+            # of the mass spread evenly, so the start keeps its spanning support.
+            w0 = jnp.asarray(_project_capped_np(w0, caps_np, groups_np, masses_np, num_groups), dtype=dtype)
     else:
         w0 = np.asarray(init, dtype=np.float64)
         if w0.shape != (e,) or np.any(~np.isfinite(w0)) or np.any(w0 < 0):
@@ -822,6 +1123,10 @@ def optimal_design(
         got = np.bincount(groups_np, weights=w0, minlength=num_groups)
         if not np.allclose(got, masses_np, atol=1e-9):
             raise ValueError("init must put each group's mass on the group (sum to 1 without groups)")
+        if caps_np is not None:
+            if np.any(w0 > caps_np * (1 + 1e-9)):
+                raise ValueError("init must satisfy the caps (init_e <= caps_e)")
+            w0 = np.minimum(w0, caps_np)
         w0 = jnp.asarray(w0, dtype=dtype)
 
     scale_const = float(prob.rank) if prob.kind == "D" else prob.constant
@@ -839,14 +1144,14 @@ def optimal_design(
     else:
         st0 = _refresh_subset(np.flatnonzero(w_full > 0), w_full, x, prob.offset, b, prob.kind)
         d0 = np.asarray(_price(x, st0.tinv, b, prob.kind))
-        ws = _grow(np.flatnonzero(w_full > 0), _violation(d0, w_full, groups_np, masses_np, num_groups), chunk)
+        ws = _grow(np.flatnonzero(w_full > 0), _violation(d0, w_full, groups_np, masses_np, num_groups, caps_np), chunk)
     tol_inner = tol if ws.size == e else 0.5 * tol
     hist_v, hist_c, hist_full = [], [], []
     it = 0
     while True:
         st, n_done, hv, hc = _solve_restricted(
             ws, w_full, x, b, prob, groups_np, masses_np, num_groups, tol_inner, max_iter - it, refresh_every, scale, scale_const,
-            polish_max, bool(newton_cg),
+            polish_max, bool(newton_cg), caps_np,
         )
         it += n_done
         hist_v.extend(hv)
@@ -858,8 +1163,8 @@ def optimal_design(
             d_full = np.asarray(st.dd, dtype=np.float64)[:e]
         else:
             d_full = np.asarray(_price(x, st.tinv, b, prob.kind), dtype=np.float64)
-        viol = _violation(d_full, w_full, groups_np, masses_np, num_groups)
-        cert = float(_full_certificate(d_full, w_full, groups_np, masses_np, num_groups))
+        viol = _violation(d_full, w_full, groups_np, masses_np, num_groups, caps_np)
+        cert = float(_full_certificate(d_full, w_full, groups_np, masses_np, num_groups, caps_np))
         hist_full.append((it, cert))
         if hist_c:
             hist_v[-1], hist_c[-1] = val, cert
