@@ -42,8 +42,9 @@ def _span_basis(v):
     return u[:, s > 1e-10 * s.max()]
 
 
-def _cvxpy_optimum(diffs, theta, curv, beta, criterion, ridge=0.0, groups=None, masses=None):
-    """Optimal value by cvxpy, in reduced span coordinates (ridge = 0) or full space."""
+def _cvxpy_optimum(diffs, theta, curv, beta, criterion, ridge=0.0, groups=None, masses=None, caps=None):
+    """Optimal value by cvxpy, in reduced span coordinates (ridge = 0) or full space;
+    ``caps`` adds the box constraints ``w <= caps``."""
     v = _scaled(diffs, theta, beta)
     d = v.shape[1]
     if ridge > 0:
@@ -59,6 +60,8 @@ def _cvxpy_optimum(diffs, theta, curv, beta, criterion, ridge=0.0, groups=None, 
         cons = [cp.sum(w) == 1]
     else:
         cons = [cp.sum(w[np.flatnonzero(groups == g)]) == masses[g] for g in range(len(masses))]
+    if caps is not None:
+        cons.append(w <= caps)
     if criterion == "D":
         obj = -cp.log_det(sigma)
     else:
@@ -434,3 +437,181 @@ def test_projected_newton_keeps_a_sparse_optimum_sparse():
     assert n_tight < 100 < p.num_edges  # a sparse optimum, larger than polish_max before it is found
     assert n_loose <= 2 * n_tight, (n_loose, n_tight)
     assert loose.value - tight.value <= loose.certificate
+
+
+# ----------------------------------------------------------------------------------
+# Designs with caps (finite budgets: 0 <= w_e <= caps_e = c_e / n)
+
+
+def _capped_case(grouped):
+    """An instance whose caps bind: the uncapped optimum puts more than the cap on some edges."""
+    rng = np.random.default_rng(5)
+    diffs, theta, curv, edges = _instance(rng, m=4, k=5, d=4)
+    e = diffs.shape[0]
+    if grouped:
+        groups, masses = np.asarray(edges.prompt), np.array([0.1, 0.2, 0.3, 0.4])
+        # per-edge caps, each group's summing to at least 1.5x its mass
+        caps = masses[groups] / np.bincount(groups)[groups] * rng.uniform(1.2, 2.2, size=e)
+    else:
+        groups, masses, caps = None, None, 1.5 / e
+    return diffs, theta, curv, groups, masses, caps
+
+
+def _greedy_capped_gap(dd, w, caps, groups, masses):
+    """The capped duality gap <d, s - w> with s filled edge by edge (a plain loop)."""
+    groups = np.zeros(dd.size, int) if groups is None else groups
+    masses = np.ones(1) if masses is None else masses
+    caps = np.broadcast_to(caps, dd.shape)
+    s = np.zeros_like(dd)
+    for g, mass in enumerate(masses):
+        left = mass
+        for e in sorted(np.flatnonzero(groups == g), key=lambda i: -dd[i]):
+            s[e] = min(caps[e], left)
+            left -= s[e]
+    return float(dd @ (s - w))
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("criterion", ["L", "A", "D"])
+def test_capped_design_matches_cvxpy_with_box_constraints(criterion, grouped):
+    diffs, theta, curv, groups, masses, caps = _capped_case(grouped)
+    kw = dict(criterion=criterion, groups=groups, group_weights=masses)
+    free = optimal_design(jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), 1.0, tol=1e-9, **kw)
+    assert np.any(np.asarray(free.weights) > caps * (1 + 1e-6))  # the caps bind
+    sol = optimal_design(jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), 1.0, tol=TIGHT, caps=caps, **kw)
+    ref, _ = _cvxpy_optimum(diffs, theta, curv, 1.0, criterion, groups=groups, masses=masses, caps=caps)
+    assert sol.converged
+    assert abs(sol.value - ref) <= 1e-4 * abs(ref)
+    assert sol.value > free.value + 1e-6 * abs(free.value)  # capping costs something here
+    w = np.asarray(sol.weights)
+    assert np.all(w >= 0) and np.all(w <= caps)  # exactly, not to a tolerance
+    if grouped:
+        np.testing.assert_allclose(np.bincount(groups, weights=w), masses, atol=1e-12)
+    else:
+        assert abs(w.sum() - 1) < 1e-12
+    # The certificate is the capped duality gap at the returned weights (recomputed here
+    # with a dense pseudo-inverse and a plain greedy fill) and bounds the suboptimality,
+    # at the end and at every iterate.
+    dd = _dense_scores(w, diffs, theta, curv, 1.0, criterion)
+    np.testing.assert_allclose(sol.certificate, _greedy_capped_gap(dd, w, caps, groups, masses), rtol=1e-4, atol=1e-9 * abs(ref))
+    assert sol.value - ref <= sol.certificate + 1e-9 * abs(ref)
+    hist = sol.history
+    assert np.all(hist["value"] - ref <= hist["certificate"] + 1e-9 * abs(ref))
+
+
+@pytest.mark.parametrize("criterion", ["L", "A", "D"])
+def test_capped_equivalence_theorem(criterion):
+    """Wynn (1982), Sahm and Schwabe (2001): at the capped optimum some threshold t has
+    d_e >= t on edges at their cap, d_e = t on free support edges, d_e <= t off the
+    support; d_e recomputed with a dense numpy pseudo-inverse."""
+    diffs, theta, curv, _, _, caps = _capped_case(False)
+    sol = optimal_design(jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), 1.0, criterion=criterion, tol=1e-11, caps=caps)
+    w = np.asarray(sol.weights)
+    dd = _dense_scores(w, diffs, theta, curv, 1.0, criterion)
+    at_cap = w >= caps * (1 - 1e-9)
+    off = w <= 1e-9 * caps
+    free = ~at_cap & ~off
+    assert at_cap.any() and off.any() and free.any(), (at_cap.sum(), free.sum(), off.sum())
+    t = dd[free].mean()
+    np.testing.assert_allclose(dd[free], t, rtol=1e-6)
+    assert dd[at_cap].min() >= t * (1 - 1e-6)
+    assert dd[off].max() <= t * (1 + 1e-6)
+    # the threshold separates strictly here: a wrong design (the uncapped optimum clipped
+    # and refilled) breaks it
+    assert dd[at_cap].min() > dd[off].max()
+
+
+def test_capped_design_with_inactive_caps_is_the_uncapped_optimum():
+    rng = np.random.default_rng(5)
+    diffs, theta, curv, _ = _instance(rng, m=4, k=5, d=4)
+    free = optimal_design(jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), 1.0, tol=1e-10)
+    for caps in (np.inf, 1.0, 1.01 * float(np.max(free.weights))):
+        sol = optimal_design(jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), 1.0, tol=1e-10, caps=caps)
+        np.testing.assert_allclose(sol.value, free.value, rtol=1e-9)
+
+
+@pytest.mark.parametrize("polish_max", [512, 4])
+def test_capped_design_on_working_sets_and_matrix_free_newton(polish_max):
+    """Column generation (working_set=16 on 120 edges) prices with the capped threshold;
+    polish_max=4 sends large supports to the matrix-free projected Newton with bounds.
+    Both reach the optimum of the full capped problem (cvxpy)."""
+    rng = np.random.default_rng(13)
+    diffs, theta, curv, _ = _instance(rng, m=20, k=4, d=4)
+    e = diffs.shape[0]
+    caps = 4.0 / e
+    ref, _ = _cvxpy_optimum(diffs, theta, curv, 1.0, "L", caps=caps)
+    sol = optimal_design(jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), 1.0, tol=1e-9, caps=caps, working_set=16,
+                         polish_max=polish_max)
+    assert len(sol.history["pricing"]) > 1 and sol.converged
+    np.testing.assert_allclose(sol.value, ref, rtol=1e-6)
+    w = np.asarray(sol.weights)
+    assert np.all(w <= caps) and abs(w.sum() - 1) < 1e-12
+
+
+def test_infeasible_caps_are_an_error_naming_caps():
+    rng = np.random.default_rng(5)
+    diffs, theta, curv, edges = _instance(rng, m=4, k=5, d=4)
+    e = diffs.shape[0]
+    args = (jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), 1.0)
+    with pytest.raises(ValueError, match=r"caps sum to 0\.9 < 1"):
+        optimal_design(*args, caps=0.9 / e)
+    with pytest.raises(ValueError, match=r"caps: group 3 has caps summing to 0\.3 < its mass 0\.4"):
+        optimal_design(*args, groups=np.asarray(edges.prompt), group_weights=[0.1, 0.2, 0.3, 0.4], caps=0.03)
+    with pytest.raises(ValueError, match=r"caps must be >= 0"):
+        optimal_design(*args, caps=np.r_[-1.0, np.ones(e - 1)])
+    with pytest.raises(ValueError, match=r"caps must be a scalar or an array of shape \[E\] = \[40\]"):
+        optimal_design(*args, caps=np.ones(3))
+    with pytest.raises(ValueError, match=r"init must satisfy the caps"):
+        optimal_design(*args, caps=1.5 / e, init=np.r_[1.0, np.zeros(e - 1)])
+    # sum of caps exactly 1: the only design is the caps themselves
+    c = np.random.default_rng(0).dirichlet(np.ones(e))
+    sol = optimal_design(*args, caps=c)
+    np.testing.assert_allclose(np.asarray(sol.weights), c, rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------------
+# Bayes criterion with prior precision lambda and n labels: tr(I (lambda/n Id + Sigma_w)^-1)
+
+
+@pytest.mark.parametrize("capped", [False, True])
+def test_bayes_criterion_with_prior_precision_and_budget(capped):
+    rng = np.random.default_rng(7)
+    diffs, theta, curv, _ = _instance(rng, d=4)
+    e = diffs.shape[0]
+    lam, n, beta = 3.0, 60, 0.8
+    caps = 2.0 / e if capped else None
+    sol = optimal_design(jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), beta, prior_precision=lam, budget=n,
+                         tol=TIGHT, caps=caps)
+    w = np.asarray(sol.weights)
+    v = _scaled(diffs, theta, beta)
+    dense = np.trace(curv @ np.linalg.inv(lam / n * np.eye(4) + v.T @ (w[:, None] * v)))
+    np.testing.assert_allclose(sol.value, dense, rtol=1e-10)
+    ref, _ = _cvxpy_optimum(diffs, theta, curv, beta, "L", ridge=lam / n, caps=caps)
+    assert abs(sol.value - ref) <= 1e-4 * abs(ref)
+    # n-aware: fewer labels, a stronger prior term, a different (larger) optimum
+    few = optimal_design(jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), beta, prior_precision=lam, budget=n // 4,
+                         tol=TIGHT, caps=caps)
+    assert few.value < sol.value  # more prior mass per label gives a smaller posterior trace
+    args = (jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), beta)
+    with pytest.raises(ValueError, match="budget must be a finite number > 0"):
+        optimal_design(*args, prior_precision=lam)
+    with pytest.raises(ValueError, match="budget is used only with prior_precision"):
+        optimal_design(*args, budget=n)
+    with pytest.raises(ValueError, match="not both"):
+        optimal_design(*args, prior_precision=lam, budget=n, ridge=0.1)
+    with pytest.raises(ValueError, match="prior_precision must be a finite number >= 0"):
+        optimal_design(*args, prior_precision=-1.0, budget=n)
+
+
+def test_saturated_information_is_named_as_such():
+    """Issue 15 item 11: features scaled by 1e6 make every sigmoid'(beta theta.z_e) 0; the
+    error names the saturation (theta, beta, feature scale), not zero differences."""
+    rng = np.random.default_rng(5)
+    diffs, theta, curv, _ = _instance(rng, m=4, k=5, d=4)
+    with pytest.raises(ValueError, match=r"saturated information.*theta, beta or the scale of the features is too large"):
+        optimal_design(jnp.asarray(1e6 * diffs), jnp.asarray(theta), jnp.asarray(curv), 1.0)
+    with pytest.raises(ValueError, match="every candidate edge difference is zero"):
+        optimal_design(jnp.zeros_like(jnp.asarray(diffs)), jnp.asarray(theta), jnp.asarray(curv), 1.0)
+    # at theta = 0 the same large features carry information (sigmoid'(0) = 1/4)
+    sol = optimal_design(jnp.asarray(1e6 * diffs), jnp.zeros(4), jnp.asarray(curv), 1.0, criterion="D", tol=1e-6)
+    assert sol.converged

@@ -238,7 +238,7 @@ def _certificate(state, groups, masses, num_groups, caps=None, thr=None):
     return gaps, jnp.sum(gaps)
 
 
-def _capped_lmo_np(dd, caps, groups, masses, num_groups):
+def _capped_lmo_np(dd, caps, groups, masses, num_groups, return_vertex=False):
     """Linear maximisation over the capped simplex, in float64 numpy (exact).
 
     ``s`` fills each group's edges in decreasing ``d_e`` up to their caps until the
@@ -258,6 +258,10 @@ def _capped_lmo_np(dd, caps, groups, masses, num_groups):
     thr = np.full(num_groups, np.inf)
     np.minimum.at(thr, g_s[s_s > 0], d_s[s_s > 0])
     thr = np.where(np.isfinite(thr), thr, 0.0)  # groups of mass 0 (their caps are 0)
+    if return_vertex:
+        s = np.empty_like(s_s)
+        s[order] = s_s
+        return lmo, thr, s
     return lmo, thr
 
 
@@ -1109,13 +1113,24 @@ def optimal_design(
             # multiplicative and drop steps remove what the optimum does not use.
             counts = np.bincount(groups_np, minlength=num_groups)
             w0 = jnp.asarray(masses_np[groups_np] / counts[groups_np], dtype=dtype)
+            if caps_np is not None:
+                # The most uniform feasible design (water-filling: min(caps_e, tau_g)).
+                w0 = jnp.asarray(_project_capped_np(w0, caps_np, groups_np, masses_np, num_groups), dtype=dtype)
         else:
             w0 = _initial_weights(x, groups_np, masses_np, num_groups, prob.rank)
-        if caps_np is not None:
-            # The nearest feasible design (Euclidean projection on the capped simplex):
-            # where caps bind, the start's edges are filled to their caps and the rest
-            # of the mass spread evenly, so the start keeps its spanning support.
-            w0 = jnp.asarray(_project_capped_np(w0, caps_np, groups_np, masses_np, num_groups), dtype=dtype)
+            if caps_np is not None:
+                # The spanning support up to its caps; the mass it cannot hold goes to the
+                # edges of largest d_e at that support (the capped linear maximisation on
+                # the room left), which keeps the start's support, and working set, small.
+                base = np.minimum(np.asarray(w0, dtype=np.float64), caps_np)
+                left = masses_np - np.bincount(groups_np, weights=base, minlength=num_groups)
+                if np.any(left > 0):
+                    sup = np.flatnonzero(base > 0)
+                    st0 = _refresh_subset(sup, base, x, prob.offset, b, prob.kind)
+                    d0 = np.asarray(_price(x, st0.tinv, b, prob.kind), dtype=np.float64)
+                    _, _, extra = _capped_lmo_np(d0, caps_np - base, groups_np, np.maximum(left, 0.0), num_groups, True)
+                    base = np.minimum(base + extra, caps_np)
+                w0 = jnp.asarray(base, dtype=dtype)
     else:
         w0 = np.asarray(init, dtype=np.float64)
         if w0.shape != (e,) or np.any(~np.isfinite(w0)) or np.any(w0 < 0):
