@@ -216,9 +216,14 @@ def figure2(out: Path, results: Path, small: bool) -> list[dict]:
     spec = SMALL if small else FULL
     data = results / "bounds_table"
     csv_path = data.with_suffix(".csv")
-    if not csv_path.exists():
-        bounds_table.main(["--replicates", str(spec["fig2_replicates"]), "--max-budget", str(spec["fig2_max_budget"]), "--out", str(data),
-                           "--plug-in-draws", "0" if small else "5"])
+    argv = ["--replicates", str(spec["fig2_replicates"]), "--max-budget", str(spec["fig2_max_budget"]), "--out", str(data),
+            "--plug-in-draws", "0" if small else "5"]
+    # The table is reused only if the same arguments and the same code made it.
+    version = json.dumps({"argv": argv, "code": sweep.code_version(("experiments.bounds_table",))})
+    stamp = data.with_suffix(".version")
+    if not (csv_path.exists() and stamp.exists() and stamp.read_text() == version):
+        bounds_table.main(argv)
+        stamp.write_text(version)
     with csv_path.open() as fh:
         rows = list(csv.DictReader(fh))
     for r in rows:
@@ -307,6 +312,7 @@ def figure4(out: Path, results: Path, small: bool, progress: bool = True) -> lis
     items = [("reference", -1, float(np.linalg.norm(world.theta_star)))]
     items += [("random", j, r) for r in spec["radii"] for j in range(spec["directions"]) if r > 0 or j == 0]
     cache = results / "fig4"
+    code = sweep.code_version(("experiments.figures",))  # plug_in_item lives here
     rows = []
     for kind, j, r in tqdm(items, desc="fig4", unit="design", disable=not progress):
         theta0 = np.zeros(d) if kind == "reference" else np.asarray(world.theta_star) + r * (dirs[j] if r > 0 else 0.0)
@@ -314,11 +320,11 @@ def figure4(out: Path, results: Path, small: bool, progress: bool = True) -> lis
                  "world": OmegaConf.to_container(cfg.world), "world_seed": cfg.world_seed}
         cid = "fig4_" + hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
         path = cache / f"{cid}.npz"
-        got = _read_item(path)
+        got = _read_item(path, code)
         if got is None:
             key = jax.random.fold_in(jax.random.key(7), len(rows))
             got = plug_in_item(world, problem, theta0, spec["budget"], spec["replicates"], key)
-            sweep.write_atomic(path, {k: np.asarray(v) for k, v in got.items()}, {**ident, "code_version": sweep.code_version()})
+            sweep.write_atomic(path, {k: np.asarray(v) for k, v in got.items()}, {**ident, "code_version": code})
         rows.append({"kind": kind, "direction": j, "radius": r, **got})
     oracle = next(x for x in rows if x["kind"] == "random" and x["radius"] == 0.0)
     for x in rows:
@@ -359,11 +365,16 @@ def figure4(out: Path, results: Path, small: bool, progress: bool = True) -> lis
     return rows
 
 
-def _read_item(path: Path):
+def _read_item(path: Path, code: str):
+    """A cached Figure 4 item made by the code of version ``code``, else ``None`` (recomputed)."""
+    if not path.exists():
+        return None
     try:
         with np.load(path, allow_pickle=False) as z:
+            if json.loads(str(z["meta"])).get("code_version") != code:
+                return None
             return {k: float(z[k]) for k in z.files if k != "meta"}
-    except (OSError, ValueError, KeyError, EOFError):
+    except Exception:  # noqa: BLE001 - an unreadable cache file is recomputed and overwritten
         return None
 
 
@@ -415,6 +426,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--small", action="store_true", help="small worlds and few replicates (a smoke run)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; set here, not on import, so notebooks keep their backend
     out, results = Path(args.out), Path(args.results)
     if args.small:
         results = results / "small"

@@ -12,42 +12,43 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+# No backend is set here: notebooks keep their inline backend, and a script without
+# a display gets Agg from matplotlib's own fallback (scripts that save files may call
+# ``matplotlib.use("Agg")`` in their entry point).
 
-__all__ = ["DESIGN_STYLE", "log_ticks", "design_label", "design_style", "plot_gap_vs_budget", "save_figure", "write_csv", "paper_style"]
+__all__ = ["DESIGN_STYLE", "log_ticks", "budget_ticks", "design_label", "design_style", "plot_gap_vs_budget", "save_figure", "write_csv", "paper_style"]
 
 # Okabe-Ito for the designs the paper compares, then tab20 shades; markers keep
-# designs apart in greyscale.
+# designs apart in greyscale. Figures label a design by its registered name, the
+# name a user types (design=<name>), so a figure and a config read the same.
 DESIGN_STYLE = {
-    "oracle": ("#000000", "o", "oracle $D^*(\\theta^*)$"),
-    "plug_in": ("#0072B2", "s", "plug-in $D^*(\\theta_0)$"),
-    "two_stage": ("#56B4E9", "D", "two-stage"),
-    "uniform": ("#E69F00", "^", "uniform"),
-    "reference_weighted": ("#D55E00", "v", "reference-weighted"),
-    "first_two": ("#009E73", "<", "first two"),
-    "best_vs_worst": ("#CC79A7", ">", "best vs worst"),
-    "sweet_spot": ("#F0E442", "P", "sweet spot"),
-    "sweet_spot_scalable": ("#bcbd22", "p", "sweet spot (scalable)"),
-    "reference_filter": ("#8c564b", "X", "reference-guided"),
-    "adpo_greedy": ("#7f7f7f", "*", "greedy D-opt. (ADPO+)"),
-    "apo_greedy": ("#c7c7c7", "h", "greedy (APO)"),
-    "a_optimal": ("#9467bd", "d", "A-optimal"),
-    "d_optimal": ("#17becf", "H", "D-optimal"),
-    "first_n": ("#98df8a", "1", "first n"),
-    "uncertainty": ("#ff9896", "2", "uncertainty"),
-    "most_certain": ("#c49c94", "3", "most certain"),
-    "response_selection": ("#1f77b4", "4", "response selection"),
-    "prompt_selection": ("#aec7e8", "8", "prompt selection"),
+    "oracle": ("#000000", "o"),
+    "plug_in": ("#0072B2", "s"),
+    "two_stage": ("#56B4E9", "D"),
+    "uniform": ("#E69F00", "^"),
+    "reference_weighted": ("#D55E00", "v"),
+    "first_two": ("#009E73", "<"),
+    "best_vs_worst": ("#CC79A7", ">"),
+    "sweet_spot": ("#F0E442", "P"),
+    "sweet_spot_scalable": ("#bcbd22", "p"),
+    "reference_filter": ("#8c564b", "X"),
+    "adpo_greedy": ("#7f7f7f", "*"),
+    "apo_greedy": ("#c7c7c7", "h"),
+    "a_optimal": ("#9467bd", "d"),
+    "d_optimal": ("#17becf", "H"),
+    "first_n": ("#98df8a", "1"),
+    "uncertainty": ("#ff9896", "2"),
+    "most_certain": ("#c49c94", "3"),
+    "response_selection": ("#1f77b4", "4"),
+    "prompt_selection": ("#aec7e8", "8"),
 }
 
 
 def design_style(name: str) -> tuple[str, str]:
     """``(colour, marker)`` of a design; unknown (user-registered) designs get a grey."""
-    c, m, _ = DESIGN_STYLE.get(name, ("#555555", "o", name))
-    return c, m
+    return DESIGN_STYLE.get(name, ("#555555", "o"))
 
 
 def log_ticks(axis) -> None:
@@ -59,8 +60,19 @@ def log_ticks(axis) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
+def budget_ticks(axis, budgets) -> None:
+    """Label a log axis at exactly the budgets that were run (plain numbers, no minor labels)."""
+    from matplotlib.ticker import FixedLocator, NullFormatter, StrMethodFormatter
+
+    ticks = sorted({float(b) for b in budgets})
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def design_label(name: str) -> str:
-    return DESIGN_STYLE.get(name, (None, None, name))[2]
+    """The legend label of a design: its registered name."""
+    return name
 
 
 def paper_style() -> None:
@@ -86,17 +98,22 @@ def plot_gap_vs_budget(rows, title: str = "", ax=None, prediction: bool = True, 
       The matplotlib figure.
     """
     paper_style()
-    by_design = defaultdict(list)
+    series = defaultdict(list)  # one curve per design and config (rows that share a design name but not a config)
     for r in rows:
-        by_design[r["design"]].append(r)
+        series[(r["design"], r.get("config") or "")].append(r)
     if ax is None:
         _, ax = plt.subplots(figsize=(5.6, 3.4), constrained_layout=True)
     order = list(DESIGN_STYLE)
-    for name, rs in sorted(by_design.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
+    styles = ["-", "-.", ":", (0, (5, 1))]
+    seen: dict = {}
+    for (name, config), rs in sorted(series.items(), key=lambda kv: (order.index(kv[0][0]) if kv[0][0] in order else len(order), kv[0])):
         rs = sorted(rs, key=lambda r: r["budget"])
         n = [r["budget"] for r in rs]
         color, marker = design_style(name)
-        ax.plot(n, [r["mean_gap"] for r in rs], marker=marker, ls="-", color=color, label=design_label(name))
+        ls = styles[seen.setdefault(name, 0) % len(styles)]
+        seen[name] += 1
+        label = f"{design_label(name)} [{config}]" if config else design_label(name)
+        ax.plot(n, [r["mean_gap"] for r in rs], marker=marker, ls=ls, color=color, label=label)
         ax.fill_between(n, [max(r["ci_low"], 1e-300) for r in rs], [r["ci_high"] for r in rs], color=color, alpha=0.18, lw=0)
         if prediction:
             ax.plot(n, [r["predicted_gap"] for r in rs], "--", color=color, lw=0.8)
@@ -104,7 +121,7 @@ def plot_gap_vs_budget(rows, title: str = "", ax=None, prediction: bool = True, 
         ax.plot([], [], "k--", lw=0.8, label=r"$\frac{\beta}{2n}\,\mathrm{tr}(I\,\Sigma^+)$")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    log_ticks(ax.xaxis)
+    budget_ticks(ax.xaxis, [r["budget"] for r in rows])
     ax.set_xlabel("label budget $n$ (comparisons)")
     ax.set_ylabel(r"gap $J(\pi^*) - J(\hat\pi_n)$ (nats)")
     if title:

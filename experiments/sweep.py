@@ -4,7 +4,9 @@ A cell runs its design once, then ``num_replicates`` Monte-Carlo label sets in o
 compiled ``vmap`` (labels -> DPO fit -> exact gap), and writes one tidy record per
 replicate to ``<results_dir>/<cell id>.npz`` (columnar: one array per field). The
 write is atomic (temporary file, then ``os.replace``), so an interrupted sweep leaves
-either a complete cell file or none, and a rerun skips finished cells.
+either a complete cell file or none. A rerun skips the cells whose record was made by
+the current code; what makes two runs the same cell, and the code version, are
+defined in :mod:`experiments.cell`; records and the summary in :mod:`experiments.records`.
 
     python -m experiments.sweep                                   # one cell
     python -m experiments.sweep -m design=uniform,oracle budget=1000,10000
@@ -18,40 +20,40 @@ _global_``, one per figure). Every key is checked before any work starts.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import inspect
-import json
 import logging
-import os
-import subprocess
-import tempfile
+import time
 from pathlib import Path
 
 import hydra
 import jax
-import jax.numpy as jnp
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 
+from experiments.cell import REPLICATE_CHUNK, cell_id, cell_identity, code_version, git_version, record_code_version, run_cell  # noqa: F401 - re-exported
+from experiments.records import (  # noqa: F401 - re-exported
+    RECORD_FIELDS,
+    RecordError,
+    SUMMARY_FIELDS,
+    check_writable,
+    format_summary,
+    read_cell,
+    write_atomic,
+)
+from experiments import records as _records
 from experiments.worlds import check_world_config, make_world
-from synthetic.designs import DESIGNS, check_design_params, design_problem, run_design
-from synthetic.monte_carlo import ESTIMATORS, mean_and_ci, replicate_gaps
-from theory import asymptotic_gap
+from synthetic.designs import DESIGNS, check_design_params, design_problem
+from synthetic.monte_carlo import ESTIMATORS
 
 jax.config.update("jax_enable_x64", True)
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting chatter
 log = logging.getLogger(__name__)
-
-#: Replicates per compiled call: bounds memory and drives the progress bar; the
-#: numbers do not depend on it.
-REPLICATE_CHUNK = 50
-RECORD_FIELDS = ["replicate", "gap", "valid", "predicted_gap"]
 
 
 # ------------------------------------------------------------------ validation
@@ -81,8 +83,9 @@ def validate(cfg: DictConfig) -> None:
         lo = {"budget": 1, "num_replicates": 2}.get(key, 0)
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise ValueError(f"{key} must be an integer >= {lo}, got {v!r}")
-    if not isinstance(cfg.get("progress", False), bool):
-        raise ValueError(f"progress must be true or false, got {cfg.progress!r}")
+    for key in ("progress", "reuse_stale_records", "summary_only"):
+        if not isinstance(cfg.get(key, False), bool):
+            raise ValueError(f"{key} must be true or false, got {cfg[key]!r}")
     if cfg.get("figure") is not None and not isinstance(cfg.figure, str):
         raise ValueError(f"figure must be null or a path prefix (a string), got {cfg.figure!r}")
     # World parameters (K >= 2, beta > 0, ...) are checked by the constructor, which
@@ -112,109 +115,89 @@ def validate(cfg: DictConfig) -> None:
 # ------------------------------------------------------------------- the cell
 
 
-def cell_id(cfg: DictConfig) -> str:
-    """Stable id of a cell: readable prefix plus a hash of everything that changes its numbers."""
-    ident = {
-        "world": OmegaConf.to_container(cfg.world, resolve=True),
-        "world_seed": cfg.world_seed,
-        "design": OmegaConf.to_container(cfg.design, resolve=True),
-        "estimator": OmegaConf.to_container(cfg.estimator, resolve=True),
-        "budget": cfg.budget,
-        "seed": cfg.seed,
-        "num_replicates": cfg.num_replicates,
-    }
-    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
-    return f"{cfg.world.name}_{cfg.design.name}_{cfg.estimator.name}_n{cfg.budget}_s{cfg.seed}_{digest}", ident
-
-
-def code_version() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent)
-        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def run_cell(cfg: DictConfig, progress: bool = False) -> dict:
-    """Compute one cell's records (no file I/O)."""
-    world = make_world(cfg.world, jax.random.key(cfg.world_seed))
-    problem = design_problem(world)
-    name = cfg.design.name
-    # Keys depend on the cell, not on the order jobs run in.
-    salt = int(hashlib.sha256(f"{name}|{cfg.budget}".encode()).hexdigest()[:7], 16)
-    k_design, k_labels = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), salt))
-    out = run_design(name, k_design, problem, cfg.budget, **OmegaConf.to_container(cfg.design.params))
-    counts = out.dense_counts(problem.num_edges).astype(np.float64)
-    keys = jax.random.split(k_labels, cfg.num_replicates)
-    with tqdm(total=cfg.num_replicates, desc=f"{name} n={cfg.budget}", unit="rep", leave=False, disable=not progress) as bar:
-        res = replicate_gaps(
-            keys, world.theta_star, problem.edges.diffs, counts, world.beta, world.eval,
-            pilot=out.pilot,
-            estimator=cfg.estimator.name, estimator_params=OmegaConf.to_container(cfg.estimator.params),
-            fit_dtype=cfg.estimator.get("fit_dtype"),
-            chunk_size=min(REPLICATE_CHUNK, cfg.num_replicates), progress=bar.update,
-        )
-    gaps, valid = res.gap, res.valid
-    ev = world.eval
-    w_hat = counts / counts.sum()
-    predicted = float(asymptotic_gap(w_hat, world.theta_star, ev.features, ev.log_ref, problem.edges.diffs, world.beta, cfg.budget, ev.prompt_weights))
-    r = cfg.num_replicates
-    return {
-        "replicate": np.arange(r),
-        "gap": np.asarray(gaps, np.float64),
-        "valid": np.asarray(valid, bool),
-        "predicted_gap": np.full(r, predicted),
-    }
-
-
-def write_atomic(path: Path, columns: dict, meta: dict) -> None:
-    """Write ``columns`` and ``meta`` to ``path`` (npz) so that readers see all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **columns, meta=np.asarray(json.dumps(meta, sort_keys=True)))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def read_cell(path: Path):
-    """``(columns, meta)`` of a finished cell, or ``None`` if the file is unreadable."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            cols = {k: z[k] for k in RECORD_FIELDS}
-        return cols, meta
-    except (OSError, ValueError, KeyError, EOFError):
-        return None
-
-
 def results_path(cfg: DictConfig) -> Path:
     return Path(hydra.utils.to_absolute_path(cfg.results_dir))
 
 
+def check_design_choice(cfg: DictConfig) -> None:
+    """``design.name`` must be the name of the chosen ``design=`` config (except ``design=custom``).
+
+    A ``design.name=...`` override applies to every design of a multirun, so
+    ``design=custom,uniform design.name=my_rule`` would run ``my_rule`` twice, once
+    labelled uniform. Needs the Hydra node (``hydra.runtime.choices``); without it,
+    nothing to check.
+    """
+    choice = OmegaConf.select(cfg, "hydra.runtime.choices.design", default=None)
+    if choice is None or choice == "custom" or choice == cfg.design.name:
+        return
+    raise ValueError(
+        f"design.name = {cfg.design.name!r} overrides the design chosen by design={choice}: a design.* override applies to "
+        "every design of the sweep. To compare your design with registered ones in one sweep, sweep the name of the custom "
+        f"design, e.g. design=custom 'design.name={cfg.design.name},{choice}'; allowed: design.name = {choice!r} with design={choice}"
+    )
+
+
+def check_jobs(cfgs, labels) -> None:
+    """Check every job, then the sweep as a whole, before any job runs.
+
+    Each job: :func:`validate` and :func:`check_design_choice`. The sweep: no two jobs
+    are the same cell (an override that reached a design it was not meant for makes
+    duplicates, whose replicates would be counted twice), and each ``results_dir``
+    can be written. Raises ``ValueError`` naming the job.
+    """
+    seen: dict = {}
+    dirs = set()
+    for cfg, label in zip(cfgs, labels):
+        try:
+            validate(cfg)
+            check_design_choice(cfg)
+        except ValueError as err:
+            raise ValueError(f"job [{label}]: {err}") from None
+        cid = cell_id(cfg)[0]
+        if cid in seen:
+            raise ValueError(
+                f"jobs [{seen[cid]}] and [{label}] are the same cell ({cid}): their replicates would be counted twice. "
+                "An override probably reached a design it was not meant for; give each design its own values, "
+                "e.g. design=custom 'design.name=my_rule,uniform'"
+            )
+        seen[cid] = label
+        dirs.add(results_path(cfg))
+    for d in sorted(dirs):
+        check_writable(d)
+
+
 def job(cfg: DictConfig) -> Path:
-    """Run one cell unless its file already exists; return the file."""
+    """Run one cell unless a record of it, made by the current code, exists; return the file.
+
+    A record made by other code (another code version, see :mod:`experiments.cell`)
+    is recomputed, unless ``reuse_stale_records=true``. An unreadable record is moved
+    aside to ``<file>.corrupt`` and recomputed; both are logged with the path.
+    """
     validate(cfg)
     cid, ident = cell_id(cfg)
+    code = record_code_version(cfg)
     path = results_path(cfg) / f"{cid}.npz"
-    if path.exists() and read_cell(path) is not None:
-        log.info("cell %s already done, skipped", cid)
-        return path
+    if path.exists():
+        try:
+            _, meta = read_cell(path)
+        except RecordError as err:
+            aside = path.with_name(path.name + ".corrupt")
+            path.replace(aside)
+            log.warning("%s; moved to %s, recomputing the cell", err, aside)
+        else:
+            if meta["code_version"] == code:
+                log.info("cell %s already done, skipped", cid)
+                return path
+            if cfg.get("reuse_stale_records", False):
+                log.warning("cell %s: kept its record made by other code (%s; now %s) since reuse_stale_records=true",
+                            cid, meta["code_version"], code)
+                return path
+            log.warning("cell %s: its record was made by other code (%s; now %s), recomputing", cid, meta["code_version"], code)
     cols = run_cell(cfg, progress=bool(cfg.get("progress", False)))
-    meta = {
-        **ident,
-        "cell": cid,
-        "code_version": code_version(),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    }
-    write_atomic(path, cols, meta)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config.pop("hydra", None)
+    meta = {**ident, "cell": cid, "code_version": code, "git": git_version(), "config": config}
+    _records.write_atomic(path, cols, meta)
     log.info("cell %s written", cid)
     return path
 
@@ -222,53 +205,25 @@ def job(cfg: DictConfig) -> Path:
 # ------------------------------------------------------------------ summary
 
 
-def aggregate(results_dir: Path, level: float = 0.95) -> list[dict]:
-    """Means and confidence intervals per (world, design, estimator, budget) over all cell files of a directory."""
-    return aggregate_files(sorted(Path(results_dir).glob("*.npz")), level)
+def _current_code(meta):
+    try:
+        return record_code_version(meta)
+    except (KeyError, ImportError):
+        return None  # a design or module not available here: its records cannot be checked
 
 
-def aggregate_files(paths, level: float = 0.95) -> list[dict]:
-    """Means and confidence intervals per (world, design, estimator, budget) over the given cell files."""
-    groups: dict = {}
-    for p in paths:
-        got = read_cell(p)
-        if got is None:
-            continue
-        cols, meta = got
-        key = (meta["world"]["name"], meta["design"]["name"], meta["estimator"]["name"], meta["budget"])
-        g = groups.setdefault(key, {"gap": [], "valid": [], "pred": []})
-        g["gap"].append(cols["gap"])
-        g["valid"].append(cols["valid"])
-        g["pred"].append(cols["predicted_gap"])
-    rows = []
-    for (world, design, est, n), g in sorted(groups.items()):
-        gap = np.concatenate(g["gap"])
-        valid = np.concatenate(g["valid"])
-        pred = float(np.mean(np.concatenate(g["pred"])))
-        ok = gap[valid]
-        mean, se, lo, hi = mean_and_ci(ok, level) if ok.size >= 2 else (np.nan,) * 4
-        rows.append({
-            "world": world, "design": design, "estimator": est, "budget": n, "replicates": int(gap.size),
-            "valid_fraction": float(valid.mean()), "mean_gap": mean, "se": se, "ci_low": lo, "ci_high": hi,
-            "predicted_gap": pred, "ratio_to_prediction": mean / pred if pred > 0 else np.nan,
-        })
-    base = {(r["world"], r["estimator"], r["budget"]): r["mean_gap"] for r in rows if r["design"] == "uniform"}
-    for r in rows:
-        b = base.get((r["world"], r["estimator"], r["budget"]))
-        r["ratio_to_uniform"] = r["mean_gap"] / b if b else np.nan
-    return rows
+def aggregate(results_dir, level: float = 0.95, problems: list | None = None) -> list[dict]:
+    """One row per cell record of ``results_dir`` (see :func:`experiments.records.aggregate`).
+
+    Rows never pool records; records made by other code than the current one are
+    marked (``current_code`` false). Unreadable files go to ``problems``.
+    """
+    return _records.aggregate(results_dir, level, problems, current_code=_current_code)
 
 
-def format_summary(rows: list[dict]) -> str:
-    head = f"{'world':<11}{'design':<20}{'budget':>9}{'mean gap':>12}{'95% CI':>25}{'/uniform':>10}{'/predicted':>11}"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        ci = f"[{r['ci_low']:.3g}, {r['ci_high']:.3g}]"
-        lines.append(
-            f"{r['world']:<11}{r['design']:<20}{r['budget']:>9}{r['mean_gap']:>12.4g}{ci:>25}"
-            f"{r['ratio_to_uniform']:>10.3f}{r['ratio_to_prediction']:>11.3f}"
-        )
-    return "\n".join(lines)
+def aggregate_files(paths, level: float = 0.95, problems: list | None = None) -> list[dict]:
+    """One row per given record file, in order (see :func:`experiments.records.aggregate_files`)."""
+    return _records.aggregate_files(paths, level, problems, current_code=_current_code)
 
 
 def sweep_job_overrides(config: DictConfig) -> list[list[str]]:
@@ -300,22 +255,20 @@ def grid(experiment: str, overrides=()) -> list[list[str]]:
 def run_jobs(jobs, results_dir, progress: bool = True, desc: str = "cells") -> list[Path]:
     """Run a list of jobs (override lists) in this process, like a multirun with the basic launcher.
 
-    Every job is composed and validated before the first one runs; finished cells in
-    ``results_dir`` are skipped. Returns the cell files, in the order of ``jobs``.
+    Every job is composed and checked (:func:`check_jobs`) before the first one runs;
+    cells with a record made by the current code are skipped. Returns the record
+    files, in the order of ``jobs``.
     """
-    cfgs = []
-    for overrides in jobs:
-        cfg = compose_job([*overrides, f"results_dir={results_dir}", f"progress={str(progress).lower()}"])
-        try:
-            validate(cfg)
-        except ValueError as err:
-            raise ValueError(f"job [{' '.join(overrides)}]: {err}") from None
-        cfgs.append(cfg)
+    cfgs = [compose_job([*o, f"results_dir={results_dir}", f"progress={str(progress).lower()}"], hydra_node=True) for o in jobs]
+    check_jobs(cfgs, [" ".join(o) for o in jobs])
+    for cfg in cfgs:
+        with open_dict(cfg):
+            del cfg["hydra"]
     return [job(cfg) for cfg in tqdm(cfgs, desc=desc, unit="cell", disable=not progress)]
 
 
 class ValidateSweep(Callback):
-    """Composes and validates every job of a multirun before the first one starts.
+    """Composes and checks every job of a multirun (:func:`check_jobs`) before the first one starts.
 
     Hydra turns exceptions raised in callbacks into warnings, so a failure exits the
     process with ``SystemExit`` (status 1), which Hydra does not catch.
@@ -326,53 +279,113 @@ class ValidateSweep(Callback):
 
         loader = GlobalHydra.instance().config_loader()
         jobs = sweep_job_overrides(config)
+        cfgs = []
         for overrides in jobs:
             try:
-                cfg = loader.load_configuration(config_name=config.hydra.job.config_name, overrides=overrides, run_mode=RunMode.MULTIRUN)
-                validate(cfg)
-            except Exception as err:  # noqa: BLE001 - every composition or validation error stops the sweep
+                cfgs.append(loader.load_configuration(config_name=config.hydra.job.config_name, overrides=overrides,
+                                                      run_mode=RunMode.MULTIRUN))
+            except Exception as err:  # noqa: BLE001 - every composition error stops the sweep
                 raise SystemExit(f"invalid sweep, no job started. Job [{' '.join(overrides)}]: {err}") from None
+        try:
+            check_jobs(cfgs, [" ".join(o) for o in jobs])
+        except ValueError as err:
+            raise SystemExit(f"invalid sweep, no job started. {err}") from None
         log.info("validated %d jobs", len(jobs))
+
+
+class _AboveBar:
+    """A stream that writes through ``tqdm.write``, so log lines appear above the bars."""
+
+    def write(self, text: str) -> None:
+        if text.strip():
+            tqdm.write(text.rstrip("\n"))
+
+    def flush(self) -> None:
+        pass
+
+
+def _console_handlers():
+    for logger in [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.Logger.manager.loggerDict))]:
+        for h in getattr(logger, "handlers", []):
+            if type(h) is logging.StreamHandler:
+                yield h
 
 
 class CellProgress(Callback):
     """A progress bar over the cells of a multirun (for launchers that run jobs in
-    this process; with joblib, Ray or Slurm each worker logs its own cells)."""
+    this process; with joblib, Ray or Slurm each worker logs its own cells). While it
+    runs, console log lines are written above the bar instead of through it."""
 
     def __init__(self) -> None:
         self.bar = None
+        self.streams: dict = {}
 
     def __getstate__(self) -> dict:
         # Launchers (joblib, Ray) pickle the callbacks into their workers; the bar stays here.
-        return {"bar": None}
+        return {"bar": None, "streams": {}}
 
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        if config.get("progress", False):
-            self.bar = tqdm(total=len(sweep_job_overrides(config)), desc="cells", unit="cell")
+    def _redirect(self) -> None:
+        # Hydra configures logging anew for each job, so this runs at every job start.
+        for h in _console_handlers():
+            if not isinstance(h.stream, _AboveBar):
+                self.streams[h] = h.setStream(_AboveBar())
 
-    def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+    def _close(self) -> None:
+        for h, stream in self.streams.items():
+            if isinstance(h.stream, _AboveBar):
+                h.setStream(stream)
+        self.streams = {}
         if self.bar is not None:
             self.bar.close()
             self.bar = None
 
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        if config.get("progress", False):
+            self.bar = tqdm(total=len(sweep_job_overrides(config)), desc="cells", unit="cell")
+            self._redirect()
+
+    def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        if self.bar is not None:
+            self._redirect()
+
+    def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            if self.bar.n >= self.bar.total:  # before the summary prints (callbacks end in reverse order)
+                self._close()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        self._close()
+
 
 def write_summary(config: DictConfig) -> list[dict]:
     """Print the summary table of ``results_dir``; with ``figure`` set, also write
-    ``<figure>.csv`` (the rows) and ``<figure>.png``/``.pdf`` (gap against budget)."""
-    rows = aggregate(results_path(config))
-    print(format_summary(rows))
+    ``<figure>.csv`` (the rows) and ``<figure>.png``/``.pdf`` (gap against budget).
+
+    Raises ``ValueError`` naming the path when ``results_dir`` holds no record.
+    """
+    d = results_path(config)
+    problems: list = []
+    rows = aggregate(d, problems=problems)
+    if not rows and not problems:
+        raise ValueError(f"results_dir: no records in {d} (looked for *.npz); check results_dir")
+    print(format_summary(rows, problems))
+    stale = sum(not r["current_code"] for r in rows)
+    if stale:
+        print(f"{stale} record(s) were made by other code than the current one (code version column); "
+              "rerun the sweep to recompute them, or start clean with a new results_dir")
     target = config.get("figure")
     if target and rows:
+        import matplotlib
+
         from experiments.plotting import plot_gap_vs_budget, save_figure, write_csv
+
+        matplotlib.use("Agg")  # the app only writes files
 
         out = Path(hydra.utils.to_absolute_path(str(target)))
         write_csv(rows, out.with_suffix(".csv"))
         worlds = sorted({r["world"] for r in rows})
-        fig = plot_gap_vs_budget(rows, title=f"{', '.join(worlds)} world: DPO gap by design")
+        fig = plot_gap_vs_budget([r for r in rows if np.isfinite(r["mean_gap"])], title=f"{', '.join(worlds)} world: DPO gap by design")
         for p in save_figure(fig, out):
             print(f"wrote {p}")
     return rows
@@ -388,8 +401,15 @@ class SummaryCallback(Callback):
 @hydra.main(version_base=None, config_path="conf", config_name="sweep")
 def main(cfg: DictConfig) -> None:
     if cfg.summary_only:
-        write_summary(cfg)
+        try:
+            write_summary(cfg)
+        except ValueError as err:
+            raise SystemExit(f"summary_only: {err}") from None
         return
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        choices = HydraConfig.get().runtime.choices
+        check_design_choice(OmegaConf.create({"design": cfg.design, "hydra": {"runtime": {"choices": dict(choices)}}}))
+        check_writable(results_path(cfg))
     job(cfg)
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         write_summary(cfg)

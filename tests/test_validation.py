@@ -53,3 +53,52 @@ def test_bad_input_raises_naming_the_argument(case):
     call, name = BAD[case]
     with pytest.raises(ValueError, match=name):
         call()
+
+
+def test_a_width_mismatch_of_diffs_names_diffs_not_theta():
+    wide = np.zeros((2, 3))
+    for call in (lambda: information_matrix(T, wide, W, 1.0), lambda: design_criterion(W, T, wide, I2, 1.0)):
+        with pytest.raises(ValueError, match=r"^diffs must have shape \[E, d\] with d = 2 columns to match theta"):
+            call()
+
+
+def test_the_gap_is_never_negative_where_rounding_would_make_it_so():
+    """Saturated policies (features x 1e6) near theta*: the plain KL sum rounds to about
+    -6e-11 in half of these draws; the gap is clamped at 0 per prompt."""
+    rng = np.random.default_rng(0)
+    logr = np.log(np.full((3, 5), 0.2))
+    gaps = []
+    for _ in range(100):
+        f = rng.normal(size=(3, 5, 2)) * 1e6
+        ts = rng.normal(size=2)
+        gaps.append(float(optimality_gap(ts + 1e-9 * rng.normal(size=2), ts, f, logr, 1.0)))
+    assert min(gaps) >= 0.0
+    # far from theta* the clamp changes nothing: the gap equals a float64 numpy KL
+    f = rng.normal(size=(3, 5, 2))
+    t, ts = rng.normal(size=2), rng.normal(size=2)
+
+    def logp(th):
+        a = f @ th + logr
+        return a - np.logaddexp.reduce(a, axis=1, keepdims=True)
+
+    kl = np.sum(np.exp(logp(t)) * (logp(t) - logp(ts)), axis=1).mean()
+    assert float(optimality_gap(t, ts, f, logr, 1.0)) == pytest.approx(kl, rel=1e-12)
+
+
+def test_which_checks_hold_under_jit():
+    """The contract (README, "Checks under jit and vmap"): shapes are checked at trace
+    time, so they hold under jit and vmap; values (NaN, sums, signs) need concrete
+    arrays and are checked only in eager calls."""
+    import jax
+
+    jitted = jax.jit(design_criterion)
+    with pytest.raises(ValueError, match="weights must have shape"):
+        jitted(np.ones(3) / 3, T, D, I2, 1.0)  # shape: checked under jit
+    with pytest.raises(ValueError, match="diffs must have shape"):
+        jitted(W, T, np.zeros((2, 3)), I2, 1.0)
+    for bad in [(2 * W, T, 1.0), (W, T, -1.0), (W, np.array([np.nan, 0.0]), 1.0)]:
+        with pytest.raises(ValueError):  # values: checked eagerly ...
+            design_criterion(bad[0], bad[1], D, I2, bad[2])
+        jitted(bad[0], bad[1], D, I2, bad[2])  # ... and not under jit: the caller's responsibility
+    # what an unchecked value does: weights summing to 2 halve the criterion
+    assert float(jitted(2 * W, T, D, I2, 1.0)) == pytest.approx(float(design_criterion(W, T, D, I2, 1.0)) / 2)

@@ -19,6 +19,7 @@ __all__ = [
     "check_prompt_weights",
     "check_theta",
     "check_diffs",
+    "check_theta_diffs",
     "check_design_weights",
     "check_curvature",
     "check_nonnegative",
@@ -124,6 +125,20 @@ def check_diffs(diffs, name="diffs") -> tuple[int, int]:
     if is_concrete(diffs) and not np.all(np.isfinite(np.asarray(diffs))):
         raise ValueError(f"{name} must be finite (no NaN or inf)")
     return s
+
+
+def check_theta_diffs(theta, diffs, name_theta="theta", name_diffs="diffs") -> tuple[int, int]:
+    """``theta`` ``[d]`` and edge differences ``diffs`` ``[E, d]`` of the same ``d``.
+
+    A width mismatch names ``diffs`` (the parameter vector fixes ``d``). Returns ``(E, d)``.
+    """
+    ts, ds = _shape(theta), _shape(diffs)
+    if len(ts) == 1 and len(ds) == 2 and ds[1] != ts[0]:
+        raise ValueError(f"{name_diffs} must have shape [E, d] with d = {ts[0]} columns to match {name_theta} "
+                         f"(shape {list(ts)}), got shape {list(ds)}")
+    e, d = check_diffs(diffs, name_diffs)
+    check_theta(theta, d, name_theta)
+    return e, d
 
 
 def check_design_weights(weights, num_edges, name="weights") -> None:

@@ -101,8 +101,7 @@ def information_matrix(theta, diffs, weights, beta):
       >>> bool(jnp.allclose(S, 0.125 * jnp.eye(2)))   # sigmoid'(0) = 1/4
       True
     """
-    e, d = V.check_diffs(diffs)
-    V.check_theta(theta, d)
+    e, d = V.check_theta_diffs(theta, diffs)
     V.check_design_weights(weights, e)
     V.check_beta(beta)
     return _information_matrix(theta, diffs, weights, beta)
@@ -166,9 +165,8 @@ def design_criterion(weights, theta, diffs, curvature, beta, ridge=0.0):
     Returns:
       Scalar in ``(0, inf]``.
     """
-    e, d = V.check_diffs(diffs)
+    e, d = V.check_theta_diffs(theta, diffs)
     V.check_design_weights(weights, e)
-    V.check_theta(theta, d)
     V.check_curvature(curvature, d)
     V.check_beta(beta)
     V.check_nonnegative(ridge, "ridge")

@@ -1,0 +1,185 @@
+"""One sweep cell: what identifies it, which code made it, and how it is computed.
+
+A *cell* is one (world, design, estimator, budget, seed) configuration and its
+``num_replicates`` Monte-Carlo label sets. Two runs are the same cell exactly when
+
+* their **identity** is equal: every config value that changes the numbers, with
+  each design's, estimator's and world's parameters completed by their defaults
+  (so ``design=uniform`` and ``design=custom design.name=uniform`` are one cell,
+  while ``design.params.pilot_fraction=0.5`` is another), and
+* their **code version** is equal: a content hash of the code a cell's numbers come
+  from (:data:`CELL_CODE`, the modules named in ``imports``, and the versions of
+  JAX, jaxlib and NumPy). Unlike a git commit it sees uncommitted edits, and it
+  does not change when plotting, the summary or documentation change.
+
+This module is itself part of :data:`CELL_CODE`: editing it recomputes every cell.
+Reading and writing records lives in :mod:`experiments.records`.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import inspect
+import json
+import marshal
+import subprocess
+from pathlib import Path
+
+import jax
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from experiments.worlds import WORLDS, make_world
+from synthetic.designs import DESIGNS, design_problem, run_design
+from synthetic.monte_carlo import ESTIMATORS, replicate_gaps
+from theory import asymptotic_gap
+
+__all__ = ["CELL_CODE", "REPLICATE_CHUNK", "cell_identity", "cell_id", "code_version", "record_code_version", "git_version", "run_cell"]
+
+#: Replicates per compiled call: bounds memory and drives the progress bar; the
+#: numbers do not depend on it.
+REPLICATE_CHUNK = 50
+
+#: Packages and modules whose source a cell's numbers depend on (hashed into the
+#: code version of every record). Plotting, records I/O and the summary are not here.
+CELL_CODE = ("theory", "synthetic", "experiments.cell", "experiments.worlds")
+_VERSIONED = ("jax", "jaxlib", "numpy")
+
+
+def _defaults(fn, skip=()) -> dict:
+    return {p.name: p.default for p in inspect.signature(fn).parameters.values()
+            if p.default is not inspect.Parameter.empty and p.name not in skip}
+
+
+def cell_identity(cfg: DictConfig) -> dict:
+    """Every config value that changes a cell's numbers, parameters completed by their defaults."""
+    world = OmegaConf.to_container(cfg.world, resolve=True)
+    world["params"] = {**_defaults(WORLDS[world["name"]], ("key", "dtype")), **world.get("params", {})}
+    world.setdefault("keep_completions", None)
+    design = OmegaConf.to_container(cfg.design, resolve=True)
+    design["params"] = {**DESIGNS[design["name"]].params, **design.get("params", {})}
+    est = OmegaConf.to_container(cfg.estimator, resolve=True)
+    est["params"] = {**_defaults(ESTIMATORS[est["name"]], ("diffs", "counts", "wins", "beta")), **est.get("params", {})}
+    est.setdefault("fit_dtype", None)
+    return {
+        "world": world,
+        "world_seed": cfg.world_seed,
+        "design": design,
+        "estimator": est,
+        "budget": cfg.budget,
+        "seed": cfg.seed,
+        "num_replicates": cfg.num_replicates,
+    }
+
+
+def cell_id(cfg: DictConfig) -> tuple[str, dict]:
+    """``(id, identity)``: a readable prefix plus a hash of :func:`cell_identity`."""
+    ident = cell_identity(cfg)
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"{cfg.world.name}_{cfg.design.name}_{cfg.estimator.name}_n{cfg.budget}_s{cfg.seed}_{digest}", ident
+
+
+def _module_files(name: str) -> list[tuple[str, Path]]:
+    """``(label, path)`` of a module's source, or of every source of a package."""
+    path = Path(importlib.import_module(name).__file__)
+    if path.name == "__init__.py":
+        return [(f"{name}/{f.relative_to(path.parent).as_posix()}", f) for f in sorted(path.parent.rglob("*.py"))]
+    return [(name, path)]
+
+
+@functools.lru_cache(maxsize=None)
+def _files_version(imports: tuple) -> str:
+    # Cached per process: a process runs the code it imported, so the hash is taken
+    # once (at import of this module for CELL_CODE, see the end of the module).
+    h = hashlib.sha256()
+    for name in (*CELL_CODE, *sorted(imports)):
+        for label, f in _module_files(name):
+            h.update(label.encode() + b"\0" + f.read_bytes() + b"\0")
+    for pkg in _VERSIONED:
+        h.update(f"{pkg}=={importlib.import_module(pkg).__version__}".encode())
+    return h.hexdigest()
+
+
+def _design_source(name: str, imports: tuple) -> bytes:
+    """Source of a design registered outside the hashed modules (e.g. in a notebook), else ``b""``."""
+    spec = DESIGNS.get(name)
+    if spec is None:
+        raise KeyError(name)
+    module = getattr(spec.fn, "__module__", "") or ""
+    covered = (*CELL_CODE, *imports)
+    if any(module == c or module.startswith(c + ".") for c in covered):
+        return b""
+    try:
+        return inspect.getsource(spec.fn).encode()
+    except (OSError, TypeError):
+        return marshal.dumps(spec.fn.__code__)
+
+
+def code_version(imports: tuple = (), design: str | None = None) -> str:
+    """Content hash (12 hex digits) of the code that a cell's numbers depend on.
+
+    Covers :data:`CELL_CODE`, the user modules in ``imports`` (where a custom design
+    is registered), the source of ``design`` when it is registered anywhere else (a
+    notebook, an interactive session), and the JAX, jaxlib and NumPy versions. Any
+    edit to these, committed or not, gives a new version. Raises ``KeyError`` if
+    ``design`` is given but not registered in this process.
+    """
+    imports = tuple(imports)
+    h = hashlib.sha256(_files_version(imports).encode())
+    if design is not None:
+        h.update(_design_source(design, imports))
+    return h.hexdigest()[:12]
+
+
+def record_code_version(cfg_or_meta) -> str:
+    """The code version of a cell, from its config (or a record's metadata)."""
+    config = cfg_or_meta.get("config", cfg_or_meta) if isinstance(cfg_or_meta, dict) else cfg_or_meta
+    return code_version(tuple(config.get("imports") or ()), config["design"]["name"])
+
+
+def git_version() -> str:
+    """``git rev-parse --short HEAD`` (plus ``-dirty``) for people reading a record; not used to match records."""
+    where = Path(__file__).parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, cwd=where)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5, cwd=where)
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_cell(cfg: DictConfig, progress: bool = False) -> dict:
+    """Compute one cell's records (no file I/O): columns ``replicate``, ``gap``, ``valid``, ``predicted_gap``."""
+    world = make_world(cfg.world, jax.random.key(cfg.world_seed))
+    problem = design_problem(world)
+    name = cfg.design.name
+    # Keys depend on the cell, not on the order jobs run in.
+    salt = int(hashlib.sha256(f"{name}|{cfg.budget}".encode()).hexdigest()[:7], 16)
+    k_design, k_labels = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), salt))
+    out = run_design(name, k_design, problem, cfg.budget, **OmegaConf.to_container(cfg.design.params))
+    counts = out.dense_counts(problem.num_edges).astype(np.float64)
+    keys = jax.random.split(k_labels, cfg.num_replicates)
+    with tqdm(total=cfg.num_replicates, desc=f"{name} n={cfg.budget}", unit="rep", leave=False, disable=not progress) as bar:
+        res = replicate_gaps(
+            keys, world.theta_star, problem.edges.diffs, counts, world.beta, world.eval,
+            pilot=out.pilot,
+            estimator=cfg.estimator.name, estimator_params=OmegaConf.to_container(cfg.estimator.params),
+            fit_dtype=cfg.estimator.get("fit_dtype"),
+            chunk_size=min(REPLICATE_CHUNK, cfg.num_replicates), progress=bar.update,
+        )
+    ev = world.eval
+    w_hat = counts / counts.sum()
+    predicted = float(asymptotic_gap(w_hat, world.theta_star, ev.features, ev.log_ref, problem.edges.diffs, world.beta, cfg.budget, ev.prompt_weights))
+    r = cfg.num_replicates
+    return {
+        "replicate": np.arange(r),
+        "gap": np.asarray(res.gap, np.float64),
+        "valid": np.asarray(res.valid, bool),
+        "predicted_gap": np.full(r, predicted),
+    }
+
+
+_files_version(())  # hash the code as this process loaded it

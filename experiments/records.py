@@ -1,0 +1,300 @@
+"""Cell records on disk, and the summary table made from them.
+
+One record per cell: ``<results_dir>/<cell id>.npz``, columnar (one array per field
+of :data:`RECORD_FIELDS`, one entry per replicate) plus a JSON ``meta`` entry with
+the cell's identity, the full config, the code version and the git commit. Writes
+are atomic (temporary file, then ``os.replace``) and use the mode the umask gives,
+so a shared ``results_dir`` is readable by the other users of a cluster.
+
+Reading is strict: a record that cannot be read, lacks a field, has columns of the
+wrong length or no code version raises :class:`RecordError`, which names the file.
+The summary (:func:`aggregate`) never pools two records: it has one row per cell
+file, says which parameters tell apart rows that share a design name, and reports
+unreadable files instead of failing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from synthetic.monte_carlo import mean_and_ci
+
+__all__ = [
+    "RECORD_FIELDS",
+    "RecordError",
+    "write_atomic",
+    "read_cell",
+    "check_writable",
+    "aggregate",
+    "aggregate_files",
+    "format_summary",
+    "SUMMARY_FIELDS",
+]
+
+log = logging.getLogger(__name__)
+
+RECORD_FIELDS = ["replicate", "gap", "valid", "predicted_gap"]
+
+#: Columns of a summary row, in order (also the CSV header).
+SUMMARY_FIELDS = [
+    "world", "design", "config", "estimator", "budget", "seed", "replicates", "valid_fraction",
+    "mean_gap", "se", "ci_low", "ci_high", "predicted_gap", "ratio_to_prediction", "ratio_to_uniform",
+    "code_version", "current_code", "cell", "note",
+]
+
+
+class RecordError(ValueError):
+    """A record file that cannot be trusted; the message names the file and why."""
+
+    def __init__(self, path, reason: str):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"record {self.path}: {reason}")
+
+
+def _file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def write_atomic(path: Path, columns: dict, meta: dict) -> None:
+    """Write ``columns`` and ``meta`` to ``path`` (npz) so that readers see all or nothing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **columns, meta=np.asarray(json.dumps(meta, sort_keys=True)))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, _file_mode())  # mkstemp makes 0600; other users of a shared results_dir must read it
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_cell(path, fields=RECORD_FIELDS):
+    """``(columns, meta)`` of a record; :class:`RecordError` naming the file if it cannot be trusted."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise RecordError(path, f"cannot be read ({err.strerror or err})") from None
+    if size == 0:
+        raise RecordError(path, "is empty (0 bytes): an interrupted or failed write")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in ("meta", *fields) if k not in z.files]
+            if missing:
+                raise RecordError(path, f"lacks the field(s) {missing}")
+            meta = json.loads(str(z["meta"]))
+            cols = {k: z[k] for k in fields}
+    except RecordError:
+        raise
+    except Exception as err:  # noqa: BLE001 - zip, npy and JSON errors alike: the file is not a record
+        raise RecordError(path, f"is not a readable record ({type(err).__name__}: {err})") from None
+    lengths = {k: len(v) for k, v in cols.items()}
+    if len(set(lengths.values())) > 1:
+        raise RecordError(path, f"has columns of different lengths {lengths}")
+    if not isinstance(meta, dict) or "code_version" not in meta:
+        raise RecordError(path, "has no code version in its metadata")
+    return cols, meta
+
+
+def check_writable(directory) -> Path:
+    """Create ``directory`` if needed and check that a record can be written there.
+
+    Raises ``ValueError`` naming ``results_dir`` and the path, before any job runs.
+    """
+    d = Path(directory)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=d, prefix=".write-check.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ValueError(f"results_dir: cannot write records to {d.resolve()} ({err.strerror or err}); "
+                         "allowed: a directory you can create and write") from None
+    return d
+
+
+# ------------------------------------------------------------------ summary
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+_IDENTITY = ("world", "world_seed", "design", "estimator", "budget", "seed", "num_replicates")
+
+
+def _identity(meta) -> dict:
+    return {k: meta[k] for k in _IDENTITY if k in meta}
+
+
+def _note(gap, valid, pred, stale) -> str:
+    notes = []
+    r, k = gap.size, int(valid.sum())
+    if k < 2:
+        notes.append(f"no number: {'no' if k == 0 else 'only one'} replicate of {r} has a finite MLE (separable labels)")
+    elif k < r:
+        notes.append(f"mean over the {k} of {r} replicates with a finite MLE")
+    bad = int(np.sum(valid & ~np.isfinite(gap)))
+    if bad:
+        notes.append(f"{bad} valid replicates have a non-finite gap")
+    if not np.isfinite(pred):
+        notes.append("prediction inf: the allocation's information does not cover I (uncovered or saturated)")
+    if stale == "unknown":
+        notes.append("code not checked: its design or imports are not available in this process")
+    elif stale:
+        notes.append("made by other code: rerun the sweep to recompute")
+    return "; ".join(notes)
+
+
+def summarise_cell(cols, meta, current_code="", level: float = 0.95) -> dict:
+    """One summary row of one record."""
+    gap = np.asarray(cols["gap"], np.float64)
+    valid = np.asarray(cols["valid"], bool)
+    pred = float(np.mean(cols["predicted_gap"]))
+    ok = gap[valid]
+    mean, se, lo, hi = mean_and_ci(ok, level) if ok.size >= 2 else (np.nan,) * 4
+    # current_code: the version the current code gives this cell; None if it cannot be
+    # computed here (design or module unavailable); "" to skip the check.
+    stale = current_code != "" and meta["code_version"] != current_code
+    return {
+        "world": meta["world"]["name"], "design": meta["design"]["name"], "config": "",
+        "estimator": meta["estimator"]["name"], "budget": meta["budget"], "seed": meta.get("seed"),
+        "replicates": int(gap.size), "valid_fraction": float(valid.mean()),
+        "mean_gap": mean, "se": se, "ci_low": lo, "ci_high": hi,
+        "predicted_gap": pred, "ratio_to_prediction": mean / pred if pred > 0 and np.isfinite(pred) else np.nan,
+        "ratio_to_uniform": np.nan,
+        "code_version": meta["code_version"], "current_code": not stale, "cell": meta.get("cell", ""),
+        "note": _note(gap, valid, pred, "unknown" if current_code is None else stale),
+    }
+
+
+def _short(key: str, keys) -> str:
+    """The shortest dotted suffix of ``key`` that no other key in ``keys`` ends with."""
+    parts = key.split(".")
+    for i in range(len(parts) - 1, -1, -1):
+        s = ".".join(parts[i:])
+        if not any(k != key and (k == s or k.endswith("." + s)) for k in keys):
+            return s
+    return key
+
+
+def _label_differences(rows, idents) -> None:
+    """Fill ``config`` with the parameters that tell apart rows sharing (world, design, estimator, budget)."""
+    groups: dict = {}
+    for i, r in enumerate(rows):
+        groups.setdefault((r["world"], r["design"], r["estimator"], r["budget"]), []).append(i)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        flat = [_flatten(idents[i]) for i in members]
+        keys = sorted(set().union(*flat))
+        differ = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1]
+        code = len({rows[i]["code_version"] for i in members}) > 1
+        for i, f in zip(members, flat):
+            parts = [f"{_short(k, differ)}={f.get(k)}" for k in differ]
+            if code:
+                parts.append(f"code={rows[i]['code_version']}")
+            rows[i]["config"] = " ".join(parts)
+
+
+def _attach_uniform(rows, idents) -> None:
+    """``ratio_to_uniform``: against the uniform cell with the same world, estimator, budget and seeds.
+
+    When several uniform cells match (uniform with different parameters), the one
+    with the registry's default parameters is used, or none.
+    """
+    from synthetic.designs import DESIGNS
+
+    def context(ident):
+        return json.dumps({k: v for k, v in ident.items() if k != "design"}, sort_keys=True, default=str)
+
+    base: dict = {}
+    for r, ident in zip(rows, idents):
+        if r["design"] == "uniform" and r["current_code"]:
+            base.setdefault(context(ident), []).append((r, ident))
+    defaults = DESIGNS["uniform"].params if "uniform" in DESIGNS else None
+    for r, ident in zip(rows, idents):
+        cands = base.get(context(ident), [])
+        if len(cands) > 1:
+            cands = [c for c in cands if c[1]["design"].get("params") == defaults]
+        if len(cands) == 1 and r["current_code"]:
+            b = cands[0][0]["mean_gap"]
+            r["ratio_to_uniform"] = r["mean_gap"] / b if b and np.isfinite(b) else np.nan
+
+
+def aggregate_files(paths, level: float = 0.95, problems: list | None = None, current_code=None) -> list[dict]:
+    """One summary row per record file (never pooled), in the order of ``paths``.
+
+    Args:
+      paths: record files.
+      level: confidence level of the interval.
+      problems: if a list, unreadable files are appended to it as :class:`RecordError`
+        (and logged); they never stop the summary.
+      current_code: a function ``meta -> code version`` (``None`` where it cannot tell);
+        records made by other code are marked (``current_code`` false, a note) and get
+        no ratio to uniform.
+    """
+    rows, idents = [], []
+    for p in paths:
+        try:
+            cols, meta = read_cell(p)
+        except RecordError as err:
+            log.warning("%s; skipped in the summary, recomputed by the next run of its cell", err)
+            if problems is not None:
+                problems.append(err)
+            continue
+        rows.append(summarise_cell(cols, meta, current_code(meta) if current_code else "", level))
+        idents.append(_identity(meta))
+    _label_differences(rows, idents)
+    _attach_uniform(rows, idents)
+    return rows
+
+
+def aggregate(results_dir, level: float = 0.95, problems: list | None = None, current_code=None) -> list[dict]:
+    """One row per cell record in ``results_dir`` (sorted by world, design, estimator, budget, config).
+
+    Raises ``ValueError`` naming the path if ``results_dir`` is not a directory.
+    """
+    d = Path(results_dir)
+    if not d.is_dir():
+        raise ValueError(f"results_dir: {d.resolve()} is not a directory (no records there)")
+    rows = aggregate_files(sorted(d.glob("*.npz")), level, problems, current_code)
+    return sorted(rows, key=lambda r: (r["world"], r["design"], r["estimator"], r["budget"], r["config"], r["cell"]))
+
+
+def format_summary(rows: list[dict], problems=()) -> str:
+    """The summary as a text table; rows without a number say why in the last column."""
+    wide = max([len(r["config"]) for r in rows] + [6])
+    head = (f"{'world':<11}{'design':<20}{'config':<{wide + 2}}{'estimator':<10}{'budget':>8}{'reps':>6}{'valid':>7}"
+            f"{'mean gap':>12}{'95% CI':>24}{'/uniform':>9}{'/predicted':>11}  note")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        ci = f"[{r['ci_low']:.3g}, {r['ci_high']:.3g}]" if np.isfinite(r["mean_gap"]) else "-"
+        lines.append(
+            f"{r['world']:<11}{r['design']:<20}{r['config']:<{wide + 2}}{r['estimator']:<10}{r['budget']:>8}{r['replicates']:>6}"
+            f"{r['valid_fraction']:>7.0%}{r['mean_gap']:>12.4g}{ci:>24}{r['ratio_to_uniform']:>9.3f}{r['ratio_to_prediction']:>11.3f}"
+            f"  {r['note']}"
+        )
+    for err in problems:
+        lines.append(f"unreadable record, not in the table (recomputed by the next run of its cell): {err.path} ({err.reason})")
+    return "\n".join(lines)
