@@ -7,13 +7,28 @@ Register a new one in a few lines::
     from synthetic.designs import register_design, weighted_output
 
     @register_design("my_rule", summary="what it does", source="where it comes from")
-    def my_rule(key, problem, budget, rounding="auto"):
+    def my_rule(key, problem, budget, rounding="auto", max_labels_per_edge=None):
         w = ...  # [E] non-negative weights over problem.edges
-        return weighted_output(key, problem, budget, w, rounding)
+        return weighted_output(key, problem, budget, w, rounding, max_labels_per_edge=max_labels_per_edge)
 
 and run it with :func:`run_design` (which checks the contract: exactly ``budget``
-labels, non-negative counts, the design's own constraints) or through the Hydra
-sweep by its name.
+labels, non-negative counts, at most ``max_labels_per_edge`` labels an edge, the
+design's own constraints) or through the Hydra sweep by its name.
+
+Parameters are checked before any work by :func:`check_design_params`: each
+registered design carries one check per parameter (:data:`PARAM_CHECKS` by name,
+or its own passed as ``register_design(..., checks={name: fn})``), and errors name
+``design.params.<name>`` and the allowed values.
+
+Finite budgets. Every registered design takes ``max_labels_per_edge`` (``None``:
+unlimited; ``1``: each comparison labelled at most once, the paper's HH setting) and
+its allocation respects it exactly; the optimal designs solve with the matching caps
+``w_e <= max_labels_per_edge / budget`` and take a Gaussian prior's
+``prior_precision`` (the Bayes criterion ``tr(I (lambda / n Id + Sigma_w)^-1)``). The
+rounding (``rounding="auto"``) labels a spanning set of the design's support first
+whenever the budget allows (:mod:`synthetic.rounding`), and :func:`run_design` warns
+(:class:`~synthetic.rounding.CoverageWarning`) before any label is spent when the
+budget is below the rank of the curvature, where no allocation has a finite criterion.
 
 What a design may read. ``problem.edges`` and ``problem.pool`` (the candidate
 comparisons and their completions, as a practitioner has them), ``problem.target``
@@ -35,6 +50,7 @@ import dataclasses
 import hashlib
 import functools
 import inspect
+import warnings
 from typing import Callable, NamedTuple, Optional
 
 import jax
@@ -44,11 +60,12 @@ import numpy as np
 from synthetic.baselines import first_two_weights, reference_weights, uniform_weights
 from synthetic.estimators import fit_newton
 from synthetic.labels import Allocation, allocation_from_counts, simulate_wins
-from synthetic.rounding import ROUNDINGS, check_budget, resolve_rounding, round_design
+from synthetic.rounding import ROUNDINGS, CoverageWarning, check_budget, check_max_labels_per_edge, resolve_rounding, round_design
 from synthetic.worlds import Pool, World
 from theory.design import optimal_design
 from theory.edges import Edges, enumerate_edges
 from theory.information import design_criterion
+from theory.information import rank_threshold
 from theory.policy import policy_curvature
 
 __all__ = [
@@ -56,7 +73,9 @@ __all__ = [
     "DesignOutput",
     "DesignSpec",
     "DESIGNS",
+    "PARAM_CHECKS",
     "REWARD_POSITIONS",
+    "check_design_params",
     "design_problem",
     "register_design",
     "get_design",
@@ -133,6 +152,82 @@ class DesignOutput(NamedTuple):
         return self.allocation.dense_counts(num_edges)
 
 
+# ------------------------------------------------------------ parameter checks
+
+
+def _fail(name, allowed, value):
+    raise ValueError(f"design.params.{name} must be {allowed}, got {value!r}")
+
+
+def _is_number(value):
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def choice_check(*allowed):
+    """A check that the value is one of ``allowed``."""
+
+    def check(name, value):
+        if value not in allowed:
+            _fail(name, f"one of {list(allowed)}", value)
+
+    return check
+
+
+def interval_check(lo, hi, lo_open=True, hi_open=True, optional=False):
+    """A check that the value is a finite number in the interval (``None`` too if ``optional``)."""
+    lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
+    text = f"in {lb}{lo:g}, {hi:g}{rb}" + (" or null" if optional else "")
+
+    def check(name, value):
+        if optional and value is None:
+            return
+        ok = _is_number(value) and (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+        if not ok:
+            _fail(name, text, value)
+
+    return check
+
+
+def integer_check(lo, optional=False, null_means=""):
+    """A check that the value is an integer ``>= lo`` (``None`` too if ``optional``)."""
+    text = (f"null ({null_means}) or " if optional else "") + f"an integer >= {lo}"
+
+    def check(name, value):
+        if optional and value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
+            _fail(name, text, value)
+
+    return check
+
+
+def _bool_check(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        _fail(name, "true or false", value)
+
+
+#: The check of each parameter name the registered designs use. A design may
+#: override one with ``register_design(..., checks={name: fn})`` (e.g. ``at``, whose
+#: allowed values differ by design). ``fn(name, value)`` raises ``ValueError``.
+PARAM_CHECKS: dict[str, Callable] = {
+    "rounding": choice_check(*ROUNDINGS),
+    "max_labels_per_edge": integer_check(1, optional=True, null_means="unlimited"),
+    "prior_precision": interval_check(0.0, np.inf, lo_open=False, optional=True),
+    "ridge": interval_check(0.0, np.inf, lo_open=False),
+    "tol": interval_check(0.0, np.inf),
+    "pilot_fraction": interval_check(0.0, 1.0),
+    "pilot_ridge": interval_check(0.0, np.inf, lo_open=False),
+    "gamma": interval_check(0.0, np.inf),
+    "with_replacement": _bool_check,
+    "num_pairs": integer_check(1, optional=True, null_means="min(budget, number of edges)"),
+    "reward": choice_check("proxy", "pilot"),
+    "correlation": interval_check(-1.0, 1.0, lo_open=False, hi_open=False),
+    "num_samples": integer_check(1),
+    "fraction": interval_check(0.0, 1.0, hi_open=False),
+    "at": choice_check("reference", "truth", "pilot"),
+}
+
+
 # ------------------------------------------------------------------------ registry
 
 
@@ -143,6 +238,7 @@ class DesignSpec:
     summary: str
     source: str
     params: dict  # parameter name -> default
+    checks: dict = dataclasses.field(default_factory=dict)  # parameter name -> check(name, value)
 
     def __call__(self, key, problem, budget, **params):
         return self.fn(key, problem, budget, **params)
@@ -151,8 +247,13 @@ class DesignSpec:
 DESIGNS: dict[str, DesignSpec] = {}
 
 
-def register_design(name: str, *, summary: str, source: str, replace: bool = False):
-    """Decorator registering ``fn(key, problem, budget, **params)`` under ``name``."""
+def register_design(name: str, *, summary: str, source: str, replace: bool = False, checks: Optional[dict] = None):
+    """Decorator registering ``fn(key, problem, budget, **params)`` under ``name``.
+
+    ``checks`` maps parameter names to ``check(name, value)`` functions that raise
+    ``ValueError``; parameters without one use :data:`PARAM_CHECKS` by name (a
+    parameter in neither is not checked before the run).
+    """
 
     def deco(fn):
         if name in DESIGNS and not replace:
@@ -162,7 +263,11 @@ def register_design(name: str, *, summary: str, source: str, replace: bool = Fal
         if names[:3] != ["key", "problem", "budget"]:
             raise ValueError(f"design {name!r}: the signature must start with (key, problem, budget), got {names[:3]}")
         params = {p.name: p.default for p in list(sig.parameters.values())[3:]}
-        DESIGNS[name] = DesignSpec(name, fn, summary, source, params)
+        extra = sorted(set(checks or {}) - set(params))
+        if extra:
+            raise ValueError(f"design {name!r}: checks for parameter(s) {extra} it does not take")
+        own = {p: (checks or {}).get(p, PARAM_CHECKS.get(p)) for p in params}
+        DESIGNS[name] = DesignSpec(name, fn, summary, source, params, {p: c for p, c in own.items() if c is not None})
         return fn
 
     return deco
@@ -175,18 +280,59 @@ def get_design(name: str) -> DesignSpec:
 
 
 def check_design_params(name: str, params: dict) -> None:
-    """Unknown parameter names fail before any work, listing the allowed ones."""
+    """Check a design's parameters before any work.
+
+    Unknown names fail listing the allowed ones; each given value is checked by the
+    design's own check for that parameter, whose error names ``design.params.<name>``
+    and the allowed values.
+    """
     spec = get_design(name)
     unknown = sorted(set(params) - set(spec.params))
     if unknown:
         raise ValueError(f"design {name!r} has no parameter(s) {unknown}; allowed: {sorted(spec.params)}")
+    for p, value in params.items():
+        check = spec.checks.get(p)
+        if check is not None:
+            check(p, value)
+
+
+def _curvature_rank(problem) -> int:
+    """Rank of ``I`` on the target pool (its range is the same at every ``theta``: ``pi_theta > 0``)."""
+    curv = np.asarray(problem.curvature(jnp.zeros(problem.dim, problem.edges.diffs.dtype)), dtype=np.float64)
+    lam = np.linalg.eigvalsh(0.5 * (curv + curv.T))
+    return int(np.sum(lam > float(rank_threshold(max(lam.max(), 0.0), problem.dim, jnp.float64))))
 
 
 def run_design(name: str, key, problem: DesignProblem, budget: int, **params) -> DesignOutput:
-    """Run a registered design and check its contract."""
+    """Run a registered design and check its contract.
+
+    Before the design runs (before any pilot label): its parameters are checked
+    (:func:`check_design_params`), ``budget > max_labels_per_edge * E`` is an error, and
+    a budget below the rank of the curvature ``I`` gives a
+    :class:`~synthetic.rounding.CoverageWarning` (no allocation of that many labels
+    covers ``I``'s range, so every realised criterion is infinite). After: exactly
+    ``budget`` labels on valid edges, at most ``max_labels_per_edge`` on each.
+    """
     spec = get_design(name)
     check_design_params(name, params)
-    check_budget(budget)
+    budget = check_budget(budget)
+    cap = check_max_labels_per_edge(params.get("max_labels_per_edge", spec.params.get("max_labels_per_edge")))
+    if cap is not None and budget > cap * problem.num_edges:
+        raise ValueError(
+            f"budget {budget} exceeds design.params.max_labels_per_edge = {cap} times the {problem.num_edges} candidate "
+            f"edges; allowed: budget <= {cap * problem.num_edges}, or a larger max_labels_per_edge"
+        )
+    if budget < problem.dim and problem.num_edges:
+        rank = _curvature_rank(problem)
+        if budget < rank:
+            warnings.warn(
+                CoverageWarning(
+                    f"budget {budget} is below {rank}, the rank of the curvature I: no allocation of {budget} labels "
+                    "covers I's range, so every design's realised criterion is infinite (a prior, prior_precision > 0, "
+                    "keeps the Bayes criterion finite)"
+                ),
+                stacklevel=2,
+            )
     out = spec.fn(key, problem, int(budget), **params)
     if not isinstance(out, DesignOutput):
         raise TypeError(f"design {name!r} must return a DesignOutput, got {type(out).__name__}")
@@ -195,6 +341,8 @@ def run_design(name: str, key, problem: DesignProblem, budget: int, **params) ->
         raise RuntimeError(f"design {name!r} returned an invalid allocation")
     if out.allocation.budget != int(budget):
         raise RuntimeError(f"design {name!r} returned {out.allocation.budget} labels for a budget of {budget}")
+    if cap is not None and counts.max() > cap:
+        raise RuntimeError(f"design {name!r} put {counts.max()} labels on an edge with max_labels_per_edge = {cap}")
     return out
 
 
@@ -220,32 +368,46 @@ def allocation_criterion(problem: DesignProblem, counts, theta=None, ridge: floa
     return float(design_criterion(w, theta, problem.edges.diffs, problem.curvature(theta), problem.beta, ridge))
 
 
-def weighted_output(key, problem, budget, weights, rounding="auto", pilot=None, info=None) -> DesignOutput:
-    """Round ``weights`` to ``budget`` labels (plus pilot counts, if any) by ``rounding``."""
+def _rest_caps(cap, pilot):
+    """Labels each edge may still take after the pilot: ``None`` (no cap), ``cap`` or ``cap - pilot counts``."""
+    cap = check_max_labels_per_edge(cap)
+    if cap is None or pilot is None:
+        return cap
+    return cap - np.asarray(pilot[0], dtype=np.int64)
+
+
+def weighted_output(key, problem, budget, weights, rounding="auto", pilot=None, info=None, max_labels_per_edge=None) -> DesignOutput:
+    """Round ``weights`` to ``budget`` labels (plus pilot counts, if any) by ``rounding``.
+
+    At most ``max_labels_per_edge`` labels an edge, pilot labels included; the pilot
+    edges' directions count as covered (:func:`synthetic.rounding.round_design`).
+    """
     _check_choice("rounding", rounding, ROUNDINGS)
     w = np.asarray(weights, dtype=np.float64)
     info = dict(info or {})
+    caps = _rest_caps(max_labels_per_edge, pilot)
+    diffs = problem.edges.diffs
     if pilot is None:
-        info["rounding"] = resolve_rounding(w, budget, rounding)
-        alloc = round_design(key, w, budget, info["rounding"])
+        info["rounding"] = resolve_rounding(w, budget, rounding, caps)
+        alloc = round_design(key, w, budget, info["rounding"], diffs=diffs, caps=caps)
     else:
         rest = budget - int(pilot[0].sum())
         counts = np.asarray(pilot[0], dtype=np.int64).copy()
         if rest > 0:
-            info["rounding"] = resolve_rounding(w, rest, rounding)
-            counts += round_design(key, w, rest, info["rounding"]).dense_counts(problem.num_edges)
+            info["rounding"] = resolve_rounding(w, rest, rounding, caps)
+            counts += round_design(key, w, rest, info["rounding"], diffs=diffs, caps=caps, covered=pilot[0]).dense_counts(problem.num_edges)
         alloc = allocation_from_counts(counts)
     return DesignOutput(alloc, w / w.sum(), pilot, info)
 
 
-def selection_output(key, problem, budget, selected, rounding="auto", pilot=None, info=None) -> DesignOutput:
+def selection_output(key, problem, budget, selected, rounding="auto", pilot=None, info=None, max_labels_per_edge=None) -> DesignOutput:
     """Uniform weights over the ``selected`` edge ids, rounded."""
     sel = np.unique(np.asarray(selected, dtype=np.int64))
     if sel.size == 0:
         raise ValueError("the design selected no edge")
     w = np.zeros(problem.num_edges)
     w[sel] = 1.0
-    return weighted_output(key, problem, budget, w, rounding, pilot, info)
+    return weighted_output(key, problem, budget, w, rounding, pilot, info, max_labels_per_edge)
 
 
 # ------------------------------------------------------------------- shared pieces
@@ -305,28 +467,38 @@ def _solve_key(*arrays_and_args) -> str:
     return h.hexdigest()
 
 
-def _solve(problem, theta, criterion, ridge, tol, groups=None, group_weights=None, diffs=None):
+def _solve(problem, theta, criterion, ridge, tol, groups=None, group_weights=None, diffs=None, caps=None,
+           prior_precision=None, budget=None):
     """Solve the optimal design, memoised on every input that changes the answer.
 
     A sweep asks for the same oracle, plug-in, A- or D-optimal design at every
-    budget; the solve does not depend on the budget, so it is done once per process
-    (the last ``_SOLVED_MAX`` solves are kept).
+    budget; without caps or a prior the solve does not depend on the budget, so it is
+    done once per process (the last ``_SOLVED_MAX`` solves are kept). ``caps`` and
+    ``prior_precision`` with ``budget`` go to :func:`theory.design.optimal_design`.
     """
     d = problem.edges.diffs if diffs is None else diffs
+    if prior_precision is None:
+        budget = None  # used only with the prior
     key = _solve_key(d, theta, problem.target.features, problem.target.log_ref, problem.target.prompt_weights,
-                     problem.beta, criterion, float(ridge), float(tol), groups, group_weights)
+                     problem.beta, criterion, float(ridge), float(tol), groups, group_weights, caps,
+                     None if prior_precision is None else float(prior_precision), None if budget is None else int(budget))
     if key in _SOLVED:
         _SOLVED.move_to_end(key)
         return _SOLVED[key]
-    sol = _solve_uncached(problem, theta, criterion, ridge, tol, groups, group_weights, d)
+    sol = _solve_uncached(problem, theta, criterion, ridge, tol, groups, group_weights, d, caps, prior_precision, budget)
     _SOLVED[key] = sol
     while len(_SOLVED) > _SOLVED_MAX:
         _SOLVED.popitem(last=False)
     return sol
 
 
-def _solve_uncached(problem, theta, criterion, ridge, tol, groups, group_weights, diffs):
+def _solve_uncached(problem, theta, criterion, ridge, tol, groups, group_weights, diffs, caps=None, prior_precision=None, budget=None):
     curv = problem.curvature(theta) if criterion == "L" else None
+    extra = {}
+    if caps is not None:
+        extra["caps"] = caps
+    if prior_precision is not None:
+        extra.update(prior_precision=prior_precision, budget=budget)
     return optimal_design(
         diffs,
         theta,
@@ -337,6 +509,7 @@ def _solve_uncached(problem, theta, criterion, ridge, tol, groups, group_weights
         tol=tol,
         groups=groups,
         group_weights=group_weights,
+        **extra,
     )
 
 
@@ -416,11 +589,28 @@ def _nearest(scores_row, present_row, target, exclude):
 # ------------------------------------------------------------------------ designs
 
 
-def _optimal(key, problem, budget, criterion, at, rounding, ridge, tol, pilot_fraction, pilot_ridge):
+def _check_prior(ridge, prior_precision):
+    if prior_precision is not None and ridge > 0:
+        raise ValueError(
+            f"design.params.ridge = {ridge} and design.params.prior_precision = {prior_precision}: give one of them "
+            "(prior_precision is the Bayes criterion's ridge times the budget); allowed: ridge = 0 with a prior, or prior_precision = null"
+        )
+
+
+def _design_caps(cap, pilot, rest):
+    """Caps on the weights of the design of the ``rest`` labels: ``(cap - pilot counts) / rest``."""
+    left = _rest_caps(cap, pilot)
+    return None if left is None else left / float(rest)
+
+
+def _optimal(key, problem, budget, criterion, at, rounding, ridge, tol, pilot_fraction, pilot_ridge, max_labels_per_edge, prior_precision):
+    _check_prior(ridge, prior_precision)
     k_pilot, k_round = jax.random.split(key)
     theta, pilot = _theta_at(at, k_pilot, problem, budget, pilot_fraction, pilot_ridge)
-    sol = _solve(problem, theta, criterion, ridge, tol)
-    return weighted_output(k_round, problem, budget, np.asarray(sol.weights), rounding, pilot, _sol_info(sol, theta))
+    rest = budget - (0 if pilot is None else int(pilot[0].sum()))
+    caps = _design_caps(max_labels_per_edge, pilot, rest)
+    sol = _solve(problem, theta, criterion, ridge, tol, caps=caps, prior_precision=prior_precision, budget=budget)
+    return weighted_output(k_round, problem, budget, np.asarray(sol.weights), rounding, pilot, _sol_info(sol, theta), max_labels_per_edge)
 
 
 @register_design(
@@ -428,8 +618,8 @@ def _optimal(key, problem, budget, criterion, at, rounding, ridge, tol, pilot_fr
     summary="L-optimal design D*(theta*) at the true parameter: the unattainable benchmark.",
     source="Which Pairs to Compare (arXiv 2606.19607), the design minimising tr(I Sigma^+)",
 )
-def oracle(key, problem, budget, rounding="auto", ridge=0.0, tol=1e-4):
-    return _optimal(key, problem, budget, "L", "truth", rounding, ridge, tol, 0.2, 1e-3)
+def oracle(key, problem, budget, rounding="auto", ridge=0.0, tol=1e-4, max_labels_per_edge=None, prior_precision=None):
+    return _optimal(key, problem, budget, "L", "truth", rounding, ridge, tol, 0.2, 1e-3, max_labels_per_edge, prior_precision)
 
 
 @register_design(
@@ -437,8 +627,8 @@ def oracle(key, problem, budget, rounding="auto", ridge=0.0, tol=1e-4):
     summary="L-optimal design D*(theta0) at the reference theta0 = 0: no labels needed.",
     source="Which Pairs to Compare (arXiv 2606.19607), plug-in design and its bound",
 )
-def plug_in(key, problem, budget, rounding="auto", ridge=0.0, tol=1e-4):
-    return _optimal(key, problem, budget, "L", "reference", rounding, ridge, tol, 0.2, 1e-3)
+def plug_in(key, problem, budget, rounding="auto", ridge=0.0, tol=1e-4, max_labels_per_edge=None, prior_precision=None):
+    return _optimal(key, problem, budget, "L", "reference", rounding, ridge, tol, 0.2, 1e-3, max_labels_per_edge, prior_precision)
 
 
 @register_design(
@@ -446,8 +636,8 @@ def plug_in(key, problem, budget, rounding="auto", ridge=0.0, tol=1e-4):
     summary="Pilot fraction labelled uniformly, DPO fit, the rest L-optimal at the pilot estimate.",
     source="Which Pairs to Compare (arXiv 2606.19607), adaptive two-stage design",
 )
-def two_stage(key, problem, budget, pilot_fraction=0.2, pilot_ridge=1e-3, rounding="auto", ridge=0.0, tol=1e-4):
-    return _optimal(key, problem, budget, "L", "pilot", rounding, ridge, tol, pilot_fraction, pilot_ridge)
+def two_stage(key, problem, budget, pilot_fraction=0.2, pilot_ridge=1e-3, rounding="auto", ridge=0.0, tol=1e-4, max_labels_per_edge=None, prior_precision=None):
+    return _optimal(key, problem, budget, "L", "pilot", rounding, ridge, tol, pilot_fraction, pilot_ridge, max_labels_per_edge, prior_precision)
 
 
 @register_design(
@@ -455,8 +645,8 @@ def two_stage(key, problem, budget, pilot_fraction=0.2, pilot_ridge=1e-3, roundi
     summary="D-optimal design (maximise log det Sigma on the identifiable subspace).",
     source="Kiefer and Wolfowitz (1960); classical optimal design",
 )
-def d_optimal(key, problem, budget, at="reference", rounding="auto", ridge=0.0, tol=1e-4, pilot_fraction=0.2, pilot_ridge=1e-3):
-    return _optimal(key, problem, budget, "D", at, rounding, ridge, tol, pilot_fraction, pilot_ridge)
+def d_optimal(key, problem, budget, at="reference", rounding="auto", ridge=0.0, tol=1e-4, pilot_fraction=0.2, pilot_ridge=1e-3, max_labels_per_edge=None, prior_precision=None):
+    return _optimal(key, problem, budget, "D", at, rounding, ridge, tol, pilot_fraction, pilot_ridge, max_labels_per_edge, prior_precision)
 
 
 @register_design(
@@ -464,41 +654,54 @@ def d_optimal(key, problem, budget, at="reference", rounding="auto", ridge=0.0, 
     summary="A-optimal design (minimise tr Sigma^+): parameter error, not policy gap.",
     source="classical optimal design (Pukelsheim, Optimal Design of Experiments, ch. 6)",
 )
-def a_optimal(key, problem, budget, at="reference", rounding="auto", ridge=0.0, tol=1e-4, pilot_fraction=0.2, pilot_ridge=1e-3):
-    return _optimal(key, problem, budget, "A", at, rounding, ridge, tol, pilot_fraction, pilot_ridge)
+def a_optimal(key, problem, budget, at="reference", rounding="auto", ridge=0.0, tol=1e-4, pilot_fraction=0.2, pilot_ridge=1e-3, max_labels_per_edge=None, prior_precision=None):
+    return _optimal(key, problem, budget, "A", at, rounding, ridge, tol, pilot_fraction, pilot_ridge, max_labels_per_edge, prior_precision)
 
 
-@functools.partial(jax.jit, static_argnames=("budget", "with_replacement"))
-def _greedy_order(vecs, gamma, budget, with_replacement):
+@functools.partial(jax.jit, static_argnames=("budget",))
+def _greedy_order(vecs, gamma, budget, caps):
     e, d = vecs.shape
     hinv0 = jnp.eye(d, dtype=vecs.dtype) / gamma
     scores0 = jnp.sum(vecs * vecs, axis=1) / gamma
 
     def body(t, carry):
         hinv, scores, taken, order = carry
-        j = jnp.argmax(jnp.where(taken, -jnp.inf, scores))
+        j = jnp.argmax(jnp.where(taken >= caps, -jnp.inf, scores))
         u = hinv @ vecs[j]
         denom = 1.0 + vecs[j] @ u
         proj = vecs @ u
         # Sherman-Morrison: v^T (H + u u^T)^-1 v = v^T H^-1 v - (v^T H^-1 u)^2 / (1 + u^T H^-1 u).
         scores = scores - proj**2 / denom
         hinv = hinv - jnp.outer(u, u) / denom
-        taken = taken.at[j].set(not with_replacement)
+        taken = taken.at[j].add(1)
         return hinv, scores, taken, order.at[t].set(j.astype(order.dtype))
 
-    init = (hinv0, scores0, jnp.zeros(e, bool), jnp.zeros(budget, jnp.int32))
+    init = (hinv0, scores0, jnp.zeros(e, jnp.int32), jnp.zeros(budget, jnp.int32))
     return jax.lax.fori_loop(0, budget, body, init)[3]
 
 
-def _greedy(vecs, budget, gamma, with_replacement):
-    """Repeatedly take the edge maximising ``v^T H^-1 v``; ``H = gamma Id + sum v v^T``."""
+def _greedy(vecs, budget, gamma, with_replacement, max_labels_per_edge=None, pilot=None):
+    """Repeatedly take the edge maximising ``v^T H^-1 v``; ``H = gamma Id + sum v v^T``.
+
+    The greedy part gives an edge at most one label when ``with_replacement=False``,
+    and no edge more than ``max_labels_per_edge`` labels with the pilot's included.
+    """
     e = vecs.shape[0]
     if not with_replacement and budget > e:
         raise ValueError(
             f"budget {budget} is larger than the {e} candidate edges, and this greedy design labels each "
             "edge at most once (pass with_replacement=True to allow repeats)"
         )
-    order = _greedy_order(vecs, jnp.asarray(gamma, vecs.dtype), int(budget), bool(with_replacement))
+    caps = np.full(e, budget if with_replacement else 1, dtype=np.int64)  # labels the greedy part may add
+    left = _rest_caps(max_labels_per_edge, pilot)  # what the cap leaves after the pilot
+    if left is not None:
+        caps = np.minimum(caps, left)
+    if budget > np.maximum(caps, 0).sum():
+        raise ValueError(
+            f"budget {budget} exceeds the {int(np.maximum(caps, 0).sum())} labels this greedy design may still put on the "
+            f"{e} candidate edges (with_replacement={with_replacement}, max_labels_per_edge={max_labels_per_edge})"
+        )
+    order = _greedy_order(vecs, jnp.asarray(gamma, vecs.dtype), int(budget), jnp.asarray(caps, jnp.int32))
     return np.bincount(np.asarray(order), minlength=e)
 
 
@@ -512,14 +715,14 @@ def _check_positive(name, value):
     summary="Greedy offline D-optimal: take the edge maximising v^T H^-1 v, v = beta sqrt(mu(1-mu)) z; each once.",
     source="Kveton et al. (2025), Active Learning for DPO (ADPO+)",
 )
-def adpo_greedy(key, problem, budget, gamma=1.0, at="reference", with_replacement=False, pilot_fraction=0.2, pilot_ridge=1e-3):
+def adpo_greedy(key, problem, budget, gamma=1.0, at="reference", with_replacement=False, pilot_fraction=0.2, pilot_ridge=1e-3, max_labels_per_edge=None):
     _check_positive("gamma", gamma)
     theta, pilot = _theta_at(at, key, problem, budget, pilot_fraction, pilot_ridge)
     z = problem.edges.diffs
     mu = jax.nn.sigmoid(problem.beta * (z @ theta))
     vecs = problem.beta * jnp.sqrt(mu * (1 - mu))[:, None] * z
     n = budget - (0 if pilot is None else int(pilot[0].sum()))
-    counts = _greedy(vecs, n, float(gamma), bool(with_replacement))
+    counts = _greedy(vecs, n, float(gamma), bool(with_replacement), max_labels_per_edge, pilot)
     if pilot is not None:
         counts = counts + pilot[0]
     return DesignOutput(allocation_from_counts(counts), None, pilot, {"theta": np.asarray(theta)})
@@ -530,9 +733,9 @@ def adpo_greedy(key, problem, budget, gamma=1.0, at="reference", with_replacemen
     summary="Greedy largest ||z||_{H^-1} without the logistic weight; each edge once.",
     source="Das et al. (2024), Active Preference Optimization (APO)",
 )
-def apo_greedy(key, problem, budget, gamma=1.0, with_replacement=False):
+def apo_greedy(key, problem, budget, gamma=1.0, with_replacement=False, max_labels_per_edge=None):
     _check_positive("gamma", gamma)
-    counts = _greedy(problem.edges.diffs, budget, float(gamma), bool(with_replacement))
+    counts = _greedy(problem.edges.diffs, budget, float(gamma), bool(with_replacement), max_labels_per_edge)
     return DesignOutput(allocation_from_counts(counts), None, None, {})
 
 
@@ -541,8 +744,8 @@ def apo_greedy(key, problem, budget, gamma=1.0, with_replacement=False):
     summary="Uniform over all candidate edges (random pairs).",
     source="common practice; the paper's baseline",
 )
-def uniform(key, problem, budget, rounding="auto"):
-    return weighted_output(key, problem, budget, uniform_weights(problem.edges), rounding)
+def uniform(key, problem, budget, rounding="auto", max_labels_per_edge=None):
+    return weighted_output(key, problem, budget, uniform_weights(problem.edges), rounding, max_labels_per_edge=max_labels_per_edge)
 
 
 @register_design(
@@ -550,8 +753,8 @@ def uniform(key, problem, budget, rounding="auto"):
     summary="The first two completions of each prompt, one pair per prompt.",
     source="common practice (sample two completions, label them)",
 )
-def first_two(key, problem, budget, rounding="auto"):
-    return weighted_output(key, problem, budget, first_two_weights(problem.edges), rounding)
+def first_two(key, problem, budget, rounding="auto", max_labels_per_edge=None):
+    return weighted_output(key, problem, budget, first_two_weights(problem.edges), rounding, max_labels_per_edge=max_labels_per_edge)
 
 
 @register_design(
@@ -559,12 +762,12 @@ def first_two(key, problem, budget, rounding="auto"):
     summary="The first N comparisons in pool order (N = num_pairs, default min(budget, E)).",
     source="common practice (label what comes first)",
 )
-def first_n(key, problem, budget, num_pairs=None, rounding="auto"):
+def first_n(key, problem, budget, num_pairs=None, rounding="auto", max_labels_per_edge=None):
     e = problem.num_edges
     n = min(budget, e) if num_pairs is None else num_pairs
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= e:
         raise ValueError(f"num_pairs must be an integer in [1, {e}] (the number of candidate edges), got {num_pairs!r}")
-    return selection_output(key, problem, budget, np.arange(n), rounding)
+    return selection_output(key, problem, budget, np.arange(n), rounding, max_labels_per_edge=max_labels_per_edge)
 
 
 @register_design(
@@ -572,8 +775,8 @@ def first_n(key, problem, budget, num_pairs=None, rounding="auto"):
     summary="Edge weight proportional to pi0(y|x) pi0(y'|x): pairs the reference model is likely to sample.",
     source="on-policy sampling heuristic; Which Pairs to Compare finds it poor and high-variance",
 )
-def reference_weighted(key, problem, budget, rounding="auto"):
-    return weighted_output(key, problem, budget, reference_weights(problem.edges, problem.pool.log_ref), rounding)
+def reference_weighted(key, problem, budget, rounding="auto", max_labels_per_edge=None):
+    return weighted_output(key, problem, budget, reference_weights(problem.edges, problem.pool.log_ref), rounding, max_labels_per_edge=max_labels_per_edge)
 
 
 def _per_prompt_pairs(problem, pick):
@@ -590,10 +793,10 @@ def _per_prompt_pairs(problem, pick):
     return prompts, sel
 
 
-def _per_prompt_output(key, problem, budget, prompts, sel, rounding, pilot, info=None):
+def _per_prompt_output(key, problem, budget, prompts, sel, rounding, pilot, info=None, max_labels_per_edge=None):
     w = np.zeros(problem.num_edges)
     w[sel] = _prompt_masses(problem, prompts)
-    return weighted_output(key, problem, budget, w, rounding, pilot, info)
+    return weighted_output(key, problem, budget, w, rounding, pilot, info, max_labels_per_edge)
 
 
 @register_design(
@@ -601,20 +804,22 @@ def _per_prompt_output(key, problem, budget, prompts, sel, rounding, pilot, info
     summary="Per prompt, the highest- against the lowest-reward completion under a reward model.",
     source="common practice in iterative DPO (e.g. the baseline of Finding the Sweet Spot, 2025)",
 )
-def best_vs_worst(key, problem, budget, reward="proxy", correlation=1.0, pilot_fraction=0.2, pilot_ridge=1e-3, rounding="auto"):
+def best_vs_worst(key, problem, budget, reward="proxy", correlation=1.0, pilot_fraction=0.2, pilot_ridge=1e-3, rounding="auto", max_labels_per_edge=None):
     k_r, k_round = jax.random.split(key)
     scores, pilot = _rewards(k_r, problem, budget, reward, correlation, pilot_fraction, pilot_ridge)
     prompts, sel = _per_prompt_pairs(problem, lambda x: (int(np.argmax(scores[x])), int(np.argmin(np.where(np.isfinite(scores[x]), scores[x], np.inf)))))
-    return _per_prompt_output(k_round, problem, budget, prompts, sel, rounding, pilot)
+    return _per_prompt_output(k_round, problem, budget, prompts, sel, rounding, pilot, max_labels_per_edge=max_labels_per_edge)
 
 
 @register_design(
     "sweet_spot",
     summary="Chosen at one reward position, rejected nearest another (default max vs mu - 2 sigma); 7 positions, 21 pairs.",
     source="Finding the Sweet Spot (2025, seed 003): rejected at mu - 2 sigma beats the minimum",
+    checks={"chosen": choice_check(*REWARD_POSITIONS), "rejected": choice_check(*REWARD_POSITIONS)},
 )
 def sweet_spot(
-    key, problem, budget, chosen="max", rejected="mu-2sigma", reward="proxy", correlation=1.0, pilot_fraction=0.2, pilot_ridge=1e-3, rounding="auto"
+    key, problem, budget, chosen="max", rejected="mu-2sigma", reward="proxy", correlation=1.0, pilot_fraction=0.2, pilot_ridge=1e-3, rounding="auto",
+    max_labels_per_edge=None,
 ):
     _check_choice("chosen", chosen, REWARD_POSITIONS)
     _check_choice("rejected", rejected, REWARD_POSITIONS)
@@ -630,7 +835,7 @@ def sweet_spot(
         return i, j
 
     prompts, sel = _per_prompt_pairs(problem, pick)
-    return _per_prompt_output(k_round, problem, budget, prompts, sel, rounding, pilot)
+    return _per_prompt_output(k_round, problem, budget, prompts, sel, rounding, pilot, max_labels_per_edge=max_labels_per_edge)
 
 
 @register_design(
@@ -639,7 +844,8 @@ def sweet_spot(
     source="Finding the Sweet Spot (2025, seed 003), the scalable construction",
 )
 def sweet_spot_scalable(
-    key, problem, budget, num_samples=5, reward="proxy", correlation=1.0, pilot_fraction=0.2, pilot_ridge=1e-3, rounding="auto"
+    key, problem, budget, num_samples=5, reward="proxy", correlation=1.0, pilot_fraction=0.2, pilot_ridge=1e-3, rounding="auto",
+    max_labels_per_edge=None,
 ):
     if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
         raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
@@ -656,7 +862,7 @@ def sweet_spot_scalable(
         return i, int(draw[np.argmin(scores[x, draw])])
 
     prompts, sel = _per_prompt_pairs(problem, pick)
-    return _per_prompt_output(k_round, problem, budget, prompts, sel, rounding, pilot)
+    return _per_prompt_output(k_round, problem, budget, prompts, sel, rounding, pilot, max_labels_per_edge=max_labels_per_edge)
 
 
 @register_design(
@@ -664,7 +870,7 @@ def sweet_spot_scalable(
     summary="Keep the fraction of pairs with the largest |log pi0(y|x) - log pi0(y'|x)|, uniform over them.",
     source="our reading of Clear Preferences Leave Traces (2025, seed 004); its exact rule is not in the abstract",
 )
-def reference_filter(key, problem, budget, fraction=0.4, rounding="auto"):
+def reference_filter(key, problem, budget, fraction=0.4, rounding="auto", max_labels_per_edge=None):
     _check_fraction("fraction", fraction, hi_open=False)
     lr = np.asarray(problem.pool.log_ref, dtype=np.float64)
     e = problem.edges
@@ -672,10 +878,10 @@ def reference_filter(key, problem, budget, fraction=0.4, rounding="auto"):
     keep = max(1, int(np.ceil(fraction * e.num_edges)))
     tie = np.asarray(jax.random.uniform(key, (e.num_edges,)))
     order = np.lexsort((tie, -gap))
-    return selection_output(jax.random.fold_in(key, 1), problem, budget, order[:keep], rounding)
+    return selection_output(jax.random.fold_in(key, 1), problem, budget, order[:keep], rounding, max_labels_per_edge=max_labels_per_edge)
 
 
-def _uncertainty(key, problem, budget, at, num_pairs, rounding, pilot_fraction, pilot_ridge, most_certain):
+def _uncertainty(key, problem, budget, at, num_pairs, rounding, pilot_fraction, pilot_ridge, most_certain, max_labels_per_edge):
     _check_choice("at", at, ("reference", "pilot"))
     k_theta, k_tie, k_round = jax.random.split(key, 3)
     theta, pilot = _theta_at(at, k_theta, problem, budget, pilot_fraction, pilot_ridge)
@@ -687,25 +893,27 @@ def _uncertainty(key, problem, budget, at, num_pairs, rounding, pilot_fraction, 
     score = np.abs(p - 0.5)
     tie = np.asarray(jax.random.uniform(k_tie, (e,)))
     order = np.lexsort((tie, -score if most_certain else score))
-    return selection_output(k_round, problem, budget, order[:n], rounding, pilot, {"theta": np.asarray(theta)})
+    return selection_output(k_round, problem, budget, order[:n], rounding, pilot, {"theta": np.asarray(theta)}, max_labels_per_edge)
 
 
 @register_design(
     "uncertainty",
     summary="The num_pairs edges whose predicted preference is nearest 1/2 (ties at random; at theta0 = 0 all tie).",
     source="uncertainty sampling (Lewis and Gale 1994); common in active preference learning",
+    checks={"at": choice_check("reference", "pilot")},
 )
-def uncertainty(key, problem, budget, at="reference", num_pairs=None, rounding="auto", pilot_fraction=0.2, pilot_ridge=1e-3):
-    return _uncertainty(key, problem, budget, at, num_pairs, rounding, pilot_fraction, pilot_ridge, False)
+def uncertainty(key, problem, budget, at="reference", num_pairs=None, rounding="auto", pilot_fraction=0.2, pilot_ridge=1e-3, max_labels_per_edge=None):
+    return _uncertainty(key, problem, budget, at, num_pairs, rounding, pilot_fraction, pilot_ridge, False, max_labels_per_edge)
 
 
 @register_design(
     "most_certain",
     summary="The opposite of uncertainty sampling: the edges whose predicted preference is farthest from 1/2.",
     source="'clear preference' heuristics; the opposite of uncertainty sampling",
+    checks={"at": choice_check("reference", "pilot")},
 )
-def most_certain(key, problem, budget, at="reference", num_pairs=None, rounding="auto", pilot_fraction=0.2, pilot_ridge=1e-3):
-    return _uncertainty(key, problem, budget, at, num_pairs, rounding, pilot_fraction, pilot_ridge, True)
+def most_certain(key, problem, budget, at="reference", num_pairs=None, rounding="auto", pilot_fraction=0.2, pilot_ridge=1e-3, max_labels_per_edge=None):
+    return _uncertainty(key, problem, budget, at, num_pairs, rounding, pilot_fraction, pilot_ridge, True, max_labels_per_edge)
 
 
 @register_design(
@@ -713,7 +921,8 @@ def most_certain(key, problem, budget, at="reference", num_pairs=None, rounding=
     summary="Exactly one labelled pair per prompt, drawn from the L-optimal design normalised within each prompt.",
     source="Which Pairs to Compare (arXiv 2606.19607), IMDb response selection",
 )
-def response_selection(key, problem, budget, at="reference", ridge=0.0, tol=1e-4, pilot_fraction=0.2, pilot_ridge=1e-3):
+def response_selection(key, problem, budget, at="reference", ridge=0.0, tol=1e-4, pilot_fraction=0.2, pilot_ridge=1e-3, max_labels_per_edge=None, prior_precision=None):
+    _check_prior(ridge, prior_precision)
     k_theta, k_pick, k_split = jax.random.split(key, 3)
     theta, pilot = _theta_at(at, k_theta, problem, budget, pilot_fraction, pilot_ridge)
     present = _present(problem)
@@ -723,19 +932,33 @@ def response_selection(key, problem, budget, at="reference", ridge=0.0, tol=1e-4
     groups = np.asarray(problem.edges.prompt, dtype=np.int64)
     # A prompt's edges only see that prompt's differences: with ridge = 0 the grouped
     # problem needs every prompt's block; the solver errors clearly if it is singular.
-    sol = _solve(problem, theta, "L", ridge, tol, groups=groups, group_weights=masses)
+    sol = _solve(problem, theta, "L", ridge, tol, groups=groups, group_weights=masses, prior_precision=prior_precision, budget=budget)
     w = np.asarray(sol.weights, dtype=np.float64)
     # One pair per prompt, drawn from the within-prompt design; labels split over
-    # prompts by efficient rounding of the prompt weights.
+    # prompts by efficient rounding of the prompt weights (with a cap: by pivotal
+    # sampling of the prompt weights capped at what the prompt's pair may still take).
     rest = budget - (0 if pilot is None else int(pilot[0].sum()))
-    per_prompt = round_design(k_split, masses, rest, "efficient").dense_counts(masses.size)
-    counts = np.zeros(problem.num_edges, dtype=np.int64)
     keys = jax.random.split(k_pick, present.shape[0])
-    for x in np.flatnonzero(per_prompt):
+    pair = -np.ones(present.shape[0], dtype=np.int64)
+    for x in prompts:
         members = np.flatnonzero(groups == x)
         pw = w[members] / w[members].sum()
-        j = members[int(jax.random.choice(keys[x], members.size, p=jnp.asarray(pw)))]
-        counts[j] += per_prompt[x]
+        pair[x] = members[int(jax.random.choice(keys[x], members.size, p=jnp.asarray(pw)))]
+    left = _rest_caps(max_labels_per_edge, pilot)
+    if left is None:
+        per_prompt = round_design(k_split, masses, rest, "efficient").dense_counts(masses.size)
+    else:
+        room = np.zeros(masses.size, dtype=np.int64)
+        room[prompts] = left if np.ndim(left) == 0 else left[pair[prompts]]
+        if rest > room[masses > 0].sum():
+            raise ValueError(
+                f"budget {budget} exceeds what response selection (one pair a prompt) can label with "
+                f"max_labels_per_edge = {max_labels_per_edge}: {int(room[masses > 0].sum())} labels on {prompts.size} prompts"
+            )
+        per_prompt = round_design(k_split, masses, rest, "pivotal", caps=room).dense_counts(masses.size)
+    counts = np.zeros(problem.num_edges, dtype=np.int64)
+    for x in np.flatnonzero(per_prompt):
+        counts[pair[x]] += per_prompt[x]
     if pilot is not None:
         counts += pilot[0]
     return DesignOutput(allocation_from_counts(counts), w, pilot, _sol_info(sol, theta))
@@ -745,8 +968,12 @@ def response_selection(key, problem, budget, at="reference", ridge=0.0, tol=1e-4
     "prompt_selection",
     summary="Each prompt has one fixed pair (its first two completions); choose budget prompts without replacement by the L-optimal design.",
     source="Which Pairs to Compare (arXiv 2606.19607), IMDb prompt selection",
+    checks={"at": choice_check("reference", "truth")},
 )
-def prompt_selection(key, problem, budget, at="reference", ridge=0.0, tol=1e-4):
+def prompt_selection(key, problem, budget, at="reference", ridge=0.0, tol=1e-4, max_labels_per_edge=None, prior_precision=None):
+    # Each prompt's one pair is labelled at most once, which honours any max_labels_per_edge >= 1.
+    check_max_labels_per_edge(max_labels_per_edge)
+    _check_prior(ridge, prior_precision)
     _check_choice("at", at, ("reference", "truth"))
     theta, _ = _theta_at(at, key, problem, budget, 0.2, 1e-3)
     mask = (problem.edges.first == 0) & (problem.edges.second == 1)
@@ -759,7 +986,7 @@ def prompt_selection(key, problem, budget, at="reference", ridge=0.0, tol=1e-4):
             "labels each prompt at most once"
         )
     diffs = problem.edges.diffs[jnp.asarray(fixed)]
-    sol = _solve(problem, theta, "L", ridge if ridge > 0 else 0.0, tol, diffs=diffs)
+    sol = _solve(problem, theta, "L", ridge if ridge > 0 else 0.0, tol, diffs=diffs, prior_precision=prior_precision, budget=budget)
     w = np.zeros(problem.num_edges)
     w[fixed] = np.asarray(sol.weights, dtype=np.float64)
     # Without replacement needs budget <= support; the optimal design is sparse, so

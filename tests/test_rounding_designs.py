@@ -89,14 +89,15 @@ def test_with_replacement_is_multinomial_in_mean():
 def test_rounding_errors():
     with pytest.raises(ValueError, match="larger than the 2 edges with positive weight"):
         sample_without_replacement(jax.random.PRNGKey(0), [0.5, 0.5, 0.0], 3)
-    with pytest.raises(ValueError, match=r"rounding must be one of \['auto', 'efficient'"):
+    with pytest.raises(ValueError, match=r"rounding must be one of \['auto', 'covering', 'pivotal', 'efficient'"):
         round_design(jax.random.PRNGKey(0), [1.0], 1, "stochastic")
     with pytest.raises(ValueError, match="budget must be an integer"):
         efficient_rounding([1.0], 0)
-    # auto: without replacement while possible, efficient beyond the support.
-    a = round_design(jax.random.PRNGKey(0), [0.5, 0.5, 0.0], 2)
-    assert a.counts.max() == 1
-    b = round_design(jax.random.PRNGKey(0), [0.5, 0.5, 0.0], 5)
+    # auto: covering pivotal sampling (one label an edge) up to the support, efficient beyond.
+    z = np.array([[1.0, -1.0, 0.0], [0.0, 1.0, -1.0], [1.0, 0.0, -1.0]])
+    a = round_design(jax.random.PRNGKey(0), [0.5, 0.5, 0.0], 2, diffs=z)
+    np.testing.assert_array_equal(a.dense_counts(3), [1, 1, 0])
+    b = round_design(jax.random.PRNGKey(0), [0.5, 0.5, 0.0], 5, diffs=z)
     assert sorted(b.dense_counts(3).tolist()) == [0, 2, 3]
 
 
@@ -248,3 +249,140 @@ def test_a_new_design_registers_in_a_few_lines(problems):
             register_design("test_every_other", summary="", source="")(every_other)
     finally:
         DESIGNS.pop("test_every_other", None)
+
+
+# ------------------------------------------------------ finite budgets and checks
+
+
+CAP_BUDGETS = {1: 25, 2: 50}
+
+
+@pytest.mark.parametrize("cap", sorted(CAP_BUDGETS))
+@pytest.mark.parametrize("name", sorted(DESIGNS))
+def test_every_design_respects_max_labels_per_edge(problems, name, cap):
+    prob = problems["contextual"]  # 30 prompts, 300 edges: every design can spend the budget under the cap
+    n = CAP_BUDGETS[cap] if name != "prompt_selection" else 25  # it labels each of the 30 prompts at most once
+    out = run_design(name, jax.random.PRNGKey(4), prob, n, max_labels_per_edge=cap)
+    counts = out.dense_counts(prob.num_edges)
+    assert counts.sum() == n and counts.max() <= cap
+    if out.pilot is not None:
+        assert np.all(counts >= out.pilot[0])
+    with pytest.raises(ValueError, match=r"exceeds design.params.max_labels_per_edge = 1 times the 300 candidate edges"):
+        run_design(name, jax.random.PRNGKey(4), prob, 301, max_labels_per_edge=1)
+
+
+def test_a_cap_the_design_cannot_meet_is_a_clear_error(problems):
+    prob = problems["tabular"]  # 4 prompts: one pair a prompt gives 4 edges
+    with pytest.raises(ValueError, match="budget 5 exceeds the 4 labels that max_labels_per_edge allows on the 4 edges"):
+        run_design("first_two", jax.random.PRNGKey(0), prob, 5, max_labels_per_edge=1)
+    with pytest.raises(ValueError, match="cannot honour max_labels_per_edge"):
+        run_design("uniform", jax.random.PRNGKey(0), prob, 30, max_labels_per_edge=1, rounding="efficient")
+    out = run_design("first_two", jax.random.PRNGKey(0), prob, 12, max_labels_per_edge=3)
+    np.testing.assert_array_equal(np.sort(out.allocation.counts), [3, 3, 3, 3])
+
+
+def test_capped_optimal_designs_are_sampled_with_inclusion_probabilities_n_w(problems):
+    prob = problems["contextual"]
+    n = 40
+    out = run_design("plug_in", jax.random.PRNGKey(0), prob, n, max_labels_per_edge=1)
+    w = out.weights
+    assert w.max() <= 1 / n * (1 + 1e-9) and out.info["rounding"] == "covering"
+    from synthetic.rounding import capped_expected_counts
+
+    np.testing.assert_allclose(capped_expected_counts(w, n, 1), n * w, rtol=0, atol=1e-9)  # no cap binds: pi = n w
+    assert np.isfinite(allocation_criterion(prob, out.dense_counts(prob.num_edges), theta=jnp.zeros(prob.dim)))
+
+
+def test_prior_precision_is_the_bayes_ridge(problems):
+    from theory.design import optimal_design
+
+    prob = problems["contextual"]
+    n, lam = 40, 2.0
+    out = run_design("plug_in", jax.random.PRNGKey(0), prob, n, prior_precision=lam, tol=1e-6)
+    theta = jnp.zeros(prob.dim)
+    ref = optimal_design(prob.edges.diffs, theta, prob.curvature(theta), prob.beta, ridge=lam / n, tol=1e-6)
+    np.testing.assert_allclose(out.weights, np.asarray(ref.weights), atol=1e-6)
+    with pytest.raises(ValueError, match=r"design.params.ridge = 0.1 and design.params.prior_precision = 2.0: give one"):
+        run_design("plug_in", jax.random.PRNGKey(0), prob, n, prior_precision=lam, ridge=0.1)
+
+
+def test_auto_rounding_covers_where_the_papers_rule_does_not():
+    """Plug-in design on a one-prompt tabular pool (K = 20, peaked pi0) at n = 60 < E = 190."""
+    from synthetic.rounding import round_design
+
+    prob = design_problem(tabular_world(jax.random.PRNGKey(0), num_prompts=1, num_completions=20, theta_scale=0.2))
+    n = 60
+    out = run_design("plug_in", jax.random.PRNGKey(0), prob, n)
+    assert out.info["rounding"] == "covering"
+    theta0 = jnp.zeros(prob.dim)
+    uncovered = {"covering": 0, "without_replacement": 0}
+    for s in range(20):  # the paper's rule leaves a completion uncompared about 40% of the time here
+        for rule in uncovered:
+            c = round_design(jax.random.PRNGKey(s), out.weights, n, rule, diffs=prob.edges.diffs).dense_counts(prob.num_edges)
+            uncovered[rule] += not np.isfinite(allocation_criterion(prob, c, theta=theta0))
+    assert uncovered["covering"] == 0 and uncovered["without_replacement"] > 0, uncovered
+
+
+def test_run_design_warns_before_any_label_when_the_budget_is_below_the_rank(problems):
+    from synthetic.rounding import CoverageWarning
+
+    prob = problems["tabular"]  # 4 prompts x 6 completions: I has rank 4 * 5 = 20
+    with pytest.warns(CoverageWarning, match="budget 19 is below 20, the rank of the curvature I"):
+        run_design("uniform", jax.random.PRNGKey(0), prob, 19)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CoverageWarning)
+        out = run_design("uniform", jax.random.PRNGKey(0), prob, 20)  # exactly the rank: a spanning set, covered
+    assert np.isfinite(allocation_criterion(prob, out.dense_counts(prob.num_edges)))
+    with pytest.warns(CoverageWarning, match="the rank of the curvature I"):
+        with pytest.raises(ValueError, match="pilot_fraction"):  # the warning comes before the pilot's labels
+            run_design("two_stage", jax.random.PRNGKey(0), prob, 3, pilot_fraction=0.1)
+
+
+BAD_VALUES = {
+    "rounding": "stochastic",
+    "max_labels_per_edge": 0,
+    "prior_precision": -1.0,
+    "ridge": -1.0,
+    "tol": 0.0,
+    "pilot_fraction": 1.0,
+    "pilot_ridge": float("nan"),
+    "gamma": 0.0,
+    "with_replacement": "yes",
+    "num_pairs": 0,
+    "reward": "oracle",
+    "correlation": 1.5,
+    "num_samples": 0,
+    "fraction": 0.0,
+    "at": "elsewhere",
+    "chosen": "median",
+    "rejected": "median",
+}
+
+
+@pytest.mark.parametrize("name", sorted(DESIGNS))
+def test_every_design_checks_each_parameter_before_running(name):
+    from synthetic.designs import check_design_params
+
+    spec = DESIGNS[name]
+    check_design_params(name, dict(spec.params))  # the defaults pass
+    for p in spec.params:
+        assert p in spec.checks, f"{name}.{p} has no check"
+        with pytest.raises(ValueError, match=rf"design.params.{p} must be .*, got"):
+            check_design_params(name, {p: BAD_VALUES[p]})
+
+
+def test_parameter_checks_state_the_allowed_values():
+    from synthetic.designs import check_design_params
+
+    check_design_params("d_optimal", {"at": "truth", "max_labels_per_edge": 1, "prior_precision": 0.0})
+    with pytest.raises(ValueError, match=r"design.params.at must be one of \['reference', 'pilot'\], got 'truth'"):
+        check_design_params("uncertainty", {"at": "truth"})
+    with pytest.raises(ValueError, match=r"design.params.max_labels_per_edge must be null \(unlimited\) or an integer >= 1, got 1.5"):
+        check_design_params("uniform", {"max_labels_per_edge": 1.5})
+    with pytest.raises(ValueError, match=r"design.params.pilot_fraction must be in \(0, 1\), got 0"):
+        check_design_params("two_stage", {"pilot_fraction": 0})
+    with pytest.raises(ValueError, match=r"checks for parameter\(s\) \['nope'\] it does not take"):
+        register_design("test_bad_checks", summary="", source="", checks={"nope": lambda n, v: None})(lambda key, problem, budget: None)
+    assert "test_bad_checks" not in DESIGNS
