@@ -265,16 +265,33 @@ def test_covering_rounding_warns_below_the_rank():
     assert c.sum() == 5 and np.linalg.matrix_rank(z[c > 0]) == 5  # as many directions as 5 labels can cover
 
 
-def test_covering_expected_counts_stay_near_the_design():
-    """Heavy edges keep n w_e in expectation up to the labels the spanning set moved (at most r of n)."""
-    k, n, reps = 8, 20, 400
+@pytest.mark.parametrize("cap,n", [(1, 20), (3, 40)])
+def test_covering_samples_the_rest_in_proportion_to_what_the_design_still_owes(cap, n):
+    """Given the spanning set B (the documented first step, one label each), the other
+    n - |B| labels have expected counts min(cap - [e in B], lam max(n w_e - [e in B], 0)),
+    lam by brentq; z-tested on the residuals pooled over draws."""
+    k, reps = 8, 300
     pairs, z, w = _skewed_tabular(k, 3)
     keys = np.asarray(jax.random.split(jax.random.PRNGKey(6), reps))
-    c = np.stack([covering_rounding(kk, w, n, z).dense_counts(w.size) for kk in keys])
-    target = capped_expected_counts(w, n, 1)
-    # Total variation between realised mean counts and the capped design, in labels:
-    # the spanning set moves at most r = k - 1 labels of the n.
-    assert 0.5 * np.abs(c.mean(axis=0) - target).sum() <= k - 1
+    resid, var = np.zeros(w.size), np.zeros(w.size)
+    for key in keys:
+        basis, _ = spanning_edges(jax.random.split(key)[0], w, z)
+        c = covering_rounding(key, w, n, z, caps=cap).dense_counts(w.size)
+        assert c.sum() == n and c.max() <= cap and np.all(c[basis] >= 1)
+        first = np.zeros(w.size)
+        first[basis] = 1.0
+        owed = np.maximum(n * w - first, 0.0)
+        left = cap - first
+        rest = n - basis.size
+        assert left[owed > 0].sum() >= rest  # the instance does not need the fallback
+        lam = brentq(lambda t: np.minimum(left, t * owed).sum() - rest, 0.0, 1e9, xtol=1e-14)
+        m = np.minimum(left, lam * owed)
+        frac = m - np.floor(m)
+        resid += c - first - m
+        var += frac * (1 - frac)
+    t = var > 0
+    assert np.all(np.abs(resid[~t]) < 1e-9)
+    assert np.all(np.abs(resid[t]) <= _z(t.sum()) * np.sqrt(var[t])), resid / np.sqrt(np.maximum(var, 1e-300))
 
 
 def test_auto_is_covering_up_to_the_support_and_efficient_beyond():
