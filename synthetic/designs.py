@@ -76,6 +76,7 @@ __all__ = [
     "PARAM_CHECKS",
     "REWARD_POSITIONS",
     "check_design_params",
+    "check_design_budget",
     "design_problem",
     "register_design",
     "get_design",
@@ -303,15 +304,14 @@ def _curvature_rank(problem) -> int:
     return int(np.sum(lam > float(rank_threshold(max(lam.max(), 0.0), problem.dim, jnp.float64))))
 
 
-def run_design(name: str, key, problem: DesignProblem, budget: int, **params) -> DesignOutput:
-    """Run a registered design and check its contract.
+def check_design_budget(name: str, problem: DesignProblem, budget, **params) -> int:
+    """The checks :func:`run_design` makes before a design runs (a sweep's pre-flight pass can call it).
 
-    Before the design runs (before any pilot label): its parameters are checked
-    (:func:`check_design_params`), ``budget > max_labels_per_edge * E`` is an error, and
-    a budget below the rank of the curvature ``I`` gives a
-    :class:`~synthetic.rounding.CoverageWarning` (no allocation of that many labels
-    covers ``I``'s range, so every realised criterion is infinite). After: exactly
-    ``budget`` labels on valid edges, at most ``max_labels_per_edge`` on each.
+    Parameters by :func:`check_design_params`; ``budget`` an integer ``>= 1``;
+    ``budget > max_labels_per_edge * E`` is a ``ValueError``; a budget below the rank
+    of the curvature ``I`` gives a :class:`~synthetic.rounding.CoverageWarning` (no
+    allocation of that many labels covers ``I``'s range, so every realised criterion
+    is infinite). Returns the budget as ``int``.
     """
     spec = get_design(name)
     check_design_params(name, params)
@@ -331,8 +331,23 @@ def run_design(name: str, key, problem: DesignProblem, budget: int, **params) ->
                     "covers I's range, so every design's realised criterion is infinite (a prior, prior_precision > 0, "
                     "keeps the Bayes criterion finite)"
                 ),
-                stacklevel=2,
+                stacklevel=3,
             )
+    return budget
+
+
+def run_design(name: str, key, problem: DesignProblem, budget: int, **params) -> DesignOutput:
+    """Run a registered design and check its contract.
+
+    Before the design runs (before any pilot label): :func:`check_design_budget`
+    (parameters, ``budget > max_labels_per_edge * E``, a
+    :class:`~synthetic.rounding.CoverageWarning` when the budget is below the rank of
+    ``I``). After: exactly ``budget`` labels on valid edges, at most
+    ``max_labels_per_edge`` on each.
+    """
+    spec = get_design(name)
+    budget = check_design_budget(name, problem, budget, **params)
+    cap = check_max_labels_per_edge(params.get("max_labels_per_edge", spec.params.get("max_labels_per_edge")))
     out = spec.fn(key, problem, int(budget), **params)
     if not isinstance(out, DesignOutput):
         raise TypeError(f"design {name!r} must return a DesignOutput, got {type(out).__name__}")
