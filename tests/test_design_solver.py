@@ -615,3 +615,35 @@ def test_saturated_information_is_named_as_such():
     # at theta = 0 the same large features carry information (sigmoid'(0) = 1/4)
     sol = optimal_design(jnp.asarray(1e6 * diffs), jnp.zeros(4), jnp.asarray(curv), 1.0, criterion="D", tol=1e-6)
     assert sol.converged
+
+
+@pytest.mark.parametrize("kind", ["L", "A", "D"])
+def test_vertex_step_line_search_is_exact(kind):
+    """The Frank-Wolfe step to the capped LMO vertex minimises Phi(w + gamma (s - w)) over
+    [0, 1]: against scipy on the dense criterion."""
+    from theory.design import _refresh, _vertex_step
+
+    rng = np.random.default_rng(8)
+    e, r = 30, 4
+    x = rng.normal(size=(e, r))
+    b = rng.normal(size=(r, 2)) if kind == "L" else np.zeros((r, 0))
+    caps = np.full(e, 0.1)
+    w = np.full(e, 1.0 / e)
+    vertex = np.zeros(e)
+    vertex[rng.permutation(e)[:10]] = 0.1  # a vertex of the capped simplex
+
+    def phi(g):
+        wg = w + g * (vertex - w)
+        t = x.T @ (wg[:, None] * x)
+        if kind == "D":
+            return -np.linalg.slogdet(t)[1]
+        inv = np.linalg.inv(t)
+        return np.trace(b.T @ inv @ b) if kind == "L" else np.trace(inv)
+
+    state = _refresh(jnp.asarray(w), jnp.asarray(x), jnp.zeros((r, r)), jnp.asarray(b), kind)
+    new, gamma = _vertex_step(state, jnp.asarray(x), jnp.zeros((r, r)), jnp.asarray(b), jnp.asarray(caps), jnp.asarray(vertex), kind)
+    ref = minimize_scalar(phi, bounds=(0, 1), method="bounded", options={"xatol": 1e-12})
+    assert 0 < float(gamma) < 1  # an interior step here: the search is tested, not a bound
+    np.testing.assert_allclose(float(gamma), ref.x, atol=1e-6)
+    np.testing.assert_allclose(float(new.value), phi(float(gamma)), rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(new.w), w + float(gamma) * (vertex - w), atol=1e-15)
