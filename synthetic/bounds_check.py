@@ -2,11 +2,15 @@ r"""Monte-Carlo checks of the bounds of ``theory.bounds`` (derivation section 8)
 
 Two quantities are simulated, each the one its theorem is about:
 
-* the **pointwise risk** ``E_{theta*} G(theta_hat)`` of the safeguarded DPO estimator
-  (Theorem 1 bounds it from above, the asymptotic prediction is its limit);
+* the **pointwise risk** ``E_{theta*} G(theta_hat)`` of plain DPO (Theorem 1 bounds it
+  from above, the asymptotic prediction is its limit). Theorem 1 holds whatever DPO
+  returns when the MLE does not exist, so the simulation charges those replicates the
+  largest gap any policy can have, ``G_sup`` (:func:`dpo_gaps`): it simulates the worst
+  DPO variant, and a bound that holds for it holds for all;
 * the **Bayes risk** ``E_{theta ~ pi} E_theta G_theta(theta_hat)`` under the van Trees
   prior of Theorem 2 (the quantity that theorem bounds from below for every
-  estimator; the local worst case is at least as large).
+  estimator; the local worst case is at least as large), for the estimator "the MLE
+  when it exists, else the reference ``theta = 0``".
 
 Labels are simulated as binomial win counts on a dense ``[E]`` count vector, so one
 compiled function serves every design and budget of a world (no re-tracing when the
@@ -15,7 +19,9 @@ allocation changes).
 Each comparison is a one-sided z-test at level ``alpha`` on the Monte-Carlo mean:
 the upper bound is rejected when ``(mean - upper) / se > z_{1-alpha}``, the lower
 bound when ``(lower - mean) / se > z_{1-alpha}``, and the asymptotic ratio when
-``|ratio - 1| / se_ratio > z_{1 - alpha/2}``.
+``|ratio - 1| / se_ratio > z_{1 - alpha/2}``. The high-probability bound (Theorem 1')
+is rejected when the number of replicates above it has a binomial tail probability
+below ``alpha`` under its failure probability ``n^{-a}``.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from theory import bounds as TB
 
 __all__ = [
     "BoundRow",
+    "dpo_gaps",
     "safeguarded_gaps",
     "check_design_bounds",
     "default_radius",
@@ -43,15 +50,45 @@ __all__ = [
 
 
 def default_radius(world: World) -> float:
-    """The parameter ball used in the checks: ``B = 2 ||theta*|| + 1``."""
+    """A parameter ball for the safeguarded estimator: ``B = 2 ||theta*|| + 1``."""
     return 2.0 * float(np.linalg.norm(np.asarray(world.theta_star))) + 1.0
+
+
+def dpo_gaps(key, world: World, diffs, counts, num_replicates: int):
+    """Gaps of plain DPO over ``num_replicates`` label draws, worst case where the MLE does not exist.
+
+    Where the MLE exists, the gap of the Newton MLE; where it does not, ``G_sup``
+    (:func:`theory.bounds.gap_sup`), which no policy exceeds: an upper envelope of the
+    gap of every DPO variant (ridge limit, diverging iterate, fallback), the estimator
+    Theorem 1 is about.
+
+    Returns:
+      ``(gaps [R], mle_exists [R])`` as numpy arrays.
+    """
+    if isinstance(num_replicates, bool) or not isinstance(num_replicates, int) or num_replicates < 2:
+        raise ValueError(f"num_replicates must be an integer >= 2, got {num_replicates!r}")
+    ev = world.eval
+    keys = jax.random.split(key, num_replicates)
+    res = replicate_gaps(keys, world.theta_star, jnp.asarray(diffs), counts, float(world.beta), ev)
+    exists = np.asarray(res.valid)
+    g_sup = TB.gap_sup(world.theta_star, ev.features, ev.log_ref, world.beta, ev.prompt_weights)
+    return np.where(exists, np.asarray(res.gap), g_sup), exists
+
+
+def _binomial_tail(k: int, size: int, p: float) -> float:
+    """``P(Binomial(size, p) >= k)``."""
+    if k <= 0:
+        return 1.0
+    return min(1.0, sum(math.comb(size, j) * p**j * (1.0 - p) ** (size - j) for j in range(k, size + 1)))
 
 
 def safeguarded_gaps(key, world: World, diffs, counts, num_replicates: int, radius: float, prior=None):
     """Gaps of the safeguarded DPO estimator over ``num_replicates`` label draws.
 
-    The estimator (Theorem 1) is the Newton MLE when it exists and lies in the ball
-    ``||theta|| <= radius``, else the reference ``theta = 0``.
+    The estimator is the Newton MLE when it exists and lies in the ball
+    ``||theta|| <= radius``, else the reference ``theta = 0`` (a genuine estimator, used
+    for the Bayes risk of Theorem 2; Theorem 1 no longer needs the ball, see
+    :func:`dpo_gaps`).
 
     Args:
       key: JAX PRNG key.
@@ -59,7 +96,7 @@ def safeguarded_gaps(key, world: World, diffs, counts, num_replicates: int, radi
       diffs: ``[E, d]`` candidate edge differences.
       counts: ``[E]`` labels per edge (zeros allowed).
       num_replicates: ``R >= 2``.
-      radius: ``B > 0``.
+      radius: ``B > 0`` (``inf``: the MLE whenever it exists).
       prior: ``None`` (truth ``theta*``) or ``(constants, n, alpha)`` to draw the truth
         from the van Trees prior of :func:`theory.bounds.lower_bound`.
 
@@ -92,6 +129,8 @@ class BoundRow(NamedTuple):
     mc_se: float
     upper: float
     upper_valid: bool
+    hp_upper: float
+    hp_exceed: int
     valid_from: float
     asymptotic: float
     ratio: float
@@ -100,7 +139,8 @@ class BoundRow(NamedTuple):
     lower_ok: bool
     upper_ok: bool
     ratio_ok: bool
-    fallback_rate: float
+    hp_ok: bool
+    no_mle_rate: float
 
 
 def _allocation_weights(problem: DesignProblem, design: str, key, budget: int) -> np.ndarray:
@@ -120,7 +160,6 @@ def check_design_bounds(
     budgets,
     num_replicates: int = 400,
     alpha: float = 1e-3,
-    radius: float | None = None,
     tail: float = 2.0,
     ratio_from: float | None = None,
 ) -> list[BoundRow]:
@@ -136,13 +175,11 @@ def check_design_bounds(
       design: a registered, non-adaptive design name.
       budgets: label budgets.
       num_replicates: Monte-Carlo replicates per budget (each of the two risks).
-      alpha: level of each one-sided z-test.
-      radius: parameter ball ``B``; :func:`default_radius` when ``None``.
+      alpha: level of each one-sided z-test (and of the binomial test of Theorem 1').
       tail: ``a`` of Theorem 1.
       ratio_from: test ``n gap / ((beta/2) Phi) = 1`` at budgets ``>= ratio_from``
         (default: where the upper bound is valid).
     """
-    radius = default_radius(world) if radius is None else float(radius)
     k_design, k_sim = jax.random.split(key)
     w = _allocation_weights(problem, design, k_design, int(max(budgets)))
     ev = world.eval
@@ -153,13 +190,16 @@ def check_design_bounds(
         n = int(n)
         counts = efficient_rounding(w, n).dense_counts(problem.num_edges)
         w_hat = counts / counts.sum()
-        c = TB.instance_constants(w_hat, world.theta_star, ev.features, ev.log_ref, problem.edges.diffs, world.beta, radius, ev.prompt_weights)
+        c = TB.instance_constants(w_hat, world.theta_star, ev.features, ev.log_ref, problem.edges.diffs, world.beta,
+                                  prompt_weights=ev.prompt_weights)
         ub = TB.upper_bound(c, n, tail)
+        hp = TB.upper_bound_high_probability(c, n, tail)
         lb = TB.lower_bound(c, n)
         asym = TB.asymptotic_prediction(c, n)
         k_point, k_bayes = jax.random.split(jax.random.fold_in(k_sim, i))
-        g, used = safeguarded_gaps(k_point, world, problem.edges.diffs, counts, num_replicates, radius)
-        gb, _ = safeguarded_gaps(k_bayes, world, problem.edges.diffs, counts, num_replicates, radius, prior=(c, n, lb.alpha))
+        g, exists = dpo_gaps(k_point, world, problem.edges.diffs, counts, num_replicates)
+        gb, _ = safeguarded_gaps(k_bayes, world, problem.edges.diffs, counts, num_replicates, math.inf, prior=(c, n, lb.alpha))
+        exceed = int(np.sum(g > hp.value)) if hp.valid else 0
         mean, se = float(g.mean()), float(g.std(ddof=1) / math.sqrt(g.size))
         bmean, bse = float(gb.mean()), float(gb.std(ddof=1) / math.sqrt(gb.size))
         ratio, ratio_se = mean / asym, se / asym
@@ -175,6 +215,8 @@ def check_design_bounds(
                 mc_se=se,
                 upper=ub.value,
                 upper_valid=ub.valid,
+                hp_upper=hp.value,
+                hp_exceed=exceed,
                 valid_from=TB.upper_bound_valid_from(c, tail),
                 asymptotic=asym,
                 ratio=ratio,
@@ -183,7 +225,8 @@ def check_design_bounds(
                 lower_ok=bool((lb.value - bmean) <= z_one * bse),
                 upper_ok=bool((not ub.valid) or (mean - ub.value) <= z_one * se),
                 ratio_ok=bool((not test_ratio) or abs(ratio - 1.0) <= z_two * ratio_se),
-                fallback_rate=float(1.0 - used.mean()),
+                hp_ok=bool((not hp.valid) or _binomial_tail(exceed, g.size, hp.failure_probability) >= alpha),
+                no_mle_rate=float(1.0 - exists.mean()),
             )
         )
     return rows

@@ -1,6 +1,12 @@
 """theory.bounds against independent computations, and the bounds against simulation.
 
-* instance constants against dense numpy pseudo-inverses and ``design_criterion``;
+* instance constants against dense numpy pseudo-inverses and ``design_criterion``,
+  also on a world whose labelled span is larger than ``range(I)`` (the regression
+  world of issue 18, where ``tr(I S^+)`` differs from the compression of ``S`` to ``range(I)``);
+* every bound's value (upper, high-probability, ``n_0``, lower, plug-in) recomputed
+  from dense numpy constants and scipy quadrature, so a changed factor or a dropped
+  term fails;
+* ``G_sup`` against every gap, huge ``theta`` included, and its approach along a ray;
 * the sharpened sandwich F2' against scipy quadrature and exact gaps;
 * each lemma of Theorem 1 replicate by replicate (a deterministic implication per
   draw), and the score moments ``E r^2 = d_V / n``, ``E ||A u||^2 = Phi / n`` by z-tests;
@@ -11,22 +17,24 @@
 * the plug-in factor against the measured criterion ratio for random ``theta*``.
 """
 
+import itertools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import integrate, stats
+from scipy import integrate, optimize, stats
 
 from conftest import random_pool
 from synthetic import contextual_world, design_problem, tabular_world
-from synthetic.bounds_check import check_design_bounds, default_radius, safeguarded_gaps
+from synthetic.bounds_check import check_design_bounds, default_radius, dpo_gaps, safeguarded_gaps
 from synthetic.estimators import fit_newton
 from synthetic.labels import simulate_wins
 from synthetic.rounding import efficient_rounding
+from synthetic.worlds import Pool, World
 from theory import bounds as TB
-from theory import design_criterion, enumerate_edges, optimal_design, optimality_gap, policy_curvature
+from theory import asymptotic_gap, design_criterion, enumerate_edges, information_matrix, optimal_design, optimality_gap, policy_curvature
 
 Z = 3.09  # one-sided 1e-3
 
@@ -66,11 +74,267 @@ def test_constants_match_dense_pseudo_inverses(seed):
     assert c.c_curv == pytest.approx(_pinv_norms(pairs, curv).max(), rel=1e-7)
     assert c.diameter == pytest.approx(np.linalg.norm(pairs, axis=1).max(), rel=1e-12)
     assert c.coverage == pytest.approx(np.linalg.eigvalsh(s)[-c.dim], rel=1e-8)
-    # The prior basis whitens I and diagonalises S: B^T I B = Id, B^T S B = diag(t).
+    assert c.gap_sup == pytest.approx(_dense_gap_sup(theta, feats, log_ref, beta, rho), rel=1e-12)
+    _assert_prior_basis(c, s, curv)
+
+
+def _assert_prior_basis(c, s, curv):
+    """The prior basis whitens S and diagonalises I on the labelled block; unseen columns see no label."""
+    b, lab = c.prior_basis, c.prior_info > 0
+    np.testing.assert_allclose(b.T @ s @ b, np.diag(c.prior_info), atol=1e-8)
+    np.testing.assert_allclose(b[:, lab].T @ curv @ b[:, lab], np.diag(c.prior_loss[lab]), atol=1e-8 * max(c.kappa, 1))
+    np.testing.assert_allclose(np.diag(b.T @ curv @ b), c.prior_loss, atol=1e-8 * max(c.kappa, 1))
+    if c.identifiable:
+        assert np.sum(c.prior_loss) == pytest.approx(c.criterion, rel=1e-8)
+        assert np.sum(c.criterion_eigs) == pytest.approx(c.criterion, rel=1e-8)
+
+
+def _dense_gap_sup(theta, feats, log_ref, beta, rho):
+    """``beta sum_x rho_x max_y -log pi*(y|x)`` by a numpy log-softmax."""
+    logits = np.where(np.isfinite(log_ref), log_ref + np.asarray(feats) @ np.asarray(theta), -np.inf)
+    logp = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+    rho = np.full(logits.shape[0], 1.0 / logits.shape[0]) if rho is None else np.asarray(rho)
+    return beta * float(rho @ np.where(np.isfinite(log_ref), -logp, -np.inf).max(axis=1))
+
+
+def _dense_constants(w, theta, feats, log_ref, z, beta, rho):
+    """Theorem 1-2 constants by dense numpy (pinv, eigvals, explicit loops), independent of ``theory.bounds``."""
+    feats, log_ref, z, theta, w = (np.asarray(a, np.float64) for a in (feats, log_ref, z, theta, w))
+    rho = np.full(feats.shape[0], 1.0 / feats.shape[0]) if rho is None else np.asarray(rho, np.float64)
+    present = np.isfinite(log_ref)
+    logits = np.where(present, log_ref + feats @ theta, -np.inf)
+    p = np.exp(logits - np.logaddexp.reduce(logits, axis=1, keepdims=True))
+    centred = feats - np.einsum("mk,mkd->md", p, feats)[:, None, :]
+    curv = np.einsum("m,mk,mkd,mke->de", rho, p, centred, centred)
+    s = beta**2 * (z.T * (w / (2 + 2 * np.cosh(beta * z @ theta)))) @ z
+    sp = np.linalg.pinv(s, rcond=1e-10, hermitian=True)
+    pairs = np.array([f[i] - f[j] for f, pr in zip(feats, present) for i in range(len(f)) for j in range(i + 1, len(f)) if pr[i] and pr[j]])
+    return {
+        "s": s,
+        "curv": curv,
+        "phi": float(np.trace(curv @ sp)),
+        "dim": int(np.linalg.matrix_rank(s, tol=1e-10 * np.linalg.eigvalsh(s).max())),
+        "kappa": float(np.max(np.real(np.linalg.eigvals(sp @ curv)))),
+        "zeta": beta * float(_pinv_norms(z[w > 0], s).max()),
+        "zeta_eval": float(_pinv_norms(pairs, s).max()),
+        "c_curv": float(_pinv_norms(pairs, curv).max()),
+        "gap_sup": _dense_gap_sup(theta, feats, log_ref, beta, rho),
+        "pairs": pairs,
+        "edges": z[w > 0],
+    }
+
+
+def _subspace_world(key=None, corr=0.9):
+    """Issue 18's regression world: ``range(I)`` is a proper subspace of the labelled span.
+
+    Training prompts (whose pairs are labelled) vary all three features, the third
+    correlated with the first; evaluation prompts (where the gap is measured) keep the
+    third feature constant within each prompt. So ``e_3`` is in ``ker I`` but not in
+    ``ker S``, ``S`` mixes it with ``range(I)``, and ``tr(I S^+)`` is about three times
+    the inverse of the compression of ``S`` to ``range(I)``. A1-A3 hold.
+    """
+    kt, ke, kth, kr1, kr2 = jax.random.split(jax.random.key(0) if key is None else key, 5)
+    m_train, m_eval, k = 4, 6, 3
+    f = jax.random.normal(kt, (m_train, k, 3))
+    f = f.at[..., 2].set(corr * f[..., 0] + math.sqrt(1 - corr**2) * f[..., 2])
+    g = jax.random.normal(ke, (m_eval, k, 3))
+    g = g.at[..., 2].set(jnp.broadcast_to(g[:, :1, 2], (m_eval, k)))
+    train = Pool(f, jax.nn.log_softmax(jax.random.normal(kr1, (m_train, k)), -1), jnp.full(m_train, 1 / m_train))
+    ev = Pool(g, jax.nn.log_softmax(jax.random.normal(kr2, (m_eval, k)), -1), jnp.full(m_eval, 1 / m_eval))
+    return World(train, ev, 0.5 * jax.random.normal(kth, (3,)), 1.0)
+
+
+def _subspace_instance(n=None):
+    world = _subspace_world()
+    prob = design_problem(world)
+    e = prob.num_edges
+    w = np.full(e, 1.0 / e) if n is None else efficient_rounding(np.full(e, 1.0 / e), n).dense_counts(e) / n
+    ev = world.eval
+    # radius (the safeguard's ball) is only passed so this test also runs on the pre-issue-18 API
+    c = TB.instance_constants(w, world.theta_star, ev.features, ev.log_ref, prob.edges.diffs, world.beta, 10.0, ev.prompt_weights)
+    dense = _dense_constants(w, world.theta_star, ev.features, ev.log_ref, prob.edges.diffs, world.beta, ev.prompt_weights)
+    return world, prob, w, c, dense
+
+
+def test_criterion_is_tr_I_S_pinv_when_the_labelled_span_exceeds_range_I():
+    world, prob, w, c, dense = _subspace_instance()
+    s, curv = dense["s"], dense["curv"]
+    # The world is the case of the defect: rank I = 2 < rank S = 3, A1 holds, and the
+    # compression tr(I_r (P S P)^-1) on range(I) is far from tr(I S^+).
+    lam_i, vec_i = np.linalg.eigh(curv)
+    wi = vec_i[:, lam_i > 1e-10 * lam_i.max()]
+    assert wi.shape[1] == 2 and dense["dim"] == 3
+    compression = np.trace(wi.T @ curv @ wi @ np.linalg.inv(wi.T @ s @ wi))
+    assert compression < 0.5 * dense["phi"]
+    assert c.criterion == pytest.approx(dense["phi"], rel=1e-10)
+    assert c.criterion == pytest.approx(float(design_criterion(w, world.theta_star, prob.edges.diffs, jnp.asarray(curv), world.beta)), rel=1e-8)
+    assert c.identifiable and c.dim == 3 and c.curv_dim == 2 and c.unseen_dim == 0
+    _assert_prior_basis(c, s, curv)
+    # The bounds tend to the same limit (beta/2n) tr(I S^+): they match.
+    n = 1e16
+    lead = world.beta * dense["phi"] / (2 * n)
+    assert 1.0 <= TB.upper_bound(c, n).value / lead < 1.01
+    assert 0.8 < TB.lower_bound(c, n, grid=24).value / lead <= 1.0
+
+
+@pytest.mark.slow
+def test_monte_carlo_on_the_subspace_world_obeys_the_bounds_and_the_prediction():
+    """Plain DPO's gap against Theorems 1, 1', 2 and asymptotic_gap; one-sided z-tests at level 1e-3."""
+    valid = 0
+    for i, n in enumerate([10**5, 10**6, 10**7, 10**8]):
+        world, prob, w, c, dense = _subspace_instance(n)
+        counts = np.rint(w * n)
+        g, exists = dpo_gaps(jax.random.key(10 + i), world, prob.edges.diffs, counts, 400)
+        mean, se = g.mean(), g.std(ddof=1) / math.sqrt(g.size)
+        ev = world.eval
+        asym = float(asymptotic_gap(w, world.theta_star, ev.features, ev.log_ref, prob.edges.diffs, world.beta, n, ev.prompt_weights))
+        assert abs(mean - asym) <= 3.29 * se  # two-sided 1e-3: the prediction with tr(I S^+)
+        ub = TB.upper_bound(c, n)
+        if ub.valid:
+            valid += 1
+            assert exists.all()
+            assert (mean - ub.value) / se <= Z
+            hp = TB.upper_bound_high_probability(c, n)
+            assert hp.valid and np.all(g <= hp.value)  # P(any of 400 above) <= 400 n^-2 <= 4e-8
+        lb = TB.lower_bound(c, n)
+        gb, _ = safeguarded_gaps(jax.random.key(20 + i), world, prob.edges.diffs, counts, 400, math.inf, prior=(c, n, lb.alpha))
+        assert (lb.value - gb.mean()) / (gb.std(ddof=1) / math.sqrt(gb.size)) <= Z
+    assert valid >= 3
+
+
+def test_gap_sup_bounds_every_gap_and_is_approached_along_a_ray(rng):
+    feats, log_ref, rho = random_pool(rng, m=4, k=5, d=3)
+    ts = rng.normal(size=3)
+    beta = 1.3
+    g_sup = TB.gap_sup(ts, feats, log_ref, beta, rho)
+    assert g_sup == pytest.approx(_dense_gap_sup(ts, feats, log_ref, beta, rho), rel=1e-12)
+    for scale in [0.3, 3.0, 1e3, 1e6]:
+        for _ in range(20):
+            g = float(optimality_gap(jnp.asarray(scale * rng.normal(size=3)), ts, feats, log_ref, beta, rho))
+            assert 0.0 <= g <= g_sup * (1 + 1e-12)
+    # One-hot features: a ray that puts all mass on argmin_y pi*(y|x) in every prompt.
+    m, k = 3, 4
+    f = np.eye(m * k).reshape(m, k, m * k)
+    lr = 2.0 * rng.normal(size=(m, k))
+    lr -= np.logaddexp.reduce(lr, axis=1, keepdims=True)
+    ts = 0.7 * rng.normal(size=m * k)
+    logits = lr + f @ ts
+    worst = np.argmin(logits, axis=1)
+    v = np.zeros(m * k)
+    v[np.arange(m) * k + worst] = 1.0
+    g_sup = TB.gap_sup(ts, f, lr, beta)
+    gaps = [float(optimality_gap(jnp.asarray(ts + t * v), ts, f, lr, beta)) for t in [1.0, 5.0, 10.0, 20.0, 40.0]]
+    assert all(a < b for a, b in zip(gaps, gaps[1:])) and gaps[-1] <= g_sup
+    assert g_sup - gaps[-1] <= 1e-12 * g_sup
+    # The constants carry it.
+    world = tabular_world(jax.random.key(0), num_completions=6)
+    prob = design_problem(world)
+    ev = world.eval
+    c = TB.instance_constants(np.full(prob.num_edges, 1 / prob.num_edges), world.theta_star, ev.features, ev.log_ref, prob.edges.diffs, world.beta, default_radius(world))
+    assert c.gap_sup == pytest.approx(_dense_gap_sup(world.theta_star, ev.features, ev.log_ref, world.beta, None), rel=1e-12)
+
+
+def _upper_expected(dc, beta, n, tail, high_probability=False):
+    """Theorem 1 (or 1') recomputed from the dense constants, psi_+ by quadrature."""
+    r = math.sqrt(dc["dim"] / n) + dc["zeta"] * math.sqrt(tail * math.log(n) / (2 * n))
+    if dc["zeta"] * r >= 1:
+        return math.inf
+    s = -math.log(1 - dc["zeta"] * r) / dc["zeta"]
+    psi = 2 * integrate.quad(lambda t: t * math.exp(t * dc["zeta_eval"] * s), 0, 1, epsabs=0, epsrel=1e-13)[0]
+    m = dc["zeta"] * s
+    eta = m / (1 - math.exp(-m)) - 1
+    if high_probability:
+        return 0.5 * beta * psi * dc["kappa"] * (1 + eta) ** 2 * r**2
+    return beta * dc["phi"] / (2 * n) * psi * (1 + eta * math.sqrt(dc["kappa"] * dc["dim"] / dc["phi"])) ** 2 + dc["gap_sup"] * n ** (-tail)
+
+
+def _contextual_instance():
+    world = contextual_world(jax.random.key(3), prompt_dim=2, action_dim=2, num_train_prompts=20, num_eval_prompts=30, num_completions=4)
+    prob = design_problem(world)
+    ev = world.eval
+    w = np.full(prob.num_edges, 1.0 / prob.num_edges)
+    c = TB.instance_constants(w, world.theta_star, ev.features, ev.log_ref, prob.edges.diffs, world.beta, prompt_weights=ev.prompt_weights)
+    dense = _dense_constants(w, world.theta_star, ev.features, ev.log_ref, prob.edges.diffs, world.beta, ev.prompt_weights)
+    return world, prob, w, c, dense
+
+
+@pytest.mark.parametrize("instance", ["subspace", "contextual"])
+def test_upper_bounds_and_valid_from_recomputed_from_dense_constants(instance):
+    world, prob, w, c, dc = _subspace_instance() if instance == "subspace" else _contextual_instance()
+    beta = world.beta
+    for key in ["phi", "dim", "kappa", "zeta", "zeta_eval", "gap_sup"]:
+        assert getattr(c, {"phi": "criterion"}.get(key, key)) == pytest.approx(dc[key], rel=1e-8), key
+    # n0: the first integer n >= 3 with zeta r_n < 1, from a root of the continuous condition.
+    for tail in [0.5, 2.0]:
+        f = lambda x: dc["zeta"] * (math.sqrt(dc["dim"] / x) + dc["zeta"] * math.sqrt(tail * math.log(x) / (2 * x))) - 1  # noqa: E731
+        root = optimize.brentq(f, 3.0, 1e30, xtol=1e-12, rtol=1e-14)
+        n0 = max(3, math.ceil(root) + (f(math.ceil(root)) >= 0))
+        assert TB.upper_bound_valid_from(c, tail) == n0
+        assert TB.upper_bound(c, n0, tail).valid  # its value is ill-conditioned at n0 (1 - zeta r_n ~ 0)
+        for n in [2 * n0, 10 * n0, 1e3 * n0, 1e8 * n0]:
+            ub = TB.upper_bound(c, n, tail)
+            assert ub.valid and ub.value == pytest.approx(_upper_expected(dc, beta, n, tail), rel=1e-9)
+            assert ub.remainder == pytest.approx(dc["gap_sup"] * n ** (-tail), rel=1e-12)
+            assert ub.leading == pytest.approx(beta * dc["phi"] / (2 * n), rel=1e-9)
+            hp = TB.upper_bound_high_probability(c, n, tail)
+            assert hp.valid and hp.value == pytest.approx(_upper_expected(dc, beta, n, tail, True), rel=1e-9)
+            assert hp.failure_probability == pytest.approx(n ** (-tail), rel=1e-12)
+        assert not TB.upper_bound(c, n0 - 1, tail).valid and not TB.upper_bound_high_probability(c, n0 - 1, tail).valid
+
+
+def _lower_expected(c, dc, beta, n, alpha, rho0, s, curv):
+    """Theorem 2 at one (alpha, rho0) from the prior basis (the parts), with the box maxima by vertex enumeration."""
     b = c.prior_basis
-    np.testing.assert_allclose(b.T @ curv @ b, np.eye(c.curv_dim), atol=1e-8)
-    np.testing.assert_allclose(b.T @ s @ b, np.diag(c.curv_eigs), atol=1e-8)
-    assert np.sum(1 / c.curv_eigs) == pytest.approx(c.criterion, rel=1e-8)
+    info = np.diag(b.T @ s @ b)
+    a = alpha / np.sqrt(n * info + 1.0)
+    verts = np.array(list(itertools.product([-1.0, 1.0], repeat=b.shape[1]))) * a @ b.T  # [2^dp, d]
+    rho_box = np.abs(dc["pairs"] @ verts.T).max()
+    m_box = beta * np.abs(dc["edges"] @ verts.T).max()
+    h = np.sqrt(np.einsum("vi,ij,vj->v", verts, curv, verts).max())
+    if rho_box > 50 or m_box > 50:
+        return 0.0
+    trace = np.sum(np.diag(b.T @ curv @ b) / (n * math.exp(m_box) * info + math.pi**2 / a**2))
+    radius = rho0 / dc["c_curv"]
+    psi = 2 * integrate.quad(lambda t: t * math.exp(-t * rho0), 0, 1, epsabs=0, epsrel=1e-13)[0]
+    return psi * math.exp(-rho_box) * (radius / (radius + 2 * h)) ** 2 * 0.5 * beta * trace
+
+
+@pytest.mark.parametrize("instance", ["subspace", "contextual"])
+def test_lower_bound_recomputed_densely_over_its_grid(instance):
+    world, prob, w, c, dc = _subspace_instance() if instance == "subspace" else _contextual_instance()
+    _assert_prior_basis(c, dc["s"], dc["curv"])
+    assert c.c_curv == pytest.approx(dc["c_curv"], rel=1e-8)
+    grid = 6
+    for n in [1e3, 1e6, 1e10]:
+        lb = TB.lower_bound(c, n, grid=grid)
+        vals = {(al, r0): _lower_expected(c, dc, world.beta, n, al, r0, dc["s"], dc["curv"])
+                for al in np.geomspace(1e-2, 1e3, grid) for r0 in np.geomspace(1e-3, 10.0, grid)}
+        (al, r0), best = max(vals.items(), key=lambda kv: kv[1])
+        assert best > 0 and lb.value == pytest.approx(best, rel=1e-9)
+        assert lb.alpha == pytest.approx(al) and lb.rho0 == pytest.approx(r0)
+        assert lb.factor == pytest.approx(best / (world.beta * dc["phi"] / (2 * n)), rel=1e-9)
+
+
+def test_plug_in_factor_recomputed_by_brute_force(rng):
+    feats, log_ref, rho = random_pool(rng, m=4, k=5, d=3)
+    edges = enumerate_edges(feats, log_ref)
+    z = np.asarray(edges.diffs)
+    beta = 0.8
+    for _ in range(5):
+        theta0, ts = rng.normal(size=3), rng.normal(size=3)
+        eps = float(rng.uniform(0, 0.2))
+        delta = ts - theta0
+        spread = max(
+            (feats[x, i] - feats[x, j]) @ delta
+            for x in range(feats.shape[0]) for i in range(feats.shape[1]) for j in range(feats.shape[1])
+            if np.isfinite(log_ref[x, i]) and np.isfinite(log_ref[x, j])
+        )
+        m = beta * max(abs(ze @ delta) for ze in z)
+        got = TB.plug_in_factor(theta0, ts, feats, log_ref, z, beta, eps)
+        assert got == pytest.approx(math.exp(2 * (spread + m)) * (1 + eps), rel=1e-12)
+        r0 = float(np.linalg.norm(delta))
+        dphi, dz = 1.7, 2.3
+        assert TB.plug_in_factor_radius(r0, dphi, dz, beta) == pytest.approx(math.exp(2 * r0 * (dphi + beta * dz)), rel=1e-12)
 
 
 def test_sandwich_factors_against_quadrature_and_exact_gaps(rng):
@@ -181,8 +445,17 @@ def test_unidentifiable_design_upper_bound_says_nothing_lower_bound_stays_positi
     assert not c.identifiable and math.isinf(c.criterion)
     assert TB.check_coverage(c)["unseen_directions"] == 2
     assert math.isinf(TB.upper_bound_valid_from(c)) and not TB.upper_bound(c, 1e12).valid
-    lows = [TB.lower_bound(c, n, grid=16).value for n in [1e4, 1e8, 1e12]]
-    assert min(lows) > 0 and lows[-1] >= 0.9 * lows[0]  # does not vanish with n
+    lows = [TB.lower_bound(c, n, grid=16) for n in [1e4, 1e8, 1e12]]
+    assert min(lb.value for lb in lows) > 0 and lows[-1].value >= 0.9 * lows[0].value  # does not vanish with n
+    # Unseen directions: S b = 0 there, and h bounds the I-seminorm radius of the box (vertex enumeration).
+    s = np.asarray(information_matrix(world.theta_star, prob.edges.diffs, jnp.asarray(w), world.beta))
+    curv = np.asarray(policy_curvature(world.theta_star, ev.features, ev.log_ref))
+    _assert_prior_basis(c, s, curv)
+    assert np.sum(c.prior_info == 0) == 2
+    for lb in lows:
+        a = TB.prior_widths(c, 1e12, lb.alpha)
+        verts = np.array(list(itertools.product([-1.0, 1.0], repeat=a.size))) * a @ c.prior_basis.T
+        assert TB._box_radius(c, a) >= np.sqrt(np.einsum("vi,ij,vj->v", verts, curv, verts).max()) * (1 - 1e-12)
 
 
 def test_prior_draws_are_in_the_box_with_cosine_squared_marginals(rng):
@@ -240,7 +513,7 @@ def test_monte_carlo_gap_between_the_bounds_for_six_designs(make):
             tested_upper += row.upper_valid
             tested_ratio += row.upper_valid
             assert row.lower <= row.asymptotic
-            if not (row.lower_ok and row.upper_ok and row.ratio_ok):
+            if not (row.lower_ok and row.upper_ok and row.ratio_ok and row.hp_ok):
                 failures.append(row)
             # Power: a 25% error in the prediction would be detected at this replicate count.
             assert 0.25 > 3.29 * row.ratio_se
@@ -264,11 +537,23 @@ def test_bad_inputs_name_the_field(rng):
         TB.instance_constants(w, theta, feats, log_ref, edges.diffs, 1.0, -1.0, rho)
     with pytest.raises(ValueError, match="n must"):
         TB.upper_bound(c, 0)
+    with pytest.raises(ValueError, match="n must"):
+        TB.upper_bound_high_probability(c, -3)
+    with pytest.raises(ValueError, match="tail"):
+        TB.upper_bound_high_probability(c, 100, tail=-1.0)
+    with pytest.raises(ValueError, match="beta"):
+        TB.gap_sup(theta, feats, log_ref, 0.0, rho)
+    with pytest.raises(ValueError, match="theta_star"):
+        TB.gap_sup(theta[:2], feats, log_ref, 1.0, rho)
+    with pytest.raises(ValueError, match="prompt_weights"):
+        TB.gap_sup(theta, feats, log_ref, 1.0, rho[:2])
     with pytest.raises(ValueError, match="tail"):
         TB.upper_bound(c, 100, tail=0)
     with pytest.raises(ValueError, match="grid"):
         TB.lower_bound(c, 100, grid=1)
     with pytest.raises(ValueError, match="weights"):
         TB.instance_constants(np.ones(edges.num_edges), theta, feats, log_ref, edges.diffs, 1.0, 2.0, rho)
+    with pytest.raises(ValueError, match="num_replicates"):
+        dpo_gaps(jax.random.key(0), None, edges.diffs, np.ones(edges.num_edges), 1)
     with pytest.raises(ValueError, match="num_replicates"):
         safeguarded_gaps(jax.random.key(0), None, edges.diffs, np.ones(edges.num_edges), 1, 1.0)

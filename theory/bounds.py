@@ -3,21 +3,25 @@ r"""Finite-budget bounds on the DPO optimality gap, as numbers an instance gives
 Every constant here is named in ``theory/DERIVATIONS.md`` (section numbers in the
 docstrings). The three results:
 
-* **Upper bound** (Theorem 1, section 5): for the safeguarded DPO estimator (the MLE
-  when it exists inside the parameter ball ``||theta|| <= radius``, else the reference
-  ``theta = 0``) on ``n`` labels with empirical design ``w``,
+* **Upper bound** (Theorem 1, section 5): for plain DPO on ``n`` labels with
+  empirical design ``w`` -- the MLE when it exists, *anything* when it does not (a
+  ridge limit, a diverging iterate, a fallback) --
 
   .. math::
 
      \mathbb E\,G(\hat\theta_n) \le \frac{\beta}{2n}\,\Phi\;
-       \psi_+(\zeta_I s_n)\Big(1 + \eta(m_n)\sqrt{\kappa\, d_V/\Phi}\Big)^2 + G_{\max}\, n^{-a}
+       \psi_+(\zeta_I s_n)\Big(1 + \eta(m_n)\sqrt{\kappa\, d_V/\Phi}\Big)^2 + G_{\sup}\, n^{-a}
 
-  for every ``n >= n_0`` (:func:`upper_bound_valid_from`).
+  for every ``n >= n_0`` (:func:`upper_bound_valid_from`), where
+  ``G_sup = beta E_x max_y log(1 / pi_theta*(y|x))`` bounds the gap of every policy
+  (:func:`gap_sup`). The same event gives a high-probability bound
+  (:func:`upper_bound_high_probability`).
 * **Lower bound** (Theorem 2, section 6): for *every* estimator from the same labels,
-  the worst-case expected gap over a box ``N`` around ``theta*`` (inside
-  ``{theta : ||theta - theta*||_I <= h}``, shrinking as ``n`` grows) is at least
-  :func:`lower_bound`; the van Trees prior on ``N`` is a product of cosine-squared
-  densities in coordinates that whiten ``I`` and diagonalise ``S``.
+  the worst-case expected gap over a box ``N`` around ``theta*`` (shrinking as ``n``
+  grows) is at least :func:`lower_bound`; the van Trees prior on ``N`` is a product of
+  cosine-squared densities in coordinates that whiten ``S`` on the labelled span and
+  diagonalise ``S^{+1/2} I S^{+1/2}`` (plus, when A1 fails, the directions of
+  ``range(I)`` that no label sees).
 * **Plug-in bound** (Theorem 3, section 7): designing at ``theta0`` instead of
   ``theta*`` costs at most ``exp(2 (rho(delta) + m(delta)))`` in the criterion.
 
@@ -39,15 +43,18 @@ import numpy as np
 
 from theory import _validation as V
 from theory.information import _information_matrix
-from theory.policy import _policy_curvature, normalized_prompt_weights
+from theory.policy import _policy_curvature, _policy_log_probs, normalized_prompt_weights
 
 __all__ = [
     "BoundConstants",
     "UpperBound",
+    "HighProbabilityBound",
     "LowerBound",
     "instance_constants",
+    "gap_sup",
     "asymptotic_prediction",
     "upper_bound",
+    "upper_bound_high_probability",
     "upper_bound_valid_from",
     "lower_bound",
     "plug_in_factor",
@@ -62,6 +69,7 @@ __all__ = [
 ]
 
 _RANK_TOL = 1e-9  # relative eigenvalue floor for ranges (float64 eigen-analysis)
+_COVER_TOL = 1e-8  # curvature outside the labelled span, relative to lambda_max(I): A1 fails above it
 
 
 class BoundConstants(NamedTuple):
@@ -78,18 +86,28 @@ class BoundConstants(NamedTuple):
         target pair leaves the labelled span.
       coverage: smallest non-zero eigenvalue of ``S`` [lambda_S, assumption A3].
       theta_norm: ``||P_V theta*||``, the part of ``theta*`` the labels can see.
-      radius: radius of the parameter ball [B, assumption A4].
+      radius: radius of the parameter ball of the safeguarded estimator [B]; ``inf``
+        when none was given (Theorem 1 no longer needs it).
       diameter: ``max_{target pairs} ||phi - phi'||`` [D_phi, assumption A2].
       gap_max: ``beta (B + ||P_V theta*||) D_phi`` [G_max], the largest gap of the
-        safeguarded estimator.
-      curv_eigs: eigenvalues of ``T = I^{+1/2} S I^{+1/2}`` on ``range(I)`` [t_i]; a
-        zero marks a direction of ``range(I)`` the design does not see.
+        safeguarded estimator (``inf`` without a ball); kept for that estimator only.
+      gap_sup: ``beta E_x max_y log(1 / pi_theta*(y|x))`` [G_sup], the largest gap of
+        *any* policy (:func:`gap_sup`); Theorem 1's remainder.
+      criterion_eigs: ``[d_V]`` eigenvalues ``k_j`` of ``S^{+1/2} I S^{+1/2}`` on the
+        labelled span (ascending); their sum is ``tr(I S^+)`` under A1.
+      unseen_dim: number of directions of ``range(I)`` outside the labelled span
+        (0 under A1).
       curv_dim: ``rank(I)`` [d_I].
       c_curv: ``max_{target pairs} ||phi - phi'||_{I^+}`` [c_I].
-      pair_coords: ``[P, d_I]`` target pair differences in the prior's coordinates
-        (``|Q^T Lambda^{-1/2} U^T z|``, section 6) [tilde z].
-      edge_coords: ``[E', d_I]`` the same for the labelled edges, times ``beta``.
-      prior_basis: ``[d, d_I]`` ``U Lambda^{-1/2} Q``: maps prior coordinates to ``theta - theta*``.
+      prior_basis: ``[d, d_p]`` columns ``b_j``: first the labelled directions with
+        ``k_j > 0`` (``b_j^T S b_i = delta_ij``, ``b_j^T I b_i = k_j delta_ij``), then
+        the unseen directions (orthonormal, ``S b = 0``). The van Trees prior moves
+        ``theta* + sum_j nu_j b_j`` (section 6).
+      prior_info: ``[d_p]`` ``b_j^T S b_j``: 1 on labelled, 0 on unseen directions.
+      prior_loss: ``[d_p]`` ``b_j^T I b_j``: ``k_j`` on labelled directions.
+      unseen_curv: ``lambda_max`` of ``I`` on the unseen directions (0 under A1).
+      pair_coords: ``[P, d_p]`` ``|b_j^T z|`` for the target pair differences ``z`` [tilde z].
+      edge_coords: ``[E', d_p]`` ``beta |b_j^T z_e|`` for the labelled edges.
     """
 
     beta: float
@@ -104,12 +122,17 @@ class BoundConstants(NamedTuple):
     radius: float
     diameter: float
     gap_max: float
-    curv_eigs: np.ndarray
+    gap_sup: float
+    criterion_eigs: np.ndarray
+    unseen_dim: int
     curv_dim: int
     c_curv: float
+    prior_basis: np.ndarray
+    prior_info: np.ndarray
+    prior_loss: np.ndarray
+    unseen_curv: float
     pair_coords: np.ndarray
     edge_coords: np.ndarray
-    prior_basis: np.ndarray
 
 
 class UpperBound(NamedTuple):
@@ -117,10 +140,10 @@ class UpperBound(NamedTuple):
 
     Attributes:
       value: the bound on ``E G`` (``inf`` where not valid).
-      valid: ``n >= n_0``: both conditions of Theorem 1 hold.
+      valid: ``n >= n_0``: the condition of Theorem 1 holds.
       leading: ``beta Phi / (2 n)``.
       factor: multiplies ``leading``; tends to 1.
-      remainder: ``G_max n^{-a}``.
+      remainder: ``G_sup n^{-a}``.
       score_radius: ``r_n``, the high-probability radius of the score in ``S^+``-norm.
       error_radius: ``s_n``, the matching radius of ``theta_hat - theta*`` in ``S``-norm.
     """
@@ -134,12 +157,30 @@ class UpperBound(NamedTuple):
     error_radius: float
 
 
+class HighProbabilityBound(NamedTuple):
+    """Theorem 1' at one budget: ``P(G(theta_hat) <= value) >= 1 - failure_probability``.
+
+    Attributes:
+      value: ``(beta/2) psi_+(zeta_I s_n) kappa (1 + eta(m_n))^2 r_n^2`` (``inf`` where not valid).
+      valid: ``n >= n_0`` (the same condition as :func:`upper_bound`).
+      failure_probability: ``n^{-a}``.
+      score_radius, error_radius: ``r_n`` and ``s_n``.
+    """
+
+    value: float
+    valid: bool
+    failure_probability: float
+    score_radius: float
+    error_radius: float
+
+
 class LowerBound(NamedTuple):
     """Theorem 2 at one budget.
 
     Attributes:
       value: lower bound on the worst-case (and the prior-averaged) expected gap.
-      halfwidth: ``h``, the ``I``-norm radius of the neighbourhood (prior support).
+      halfwidth: ``h``, an upper bound on the ``I``-seminorm radius of the neighbourhood
+        (prior support), exact under A1.
       rho0: the truncation level of F3.
       alpha: the prior scale (half-widths :func:`prior_widths`).
       factor: ``value / (beta Phi / (2 n))``; tends to 1.
@@ -193,10 +234,36 @@ def pair_diameter(features, log_ref) -> float:
     return float(np.linalg.norm(z, axis=1).max()) if z.shape[0] else 0.0
 
 
+def gap_sup(theta_star, features, log_ref, beta, prompt_weights=None) -> float:
+    """``G_sup = beta E_x max_y log(1 / pi_theta*(y|x))``: no policy has a larger gap.
+
+    For any distribution ``pi`` on ``Y_x``, ``KL(pi || pi*) = sum pi log pi - sum pi log pi*
+    <= 0 + max_y log(1 / pi*(y|x))`` (section 1), so ``G(theta) <= G_sup`` for every
+    ``theta`` and for every limit of policies (a diverging DPO iterate included). The
+    bound is approached by policies that put all their mass on ``argmin_y pi*(y|x)``.
+
+    Args:
+      theta_star: ``[d]``.
+      features, log_ref, prompt_weights: the target pool (absent completions, ``-inf``,
+        are not candidates for the maximum).
+      beta: ``> 0``.
+    """
+    m, _, d = V.check_pool(features, log_ref)
+    V.check_theta(theta_star, d, "theta_star")
+    V.check_beta(beta)
+    V.check_prompt_weights(prompt_weights, m)
+    dtype = jnp.result_type(features)
+    rho = np.asarray(normalized_prompt_weights(prompt_weights, m, dtype), np.float64)
+    logp = np.asarray(_policy_log_probs(jnp.asarray(theta_star, dtype), jnp.asarray(features, dtype), jnp.asarray(log_ref, dtype)), np.float64)
+    present = np.isfinite(np.asarray(log_ref))
+    worst = np.where(present, -logp, -np.inf).max(axis=1)
+    return float(beta) * float(rho @ worst)
+
+
 # ----------------------------------------------------------------------- constants
 
 
-def instance_constants(weights, theta_star, features, log_ref, diffs, beta, radius, prompt_weights=None) -> BoundConstants:
+def instance_constants(weights, theta_star, features, log_ref, diffs, beta, radius=None, prompt_weights=None) -> BoundConstants:
     """All constants of Theorems 1-2 for one instance and empirical design.
 
     Args:
@@ -205,52 +272,62 @@ def instance_constants(weights, theta_star, features, log_ref, diffs, beta, radi
       features, log_ref, prompt_weights: the target pool (where the gap is measured).
       diffs: ``[E, d]`` candidate edge differences.
       beta: ``> 0``.
-      radius: ``B > 0``, the radius of the parameter ball (assumption A4).
+      radius: ``None`` or ``B > 0``, the radius of the safeguarded estimator's ball;
+        only ``gap_max`` and :func:`check_radius` use it (Theorem 1 holds for plain DPO).
     """
     m, _, _ = V.check_design_instance(weights, theta_star, features, log_ref, diffs, beta, prompt_weights)
-    try:
-        radius = float(radius)
-    except (TypeError, ValueError):
-        raise ValueError(f"radius must be a number > 0, got {radius!r}") from None
-    if not math.isfinite(radius) or radius <= 0:
-        raise ValueError(f"radius must be a finite number > 0, got {radius!r}")
+    if radius is None:
+        radius = math.inf
+    else:
+        try:
+            radius = float(radius)
+        except (TypeError, ValueError):
+            raise ValueError(f"radius must be None or a number > 0, got {radius!r}") from None
+        if not math.isfinite(radius) or radius <= 0:
+            raise ValueError(f"radius must be None or a finite number > 0, got {radius!r}")
 
     f64 = np.float64
     dtype = jnp.result_type(features)
     rho = normalized_prompt_weights(prompt_weights, m, dtype)
     theta = jnp.asarray(theta_star, dtype)
     curv = np.asarray(_policy_curvature(theta, jnp.asarray(features, dtype), jnp.asarray(log_ref, dtype), rho), f64)
+    curv = 0.5 * (curv + curv.T)
     sigma = np.asarray(_information_matrix(theta, jnp.asarray(diffs, dtype), jnp.asarray(weights, dtype), beta), f64)
     z_edges = np.asarray(diffs, f64)[np.asarray(weights) > 0]
     z_pairs = _target_pairs(features, log_ref)
     ts = np.asarray(theta_star, f64)
     beta = float(beta)
+    d = ts.size
 
-    # Labelled span V = range(S): Theorem 1 lives there.
+    # Labelled span V = range(S), in coordinates that whiten S (B0^T S B0 = Id) ...
     ws, lam_s = _psd_range(sigma)
     dim = int(lam_s.size)
     if dim == 0:
         raise ValueError("weights put no mass on a non-zero edge difference: the design sees nothing")
-    s_half_inv = ws / np.sqrt(lam_s)  # columns: S^{+1/2} in the basis ws
+    s_half_inv = ws / np.sqrt(lam_s)
+    # ... and diagonalise S^{+1/2} I S^{+1/2}: b_j = S^{+1/2} q_j, b^T S b = Id, b^T I b = diag(k).
     a_mat = s_half_inv.T @ curv @ s_half_inv
-    kappa = float(np.linalg.eigvalsh(0.5 * (a_mat + a_mat.T)).max())
+    k_eigs, q = np.linalg.eigh(0.5 * (a_mat + a_mat.T))
+    k_eigs = np.clip(k_eigs, 0.0, None)
+    kappa = float(k_eigs.max())
     zeta = beta * _max_mahalanobis(z_edges, ws, lam_s)
     zeta_eval = _max_mahalanobis(z_pairs, ws, lam_s)
     theta_norm = float(np.linalg.norm(ws.T @ ts))
     diameter = float(np.linalg.norm(z_pairs, axis=1).max()) if z_pairs.shape[0] else 0.0
 
-    # Identifiable subspace range(I): Theorem 2 lives there.
+    # Identifiable subspace range(I); the part of it that no label sees (A1 fails if any).
     wi, lam_i = _psd_range(curv)
-    i_half_inv = wi / np.sqrt(lam_i)
-    t_mat = i_half_inv.T @ sigma @ i_half_inv
-    curv_eigs, q = np.linalg.eigh(0.5 * (t_mat + t_mat.T))
-    curv_eigs = np.clip(curv_eigs, 0.0, None)
-    prior_basis = i_half_inv @ q
-    top = curv_eigs.max(initial=0.0)
-    seen = curv_eigs > _RANK_TOL * top if top > 0 else np.zeros_like(curv_eigs, dtype=bool)
-    curv_eigs = np.where(seen, curv_eigs, 0.0)
-    identifiable = bool(np.all(seen)) and math.isfinite(zeta_eval)
-    criterion = float(np.sum(1.0 / curv_eigs)) if identifiable else math.inf
+    p_out = np.eye(d) - ws @ ws.T
+    lam_o, vec_o = np.linalg.eigh(0.5 * (p_out @ curv @ p_out + (p_out @ curv @ p_out).T))
+    top_i = float(lam_i.max(initial=0.0))
+    unseen = lam_o > _COVER_TOL * top_i if top_i > 0 else np.zeros_like(lam_o, dtype=bool)
+    identifiable = (not bool(unseen.any())) and math.isfinite(zeta_eval)
+    criterion = float(k_eigs.sum()) if identifiable else math.inf
+
+    relevant = k_eigs > _RANK_TOL * kappa if kappa > 0 else np.zeros_like(k_eigs, dtype=bool)
+    prior_basis = np.concatenate([(s_half_inv @ q)[:, relevant], vec_o[:, unseen]], axis=1)
+    prior_info = np.concatenate([np.ones(int(relevant.sum())), np.zeros(int(unseen.sum()))])
+    prior_loss = np.concatenate([k_eigs[relevant], lam_o[unseen]])
     return BoundConstants(
         beta=beta,
         criterion=criterion,
@@ -264,12 +341,17 @@ def instance_constants(weights, theta_star, features, log_ref, diffs, beta, radi
         radius=radius,
         diameter=diameter,
         gap_max=beta * (radius + theta_norm) * diameter,
-        curv_eigs=curv_eigs,
+        gap_sup=gap_sup(theta_star, features, log_ref, beta, prompt_weights),
+        criterion_eigs=k_eigs,
+        unseen_dim=int(unseen.sum()),
         curv_dim=int(lam_i.size),
         c_curv=_max_mahalanobis(z_pairs, wi, lam_i),
+        prior_basis=prior_basis,
+        prior_info=prior_info,
+        prior_loss=prior_loss,
+        unseen_curv=float(lam_o[unseen].max(initial=0.0)),
         pair_coords=np.abs(z_pairs @ prior_basis),
         edge_coords=beta * np.abs(z_edges @ prior_basis),
-        prior_basis=prior_basis,
     )
 
 
@@ -299,15 +381,18 @@ def check_coverage(c: BoundConstants) -> dict:
     return {
         "identifiable": c.identifiable,
         "coverage": c.coverage,
-        "unseen_directions": int(np.sum(c.curv_eigs == 0.0)),
+        "unseen_directions": c.unseen_dim,
     }
 
 
 def check_radius(c: BoundConstants) -> dict:
-    """Assumption A4: ``theta*`` lies strictly inside the parameter ball.
+    """The safeguarded estimator's ball contains ``theta*`` (former assumption A4).
+
+    Theorem 1 no longer needs it (it holds for plain DPO); the safeguarded estimator
+    of :func:`synthetic.bounds_check.safeguarded_gaps` does.
 
     Returns:
-      ``inside`` and ``margin = B - ||P_V theta*||``.
+      ``inside`` and ``margin = B - ||P_V theta*||`` (``inf`` without a ball).
     """
     margin = c.radius - c.theta_norm
     return {"inside": margin > 0, "margin": margin}
@@ -362,16 +447,15 @@ def _score_radius(c, n, tail):
 
 
 def _upper_conditions(c, n, tail):
+    """Theorem 1's condition at ``n``: A1, ``n >= 3`` and ``zeta r_n < 1``; returns ``(valid, r_n, s_n)``."""
     r = _score_radius(c, n, tail)
-    if not (c.identifiable and c.zeta * r < 1.0):
+    if not (c.identifiable and c.zeta * r < 1.0 and n >= 3):
         return False, r, math.inf
-    s = -math.log1p(-c.zeta * r) / c.zeta
-    inside = c.theta_norm + s / math.sqrt(c.coverage) <= c.radius
-    return bool(inside and n >= 3), r, s
+    return True, r, -math.log1p(-c.zeta * r) / c.zeta
 
 
 def upper_bound(c: BoundConstants, n, tail: float = 2.0) -> UpperBound:
-    """Theorem 1: the expected gap of the safeguarded DPO estimator at budget ``n``.
+    """Theorem 1: the expected gap of plain DPO at budget ``n``, whatever it returns without an MLE.
 
     Args:
       c: :func:`instance_constants` of the empirical design.
@@ -389,18 +473,37 @@ def upper_bound(c: BoundConstants, n, tail: float = 2.0) -> UpperBound:
         return UpperBound(math.inf, False, leading, math.inf, math.inf, r, s)
     m = c.zeta * s
     factor = sandwich_factors(c.zeta_eval * s)[1] * (1.0 + _eta(m) * math.sqrt(c.kappa * c.dim / c.criterion)) ** 2
-    remainder = c.gap_max * n ** (-tail)
+    remainder = c.gap_sup * n ** (-tail)
     return UpperBound(leading * factor + remainder, True, leading, factor, remainder, r, s)
+
+
+def upper_bound_high_probability(c: BoundConstants, n, tail: float = 2.0) -> HighProbabilityBound:
+    """Theorem 1': with probability ``>= 1 - n^{-a}``, ``G(theta_hat) <= (beta/2) psi_+(zeta_I s_n) kappa (1 + eta(m_n))^2 r_n^2``.
+
+    The event is the one of Theorem 1 (``||S^{+1/2} g_n|| <= r_n``); on it the MLE exists.
+
+    Args:
+      c: :func:`instance_constants` of the empirical design.
+      n: number of labels.
+      tail: ``a > 0``.
+    """
+    n = _check_n(n)
+    tail = _check_tail(tail)
+    valid, r, s = _upper_conditions(c, n, tail)
+    if not valid:
+        return HighProbabilityBound(math.inf, False, n ** (-tail), r, s)
+    value = 0.5 * c.beta * sandwich_factors(c.zeta_eval * s)[1] * c.kappa * (1.0 + _eta(c.zeta * s)) ** 2 * r**2
+    return HighProbabilityBound(value, True, n ** (-tail), r, s)
 
 
 def upper_bound_valid_from(c: BoundConstants, tail: float = 2.0) -> float:
     """``n_0``: the smallest integer ``n >= 3`` from which Theorem 1 holds (``inf`` if none).
 
-    Both conditions are monotone in ``n`` for ``n >= 3`` (``r_n`` decreases), so
-    ``n_0`` is found by doubling and bisection.
+    The condition ``zeta r_n < 1`` is monotone in ``n`` for ``n >= 3`` (``r_n``
+    decreases), so ``n_0`` is found by doubling and bisection.
     """
     tail = _check_tail(tail)
-    if not c.identifiable or check_radius(c)["margin"] <= 0:
+    if not c.identifiable:
         return math.inf
     hi = 4.0
     while not _upper_conditions(c, hi, tail)[0]:
@@ -419,19 +522,29 @@ def upper_bound_valid_from(c: BoundConstants, tail: float = 2.0) -> float:
 
 
 def prior_widths(c: BoundConstants, n, alpha) -> np.ndarray:
-    """Half-widths ``a_i = alpha / sqrt(n t_i + 1)`` of the van Trees prior box (section 6)."""
-    return float(alpha) / np.sqrt(float(n) * c.curv_eigs + 1.0)
+    """Half-widths ``a_j = alpha / sqrt(n s_j + 1)`` of the van Trees prior box, ``s_j`` = ``prior_info`` (section 6).
+
+    ``alpha / sqrt(n + 1)`` on the labelled directions (``S``-whitened), ``alpha`` on
+    the unseen ones.
+    """
+    return float(alpha) / np.sqrt(float(n) * c.prior_info + 1.0)
+
+
+def _box_radius(c, a):
+    """``h >= sup_{nu in box} ||sum_j nu_j b_j||_I``: exact on the labelled block, triangle inequality across blocks."""
+    lab = c.prior_info > 0
+    return float(np.sqrt(np.sum(c.prior_loss[lab] * a[lab] ** 2)) + np.sqrt(c.unseen_curv * np.sum(a[~lab] ** 2)))
 
 
 def _lower_terms(c, n, alpha, rho0):
     """Theorem 2's bound for one ``(alpha, rho0)``, with its pieces (Lemmas 6.1-6.4)."""
     a = prior_widths(c, n, alpha)
-    h = float(np.sqrt(np.sum(a**2)))  # I-norm radius of the box
+    h = _box_radius(c, a)
     rho_box = float((c.pair_coords @ a).max()) if c.pair_coords.size else 0.0
     m_box = float((c.edge_coords @ a).max()) if c.edge_coords.size else 0.0
     if rho_box > 50.0 or m_box > 50.0:  # the factor e^{-rho_box} is below 2e-22: the bound is ~0
         return 0.0, h
-    trace = float(np.sum(1.0 / (n * math.exp(m_box) * c.curv_eigs + math.pi**2 / a**2)))
+    trace = float(np.sum(c.prior_loss / (n * math.exp(m_box) * c.prior_info + math.pi**2 / a**2)))
     radius = rho0 / c.c_curv
     shrink = (radius / (radius + 2.0 * h)) ** 2
     return sandwich_factors(rho0)[0] * math.exp(-rho_box) * shrink * 0.5 * c.beta * trace, h
@@ -440,8 +553,8 @@ def _lower_terms(c, n, alpha, rho0):
 def lower_bound(c: BoundConstants, n, grid: int = 40) -> LowerBound:
     """Theorem 2: no estimator from ``n`` labels of this design does better, worst case over ``N``.
 
-    ``N`` is the prior's box around ``theta*`` (half-widths :func:`prior_widths`,
-    ``I``-norm radius ``h``). The bound holds for every ``alpha > 0`` and ``rho0 > 0``;
+    ``N`` is the prior's box around ``theta*`` (columns ``c.prior_basis``, half-widths
+    :func:`prior_widths`, ``I``-seminorm radius at most ``h``). The bound holds for every ``alpha > 0`` and ``rho0 > 0``;
     this returns the largest value over a log grid of both (a maximum of valid
     bounds is valid). It needs no lower limit on ``n`` and stays positive when the
     design misses a direction of ``range(I)`` (then it does not vanish as ``n`` grows).
@@ -489,7 +602,7 @@ def sample_prior(key, c: BoundConstants, theta_star, n, alpha):
     """Draw ``theta ~ pi`` of Theorem 2 (``vmap`` over keys for many draws).
 
     ``theta = theta* + sum_i nu_i b_i`` with ``b_i`` the columns of
-    ``c.prior_basis`` and independent ``nu_i`` on ``[-a_i, a_i]`` with density
+    ``c.prior_basis`` (``S``-whitened labelled directions, then unseen ones) and independent ``nu_i`` on ``[-a_i, a_i]`` with density
     ``cos^2(pi nu / (2 a_i)) / a_i`` (section 6), sampled by inverting its CDF
     ``F(x) = (x + 1) / 2 + sin(pi x) / (2 pi)`` (``x = nu / a_i``) by bisection.
 
