@@ -89,7 +89,7 @@ def test_an_invalid_job_anywhere_in_a_sweep_stops_it_before_the_first_job(tmp_pa
         (["world.params.num_completions=1"], "num_completions must be an integer >= 2"),
         (["world.params.beta=0"], "beta must be a finite number > 0"),
         (["design=first_two", "design.params.rounding=without_replacement", "budget=100000"], "exceeds the 10 candidate edges"),
-        (["+design.params.nope=1"], "allowed: ['rounding']"),
+        (["+design.params.nope=1"], "allowed: ['max_labels_per_edge', 'rounding']"),
         (["design=adpo_greedy", "budget=11"], "design.params.with_replacement = false labels each edge at most once"),
         (["design=prompt_selection", "budget=2"], "prompt_selection labels each prompt at most once"),
         (["+world.params.nope=1"], "allowed: ["),
