@@ -36,6 +36,7 @@ DESIGN_STYLE = {
     "reference_filter": ("#8c564b", "X"),
     "adpo_greedy": ("#7f7f7f", "*"),
     "apo_greedy": ("#c7c7c7", "h"),
+    "apo_sequential": ("#7b7b7b", "h"),
     "a_optimal": ("#9467bd", "d"),
     "d_optimal": ("#17becf", "H"),
     "first_n": ("#98df8a", "1"),

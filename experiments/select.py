@@ -69,7 +69,7 @@ REQUIRED = ("prompt_id", "completion_id", "features")
 #: Registered designs that need no simulated truth (no theta*, no simulated annotator).
 #: ``two_stage`` needs ``pilot=<file>`` here: its pilot labels come from your annotators.
 NO_TRUTH_DESIGNS = ("plug_in", "two_stage", "uniform", "first_two", "first_n", "reference_weighted", "d_optimal",
-                    "a_optimal", "apo_greedy", "adpo_greedy", "reference_filter", "uncertainty", "most_certain")
+                    "a_optimal", "apo_greedy", "apo_sequential", "adpo_greedy", "reference_filter", "uncertainty", "most_certain")
 #: How far a prompt's ``logsumexp(ref_logprob)`` may be from 0 and still count as normalised.
 NORMALISED_TOL = 1e-3
 
