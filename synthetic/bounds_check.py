@@ -37,7 +37,7 @@ import numpy as np
 from synthetic.designs import DesignProblem, run_design
 from synthetic.monte_carlo import replicate_gaps
 from synthetic.rounding import efficient_rounding
-from synthetic.worlds import World
+from synthetic.worlds import Pool, World
 from theory import bounds as TB
 
 __all__ = [
@@ -46,7 +46,36 @@ __all__ = [
     "safeguarded_gaps",
     "check_design_bounds",
     "default_radius",
+    "subspace_world",
 ]
+
+
+def subspace_world(key=None, corr: float = 0.9, beta: float = 1.0) -> World:
+    """A world whose labelled span is larger than ``range(I)`` (the regression world of issue 18).
+
+    Four training prompts (whose pairs are labelled) with three completions vary all
+    three features, the third correlated with the first (``corr``); six evaluation
+    prompts (where the gap is measured) keep the third feature constant within each
+    prompt. So ``e_3`` is in ``ker I`` but not in ``ker S``, ``S`` mixes it with
+    ``range(I)``, and ``tr(I S^+)`` exceeds the inverse of the compression of ``S`` to
+    ``range(I)`` (about 3x with the default key and ``corr``). A1-A3 hold.
+
+    Args:
+      key: JAX PRNG key (``jax.random.key(0)`` when ``None``).
+      corr: correlation of features 1 and 3 on the training prompts, in ``[0, 1)``.
+      beta: ``> 0``.
+    """
+    if not (0.0 <= corr < 1.0):
+        raise ValueError(f"corr must be in [0, 1), got {corr!r}")
+    kt, ke, kth, kr1, kr2 = jax.random.split(jax.random.key(0) if key is None else key, 5)
+    m_train, m_eval, k = 4, 6, 3
+    f = jax.random.normal(kt, (m_train, k, 3), jnp.float64)
+    f = f.at[..., 2].set(corr * f[..., 0] + math.sqrt(1 - corr**2) * f[..., 2])
+    g = jax.random.normal(ke, (m_eval, k, 3), jnp.float64)
+    g = g.at[..., 2].set(jnp.broadcast_to(g[:, :1, 2], (m_eval, k)))
+    train = Pool(f, jax.nn.log_softmax(jax.random.normal(kr1, (m_train, k), jnp.float64), -1), jnp.full(m_train, 1 / m_train))
+    ev = Pool(g, jax.nn.log_softmax(jax.random.normal(kr2, (m_eval, k), jnp.float64), -1), jnp.full(m_eval, 1 / m_eval))
+    return World(train, ev, 0.5 * jax.random.normal(kth, (3,), jnp.float64), float(beta))
 
 
 def default_radius(world: World) -> float:

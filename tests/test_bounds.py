@@ -28,11 +28,10 @@ from scipy import integrate, optimize, stats
 
 from conftest import random_pool
 from synthetic import contextual_world, design_problem, tabular_world
-from synthetic.bounds_check import check_design_bounds, default_radius, dpo_gaps, safeguarded_gaps
+from synthetic.bounds_check import check_design_bounds, default_radius, dpo_gaps, safeguarded_gaps, subspace_world
 from synthetic.estimators import fit_newton
 from synthetic.labels import simulate_wins
 from synthetic.rounding import efficient_rounding
-from synthetic.worlds import Pool, World
 from theory import bounds as TB
 from theory import asymptotic_gap, design_criterion, enumerate_edges, information_matrix, optimal_design, optimality_gap, policy_curvature
 
@@ -124,28 +123,8 @@ def _dense_constants(w, theta, feats, log_ref, z, beta, rho):
     }
 
 
-def _subspace_world(key=None, corr=0.9):
-    """Issue 18's regression world: ``range(I)`` is a proper subspace of the labelled span.
-
-    Training prompts (whose pairs are labelled) vary all three features, the third
-    correlated with the first; evaluation prompts (where the gap is measured) keep the
-    third feature constant within each prompt. So ``e_3`` is in ``ker I`` but not in
-    ``ker S``, ``S`` mixes it with ``range(I)``, and ``tr(I S^+)`` is about three times
-    the inverse of the compression of ``S`` to ``range(I)``. A1-A3 hold.
-    """
-    kt, ke, kth, kr1, kr2 = jax.random.split(jax.random.key(0) if key is None else key, 5)
-    m_train, m_eval, k = 4, 6, 3
-    f = jax.random.normal(kt, (m_train, k, 3))
-    f = f.at[..., 2].set(corr * f[..., 0] + math.sqrt(1 - corr**2) * f[..., 2])
-    g = jax.random.normal(ke, (m_eval, k, 3))
-    g = g.at[..., 2].set(jnp.broadcast_to(g[:, :1, 2], (m_eval, k)))
-    train = Pool(f, jax.nn.log_softmax(jax.random.normal(kr1, (m_train, k)), -1), jnp.full(m_train, 1 / m_train))
-    ev = Pool(g, jax.nn.log_softmax(jax.random.normal(kr2, (m_eval, k)), -1), jnp.full(m_eval, 1 / m_eval))
-    return World(train, ev, 0.5 * jax.random.normal(kth, (3,)), 1.0)
-
-
 def _subspace_instance(n=None):
-    world = _subspace_world()
+    world = subspace_world()
     prob = design_problem(world)
     e = prob.num_edges
     w = np.full(e, 1.0 / e) if n is None else efficient_rounding(np.full(e, 1.0 / e), n).dense_counts(e) / n
