@@ -152,7 +152,7 @@ def git_version() -> str:
 
 
 def run_cell(cfg: DictConfig, progress: bool = False) -> dict:
-    """Compute one cell's records (no file I/O): columns ``replicate``, ``gap``, ``valid``, ``predicted_gap``."""
+    """Compute one cell's records (no file I/O): columns ``replicate``, ``gap``, ``valid``, ``predicted_gap``, ``labels_spent``."""
     world = make_world(cfg.world, jax.random.key(cfg.world_seed))
     problem = design_problem(world)
     name = cfg.design.name
@@ -179,6 +179,9 @@ def run_cell(cfg: DictConfig, progress: bool = False) -> dict:
         "gap": np.asarray(res.gap, np.float64),
         "valid": np.asarray(res.valid, bool),
         "predicted_gap": np.full(r, predicted),
+        # labels the design paid for: the budget, or more for designs that label a
+        # larger set and train on part of it (seed 004's protocol)
+        "labels_spent": np.full(r, int((out.info or {}).get("labels_spent", cfg.budget))),
     }
 
 

@@ -39,11 +39,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-RECORD_FIELDS = ["replicate", "gap", "valid", "predicted_gap"]
+RECORD_FIELDS = ["replicate", "gap", "valid", "predicted_gap"]  # required; others (labels_spent) are read too
 
 #: Columns of a summary row, in order (also the CSV header).
 SUMMARY_FIELDS = [
-    "world", "design", "config", "estimator", "budget", "seed", "replicates", "valid_fraction",
+    "world", "design", "config", "estimator", "budget", "labels_spent", "seed", "replicates", "valid_fraction",
     "mean_gap", "se", "ci_low", "ci_high", "predicted_gap", "ratio_to_prediction", "ratio_to_uniform",
     "code_version", "current_code", "cell", "note",
 ]
@@ -96,7 +96,7 @@ def read_cell(path, fields=RECORD_FIELDS):
             if missing:
                 raise RecordError(path, f"lacks the field(s) {missing}")
             meta = json.loads(str(z["meta"]))
-            cols = {k: z[k] for k in fields}
+            cols = {k: z[k] for k in z.files if k != "meta"}  # the required fields and any others
     except RecordError:
         raise
     except Exception as err:  # noqa: BLE001 - zip, npy and JSON errors alike: the file is not a record
@@ -176,15 +176,21 @@ def summarise_cell(cols, meta, current_code="", level: float = 0.95) -> dict:
     # current_code: the version the current code gives this cell; None if it cannot be
     # computed here (design or module unavailable); "" to skip the check.
     stale = current_code != "" and meta["code_version"] != current_code
+    note = _note(gap, valid, pred, "unknown" if current_code is None else stale)
+    spent = int(cols["labels_spent"][0]) if "labels_spent" in cols and len(cols["labels_spent"]) else meta["budget"]
+    if spent != meta["budget"]:
+        note = "; ".join(x for x in (f"trained on {meta['budget']} of {spent} labels spent", note) if x)
     return {
         "world": meta["world"]["name"], "design": meta["design"]["name"], "config": "",
-        "estimator": meta["estimator"]["name"], "budget": meta["budget"], "seed": meta.get("seed"),
+        "estimator": meta["estimator"]["name"], "budget": meta["budget"],
+        "labels_spent": spent,
+        "seed": meta.get("seed"),
         "replicates": int(gap.size), "valid_fraction": float(valid.mean()),
         "mean_gap": mean, "se": se, "ci_low": lo, "ci_high": hi,
         "predicted_gap": pred, "ratio_to_prediction": mean / pred if pred > 0 and np.isfinite(pred) else np.nan,
         "ratio_to_uniform": np.nan,
         "code_version": meta["code_version"], "current_code": not stale, "cell": meta.get("cell", ""),
-        "note": _note(gap, valid, pred, "unknown" if current_code is None else stale),
+        "note": note,
     }
 
 

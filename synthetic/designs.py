@@ -50,6 +50,7 @@ import dataclasses
 import hashlib
 import functools
 import inspect
+import math
 import warnings
 from typing import Callable, NamedTuple, Optional
 
@@ -906,8 +907,19 @@ def sweet_spot(
 
 
 @register_design(
+    "sweet_spot_pm2sigma",
+    summary="Chosen nearest mu + 2 sigma, rejected nearest mu - 2 sigma of the prompt's rewards.",
+    source="Finding the Sweet Spot (2025, seed 003): the (mu + 2 sigma, mu - 2 sigma) pair, best in most of its settings",
+)
+def sweet_spot_pm2sigma(key, problem, budget, reward="proxy", correlation=1.0, pilot_fraction=0.2, pilot_ridge=1e-3, rounding="auto",
+                        max_labels_per_edge=None):
+    return sweet_spot(key, problem, budget, "mu+2sigma", "mu-2sigma", reward, correlation, pilot_fraction, pilot_ridge, rounding,
+                      max_labels_per_edge)
+
+
+@register_design(
     "sweet_spot_scalable",
-    summary="Chosen = highest reward; rejected = lowest of num_samples random other completions (default 5).",
+    summary="Chosen = highest reward; rejected = lowest of num_samples (default 5) completions drawn at random from the pool.",
     source="Finding the Sweet Spot (2025, seed 003), the scalable construction",
 )
 def sweet_spot_scalable(
@@ -923,10 +935,17 @@ def sweet_spot_scalable(
     gumbel = np.asarray(jax.random.gumbel(k_pick, (m, k)))
 
     def pick(x):
+        # Chosen: the highest reward. Rejected: the lowest of num_samples completions
+        # drawn at random from the whole pool (the chosen one may be among them; it is
+        # their minimum only on ties, and is then passed over).
         i = int(np.argmax(scores[x]))
-        others = np.flatnonzero(present[x] & (np.arange(k) != i))
-        draw = others[np.argsort(-gumbel[x, others])[: min(num_samples, others.size)]]
-        return i, int(draw[np.argmin(scores[x, draw])])
+        pool = np.flatnonzero(present[x])
+        order = pool[np.argsort(-gumbel[x, pool])]  # a uniformly random order of the pool
+        cand = order[:num_samples]
+        cand = cand[cand != i]
+        if cand.size == 0:  # drew only the chosen one (num_samples = 1): the next draw
+            cand = order[order != i][:1]
+        return i, int(cand[np.argmin(scores[x, cand])])
 
     prompts, sel = _per_prompt_pairs(problem, pick)
     return _per_prompt_output(k_round, problem, budget, prompts, sel, rounding, pilot, max_labels_per_edge=max_labels_per_edge)
@@ -946,6 +965,46 @@ def reference_filter(key, problem, budget, fraction=0.4, rounding="auto", max_la
     tie = np.asarray(jax.random.uniform(key, (e.num_edges,)))
     order = np.lexsort((tie, -gap))
     return selection_output(jax.random.fold_in(key, 1), problem, budget, order[:keep], rounding, max_labels_per_edge=max_labels_per_edge)
+
+
+@register_design(
+    "reference_filter_labelled",
+    summary="Seed 004's protocol: label ceil(budget / fraction) uniformly drawn comparisons, train on the budget labels the reference agrees with most (signed) or separates most (absolute).",
+    source="Clear Preferences Leave Traces (2025, seed 004): filter an already labelled set by the reference model's log-probabilities, train on 30-50% of it",
+    checks={"reading": choice_check("signed", "absolute"), "fraction": interval_check(0.0, 1.0, hi_open=False)},
+)
+def reference_filter_labelled(key, problem, budget, fraction=0.4, reading="signed", max_labels_per_edge=None):
+    """``budget`` is the labels *used* (the training set); ``ceil(budget / fraction)``
+    labels are *spent* (``info["labels_spent"]``). Each spent label is a (chosen,
+    rejected) pair; its reading is ``log pi0(chosen) - log pi0(rejected)`` (signed: the
+    reference agrees with the label) or its absolute value; the ``budget`` labels of
+    largest reading are kept (ties at random). The kept labels are returned as observed
+    (pilot) labels, so the evaluation trains on exactly them."""
+    _check_fraction("fraction", fraction, hi_open=False)
+    _check_choice("reading", reading, ("signed", "absolute"))
+    spent = int(math.ceil(budget / fraction))
+    k_alloc, k_lab, k_tie = jax.random.split(key, 3)
+    cap = check_max_labels_per_edge(max_labels_per_edge)
+    if cap is not None and spent > cap * problem.num_edges:
+        raise ValueError(f"budget / fraction = {spent} labels to spend exceed max_labels_per_edge = {cap} times the "
+                         f"{problem.num_edges} candidate edges; allowed: budget <= {int(fraction * cap * problem.num_edges)}")
+    bought = weighted_output(k_alloc, problem, spent, uniform_weights(problem.edges), max_labels_per_edge=cap)
+    counts = bought.dense_counts(problem.num_edges)
+    wins = problem.label(k_lab, counts)
+    e = problem.edges
+    lr = np.asarray(problem.pool.log_ref, dtype=np.float64)
+    delta = lr[e.prompt, e.first] - lr[e.prompt, e.second]  # reference's margin for the first completion
+    # one entry per spent label: edge, whether the first completion won, its reading
+    edge = np.repeat(np.arange(e.num_edges), counts)
+    first_won = np.concatenate([np.arange(c) < w for c, w in zip(counts, wins)]) if counts.sum() else np.zeros(0, bool)
+    signed = np.where(first_won, delta[edge], -delta[edge])
+    score = signed if reading == "signed" else np.abs(signed)
+    tie = np.asarray(jax.random.uniform(k_tie, (edge.size,)))
+    keep = np.lexsort((tie, -score))[:budget]
+    kept_counts = np.bincount(edge[keep], minlength=e.num_edges)
+    kept_wins = np.bincount(edge[keep], weights=first_won[keep], minlength=e.num_edges).astype(np.int64)
+    info = {"labels_spent": spent, "labels_used": int(budget), "reading": reading, "spent": (counts, wins)}
+    return DesignOutput(allocation_from_counts(kept_counts), None, (kept_counts, kept_wins), info)
 
 
 def _uncertainty(key, problem, budget, at, num_pairs, rounding, pilot_fraction, pilot_ridge, most_certain, max_labels_per_edge):

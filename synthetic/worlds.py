@@ -114,11 +114,33 @@ def _check_common(num_completions, beta, theta_scale, ref_concentration, dtype):
         raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
 
 
-def _reference(key, shape, ref_concentration, dtype, present=None):
-    logits = ref_concentration * jax.random.normal(key, shape, dtype)
+def _reference(key, shape, ref_concentration, dtype, present=None, rewards=None, correlation=0.0):
+    """``log pi0 = log_softmax(ref_concentration g)``; ``g`` is standard normal noise, or
+    with ``correlation = r != 0``, ``r s + sqrt(1 - r^2) noise`` where ``s`` is the true
+    reward standardised within the prompt (so ``g`` has correlation ``r`` with it):
+    the premise of seed 004, a reference whose probabilities carry traces of the
+    preference. ``r = 0`` is the noise alone, number for number."""
+    noise = jax.random.normal(key, shape, dtype)
+    if correlation == 0.0:
+        g = noise
+    else:
+        ok = jnp.ones(shape, bool) if present is None else present
+        cnt = jnp.sum(ok, axis=-1, keepdims=True)
+        mu = jnp.sum(jnp.where(ok, rewards, 0.0), axis=-1, keepdims=True) / cnt
+        var = jnp.sum(jnp.where(ok, (rewards - mu) ** 2, 0.0), axis=-1, keepdims=True) / cnt
+        sd = jnp.sqrt(var)
+        s = jnp.where(sd > 0, (rewards - mu) / jnp.where(sd > 0, sd, 1.0), 0.0)
+        g = correlation * s + math.sqrt(1.0 - correlation**2) * noise
+    logits = ref_concentration * g
     if present is not None:
         logits = jnp.where(present, logits, -jnp.inf)
     return jax.nn.log_softmax(logits, axis=-1)
+
+
+def _check_correlation(value):
+    _check_real("ref_reward_correlation", value, -math.inf, strict=False)
+    if not -1.0 <= float(value) <= 1.0:
+        raise ValueError(f"ref_reward_correlation must be a number in [-1, 1], got {value!r}")
 
 
 def _uniform(m, dtype):
@@ -135,6 +157,7 @@ def tabular_world(
     beta: float = 1.0,
     theta_scale: float = 0.5,
     ref_concentration: float = 2.0,
+    ref_reward_correlation: float = 0.0,
     dtype=jnp.float64,
 ) -> World:
     """Tabular world: one-hot features over ``d = num_prompts * num_completions`` items.
@@ -150,16 +173,19 @@ def tabular_world(
       beta: ``> 0``.
       theta_scale: ``>= 0``.
       ref_concentration: ``>= 0``; ``pi0 = softmax(ref_concentration N(0, 1))``.
+      ref_reward_correlation: ``r in [-1, 1]``: the reference logits' correlation with
+        the true reward within each prompt (0: independent, as in the paper's worlds).
       dtype: float32 or float64.
     """
     _check_int("num_prompts", num_prompts, 1)
     _check_common(num_completions, beta, theta_scale, ref_concentration, dtype)
+    _check_correlation(ref_reward_correlation)
     m, k = num_prompts, num_completions
     d = m * k
     k_ref, k_theta = jax.random.split(key)
     features = jnp.eye(d, dtype=dtype).reshape(m, k, d)
-    log_ref = _reference(k_ref, (m, k), ref_concentration, dtype)
     theta_star = theta_scale * jax.random.normal(k_theta, (d,), dtype)
+    log_ref = _reference(k_ref, (m, k), ref_concentration, dtype, rewards=features @ theta_star, correlation=ref_reward_correlation)
     pool = Pool(features, log_ref, _uniform(m, dtype))
     return World(pool, pool, theta_star, float(beta))
 
@@ -174,6 +200,7 @@ def contextual_world(
     beta: float = 1.0,
     theta_scale: float = 1.0,
     ref_concentration: float = 2.0,
+    ref_reward_correlation: float = 0.0,
     dtype=jnp.float64,
 ) -> World:
     """Linear contextual world ``phi(x, y) = [x; a_y; x (x) a_y]``, ``d = p + q + p q``.
@@ -190,13 +217,14 @@ def contextual_world(
       num_train_prompts: ``>= 1``.
       num_eval_prompts: ``>= 1``.
       num_completions: ``K >= 2``.
-      beta, theta_scale, ref_concentration, dtype: as in :func:`tabular_world`.
+      beta, theta_scale, ref_concentration, ref_reward_correlation, dtype: as in :func:`tabular_world`.
     """
     _check_int("prompt_dim", prompt_dim, 1)
     _check_int("action_dim", action_dim, 1)
     _check_int("num_train_prompts", num_train_prompts, 1)
     _check_int("num_eval_prompts", num_eval_prompts, 1)
     _check_common(num_completions, beta, theta_scale, ref_concentration, dtype)
+    _check_correlation(ref_reward_correlation)
     p, q, k = prompt_dim, action_dim, num_completions
     d = p + q + p * q
     k_train, k_eval, k_theta = jax.random.split(key, 3)
@@ -207,7 +235,8 @@ def contextual_world(
         a = jax.random.normal(ka, (m, k, q), dtype)
         xa = (x[:, None, :, None] * a[:, :, None, :]).reshape(m, k, p * q)
         feats = jnp.concatenate([jnp.broadcast_to(x[:, None, :], (m, k, p)), a, xa], axis=-1)
-        return Pool(feats, _reference(kr, (m, k), ref_concentration, dtype), _uniform(m, dtype))
+        log_ref = _reference(kr, (m, k), ref_concentration, dtype, rewards=feats @ theta_star, correlation=ref_reward_correlation)
+        return Pool(feats, log_ref, _uniform(m, dtype))
 
     # Reward differences: (a - a').(theta_a + theta_xa x): scale by the q + p q coordinates.
     theta_star = theta_scale / math.sqrt(q + p * q) * jax.random.normal(k_theta, (d,), dtype)
@@ -223,6 +252,7 @@ def gaussian_world(
     theta_scale: float = 1.0,
     ref_concentration: float = 1.0,
     min_completions: int | None = None,
+    ref_reward_correlation: float = 0.0,
     dtype=jnp.float64,
 ) -> World:
     """Generic world with ``phi(x, y) ~ N(0, Id_d)`` i.i.d.
@@ -238,11 +268,12 @@ def gaussian_world(
       dim: ``d >= 1``.
       min_completions: ``2 <= min_completions <= num_completions``, or ``None`` for
         full pools.
-      beta, theta_scale, ref_concentration, dtype: as in :func:`tabular_world`.
+      beta, theta_scale, ref_concentration, ref_reward_correlation, dtype: as in :func:`tabular_world`.
     """
     _check_int("num_prompts", num_prompts, 1)
     _check_int("dim", dim, 1)
     _check_common(num_completions, beta, theta_scale, ref_concentration, dtype)
+    _check_correlation(ref_reward_correlation)
     if min_completions is not None:
         _check_int("min_completions", min_completions, 2)
         if min_completions > num_completions:
@@ -257,8 +288,8 @@ def gaussian_world(
         sizes = jax.random.randint(k_size, (m,), min_completions, k + 1)
         present = jnp.arange(k)[None, :] < sizes[:, None]
         features = jnp.where(present[..., None], features, 0.0)
-    log_ref = _reference(k_r, (m, k), ref_concentration, dtype, present)
     theta_star = theta_scale / math.sqrt(d) * jax.random.normal(k_t, (d,), dtype)
+    log_ref = _reference(k_r, (m, k), ref_concentration, dtype, present, features @ theta_star, ref_reward_correlation)
     pool = Pool(features, log_ref, _uniform(m, dtype))
     return World(pool, pool, theta_star, float(beta))
 

@@ -342,6 +342,7 @@ def test_run_design_warns_before_any_label_when_the_budget_is_below_the_rank(pro
 
 BAD_VALUES = {
     "batch_size": 0,
+    "reading": "loud",
     "rounding": "stochastic",
     "max_labels_per_edge": 0,
     "prior_precision": -1.0,

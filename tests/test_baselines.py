@@ -1,0 +1,114 @@
+"""Baselines as their authors run them (seed 003's pair rules, seed 004's premise and
+protocol), each against a direct re-implementation of its source rule."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from synthetic import contextual_world, gaussian_world, tabular_world
+from synthetic.designs import design_problem, run_design
+
+
+@pytest.mark.parametrize("make, conc", [
+    (lambda r: tabular_world(jax.random.key(3), num_prompts=40, num_completions=8, ref_reward_correlation=r), 2.0),
+    (lambda r: contextual_world(jax.random.key(3), num_train_prompts=40, num_eval_prompts=5, ref_reward_correlation=r), 2.0),
+    (lambda r: gaussian_world(jax.random.key(3), num_prompts=40, min_completions=3, ref_reward_correlation=r), 1.0),
+])
+def test_reference_tracks_the_reward_to_the_requested_correlation(make, conc):
+    """r = 0 is the paper's world number for number (noise alone). The reference logits
+    are g = r s + sqrt(1 - r^2) eps with s the reward standardised within its prompt and
+    eps ~ N(0, 1): E[g s] = r exactly. With log pi0 = conc g - logsumexp, the centred
+    log pi0 / conc times s estimates r with variance (1 - r^2) / N: a z-test at level 1e-3."""
+    base = make(0.0)
+    np.testing.assert_array_equal(np.asarray(base.train.log_ref), np.asarray(make(0.0).train.log_ref))
+    for r in (0.5, 0.9, -0.3):
+        w = make(r)
+        np.testing.assert_array_equal(np.asarray(w.theta_star), np.asarray(base.theta_star))
+        lr = np.asarray(w.train.log_ref)
+        rew = np.asarray(w.train.features @ w.theta_star)
+        ok = np.isfinite(lr)
+        terms = []
+        for i in range(lr.shape[0]):
+            g, b = lr[i, ok[i]] / conc, rew[i, ok[i]]
+            if b.std() > 0:
+                terms.append((g - g.mean()) * (b - b.mean()) / b.std())
+        t = np.concatenate(terms)
+        z = (t.mean() - r) / np.sqrt((1 - r**2) / t.size)
+        assert abs(z) < 3.29, (r, t.mean())
+    with pytest.raises(ValueError, match=r"ref_reward_correlation must be a number in \[-1, 1\]"):
+        make(1.5)
+
+
+def test_labelled_filter_keeps_exactly_the_labels_its_source_rule_keeps():
+    """Seed 004's protocol recomputed from the spent labels: per label, the reading
+    log pi0(chosen) - log pi0(rejected) (signed) or its absolute value; keep the
+    `budget` largest; train on them. Labels spent = ceil(budget / fraction)."""
+    world = contextual_world(jax.random.key(0), num_train_prompts=30, num_eval_prompts=5, ref_reward_correlation=0.6)
+    prob = design_problem(world)
+    e = prob.edges
+    lr = np.asarray(prob.pool.log_ref)
+    delta = lr[e.prompt, e.first] - lr[e.prompt, e.second]
+    for reading in ("signed", "absolute"):
+        out = run_design("reference_filter_labelled", jax.random.key(1), prob, 120, fraction=0.4, reading=reading)
+        counts, wins = out.info["spent"]
+        assert out.info["labels_spent"] == counts.sum() == 300 and out.allocation.counts.sum() == 120
+        labels = []  # (reading, edge, first completion won)
+        for j in np.flatnonzero(counts):
+            for t in range(counts[j]):
+                won = t < wins[j]
+                v = delta[j] if won else -delta[j]
+                labels.append((v if reading == "signed" else abs(v), j, won))
+        labels.sort(key=lambda t: -t[0])
+        kept = labels[:120]
+        assert labels[119][0] > labels[120][0]  # continuous readings: no tie at the cut
+        kc = np.zeros(e.num_edges, int)
+        kw = np.zeros(e.num_edges, int)
+        for _, j, won in kept:
+            kc[j] += 1
+            kw[j] += won
+        np.testing.assert_array_equal(out.dense_counts(e.num_edges), kc)
+        np.testing.assert_array_equal(out.pilot[0], kc)
+        np.testing.assert_array_equal(out.pilot[1], kw)
+    # signed keeps labels the reference agrees with: its kept readings are all positive here
+    out = run_design("reference_filter_labelled", jax.random.key(1), prob, 120, fraction=0.4, reading="signed")
+    kept_edges = out.allocation.edges
+    agree = np.where(out.pilot[1][kept_edges] > 0, delta[kept_edges], -delta[kept_edges])
+    assert np.all(agree > 0)
+
+
+def test_the_labelled_filter_reports_labels_spent_in_the_summary(tmp_path):
+    from experiments import sweep
+
+    sweep.run_jobs([["world=contextual", "design=reference_filter_labelled", "budget=200", "num_replicates=5"]], tmp_path, progress=False)
+    (row,) = sweep.aggregate(tmp_path)
+    assert row["labels_spent"] == 500 and row["budget"] == 200 and "trained on 200 of 500 labels spent" in row["note"]
+
+
+def test_pm2sigma_is_the_sweet_spot_rule_at_those_positions():
+    prob = design_problem(gaussian_world(jax.random.key(0), num_prompts=30, num_completions=12))
+    a = run_design("sweet_spot_pm2sigma", jax.random.key(2), prob, 30)
+    b = run_design("sweet_spot", jax.random.key(2), prob, 30, chosen="mu+2sigma", rejected="mu-2sigma")
+    np.testing.assert_array_equal(a.dense_counts(prob.num_edges), b.dense_counts(prob.num_edges))
+
+
+def test_scalable_sweet_spot_rejects_the_minimum_of_its_random_draws():
+    """Chosen: the highest proxy reward. Rejected: the lowest of 5 completions drawn at
+    random from the pool. With K = 6 it differs from best-vs-worst exactly when the
+    minimum is not among the 5 draws (and the chosen one is then often drawn)."""
+    world = gaussian_world(jax.random.key(0), num_prompts=400, num_completions=6)
+    prob = design_problem(world)
+    reward = np.asarray(world.train.features @ world.theta_star)
+    out = run_design("sweet_spot_scalable", jax.random.key(4), prob, 400)
+    e = prob.edges
+    sel = out.allocation.edges
+    best = np.argmax(reward, axis=1)
+    worst = np.argmin(reward, axis=1)
+    p, i, j = e.prompt[sel], e.first[sel], e.second[sel]
+    chosen = np.where(reward[p, i] > reward[p, j], i, j)
+    rejected = np.where(reward[p, i] > reward[p, j], j, i)
+    assert np.all(chosen == best[p])
+    differs = np.mean(rejected != worst[p])
+    # P(min not among 5 random of 6) = 1/6 (the minimum is the one left out)
+    se = np.sqrt((1 / 6) * (5 / 6) / p.size)
+    assert abs(differs - 1 / 6) < 3.29 * se, differs
