@@ -604,14 +604,26 @@ def _price(x, tinv, b, kind):
     return _scores(kind, x, m, q)
 
 
+def _reference_level(dd, w, caps, groups, masses, num_groups):
+    """Estimate of each group's threshold ``t`` (the multiplier of its mass constraint)
+    with caps: the ``w``-weighted mean of ``d`` over the free edges (``0 < w_e < c_e``),
+    which is ``t`` at the optimum; the capped LMO's threshold where a group has none.
+    (Without caps the solver uses the weighted mean over the group, the same rule.)"""
+    _, thr = _capped_lmo_np(dd, caps, groups, masses, num_groups)
+    free = (w > 0) & (w < caps)
+    mass = np.bincount(groups, weights=np.where(free, w, 0.0), minlength=num_groups)
+    spent = np.bincount(groups, weights=np.where(free, w * dd, 0.0), minlength=num_groups)
+    return np.where(mass > 0, spent / np.where(mass > 0, mass, 1.0), thr)
+
+
 def _violation(dd, w, groups, masses, num_groups, caps=None):
     """``d_e`` minus the weighted mean of ``d`` in its group: > 0 where mass should go.
 
-    With caps the reference is the capped LMO's threshold ``t_g`` (an edge of weight 0
-    with ``d_e > t_g`` is one the linear maximisation would fill)."""
+    With caps the reference is :func:`_reference_level` (the working set also keeps the
+    support of the capped LMO vertex, see :func:`_keep`, so its certificate is the full one)."""
     if caps is not None:
-        _, thr = _capped_lmo_np(dd, caps, groups, masses, num_groups)
-        return np.where(caps > 0, dd - thr[groups], -np.inf)
+        ref = _reference_level(dd, w, caps, groups, masses, num_groups)
+        return np.where(caps > 0, dd - ref[groups], -np.inf)
     spent = np.bincount(groups, weights=w * dd, minlength=num_groups)
     mean = np.where(masses > 0, spent / np.where(masses > 0, masses, 1.0), np.inf)
     return dd - mean[groups]
@@ -726,6 +738,12 @@ def _solve_restricted(
         spent = np.bincount(g_np, weights=np.asarray(st.w, dtype=np.float64) * dd, minlength=num_groups)
         return float(np.sum(lmo - spent)), thr
 
+    def level(st):
+        """Certificate of ``st`` and the reference levels of the Newton steps' held sets."""
+        cert, _ = exact(st)
+        dd, w = np.asarray(st.dd, dtype=np.float64), np.asarray(st.w, dtype=np.float64)
+        return cert, _reference_level(dd, w, cw64, g_np, np.asarray(masses, dtype=np.float64), num_groups)
+
     hist_v, hist_c = [], []
     done = 0
     tol_j = jnp.asarray(tol, x.dtype)
@@ -776,7 +794,7 @@ def _solve_restricted(
             # Large supports (an interior optimum has every edge in it): projected Newton,
             # matrix-free. When it does not halve the certificate it is tried half as
             # often (1, 2, 4, ... blocks apart).
-            state = _polish_cg(state, xw, prob.offset, b, prob.kind, gw, num_groups, caps=cw64, thr_fn=exact)
+            state = _polish_cg(state, xw, prob.offset, b, prob.kind, gw, num_groups, caps=cw64, thr_fn=level)
             after, _ = exact(state)
             cg_gap = 1 if after <= 0.5 * cert else 2 * cg_gap
             next_cg = blocks + cg_gap
@@ -938,10 +956,10 @@ def _newton_cg_direction(state, x, groups, kind, num_groups, max_iter=100, rtol=
     positive semi-definite (the criterion is convex); CG stops at a residual of
     ``rtol`` relative, at ``max_iter`` steps, or at a direction of no curvature.
 
-    With ``caps`` the bounds are ``0 <= w <= c`` and the reference level is the
-    threshold ``thr_g`` of the capped LMO instead of the weighted mean: an edge within
-    eps of its cap whose ``d_e`` is at least the threshold is held there too (it steps
-    to its cap).
+    With ``caps`` the bounds are ``0 <= w <= c`` and the reference level ``thr_g`` is
+    the weighted mean of ``d`` over the free edges (:func:`_reference_level`): an edge
+    within eps of its cap whose ``d_e`` is at least that level is held there too (it
+    steps to its cap).
     """
     # Bertsekas' projected Newton: an edge is held at its bound only when its weight is
     # within eps of zero *and* its d_e does not beat its group's weighted mean (the
@@ -1003,7 +1021,7 @@ def _polish_cg(state, x, offset, b, kind, groups, num_groups, steps=8, caps=None
 
     With ``caps`` (float64 numpy ``[E]``) trials are the Euclidean projection of
     ``w + alpha delta`` on the capped simplex, and ``thr_fn(state)`` gives the
-    certificate and thresholds of the current state."""
+    certificate and the reference levels (:func:`_reference_level`) of the current state."""
     g_np = np.asarray(groups)
     w64 = np.asarray(state.w, dtype=np.float64)
     masses = np.bincount(g_np, weights=w64, minlength=num_groups)
@@ -1012,9 +1030,9 @@ def _polish_cg(state, x, offset, b, kind, groups, num_groups, steps=8, caps=None
             _, cert = _certificate(state, groups, jnp.asarray(masses, state.w.dtype), num_groups)
             delta = _newton_cg_direction(state, x, groups, kind, num_groups)
         else:
-            cert, thr = thr_fn(state)
+            cert, ref = thr_fn(state)
             delta = _newton_cg_direction(state, x, groups, kind, num_groups, caps=jnp.asarray(caps, x.dtype),
-                                         thr=jnp.asarray(thr, x.dtype))
+                                         thr=jnp.asarray(ref, x.dtype))
         delta = np.asarray(delta, dtype=np.float64)
         wn = np.asarray(state.w, dtype=np.float64)
         if not np.any(delta != 0):
