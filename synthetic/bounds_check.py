@@ -99,7 +99,9 @@ def dpo_gaps(key, world: World, diffs, counts, num_replicates: int):
     ev = world.eval
     keys = jax.random.split(key, num_replicates)
     res = replicate_gaps(keys, world.theta_star, jnp.asarray(diffs), counts, float(world.beta), ev)
-    exists = np.asarray(res.valid)
+    # ``mle_exists`` where the engine reports it (the ridge-path-limit engine of issue 19
+    # makes ``valid`` true for every replicate); ``valid`` is "the MLE exists" otherwise.
+    exists = np.asarray(getattr(res, "mle_exists", res.valid))
     g_sup = TB.gap_sup(world.theta_star, ev.features, ev.log_ref, world.beta, ev.prompt_weights)
     return np.where(exists, np.asarray(res.gap), g_sup), exists
 
