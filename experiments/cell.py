@@ -37,7 +37,7 @@ from synthetic.designs import DESIGNS, design_problem, run_design
 from synthetic.monte_carlo import ESTIMATORS, replicate_gaps
 from theory import asymptotic_gap
 
-__all__ = ["CELL_CODE", "REPLICATE_CHUNK", "cell_identity", "cell_id", "code_version", "record_code_version", "git_version", "run_cell"]
+__all__ = ["CELL_CODE", "REPLICATE_CHUNK", "cell_identity", "cell_id", "code_version", "record_code_version", "git_version", "run_cell", "float64"]
 
 #: Replicates per compiled call: bounds memory and drives the progress bar; the
 #: numbers do not depend on it.
@@ -151,7 +151,22 @@ def git_version() -> str:
         return "unknown"
 
 
+def float64():
+    """A context in which JAX computes in float64 (cells need it; importing this
+    package does not switch the whole process, as a global flag would)."""
+    enable = getattr(jax, "enable_x64", None)
+    if enable is None:  # JAX before 0.6
+        from jax.experimental import enable_x64 as enable
+    return enable(True)
+
+
 def run_cell(cfg: DictConfig, progress: bool = False) -> dict:
+    """Compute one cell's records in float64 (see :func:`_run_cell`)."""
+    with float64():
+        return _run_cell(cfg, progress)
+
+
+def _run_cell(cfg: DictConfig, progress: bool = False) -> dict:
     """Compute one cell's records (no file I/O): columns ``replicate``, ``gap``, ``valid``, ``predicted_gap``, ``labels_spent``."""
     world = make_world(cfg.world, jax.random.key(cfg.world_seed))
     problem = design_problem(world)

@@ -20,8 +20,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-jax.config.update("jax_enable_x64", True)
-
+from experiments.cell import float64  # noqa: E402
 from synthetic.worlds import contextual_world  # noqa: E402
 
 __all__ = ["make_example_pool", "label_queue"]
@@ -33,8 +32,9 @@ def make_example_pool(out, num_prompts: int = 100, num_completions: int = 8, see
     import pyarrow.json  # noqa: F401
     import pyarrow.parquet as pq
 
-    world = contextual_world(jax.random.key(seed), num_train_prompts=num_prompts, num_eval_prompts=1,
-                             num_completions=num_completions, theta_scale=theta_scale)
+    with float64():
+        world = contextual_world(jax.random.key(seed), num_train_prompts=num_prompts, num_eval_prompts=1,
+                                 num_completions=num_completions, theta_scale=theta_scale)
     f = np.asarray(world.train.features)
     lr = np.asarray(world.train.log_ref)
     m, k, _ = f.shape

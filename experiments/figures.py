@@ -37,8 +37,6 @@ import jax.numpy as jnp
 import numpy as np
 from omegaconf import OmegaConf
 
-jax.config.update("jax_enable_x64", True)
-
 from experiments import sweep  # noqa: E402
 from experiments.plotting import design_label, design_style, log_ticks, paper_style, plot_gap_vs_budget, save_figure, write_csv  # noqa: E402
 
@@ -429,6 +427,7 @@ def main(argv=None) -> dict:
     import matplotlib
 
     matplotlib.use("Agg")  # files only; set here, not on import, so notebooks keep their backend
+    jax.config.update("jax_enable_x64", True)  # this script computes in float64 (importing the module does not switch)
     out, results = Path(args.out), Path(args.results)
     if args.small:
         results = results / "small"

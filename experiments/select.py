@@ -50,8 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from omegaconf import DictConfig
 
-jax.config.update("jax_enable_x64", True)
-
+from experiments.cell import float64  # noqa: E402
 from synthetic.designs import DESIGNS, DesignProblem, run_design, weighted_output  # noqa: E402
 from synthetic.estimators import fit_newton  # noqa: E402
 from synthetic.worlds import Pool  # noqa: E402
@@ -312,7 +311,12 @@ def _best_vs_worst_by_reference(key, problem, budget, cap):
 
 
 def select(cfg: DictConfig, quiet: bool = False) -> dict:
-    """Run the selection of ``cfg`` (see the module docstring); returns the report."""
+    """Run the selection of ``cfg`` (see the module docstring), in float64; returns the report."""
+    with float64():
+        return _select(cfg, quiet)
+
+
+def _select(cfg: DictConfig, quiet: bool = False) -> dict:
     check_config(cfg)
     key = jax.random.key(cfg.seed)
     k_pca, k_design, k_base, k_order = jax.random.split(key, 4)

@@ -35,7 +35,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 
-from experiments.cell import REPLICATE_CHUNK, cell_id, cell_identity, code_version, git_version, record_code_version, run_cell  # noqa: F401 - re-exported
+from experiments.cell import REPLICATE_CHUNK, cell_id, cell_identity, code_version, float64, git_version, record_code_version, run_cell  # noqa: F401 - re-exported
 from experiments.records import (  # noqa: F401 - re-exported
     RECORD_FIELDS,
     RecordError,
@@ -47,10 +47,9 @@ from experiments.records import (  # noqa: F401 - re-exported
 )
 from experiments import records as _records
 from experiments.worlds import check_world_config, make_world
-from synthetic.designs import DESIGNS, check_design_params, design_problem
+from synthetic.designs import DESIGNS, check_design_budget, check_design_params, design_problem
 from synthetic.monte_carlo import ESTIMATORS
 
-jax.config.update("jax_enable_x64", True)
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting chatter
 log = logging.getLogger(__name__)
@@ -90,8 +89,11 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"figure must be null or a path prefix (a string), got {cfg.figure!r}")
     # World parameters (K >= 2, beta > 0, ...) are checked by the constructor, which
     # is cheap; the pool-size check needs the world.
-    world = make_world(cfg.world, jax.random.key(cfg.world_seed))
-    problem = design_problem(world)
+    with float64():
+        world = make_world(cfg.world, jax.random.key(cfg.world_seed))
+        problem = design_problem(world)
+        # the design's own budget checks (caps, pilot sizes), as run_design makes them
+        check_design_budget(cfg.design.name, problem, cfg.budget, **dict(cfg.design.params))
     num_edges = problem.num_edges
     params = {**DESIGNS[cfg.design.name].params, **cfg.design.params}
     if params.get("rounding") == "without_replacement" and cfg.budget > num_edges:

@@ -282,3 +282,17 @@ def test_plots_label_designs_by_their_registered_names_and_tick_every_budget():
     ax = fig.axes[0]
     assert sorted(ax.get_xticks()) == [100, 300, 1000, 3000]
     assert {t.get_text() for t in ax.get_legend().get_texts()} >= {"uniform", "reference_filter"}
+
+
+def test_importing_the_apps_leaves_jax_in_its_default_precision():
+    """Cells run in float64 inside a context; importing experiments.* must not switch the
+    whole process (a notebook or a user's code keeps float32 unless it asks)."""
+    code = ("import jax, experiments.sweep, experiments.figures, experiments.select, experiments.example_pool\n"
+            "assert not jax.config.jax_enable_x64, 'import switched to float64'\n"
+            "from experiments.cell import float64\n"
+            "import jax.numpy as jnp\n"
+            "with float64():\n    assert jnp.zeros(1).dtype == jnp.float64\n"
+            "assert jnp.zeros(1).dtype == jnp.float32\n")
+    env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
