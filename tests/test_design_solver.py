@@ -530,22 +530,34 @@ def test_capped_design_with_inactive_caps_is_the_uncapped_optimum():
         np.testing.assert_allclose(sol.value, free.value, rtol=1e-9)
 
 
+@pytest.mark.parametrize("grouped", [False, True])
 @pytest.mark.parametrize("polish_max", [512, 4])
-def test_capped_design_on_working_sets_and_matrix_free_newton(polish_max):
-    """Column generation (working_set=16 on 120 edges) prices with the capped threshold;
-    polish_max=4 sends large supports to the matrix-free projected Newton with bounds.
-    Both reach the optimum of the full capped problem (cvxpy)."""
+def test_capped_design_on_working_sets_and_matrix_free_newton(polish_max, grouped):
+    """Column generation (working_set=16 on 120 or 300 edges) prices against the capped problem's
+    threshold; polish_max=4 sends large supports to the matrix-free projected Newton with
+    bounds. Both reach the optimum of the full capped problem (cvxpy), with and without
+    groups (20 prompts of equal mass)."""
     rng = np.random.default_rng(13)
-    diffs, theta, curv, _ = _instance(rng, m=20, k=4, d=4)
+    diffs, theta, curv, edges = _instance(rng, m=20, k=6 if grouped else 4, d=4)
     e = diffs.shape[0]
-    caps = 4.0 / e
-    ref, _ = _cvxpy_optimum(diffs, theta, curv, 1.0, "L", caps=caps)
+    if grouped:
+        groups, masses, caps = np.asarray(edges.prompt), np.full(20, 0.05), 0.015
+    else:
+        groups, masses, caps = None, None, 4.0 / e
+    kw = dict(groups=groups, group_weights=masses)
+    free = optimal_design(jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), 1.0, tol=1e-9, **kw)
+    assert np.any(np.asarray(free.weights) > caps * (1 + 1e-6))  # the caps bind
+    ref, _ = _cvxpy_optimum(diffs, theta, curv, 1.0, "L", caps=caps, groups=groups, masses=masses)
     sol = optimal_design(jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), 1.0, tol=1e-9, caps=caps, working_set=16,
-                         polish_max=polish_max)
+                         polish_max=polish_max, **kw)
     assert len(sol.history["pricing"]) > 1 and sol.converged
     np.testing.assert_allclose(sol.value, ref, rtol=1e-6)
     w = np.asarray(sol.weights)
-    assert np.all(w <= caps) and abs(w.sum() - 1) < 1e-12
+    assert np.all(w <= caps)
+    if grouped:
+        np.testing.assert_allclose(np.bincount(groups, weights=w), masses, atol=1e-12)
+    else:
+        assert abs(w.sum() - 1) < 1e-12
 
 
 def test_infeasible_caps_are_an_error_naming_caps():
