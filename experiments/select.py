@@ -346,6 +346,8 @@ def _select(cfg: DictConfig, quiet: bool = False) -> dict:
     spec = DESIGNS[cfg.design]
     if "prior_precision" in spec.params:
         params["prior_precision"] = cfg.prior_precision
+    if "tol" in spec.params:
+        params["tol"] = cfg.tol
     with _Stage(f"design {cfg.design}: {edges.num_edges:,} candidate comparisons, budget {cfg.budget:,}", quiet) as st:
         if cfg.design == "two_stage":
             counts, info = _two_stage_from_pilot(k_design, problem, cfg, curv)
@@ -395,7 +397,7 @@ def _two_stage_from_pilot(key, problem, cfg, curv):
     t = problem.target
     curv_hat = policy_curvature(theta, t.features, t.log_ref, t.prompt_weights)
     caps = None if cfg.max_labels_per_edge is None else np.maximum(cfg.max_labels_per_edge - pc, 0) / cfg.budget
-    sol = optimal_design(edges.diffs, theta, curv_hat, cfg.beta, "L", caps=caps, prior_precision=cfg.prior_precision,
+    sol = optimal_design(edges.diffs, theta, curv_hat, cfg.beta, "L", tol=cfg.tol, caps=caps, prior_precision=cfg.prior_precision,
                          budget=cfg.budget if cfg.prior_precision is not None else None)
     out = weighted_output(key, problem, int(cfg.budget + pc.sum()), np.asarray(sol.weights), pilot=(pc, pw),
                           max_labels_per_edge=cfg.max_labels_per_edge)
@@ -437,6 +439,9 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError(f"pilot: no file at {Path(cfg.pilot).resolve()}")
     if cfg.pilot is not None and cfg.design != "two_stage":
         raise ValueError(f"pilot: only design=two_stage uses pilot labels, got design={cfg.design}")
+    t = cfg.get("tol")
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 1:
+        raise ValueError(f"tol: must be a number in (0, 1) (the solver's relative certificate), got {t!r}")
     s = cfg.seed
     if isinstance(s, bool) or not isinstance(s, int) or s < 0:
         raise ValueError(f"seed: must be an integer >= 0, got {s!r}")
