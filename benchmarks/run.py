@@ -716,6 +716,11 @@ def markdown(res: dict) -> str:
         for k, v in fg["per_figure_s"].items():
             L.append(f"| {k} | {v:.0f} |")
         L.append("")
+    # Sections measured by their own scripts (e.g. benchmarks/select_scale.py) keep their
+    # text in a file of their own, so that regenerating this report does not drop them.
+    extra = ROOT / "benchmarks" / "select_scale.md"
+    if extra.exists() and not res.get("quick"):
+        L += ["", extra.read_text().strip()]
     return "\n".join(L) + "\n"
 
 
