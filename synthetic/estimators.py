@@ -21,7 +21,17 @@ Two estimators reach the same minimiser:
 * :func:`fit_dpo_optax` -- gradient DPO as practitioners train it (TRL's sigmoid loss,
   Adam or RMSprop), full batch on the same sufficient statistics.
 
-Both are pure functions of arrays and ``vmap`` over replicates.
+Both are pure functions of arrays and ``vmap`` over replicates. So is
+:func:`fit_map`, the posterior mode under the prior ``N(0, Lambda^-1 Id)`` (the ridge
+``Lambda / n`` per label), which always exists.
+
+Where the unpenalised MLE does not exist (separable labels, Albert and Anderson 1984),
+:func:`ridge_path_limit` computes the limit of the ridge path ``lambda -> 0`` exactly
+(host-side numpy/scipy: linear programs, a non-negative least-squares SVM and small
+convex fits): the parameter diverges along a hierarchy of max-margin directions while a
+finite part is fit on the rest, and the policy converges (:func:`ridge_limit_log_probs`,
+:func:`ridge_limit_gap`). The derivation is in ``theory/SEPARATION.md``;
+:func:`mle_exists_exact` is the exact existence test (a linear program).
 """
 
 from __future__ import annotations
@@ -30,7 +40,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+import scipy.optimize
 
 from theory.information import rank_threshold
 
@@ -41,6 +53,12 @@ __all__ = [
     "fit_newton",
     "fit_newton_shared",
     "fit_dpo_optax",
+    "fit_map",
+    "RidgeLimit",
+    "ridge_path_limit",
+    "ridge_limit_log_probs",
+    "ridge_limit_gap",
+    "mle_exists_exact",
 ]
 
 
@@ -231,6 +249,34 @@ def fit_newton(diffs, counts, wins, beta, ridge=0.0, max_iter=100, tol=None, cur
     g = g + ridge * theta
     max_margin = jnp.max(jnp.where(counts > 0, jnp.abs(beta * (diffs @ theta)), 0.0))
     return NewtonResult(theta, f, jnp.linalg.norm(g), it, converged, exists, max_margin)
+
+
+def fit_map(diffs, counts, wins, beta, prior_precision=1.0, max_iter=100, tol=None):
+    """MAP (ridge) DPO: the posterior mode under the prior ``theta ~ N(0, Lambda^-1 Id)``.
+
+    With ``n = sum_e c_e`` labels the negative log posterior is ``n L_n(theta) +
+    (Lambda / 2) ||theta||^2`` (plus a constant), i.e. ``n`` times the DPO loss with the
+    per-label ridge ``lambda = Lambda / n`` (:func:`dpo_loss`). It is strictly convex, so
+    the mode exists for every set of labels (separable or not) and is finite; it is
+    computed by :func:`fit_newton` with that ridge. Directions no labelled edge sees get
+    the prior mode 0, the minimum-norm convention of :func:`fit_newton`.
+
+    Args:
+      diffs: ``[A, d]``.
+      counts: ``[A]`` labels per edge (zeros allowed; at least one label).
+      wins: ``[A]`` wins of the first completion.
+      beta: ``> 0``.
+      prior_precision: ``Lambda > 0``, the prior precision of each coordinate of theta
+        (the same ``prior_precision`` as the Bayes design criterion).
+      max_iter, tol: as :func:`fit_newton`.
+
+    Returns:
+      :class:`NewtonResult` (``mle_exists`` then means "the mode was found").
+    """
+    if isinstance(prior_precision, (int, float)) and not prior_precision > 0:
+        raise ValueError(f"prior_precision must be > 0, got {prior_precision!r}")
+    ridge = prior_precision / jnp.sum(jnp.asarray(counts, dtype=diffs.dtype))
+    return fit_newton(diffs, counts, wins, beta, ridge=ridge, max_iter=max_iter, tol=tol)
 
 
 _OPTIMIZERS = {"adam": optax.adam, "rmsprop": optax.rmsprop, "sgd": optax.sgd}
@@ -437,3 +483,334 @@ def fit_newton_shared(diffs, counts, wins, beta, ridge=0.0, max_iter=100, tol=No
         return res, todo.at[target].set(False, mode="drop")
 
     return jax.lax.while_loop(lambda state: jnp.any(state[1]), refit, (chord, ~accept))[0]
+
+
+# ---------------------------------------------------------------------------------------
+# The unpenalised MLE at the end of the ridge path (host-side, exact up to rounding)
+# ---------------------------------------------------------------------------------------
+
+
+class RidgeLimit(NamedTuple):
+    """The limit of the ridge path ``theta_lambda`` (``lambda -> 0``) of DPO on fixed labels.
+
+    ``theta_lambda = theta_finite + sum_k tau_k(lambda) v_k + o(1)`` with
+    ``tau_1 >> tau_2 >> ... -> infinity`` (``tau_1 ~ log(1/lambda)``,
+    ``tau_{k+1} ~ log tau_k``); see ``theory/SEPARATION.md``. When the MLE exists,
+    ``directions`` is empty and ``finite`` is the (minimum-norm) MLE.
+
+    Attributes:
+      finite: ``[d]`` the finite part (the MLE of the overlapping labels plus each
+        level's finite correction).
+      directions: ``[L, d]`` the divergent directions ``v_1, ..., v_L`` (mutually
+        orthogonal; ``L = 0`` when the MLE exists).
+      separated: ``[A]`` bool, edges with a label on the separated side (a label
+        whose predicted probability tends to 1).
+      mle_exists: no label is separated (Albert and Anderson 1984).
+      ok: every check of the construction passed (see :func:`ridge_path_limit`);
+        when ``False`` the limit is not used and ``message`` says why.
+      message: ``""`` or the failed check.
+    """
+
+    finite: np.ndarray
+    directions: np.ndarray
+    separated: np.ndarray
+    mle_exists: bool
+    ok: bool
+    message: str
+
+
+def _label_rows(diffs, counts, wins, beta):
+    """One row per (edge, side) with labels: ``(beta z_e, wins)`` and ``(-beta z_e, losses)``."""
+    z = np.asarray(diffs, np.float64)
+    c = np.asarray(counts, np.float64)
+    w = np.asarray(wins, np.float64)
+    pos = (c > 0) & (w > 0)
+    neg = (c > 0) & (c - w > 0)
+    rows = np.concatenate([beta * z[pos], -beta * z[neg]])
+    weight = np.concatenate([w[pos], (c - w)[neg]])
+    edge = np.concatenate([np.flatnonzero(pos), np.flatnonzero(neg)])
+    return rows, weight, edge, pos.sum()
+
+
+def _span_basis(x, rtol=1e-10):
+    """Orthonormal basis ``[d, r]`` of the row span of ``x [m, d]`` (numerical rank at ``rtol``)."""
+    d = x.shape[1]
+    if x.shape[0] == 0:
+        return np.zeros((d, 0))
+    _, sv, vt = np.linalg.svd(x, full_matrices=False)
+    if sv.size == 0 or sv[0] == 0:
+        return np.zeros((d, 0))
+    return vt[sv > rtol * sv[0]].T
+
+
+def _separable_rows(rows, orth=None):
+    """Rows ``i`` for which some ``d`` has ``rows @ d >= 0``, ``rows_i . d > 0`` (and ``orth . d <= 0``).
+
+    One linear program (HiGHS): maximise ``sum_i s_i`` over ``rows_i . d >= s_i``,
+    ``0 <= s_i <= 1``. The cone of such ``d`` is convex, so one ``d`` separates every
+    separable row at once; the optimum is ``s_i = 1`` exactly on them and 0 elsewhere.
+
+    Returns:
+      ``(separable [m] bool, d [dim] or None)``; ``None`` when the program failed.
+    """
+    m, dim = rows.shape
+    if m == 0:
+        return np.zeros(0, bool), np.zeros(dim)
+    norms = np.linalg.norm(rows, axis=1)
+    a = rows / np.where(norms > 0, norms, 1.0)[:, None]
+    a_ub = np.hstack([-a, np.eye(m)])
+    b_ub = np.zeros(m)
+    if orth is not None:
+        a_ub = np.vstack([a_ub, np.r_[orth / max(np.linalg.norm(orth), 1e-300), np.zeros(m)]])
+        b_ub = np.r_[b_ub, 0.0]
+    res = scipy.optimize.linprog(np.r_[np.zeros(dim), -np.ones(m)], A_ub=a_ub, b_ub=b_ub,
+                                 bounds=[(None, None)] * dim + [(0.0, 1.0)] * m, method="highs")
+    if res.status != 0:
+        return np.zeros(m, bool), None
+    s = res.x[dim:]
+    return s > 0.5, res.x[:dim]
+
+
+def mle_exists_exact(diffs, counts, wins) -> bool:
+    """Whether the unpenalised DPO MLE exists: no direction separates the labels (Albert and Anderson 1984).
+
+    Exact up to the linear program's tolerance (HiGHS, 1e-7). Shortcut: when the edges
+    with both a win and a loss already span every labelled edge difference, no direction
+    can separate (it would have to be orthogonal to all of them), and no program is solved.
+
+    Args:
+      diffs: ``[A, d]``; counts: ``[A]``; wins: ``[A]`` (``beta > 0`` does not matter).
+    """
+    z = np.asarray(diffs, np.float64)
+    c = np.asarray(counts, np.float64)
+    w = np.asarray(wins, np.float64)
+    labelled = c > 0
+    two_sided = labelled & (w > 0) & (c - w > 0)
+    if _gram_rank(z[two_sided]) == _gram_rank(z[labelled]):
+        return True
+    rows, _, _, _ = _label_rows(z, c, w, 1.0)
+    return not _any_separable(rows)
+
+
+def _gram_rank(x) -> int:
+    """Numerical rank of ``x [m, d]`` from the eigenvalues of ``x^T x`` (cheap for ``m >> d``)."""
+    if x.shape[0] == 0:
+        return 0
+    lam = np.linalg.eigvalsh(x.T @ x)
+    return int(np.sum(lam > 1e-10 * max(lam[-1], 1e-300)))
+
+
+def _any_separable(rows) -> bool:
+    """Feasibility LP: some ``d`` has ``rows @ d >= 0`` and ``1^T rows d >= 1`` (cheaper than :func:`_separable_rows`)."""
+    if rows.shape[0] == 0:
+        return False
+    norms = np.linalg.norm(rows, axis=1)
+    a = rows / np.where(norms > 0, norms, 1.0)[:, None]
+    dim = a.shape[1]
+    res = scipy.optimize.linprog(np.zeros(dim), A_ub=np.vstack([-a, -a.sum(axis=0, keepdims=True)]),
+                                 b_ub=np.r_[np.zeros(a.shape[0]), -1.0], bounds=[(None, None)] * dim, method="highs")
+    if res.status not in (0, 2):
+        raise RuntimeError(f"the separation linear program failed: {res.message}")
+    return res.status == 0
+
+
+def _svm(b):
+    """Hard-margin SVM without intercept, ``argmin ||v||^2`` s.t. ``b_i . v >= 1``, and its dual.
+
+    Exactly (finite active-set termination) via the non-negative least squares
+    ``min_{lam >= 0} ||b^T lam||^2 + (1^T lam - 1)^2`` (Lawson and Hanson): its KKT
+    conditions with ``eta = lam / (1 - 1^T lam)`` are the SVM's (``v = b^T eta``,
+    ``b v >= 1``, ``eta >= 0``, ``eta_i (b_i . v - 1) = 0``).
+    """
+    m, dim = b.shape
+    mat = np.vstack([b.T, np.ones((1, m))])
+    target = np.r_[np.zeros(dim), 1.0]
+    lam, _ = scipy.optimize.nnls(mat, target, maxiter=50 * (m + dim))
+    kappa = 1.0 - lam.sum()
+    if not kappa > 0:
+        return None, None
+    eta = lam / kappa
+    return b.T @ eta, eta
+
+
+def _exp_fit(b, logq, v, y0, max_iter=200):
+    """``argmin_y sum_i exp(logq_i - c_i . y) + v_c . y`` by damped Newton (strictly convex, coercive).
+
+    ``b`` holds the rows ``c_i`` in coordinates of a basis; returns ``(y, grad_norm)``.
+    """
+
+    def f(y):
+        e = logq - b @ y
+        return float(np.sum(np.exp(e)) + v @ y), e
+
+    y = y0.copy()
+    fy, e = f(y)
+    g = -(b.T @ np.exp(e)) + v
+    for _ in range(max_iter):
+        h = (b.T * np.exp(e)) @ b
+        try:
+            step = -np.linalg.solve(h, g)
+        except np.linalg.LinAlgError:
+            break
+        t, slope = 1.0, float(g @ step)
+        while t > 1e-12:
+            f1, e1 = f(y + t * step)
+            if np.isfinite(f1) and f1 <= fy + 0.25 * t * slope + 1e-15 * (1 + abs(fy)):
+                break
+            t *= 0.5
+        else:
+            break
+        y, fy, e = y + t * step, f1, e1
+        g = -(b.T @ np.exp(e)) + v
+        if np.linalg.norm(t * step) <= 1e-13 * (1 + np.linalg.norm(y)):
+            break
+    return y, float(np.linalg.norm(g))
+
+
+_fit_newton_host = jax.jit(fit_newton)
+
+
+def ridge_path_limit(diffs, counts, wins, beta, tol=1e-8) -> RidgeLimit:
+    r"""Exact limit of the ridge path of DPO (logistic regression without intercept) as ``lambda -> 0``.
+
+    Let the labels be rows ``a_i`` (``beta z_e`` for a win of the first completion of
+    ``e``, ``-beta z_e`` for a loss) with multiplicities ``k_i``. The construction
+    (``theory/SEPARATION.md``):
+
+    0. ``S`` = rows that some ``d`` with ``a_j . d >= 0`` for all ``j`` makes positive
+       (one LP); ``N`` = the rest. ``u*`` = the MLE on ``N`` alone (it exists, and is
+       unique on ``V_N = span(N)``). The separated rows enter the next step through
+       ``b_i = P_{V_N^perp} a_i`` and ``q_i = k_i exp(-a_i . u*)``.
+    1. Level ``k``: ``v_k = argmin ||v||^2`` s.t. ``b_i . v >= 1`` (an SVM, by NNLS);
+       ``A`` its active rows; ``D`` the active rows that some ``d`` with ``b_A d >= 0``,
+       ``v_k . d = 0`` makes positive (an LP; the rows whose multiplier is 0 in every
+       dual solution); ``A+ = A \ D``. The finite correction ``r_k`` minimises
+       ``sum_{A+} q_i exp(-b_i . r) + v_k . r`` over ``span(b_{A+})`` (it exists there).
+    2. If ``D`` is empty, stop; else recurse on ``D`` with ``b_i`` projected off
+       ``span(b_{A+})`` and ``q_i <- q_i exp(-b_i . r_k)``.
+
+    Then ``theta_lambda = u* + sum_k r_k + sum_k tau_k v_k + o(1)``, with
+    ``tau_1 + log tau_1 = log(1 / (n lambda))`` and ``tau_{k+1} + log tau_{k+1} = log tau_k``
+    to leading order.
+
+    Checks (``ok = False`` with a message if one fails, never a silent answer): the LPs
+    and the NNLS solve, ``min_i b_i . v_k >= 1 - tol``, ``v_k`` in ``span(b_{A+})``, the
+    finite fits' gradients below ``tol``, the projected rows of ``D`` not vanishing,
+    and the fit on ``N`` converging.
+
+    Args:
+      diffs: ``[A, d]``; counts: ``[A]``; wins: ``[A]``; beta: ``> 0``.
+      tol: tolerance of the checks and of the active set (relative, float64).
+
+    Returns:
+      :class:`RidgeLimit` (float64 numpy arrays).
+    """
+    z = np.asarray(diffs, np.float64)
+    c = np.asarray(counts, np.float64)
+    w = np.asarray(wins, np.float64)
+    dim = z.shape[1]
+    rows, weight, edge, _ = _label_rows(z, c, w, float(beta))
+    sep_edges = np.zeros(z.shape[0], bool)
+
+    def fail(msg, u=np.zeros(dim), dirs=()):
+        return RidgeLimit(u, np.asarray(dirs, np.float64).reshape(-1, dim), sep_edges, not sep_edges.any(), False, msg)
+
+    if _any_separable(rows):
+        separable, d_lp = _separable_rows(rows)
+    else:
+        separable, d_lp = np.zeros(rows.shape[0], bool), np.zeros(dim)
+    if d_lp is None:
+        raise RuntimeError("the separation linear program failed")
+    sep_edges[edge[separable]] = True
+    if separable.any():  # the LP's direction must separate: a_j . d >= 0 up to rounding
+        margins = rows @ d_lp
+        if margins.min() < -tol * np.abs(margins).max():
+            return fail("the separation LP's direction does not separate the rows")
+    # Level 0: the MLE on the overlapping rows N (exists: no direction separates them).
+    over = ~separable
+    c_n = np.zeros_like(c)
+    w_n = np.zeros_like(w)
+    np.add.at(c_n, edge[over], weight[over])
+    n_pos = len(np.flatnonzero((c > 0) & (w > 0)))
+    win_rows = over & (np.arange(rows.shape[0]) < n_pos)
+    np.add.at(w_n, edge[win_rows], weight[win_rows])
+    if c_n.sum() > 0:
+        fit = _fit_newton_host(jnp.asarray(z), jnp.asarray(c_n), jnp.asarray(w_n), float(beta))
+        u = np.asarray(fit.theta, np.float64)
+        if not bool(fit.converged) or not float(fit.grad_norm) <= tol:
+            return fail("the fit on the overlapping labels did not converge", u)
+    else:
+        u = np.zeros(dim)
+    if not separable.any():
+        return RidgeLimit(u, np.zeros((0, dim)), sep_edges, True, True, "")
+    q_n = _span_basis(rows[over])
+    b = rows[separable] - (rows[separable] @ q_n) @ q_n.T
+    logq = np.log(weight[separable]) - rows[separable] @ u
+    finite, dirs = u.copy(), []
+    while b.shape[0]:
+        scale = np.linalg.norm(b, axis=1)
+        if scale.min() <= tol * np.linalg.norm(rows, axis=1).max():
+            return fail(f"level {len(dirs) + 1}: a separated row has no component left", finite, dirs)
+        v, eta = _svm(b)
+        if v is None:
+            return fail(f"level {len(dirs) + 1}: the SVM (NNLS) failed", finite, dirs)
+        marg = b @ v
+        if marg.min() < 1 - tol:
+            return fail(f"level {len(dirs) + 1}: the SVM margin is {marg.min():.3g} < 1", finite, dirs)
+        dirs.append(v)
+        active = marg <= 1 + tol
+        deg, d_lp = _separable_rows(b[active], orth=v)
+        if d_lp is None:
+            return fail(f"level {len(dirs)}: the degeneracy LP failed", finite, dirs)
+        plus = np.flatnonzero(active)[~deg]
+        nxt = np.flatnonzero(active)[deg]
+        basis = _span_basis(b[plus])
+        if basis.shape[1] == 0 or np.linalg.norm(v - basis @ (basis.T @ v)) > tol * np.linalg.norm(v):
+            return fail(f"level {len(dirs)}: v is not in the span of its supporting rows", finite, dirs)
+        bc = b[plus] @ basis
+        # start from the SVM's multipliers: b_i . r = log(q_i / eta_i) where eta_i > 0
+        pos = eta[plus] > 0
+        y0 = np.linalg.lstsq(bc[pos], logq[plus][pos] - np.log(eta[plus][pos]), rcond=None)[0] if pos.any() else np.zeros(basis.shape[1])
+        y, gnorm = _exp_fit(bc, logq[plus], basis.T @ v, y0)
+        if not gnorm <= tol * (1 + np.linalg.norm(v)):
+            return fail(f"level {len(dirs)}: the finite fit did not converge (gradient {gnorm:.3g})", finite, dirs)
+        r = basis @ y
+        finite = finite + r
+        logq = logq[nxt] - b[nxt] @ r
+        b = b[nxt] - (b[nxt] @ basis) @ basis.T
+    return RidgeLimit(finite, np.asarray(dirs).reshape(-1, dim), sep_edges, False, True, "")
+
+
+def ridge_limit_log_probs(limit: RidgeLimit, features, log_ref, tie_rtol=1e-9):
+    """Log-probabilities ``[m, K]`` of the limit policy ``lim pi_{theta_lambda}`` on a pool.
+
+    On each prompt the mass goes to the completions that maximise ``v_1 . phi``, among
+    them those that maximise ``v_2 . phi``, and so on (lexicographic); on the survivors
+    ``pi ∝ pi0 exp(theta_finite . phi)``; elsewhere ``log pi = -inf``. Scores within
+    ``tie_rtol`` (relative to the prompt's largest ``|v_k . phi|``) count as tied: closer
+    differences are below double precision's resolution of the directions.
+    """
+    feats = np.asarray(features, np.float64)
+    ref = np.asarray(log_ref, np.float64)
+    keep = np.isfinite(ref)
+    for v in np.asarray(limit.directions):
+        s = feats @ v
+        top = np.where(keep, s, -np.inf).max(axis=1, keepdims=True)
+        tol = tie_rtol * np.where(np.isfinite(ref), np.abs(s), 0.0).max(axis=1, keepdims=True)
+        keep = keep & (s >= top - tol)
+    logits = np.where(keep, np.where(keep, ref, 0.0) + feats @ limit.finite, -np.inf)
+    mx = logits.max(axis=1, keepdims=True)
+    return logits - (mx + np.log(np.sum(np.exp(logits - mx), axis=1, keepdims=True)))
+
+
+def ridge_limit_gap(limit: RidgeLimit, theta_star, features, log_ref, beta, rho) -> float:
+    """``beta sum_x rho_x KL(pi_lim(.|x) || pi_theta*(.|x))`` for the limit policy (``0 log 0 = 0``)."""
+    from theory.policy import _policy_log_probs
+
+    logp = ridge_limit_log_probs(limit, features, log_ref)
+    logp_star = np.asarray(_policy_log_probs(jnp.asarray(theta_star, jnp.float64), jnp.asarray(features, jnp.float64),
+                                             jnp.asarray(log_ref, jnp.float64)), np.float64)
+    p = np.exp(logp)
+    on = p > 0
+    kl = np.sum(np.where(on, p * (np.where(on, logp, 0.0) - np.where(on, logp_star, 0.0)), 0.0), axis=1)
+    return float(beta) * float(np.dot(np.asarray(rho, np.float64), np.maximum(kl, 0.0)))

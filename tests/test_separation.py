@@ -1,0 +1,268 @@
+"""The ridge-path limit of DPO on separable labels against ridge fits with decreasing lambda.
+
+The oracle is independent of the construction in ``ridge_path_limit``: the ridge
+objective ``sum_i k_i softplus(-a_i . theta) + (mu / 2) ||theta||^2`` (``mu = n lambda``)
+is minimised by damped Newton in ``decimal`` arithmetic with enough digits to resolve
+``mu`` down to 1e-300 (float64 cannot: the separated labels' terms are ``e^-300`` next to
+an O(1) loss). Its policy on an evaluation pool must approach the limit policy, at the
+rate the derivation predicts (``theory/SEPARATION.md``): the distance falls along the
+path and is below a stated level at the smallest ``lambda``, while wrong tie-breaking
+rules stay far away.
+"""
+
+from decimal import Decimal, localcontext
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from synthetic import fit_newton, simulate_wins
+from synthetic.estimators import (
+    _label_rows,
+    mle_exists_exact,
+    ridge_limit_gap,
+    ridge_limit_log_probs,
+    ridge_path_limit,
+)
+from theory.bounds import gap_sup
+from theory.policy import optimality_gap
+
+
+def _ridge_decimal(rows, weights, n, lam_exp, theta0, digits):
+    """``argmin sum k_i softplus(-a_i . t) + (n 10^-lam_exp / 2) ||t||^2`` in ``digits``-digit decimal arithmetic."""
+    with localcontext() as ctx:
+        ctx.prec = digits
+        a = [[Decimal(repr(float(x))) for x in row] for row in rows]
+        k = [Decimal(repr(float(x))) for x in weights]
+        mu = Decimal(repr(float(n))) * Decimal(10) ** (-int(lam_exp))
+        d = len(theta0)
+        one = Decimal(1)
+
+        def marg(t):
+            return [sum(ai[j] * t[j] for j in range(d)) for ai in a]
+
+        def softplus(x):  # log(1 + e^x)
+            return x + (one + (-x).exp()).ln() if x > 0 else (one + x.exp()).ln()
+
+        def f(t):
+            return sum(ki * softplus(-m) for ki, m in zip(k, marg(t))) + mu / 2 * sum(x * x for x in t)
+
+        def sig(x):  # sigmoid
+            return one / (one + (-x).exp())
+
+        t = [Decimal(repr(float(x))) for x in theta0]
+        ft = f(t)
+        for _ in range(5000):
+            m = marg(t)
+            g = [-sum(ki * sig(-mi) * ai[j] for ki, mi, ai in zip(k, m, a)) + mu * t[j] for j in range(d)]
+            h = [[sum(ki * sig(mi) * sig(-mi) * ai[i] * ai[j] for ki, mi, ai in zip(k, m, a)) + (mu if i == j else 0)
+                  for j in range(d)] for i in range(d)]
+            step = _solve(h, [-x for x in g])
+            slope = sum(x * y for x, y in zip(g, step))
+            s = one
+            while True:
+                cand = [x + s * y for x, y in zip(t, step)]
+                fc = f(cand)
+                if fc <= ft + s * slope / 4 or s < Decimal("1e-30"):
+                    break
+                s /= 2
+            t, ft = cand, fc
+            if max(abs(s * y) for y in step) < Decimal("1e-25"):
+                break
+        else:
+            raise AssertionError("decimal Newton did not converge")
+        return np.array([float(x) for x in t])
+
+
+def _solve(h, b):
+    """Gaussian elimination with partial pivoting (decimal)."""
+    n = len(b)
+    m = [row[:] + [b[i]] for i, row in enumerate(h)]
+    for c in range(n):
+        p = max(range(c, n), key=lambda r: abs(m[r][c]))
+        m[c], m[p] = m[p], m[c]
+        for r in range(c + 1, n):
+            f = m[r][c] / m[c][c]
+            m[r] = [x - f * y for x, y in zip(m[r], m[c])]
+    x = [Decimal(0)] * n
+    for r in reversed(range(n)):
+        x[r] = (m[r][n] - sum(m[r][j] * x[j] for j in range(r + 1, n))) / m[r][r]
+    return x
+
+
+def _ridge_path(diffs, counts, wins, beta, exps):
+    """Ridge minimisers at per-label ``lambda = 10^-e`` for each ``e`` in ``exps``, by continuation."""
+    rows, weights, _, _ = _label_rows(diffs, counts, wins, beta)
+    n = float(np.sum(counts))
+    out = []
+    for i, e in enumerate(exps):
+        # start: linear extrapolation in log(1 / lambda) of the last two solutions (the
+        # objective is strictly convex, so the start changes the iterations, not the answer)
+        start = np.zeros(diffs.shape[1]) if i == 0 else out[-1]
+        if i >= 2:
+            start = out[-1] + (out[-1] - out[-2]) * (e - exps[i - 1]) / (exps[i - 1] - exps[i - 2])
+        out.append(_ridge_decimal(rows, weights, n, e, start, digits=int(2 * e) + 60))
+    return out
+
+
+def _policy(theta, feats, log_ref):
+    logits = log_ref + feats @ theta
+    logits = logits - logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def _tv(p, q):
+    return 0.5 * float(np.abs(p - q).sum(axis=1).max())
+
+
+EXPS = [5, 20, 60, 150, 300]
+
+
+def test_two_level_degenerate_limit():
+    """Rows b1 = (1, 0) and b2 = (1, 1), one win each: the SVM direction e1 leaves b2 active
+    with a zero multiplier, so theta_2 diverges at the slower rate log log(1/lambda) and
+    decides the tie of (1, 0) and (1, 1) under e1: the limit puts all mass on (1, 1).
+    The rate is slow (the tied completion keeps about e^-tau_2 of the mass, tau_2 + log
+    tau_2 = log tau_1), so the test follows it: the ridge policy is within 0.1 of the
+    two-level asymptotic prediction along the path."""
+    diffs = np.array([[1.0, 0.0], [1.0, 1.0]])
+    counts, wins = np.array([1.0, 1.0]), np.array([1.0, 1.0])
+    lim = ridge_path_limit(diffs, counts, wins, 1.0)
+    assert lim.ok and not lim.mle_exists and lim.directions.shape == (2, 2)
+    np.testing.assert_allclose(lim.directions, np.eye(2), atol=1e-12)
+    np.testing.assert_allclose(lim.finite, 0.0, atol=1e-10)  # q = 1 at both levels: log(q / eta) = 0
+    feats = np.array([[[1.0, 0.0], [1.0, 1.0], [0.0, 3.0]]])
+    log_ref = np.log(np.array([[0.5, 0.3, 0.2]]))
+    p_lim = np.exp(ridge_limit_log_probs(lim, feats, log_ref))
+    np.testing.assert_allclose(p_lim, [[0.0, 1.0, 0.0]], atol=1e-15)
+    thetas = _ridge_path(diffs, counts, wins, 1.0, EXPS)
+    errs = [_tv(_policy(t, feats, log_ref), p_lim) for t in thetas]
+    assert all(a > b for a, b in zip(errs, errs[1:])), errs  # monotone along the path
+    # the asymptotic two-level form theta ~ tau_1 e1 + tau_2 e2 with the lambert-type rates
+    for e, t in zip(EXPS[2:], thetas[2:]):
+        tau1 = _lambert_log(e * np.log(10) - np.log(2.0))  # mu = n lambda, n = 2
+        tau2 = _lambert_log(np.log(tau1))
+        pred = _policy(np.array([tau1, tau2]), feats, log_ref)
+        assert _tv(_policy(t, feats, log_ref), pred) < 0.1
+    assert errs[-1] < 0.03
+
+
+def _lambert_log(t):
+    """``s`` with ``s + log s = t`` (``t > 1``)."""
+    s = max(t, 1.0)
+    for _ in range(100):
+        s -= (s + np.log(s) - t) / (1 + 1 / s)
+    return s
+
+
+def test_top_class_split_by_the_finite_part():
+    """Tabular: A and B beat C and D (3 and 1 times), C and D beat nobody, A-B compared
+    both ways never. A and B tie under the max-margin direction; the finite part
+    b_i . r = log(q_i / eta_i) splits their mass 3 : 1 (times pi0): not uniform on the
+    tie, not pi0 on the tie."""
+    k = 4
+    eye = np.eye(k)
+    diffs = np.array([eye[0] - eye[2], eye[1] - eye[3], eye[2] - eye[3]])
+    counts = np.array([3.0, 1.0, 2.0])
+    wins = np.array([3.0, 1.0, 1.0])  # C-D is two-sided: C and D in one block
+    lim = ridge_path_limit(diffs, counts, wins, 1.0)
+    assert lim.ok and not lim.mle_exists
+    feats, log_ref = eye[None], np.log(np.array([[0.1, 0.2, 0.3, 0.4]]))
+    p_lim = np.exp(ridge_limit_log_probs(lim, feats, log_ref))[0]
+    assert p_lim[2] == 0 and p_lim[3] == 0
+    np.testing.assert_allclose(p_lim[0] / p_lim[1], 3.0 * 0.1 / 0.2, rtol=1e-8)
+    thetas = _ridge_path(diffs, counts, wins, 1.0, EXPS)
+    errs = [_tv(_policy(t, feats, log_ref), p_lim[None]) for t in thetas]
+    assert all(a > b for a, b in zip(errs, errs[1:])), errs
+    assert errs[-1] < 0.02  # O(log tau / tau) at tau ~ 690
+    for wrong in (np.array([0.5, 0.5, 0, 0]), np.array([1 / 3, 2 / 3, 0, 0])):  # uniform / pi0 on the tie
+        assert _tv(_policy(thetas[-1], feats, log_ref), wrong[None]) > 5 * errs[-1]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_separable_samples_converge_to_the_limit(seed):
+    """Gaussian features, few labels: separable samples (found by the LP), some with an
+    overlapping part (seeds 1, 3). One level here, and the whole expansion is checked at
+    the parameter level: ``theta_lambda - theta_finite - tau(lambda) v`` with
+    ``tau + log tau = log(1 / (n lambda))`` vanishes like ``C / tau`` (its product with
+    tau settles to 1%; a wrong finite part would leave a constant and make the product
+    grow like tau). On an evaluation pool whose first prompt has two completions tied
+    under ``v`` (their difference is orthogonal to it), the ridge policy approaches the
+    limit policy, which splits the tie by the finite part; gaps stay below G_sup."""
+    rng = np.random.default_rng(seed)
+    d, e = 3, 6
+    while True:
+        diffs = rng.normal(size=(e, d))
+        counts = rng.integers(1, 3, size=e).astype(float)
+        wins = np.asarray(simulate_wins(jax.random.PRNGKey(seed), rng.normal(size=d), diffs, counts, 1.0))
+        if not mle_exists_exact(diffs, counts, wins):
+            break
+    lim = ridge_path_limit(diffs, counts, wins, 1.0)
+    assert lim.ok and not lim.mle_exists and lim.directions.shape == (1, d), lim.message
+    v = lim.directions[0]
+    thetas = _ridge_path(diffs, counts, wins, 1.0, EXPS)
+    taus = [_lambert_log(e * np.log(10) - np.log(counts.sum())) for e in EXPS]
+    resid = [np.linalg.norm(t - lim.finite - tau * v) for t, tau in zip(thetas, taus)]
+    assert all(a > b for a, b in zip(resid, resid[1:])), resid
+    assert abs(resid[-1] * taus[-1] / (resid[-2] * taus[-2]) - 1) < 0.01, resid
+    # evaluation pool: prompt 0 has a tie under v at the top, split by the finite part
+    feats = rng.normal(size=(4, 5, d))
+    vh = v / np.linalg.norm(v)
+    delta = rng.normal(size=d)
+    delta -= (delta @ vh) * vh
+    delta *= 0.5 / np.linalg.norm(delta)
+    feats[0, 0] = feats[0, 0] - (feats[0, 0] @ vh) * vh + 3.0 * vh
+    feats[0, 1] = feats[0, 0] + delta
+    feats[0, 2:] -= (feats[0, 2:] @ vh)[:, None] * vh  # below the tie
+    log_ref = np.log(rng.dirichlet(np.ones(5), size=4))
+    ts = rng.normal(size=d)
+    p_lim = np.exp(ridge_limit_log_probs(lim, feats, log_ref))
+    assert p_lim[0, 0] > 0 and p_lim[0, 1] > 0 and p_lim[0, 2:].max() == 0
+    np.testing.assert_allclose(np.log(p_lim[0, 1] / p_lim[0, 0]), log_ref[0, 1] - log_ref[0, 0] + lim.finite @ delta,
+                               rtol=1e-10)
+    errs = [_tv(_policy(t, feats, log_ref), p_lim) for t in thetas]
+    assert all(a > b for a, b in zip(errs[2:], errs[3:])) and errs[-1] < 0.02, errs
+    g_lim = ridge_limit_gap(lim, ts, feats, log_ref, 1.0, np.full(4, 0.25))
+    gaps = [float(optimality_gap(jnp.asarray(t), jnp.asarray(ts), jnp.asarray(feats), jnp.asarray(log_ref), 1.0))
+            for t in thetas]
+    g_sup = gap_sup(jnp.asarray(ts), jnp.asarray(feats), jnp.asarray(log_ref), 1.0)
+    assert 0 <= g_lim <= g_sup and max(gaps) <= g_sup
+    assert abs(gaps[-1] - g_lim) < 0.02 * max(g_lim, 1.0), (gaps, g_lim)
+
+
+def test_existing_mle_is_its_own_limit():
+    rng = np.random.default_rng(3)
+    diffs = rng.normal(size=(30, 3))
+    counts = np.full(30, 20.0)
+    wins = np.asarray(simulate_wins(jax.random.PRNGKey(0), rng.normal(size=3), diffs, counts, 1.0))
+    lim = ridge_path_limit(diffs, counts, wins, 1.0)
+    assert lim.ok and lim.mle_exists and lim.directions.shape == (0, 3) and mle_exists_exact(diffs, counts, wins)
+    np.testing.assert_allclose(lim.finite, fit_newton(jnp.asarray(diffs), counts, wins, 1.0).theta, rtol=1e-10)
+
+
+def test_float64_ridge_path_on_a_tabular_sample():
+    """Figure-1-like tabular labels (K = 12, 30 single labels) with fit_newton's ridge at
+    1e-2 ... 1e-10 per label, float64: the gap moves towards the limit gap along the path
+    (the remaining distance is O(log tau / tau) with tau ~ log(1 / (n lambda)), about 0.1
+    relative at 1e-10)."""
+    from synthetic import tabular_world, uniform_weights, sample_allocation
+    from theory import enumerate_edges
+
+    w = tabular_world(jax.random.PRNGKey(5), num_completions=12, theta_scale=0.2)
+    edges = enumerate_edges(w.train.features, w.train.log_ref)
+    counts = np.asarray(sample_allocation(jax.random.PRNGKey(6), uniform_weights(edges), 30).dense_counts(edges.num_edges))
+    wins = np.asarray(simulate_wins(jax.random.PRNGKey(7), w.theta_star, edges.diffs, counts, w.beta))
+    lim = ridge_path_limit(np.asarray(edges.diffs), counts, wins, w.beta)
+    assert lim.ok and not lim.mle_exists
+    ev = w.eval
+    g_lim = ridge_limit_gap(lim, w.theta_star, ev.features, ev.log_ref, w.beta, np.ones(1))
+    gaps = []
+    for e in range(2, 11, 2):
+        fit = fit_newton(edges.diffs, counts, wins, w.beta, ridge=10.0**-e)
+        assert bool(fit.converged)
+        gaps.append(float(optimality_gap(fit.theta, w.theta_star, ev.features, ev.log_ref, w.beta)))
+    dist = [abs(g - g_lim) for g in gaps]
+    assert all(a > b for a, b in zip(dist, dist[1:])), (gaps, g_lim)
+    assert dist[-1] < 0.15 * g_lim
