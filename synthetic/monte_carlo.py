@@ -22,6 +22,13 @@ Options:
   added to every replicate, which redraws only the remaining ``counts - pilot``.
 * ``safeguard_radius = B``: the safeguarded estimator of Theorem 1 (the MLE when it
   exists and ``||theta|| <= B``, else the reference ``theta = 0``).
+
+Every replicate has a gap (issue 19): where the unpenalised MLE does not exist
+(separable labels, typical below a few labels an edge), ``newton`` reports the gap of
+the limit policy of the ridge path ``lambda -> 0`` (computed exactly on the host, only
+for those replicates: ``synthetic.estimators.ridge_path_limit``); ``map`` and ``optax``
+are finite by construction. ``ReplicateResult.mle_exists`` says, for every estimator,
+whether the replicate's unpenalised MLE exists.
 * ``truth_prior = (basis, widths)``: each replicate draws its own truth from the
   van Trees prior of Theorem 2 (``theory.bounds._sample_box``) and measures the gap
   against it (a Bayes risk).
@@ -38,7 +45,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from synthetic.estimators import fit_dpo_optax, fit_newton, fit_newton_shared
+from synthetic.estimators import (
+    fit_dpo_optax,
+    fit_map,
+    fit_newton,
+    fit_newton_shared,
+    mle_exists_exact,
+    ridge_limit_gap,
+    ridge_path_limit,
+)
 from synthetic.labels import INVERSE_CDF_MAX_COUNT, Allocation, simulate_wins
 from synthetic.worlds import Pool, World
 from theory.policy import _optimality_gap
@@ -50,18 +65,29 @@ class ReplicateResult(NamedTuple):
     """One replicate (or ``[R]``-batched replicates).
 
     Attributes:
-      gap: exact optimality gap of the fitted policy on the evaluation pool.
-      theta_hat: ``[d]`` estimate (after the safeguard, if any).
-      valid: Newton: the MLE exists (and, with a safeguard, lies in the ball, so it
-        was used); optax: the loss is finite.
+      gap: exact optimality gap of the fitted policy on the evaluation pool, defined for
+        every replicate: ``newton`` where the MLE does not exist gives the gap of the
+        limit policy of the ridge path ``lambda -> 0`` (``ridge_path_limit``); ``map``
+        and ``optax`` are always finite.
+      theta_hat: ``[d]`` estimate (after the safeguard, if any). ``NaN`` for ``newton``
+        replicates without an MLE and without a safeguard: the limit is at infinity
+        (its policy is what ``gap`` measures).
+      valid: this replicate's gap is defined and finite (all replicates, unless an
+        exact limit could not be computed: then ``gap`` is ``NaN``). With a
+        ``safeguard_radius`` it keeps its earlier meaning: the MLE exists and lies in the
+        ball, so it was used (else the estimate is ``theta = 0``, whose gap is finite).
+      mle_exists: the unpenalised MLE of the replicate's labels exists (no separation;
+        exact: replicates the fit flags are checked by a linear program), whatever the
+        estimator. Report it as its own column; never use it to drop replicates.
     """
 
     gap: jax.Array
     theta_hat: jax.Array
     valid: jax.Array
+    mle_exists: jax.Array
 
 
-ESTIMATORS = {"newton": fit_newton, "optax": fit_dpo_optax}
+ESTIMATORS = {"newton": fit_newton, "map": fit_map, "optax": fit_dpo_optax}
 
 #: Number of times the replicate core has been traced (compiled), per process.
 TRACE_COUNT = {"replicates": 0}
@@ -95,16 +121,28 @@ def _core(estimator: str, params_json: str, safeguard: bool, prior: bool, fit_dt
             # The counts are shared: one curvature, factored once, serves every replicate.
             # Anchored at theta* (the centre of the prior, if any), which no draw changes.
             res = fit_newton_shared(zf, cf, wf, beta, anchor=theta_star.astype(fd), **params)
-            valid = res.mle_exists
+            exists = res.mle_exists
+            valid = exists
+        elif estimator == "map":
+            # Ridge prior_precision / n per label (n includes the pilot's labels): the
+            # same shared-curvature path; the mode always exists.
+            p = dict(params)
+            ridge = p.pop("prior_precision", 1.0) / jnp.sum(cf)
+            res = fit_newton_shared(zf, cf, wf, beta, ridge=ridge, anchor=theta_star.astype(fd), **p)
+            exists = jnp.zeros(res.converged.shape, bool)  # not known here: decided on the host
+            valid = res.converged
         else:
             res = jax.vmap(lambda w: fit(zf, cf, w, beta, **params))(wf)
+            exists = jnp.zeros(res.loss.shape, bool)
             valid = jnp.isfinite(res.loss)
         theta = res.theta.astype(diffs.dtype)
         if safeguard:
             valid = valid & (jnp.linalg.norm(theta, axis=1) <= radius)
             theta = jnp.where(valid[:, None], theta, jnp.zeros_like(theta))
         gap = jax.vmap(lambda th, tr: _optimality_gap(th, tr, features, log_ref, beta, rho))(theta, truths)
-        return ReplicateResult(gap, theta, valid)
+        if not safeguard:
+            valid = valid & jnp.isfinite(gap) & jnp.all(jnp.isfinite(theta), axis=1)
+        return ReplicateResult(gap, theta, valid, exists), wins, truths
 
     return run
 
@@ -143,7 +181,11 @@ def replicate_gaps(
       beta: KL weight ``> 0``.
       eval_pool: pool on which the gap is measured.
       pilot: ``(counts [E], wins [E])`` already observed labels, or ``None``.
-      estimator: ``"newton"`` or ``"optax"``; ``estimator_params`` its options.
+      estimator: ``"newton"`` (the unpenalised MLE; where it does not exist, the limit of
+        the ridge path, ``synthetic.estimators.ridge_path_limit``), ``"map"`` (the
+        posterior mode with ``prior_precision``, i.e. the ridge ``prior_precision / n``
+        per label) or ``"optax"`` (gradient DPO); ``estimator_params`` its options
+        (the keyword parameters of ``ESTIMATORS[estimator]``).
       safeguard_radius: ``B`` of the safeguarded estimator, or ``None``.
       truth_prior: ``(basis [d, k], widths [k])`` to draw each replicate's truth.
       chunk_size: replicates per compiled call (default: all at once); the numbers
@@ -161,6 +203,8 @@ def replicate_gaps(
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {estimator!r}")
     params = dict(estimator_params or {})
+    if estimator == "map" and not float(params.get("prior_precision", 1.0)) > 0:
+        raise ValueError(f"estimator.params.prior_precision must be > 0, got {params['prior_precision']!r}")
     diffs = jnp.asarray(diffs)
     dtype = diffs.dtype
     e, d = diffs.shape
@@ -203,17 +247,62 @@ def replicate_gaps(
     step = r if chunk_size is None else int(chunk_size)
     if step < 1:
         raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+    host = _HostData(np.asarray(diffs[idx], np.float64), np.asarray(sub(counts), np.float64), float(beta),
+                     eval_pool, np.asarray(rho, np.float64))
     parts = []
     for start in range(0, r, step):
         ks = keys[start : start + step]
         pad = step - ks.shape[0]
         if pad:  # keep one compiled shape: pad with copies, drop their results
             ks = jnp.concatenate([ks, jnp.repeat(ks[:1], pad, axis=0)])
-        out = run(ks, *args)
-        parts.append(jax.tree_util.tree_map(lambda a: a[: step - pad], out))
+        res, wins, truths = run(ks, *args)
+        res = jax.tree_util.tree_map(lambda a: a[: step - pad], res)
+        parts.append(_settle(estimator, safeguard_radius is not None, res, wins, truths, host))
         if progress is not None:
             progress(step - pad)
     return ReplicateResult(*(jnp.concatenate(xs) for xs in zip(*parts)))
+
+
+class _HostData(NamedTuple):
+    diffs: np.ndarray
+    counts: np.ndarray
+    beta: float
+    eval_pool: Pool
+    rho: np.ndarray
+
+
+def _settle(estimator: str, safeguard: bool, res: ReplicateResult, wins, truths, host: _HostData) -> ReplicateResult:
+    """Host-side completion of a chunk: exact ``mle_exists``, and the ridge-path limit where the MLE does not exist.
+
+    Only replicates the compiled fit could not settle are touched: ``newton``'s flagged
+    ones (separable labels, or an MLE beyond float64's resolution), and for ``map`` and
+    ``optax`` the existence test (a rank check, and a linear program only where edges
+    with both outcomes do not span the labelled differences).
+    """
+    exists = np.asarray(res.mle_exists, bool).copy()
+    todo = np.flatnonzero(~exists) if estimator == "newton" else np.arange(exists.size)
+    if todo.size == 0:
+        return res
+    wins = np.asarray(wins[: exists.size][todo], np.float64)
+    if estimator != "newton" or safeguard:
+        for j, r in enumerate(todo):
+            exists[r] = mle_exists_exact(host.diffs, host.counts, wins[j])
+        return res._replace(mle_exists=jnp.asarray(exists))
+    gap, theta, valid = (np.array(a, dtype=np.float64 if a.dtype != bool else bool) for a in (res.gap, res.theta_hat, res.valid))
+    truths = np.asarray(truths[: exists.size][todo], np.float64)
+    ev = host.eval_pool
+    feats, log_ref = np.asarray(ev.features, np.float64), np.asarray(ev.log_ref, np.float64)
+    for j, r in enumerate(todo):
+        lim = ridge_path_limit(host.diffs, host.counts, wins[j], host.beta)
+        exists[r] = lim.mle_exists
+        if lim.ok:
+            gap[r] = ridge_limit_gap(lim, truths[j], feats, log_ref, host.beta, host.rho)
+            theta[r] = lim.finite if lim.mle_exists else np.nan
+        else:
+            gap[r], theta[r] = np.nan, np.nan
+        valid[r] = bool(np.isfinite(gap[r]))
+    dtype = res.gap.dtype
+    return ReplicateResult(jnp.asarray(gap, dtype), jnp.asarray(theta, dtype), jnp.asarray(valid), jnp.asarray(exists))
 
 
 def simulate_gaps(key, world: World, edge_diffs, allocation: Allocation, num_replicates: int, estimator: str = "newton", **estimator_kwargs) -> ReplicateResult:

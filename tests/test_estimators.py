@@ -250,3 +250,47 @@ def test_optax_argument_errors():
         fit_dpo_optax(jnp.asarray(diffs), counts, wins, beta, optimizer="lbfgs-magic")
     with pytest.raises(ValueError, match="label_smoothing"):
         fit_dpo_optax(jnp.asarray(diffs), counts, wins, beta, label_smoothing=0.7)
+
+
+@pytest.mark.parametrize("prior_precision, separable", [(1.0, False), (0.5, True), (20.0, True)])
+def test_map_is_the_posterior_mode_scipy(prior_precision, separable):
+    """fit_map minimises n L_n(theta) + (Lambda / 2) ||theta||^2 (BFGS on the posterior
+    objective written from the per-label log-likelihood), separable labels included."""
+    from synthetic.estimators import fit_map
+
+    if separable:
+        diffs, counts, wins, beta = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, -1.0]]), np.array([3.0, 2.0]), np.array([3.0, 0.0]), 0.7
+    else:
+        diffs, counts, wins, beta = _data(11, e=10, d=3, c=5)
+    n = counts.sum()
+
+    def neg_log_post(t):
+        m = beta * diffs @ t
+        return float(np.sum(wins * np.logaddexp(0, -m) + (counts - wins) * np.logaddexp(0, m)) + 0.5 * prior_precision * t @ t)
+
+    def grad(t):
+        m = beta * diffs @ t
+        return beta * diffs.T @ (counts / (1 + np.exp(-m)) - wins) + prior_precision * t
+
+    ref = scipy.optimize.minimize(neg_log_post, np.zeros(3), jac=grad, method="BFGS", options={"gtol": 1e-11})
+    fit = fit_map(jnp.asarray(diffs), counts, wins, beta, prior_precision=prior_precision)
+    assert bool(fit.converged) and bool(fit.mle_exists) and n > 0
+    np.testing.assert_allclose(fit.theta, ref.x, rtol=1e-7, atol=1e-9)
+    with pytest.raises(ValueError, match="prior_precision"):
+        fit_map(jnp.asarray(diffs), counts, wins, beta, prior_precision=0.0)
+
+
+@pytest.mark.parametrize("seed, e, d, max_count", [(0, 5, 2, 2), (2, 9, 4, 5)])
+def test_mle_exists_exact_agrees_with_lp_oracle(seed, e, d, max_count):
+    from synthetic.estimators import mle_exists_exact
+
+    rng = np.random.default_rng(seed)
+    got, want = [], []
+    for i in range(60):
+        diffs = rng.normal(size=(e, d))
+        counts = rng.integers(1, max_count + 1, size=e).astype(float)
+        wins = np.asarray(simulate_wins(jax.random.PRNGKey(100 * seed + i), rng.normal(size=d), diffs, counts, 1.5))
+        got.append(mle_exists_exact(diffs, counts, wins))
+        want.append(not _separable_lp(diffs, counts, wins))
+    assert 0.05 < np.mean(want) < 0.95
+    assert got == want
