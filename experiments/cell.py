@@ -167,7 +167,7 @@ def run_cell(cfg: DictConfig, progress: bool = False) -> dict:
 
 
 def _run_cell(cfg: DictConfig, progress: bool = False) -> dict:
-    """Compute one cell's records (no file I/O): columns ``replicate``, ``gap``, ``valid``, ``predicted_gap``, ``labels_spent``."""
+    """Compute one cell's records (no file I/O): columns ``replicate``, ``gap``, ``valid``, ``mle_exists``, ``predicted_gap``, ``labels_spent``."""
     world = make_world(cfg.world, jax.random.key(cfg.world_seed))
     problem = design_problem(world)
     name = cfg.design.name
@@ -193,6 +193,8 @@ def _run_cell(cfg: DictConfig, progress: bool = False) -> dict:
         "replicate": np.arange(r),
         "gap": np.asarray(res.gap, np.float64),
         "valid": np.asarray(res.valid, bool),
+        # the unpenalised MLE exists (no separation); reported, never used to drop replicates
+        "mle_exists": np.asarray(getattr(res, "mle_exists", res.valid), bool),
         "predicted_gap": np.full(r, predicted),
         # labels the design paid for: the budget, or more for designs that label a
         # larger set and train on part of it (seed 004's protocol)

@@ -43,7 +43,7 @@ RECORD_FIELDS = ["replicate", "gap", "valid", "predicted_gap"]  # required; othe
 
 #: Columns of a summary row, in order (also the CSV header).
 SUMMARY_FIELDS = [
-    "world", "design", "config", "estimator", "budget", "labels_spent", "seed", "replicates", "valid_fraction",
+    "world", "design", "config", "estimator", "budget", "labels_spent", "seed", "replicates", "valid_fraction", "mle_fraction",
     "mean_gap", "se", "ci_low", "ci_high", "predicted_gap", "ratio_to_prediction", "ratio_to_uniform",
     "code_version", "current_code", "cell", "note",
 ]
@@ -147,13 +147,22 @@ def _identity(meta) -> dict:
     return {k: meta[k] for k in _IDENTITY if k in meta}
 
 
-def _note(gap, valid, pred, stale) -> str:
+def _note(gap, valid, pred, stale, mle=None) -> str:
     notes = []
     r, k = gap.size, int(valid.sum())
-    if k < 2:
-        notes.append(f"no number: {'no' if k == 0 else 'only one'} replicate of {r} has a finite MLE (separable labels)")
-    elif k < r:
-        notes.append(f"mean over the {k} of {r} replicates with a finite MLE")
+    if mle is None:  # records before every replicate had a gap: valid meant "the MLE exists"
+        if k < 2:
+            notes.append(f"no number: {'no' if k == 0 else 'only one'} replicate of {r} has a finite MLE (separable labels)")
+        elif k < r:
+            notes.append(f"mean over the {k} of {r} replicates with a finite MLE")
+    else:
+        if k < 2:
+            notes.append(f"no number: {'no' if k == 0 else 'only one'} replicate of {r} has a defined gap")
+        elif k < r:
+            notes.append(f"mean over the {k} of {r} replicates whose gap is defined")
+        m = int(mle.sum())
+        if m < r:
+            notes.append(f"MLE exists in {m} of {r} replicates; the others' gap is that of the ridge-path limit policy")
     bad = int(np.sum(valid & ~np.isfinite(gap)))
     if bad:
         notes.append(f"{bad} valid replicates have a non-finite gap")
@@ -176,7 +185,8 @@ def summarise_cell(cols, meta, current_code="", level: float = 0.95) -> dict:
     # current_code: the version the current code gives this cell; None if it cannot be
     # computed here (design or module unavailable); "" to skip the check.
     stale = current_code != "" and meta["code_version"] != current_code
-    note = _note(gap, valid, pred, "unknown" if current_code is None else stale)
+    mle = np.asarray(cols["mle_exists"], bool) if "mle_exists" in cols else None
+    note = _note(gap, valid, pred, "unknown" if current_code is None else stale, mle)
     spent = int(cols["labels_spent"][0]) if "labels_spent" in cols and len(cols["labels_spent"]) else meta["budget"]
     if spent != meta["budget"]:
         note = "; ".join(x for x in (f"trained on {meta['budget']} of {spent} labels spent", note) if x)
@@ -186,6 +196,7 @@ def summarise_cell(cols, meta, current_code="", level: float = 0.95) -> dict:
         "labels_spent": spent,
         "seed": meta.get("seed"),
         "replicates": int(gap.size), "valid_fraction": float(valid.mean()),
+        "mle_fraction": float((valid if mle is None else mle).mean()),
         "mean_gap": mean, "se": se, "ci_low": lo, "ci_high": hi,
         "predicted_gap": pred, "ratio_to_prediction": mean / pred if pred > 0 and np.isfinite(pred) else np.nan,
         "ratio_to_uniform": np.nan,
@@ -292,13 +303,13 @@ def format_summary(rows: list[dict], problems=()) -> str:
     """The summary as a text table; rows without a number say why in the last column."""
     wide = max([len(r["config"]) for r in rows] + [6])
     head = (f"{'world':<11}{'design':<20}{'config':<{wide + 2}}{'estimator':<10}{'budget':>8}{'reps':>6}{'valid':>7}"
-            f"{'mean gap':>12}{'95% CI':>24}{'/uniform':>9}{'/predicted':>11}  note")
+            f"{'MLE':>6}{'mean gap':>12}{'95% CI':>24}{'/uniform':>9}{'/predicted':>11}  note")
     lines = [head, "-" * len(head)]
     for r in rows:
         ci = f"[{r['ci_low']:.3g}, {r['ci_high']:.3g}]" if np.isfinite(r["mean_gap"]) else "-"
         lines.append(
             f"{r['world']:<11}{r['design']:<20}{r['config']:<{wide + 2}}{r['estimator']:<10}{r['budget']:>8}{r['replicates']:>6}"
-            f"{r['valid_fraction']:>7.0%}{r['mean_gap']:>12.4g}{ci:>24}{r['ratio_to_uniform']:>9.3f}{r['ratio_to_prediction']:>11.3f}"
+            f"{r['valid_fraction']:>7.0%}{r['mle_fraction']:>6.0%}{r['mean_gap']:>12.4g}{ci:>24}{r['ratio_to_uniform']:>9.3f}{r['ratio_to_prediction']:>11.3f}"
             f"  {r['note']}"
         )
     for err in problems:

@@ -230,14 +230,22 @@ def test_design_parameter_values_are_checked_before_the_sweep(overrides, message
         sweep.validate(cfg)
 
 
-def test_a_row_without_a_number_says_why(tmp_path):
-    """Item 7: beta = 1e6 separates every label set; the row says so, with counts."""
+def test_a_row_says_why_it_has_no_number_or_how_its_mean_was_made(tmp_path):
+    """Item 7: beta = 1e6 separates every label set. The row counts every replicate (each
+    gap is the ridge-path limit's), says that no MLE exists, and why the prediction is
+    inf; a row whose replicates have no defined gap says so instead of printing nan."""
     sweep.run_jobs([[*SMALL, "design=uniform", "world.params.beta=1e6"]], tmp_path, progress=False)
     (row,) = sweep.aggregate(tmp_path)
-    assert row["replicates"] == 10 and row["valid_fraction"] == 0.0 and np.isnan(row["mean_gap"])
-    assert "no replicate of 10 has a finite MLE" in row["note"]
+    assert row["replicates"] == 10 and row["mle_fraction"] == 0.0
+    assert "MLE exists in 0 of 10 replicates" in row["note"] and "prediction inf" in row["note"]
     table = sweep.format_summary([row])
-    assert "reps" in table and "valid" in table and "estimator" in table and "no replicate of 10" in table
+    for col in ("estimator", "reps", "valid", "MLE", "note"):
+        assert col in table
+    # a record whose gaps are undefined (valid all false): no number, and the reason
+    meta = {"world": {"name": "w"}, "design": {"name": "d"}, "estimator": {"name": "e"}, "budget": 5, "code_version": "x"}
+    cols = {"gap": np.full(4, np.nan), "valid": np.zeros(4, bool), "mle_exists": np.zeros(4, bool), "predicted_gap": np.ones(4)}
+    r = records.summarise_cell(cols, meta)
+    assert np.isnan(r["mean_gap"]) and "no number: no replicate of 4 has a defined gap" in r["note"]
 
 
 def test_summary_only_on_a_missing_or_empty_results_dir_fails_with_the_path(tmp_path):
