@@ -304,3 +304,15 @@ def test_importing_the_apps_leaves_jax_in_its_default_precision():
     env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_the_cell_progress_bar_ends_before_the_summary(tmp_path):
+    """Item 14: the final 'cells' bar used to print again after the summary table, and
+    log lines were written through it."""
+    res = subprocess.run([sys.executable, "-m", "experiments.sweep", "-m", *SMALL, "design=uniform,first_two",
+                          f"results_dir={tmp_path}", "progress=true", f"hydra.sweep.dir={tmp_path}/_hydra"],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:]
+    out = res.stdout
+    head = out.index("world      design")
+    assert "cells:" in out[:head] and "cells:" not in out[head:]
