@@ -307,6 +307,8 @@ def _best_vs_worst_by_reference(key, problem, budget, cap):
     a, b = np.minimum(hi, lo), np.maximum(hi, lo)
     pick = (e.first == a[e.prompt]) & (e.second == b[e.prompt]) & (a[e.prompt] != b[e.prompt])
     w = np.where(pick, np.asarray(problem.pool.prompt_weights)[e.prompt], 0.0)
+    if w.sum() <= 0:
+        raise ValueError("no prompt has completions of different reference log-probability")
     return weighted_output(key, problem, budget, w / w.sum(), max_labels_per_edge=cap)
 
 

@@ -121,8 +121,9 @@ def test_a_commit_that_changes_a_design_recomputes_its_records(tmp_path):
     with open(proj / "synthetic" / "designs.py", "a") as fh:
         fh.write(
             "\n\n@register_design('uniform', summary='changed', source='test', replace=True)\n"
-            "def _changed_uniform(key, problem, budget, rounding='auto'):\n"
-            "    return weighted_output(key, problem, budget, first_two_weights(problem.edges), rounding)\n"
+            "def _changed_uniform(key, problem, budget, rounding='auto', max_labels_per_edge=None):\n"
+            "    return weighted_output(key, problem, budget, first_two_weights(problem.edges), rounding,\n"
+            "                           max_labels_per_edge=max_labels_per_edge)\n"
         )
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "change uniform"], cwd=proj, check=True)
     res, gap_kept, code_kept = run("reuse_stale_records=true")
