@@ -147,7 +147,7 @@ def _identity(meta) -> dict:
     return {k: meta[k] for k in _IDENTITY if k in meta}
 
 
-def _note(gap, valid, pred, stale, mle=None) -> str:
+def _note(gap, valid, pred, stale, mle=None, estimator="newton") -> str:
     notes = []
     r, k = gap.size, int(valid.sum())
     if mle is None:  # records before every replicate had a gap: valid meant "the MLE exists"
@@ -162,7 +162,9 @@ def _note(gap, valid, pred, stale, mle=None) -> str:
             notes.append(f"mean over the {k} of {r} replicates whose gap is defined")
         m = int(mle.sum())
         if m < r:
-            notes.append(f"MLE exists in {m} of {r} replicates; the others' gap is that of the ridge-path limit policy")
+            how = ("; the others' gap is that of the ridge-path limit policy" if estimator == "newton"
+                   else f"; every replicate's {estimator} estimate is finite")
+            notes.append(f"MLE exists in {m} of {r} replicates{how}")
     bad = int(np.sum(valid & ~np.isfinite(gap)))
     if bad:
         notes.append(f"{bad} valid replicates have a non-finite gap")
@@ -186,7 +188,7 @@ def summarise_cell(cols, meta, current_code="", level: float = 0.95) -> dict:
     # computed here (design or module unavailable); "" to skip the check.
     stale = current_code != "" and meta["code_version"] != current_code
     mle = np.asarray(cols["mle_exists"], bool) if "mle_exists" in cols else None
-    note = _note(gap, valid, pred, "unknown" if current_code is None else stale, mle)
+    note = _note(gap, valid, pred, "unknown" if current_code is None else stale, mle, meta["estimator"]["name"])
     spent = int(cols["labels_spent"][0]) if "labels_spent" in cols and len(cols["labels_spent"]) else meta["budget"]
     if spent != meta["budget"]:
         note = "; ".join(x for x in (f"trained on {meta['budget']} of {spent} labels spent", note) if x)

@@ -121,25 +121,27 @@ def results_path(cfg: DictConfig) -> Path:
     return Path(hydra.utils.to_absolute_path(cfg.results_dir))
 
 
-def check_design_choice(cfg: DictConfig) -> None:
-    """``design.name`` must be the name of the chosen ``design=`` config (except ``design=custom``).
+def check_design_choice(cfg: DictConfig, overrides=()) -> None:
+    """A ``design.name=...`` override is only for ``design=custom``.
 
-    A ``design.name=...`` override applies to every design of a multirun, so
+    A ``design.*`` override applies to every design of a multirun, so
     ``design=custom,uniform design.name=my_rule`` would run ``my_rule`` twice, once
-    labelled uniform. Needs the Hydra node (``hydra.runtime.choices``); without it,
-    nothing to check.
+    labelled uniform. Config files may name a registered design with other parameters
+    (``design=adpo_greedy_repeat`` is ``adpo_greedy`` with repeats); only the command
+    line's ``design.name`` is refused. Needs the Hydra node (``hydra.runtime.choices``).
     """
     choice = OmegaConf.select(cfg, "hydra.runtime.choices.design", default=None)
-    if choice is None or choice == "custom" or choice == cfg.design.name:
+    named = any(str(o).lstrip("+~").split("=", 1)[0] == "design.name" for o in overrides)
+    if choice is None or choice == "custom" or not named:
         return
     raise ValueError(
         f"design.name = {cfg.design.name!r} overrides the design chosen by design={choice}: a design.* override applies to "
         "every design of the sweep. To compare your design with registered ones in one sweep, sweep the name of the custom "
-        f"design, e.g. design=custom 'design.name={cfg.design.name},{choice}'; allowed: design.name = {choice!r} with design={choice}"
+        f"design, e.g. design=custom 'design.name={cfg.design.name},{choice}'; allowed: design.name only with design=custom"
     )
 
 
-def check_jobs(cfgs, labels) -> None:
+def check_jobs(cfgs, labels, overrides=None) -> None:
     """Check every job, then the sweep as a whole, before any job runs.
 
     Each job: :func:`validate` and :func:`check_design_choice`. The sweep: no two jobs
@@ -149,10 +151,10 @@ def check_jobs(cfgs, labels) -> None:
     """
     seen: dict = {}
     dirs = set()
-    for cfg, label in zip(cfgs, labels):
+    for i, (cfg, label) in enumerate(zip(cfgs, labels)):
         try:
             validate(cfg)
-            check_design_choice(cfg)
+            check_design_choice(cfg, overrides[i] if overrides is not None else label.split())
         except ValueError as err:
             raise ValueError(f"job [{label}]: {err}") from None
         cid = cell_id(cfg)[0]
@@ -262,7 +264,7 @@ def run_jobs(jobs, results_dir, progress: bool = True, desc: str = "cells") -> l
     files, in the order of ``jobs``.
     """
     cfgs = [compose_job([*o, f"results_dir={results_dir}", f"progress={str(progress).lower()}"], hydra_node=True) for o in jobs]
-    check_jobs(cfgs, [" ".join(o) for o in jobs])
+    check_jobs(cfgs, [" ".join(o) for o in jobs], jobs)
     for cfg in cfgs:
         with open_dict(cfg):
             del cfg["hydra"]
@@ -289,7 +291,7 @@ class ValidateSweep(Callback):
             except Exception as err:  # noqa: BLE001 - every composition error stops the sweep
                 raise SystemExit(f"invalid sweep, no job started. Job [{' '.join(overrides)}]: {err}") from None
         try:
-            check_jobs(cfgs, [" ".join(o) for o in jobs])
+            check_jobs(cfgs, [" ".join(o) for o in jobs], jobs)
         except ValueError as err:
             raise SystemExit(f"invalid sweep, no job started. {err}") from None
         log.info("validated %d jobs", len(jobs))
@@ -410,7 +412,8 @@ def main(cfg: DictConfig) -> None:
         return
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         choices = HydraConfig.get().runtime.choices
-        check_design_choice(OmegaConf.create({"design": cfg.design, "hydra": {"runtime": {"choices": dict(choices)}}}))
+        check_design_choice(OmegaConf.create({"design": cfg.design, "hydra": {"runtime": {"choices": dict(choices)}}}),
+                            list(HydraConfig.get().overrides.task))
         check_writable(results_path(cfg))
     job(cfg)
     if HydraConfig.get().mode != RunMode.MULTIRUN:

@@ -60,6 +60,9 @@ def test_an_override_that_reaches_another_design_is_refused_before_any_job(tmp_p
     with pytest.raises(ValueError, match="are the same cell"):
         sweep.run_jobs([[*SMALL, "design=uniform"], [*SMALL, "design=custom", "design.name=uniform"]], tmp_path, progress=False)
     assert not list(tmp_path.glob("*.npz"))
+    # a config file may name a registered design with other parameters (a preset)
+    sweep.check_jobs([sweep.compose_job([*SMALL, "design=adpo_greedy_repeat", f"results_dir={tmp_path}"], hydra_node=True)],
+                     ["preset"], [[*SMALL, "design=adpo_greedy_repeat"]])
 
 
 def test_the_cli_refuses_the_leaking_override_and_accepts_the_documented_form(tmp_path):
