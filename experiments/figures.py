@@ -84,7 +84,7 @@ def figure1(out: Path, results: Path, small: bool, progress: bool = True) -> lis
             "tabular": f"tabular ($d = {cfg.world.params.num_completions}$, one prompt)",
             "contextual": "linear contextual (held-out prompts)",
         }[world]
-        title += f"\nestimator: {_ESTIMATOR_LABEL.get(cfg.estimator.name, cfg.estimator.name)}"
+        estimator = _ESTIMATOR_LABEL.get(cfg.estimator.name, cfg.estimator.name)
         plot_gap_vs_budget([r for r in got if np.isfinite(r["mean_gap"])], title=title, ax=ax, prediction=False, legend=False)
         g0 = reference_gap(cfg)
         ax.axhline(g0, color="0.4", lw=0.8, ls=":")
@@ -99,6 +99,7 @@ def figure1(out: Path, results: Path, small: bool, progress: bool = True) -> lis
             handles.append(h)
             labels.append(lab)
     fig.legend(handles, labels, loc="outside right upper", frameon=False)
+    fig.suptitle(f"estimator: {estimator}", fontsize=7)
     axes[1].set_ylabel("")
     write_csv(rows, out / "fig1_gap_vs_budget.csv")
     save_figure(fig, out / "fig1_gap_vs_budget")
@@ -123,22 +124,23 @@ def reference_gap(cfg) -> float:
 
 
 def _note_missing(ax, rows) -> None:
-    """Say in the panel where the unpenalised MLE often does not exist (every replicate
-    is still averaged: its gap is then the ridge-path limit's) or a point has no number."""
-    miss, part = {}, {}
+    """Say in the panel at which budgets most replicates have no MLE (every replicate is
+    still averaged, with the gap of its ridge-path limit) or a point has no number; the
+    CSV has each row's ``mle_fraction``."""
+    few, miss = {}, {}
     for r in rows:
         if not np.isfinite(r["mean_gap"]):
             miss.setdefault(r["budget"], []).append(r["design"])
-        elif r.get("mle_fraction", r["valid_fraction"]) < 1:
-            part.setdefault(r["budget"], []).append(f"{r['design']} ({r.get('mle_fraction', r['valid_fraction']):.0%})")
-    lines = [f"n = {n:,}: no number for {', '.join(sorted(d))}" for n, d in sorted(miss.items())]
-    lines += [f"n = {n:,}: MLE exists in part of the replicates for {', '.join(sorted(d))}; the rest count with their ridge-path limit"
-              for n, d in sorted(part.items())]
+        elif r.get("mle_fraction", r["valid_fraction"]) < 0.5:
+            few.setdefault(r["budget"], []).append(r["design"])
+    designs = len({r["design"] for r in rows})
+    lines = []
+    if few:
+        parts = [f"n = {n:,}: {'all' if len(d) == designs else len(d)}" for n, d in sorted(few.items())]
+        lines.append("designs with an MLE in under half the replicates\n(their ridge-path limit counts):\n" + "; ".join(parts))
+    lines += [f"n = {n:,}: no number for {', '.join(sorted(d))}" for n, d in sorted(miss.items())]
     if lines:
-        import textwrap
-
-        txt = ax.text(0.98, 0.98, "\n".join(textwrap.fill(x, 48) for x in lines), transform=ax.transAxes, fontsize=4.6,
-                      va="top", ha="right", color="0.25")
+        txt = ax.text(0.02, 0.02, "\n".join(lines), transform=ax.transAxes, fontsize=4.8, va="bottom", ha="left", color="0.25")
         txt.set_in_layout(False)
 
 
