@@ -337,7 +337,6 @@ def _select(cfg: DictConfig, quiet: bool = False) -> dict:
         edges = enumerate_edges(f, lr)
         curv = policy_curvature(jnp.zeros(feats.shape[-1]), f, lr, rho)
         problem = DesignProblem(edges, Pool(f, lr, rho), Pool(f, lr, rho), float(cfg.beta), None)
-        _POOLS[id(problem)] = pool
     stages["edges"] = st.seconds
     cap = cfg.max_labels_per_edge
     allowed = edges.num_edges * cap if cap is not None else math.inf
@@ -352,15 +351,14 @@ def _select(cfg: DictConfig, quiet: bool = False) -> dict:
         params["tol"] = cfg.tol
     with _Stage(f"design {cfg.design}: {edges.num_edges:,} candidate comparisons, budget {cfg.budget:,}", quiet) as st:
         if cfg.design == "two_stage":
-            counts, info = _two_stage_from_pilot(k_design, problem, cfg, curv)
+            counts, info = _two_stage_from_pilot(k_design, problem, pool, cfg)
         else:
             out = run_design(cfg.design, k_design, problem, int(cfg.budget), **params)
             counts, info = out.dense_counts(edges.num_edges), dict(out.info or {})
     stages["design"] = st.seconds
     with _Stage("baselines on the same pool and budget (uniform, first-two, best-vs-worst by reference log-prob)", quiet) as st:
         report_rows = {cfg.design: counts}
-        ks = jax.random.split(k_base, 3)
-        for (name, fn), kk in zip((("uniform", None), ("first_two", None), ("best_vs_worst_ref", None)), ks):
+        for name, kk in zip(("uniform", "first_two", "best_vs_worst_ref"), jax.random.split(k_base, 3)):
             if name in report_rows:
                 continue
             try:
@@ -384,12 +382,12 @@ def _select(cfg: DictConfig, quiet: bool = False) -> dict:
     return report
 
 
-def _two_stage_from_pilot(key, problem, cfg, curv):
+def _two_stage_from_pilot(key, problem, pool, cfg):
     """Two-stage with your pilot labels: MAP fit on them, then the L-optimal design at that estimate."""
     if cfg.pilot is None:
         raise ValueError("pilot: design=two_stage needs pilot=<file.jsonl> with labelled pairs (prompt_id, chosen, rejected)")
     edges = problem.edges
-    pc, pw = read_pilot(cfg.pilot, _POOLS[id(problem)], edges)
+    pc, pw = read_pilot(cfg.pilot, pool, edges)
     if cfg.max_labels_per_edge is not None and pc.max() > cfg.max_labels_per_edge:
         raise ValueError(f"pilot: a comparison has {pc.max()} pilot labels, more than max_labels_per_edge = {cfg.max_labels_per_edge}")
     lab = pc > 0
@@ -408,8 +406,6 @@ def _two_stage_from_pilot(key, problem, cfg, curv):
             "rounding": out.info.get("rounding"), "pilot_labels": int(pc.sum())}
     return counts, info
 
-
-_POOLS: dict = {}  # problem id -> its PoolTable (for reading pilot ids)
 
 
 def check_config(cfg: DictConfig) -> None:

@@ -417,8 +417,6 @@ def test_apo_batches_match_the_authors_rule_recomputed_from_scratch(problems, wo
     assert sum(p.size for p in rounds) == budget
     if budget == 400:
         assert counts.max() > 1  # a later round took an edge again
-    # the rule is not "each edge once": the direct rule with its repeats is what we match
-    assert counts.sum() == budget
 
 
 def test_apo_without_replacement_and_with_caps_never_repeats_an_edge(problems):

@@ -103,7 +103,7 @@ def test_plug_in_beats_uniform_where_the_theory_says_it_must(pools, tmp_path):
     curv = policy_curvature(jnp.zeros(f.shape[-1]), f, lr)
     uni = float(design_criterion(jnp.full(edges.num_edges, 1 / edges.num_edges), jnp.zeros(f.shape[-1]), edges.diffs, curv, 0.1))
     sol = rep["solver"]
-    assert sol["converged"] and sol["criterion_value"] * (1 - sol["relative_certificate"]) <= sol["criterion_value"] < uni
+    assert sol["converged"] and sol["criterion_value"] < uni
     assert rep["criterion"]["plug_in"] < 0.7 * rep["criterion"]["uniform"]
 
 
@@ -239,7 +239,6 @@ def test_pca_keeps_the_top_within_prompt_directions():
     red, explained = S.pca_reduce(f, lr, 6, jax.random.key(0))
     x = (f - f.mean(1, keepdims=True)).reshape(-1, 40)
     _, s, vt = np.linalg.svd(x, full_matrices=False)
-    proj_exact = vt[:6].T @ vt[:6]
     xr = (red - red.mean(1, keepdims=True)).reshape(-1, 6)
     # same subspace: the reduced centred data have the exact top-6 singular values (to the
     # float32 precision of the power iterations, about 1e-6 relative; 1e-4 leaves margin)
@@ -247,7 +246,6 @@ def test_pca_keeps_the_top_within_prompt_directions():
     assert explained == pytest.approx((s[:6] ** 2).sum() / (s**2).sum(), rel=1e-4)
     # and a subspace that is not the top one fails that check
     assert not np.allclose(np.linalg.svd(x @ vt[1:7].T, compute_uv=False), s[:6], rtol=1e-4)
-    assert np.allclose(proj_exact @ proj_exact, proj_exact)
 
 
 def test_the_command_line_selects_and_converts(pools, tmp_path):
