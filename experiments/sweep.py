@@ -23,7 +23,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-import time
 from pathlib import Path
 
 import hydra

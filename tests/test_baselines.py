@@ -2,7 +2,6 @@
 protocol), each against a direct re-implementation of its source rule."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
