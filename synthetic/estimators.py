@@ -157,6 +157,43 @@ def _newton_setup(diffs, counts, wins, tol, curvature_floor):
     return dtype, eps, tol, curvature_floor, jnp.asarray(counts, dtype=dtype), jnp.asarray(wins, dtype=dtype)
 
 
+class _NewtonState(NamedTuple):
+    """Loop state of :func:`fit_newton`: iterate, last step norm (0 once converged), iterations, loss."""
+
+    theta: jax.Array
+    step: jax.Array
+    it: jax.Array
+    loss: jax.Array
+
+
+class _Backtrack(NamedTuple):
+    """Loop state of a backtracking line search: step size, loss there, halvings."""
+
+    t: jax.Array
+    loss: jax.Array
+    k: jax.Array
+
+
+def _armijo(loss, theta, delta, f0, slope, eps, dtype, max_halvings=60):
+    """Halve ``t`` from 1 until the Armijo test with rounding slack passes; ``(t, loss, accepted)``.
+
+    The test is ``L(theta + t delta) <= L(theta) + t slope / 4 + 10 eps (1 + |L|)`` (see
+    :func:`fit_newton`); ``slope = g . delta <= 0``.
+    """
+    slack = 10.0 * eps * (1.0 + jnp.abs(f0))
+
+    def ok(t, f_new):
+        return jnp.isfinite(f_new) & (f_new <= f0 + 0.25 * t * slope + slack)
+
+    def halve(ls: _Backtrack) -> _Backtrack:
+        t = 0.5 * ls.t
+        return _Backtrack(t, loss(theta + t * delta), ls.k + 1)
+
+    init = _Backtrack(jnp.asarray(1.0, dtype), loss(theta + delta), 0)
+    ls = jax.lax.while_loop(lambda ls: ~ok(ls.t, ls.loss) & (ls.k < max_halvings), halve, init)
+    return ls.t, ls.loss, ok(ls.t, ls.loss)
+
+
 def fit_newton(diffs, counts, wins, beta, ridge=0.0, max_iter=100, tol=None, curvature_floor=None):
     """Exact DPO/MLE by damped Newton with Armijo backtracking.
 
@@ -203,42 +240,28 @@ def fit_newton(diffs, counts, wins, beta, ridge=0.0, max_iter=100, tol=None, cur
     def loss(th):
         return dpo_loss(th, diffs, counts, wins, beta, ridge)
 
-    def cond(state):
-        _, step, it, _ = state
-        return (it < max_iter) & (step > 0)
+    def cond(state: _NewtonState):
+        return (state.it < max_iter) & (state.step > 0)
 
-    def body(state):
-        theta, _, it, f0 = state
+    def body(state: _NewtonState) -> _NewtonState:
+        theta, f0 = state.theta, state.loss
         g, h = _grad_hess(theta, diffs, counts, wins, beta, ridge)
         delta = -jnp.linalg.solve(h + p_null, g)
         delta = jnp.where(jnp.all(jnp.isfinite(delta)), delta, 0.0)
-        slope = jnp.dot(g, delta)  # <= 0 for a descent direction
-        slack = 10.0 * eps * (1.0 + jnp.abs(f0))
-
-        def ok(t, f_new):
-            return jnp.isfinite(f_new) & (f_new <= f0 + 0.25 * t * slope + slack)
-
-        def ls_body(ls):
-            t, _, k = ls
-            t = 0.5 * t
-            return t, loss(theta + t * delta), k + 1
-
-        t, f1, _ = jax.lax.while_loop(
-            lambda ls: ~ok(ls[0], ls[1]) & (ls[2] < 60), ls_body, (jnp.asarray(1.0, dtype), loss(theta + delta), 0)
-        )
-        accepted = ok(t, f1)
+        t, f1, accepted = _armijo(loss, theta, delta, f0, jnp.dot(g, delta), eps, dtype)
         t = jnp.where(accepted, t, 0.0)
         new_theta = theta + t * delta
         step_norm = jnp.linalg.norm(t * delta)
         # Converged: step below tolerance; stored as step = 0 to stop the loop.
         done = step_norm <= tol * (1.0 + jnp.linalg.norm(new_theta))
-        return new_theta, jnp.where(done, 0.0, step_norm + 1.0), it + 1, jnp.where(accepted, f1, f0)
+        return _NewtonState(new_theta, jnp.where(done, 0.0, step_norm + 1.0), state.it + 1, jnp.where(accepted, f1, f0))
 
     theta0 = jnp.zeros((d,), dtype)
-    init = (theta0, jnp.asarray(jnp.inf, dtype), jnp.asarray(0, jnp.int32), loss(theta0))
-    theta, step, it, f = jax.lax.while_loop(cond, body, init)
+    init = _NewtonState(theta0, jnp.asarray(jnp.inf, dtype), jnp.asarray(0, jnp.int32), loss(theta0))
+    final = jax.lax.while_loop(cond, body, init)
+    theta = final.theta
     g, h = _grad_hess(theta, diffs, counts, wins, beta, 0.0)
-    converged = step == 0
+    converged = final.step == 0
     # Smallest eigenvalue of H on the labelled span (null directions lifted out of
     # the way), against the curvature scale at theta = 0, which no iterate changes.
     _, h0 = _grad_hess(theta0, diffs, counts, wins, beta, 0.0)
@@ -248,7 +271,7 @@ def fit_newton(diffs, counts, wins, beta, ridge=0.0, max_iter=100, tol=None, cur
     exists = converged & ((ridge > 0) | curvature_ok)
     g = g + ridge * theta
     max_margin = jnp.max(jnp.where(counts > 0, jnp.abs(beta * (diffs @ theta)), 0.0))
-    return NewtonResult(theta, f, jnp.linalg.norm(g), it, converged, exists, max_margin)
+    return NewtonResult(theta, final.loss, jnp.linalg.norm(g), final.it, converged, exists, max_margin)
 
 
 def fit_map(diffs, counts, wins, beta, prior_precision=1.0, max_iter=100, tol=None):
@@ -391,44 +414,90 @@ def fit_newton_shared(diffs, counts, wins, beta, ridge=0.0, max_iter=100, tol=No
     dtype, eps, tol, curvature_floor, counts, wins = _newton_setup(diffs, counts, wins, tol, curvature_floor)
     if wins.ndim != 2 or wins.shape[1] != diffs.shape[0]:
         raise ValueError(f"wins must have shape [R, {diffs.shape[0]}] (one row per replicate), got {list(wins.shape)}")
-    r, d = wins.shape[0], diffs.shape[1]
+    r = wins.shape[0]
     fallback_size = max(1, r // 8) if fallback_size is None else min(int(fallback_size), r)
-    n = jnp.sum(counts)
-    labelled = counts > 0
-    p_null = _null_projector(diffs, counts)
-    eye = jnp.eye(d, dtype=dtype)
-
     if anchor is None:
         anchor = fit_newton(diffs, counts, jnp.mean(wins, axis=0), beta, ridge, max_iter, tol, curvature_floor).theta
+    chord = _chord_setup(diffs, counts, wins, beta, ridge, anchor, dtype)
+    final = _chord_iterate(chord, diffs, counts, wins, beta, ridge, tol, eps, chord_iter, dtype)
+    result, accept = _chord_result(chord, final, diffs, counts, wins, beta, ridge, curvature_floor)
+    newton = jax.vmap(lambda w: fit_newton(diffs, counts, w, beta, ridge, max_iter, tol, curvature_floor))
+    return _refit_flagged(result, ~accept, newton, wins, final.iters, fallback_size)
+
+
+class _Chord(NamedTuple):
+    """The shared preconditioner of :func:`fit_newton_shared`, formed once at the anchor."""
+
+    anchor: jax.Array  # [d], null component dropped
+    margins: jax.Array  # [A] beta z_e . anchor
+    curvature: jax.Array  # [A] s'(margins)
+    chol: jax.Array  # Cholesky factor of M + ridge Id + P_null
+    chol_ok: jax.Array
+    scale: jax.Array  # lambda_max(H(0))
+    lam_m: jax.Array  # lambda_min of M on the labelled span
+
+
+class _ChordState(NamedTuple):
+    """Loop state of the chord iteration, one row per replicate (``it`` is shared)."""
+
+    theta: jax.Array  # [R, d]
+    margins: jax.Array  # [R, A]
+    loss: jax.Array  # [R]
+    sig: jax.Array  # [R, A]
+    it: jax.Array  # ()
+    last: jax.Array  # [R] last accepted step norm
+    done: jax.Array  # [R]
+    iters: jax.Array  # [R] steps taken while not done
+
+
+class _ChordBacktrack(NamedTuple):
+    t: jax.Array  # [R]
+    loss: jax.Array  # [R]
+    sig: jax.Array  # [R, A]
+    k: jax.Array
+
+
+def _chord_setup(diffs, counts, wins, beta, ridge, anchor, dtype) -> _Chord:
+    d = diffs.shape[1]
+    n = jnp.sum(counts)
+    p_null = _null_projector(diffs, counts)
     anchor = jnp.asarray(anchor, dtype)
     anchor = jnp.where(jnp.all(jnp.isfinite(anchor)), anchor, 0.0)
     anchor = anchor - p_null @ anchor  # iterates keep the anchor's null component: drop it (minimum norm)
     u_bar = beta * (diffs @ anchor)
     s_bar = jnp.exp(jax.nn.log_sigmoid(u_bar) + jax.nn.log_sigmoid(-u_bar))
     m = beta**2 * (diffs.T * (counts * s_bar)) @ diffs / n  # H(anchor) without the ridge
-    chol = jnp.linalg.cholesky(m + ridge * eye + p_null)
-    chol_ok = jnp.all(jnp.isfinite(chol))
+    chol = jnp.linalg.cholesky(m + ridge * jnp.eye(d, dtype=dtype) + p_null)
     _, h0 = _grad_hess(jnp.zeros((d,), dtype), diffs, counts, wins[0], beta, 0.0)
     scale = jnp.max(jnp.linalg.eigvalsh(h0))
     lam_m = jnp.min(jnp.linalg.eigvalsh(m + scale * p_null))
+    return _Chord(anchor, u_bar, s_bar, chol, jnp.all(jnp.isfinite(chol)), scale, lam_m)
+
+
+def _chord_stats(u, theta, counts, wins, ridge, n):
+    """Per-replicate loss and sigmoid from one exp.
+
+    ``softplus(-u) = softplus(u) - u`` and ``sigmoid(u) = 1 / (1 + e^-u)``, with
+    ``e = exp(-|u|)`` for stability.
+    """
+    e = jnp.exp(-jnp.abs(u))
+    softplus = jnp.maximum(u, 0.0) + jnp.log1p(e)
+    sig = jnp.where(u >= 0, 1.0, e) / (1.0 + e)
+    nll = jnp.sum(counts * softplus - wins * u, axis=1)
+    return nll / n + 0.5 * ridge * jnp.sum(theta * theta, axis=1), sig
+
+
+def _chord_iterate(chord: _Chord, diffs, counts, wins, beta, ridge, tol, eps, chord_iter, dtype) -> _ChordState:
+    """Preconditioned steps ``theta <- theta - t M^-1 g`` with per-replicate Armijo backtracking."""
+    r, n = wins.shape[0], jnp.sum(counts)
 
     def stats(u, theta):
-        # loss and sigmoid from one exp: softplus(-u) = softplus(u) - u and
-        # sigmoid(u) = 1 / (1 + e^-u), with e = exp(-|u|) for stability
-        e = jnp.exp(-jnp.abs(u))
-        softplus = jnp.maximum(u, 0.0) + jnp.log1p(e)
-        sig = jnp.where(u >= 0, 1.0, e) / (1.0 + e)
-        nll = jnp.sum(counts * softplus - wins * u, axis=1)
-        return nll / n + 0.5 * ridge * jnp.sum(theta * theta, axis=1), sig
+        return _chord_stats(u, theta, counts, wins, ridge, n)
 
-    def cond(state):
-        it, done = state[4], state[6]
-        return (it < chord_iter) & ~jnp.all(done)
-
-    def body(state):
-        theta, u, f, sig, it, last, done, iters = state
-        g = beta * ((counts * sig - wins) @ diffs) / n + ridge * theta
-        delta = -jax.scipy.linalg.cho_solve((chol, True), g.T).T
+    def body(state: _ChordState) -> _ChordState:
+        theta, u, f, done = state.theta, state.margins, state.loss, state.done
+        g = beta * ((counts * state.sig - wins) @ diffs) / n + ridge * theta
+        delta = -jax.scipy.linalg.cho_solve((chord.chol, True), g.T).T
         delta = jnp.where(jnp.all(jnp.isfinite(delta), axis=1, keepdims=True), delta, 0.0)
         zd = beta * (delta @ diffs.T)
         slope = jnp.sum(g * delta, axis=1)
@@ -437,52 +506,59 @@ def fit_newton_shared(diffs, counts, wins, beta, ridge=0.0, max_iter=100, tol=No
         def ok(t, f_new):
             return jnp.isfinite(f_new) & (f_new <= f + 0.25 * t * slope + slack)
 
-        def ls_body(ls):
-            t, f_new, _, k = ls
-            t = jnp.where(ok(t, f_new), t, 0.5 * t)
-            return (t, *stats(u + t[:, None] * zd, theta + t[:, None] * delta), k + 1)
+        def halve(ls: _ChordBacktrack) -> _ChordBacktrack:
+            t = jnp.where(ok(ls.t, ls.loss), ls.t, 0.5 * ls.t)
+            return _ChordBacktrack(t, *stats(u + t[:, None] * zd, theta + t[:, None] * delta), ls.k + 1)
 
-        t0 = jnp.ones((r,), dtype)
-        t, f1, sig1, _ = jax.lax.while_loop(lambda ls: jnp.any(~ok(ls[0], ls[1]) & ~done) & (ls[3] < 60), ls_body,
-                                            (t0, *stats(u + zd, theta + delta), 0))
-        t = jnp.where(ok(t, f1) & ~done, t, 0.0)
+        init = _ChordBacktrack(jnp.ones((r,), dtype), *stats(u + zd, theta + delta), 0)
+        ls = jax.lax.while_loop(lambda ls: jnp.any(~ok(ls.t, ls.loss) & ~done) & (ls.k < 60), halve, init)
+        t = jnp.where(ok(ls.t, ls.loss) & ~done, ls.t, 0.0)
         moved = t > 0
         new_theta = theta + t[:, None] * delta
         step = t * jnp.linalg.norm(delta, axis=1)
-        now_done = ~done & moved & (step <= tol * (1.0 + jnp.linalg.norm(new_theta, axis=1))) & (step <= 0.5 * last)
-        return (new_theta, u + t[:, None] * zd, jnp.where(moved, f1, f), jnp.where(moved[:, None], sig1, sig), it + 1,
-                jnp.where(moved, step, last), done | now_done, iters + (~done).astype(jnp.int32))
+        now_done = ~done & moved & (step <= tol * (1.0 + jnp.linalg.norm(new_theta, axis=1))) & (step <= 0.5 * state.last)
+        return _ChordState(new_theta, u + t[:, None] * zd, jnp.where(moved, ls.loss, f),
+                           jnp.where(moved[:, None], ls.sig, state.sig), state.it + 1,
+                           jnp.where(moved, step, state.last), done | now_done, state.iters + (~done).astype(jnp.int32))
 
-    theta0 = jnp.broadcast_to(anchor, (r, d))
-    u0 = jnp.broadcast_to(u_bar, (r, diffs.shape[0]))
-    init = (theta0, u0, *stats(u0, theta0), jnp.asarray(0, jnp.int32), jnp.full((r,), jnp.inf, dtype),
-            jnp.zeros((r,), bool), jnp.zeros((r,), jnp.int32))
-    theta, u, f, sig, _, _, done, iters = jax.lax.while_loop(cond, body, init)
-    done = done & chol_ok
+    theta0 = jnp.broadcast_to(chord.anchor, (r, diffs.shape[1]))
+    u0 = jnp.broadcast_to(chord.margins, (r, diffs.shape[0]))
+    init = _ChordState(theta0, u0, *stats(u0, theta0), jnp.asarray(0, jnp.int32), jnp.full((r,), jnp.inf, dtype),
+                       jnp.zeros((r,), bool), jnp.zeros((r,), jnp.int32))
+    return jax.lax.while_loop(lambda s: (s.it < chord_iter) & ~jnp.all(s.done), body, init)
 
+
+def _chord_result(chord: _Chord, final: _ChordState, diffs, counts, wins, beta, ridge, curvature_floor):
+    """The chord answers as a :class:`NewtonResult` and which replicates are accepted (converged and certified)."""
+    labelled = counts > 0
+    done = final.done & chord.chol_ok
     # Curvature certificate: H(theta) >= r_min M on the labelled span.
-    s = sig * (1.0 - sig)
-    ratio = jnp.where(labelled, s / jnp.where(labelled, s_bar, 1.0), jnp.inf)
+    s = final.sig * (1.0 - final.sig)
+    ratio = jnp.where(labelled, s / jnp.where(labelled, chord.curvature, 1.0), jnp.inf)
     r_min = jnp.min(ratio, axis=1)
-    certified = (ridge > 0) | (r_min * lam_m >= 2.0 * curvature_floor * scale)
+    certified = (ridge > 0) | (r_min * chord.lam_m >= 2.0 * curvature_floor * chord.scale)
     accept = done & certified
-    g = beta * ((counts * sig - wins) @ diffs) / n + ridge * theta
-    max_margin = jnp.max(jnp.where(labelled, jnp.abs(u), 0.0), axis=1)
-    chord = NewtonResult(theta, f, jnp.linalg.norm(g, axis=1), iters, accept, accept, max_margin)
+    g = beta * ((counts * final.sig - wins) @ diffs) / jnp.sum(counts) + ridge * final.theta
+    max_margin = jnp.max(jnp.where(labelled, jnp.abs(final.margins), 0.0), axis=1)
+    result = NewtonResult(final.theta, final.loss, jnp.linalg.norm(g, axis=1), final.iters, accept, accept, max_margin)
+    return result, accept
 
-    newton = jax.vmap(lambda w: fit_newton(diffs, counts, w, beta, ridge, max_iter, tol, curvature_floor))
+
+def _refit_flagged(result: NewtonResult, todo, newton, wins, iters, fallback_size) -> NewtonResult:
+    """Refit the flagged replicates by ``newton`` (vmapped :func:`fit_newton`), ``fallback_size`` at a time."""
+    r = wins.shape[0]
 
     def refit(state):
-        # Newton on the next fallback_size flagged replicates (one compiled batch shape)
+        # one compiled batch shape; out-of-range rows are dropped
         res, todo = state
         idx = jnp.nonzero(todo, size=fallback_size, fill_value=0)[0]
-        target = jnp.where(jnp.arange(fallback_size) < jnp.sum(todo), idx, r)  # out-of-range rows are dropped
+        target = jnp.where(jnp.arange(fallback_size) < jnp.sum(todo), idx, r)
         new = newton(wins[idx])
         new = new._replace(num_iter=new.num_iter + iters[idx])
         res = NewtonResult(*(a.at[target].set(b.astype(a.dtype), mode="drop") for a, b in zip(res, new)))
         return res, todo.at[target].set(False, mode="drop")
 
-    return jax.lax.while_loop(lambda state: jnp.any(state[1]), refit, (chord, ~accept))[0]
+    return jax.lax.while_loop(lambda state: jnp.any(state[1]), refit, (result, todo))[0]
 
 
 # ---------------------------------------------------------------------------------------
