@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from experiments.worlds import WORLDS, make_world
+from synthetic.adaptive import run_adaptive
 from synthetic.designs import DESIGNS, design_problem, run_design
 from synthetic.monte_carlo import ESTIMATORS, replicate_gaps
 from theory import asymptotic_gap
@@ -174,15 +175,18 @@ def _run_cell(cfg: DictConfig, progress: bool = False) -> dict:
     # Keys depend on the cell, not on the order jobs run in.
     salt = int(hashlib.sha256(f"{name}|{cfg.budget}".encode()).hexdigest()[:7], 16)
     k_design, k_labels = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), salt))
-    out = run_design(name, k_design, problem, cfg.budget, **OmegaConf.to_container(cfg.design.params))
-    counts = out.dense_counts(problem.num_edges).astype(np.float64)
+    params = OmegaConf.to_container(cfg.design.params)
     keys = jax.random.split(k_labels, cfg.num_replicates)
+    est = dict(estimator=cfg.estimator.name, estimator_params=OmegaConf.to_container(cfg.estimator.params),
+               fit_dtype=cfg.estimator.get("fit_dtype"))
+    if DESIGNS[name].adaptive:
+        return _run_adaptive_cell(cfg, world, problem, name, params, keys, est, progress)
+    out = run_design(name, k_design, problem, cfg.budget, **params)
+    counts = out.dense_counts(problem.num_edges).astype(np.float64)
     with tqdm(total=cfg.num_replicates, desc=f"{name} n={cfg.budget}", unit="rep", leave=False, disable=not progress) as bar:
         res = replicate_gaps(
             keys, world.theta_star, problem.edges.diffs, counts, world.beta, world.eval,
-            pilot=out.pilot,
-            estimator=cfg.estimator.name, estimator_params=OmegaConf.to_container(cfg.estimator.params),
-            fit_dtype=cfg.estimator.get("fit_dtype"),
+            pilot=out.pilot, **est,
             chunk_size=min(REPLICATE_CHUNK, cfg.num_replicates), progress=bar.update,
         )
     ev = world.eval
@@ -199,6 +203,42 @@ def _run_cell(cfg: DictConfig, progress: bool = False) -> dict:
         # labels the design paid for: the budget, or more for designs that label a
         # larger set and train on part of it (seed 004's protocol)
         "labels_spent": np.full(r, int((out.info or {}).get("labels_spent", cfg.budget))),
+    }
+
+
+def _run_adaptive_cell(cfg, world, problem, name, params, keys, est, progress) -> dict:
+    """An adaptive design's records: the design runs once per replicate (its selections
+    depend on the labels it buys), with the replicate's key, all replicates of a chunk in
+    lock-step (:func:`synthetic.adaptive.run_adaptive`); each replicate trains on exactly
+    the labels it bought (passed as its pilot, so nothing is redrawn). Same columns as
+    the non-adaptive path; ``predicted_gap`` is the asymptotic gap of the mean allocation
+    over replicates (one value for the cell)."""
+    r, e = cfg.num_replicates, problem.num_edges
+    chunk = min(REPLICATE_CHUNK, r)
+    gap, valid, exists = np.zeros(r), np.zeros(r, bool), np.zeros(r, bool)
+    mean_counts = np.zeros(e)
+    with tqdm(total=r, desc=f"{name} n={cfg.budget}", unit="rep", leave=False, disable=not progress) as bar:
+        for start in range(0, r, chunk):
+            outs = run_adaptive(name, keys[start : start + chunk], problem, cfg.budget, **params)
+            for i, out in enumerate(outs):
+                c, w = (np.asarray(a, np.float64) for a in out.pilot)
+                mean_counts += c / r
+                res = replicate_gaps(keys[start + i : start + i + 1], world.theta_star, problem.edges.diffs, c, world.beta, world.eval,
+                                     pilot=(c, w), **est)
+                gap[start + i] = float(res.gap[0])
+                valid[start + i] = bool(res.valid[0])
+                exists[start + i] = bool(getattr(res, "mle_exists", res.valid)[0])
+            bar.update(len(outs))
+    ev = world.eval
+    predicted = float(asymptotic_gap(mean_counts / mean_counts.sum(), world.theta_star, ev.features, ev.log_ref, problem.edges.diffs,
+                                     world.beta, cfg.budget, ev.prompt_weights))
+    return {
+        "replicate": np.arange(r),
+        "gap": gap,
+        "valid": valid,
+        "mle_exists": exists,
+        "predicted_gap": np.full(r, predicted),
+        "labels_spent": np.full(r, int(cfg.budget)),
     }
 
 

@@ -1,6 +1,7 @@
 """Synthetic worlds, Bradley-Terry labels, DPO estimators and Monte-Carlo replicates."""
 
 from synthetic.designs import DESIGNS, DesignOutput, DesignProblem, design_problem, register_design, run_design
+from synthetic.adaptive import run_adaptive  # registers the adaptive designs
 from synthetic.rounding import ROUNDINGS, round_design
 from synthetic.baselines import first_two_weights, reference_weights, uniform_weights
 from synthetic.estimators import DPOResult, NewtonResult, dpo_loss, fit_dpo_optax, fit_newton
@@ -48,6 +49,7 @@ __all__ = [
     "design_problem",
     "register_design",
     "run_design",
+    "run_adaptive",
     "ROUNDINGS",
     "round_design",
 ]

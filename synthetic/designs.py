@@ -241,6 +241,9 @@ class DesignSpec:
     source: str
     params: dict  # parameter name -> default
     checks: dict = dataclasses.field(default_factory=dict)  # parameter name -> check(name, value)
+    # its selections depend on the labels it buys: an evaluation runs it once per
+    # replicate and trains on exactly its labels (synthetic.adaptive.run_adaptive)
+    adaptive: bool = False
 
     def __call__(self, key, problem, budget, **params):
         return self.fn(key, problem, budget, **params)
@@ -249,8 +252,12 @@ class DesignSpec:
 DESIGNS: dict[str, DesignSpec] = {}
 
 
-def register_design(name: str, *, summary: str, source: str, replace: bool = False, checks: Optional[dict] = None):
+def register_design(name: str, *, summary: str, source: str, replace: bool = False, checks: Optional[dict] = None,
+                    adaptive: bool = False):
     """Decorator registering ``fn(key, problem, budget, **params)`` under ``name``.
+
+    ``adaptive=True`` flags a design whose selections depend on the labels it buys
+    (:mod:`synthetic.adaptive`): an evaluation runs it once per replicate.
 
     ``checks`` maps parameter names to ``check(name, value)`` functions that raise
     ``ValueError``; parameters without one use :data:`PARAM_CHECKS` by name (a
@@ -269,7 +276,7 @@ def register_design(name: str, *, summary: str, source: str, replace: bool = Fal
         if extra:
             raise ValueError(f"design {name!r}: checks for parameter(s) {extra} it does not take")
         own = {p: (checks or {}).get(p, PARAM_CHECKS.get(p)) for p in params}
-        DESIGNS[name] = DesignSpec(name, fn, summary, source, params, {p: c for p, c in own.items() if c is not None})
+        DESIGNS[name] = DesignSpec(name, fn, summary, source, params, {p: c for p, c in own.items() if c is not None}, bool(adaptive))
         return fn
 
     return deco
