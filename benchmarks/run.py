@@ -340,7 +340,7 @@ def bench_capped(quick: bool) -> list:
         cap = caps if caps is not None else np.inf
         row = {"design": label, "E": e, "d": int(z.shape[1]), "n": n if caps else None, "caps": caps, "tol": 1e-3,
                "ours_s": secs, "first_solve_at_0.1_s": compile_s, "steps": int(sol.num_iter),
-               "pricing_rounds": int(len(sol.history["pricing"])), "value": float(sol.value), "value_numpy": phi,
+               "pricing_rounds": int(len(sol.history.pricing)), "value": float(sol.value), "value_numpy": phi,
                "certificate_reported": float(sol.relative_certificate), "certificate_numpy": cert, "converged": bool(sol.converged),
                "support": int((wt > 0).sum()), "at_cap": int((wt >= cap).sum()), "weights_sum": float(wt.sum()),
                "max_w_over_cap": float(wt.max() / cap) if caps else None, "load_before": load_before, "load_after": load_after}

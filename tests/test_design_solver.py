@@ -15,7 +15,7 @@ from scipy.optimize import minimize_scalar
 
 from conftest import random_pool
 from theory import design_criterion, enumerate_edges, policy_curvature
-from theory.design import _line_search, optimal_design
+from theory.design import SolverHistory, _line_search, optimal_design
 
 TIGHT = 1e-8
 
@@ -181,9 +181,9 @@ def test_certificate_shrinks_to_requested_tolerance_and_bounds_every_iterate():
         previous = sol.certificate
         hist = sol.history
         # Valid at every iterate: Phi(w_t) - Phi* <= cert(w_t).
-        assert np.all(hist["value"] - ref <= hist["certificate"] + 1e-9 * ref)
+        assert np.all(hist.value - ref <= hist.certificate + 1e-9 * ref)
         # Exact line search: the criterion never increases.
-        assert np.all(np.diff(hist["value"]) <= 1e-9 * ref)
+        assert np.all(np.diff(hist.value) <= 1e-9 * ref)
 
 
 def test_working_set_path_reaches_the_full_solution():
@@ -191,7 +191,7 @@ def test_working_set_path_reaches_the_full_solution():
     diffs, theta, curv, _ = _instance(rng, m=20, k=6, d=4)
     full = optimal_design(jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), 1.0, tol=1e-9)
     small = optimal_design(jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), 1.0, tol=1e-9, working_set=8)
-    assert len(small.history["pricing"]) > 1  # several pricing rounds happened
+    assert len(small.history.pricing) > 1  # several pricing rounds happened
     assert small.converged
     np.testing.assert_allclose(small.value, full.value, rtol=1e-8)
 
@@ -496,7 +496,7 @@ def test_capped_design_matches_cvxpy_with_box_constraints(criterion, grouped):
     np.testing.assert_allclose(sol.certificate, _greedy_capped_gap(dd, w, caps, groups, masses), rtol=1e-4, atol=1e-9 * abs(ref))
     assert sol.value - ref <= sol.certificate + 1e-9 * abs(ref)
     hist = sol.history
-    assert np.all(hist["value"] - ref <= hist["certificate"] + 1e-9 * abs(ref))
+    assert np.all(hist.value - ref <= hist.certificate + 1e-9 * abs(ref))
 
 
 @pytest.mark.parametrize("criterion", ["L", "A", "D"])
@@ -550,7 +550,7 @@ def test_capped_design_on_working_sets_and_matrix_free_newton(polish_max, groupe
     ref, _ = _cvxpy_optimum(diffs, theta, curv, 1.0, "L", caps=caps, groups=groups, masses=masses)
     sol = optimal_design(jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), 1.0, tol=1e-9, caps=caps, working_set=16,
                          polish_max=polish_max, **kw)
-    assert len(sol.history["pricing"]) > 1 and sol.converged
+    assert len(sol.history.pricing) > 1 and sol.converged
     np.testing.assert_allclose(sol.value, ref, rtol=1e-6)
     w = np.asarray(sol.weights)
     assert np.all(w <= caps)
@@ -659,3 +659,20 @@ def test_vertex_step_line_search_is_exact(kind):
     np.testing.assert_allclose(float(gamma), ref.x, atol=1e-6)
     np.testing.assert_allclose(float(new.value), phi(float(gamma)), rtol=1e-10)
     np.testing.assert_allclose(np.asarray(new.w), w + float(gamma) * (vertex - w), atol=1e-15)
+
+
+def test_history_is_typed_and_its_lengths_are_as_documented():
+    """SolverHistory: one entry per pairwise step (at least one), the last recomputed; one pricing row per round."""
+    rng = np.random.default_rng(21)
+    diffs, theta, curv, _ = _instance(rng, m=20, k=6, d=4)
+    for ws in (64, 8):
+        sol = optimal_design(jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), 1.0, tol=1e-8, working_set=ws)
+        h = sol.history
+        assert isinstance(h, SolverHistory)
+        assert len(h.value) == len(h.certificate) == max(sol.num_iter, 1)
+        assert h.value[-1] == sol.value and h.certificate[-1] == sol.certificate
+        assert h.pricing.shape[1] == 2 and h.pricing[-1, 0] == sol.num_iter and h.pricing[-1, 1] == sol.certificate
+        assert np.all(np.diff(h.pricing[:, 0]) >= 0)
+    # an optimal start takes no step and still reports one entry
+    again = optimal_design(jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), 1.0, tol=1e-3, init=np.asarray(sol.weights))
+    assert again.num_iter == 0 and len(again.history.value) == 1

@@ -4,7 +4,7 @@ Every object of the theory brief is a function here; see README "Where each obje
 lives" for the map.
 """
 
-from theory.design import CRITERIA, DesignSolution, optimal_design
+from theory.design import CRITERIA, DesignSolution, SolverHistory, optimal_design
 from theory.edges import Edges, enumerate_edges
 from theory.information import asymptotic_gap, design_criterion, information_matrix, trace_criterion
 from theory.policy import log_partition, optimality_gap, policy_curvature, policy_log_probs
@@ -22,5 +22,6 @@ __all__ = [
     "asymptotic_gap",
     "optimal_design",
     "DesignSolution",
+    "SolverHistory",
     "CRITERIA",
 ]

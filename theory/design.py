@@ -76,7 +76,7 @@ import numpy as np
 from theory import _validation as V
 from theory.information import _sigmoid_prime, rank_threshold
 
-__all__ = ["DesignSolution", "optimal_design", "CRITERIA"]
+__all__ = ["DesignSolution", "SolverHistory", "optimal_design", "CRITERIA"]
 
 CRITERIA = ("L", "A", "D")
 
@@ -95,8 +95,7 @@ class DesignSolution(NamedTuple):
       converged: ``relative_certificate <= tol``.
       num_iter: pairwise steps taken.
       rank: ``r``, the dimension of the identifiable subspace ``span{z_e}``.
-      history: dict of ``[num_iter + 1]`` arrays ``value`` and ``certificate``
-        (as tracked during the iterations; the final entries are recomputed).
+      history: :class:`SolverHistory`.
     """
 
     weights: jnp.ndarray
@@ -106,11 +105,37 @@ class DesignSolution(NamedTuple):
     converged: bool
     num_iter: int
     rank: int
-    history: dict
+    history: "SolverHistory"
+
+
+class SolverHistory(NamedTuple):
+    """What :func:`optimal_design` tracked while it iterated.
+
+    Attributes:
+      value: ``[max(num_iter, 1)]`` criterion after each pairwise step (full
+        definition, ridge constant included); the last entry is recomputed from
+        scratch at the returned weights.
+      certificate: ``[max(num_iter, 1)]`` the duality-gap certificate after each step
+        (valid upper bounds on ``value - optimum``); the last entry is the returned
+        certificate. Within a working set it is the working set's certificate.
+      pricing: ``[rounds, 2]`` one row per pricing round of the working-set
+        (column-generation) loop: pairwise steps taken so far, and the certificate
+        over all ``E`` edges then.
+    """
+
+    value: np.ndarray
+    certificate: np.ndarray
+    pricing: np.ndarray
 
 
 class _Problem(NamedTuple):
-    """Reduced problem in ``r`` coordinates, after whitening where possible."""
+    """Reduced problem in ``r`` coordinates, after whitening where possible.
+
+    ``kind`` is the form the reduction leaves, not the criterion asked for: an L
+    problem whose ``I`` is well conditioned on the identifiable span is whitened by
+    ``I^{1/2}`` and becomes an A problem (``tr T^-1``); only a rank-deficient or
+    ill-conditioned ``I`` keeps the general L form.
+    """
 
     x: jnp.ndarray  # [E, r] transformed v_e
     offset: jnp.ndarray  # [r, r] ridge term in these coordinates
@@ -456,6 +481,16 @@ def _line_search(kind, gm, hm, alpha_max, iters=60):
     return alpha, full, phi_drop(alpha)
 
 
+class _StepLoop(NamedTuple):
+    """Loop state of :func:`_run_steps`."""
+
+    state: "_State"
+    it: jax.Array  # accepted steps
+    cert: jax.Array  # certificate at ``state`` (0 after a rejected step, to stop)
+    hist_value: jax.Array  # [num_steps] reduced value after each step (NaN beyond ``it``)
+    hist_cert: jax.Array  # [num_steps] certificate after each step
+
+
 @functools.partial(jax.jit, static_argnames=("kind", "num_groups", "num_steps"))
 def _run_steps(state, x, b, groups, masses, tol, const, kind, num_groups, num_steps, caps=None, thr=None):
     """Up to ``num_steps`` pairwise steps; stops early when the relative certificate is ``<= tol``.
@@ -473,15 +508,11 @@ def _run_steps(state, x, b, groups, masses, tol, const, kind, num_groups, num_st
 
     def scale(value):
         return const if kind == "D" else value + const
-    hist_v = jnp.full((num_steps,), jnp.nan, dtype)
-    hist_c = jnp.full((num_steps,), jnp.nan, dtype)
+    def cond(carry: _StepLoop):
+        return (carry.it < num_steps) & (carry.cert > tol * scale(carry.state.value))
 
-    def cond(carry):
-        st, it, cert, _, _ = carry
-        return (it < num_steps) & (cert > tol * scale(st.value))
-
-    def body(carry):
-        st, it, _, hv, hc = carry
+    def body(carry: _StepLoop) -> _StepLoop:
+        st, it = carry.state, carry.it
         gaps, _ = _certificate(st, groups, masses, num_groups, caps, thr)
         if caps is None:
             g = jnp.argmax(gaps)
@@ -538,11 +569,13 @@ def _run_steps(state, x, b, groups, masses, tol, const, kind, num_groups, num_st
         # A rejected step ends the loop (the certificate is reported as 0 to stop it;
         # the caller recomputes the true one from scratch).
         cert = jnp.where(ok, cert, 0.0)
-        return new, it + ok.astype(it.dtype), cert, hv.at[it].set(new.value), hc.at[it].set(cert)
+        return _StepLoop(new, it + ok.astype(it.dtype), cert, carry.hist_value.at[it].set(new.value),
+                         carry.hist_cert.at[it].set(cert))
 
     _, cert0 = _certificate(state, groups, masses, num_groups, caps, thr)
-    st, it, cert, hv, hc = jax.lax.while_loop(cond, body, (state, jnp.asarray(0), cert0, hist_v, hist_c))
-    return st, it, hv, hc
+    nan = jnp.full((num_steps,), jnp.nan, dtype)
+    out = jax.lax.while_loop(cond, body, _StepLoop(state, jnp.asarray(0), cert0, nan, nan))
+    return out.state, out.it, out.hist_value, out.hist_cert
 
 
 # ----------------------------------------------------------------------------------
@@ -947,6 +980,17 @@ def _project_groups(v, free, groups, num_groups):
     return jnp.where(free, v - (tot / jnp.maximum(cnt, 1.0))[groups], 0.0)
 
 
+class _CGState(NamedTuple):
+    """Loop state of the projected conjugate gradients in :func:`_newton_cg_direction`."""
+
+    direction: jax.Array  # the Newton direction so far
+    residual: jax.Array
+    search: jax.Array  # conjugate search direction
+    rr: jax.Array  # squared residual norm
+    it: jax.Array
+    stop: jax.Array  # a direction of no curvature was met
+
+
 @functools.partial(jax.jit, static_argnames=("kind", "num_groups", "max_iter"))
 def _newton_cg_direction(state, x, groups, kind, num_groups, max_iter=100, rtol=1e-3, caps=None, thr=None):
     """Projected Newton direction with the group masses fixed (Bertsekas 1982).
@@ -982,12 +1026,11 @@ def _newton_cg_direction(state, x, groups, kind, num_groups, max_iter=100, rtol=
     rhs = _project_groups(state.dd, free, groups, num_groups)
     rr0 = rhs @ rhs
 
-    def cond(c):
-        _, _, _, rr, it, stop = c
-        return (it < max_iter) & ~stop & (rr > (rtol * rtol) * rr0)
+    def cond(c: _CGState):
+        return (c.it < max_iter) & ~c.stop & (c.rr > (rtol * rtol) * rr0)
 
-    def body(c):
-        d, r, p, rr, it, _ = c
+    def body(c: _CGState) -> _CGState:
+        d, r, p, rr = c.direction, c.residual, c.search, c.rr
         hp = _project_groups(_hessian_vector(p, x, state.m, state.q, kind), free, groups, num_groups)
         php = p @ hp
         ok = php > 0
@@ -996,10 +1039,10 @@ def _newton_cg_direction(state, x, groups, kind, num_groups, max_iter=100, rtol=
         r = r - alpha * hp
         rrn = r @ r
         p = r + (rrn / jnp.where(rr > 0, rr, 1.0)) * p
-        return d, r, p, rrn, it + 1, ~ok
+        return _CGState(d, r, p, rrn, c.it + 1, ~ok)
 
-    init = (jnp.zeros_like(rhs), rhs, rhs, rr0, jnp.asarray(0), rr0 <= 0)
-    delta = jax.lax.while_loop(cond, body, init)[0]
+    init = _CGState(jnp.zeros_like(rhs), rhs, rhs, rr0, jnp.asarray(0), rr0 <= 0)
+    delta = jax.lax.while_loop(cond, body, init).direction
     # Held edges take the projected gradient step, which sends them to zero (the
     # renormalisation hands their mass to the rest); left in place, the tiny weights
     # of a sparse optimum would never leave the support.
@@ -1317,9 +1360,9 @@ def optimal_design(
         converged=bool(rel <= tol),
         num_iter=it,
         rank=prob.rank,
-        history={
-            "value": np.asarray(hist_v) + prob.constant,
-            "certificate": np.asarray(hist_c),
-            "pricing": np.asarray(hist_full).reshape(-1, 2),
-        },
+        history=SolverHistory(
+            value=np.asarray(hist_v) + prob.constant,
+            certificate=np.asarray(hist_c),
+            pricing=np.asarray(hist_full).reshape(-1, 2),
+        ),
     )
