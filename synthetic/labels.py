@@ -91,6 +91,14 @@ def sample_allocation(key, weights, budget: int) -> Allocation:
 INVERSE_CDF_MAX_COUNT = 100
 
 
+class _Inversion(NamedTuple):
+    """Loop state of :func:`_binomial_inverse_cdf` at value ``k``."""
+
+    cdf: jax.Array  # P(X <= k)
+    pmf: jax.Array  # P(X = k)
+    draw: jax.Array  # min(X, k) so far
+
+
 def _binomial_inverse_cdf(key, counts, p):
     """Exact ``Binomial(counts, p)`` draws by inversion: one uniform a draw and one pass
     of the pmf recursion per possible value, up to ``max(counts)``.
@@ -105,14 +113,14 @@ def _binomial_inverse_cdf(key, counts, p):
     ratio = q / (1.0 - q)
     pmf0 = jnp.exp(counts * jnp.log1p(-q))
 
-    def body(k, carry):
-        cdf, pmf, x = carry  # cdf = P(X <= k), pmf = P(X = k)
-        x = x + ((u > cdf) & (k < counts)).astype(p.dtype)  # X > k exactly when u > P(X <= k)
-        pmf = pmf * (counts - k) / (k + 1.0) * ratio
-        return cdf + pmf, pmf, x
+    def body(k, carry: _Inversion) -> _Inversion:
+        # X > k exactly when u > P(X <= k)
+        x = carry.draw + ((u > carry.cdf) & (k < counts)).astype(p.dtype)
+        pmf = carry.pmf * (counts - k) / (k + 1.0) * ratio
+        return _Inversion(carry.cdf + pmf, pmf, x)
 
     kmax = jnp.max(counts).astype(jnp.int32)
-    _, _, x = jax.lax.fori_loop(0, kmax, body, (pmf0, pmf0, jnp.zeros_like(p)))
+    x = jax.lax.fori_loop(0, kmax, body, _Inversion(pmf0, pmf0, jnp.zeros_like(p))).draw
     return jnp.where(flip, counts - x, x)
 
 

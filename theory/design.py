@@ -582,6 +582,14 @@ def _run_steps(state, x, b, groups, masses, tol, const, kind, num_groups, num_st
 # Start: a small spanning support
 
 
+class _GramSchmidt(NamedTuple):
+    """Loop state of :func:`_pivoted_support`."""
+
+    residual: jax.Array  # [E] squared norm of each edge outside the chosen span
+    basis: jax.Array  # [r, d] orthonormal basis of the chosen edges (rows beyond k are 0)
+    chosen: jax.Array  # [r] chosen edge ids (E where not yet chosen)
+
+
 @functools.partial(jax.jit, static_argnames=("r",))
 def _pivoted_support(x, r):
     """Indices of ``r`` edges chosen by pivoted Gram-Schmidt (greedy volume)."""
@@ -593,8 +601,8 @@ def _pivoted_support(x, r):
         mask = jnp.zeros((e,), bool)
         return mask.at[chosen].set(jnp.arange(r) < k, mode="drop")
 
-    def body(k, carry):
-        res, basis, chosen = carry
+    def body(k, carry: _GramSchmidt) -> _GramSchmidt:
+        res, basis, chosen = carry.residual, carry.basis, carry.chosen
         j = jnp.argmax(jnp.where(taken(chosen, k), -jnp.inf, res))
         xj = x[j]
         coef = basis @ xj
@@ -602,11 +610,10 @@ def _pivoted_support(x, r):
         qk = qk / jnp.linalg.norm(qk)
         proj = x @ qk
         res = jnp.maximum(res - proj**2, 0.0)
-        return res, basis.at[k].set(qk), chosen.at[k].set(j.astype(jnp.int32))
+        return _GramSchmidt(res, basis.at[k].set(qk), chosen.at[k].set(j.astype(jnp.int32)))
 
-    init = (res0, jnp.zeros((r, x.shape[1]), x.dtype), jnp.full((r,), e, jnp.int32))
-    _, _, chosen = jax.lax.fori_loop(0, r, body, init)
-    return chosen
+    init = _GramSchmidt(res0, jnp.zeros((r, x.shape[1]), x.dtype), jnp.full((r,), e, jnp.int32))
+    return jax.lax.fori_loop(0, r, body, init).chosen
 
 
 def _initial_weights(x, groups, masses, num_groups, rank):
