@@ -15,6 +15,7 @@ unreadable files instead of failing.
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import os
@@ -147,7 +148,15 @@ def _identity(meta) -> dict:
     return {k: meta[k] for k in _IDENTITY if k in meta}
 
 
-def _note(gap, valid, pred, stale, mle=None, estimator="newton") -> str:
+class CodeCheck(enum.Enum):
+    """How a record's code version compares with the code of this process."""
+
+    CURRENT = "current"  # made by this code (or the check was skipped)
+    STALE = "stale"  # made by other code
+    UNKNOWN = "unknown"  # cannot tell: the design or its imports are not available here
+
+
+def _note(gap, valid, pred, code: CodeCheck, mle=None, estimator="newton") -> str:
     notes = []
     r, k = gap.size, int(valid.sum())
     if mle is None:  # records before every replicate had a gap: valid meant "the MLE exists"
@@ -170,9 +179,9 @@ def _note(gap, valid, pred, stale, mle=None, estimator="newton") -> str:
         notes.append(f"{bad} valid replicates have a non-finite gap")
     if not np.isfinite(pred):
         notes.append("prediction inf: the allocation's information does not cover I (uncovered or saturated)")
-    if stale == "unknown":
+    if code is CodeCheck.UNKNOWN:
         notes.append("code not checked: its design or imports are not available in this process")
-    elif stale:
+    elif code is CodeCheck.STALE:
         notes.append("made by other code: rerun the sweep to recompute")
     return "; ".join(notes)
 
@@ -187,8 +196,9 @@ def summarise_cell(cols, meta, current_code="", level: float = 0.95) -> dict:
     # current_code: the version the current code gives this cell; None if it cannot be
     # computed here (design or module unavailable); "" to skip the check.
     stale = current_code != "" and meta["code_version"] != current_code
+    code = CodeCheck.UNKNOWN if current_code is None else CodeCheck.STALE if stale else CodeCheck.CURRENT
     mle = np.asarray(cols["mle_exists"], bool) if "mle_exists" in cols else None
-    note = _note(gap, valid, pred, "unknown" if current_code is None else stale, mle, meta["estimator"]["name"])
+    note = _note(gap, valid, pred, code, mle, meta["estimator"]["name"])
     spent = int(cols["labels_spent"][0]) if "labels_spent" in cols and len(cols["labels_spent"]) else meta["budget"]
     if spent != meta["budget"]:
         note = "; ".join(x for x in (f"trained on {meta['budget']} of {spent} labels spent", note) if x)
