@@ -1,0 +1,306 @@
+"""Figure 6: the paper's two practical regimes as synthetic analogues (issue 19, section 4).
+
+    python -m experiments.practical            # figures/fig6_practical_regimes.{png,pdf,csv}
+    python -m experiments.practical --small    # a smoke run on small pools (seconds)
+
+(a) **HH-like** (``experiment=hh_like``): 40 prompts with 16 completions, so
+``E = 40 * 120 = 4,800`` distinct within-prompt comparisons; ``n = E/8, E/4, E/2``
+labels, **each comparison at most once** (``max_labels_per_edge = 1``), for the
+designs oracle (reference), plug_in, two_stage, greedy D-optimal (``adpo_greedy`` at a
+uniform pilot's estimate, ``at = "pilot"``), uniform, first_n and best_vs_worst. The
+last has one comparison a prompt (40 in all): it cannot spend ``n >= 600`` labels
+each once, so it labels its 40 pairs repeatedly (``max_labels_per_edge = null``), at
+the same label budget as the others.
+
+(b) **IMDb-like** (``experiment=imdb_like``): 1,000 prompts with 8 completions
+(``E = 28,000``), ``n = 175`` labels, each comparison at most once:
+``prompt_selection`` (175 L-optimal prompts, each with its fixed pair, completions 0
+and 1; also solved at ``theta*``, its oracle), ``response_selection`` (175 prompts, one
+L-optimal pair on each), against ``first_two`` (175 uniformly chosen prompts with
+their fixed pair; the completions of a prompt are exchangeable, so this is a uniform
+random pair) and ``uniform`` (175 distinct comparisons drawn uniformly from all ``E``).
+
+Every cell is a cell of the sweep app (:mod:`experiments.sweep`: same ids, records and
+resumability; the experiment configs name the commands that fill them through any
+Hydra launcher). A cell runs its design once and ``num_replicates`` label sets; a
+design's own randomness (which comparisons its rounding, pilot or uniform draw picks)
+is averaged over ``seed = 0..S-1``. Rows pool the ``S`` cells of a (design, budget,
+estimator): the mean over all ``S R`` replicates and a standard error that covers the
+design draw and the label noise (:func:`pool_cells`, a one-way random-effects analysis
+of variance; ``draw_p`` tests whether the draws differ beyond the label noise). The estimator of the figure is
+MAP DPO (``estimator=map``, prior precision 1); the plain MLE (``estimator=newton``,
+the ridge-path limit where the MLE does not exist) is the ``mle_*`` columns, at the
+largest budget of (a) and in (b), on the same allocations and labels (a cell's keys do
+not depend on its estimator); ``mle_fraction`` (replicates whose MLE exists, decided
+exactly) is reported at every budget. The gap of
+``pi0`` itself (``theta = 0``) is drawn as a reference line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["HH_DESIGNS", "IMDB_DESIGNS", "FULL", "SMALL", "pool_cells", "jobs", "compute", "plot_practical", "main"]
+
+#: label -> (registered design, its overrides beyond the experiment config)
+HH_DESIGNS = {
+    "oracle": ("oracle", []),
+    "plug_in": ("plug_in", []),
+    "two_stage": ("two_stage", []),
+    "adpo_greedy": ("adpo_greedy", ["design.params.at=pilot"]),
+    "uniform": ("uniform", []),
+    "first_n": ("first_n", []),
+    "best_vs_worst": ("best_vs_worst", ["design.params.max_labels_per_edge=null"]),
+}
+IMDB_DESIGNS = {
+    "prompt_selection (oracle)": ("prompt_selection", ["design.params.at=truth"]),
+    "prompt_selection": ("prompt_selection", []),
+    "response_selection": ("response_selection", []),
+    "first_two": ("first_two", []),
+    "uniform": ("uniform", []),
+}
+
+#: hh_fractions: budgets E / f; imdb_budget: labels (and prompts) of panel (b).
+FULL = {"hh_world": [], "hh_fractions": (8, 4, 2), "imdb_world": [], "imdb_budget": 175, "seeds": 2, "replicates": 50}
+SMALL = {
+    "hh_world": ["world.params.num_train_prompts=5", "world.params.num_eval_prompts=20"],
+    "hh_fractions": (2,),
+    "imdb_world": ["world.params.num_train_prompts=60", "world.params.num_eval_prompts=20"],
+    "imdb_budget": 24,
+    "seeds": 2,
+    "replicates": 6,
+}
+
+
+# ------------------------------------------------------------------ pooling
+
+
+def pool_cells(gaps, level: float = 0.95) -> dict:
+    """Pool the replicate gaps of ``S`` cells (one design draw each, ``R`` label sets each).
+
+    One-way random-effects analysis of variance with the cells as groups: ``MSB = R
+    var(cell means)`` (design draws and labels) and ``MSW`` = the mean within-cell
+    variance (labels alone). The mean over all ``S R`` replicates has variance
+    ``(sigma_draw^2 R + sigma_labels^2) / (S R)``, estimated by ``max(MSB, MSW) / (S R)``
+    (the ANOVA estimate of ``sigma_draw^2``, truncated at 0).
+
+    Args:
+      gaps: ``[S, R]`` (``S >= 2`` cells with ``R >= 2`` replicates each).
+      level: confidence level of the (normal) interval.
+
+    Returns:
+      ``mean``; ``se`` (as above) and ``ci_low``/``ci_high`` ``= mean -+ z se``;
+      ``se_between = sqrt(MSB / (S R))`` (the cluster-robust standard error, cells as
+      clusters), ``se_within = sqrt(MSW / (S R))`` (label noise alone, design draws held
+      fixed); ``draw_p``: the p-value of the one-way F test that the design draws do not
+      differ (small: the design's own randomness matters beyond the label noise).
+    """
+    from scipy import stats
+
+    g = np.asarray(gaps, np.float64)
+    if g.ndim != 2 or g.shape[0] < 2 or g.shape[1] < 2:
+        raise ValueError(f"gaps must be [S, R] with S >= 2 cells and R >= 2 replicates, got shape {g.shape}")
+    if not np.all(np.isfinite(g)):
+        raise ValueError("gaps must be finite (every replicate has a gap: MAP, or the MLE's ridge-path limit)")
+    s, r = g.shape
+    msb = r * float(np.var(g.mean(axis=1), ddof=1))
+    msw = float(np.mean(np.var(g, axis=1, ddof=1)))
+    se = math.sqrt(max(msb, msw) / (s * r))
+    z = float(stats.norm.ppf(0.5 + level / 2))
+    mean = float(g.mean())
+    draw_p = float(stats.f.sf(msb / msw, s - 1, s * (r - 1))) if msw > 0 else (0.0 if msb > 0 else 1.0)
+    return {"mean": mean, "se": se, "ci_low": mean - z * se, "ci_high": mean + z * se,
+            "se_between": math.sqrt(msb / (s * r)), "se_within": math.sqrt(msw / (s * r)), "draw_p": draw_p}
+
+
+# ------------------------------------------------------------------ cells
+
+
+def _world_size(experiment: str, world_overrides) -> tuple[int, int, int]:
+    """``(E, prompts, d)`` of an experiment's training pool, from the world it builds."""
+    import jax
+
+    from experiments import sweep
+    from experiments.cell import float64
+    from experiments.worlds import make_world
+    from synthetic.designs import design_problem
+
+    cfg = sweep.compose_job([f"experiment={experiment}", *world_overrides])
+    with float64():
+        problem = design_problem(make_world(cfg.world, jax.random.key(cfg.world_seed)))
+    return problem.num_edges, int(problem.pool.log_ref.shape[0]), problem.dim
+
+
+def jobs(small: bool = False, panels=("hh_like", "imdb_like")) -> dict:
+    """Every cell of the figure, per panel: its budgets, pool sizes and ``jobs``, a list of
+    ``(design label, sweep overrides)``."""
+    spec = SMALL if small else FULL
+    seeds = ",".join(str(s) for s in range(spec["seeds"]))
+    common = [f"seed={seeds}", f"num_replicates={spec['replicates']}"]
+    from experiments import sweep
+
+    out = {}
+    for panel, exp, designs in (("hh_like", "hh_like", HH_DESIGNS), ("imdb_like", "imdb_like", IMDB_DESIGNS)):
+        if panel not in panels:
+            continue
+        world = spec[f"{'hh' if panel == 'hh_like' else 'imdb'}_world"]
+        e, prompts, d = _world_size(exp, world)
+        budgets = [e // f for f in spec["hh_fractions"]] if panel == "hh_like" else [spec["imdb_budget"]]
+        todo = []
+        for label, (design, extra) in designs.items():
+            # MAP at every budget; the plain MLE (newton) at the largest one
+            for est, ns in (("map", budgets), ("newton", budgets[-1:])):
+                for job in sweep.grid(exp, [f"design={design}", *extra, *world, f"budget={','.join(map(str, ns))}", f"estimator={est}", *common]):
+                    todo.append((label, job))
+        out[panel] = {"experiment": exp, "budgets": budgets, "num_edges": e, "num_prompts": prompts, "dim": d,
+                      "world_overrides": world, "jobs": todo}
+    return out
+
+
+def compute(results_dir, small: bool = False, progress: bool = True) -> list[dict]:
+    """Run (or reuse) every cell and pool them: one row per (panel, design, budget).
+
+    Columns: the pooled MAP gap (``mean_gap``, ``se``, ``ci_*``, ``se_within``), the plain
+    MLE's (``mle_mean_gap``, ``mle_se``, ``mle_fraction``: replicates whose MLE exists),
+    ``ratio_to_uniform`` (MAP), the gap of ``pi0`` (``reference_gap``), the pool sizes.
+    """
+    from experiments import sweep
+    from experiments.figures import reference_gap
+
+    rows = []
+    for panel, p in jobs(small).items():
+        paths = sweep.run_jobs([j for _, j in p["jobs"]], Path(results_dir) / panel, progress, desc=panel)
+        cells: dict = {}
+        for (label, _), path in zip(p["jobs"], paths):
+            cols, meta = sweep.read_cell(path)
+            cells.setdefault((label, meta["budget"], meta["estimator"]["name"]), []).append((meta["seed"], cols))
+        g0 = reference_gap(sweep.compose_job([f"experiment={p['experiment']}", *p["world_overrides"]]))
+        nan = {"mean": np.nan, "se": np.nan, "ci_low": np.nan, "ci_high": np.nan}
+        for label in (HH_DESIGNS if panel == "hh_like" else IMDB_DESIGNS):
+            for n in p["budgets"]:
+                cs = sorted(cells[(label, n, "map")], key=lambda c: c[0])
+                m = pool_cells([c["gap"] for _, c in cs])
+                mle_cs = sorted(cells.get((label, n, "newton"), []), key=lambda c: c[0])
+                mle = pool_cells([c["gap"] for _, c in mle_cs]) if mle_cs else nan
+                rows.append({
+                    "panel": panel, "design": label, "registered_design": (HH_DESIGNS if panel == "hh_like" else IMDB_DESIGNS)[label][0],
+                    "budget": n, "num_edges": p["num_edges"], "num_prompts": p["num_prompts"], "dim": p["dim"],
+                    "budget_fraction": n / p["num_edges"], "seeds": len(cs), "replicates": sum(len(c["gap"]) for _, c in cs),
+                    "labels_spent": int(cs[0][1]["labels_spent"][0]),
+                    "estimator": "map", "mean_gap": m["mean"], "se": m["se"], "ci_low": m["ci_low"], "ci_high": m["ci_high"],
+                    "se_between": m["se_between"], "se_within": m["se_within"], "draw_p": m["draw_p"],
+                    "mle_mean_gap": mle["mean"], "mle_se": mle["se"], "mle_ci_low": mle["ci_low"], "mle_ci_high": mle["ci_high"],
+                    # the MLE exists (exact, by linear programming), from the MAP cells: the newton
+                    # cells of a budget have the same allocations and labels
+                    "mle_fraction": float(np.mean(np.concatenate([c["mle_exists"] for _, c in cs]))),
+                    "map_valid_fraction": float(np.mean(np.concatenate([c["valid"] for _, c in cs]))),
+                    "reference_gap": g0, "ratio_to_uniform": np.nan,
+                })
+    for r in rows:
+        base = next(b for b in rows if b["panel"] == r["panel"] and b["design"] == "uniform" and b["budget"] == r["budget"])
+        r["ratio_to_uniform"] = r["mean_gap"] / base["mean_gap"]
+    return rows
+
+
+# ------------------------------------------------------------------ plot
+
+
+def plot_practical(rows):
+    """The figure from :func:`compute`'s rows (pure: no I/O). Returns the matplotlib Figure.
+
+    (a) HH-like: MAP gap against the budget fraction ``n / E`` per design (95% bars),
+    the plain MLE's at the largest budget as open markers, ``pi0``'s gap as a dotted line.
+    (b) IMDb-like: MAP gap per design (filled, 95% bars) and the plain MLE's (open).
+    """
+    import matplotlib.pyplot as plt
+
+    from experiments.plotting import design_style, paper_style
+
+    paper_style()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(7.4, 3.1), constrained_layout=True, gridspec_kw={"width_ratios": [1.25, 1]})
+    hh = [r for r in rows if r["panel"] == "hh_like"]
+    im = [r for r in rows if r["panel"] == "imdb_like"]
+    if hh:
+        designs = list(dict.fromkeys(r["design"] for r in hh))
+        fracs = sorted({r["budget_fraction"] for r in hh})
+        width = 0.05 * (len(designs) > 1)
+        for i, name in enumerate(designs):
+            rs = sorted((r for r in hh if r["design"] == name), key=lambda r: r["budget"])
+            color, marker = design_style(rs[0]["registered_design"])
+            shift = 2 ** (width * (i - (len(designs) - 1) / 2))
+            x = np.array([r["budget_fraction"] for r in rs]) * shift
+            y = np.array([r["mean_gap"] for r in rs])
+            err = np.array([[r["mean_gap"] - r["ci_low"] for r in rs], [r["ci_high"] - r["mean_gap"] for r in rs]])
+            ls = ":" if name == "oracle" else "-"
+            ax.errorbar(x, y, yerr=err, marker=marker, color=color, ls=ls, ms=3.5, lw=1.1, capsize=1.5, label=name)
+            top = rs[-1]
+            ax.errorbar([x[-1] * 1.08], [top["mle_mean_gap"]], yerr=[[top["mle_mean_gap"] - top["mle_ci_low"]], [top["mle_ci_high"] - top["mle_mean_gap"]]],
+                        marker=marker, color=color, mfc="none", ls="none", ms=3.5, lw=0.6, capsize=1)
+        ax.errorbar([], [], marker="o", color="0.3", mfc="none", ls="none", ms=3.5, label=f"plain MLE, $n = E/{round(1 / fracs[-1])}$")
+        g0 = hh[0]["reference_gap"]
+        ax.axhline(g0, color="0.4", lw=0.8, ls=":")
+        ax.annotate(rf"$\pi_0$ itself ($\theta = 0$): {g0:.3g}", (0.02, g0), xycoords=("axes fraction", "data"), va="bottom", fontsize=5.5, color="0.3")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(fracs, [f"E/{round(1 / f)}\n{round(f * hh[0]['num_edges']):,}" for f in fracs])
+        ax.minorticks_off()
+        ax.set_xlabel(f"labels $n$ (each comparison at most once), E = {hh[0]['num_edges']:,}")
+        ax.set_ylabel("gap (nats), MAP DPO")
+        ax.set_title(f"(a) HH-like: {hh[0]['num_prompts']} prompts x 16 completions, d = {hh[0]['dim']}", fontsize=7.5)
+        ax.grid(True, which="major", alpha=0.3, lw=0.4)
+        ax.legend(frameon=False, fontsize=5.5, loc="lower left", ncol=2)
+    if im:
+        rs = sorted(im, key=lambda r: r["mean_gap"])
+        y = np.arange(len(rs))[::-1]
+        for yi, r in zip(y, rs):
+            color, marker = design_style(r["registered_design"])
+            bx.errorbar([r["mean_gap"]], [yi + 0.12], xerr=[[r["mean_gap"] - r["ci_low"]], [r["ci_high"] - r["mean_gap"]]], marker=marker,
+                        color=color, ms=4, capsize=1.5, lw=1.0)
+            bx.errorbar([r["mle_mean_gap"]], [yi - 0.12], xerr=[[r["mle_mean_gap"] - r["mle_ci_low"]], [r["mle_ci_high"] - r["mle_mean_gap"]]],
+                        marker=marker, color=color, mfc="none", ms=4, capsize=1.5, lw=0.6)
+        g0 = im[0]["reference_gap"]
+        bx.axvline(g0, color="0.4", lw=0.8, ls=":")
+        bx.annotate(rf"$\pi_0$: {g0:.3g}", (g0, 1.0), xycoords=("data", "axes fraction"), ha="right", va="top", fontsize=5.5, color="0.3", rotation=90)
+        bx.set_yticks(y, [r["design"] for r in rs])
+        bx.set_xscale("log")
+        bx.set_xlabel(f"gap (nats): MAP filled, plain MLE open; n = {rs[0]['budget']}")
+        bx.set_title(f"(b) IMDb-like: {im[0]['num_prompts']:,} prompts x 8 completions, E = {im[0]['num_edges']:,}", fontsize=7.5)
+        bx.grid(True, axis="x", which="major", alpha=0.3, lw=0.4)
+    reps = {(r["seeds"], r["replicates"] // max(r["seeds"], 1)) for r in rows}
+    s, r = sorted(reps)[0]
+    fig.suptitle(f"the paper's practical regimes, synthetic analogues; means over {s} design draws x {r} label sets, 95% intervals", fontsize=7)
+    return fig
+
+
+# ------------------------------------------------------------------ command
+
+
+def main(argv=None) -> list[dict]:
+    ap = argparse.ArgumentParser(description="Figure 6: the paper's HH and IMDb regimes as synthetic analogues (records reused).")
+    ap.add_argument("--out", default="figures", help="where fig6_practical_regimes.{png,pdf,csv} go")
+    ap.add_argument("--results", default="results/practical", help="where the cell records go (reused by reruns)")
+    ap.add_argument("--small", action="store_true", help="small pools, few replicates (a smoke run)")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from experiments.plotting import save_figure, write_csv
+
+    results = Path(args.results) / ("small" if args.small else "")
+    t0 = time.time()
+    rows = compute(results, args.small, progress=not args.no_progress)
+    out = Path(args.out) / "fig6_practical_regimes"
+    write_csv(rows, out.with_suffix(".csv"))
+    save_figure(plot_practical(rows), out)
+    print(f"fig6: {time.time() - t0:.0f} s; written to {out}.png/.pdf/.csv")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Figure 6 (the paper's practical regimes): the pools have the stated structure, every
+design's allocation honours the label rules of its regime, the pooled standard error
+equals an independent cluster-robust one, and the small path writes its figure and CSV
+with numbers that the sweep's own summary reproduces."""
+
+import csv
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import practical, sweep
+from experiments.cell import float64
+from experiments.worlds import make_world
+from synthetic.designs import design_problem, run_design
+
+
+def _design_of(job):
+    """The design and its parameters exactly as the figure's cell composes them."""
+    cfg = sweep.compose_job(job)
+    return cfg, cfg.design.name, dict(cfg.design.params)
+
+
+def _problem(cfg):
+    return design_problem(make_world(cfg.world, jax.random.key(cfg.world_seed)))
+
+
+def test_hh_like_pool_has_the_stated_structure():
+    cfg = sweep.compose_job(["experiment=hh_like"])
+    m, k = cfg.world.params.num_train_prompts, cfg.world.params.num_completions
+    assert k == 16
+    with float64():
+        problem = _problem(cfg)
+    e = problem.num_edges
+    assert e == m * k * (k - 1) // 2 == 4800  # every within-prompt pair, each a distinct comparison
+    hh = practical.jobs(small=False, panels=("hh_like",))["hh_like"]
+    assert hh["num_edges"] == e and hh["budgets"] == [e // 8, e // 4, e // 2]
+    spec = practical.FULL
+    cells = {}
+    for label, job in hh["jobs"]:
+        o = dict(x.split("=", 1) for x in job)
+        cells.setdefault(label, []).append((int(o["budget"]), int(o["seed"]), o["estimator"]))
+    assert set(cells) == set(practical.HH_DESIGNS)
+    for label, got in cells.items():  # MAP at every budget, the MLE at E/2, every seed
+        want = [(n, s, "map") for n in hh["budgets"] for s in range(spec["seeds"])] + [(e // 2, s, "newton") for s in range(spec["seeds"])]
+        assert sorted(got) == sorted(want), label
+        # each comparison capped at one label, except best-vs-worst (see the next test)
+        _, name, params = _design_of(next(j for lab, j in hh["jobs"] if lab == label))
+        assert params["max_labels_per_edge"] == (None if label == "best_vs_worst" else 1), label
+
+
+def test_every_hh_design_labels_n_equal_half_of_e_comparisons_each_at_most_once():
+    # the figure's own overrides on a smaller pool of the same kind (6 prompts x 16 completions)
+    small = ["world.params.num_train_prompts=6", "world.params.num_eval_prompts=20"]
+    with float64():
+        problem = _problem(sweep.compose_job(["experiment=hh_like", *small]))
+        e = problem.num_edges
+        n = e // 2
+        assert e == 6 * 120
+        for label, (design, extra) in practical.HH_DESIGNS.items():
+            cfg, name, params = _design_of(["experiment=hh_like", f"design={design}", *extra, *small, f"budget={n}"])
+            counts = run_design(name, jax.random.key(3), problem, n, **params).dense_counts(e)
+            assert counts.sum() == n, label
+            if label == "best_vs_worst":
+                # one comparison a prompt (6 < n): its pairs are labelled repeatedly, evenly
+                assert np.count_nonzero(counts) == 6 and counts.max() - counts[counts > 0].min() <= 1
+                assert np.all(np.bincount(np.asarray(problem.edges.prompt)[counts > 0], minlength=6) == 1)
+            else:
+                assert counts.max() == 1 and np.count_nonzero(counts) == n, label
+
+
+def test_imdb_like_selection_picks_175_prompts_with_one_pair_each():
+    cfg = sweep.compose_job(["experiment=imdb_like"])
+    assert cfg.budget == 175 and cfg.world.params.num_train_prompts == 1000 and cfg.world.params.num_completions == 8
+    with float64():
+        problem = _problem(cfg)
+        assert problem.num_edges == 1000 * 28
+        prompt = np.asarray(problem.edges.prompt)
+        first, second = np.asarray(problem.edges.first), np.asarray(problem.edges.second)
+        for label, (design, extra) in practical.IMDB_DESIGNS.items():
+            _, name, params = _design_of(["experiment=imdb_like", f"design={design}", *extra])
+            counts = run_design(name, jax.random.key(5), problem, 175, **params).dense_counts(problem.num_edges)
+            picked = np.flatnonzero(counts)
+            assert counts.sum() == 175 and counts.max() == 1, label
+            if label != "uniform":  # uniform draws 175 comparisons from all E: prompts may repeat
+                assert np.unique(prompt[picked]).size == 175, label  # 175 prompts, one pair each
+            if name in ("prompt_selection", "first_two"):
+                assert np.all((first[picked] == 0) & (second[picked] == 1)), label  # the prompt's fixed pair
+
+
+@pytest.mark.parametrize("draw_sd", [0.0, 0.2])
+def test_pooled_standard_errors_match_statsmodels_and_scipy(draw_sd):
+    sm = pytest.importorskip("statsmodels.api")
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    s, r = 5, 7
+    gaps = rng.gamma(2.0, 0.01, size=(s, r)) + draw_sd * rng.random(size=(s, 1))
+    got = practical.pool_cells(gaps)
+    y, groups = gaps.ravel(), np.repeat(np.arange(s), r)
+    # between: the cluster-robust standard error of the mean, the cells as clusters
+    fit = sm.OLS(y, np.ones((y.size, 1))).fit(cov_type="cluster", cov_kwds={"groups": groups})
+    assert math.isclose(got["mean"], float(fit.params[0]), rel_tol=1e-12)
+    assert math.isclose(got["se_between"], float(fit.bse[0]), rel_tol=1e-10)
+    # within: the mean of the cells' coefficients in a regression on cell indicators
+    dummies = (groups[:, None] == np.arange(s)[None, :]).astype(float)
+    contrast = sm.OLS(y, dummies).fit().t_test(np.full((1, s), 1.0 / s))
+    assert math.isclose(got["se_within"], float(np.squeeze(contrast.sd)), rel_tol=1e-10)
+    assert got["se"] == max(got["se_between"], got["se_within"])
+    assert math.isclose(got["draw_p"], float(stats.f_oneway(*gaps).pvalue), rel_tol=1e-10)
+    lo, hi = stats.norm.interval(0.95, loc=got["mean"], scale=got["se"])
+    assert math.isclose(got["ci_low"], lo, rel_tol=1e-12) and math.isclose(got["ci_high"], hi, rel_tol=1e-12)
+    if draw_sd > 0:  # draws that differ by far more than the label noise are detected
+        assert got["draw_p"] < 1e-3 and got["se"] == got["se_between"]
+    with pytest.raises(ValueError, match="S >= 2"):
+        practical.pool_cells(gaps[:1])
+    with pytest.raises(ValueError, match="finite"):
+        practical.pool_cells(np.where(gaps > gaps.max() - 1e-12, np.inf, gaps))
+
+
+@pytest.mark.slow
+def test_small_path_writes_the_figure_and_csv_that_the_records_reproduce(tmp_path):
+    out, res = tmp_path / "fig", tmp_path / "res"
+    rows = practical.main(["--small", "--out", str(out), "--results", str(res), "--no-progress"])
+    for ext in (".png", ".pdf", ".csv"):
+        assert (out / f"fig6_practical_regimes{ext}").stat().st_size > 0
+    with open(out / "fig6_practical_regimes.csv") as fh:
+        written = list(csv.DictReader(fh))
+    assert len(written) == len(rows) == len(practical.HH_DESIGNS) * len(practical.SMALL["hh_fractions"]) + len(practical.IMDB_DESIGNS)
+    spec = practical.SMALL
+    # independent: the sweep's per-cell summary rows (records.aggregate) of each directory,
+    # averaged over seeds, give the pooled MAP and MLE means and MLE fractions
+    for panel in ("hh_like", "imdb_like"):
+        cells = {}
+        for path in sorted((res / "small" / panel).glob("*.npz")):
+            meta = sweep.read_cell(path)[1]
+            (summary,) = sweep.aggregate_files([path])
+            key = (meta["design"]["name"], meta["design"]["params"].get("at"), meta["budget"], meta["estimator"]["name"])
+            cells.setdefault(key, []).append(summary)
+        for row in (r for r in rows if r["panel"] == panel):
+            design, extra = (practical.HH_DESIGNS if panel == "hh_like" else practical.IMDB_DESIGNS)[row["design"]]
+            at = next((x.split("=")[1] for x in extra if x.startswith("design.params.at=")), None)
+            if at is None and design in ("prompt_selection", "adpo_greedy"):
+                at = "reference"
+            for est, key in (("map", "mean_gap"), ("newton", "mle_mean_gap")):
+                mine = cells[(design, at, row["budget"], est)]
+                assert len(mine) == spec["seeds"], (panel, row["design"], est)
+                assert math.isclose(row[key], np.mean([c["mean_gap"] for c in mine]), rel_tol=1e-12)
+                if est == "newton":
+                    assert math.isclose(row["mle_fraction"], np.mean([c["mle_fraction"] for c in mine]), rel_tol=1e-12)
+        assert all(np.isfinite(float(r["mean_gap"])) and float(r["reference_gap"]) > 0 for r in written if r["panel"] == panel)
+    # a rerun reuses every record: the same CSV
+    before = (out / "fig6_practical_regimes.csv").read_text()
+    practical.main(["--small", "--out", str(out), "--results", str(res), "--no-progress"])
+    assert (out / "fig6_practical_regimes.csv").read_text() == before
