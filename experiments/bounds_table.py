@@ -1,6 +1,7 @@
 """Theory against simulation: lower bound, Monte-Carlo gap and upper bound, side by side.
 
-Runs :func:`synthetic.bounds_check.check_design_bounds` for six designs on a tabular
+Runs :func:`synthetic.bounds_check.check_design_bounds` (Theorems 1, 1', 2 and the
+sharper Theorems 4-5 of issue 18) for six designs on a tabular
 and a contextual world and on the regression world of issue 18 (labelled span larger
 than ``range(I)``, :func:`synthetic.bounds_check.subspace_world`) over budgets 1e3 to
 1e10, and the plug-in factor against the measured criterion ratio for random
@@ -86,26 +87,45 @@ def main(argv=None):
     lines.append("`MC` is the risk at theta* of plain DPO, charged G_sup where the MLE does not exist (the worst DPO variant);")
     lines.append("`upper` (Theorem 1) bounds it. `lower` (Theorem 2) bounds the Bayes risk under the van Trees prior (`bayes`,")
     lines.append("estimator: the MLE, else theta = 0). `hp upper`: Theorem 1', exceeded with probability <= n^-2 (`>hp`: replicates")
-    lines.append("above it). `ratio` = n MC / ((beta/2) tr(I S^+)). `inf`: n < n0. `no MLE`: share of replicates without an MLE.\n")
+    lines.append("above it). `ratio` = n MC / ((beta/2) tr(I S^+)). `inf`: n < n0. `no MLE`: share of replicates without an MLE.")
+    lines.append("`lower 5`, `upper 4`, `n0 4`, `u/l new`: Theorems 5 and 4 (theory/DERIVATIONS.md sections 9-10); `bayes 5` is the")
+    lines.append("Bayes risk under Theorem 5's own prior box, which `lower 5` bounds. `tests`: every z-test of the row (Theorems 1, 1', 2, 4, 5, ratio).\n")
+    summary, header_end = {}, len(lines)
     for wi, (wname, world) in enumerate(_worlds().items()):
         prob = design_problem(world)
         ev = world.eval
         g_sup = TB.gap_sup(world.theta_star, ev.features, ev.log_ref, world.beta, ev.prompt_weights)
         lines.append(f"\n### {wname}\n")
         lines.append(f"G_sup = {g_sup:.3g} (no policy has a larger gap).\n")
-        lines.append("| design | n | lower | bayes (se) | MC (se) | upper | hp upper (>hp) | n0 | upper/lower | ratio (se) | no MLE | tests |")
-        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        lines.append("| design | n | lower | bayes (se) | MC (se) | upper | hp upper (>hp) | n0 | upper/lower | lower 5 | bayes 5 (se) | upper 4 | n0 4 | u/l new | ratio (se) | no MLE | tests |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for di, design in enumerate(DESIGNS):
             rows = check_design_bounds(jax.random.key(100 * wi + di), world, prob, design, budgets, num_replicates=args.replicates)
             for r in rows:
-                ok = "ok" if (r.lower_ok and r.upper_ok and r.ratio_ok and r.hp_ok) else "FAIL"
+                ok = "ok" if r.all_ok else "FAIL"
                 lines.append(
                     f"| {design} | {r.n:.0e} | {_fmt(r.lower)} | {_fmt(r.bayes_mean)} ({r.bayes_se:.1g}) | "
                     f"{_fmt(r.mc_mean)} ({r.mc_se:.1g}) | {_fmt(r.upper)} | {_fmt(r.hp_upper)} ({r.hp_exceed}) | {_fmt(r.valid_from)} | "
-                    f"{_fmt(r.upper_over_lower)} | {r.ratio:.3f} ({r.ratio_se:.3f}) | {r.no_mle_rate:.3g} | {ok} |"
+                    f"{_fmt(r.upper_over_lower)} | {_fmt(r.lower_new)} | {_fmt(r.bayes_new_mean)} ({r.bayes_new_se:.1g}) | "
+                    f"{_fmt(r.upper_new)} | {_fmt(r.valid_from_new)} | {_fmt(r.upper_over_lower_new)} | "
+                    f"{r.ratio:.3f} ({r.ratio_se:.3f}) | {r.no_mle_rate:.3g} | {ok} |"
                 )
                 records.append({"world": wname, **r._asdict()})
+                summary.setdefault((wname, design), {})[r.n] = r
             print(f"{wname} {design}: {time.time() - t0:.0f} s", flush=True)
+    # Summary: n0 and upper/lower at 1e6 and 1e8, Theorems 1-2 (old) against Theorems 4-5 (new).
+    head = ["", "### Summary: where the bounds hold and how far apart they are (old: Theorems 1-2; new: Theorems 4-5)", ""]
+    head.append("n0: the smallest n from which the upper bound holds (at n = 1e6's empirical design; tail a = 2).\n")
+    head.append("| world | design | n0 old | n0 new | upper/lower 1e6 old | new | upper/lower 1e8 old | new |")
+    head.append("|---|---|---|---|---|---|---|---|")
+    for (wname, design), by_n in summary.items():
+        ref = by_n.get(10**6, next(iter(by_n.values())))
+        cells = [_fmt(ref.valid_from), _fmt(ref.valid_from_new)]
+        for n in (10**6, 10**8):
+            r = by_n.get(n)
+            cells += [_fmt(r.upper_over_lower), _fmt(r.upper_over_lower_new)] if r else ["-", "-"]
+        head.append(f"| {wname.split(' (')[0]} | {design} | " + " | ".join(cells) + " |")
+    lines[header_end:header_end] = head + [""]
     if args.plug_in_draws > 0:
         rng = np.random.default_rng(0)
         lines.append(f"\n### Plug-in factor (theta0 = 0, {args.plug_in_draws} random theta* per distance)\n")
@@ -124,7 +144,7 @@ def main(argv=None):
         wr.writeheader()
         wr.writerows(records)
     print("\n".join(lines))
-    fails = sum(1 for r in records if not (r["lower_ok"] and r["upper_ok"] and r["ratio_ok"] and r["hp_ok"]))
+    fails = sum(1 for r in records if not all(r[k] for k in ("lower_ok", "upper_ok", "ratio_ok", "hp_ok", "upper_new_ok", "lower_new_ok")))
     print(f"{fails} failed checks out of {len(records)}")
 
 

@@ -11,6 +11,8 @@ Two quantities are simulated, each the one its theorem is about:
   prior of Theorem 2 (the quantity that theorem bounds from below for every
   estimator; the local worst case is at least as large), for the estimator "the MLE
   when it exists, else the reference ``theta = 0``".
+  Theorem 5 (section 10) has its own prior box (``lower_bound_jensen(...).widths``);
+  its Bayes risk is simulated separately (``bayes_new_*`` in :class:`BoundRow`).
 
 Labels are simulated as binomial win counts on a dense ``[E]`` count vector, so one
 compiled function serves every design and budget of a world (no re-tracing when the
@@ -128,8 +130,10 @@ def safeguarded_gaps(key, world: World, diffs, counts, num_replicates: int, radi
       counts: ``[E]`` labels per edge (zeros allowed).
       num_replicates: ``R >= 2``.
       radius: ``B > 0`` (``inf``: the MLE whenever it exists).
-      prior: ``None`` (truth ``theta*``) or ``(constants, n, alpha)`` to draw the truth
-        from the van Trees prior of :func:`theory.bounds.lower_bound`.
+      prior: ``None`` (truth ``theta*``), ``(constants, n, alpha)`` to draw the truth
+        from the van Trees prior of :func:`theory.bounds.lower_bound`, or
+        ``(constants, widths)`` for the box of half-widths ``widths`` in the coordinates
+        ``constants.prior_basis`` (the prior of :func:`theory.bounds.lower_bound_jensen`).
 
     Returns:
       ``(gaps [R], used_mle [R])`` as numpy arrays.
@@ -139,8 +143,17 @@ def safeguarded_gaps(key, world: World, diffs, counts, num_replicates: int, radi
     diffs = jnp.asarray(diffs)
     truth_prior = None
     if prior is not None:
-        c, n, alpha = prior
-        truth_prior = (c.prior_basis, TB.prior_widths(c, n, alpha))
+        if len(prior) == 3:
+            c, n, alpha = prior
+            widths = TB.prior_widths(c, n, alpha)
+        elif len(prior) == 2:
+            c, widths = prior
+            widths = np.asarray(widths, np.float64)
+            if widths.shape != (c.prior_basis.shape[1],) or not np.all(np.isfinite(widths)) or np.any(widths < 0):
+                raise ValueError(f"prior widths must be {c.prior_basis.shape[1]} finite numbers >= 0, got {widths!r}")
+        else:
+            raise ValueError(f"prior must be None, (constants, n, alpha) or (constants, widths), got {len(prior)} items")
+        truth_prior = (c.prior_basis, widths)
     keys = jax.random.split(key, num_replicates)
     res = replicate_gaps(keys, world.theta_star, diffs, counts, float(world.beta), world.eval,
                          safeguard_radius=float(radius), truth_prior=truth_prior)
@@ -172,6 +185,21 @@ class BoundRow(NamedTuple):
     ratio_ok: bool
     hp_ok: bool
     no_mle_rate: float
+    # Theorems 4-5 (sections 9-10 of theory/DERIVATIONS.md)
+    upper_new: float = math.inf
+    upper_new_valid: bool = False
+    valid_from_new: float = math.inf
+    lower_new: float = 0.0
+    bayes_new_mean: float = math.nan
+    bayes_new_se: float = math.nan
+    upper_over_lower_new: float = math.inf
+    upper_new_ok: bool = True
+    lower_new_ok: bool = True
+
+    @property
+    def all_ok(self) -> bool:
+        """Every test of the row passes (Theorems 1, 1', 2, 4, 5 and the asymptotic ratio)."""
+        return self.lower_ok and self.upper_ok and self.ratio_ok and self.hp_ok and self.upper_new_ok and self.lower_new_ok
 
 
 def _allocation_weights(problem: DesignProblem, design: str, key, budget: int) -> np.ndarray:
@@ -194,7 +222,10 @@ def check_design_bounds(
     tail: float = 2.0,
     ratio_from: float | None = None,
 ) -> list[BoundRow]:
-    """Lower bound, Monte-Carlo risks and upper bound of one design over budgets.
+    """Lower bounds, Monte-Carlo risks and upper bounds of one design over budgets.
+
+    Theorems 1, 1' and 4 are tested on the risk at ``theta*``; Theorem 2 on the Bayes
+    risk under its prior and Theorem 5 on the Bayes risk under its own (different) prior.
 
     The design's weights are computed once; at each budget ``n`` efficient rounding
     gives the allocation, and the bounds use its empirical design ``n_e / n`` (they
@@ -230,6 +261,11 @@ def check_design_bounds(
         k_point, k_bayes = jax.random.split(jax.random.fold_in(k_sim, i))
         g, exists = dpo_gaps(k_point, world, problem.edges.diffs, counts, num_replicates)
         gb, _ = safeguarded_gaps(k_bayes, world, problem.edges.diffs, counts, num_replicates, math.inf, prior=(c, n, lb.alpha))
+        ub2 = TB.upper_bound_bernstein(c, n, tail)
+        lb2 = TB.lower_bound_jensen(c, n)
+        gb2, _ = safeguarded_gaps(jax.random.fold_in(k_bayes, 1), world, problem.edges.diffs, counts, num_replicates,
+                                  math.inf, prior=(c, lb2.widths))
+        b2mean, b2se = float(gb2.mean()), float(gb2.std(ddof=1) / math.sqrt(gb2.size))
         exceed = int(np.sum(g > hp.value)) if hp.valid else 0
         mean, se = float(g.mean()), float(g.std(ddof=1) / math.sqrt(g.size))
         bmean, bse = float(gb.mean()), float(gb.std(ddof=1) / math.sqrt(gb.size))
@@ -258,6 +294,15 @@ def check_design_bounds(
                 ratio_ok=bool((not test_ratio) or abs(ratio - 1.0) <= z_two * ratio_se),
                 hp_ok=bool((not hp.valid) or _binomial_tail(exceed, g.size, hp.failure_probability) >= alpha),
                 no_mle_rate=float(1.0 - exists.mean()),
+                upper_new=ub2.value,
+                upper_new_valid=ub2.valid,
+                valid_from_new=TB.upper_bound_bernstein_valid_from(c, tail),
+                lower_new=lb2.value,
+                bayes_new_mean=b2mean,
+                bayes_new_se=b2se,
+                upper_over_lower_new=ub2.value / lb2.value if lb2.value > 0 else math.inf,
+                upper_new_ok=bool((not ub2.valid) or (mean - ub2.value) <= z_one * se),
+                lower_new_ok=bool((lb2.value - b2mean) <= z_one * b2se),
             )
         )
     return rows

@@ -66,6 +66,14 @@ __all__ = [
     "sample_prior",
     "prior_widths",
     "sandwich_factors",
+    "BernsteinUpperBound",
+    "JensenLowerBound",
+    "score_radius_bernstein",
+    "upper_bound_bernstein",
+    "upper_bound_bernstein_high_probability",
+    "upper_bound_bernstein_valid_from",
+    "lower_bound_jensen",
+    "jensen_terms",
 ]
 
 _RANK_TOL = 1e-9  # relative eigenvalue floor for ranges (float64 eigen-analysis)
@@ -108,6 +116,9 @@ class BoundConstants(NamedTuple):
       unseen_curv: ``lambda_max`` of ``I`` on the unseen directions (0 under A1).
       pair_coords: ``[P, d_p]`` ``|b_j^T z|`` for the target pair differences ``z`` [tilde z].
       edge_coords: ``[E', d_p]`` ``beta |b_j^T z_e|`` for the labelled edges.
+      pair_prompt: ``[P]`` the prompt of each target pair (row of ``pair_coords``).
+      prompt_loss: ``[M, d_p]`` ``rho(x) b_j^T Cov_{pi*(.|x)}[phi] b_j``; its column sums are
+        ``prior_loss`` (Theorem 5 weights each prompt by its own spread over the box).
     """
 
     beta: float
@@ -133,6 +144,8 @@ class BoundConstants(NamedTuple):
     unseen_curv: float
     pair_coords: np.ndarray
     edge_coords: np.ndarray
+    pair_prompt: np.ndarray
+    prompt_loss: np.ndarray
 
 
 class UpperBound(NamedTuple):
@@ -205,14 +218,15 @@ def _psd_range(a):
     return vec[:, keep], lam[keep]
 
 
-def _target_pairs(features, log_ref):
-    """Differences ``phi(x, y) - phi(x, y')`` of all present target pairs ``[P, d]``."""
+def _target_pairs(features, log_ref, with_prompt=False):
+    """Differences ``phi(x, y) - phi(x, y')`` of all present target pairs ``[P, d]`` (and their prompts ``[P]``)."""
     f = np.asarray(features, dtype=np.float64)
     present = np.isfinite(np.asarray(log_ref))
     ii, jj = np.triu_indices(f.shape[1], 1)
     keep = present[:, ii] & present[:, jj]
     x, p = np.nonzero(keep)
-    return f[x, ii[p]] - f[x, jj[p]]
+    z = f[x, ii[p]] - f[x, jj[p]]
+    return (z, x) if with_prompt else z
 
 
 def _max_mahalanobis(z, basis, lam):
@@ -294,7 +308,7 @@ def instance_constants(weights, theta_star, features, log_ref, diffs, beta, radi
     curv = 0.5 * (curv + curv.T)
     sigma = np.asarray(_information_matrix(theta, jnp.asarray(diffs, dtype), jnp.asarray(weights, dtype), beta), f64)
     z_edges = np.asarray(diffs, f64)[np.asarray(weights) > 0]
-    z_pairs = _target_pairs(features, log_ref)
+    z_pairs, pair_prompt = _target_pairs(features, log_ref, with_prompt=True)
     ts = np.asarray(theta_star, f64)
     beta = float(beta)
     d = ts.size
@@ -328,6 +342,13 @@ def instance_constants(weights, theta_star, features, log_ref, diffs, beta, radi
     prior_basis = np.concatenate([(s_half_inv @ q)[:, relevant], vec_o[:, unseen]], axis=1)
     prior_info = np.concatenate([np.ones(int(relevant.sum())), np.zeros(int(unseen.sum()))])
     prior_loss = np.concatenate([k_eigs[relevant], lam_o[unseen]])
+    # Per-prompt loss weights rho(x) Var_{pi*(.|x)}(b_j . phi) (Theorem 5).
+    f_np = np.asarray(features, f64)
+    present = np.isfinite(np.asarray(log_ref))
+    probs = np.where(present, np.exp(np.asarray(_policy_log_probs(theta, jnp.asarray(features, dtype), jnp.asarray(log_ref, dtype)), f64)), 0.0)
+    proj = np.where(present[..., None], f_np @ prior_basis, 0.0)
+    centred = proj - np.einsum("mk,mkj->mj", probs, proj)[:, None, :]
+    prompt_loss = np.asarray(rho, f64)[:, None] * np.einsum("mk,mkj->mj", probs, centred**2)
     return BoundConstants(
         beta=beta,
         criterion=criterion,
@@ -352,6 +373,8 @@ def instance_constants(weights, theta_star, features, log_ref, diffs, beta, radi
         unseen_curv=float(lam_o[unseen].max(initial=0.0)),
         pair_coords=np.abs(z_pairs @ prior_basis),
         edge_coords=beta * np.abs(z_edges @ prior_basis),
+        pair_prompt=pair_prompt,
+        prompt_loss=prompt_loss,
     )
 
 
@@ -650,3 +673,249 @@ def plug_in_factor_radius(r0, target_diameter, edge_diameter, beta) -> float:
         V.check_nonnegative(v, name)
     V.check_beta(beta)
     return math.exp(2.0 * float(r0) * (float(target_diameter) + float(beta) * float(edge_diameter)))
+
+
+# ---------------------------------------------- Theorems 4-5 (issue 18, sections 9-10)
+#
+# Theorem 4 replaces the McDiarmid radius of Lemma 5.3 by a Bernstein bound on an
+# epsilon-net of the labelled span (n_0 ~ zeta^2 instead of zeta^4) and bounds the
+# leading factor with the actual score norm instead of its high-probability radius
+# (factor 1 + O(n^{-1/2}) instead of 1 + O(sqrt(log n / n))). Theorem 5 replaces the
+# truncation of Lemmas 6.1-6.2 by the Bayes risk of a Bregman loss (a Jensen gap of the
+# log-partition at the posterior mean) and the worst-case Fisher information by its
+# prior mean (log-concavity of sigma'): factor 1 - O(n^{-1/3}) instead of 1 - O(n^{-1/8}).
+
+_NET_GRID = tuple(float(e) for e in np.round(np.arange(0.02, 0.805, 0.01), 2))
+
+
+class BernsteinUpperBound(NamedTuple):
+    """Theorem 4 at one budget (section 9).
+
+    Attributes:
+      value: the bound on ``E G`` (``inf`` where not valid).
+      valid: ``n >= n_0`` (:func:`upper_bound_bernstein_valid_from`).
+      leading: ``beta Phi / (2 n)``.
+      factor: ``(value - remainder) / leading``; tends to 1 as ``1 + O(n^{-1/2})``.
+      remainder: ``G_sup n^{-a}``.
+      score_radius: ``r_n``, the net-Bernstein radius of ``||S^{+1/2} g_n||`` (Lemma 9.1).
+      net: the net parameter ``epsilon`` that minimises ``r_n``.
+      error_radius: ``s_n = -log(1 - zeta r_n) / zeta``.
+      e1, e2: the chord slopes ``(psi_+(zeta_I s_n) - 1) / r_n`` and ``sqrt(kappa) eta(zeta s_n) / r_n``.
+      moment_r4, moment_x4: the bounds ``M_R >= E ||u||^4`` and ``M_X >= E ||A u||^4`` (Lemma 9.2).
+    """
+
+    value: float
+    valid: bool
+    leading: float
+    factor: float
+    remainder: float
+    score_radius: float
+    net: float
+    error_radius: float
+    e1: float
+    e2: float
+    moment_r4: float
+    moment_x4: float
+
+
+class JensenLowerBound(NamedTuple):
+    """Theorem 5 at one budget (section 10).
+
+    Attributes:
+      value: lower bound on the Bayes risk under the prior (hence on the worst case over its box).
+      factor: ``value / (beta Phi / (2 n))``; tends to 1 as ``1 - O(n^{-1/3})``.
+      alpha: the scale of the best one-parameter prior ``a_j = alpha / sqrt(n s_j + 1)``.
+      widths: ``[d_p]`` the half-widths ``a_j`` of the prior box actually used (after the
+        per-direction refinement when it helped); :func:`jensen_terms` recomputes ``value`` from them.
+      rho_box: ``rho_N``, the largest target-pair spread over the box.
+      fisher_inflation: ``mu_N``, with ``E_pi Sigma_w(theta) <= e^{mu_N} S``.
+      refined: whether the per-direction refinement improved on the one-parameter family.
+    """
+
+    value: float
+    factor: float
+    alpha: float
+    widths: np.ndarray
+    rho_box: float
+    fisher_inflation: float
+    refined: bool
+
+
+def _net_radius(c, n, tail, eps):
+    """``(sqrt(2 y / n) + zeta y / (3 n)) / (1 - eps)``, ``y = a log n + d_V log(1 + 2 / eps)`` (Lemma 9.1)."""
+    y = tail * math.log(n) + c.dim * math.log1p(2.0 / eps)
+    return (math.sqrt(2.0 * y / n) + c.zeta * y / (3.0 * n)) / (1.0 - eps)
+
+
+def score_radius_bernstein(c: BoundConstants, n, tail: float = 2.0):
+    """Lemma 9.1: ``P(||S^{+1/2} g_n|| > r_n) <= n^{-a}``; returns ``(r_n, epsilon)``.
+
+    ``r_n`` is the smallest net-Bernstein radius over the fixed grid of net parameters
+    ``epsilon`` (a deterministic choice, so the probability statement holds for it).
+    """
+    n = _check_n(n)
+    tail = _check_tail(tail)
+    radii = [(_net_radius(c, n, tail, e), e) for e in _NET_GRID]
+    return min(radii)
+
+
+def _bernstein_conditions(c, n, tail):
+    r, eps = score_radius_bernstein(c, n, tail)
+    if not (c.identifiable and n >= 3 and c.zeta * r < 1.0):
+        return False, r, eps, math.inf
+    return True, r, eps, -math.log1p(-c.zeta * r) / c.zeta
+
+
+def _score_fourth_moments(c, n):
+    """``(M_R, M_X)``: ``E ||u||^4 <= M_R`` and ``E ||A u||^4 <= M_X`` (Lemma 9.2)."""
+    d, phi, z2 = float(c.dim), c.criterion, c.zeta**2
+    m_r = (d * d + 2.0 * d) / n**2 + z2 * d / n**3
+    m_x = (phi * phi + 2.0 * float(np.sum(c.criterion_eigs**2))) / n**2 + c.kappa * z2 * phi / n**3
+    return m_r, m_x
+
+
+def upper_bound_bernstein(c: BoundConstants, n, tail: float = 2.0) -> BernsteinUpperBound:
+    """Theorem 4: the expected gap of plain DPO, whatever it returns without an MLE (section 9).
+
+    .. math::
+
+       \\mathbb E\\,G \\le \\frac\\beta2\\Big(\\sqrt{\\Phi/n + e_1\\sqrt{d_V/n}\\sqrt{M_X}}
+         + e_2\\sqrt{(1 + e_1 r_n) M_R}\\Big)^2 + G_{\\sup} n^{-a}
+
+    for ``n >= n_0`` (``zeta r_n < 1`` with the net-Bernstein radius ``r_n``).
+
+    Args:
+      c: :func:`instance_constants` of the empirical design.
+      n: number of labels.
+      tail: ``a > 0``: the score leaves its ball with probability ``<= n^{-a}``.
+    """
+    n = _check_n(n)
+    tail = _check_tail(tail)
+    leading = c.beta * c.criterion / (2.0 * n)
+    valid, r, eps, s = _bernstein_conditions(c, n, tail)
+    if not valid:
+        return BernsteinUpperBound(math.inf, False, leading, math.inf, math.inf, r, eps, s, math.inf, math.inf, math.inf, math.inf)
+    e1 = (sandwich_factors(c.zeta_eval * s)[1] - 1.0) / r
+    e2 = math.sqrt(c.kappa) * _eta(c.zeta * s) / r
+    m_r, m_x = _score_fourth_moments(c, n)
+    first = math.sqrt(c.criterion / n + e1 * math.sqrt(c.dim / n) * math.sqrt(m_x))
+    second = e2 * math.sqrt((1.0 + e1 * r) * m_r)
+    main = 0.5 * c.beta * (first + second) ** 2
+    remainder = c.gap_sup * n ** (-tail)
+    return BernsteinUpperBound(main + remainder, True, leading, main / leading, remainder, r, eps, s, e1, e2, m_r, m_x)
+
+
+def upper_bound_bernstein_high_probability(c: BoundConstants, n, tail: float = 2.0) -> HighProbabilityBound:
+    """Theorem 4': with probability ``>= 1 - n^{-a}``, ``G <= (beta/2) psi_+(zeta_I s_n) kappa (1 + eta(zeta s_n))^2 r_n^2``.
+
+    Theorem 1' on the event of Lemma 9.1 (net-Bernstein radius ``r_n``).
+    """
+    n = _check_n(n)
+    tail = _check_tail(tail)
+    valid, r, _, s = _bernstein_conditions(c, n, tail)
+    if not valid:
+        return HighProbabilityBound(math.inf, False, n ** (-tail), r, s)
+    value = 0.5 * c.beta * sandwich_factors(c.zeta_eval * s)[1] * c.kappa * (1.0 + _eta(c.zeta * s)) ** 2 * r**2
+    return HighProbabilityBound(value, True, n ** (-tail), r, s)
+
+
+def upper_bound_bernstein_valid_from(c: BoundConstants, tail: float = 2.0) -> float:
+    """``n_0`` of Theorem 4: the smallest integer ``n >= 3`` with ``zeta r_n < 1`` (``inf`` if none).
+
+    Each net radius decreases in ``n >= 3``, so their minimum does and the condition is
+    monotone; found by doubling and bisection.
+    """
+    tail = _check_tail(tail)
+    if not c.identifiable:
+        return math.inf
+    ok = lambda m: _bernstein_conditions(c, m, tail)[0]  # noqa: E731
+    if ok(3.0):
+        return 3.0
+    hi = 4.0
+    while not ok(hi):
+        hi *= 2.0
+        if hi > 1e30:
+            return math.inf
+    lo = 3.0
+    while hi - lo > 1.0:
+        mid = math.floor(0.5 * (lo + hi))
+        if mid in (lo, hi):
+            break
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return float(hi)
+
+
+def jensen_terms(c: BoundConstants, n, widths):
+    """Theorem 5's right side for one prior box; returns ``(value, rho_N, mu_N)`` (section 10).
+
+    ``value = (beta/2) sum_j (sum_x e^{-rho_{x,N}} L_{xj}) / (n e^{mu_N} s_j + pi^2 / a_j^2)`` with
+    ``L_{xj} = rho(x) Var_{pi*(.|x)}(b_j . phi)`` (``prompt_loss``; ``sum_x L_{xj} = c_j``),
+    ``rho_{x,N} = max_{pairs of x} sum_j a_j |b_j . z|`` (``rho_N`` is their maximum) and
+    ``mu_N = max_{labelled e} sum_j beta^2 (b_j . z_e)^2 a_j^2 / 2``.
+
+    Args:
+      c: constants.
+      n: number of labels.
+      widths: ``[d_p]`` half-widths ``a_j > 0`` of the box in the coordinates ``c.prior_basis``.
+    """
+    n = _check_n(n)
+    a = np.asarray(widths, np.float64)
+    if a.shape != c.prior_info.shape or not np.all(np.isfinite(a)) or np.any(a <= 0):
+        raise ValueError(f"widths must be {c.prior_info.shape[0]} finite numbers > 0, got {widths!r}")
+    spreads = c.pair_coords @ a
+    rho_box = float(spreads.max()) if spreads.size else 0.0
+    rho_prompt = np.zeros(c.prompt_loss.shape[0])
+    np.maximum.at(rho_prompt, c.pair_prompt, spreads)
+    mu_box = float(0.5 * ((c.edge_coords**2) @ (a**2)).max()) if c.edge_coords.size else 0.0
+    if mu_box > 700.0:
+        return 0.0, rho_box, mu_box
+    loss = np.exp(-rho_prompt) @ c.prompt_loss  # [d_p]: sum_x e^{-rho_x,N} rho(x) Var_x(b_j . phi)
+    trace = float(np.sum(loss / (n * math.exp(mu_box) * c.prior_info + math.pi**2 / a**2)))
+    return 0.5 * c.beta * trace, rho_box, mu_box
+
+
+def lower_bound_jensen(c: BoundConstants, n, refine: bool = True) -> JensenLowerBound:
+    """Theorem 5: no estimator (of any policy) from ``n`` labels of this design does better (section 10).
+
+    The bound holds for every box of half-widths ``a_j > 0``. This takes the best of the
+    one-parameter family ``a_j = alpha / sqrt(n s_j + 1)`` over a log grid of ``alpha``
+    that contains ``alpha_n = (2 pi^2 sqrt(n) / p)^{1/3}`` (the choice of the rate proof,
+    ``p = max_pairs sum_j |b_j . z|``), then, when ``refine``, improves the widths one by
+    one (L-BFGS on ``log a``). Any widths give a valid bound, so the optimiser only
+    affects how tight it is; :func:`jensen_terms` recomputes ``value`` from ``widths``.
+
+    Args:
+      c: :func:`instance_constants`.
+      n: number of labels.
+      refine: optimise the widths per direction after the one-parameter search.
+    """
+    n = _check_n(n)
+    if not isinstance(refine, bool):
+        raise ValueError(f"refine must be True or False, got {refine!r}")
+    leading = c.beta * c.criterion / (2.0 * n)
+    dp = c.prior_info.shape[0]
+    if dp == 0 or c.curv_dim == 0:
+        return JensenLowerBound(0.0, 0.0, 0.0, np.zeros(0), 0.0, 0.0, False)
+    p = float(c.pair_coords.sum(axis=1).max()) if c.pair_coords.size else 0.0
+    alphas = list(np.geomspace(1e-2, 1e5, 141))
+    if p > 0:
+        alphas.append((2.0 * math.pi**2 * math.sqrt(n) / p) ** (1.0 / 3.0))
+    best = max(((jensen_terms(c, n, prior_widths(c, n, al))[0], float(al)) for al in alphas))
+    value, alpha = best
+    widths = prior_widths(c, n, alpha)
+    refined = False
+    if refine and value > 0:
+        from scipy import optimize
+
+        def neg_log(log_a):
+            v = jensen_terms(c, n, np.exp(log_a))[0]
+            return -math.log(v) if v > 0 else 1e300
+
+        res = optimize.minimize(neg_log, np.log(widths), method="L-BFGS-B")
+        cand = np.exp(res.x)
+        v = jensen_terms(c, n, cand)[0] if np.all(np.isfinite(cand)) and np.all(cand > 0) else 0.0
+        if v > value:
+            value, widths, refined = v, cand, True
+    _, rho_box, mu_box = jensen_terms(c, n, widths)
+    factor = value / leading if math.isfinite(leading) and leading > 0 else math.nan
+    return JensenLowerBound(value, factor, alpha, widths, rho_box, mu_box, refined)
