@@ -7,6 +7,8 @@
   edge differences.
 """
 
+import dataclasses
+
 import cvxpy as cp
 import jax.numpy as jnp
 import numpy as np
@@ -676,3 +678,107 @@ def test_history_is_typed_and_its_lengths_are_as_documented():
     # an optimal start takes no step and still reports one entry
     again = optimal_design(jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), 1.0, tol=1e-3, init=np.asarray(sol.weights))
     assert again.num_iter == 0 and len(again.history.value) == 1
+
+
+def _same_solution(a, b):
+    """Every field of two DesignSolutions bit for bit (history included)."""
+    np.testing.assert_array_equal(np.asarray(a.weights), np.asarray(b.weights))
+    assert (a.value, a.certificate, a.relative_certificate) == (b.value, b.certificate, b.relative_certificate)
+    assert (a.converged, a.num_iter, a.rank) == (b.converged, b.num_iter, b.rank)
+    for x, y in zip(a.history, b.history):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_a_solver_configured_once_solves_problems_as_optimal_design_does():
+    """One DesignSolver called on two reduced problems (and on the first again) gives what two
+    optimal_design calls give: the solver carries no state from one call to the next."""
+    from theory.design import DesignSolver, reduce_problem
+
+    rng = np.random.default_rng(31)
+    diffs, theta, curv, edges = _instance(rng, m=6, k=5, d=4)
+    groups = np.asarray(edges.prompt)
+    z, th, cu = jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv)
+    config = dict(tol=1e-8, working_set=8, polish_max=4)
+    solver = DesignSolver(**config)
+    first = reduce_problem(z, th, cu, 1.0, criterion="L", caps=1.0 / 20)
+    second = reduce_problem(z, th, cu, 1.0, criterion="D", groups=groups)
+    got = [solver(first), solver(second), solver(first)]
+    want_first = optimal_design(z, th, cu, 1.0, criterion="L", caps=1.0 / 20, **config)
+    want_second = optimal_design(z, th, cu, 1.0, criterion="D", groups=groups, **config)
+    _same_solution(got[0], want_first)
+    _same_solution(got[1], want_second)
+    _same_solution(got[2], want_first)
+    assert (first.criterion, second.criterion) == ("L", "D") and second.num_groups == groups.max() + 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        solver.tol = 1.0  # configured once: frozen
+
+
+@pytest.mark.parametrize("capped", [False, True])
+def test_warm_start_from_a_loose_design_reaches_the_cvxpy_optimum(capped):
+    """``solver(problem, init=w)`` from a loose solution: the criterion never rises above the
+    start's, the tight solve is within its certificate of cvxpy's optimum, and a start off
+    the simplex is refused naming ``init`` before any step."""
+    from theory.design import DesignSolver, reduce_problem
+
+    rng = np.random.default_rng(32)
+    diffs, theta, curv, _ = _instance(rng)
+    caps = 1.0 / 12 if capped else None
+    problem = reduce_problem(jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), 1.0, caps=caps)
+    loose = DesignSolver(tol=1e-2)(problem)
+    warm = DesignSolver(tol=TIGHT)(problem, init=np.asarray(loose.weights))
+    ref, _ = _cvxpy_optimum(diffs, theta, curv, 1.0, "L", caps=caps)
+    assert warm.converged and warm.relative_certificate <= TIGHT
+    assert warm.value <= loose.value * (1 + 1e-12)
+    assert -1e-7 * abs(ref) <= warm.value - ref <= warm.certificate + 1e-7 * abs(ref)
+    with pytest.raises(ValueError, match="init must"):
+        DesignSolver(tol=TIGHT)(problem, init=2 * np.asarray(loose.weights))
+
+
+def test_converged_flag_is_the_relative_certificate_against_tol():
+    """A solve cut off by max_iter reports converged=False with a relative certificate above
+    tol that a dense numpy recomputation confirms; the same problem run on reports True."""
+    from theory.design import DesignSolver, reduce_problem
+
+    rng = np.random.default_rng(33)
+    diffs, theta, curv, _ = _instance(rng, m=6, k=5, d=4)
+    problem = reduce_problem(jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), 1.0, criterion="D")
+    cut = DesignSolver(tol=1e-10, max_iter=2, newton_cg=False, polish_max=0, multiplicative_steps=0)(problem)
+    w = np.asarray(cut.weights)
+    dd = _dense_scores(w, diffs, theta, curv, 1.0, "D")
+    dense_rel = (dd.max() - w @ dd) / cut.rank  # D: cert / rank, Kiefer-Wolfowitz
+    assert cut.num_iter == 2 and not cut.converged
+    np.testing.assert_allclose(cut.relative_certificate, dense_rel, rtol=1e-8)
+    assert dense_rel > 1e-10
+    full = DesignSolver(tol=1e-6)(problem, init=w)
+    assert full.converged and full.relative_certificate <= 1e-6
+
+
+def test_solver_settings_are_checked_when_it_is_configured():
+    from theory.design import DesignSolver
+
+    for field, bad in [("tol", 0.0), ("max_iter", -1), ("refresh_every", 0), ("working_set", 0),
+                       ("vertex_steps", -1), ("multiplicative_steps", 1.5)]:
+        with pytest.raises(ValueError, match=field):
+            DesignSolver(**{field: bad})
+
+
+def test_exact_certificate_is_the_linear_programme_gap():
+    """exact_certificate = max {d.s : s in the (capped, grouped) simplex} - d.w, against scipy's
+    linprog (HiGHS), with and without caps."""
+    from scipy.optimize import linprog
+
+    from theory.design import exact_certificate
+
+    rng = np.random.default_rng(34)
+    e, g = 40, 3
+    groups = rng.integers(0, g, size=e).astype(np.int32)
+    masses = np.array([0.2, 0.3, 0.5])
+    dd = rng.gamma(2.0, size=e)
+    a_eq = (groups[None, :] == np.arange(g)[:, None]).astype(float)
+    for caps in (None, np.full(e, 0.06)):
+        ub = np.full(e, np.inf) if caps is None else caps
+        w = linprog(np.zeros(e), A_eq=a_eq, b_eq=masses, bounds=list(zip(np.zeros(e), ub))).x  # a feasible design
+        lp = linprog(-dd, A_eq=a_eq, b_eq=masses, bounds=list(zip(np.zeros(e), ub)), method="highs")
+        cert, thr = exact_certificate(dd, w, groups, masses, g, caps)
+        np.testing.assert_allclose(cert, -lp.fun - dd @ w, rtol=1e-12, atol=1e-12)
+        assert (thr is None) == (caps is None)
