@@ -255,6 +255,11 @@ def optimal_design(
     working_set=2048, polish_max=512, newton_cg=True, caps=None, prior_precision=None,
     budget=None)``
 
+    This is ``DesignSolver(tol, max_iter, refresh_every, working_set, polish_max,
+    newton_cg)(reduce_problem(diffs, theta, curvature, beta, criterion, ridge, groups,
+    group_weights, caps, prior_precision, budget), init)``: build those two once to solve
+    several problems with one configuration, or one problem from several starts.
+
     Args:
       diffs: ``[E, d]`` edge differences ``z_e``.
       theta: ``[d]`` where the information is evaluated (``theta*``: oracle;
