@@ -1,13 +1,16 @@
 """Criterion of every registered design on the two synthetic worlds at one budget.
 
-``python -m experiments.design_table [--budget N] [--keys K] [--out figures/design_table.md]``
+``python -m experiments.design_table [--budget N] [--keys K] [--designs a,b] [--out figures/design_table.md]``
 
 For each design and world: the criterion ``Phi(counts / n; theta*) = tr(I Sigma^+)``
 of the realised allocation (so ``(beta / 2n) Phi`` is the asymptotic gap), averaged
 over ``K`` design keys, and its ratio to uniform. Solved designs stop at a relative
 certificate of ``--tol``. ``inf`` means the allocation
 leaves a direction with curvature unidentified; ``n/a`` that the design cannot run
-there (its error is given in a footnote).
+there (its error is given in a footnote). Adaptive designs (:mod:`synthetic.adaptive`,
+marked *adaptive*) buy their labels in rounds; each design key is one run, and Phi is
+that run's realised allocation (its gap also carries the selection's dependence on the
+labels: the Monte-Carlo gap is in ``python -m experiments.adaptive_table``).
 """
 
 from __future__ import annotations
@@ -31,11 +34,22 @@ def worlds(seed: int = 0):
     }
 
 
-def table(budget: int = 1000, num_keys: int = 2, seed: int = 0, tol: float = 1e-3):
+def table(budget: int = 1000, num_keys: int = 2, seed: int = 0, tol: float = 1e-3, designs=None, world_names=None):
+    """``designs`` (default: every registered one) and ``world_names`` (prefixes of the
+    world labels, e.g. ``["contextual"]``; default both) restrict the table."""
     rows, notes = {}, []
-    for wname, world in worlds(seed).items():
+    names = list(DESIGNS) if designs is None else list(designs)
+    if "uniform" not in names:
+        names.insert(0, "uniform")  # the ratio column's reference
+    unknown = sorted(set(names) - set(DESIGNS))
+    if unknown:
+        raise ValueError(f"designs {unknown} are not registered; allowed: {sorted(DESIGNS)}")
+    all_worlds = worlds(seed)
+    if world_names is not None:
+        all_worlds = {w: v for w, v in all_worlds.items() if any(w.startswith(p) for p in world_names)}
+    for wname, world in all_worlds.items():
         prob = design_problem(world)
-        for name in DESIGNS:
+        for name in names:
             vals = []
             try:
                 params = {"tol": tol} if "tol" in DESIGNS[name].params else {}
@@ -46,7 +60,7 @@ def table(budget: int = 1000, num_keys: int = 2, seed: int = 0, tol: float = 1e-
             except ValueError as err:
                 rows.setdefault(name, {})[wname] = None
                 notes.append(f"{name} on {wname.split(' ')[0]}: {err}")
-    return rows, notes, list(worlds(seed))
+    return rows, notes, list(all_worlds)
 
 
 def markdown(rows, notes, wnames, budget):
@@ -63,7 +77,8 @@ def markdown(rows, notes, wnames, budget):
                 cells += ["inf", ""]
             else:
                 cells += [f"{v:.4g}", f"{v / u:.2f}"]
-        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+        label = f"`{name}`" + (" (adaptive)" if DESIGNS[name].adaptive else "")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     out = "\n".join(lines) + f"\n\nBudget n = {budget}; Phi of the realised allocation at theta*, mean over design keys.\n"
     if notes:
         out += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
@@ -75,12 +90,15 @@ def main(argv=None):
     p.add_argument("--budget", type=int, default=1000)
     p.add_argument("--keys", type=int, default=2)
     p.add_argument("--tol", type=float, default=1e-3, help="relative certificate of solved designs")
+    p.add_argument("--designs", default=None, help="comma-separated design names (default: all registered)")
+    p.add_argument("--worlds", default=None, help="comma-separated world prefixes: tabular, contextual (default: both)")
     p.add_argument("--out", default="figures/design_table.md")
     a = p.parse_args(argv)
     if a.budget < 1 or a.keys < 1:
         raise SystemExit("--budget and --keys must be >= 1")
     jax.config.update("jax_enable_x64", True)
-    rows, notes, wnames = table(a.budget, a.keys, tol=a.tol)
+    rows, notes, wnames = table(a.budget, a.keys, tol=a.tol, designs=None if a.designs is None else a.designs.split(","),
+                                world_names=None if a.worlds is None else a.worlds.split(","))
     md = markdown(rows, notes, wnames, a.budget)
     path = pathlib.Path(a.out)
     path.parent.mkdir(parents=True, exist_ok=True)

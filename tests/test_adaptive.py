@@ -98,10 +98,11 @@ def test_uncertainty_pick_is_muldrews_rule(prob, most_certain):
     for _ in range(3):
         theta = rng.normal(size=prob.dim)
         cand = rng.integers(0, prob.num_edges, size=40)
-        got = A.uncertainty_pick(jnp.asarray(theta), jnp.zeros(prob.num_edges), 10, jnp.asarray(cand), prob.edges.diffs,
-                                 prob.beta, jnp.full(prob.num_edges, jnp.inf), most_certain)
         want = _muldrew_direct(z, prob.beta, theta, cand, 10, "least" if most_certain else "most")
-        np.testing.assert_array_equal(np.asarray(got), want)
+        for capped in (True, False):  # the sequential scan and its uncapped shortcut
+            got = A.uncertainty_pick(jnp.asarray(theta), jnp.zeros(prob.num_edges), 10, jnp.asarray(cand), prob.edges.diffs,
+                                     prob.beta, jnp.full(prob.num_edges, jnp.inf), most_certain, capped)
+            np.testing.assert_array_equal(np.asarray(got), want)
         np.testing.assert_allclose(np.asarray(A.uncertainty_scores(jnp.asarray(theta), prob.edges.diffs, prob.beta)),
                                    1 - 2 * np.abs(_sigmoid(prob.beta * z @ theta) - 0.5), rtol=0, atol=1e-14)
 
@@ -232,7 +233,7 @@ def test_parameter_errors_name_the_field(prob, name):
 
 def test_adpo_without_replacement_refuses_a_budget_above_the_edges(prob):
     with pytest.raises(ValueError, match=r"budget 81 exceeds the 80 labels .* allowed: budget <= 80"):
-        run_design("adpo_adaptive", jax.random.PRNGKey(0), prob, 81)
+        run_design("adpo_adaptive", jax.random.PRNGKey(0), prob, 81, with_replacement=False)
 
 
 def test_an_adaptive_cell_runs_per_replicate_with_the_usual_columns():
