@@ -15,7 +15,9 @@
 4. ``fig4_plug_in_robustness``: Monte-Carlo gap of the design solved at ``theta0``
    over the oracle's, against ``||theta0 - theta*||``, with the exact criterion ratio
    and the Theorem 3 bound.
-5. ``fig5_pool_size``: gap against completions per prompt ``K`` at a fixed budget.
+5. ``fig5_pool_size``: every pool's trained policy against one fixed objective, the
+   largest pool's, split into its approximation and estimation parts, against
+   completions per prompt ``K`` (up to 200), with the reward scale as a second axis.
 
 Cells of Figures 1 and 5 are cells of the sweep app (:mod:`experiments.sweep`): the
 same ids, files and resumability, so a grid run through a Hydra launcher elsewhere
@@ -42,20 +44,46 @@ from experiments.plotting import design_label, design_style, log_ticks, paper_st
 
 FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig5")
 FIG1_WORLDS = ("tabular", "contextual")
-POOL_SIZE_DESIGNS = ("oracle", "uniform", "best_vs_worst", "sweet_spot")
+#: Designs Figure 5 draws (the union of its panels).
+POOL_SIZE_DESIGNS = ("oracle", "plug_in", "uniform", "best_vs_worst", "sweet_spot", "sweet_spot_pm2sigma", "sweet_spot_scalable")
+
+# What Figure 5 computes. "check": the issue's world (contextual_world(key(0)), 16
+# completions, default parameters, index order, n = 2,000). "seed003": pools up to 200
+# completions in the order pi0 samples them, many prompts, the reward scale as a
+# second axis (panel b and its Monte Carlo at theta_scale 3, where the trade-off between
+# the parts shows). "coincidence": Gaussian pools, 20,000 draws per K.
+FIG5_FULL = {
+    "check": {"world": {"num_completions": 16}, "pool_sizes": [2, 4, 8, 16], "budget": 2000, "replicates": 100,
+              "designs": ["oracle", "plug_in", "uniform", "best_vs_worst", "sweet_spot"], "mc": ["oracle", "uniform", "best_vs_worst"]},
+    "seed003": {"world": {"prompt_dim": 2, "action_dim": 2, "num_train_prompts": 100, "num_eval_prompts": 200, "num_completions": 200},
+                "pool_sizes": [8, 20, 50, 100, 200], "budget": 500, "replicates": 100, "scale": 3.0, "scales": [0.2, 0.5, 1.0, 2.0, 3.0],
+                "designs": ["plug_in", "uniform", "best_vs_worst", "sweet_spot", "sweet_spot_pm2sigma", "sweet_spot_scalable"],
+                "mc": ["best_vs_worst", "sweet_spot", "sweet_spot_pm2sigma", "sweet_spot_scalable"]},
+    "coincidence": {"pool_sizes": [5, 8, 10, 11, 12, 15, 20, 50, 100, 200], "draws": 20000},
+}
+FIG5_SMALL = {
+    "check": {**FIG5_FULL["check"], "world": {"num_completions": 6, "num_train_prompts": 20, "num_eval_prompts": 40},
+              "pool_sizes": [3, 6], "budget": 500, "replicates": 20, "designs": ["oracle", "uniform", "best_vs_worst"], "mc": ["uniform"]},
+    "seed003": {**FIG5_FULL["seed003"], "world": {"prompt_dim": 2, "action_dim": 2, "num_train_prompts": 20, "num_eval_prompts": 40,
+                                                   "num_completions": 24}, "pool_sizes": [6, 24], "replicates": 20,
+                "designs": ["plug_in", "uniform", "best_vs_worst", "sweet_spot"],
+                "scales": [1.0, 3.0], "mc": ["best_vs_worst"]},
+    "coincidence": {"pool_sizes": [6, 12, 24], "draws": 2000},
+}
+
 
 # --small: the same pipeline on small worlds, few replicates and budgets (tests, smoke runs).
 SMALL = {
     "fig1_tabular": ["world.params.num_completions=8", "num_replicates=20", "design=oracle,uniform,first_two,two_stage", "budget=200,2000"],
     "fig1_contextual": ["num_replicates=20", "design=oracle,plug_in,uniform,best_vs_worst", "budget=200,2000"],
     "fig4": {"radii": [0.0, 0.5, 2.0], "directions": 2, "replicates": 20, "budget": 1000},
-    "fig5": {"pool_sizes": [2, 4, 6], "replicates": 20, "budget": 500},
+    "fig5": FIG5_SMALL,
     "fig2_replicates": 20,
     "fig2_max_budget": 1e5,
 }
 FULL = {
     "fig4": {"radii": [0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0], "directions": 4, "replicates": 200, "budget": 3000},
-    "fig5": {"pool_sizes": [2, 3, 4, 6, 8, 12, 16], "replicates": 200, "budget": 2000},
+    "fig5": FIG5_FULL,
     "fig2_replicates": 400,
     "fig2_max_budget": 1e10,
 }
@@ -406,37 +434,435 @@ def _read_item(path: Path, code: str):
 
 
 # ------------------------------------------------------------------ figure 5
+#
+# Every pool's trained policy is measured against ONE objective, the largest pool's
+# (issue 19, section 4): G_Kmax(pi_hat_K) = beta E_x KL(pi_hat_K || pi*_Kmax), with
+# pi_hat_K living on the first K completions. For y among the first K,
+# log pi*_Kmax(y|x) = log pi*_K(y|x) + log pi*_Kmax(first K|x) (pi*_K is pi*_Kmax
+# conditioned on the first K), so, exactly,
+#
+#   G_Kmax(pi_hat_K) = beta E_x[-log pi*_Kmax(first K | x)]     approximation part
+#                      + G_K(theta_hat_K)                         estimation part, ~ (beta/2n) Phi_K.
+#
+# The estimation part is the gap to the pool's own optimum that the sweep measures
+# (Monte Carlo, synthetic.monte_carlo) or predicts (theory.asymptotic_gap).
+
+
+def _check_pool_size(k, kmax, name="k"):
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= kmax:
+        raise ValueError(f"{name} must be an integer in [1, {kmax}] (the largest pool's size), got {k!r}")
+
+
+def nested_pool(pool, k: int):
+    """``pool`` cut to each prompt's first ``k`` completions, padded to the same shape.
+
+    Completions from index ``k`` on are absent (``log_ref = -inf``) and ``pi0`` is
+    renormalised over the kept ones, as in :func:`synthetic.first_completions`; the
+    shape stays ``[m, Kmax, d]``, so every ``k`` shares one compiled Monte-Carlo core.
+    """
+    from synthetic.worlds import Pool
+
+    kmax = int(pool.log_ref.shape[1])
+    _check_pool_size(k, kmax)
+    keep = jnp.arange(kmax) < k
+    lr = jnp.where(keep[None, :], pool.log_ref, -jnp.inf)
+    if not bool(jnp.all(jnp.any(jnp.isfinite(lr), axis=1))):
+        raise ValueError(f"k = {k} leaves a prompt with no completion")
+    lr = lr - jax.scipy.special.logsumexp(lr, axis=1, keepdims=True)
+    return Pool(pool.features, lr, pool.prompt_weights)
+
+
+def reference_sampled_order(world, key):
+    """The same world with each prompt's completions in the order sampling from ``pi0`` finds them.
+
+    A Gumbel top-``K`` of ``log pi0`` (Efraimidis and Spirakis): the order of sampling
+    without replacement in proportion to ``pi0``, which is also the order in which
+    repeated draws from ``pi0`` meet new completions. The first ``K`` are then what a
+    pool of ``K`` samples holds, and growing the pool adds completions ``pi0`` finds
+    ever less likely. Training and evaluation pools get independent orders; features,
+    ``pi0`` (per completion) and ``theta*`` are unchanged.
+    """
+    from synthetic.worlds import Pool, World
+
+    def reorder(pool, k):
+        g = jax.random.gumbel(k, pool.log_ref.shape, pool.features.dtype)
+        order = jnp.argsort(-(pool.log_ref + g), axis=1)  # absent (-inf) completions go last
+        feats = jnp.take_along_axis(pool.features, order[..., None], axis=1)
+        return Pool(feats, jnp.take_along_axis(pool.log_ref, order, axis=1), pool.prompt_weights)
+
+    k_train, k_eval = jax.random.split(key)
+    return World(reorder(world.train, k_train), reorder(world.eval, k_eval), world.theta_star, world.beta)
+
+
+def approximation_part(world, k: int) -> float:
+    """``beta E_x[-log pi*_Kmax(first k | x)]`` on the world's evaluation pool.
+
+    What the best policy on the first ``k`` completions still misses of the largest
+    pool's objective: ``G_Kmax(pi*_k)``; 0 at ``k = Kmax``.
+    """
+    from theory.policy import normalized_prompt_weights, policy_log_probs
+
+    ev = world.eval
+    m, kmax = ev.log_ref.shape
+    _check_pool_size(k, int(kmax))
+    if k == kmax:
+        return 0.0  # pi*(whole pool) = 1 exactly (summing it would leave a rounding residue)
+    lp = policy_log_probs(world.theta_star, ev.features, ev.log_ref)
+    log_mass = jax.scipy.special.logsumexp(lp[:, :k], axis=1)  # log pi*(first k | x) <= 0
+    rho = normalized_prompt_weights(ev.prompt_weights, m, lp.dtype)
+    return max(0.0, float(-world.beta * jnp.dot(rho, jnp.minimum(log_mass, 0.0))))
+
+
+def fixed_objective_gap(theta, world, k: int) -> float:
+    """``G_Kmax(pi_theta^(k)) = beta E_x KL(pi_theta^(k)(.|x) || pi*_Kmax(.|x))``, computed directly.
+
+    ``pi_theta^(k)`` is the log-linear policy on each prompt's first ``k`` completions
+    (``pi0`` renormalised over them); ``pi*_Kmax`` the optimum over the whole pool.
+    Equals ``approximation_part(world, k) + G_k(theta)`` (see the comment above).
+    """
+    from theory.policy import normalized_prompt_weights, policy_log_probs
+
+    ev = world.eval
+    m, kmax = ev.log_ref.shape
+    _check_pool_size(k, int(kmax))
+    cut = nested_pool(ev, k)
+    lp = policy_log_probs(jnp.asarray(theta), cut.features, cut.log_ref)[:, :k]
+    lstar = policy_log_probs(world.theta_star, ev.features, ev.log_ref)[:, :k]
+    p = jnp.exp(lp)
+    kl = jnp.sum(jnp.where(p > 0, p * (lp - lstar), 0.0), axis=1)
+    rho = normalized_prompt_weights(ev.prompt_weights, m, lp.dtype)
+    return float(world.beta * jnp.dot(rho, kl))
+
+
+def sweet_spot_coincidence(k: int, draws: int, key) -> tuple[float, float]:
+    """How often seed 003's rejected completion is the pool's minimum: ``(fraction, standard error)``.
+
+    Draws ``draws`` pools of ``k`` i.i.d. ``N(0, 1)`` rewards and counts those in which
+    the completion nearest ``mu - 2 sigma`` (the pool's mean and population standard
+    deviation, as :func:`synthetic.designs.sweet_spot` computes them) is the minimum:
+    there ``sweet_spot`` selects the pair ``best_vs_worst`` selects (by symmetry,
+    ``mu + 2 sigma`` is the maximum equally often). For ``k <= 10`` the fraction is
+    exactly 1: if another value ``z2`` were nearer ``-2`` than the minimum ``z1`` of the
+    standardised rewards, ``z1 + z2 < -4`` and Cauchy-Schwarz on the other ``k - 2``
+    (sum ``-(z1 + z2)``, sum of squares ``k - z1^2 - z2^2``) gives ``(z1 + z2)^2 <= 2 (k - 2)``,
+    so ``k > 10``.
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
+        raise ValueError(f"k must be an integer >= 2 (completions per pool), got {k!r}")
+    if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 2:
+        raise ValueError(f"draws must be an integer >= 2, got {draws!r}")
+    r = jax.random.normal(key, (int(draws), int(k)), jnp.result_type(float))
+    mu = jnp.mean(r, axis=1, keepdims=True)
+    sd = jnp.std(r, axis=1, keepdims=True)
+    near = jnp.argmin(jnp.abs(r - (mu - 2.0 * sd)), axis=1)
+    f = int(jnp.sum(near == jnp.argmin(r, axis=1))) / int(draws)
+    return f, math.sqrt(f * (1.0 - f) / draws)
+
+
+def selection_coincidence(a, b) -> float:
+    """Fraction of ``a``'s labelled edges that ``b`` labels too (two one-pair-per-prompt
+    designs' weights ``[E]``: the fraction of prompts on which they pick the same pair)."""
+    sa, sb = np.asarray(a) > 0, np.asarray(b) > 0
+    if not sa.any():
+        raise ValueError("a: the design labels no edge")
+    return float(np.sum(sa & sb) / np.sum(sa))
+
+
+def design_weights(name: str, key, problem, budget: int) -> np.ndarray:
+    """The continuous design ``w`` of a registered design (what the asymptotic prediction is of).
+
+    ``uniform``: :func:`synthetic.uniform_weights`; ``oracle`` and ``plug_in``: the
+    L-optimal design at ``theta*`` and at ``0`` (as the registry solves them, no caps);
+    these skip the rounding to ``budget`` labels, which costs seconds on pools of
+    millions of edges. Any other design: ``run_design(...).weights``.
+    """
+    from synthetic import uniform_weights
+    from synthetic.designs import run_design
+    from theory import optimal_design
+
+    if name == "uniform":
+        return uniform_weights(problem.edges)
+    if name in ("oracle", "plug_in"):
+        theta = problem.theta_star if name == "oracle" else jnp.zeros(problem.dim, problem.edges.diffs.dtype)
+        sol = optimal_design(problem.edges.diffs, theta, problem.curvature(theta), problem.beta, tol=1e-4)
+        return np.asarray(sol.weights)
+    out = run_design(name, key, problem, budget)
+    if out.weights is None:
+        raise ValueError(f"design {name!r} returns no continuous design; allowed: designs with weights")
+    return np.asarray(out.weights)
+
+
+def scaled_world(world, scale: float):
+    """The world with ``theta*`` multiplied by ``scale``: ``contextual_world(theta_scale=s)``
+    from the same key, where ``pi0`` does not track the reward (``ref_reward_correlation = 0``)."""
+    _check_real_positive("scale", scale)
+    return world._replace(theta_star=world.theta_star * float(scale))
+
+
+def _check_real_positive(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def pool_size_item(world, k: int, design: str, budget: int, key, replicates: int = 0, edge_index=None, diffs_max=None,
+                   scales=(1.0,), mc_scale: float = 1.0) -> dict:
+    """One point of Figure 5: pool of the first ``k`` completions, ``design``, ``budget`` labels.
+
+    For each ``s`` in ``scales`` (keys ``<name>@<s>``): the approximation part, the
+    asymptotic estimation part ``theory.asymptotic_gap`` and their sum, in the world
+    whose ``theta*`` is ``s`` times ``world``'s (:func:`scaled_world`). The design is
+    computed once, in ``world``: right for designs that do not read the reward's scale
+    (uniform, plug-in at ``0``, and the reward-rank rules best-vs-worst and seed 003's,
+    whose proxy reward is standardised), not for the oracle (give it ``scales=(1.0,)``).
+
+    With ``replicates > 0``, in the world of scale ``mc_scale``: the Monte-Carlo estimation part (gap
+    of the DPO MLE, or its ridge-path limit, to the pool's own optimum; all replicates),
+    its sum with the approximation part and the fraction of replicates with an MLE. The
+    labelled edges are mapped to the largest pool's edge ids (``edge_index``
+    ``[m, Kmax, Kmax]``, ``diffs_max``) and the gap is taken on :func:`nested_pool`, so
+    every ``k`` shares compiled shapes.
+    """
+    from synthetic.designs import design_problem, run_design
+    from synthetic.monte_carlo import mean_and_ci, replicate_gaps
+    from synthetic.worlds import first_completions
+    from theory import asymptotic_gap
+
+    kmax = int(world.train.features.shape[1])
+    _check_pool_size(k, kmax)
+    for s in (*scales, mc_scale):
+        _check_real_positive("scales", s)
+    wk = world if k == kmax else first_completions(world, k)
+    problem = design_problem(wk)
+    k_design, k_rep = jax.random.split(key)
+    out = run_design(design, k_design, problem, budget) if replicates else None
+    w = design_weights(design, k_design, problem, budget) if out is None or out.weights is None else np.asarray(out.weights)
+    ev = wk.eval
+    row = {}
+    for s in scales:
+        ws = scaled_world(world, s)
+        approx = approximation_part(ws, k)
+        est = float(asymptotic_gap(jnp.asarray(w), ws.theta_star, ev.features, ev.log_ref, problem.edges.diffs, ws.beta, budget,
+                                   ev.prompt_weights))
+        row.update({f"approximation@{s:g}": approx, f"estimation_asymptotic@{s:g}": est, f"total_asymptotic@{s:g}": approx + est})
+    row.update(estimation_mc=math.nan, estimation_mc_se=math.nan, total_mc=math.nan, mle_fraction=math.nan)
+    if replicates:
+        ids = np.asarray(edge_index)[problem.edges.prompt, problem.edges.first, problem.edges.second]
+        e_max = int(diffs_max.shape[0])
+
+        def lift(a):
+            full = np.zeros(e_max)
+            full[ids] = np.asarray(a, np.float64)
+            return full
+
+        pilot = None if out.pilot is None else tuple(lift(a) for a in out.pilot)
+        wm = scaled_world(world, mc_scale)
+        res = replicate_gaps(jax.random.split(k_rep, replicates), wm.theta_star, diffs_max, lift(out.dense_counts(problem.num_edges)),
+                             wm.beta, nested_pool(wm.eval, k), pilot=pilot, chunk_size=min(50, replicates))
+        mean, se, _, _ = mean_and_ci(np.asarray(res.gap))
+        row.update(estimation_mc=mean, estimation_mc_se=se, total_mc=approximation_part(wm, k) + mean,
+                   mle_fraction=float(np.mean(res.mle_exists)))
+    return row
+
+
+_FIG5_COLUMNS = ("panel", "world", "order", "theta_scale", "num_completions", "design", "budget", "replicates", "approximation",
+                 "estimation_asymptotic", "total_asymptotic", "estimation_mc", "estimation_mc_se", "total_mc", "mle_fraction",
+                 "coincidence_gaussian", "coincidence_gaussian_se", "coincidence_world")
+
+
+def _fig5_world(params: dict, order: str = "index"):
+    from synthetic.worlds import contextual_world
+
+    world = contextual_world(jax.random.key(0), **params)
+    return reference_sampled_order(world, jax.random.key(1)) if order == "reference_sampled" else world
+
+
+def _fig5_rows(spec: dict, cache: Path, progress: bool) -> list[dict]:
+    from tqdm.auto import tqdm
+
+    from experiments.cell import float64
+    from synthetic.designs import design_problem
+    from synthetic.worlds import first_completions
+
+    code = sweep.code_version(("experiments.figures",))  # the item functions live here
+    rows = []
+
+    def cached(ident, compute):
+        cid = "fig5_" + hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
+        path = cache / f"{cid}.npz"
+        got = _read_item(path, code)
+        if got is None:
+            got = compute()
+            sweep.write_atomic(path, {k: np.asarray(v) for k, v in got.items()}, {**ident, "code_version": code})
+        return got
+
+    def key_for(*parts):
+        salt = int(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:7], 16)
+        return jax.random.fold_in(jax.random.key(5), salt)
+
+    blank = dict.fromkeys(_FIG5_COLUMNS, "")
+    with float64():
+        # how often sweet_spot's rejected completion is the minimum, in Gaussian pools
+        co = spec["coincidence"]
+        for k in co["pool_sizes"]:
+            ident = {"item": "coincidence", "k": k, "draws": co["draws"]}
+            got = cached(ident, lambda k=k: dict(zip(("fraction", "se"), sweet_spot_coincidence(k, co["draws"], key_for("coincidence", k)))))
+            rows.append({**blank, "panel": "coincidence", "world": "gaussian rewards", "num_completions": k,
+                         "coincidence_gaussian": got["fraction"], "coincidence_gaussian_se": got["se"]})
+        # the two pool-size panels; the second at every reward scale (theta* times the scale)
+        jobs = []
+        for panel, order in (("check", "index"), ("seed003", "reference_sampled")):
+            p = spec[panel]
+            scales = (1.0,) if panel == "check" else tuple(sorted({p["scale"], *p["scales"]}))
+            jobs += [(panel, order, scales, k, d) for k in p["pool_sizes"] for d in p["designs"]]
+        worlds = {}
+
+        def world_of(panel, order):
+            if panel not in worlds:
+                worlds.clear()  # one world at a time (the largest pools hold millions of edges)
+                world = _fig5_world(spec[panel]["world"], order)
+                pm = design_problem(world)
+                worlds[panel] = (world, pm.edge_index(), pm.edges.diffs)
+            return worlds[panel]
+
+        for panel, order, scales, k, d in tqdm(jobs, desc="fig5", unit="item", disable=not progress):
+            p = spec[panel]
+            reps = p["replicates"] if d in p["mc"] else 0
+            mc_scale = p.get("scale", 1.0)
+            ident = {"item": "pool_size", "world": p["world"], "order": order, "scales": scales, "k": k, "design": d,
+                     "budget": p["budget"], "replicates": reps, "mc_scale": mc_scale}
+
+            def compute(panel=panel, order=order, scales=scales, k=k, d=d, reps=reps, mc_scale=mc_scale):
+                world, idx, diffs = world_of(panel, order)
+                return pool_size_item(world, k, d, spec[panel]["budget"], key_for(panel, d, k), reps, idx, diffs, scales, mc_scale)
+
+            got = cached(ident, compute)
+            for s in scales:
+                mc = s == mc_scale
+                rows.append({**blank, "panel": panel, "world": "contextual", "order": order, "theta_scale": s, "num_completions": k,
+                             "design": d, "budget": p["budget"], "replicates": reps if mc else 0,
+                             "approximation": got[f"approximation@{s:g}"], "estimation_asymptotic": got[f"estimation_asymptotic@{s:g}"],
+                             "total_asymptotic": got[f"total_asymptotic@{s:g}"],
+                             **{c: (got[c] if mc else math.nan) for c in ("estimation_mc", "estimation_mc_se", "total_mc", "mle_fraction")}})
+        # in the seed-003 world itself: on how many prompts sweet_spot labels best_vs_worst's pair
+        p = spec["seed003"]
+        kmax = p["world"]["num_completions"]
+        for k in p["pool_sizes"]:
+            ident = {"item": "world_coincidence", "world": p["world"], "k": k, "budget": p["budget"]}
+
+            def compute_world(k=k):
+                world = world_of("seed003", "reference_sampled")[0]
+                problem = design_problem(world if k == kmax else first_completions(world, k))
+                ws = [design_weights(d, key_for("seed003", d, k), problem, p["budget"]) for d in ("sweet_spot", "best_vs_worst")]
+                return {"fraction": selection_coincidence(*ws)}
+
+            got = cached(ident, compute_world)
+            hit = [r for r in rows if r["panel"] == "coincidence" and r["num_completions"] == k]
+            if hit:
+                hit[0]["coincidence_world"] = got["fraction"]
+            else:
+                rows.append({**blank, "panel": "coincidence", "world": "contextual (panel b)", "num_completions": k,
+                             "coincidence_world": got["fraction"]})
+    return rows
 
 
 def figure5(out: Path, results: Path, small: bool, progress: bool = True) -> list[dict]:
     import matplotlib.pyplot as plt
 
     spec = (SMALL if small else FULL)["fig5"]
-    jobs = [["experiment=figure1_contextual", f"design={d}", f"budget={spec['budget']}", f"num_replicates={spec['replicates']}",
-             f"world.params.num_completions={max(spec['pool_sizes'])}", f"+world.keep_completions={k}"]
-            for k in spec["pool_sizes"] for d in POOL_SIZE_DESIGNS]
-    paths = sweep.run_jobs(jobs, results / "figure5_pool_size", progress, desc="fig5")
-    rows = []
-    for path in paths:
-        k = int(sweep.read_cell(path)[1]["world"]["keep_completions"])  # from the record, not the job's text
-        (r,) = sweep.aggregate_files([path])
-        rows.append({"num_completions": k, **r})
+    rows = _fig5_rows(spec, results / "figure5_pool_size", progress)
     paper_style()
-    fig, ax = plt.subplots(figsize=(4.4, 3.0), constrained_layout=True)
-    for design in POOL_SIZE_DESIGNS:
-        rs = sorted((r for r in rows if r["design"] == design), key=lambda r: r["num_completions"])
-        k = [r["num_completions"] for r in rs]
-        color, marker = design_style(design)
-        ax.plot(k, [r["mean_gap"] for r in rs], marker=marker, color=color, label=design_label(design))
-        ax.fill_between(k, [r["ci_low"] for r in rs], [r["ci_high"] for r in rs], color=color, alpha=0.18, lw=0)
-    ax.set_xscale("log", base=2)
+    fig, axes = plt.subplots(2, 2, figsize=(7.4, 6.0), constrained_layout=True)
+
+    def parts_panel(ax, panel, title):
+        p = spec[panel]
+        rs = [r for r in rows if r["panel"] == panel and r["theta_scale"] == p.get("scale", 1.0)]
+        ks = p["pool_sizes"]
+        approx = [next(r["approximation"] for r in rs if r["num_completions"] == k) for k in ks]
+        ax.plot(ks, approx, "-", color="0.55", lw=2.2, label="approximation part (0 at $K_{max}$)")
+        for d in p["designs"]:
+            dr = sorted((r for r in rs if r["design"] == d), key=lambda r: r["num_completions"])
+            color, marker = design_style(d)
+            k = [r["num_completions"] for r in dr]
+            ax.plot(k, [r["total_asymptotic"] for r in dr], "-", color=color, lw=0.9, marker=marker, ms=3,
+                    label=f"{design_label(d)}: total")
+            ax.plot(k, [r["estimation_asymptotic"] for r in dr], "--", color=color, lw=0.8)
+            mc = [r for r in dr if np.isfinite(r["estimation_mc"])]
+            if mc:
+                ax.errorbar([r["num_completions"] for r in mc], [r["estimation_mc"] for r in mc],
+                            yerr=[1.96 * r["estimation_mc_se"] for r in mc], fmt=marker, color=color, mfc="none", ms=4, lw=0.7)
+        ax.set_xscale("log")
+        ax.set_yscale("symlog", linthresh=1e-4, linscale=0.3)  # the approximation part is 0 at K_max
+        ax.set_ylim(0.0, None)
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.minorticks_off()
+        ax.set_xlabel("completions per prompt $K$ (nested pools)")
+        ax.set_ylabel(r"$G_{K_{max}}(\hat\pi_K)$ and its parts (nats)")
+        ax.set_title(title, fontsize=7)
+        ax.grid(True, which="major", alpha=0.3, lw=0.4)
+
+    c, s = spec["check"], spec["seed003"]
+    parts_panel(axes[0, 0], "check", f"(a) contextual, $d = 15$, $K_{{max}} = {max(c['pool_sizes'])}$, index order, $n = {c['budget']:,}$")
+    parts_panel(axes[0, 1], "seed003", f"(b) contextual, $d = 8$, $K_{{max}} = {max(s['pool_sizes'])}$, "
+                                       f"$\\pi_0$-sampled order, $n = {s['budget']:,}$, theta_scale {s['scale']:g}")
+    co = {r["num_completions"]: r for r in rows if r["panel"] == "coincidence"}
+    txt = "sweet_spot = best_vs_worst pair: " + ", ".join(
+        f"$K$={k}: {100 * co[k]['coincidence_world']:.0f}%" for k in s["pool_sizes"] if k in co and co[k]["coincidence_world"] != "")
+    axes[0, 1].text(0.02, 0.02, txt, transform=axes[0, 1].transAxes, fontsize=5, color="0.25", va="bottom").set_in_layout(False)
+    handles = [plt.Line2D([], [], color="0.55", lw=2.2, label="approximation part"),
+               plt.Line2D([], [], color="k", lw=0.9, label="total (asymptotic estimation)"),
+               plt.Line2D([], [], color="k", lw=0.8, ls="--", label=r"estimation part $\frac{\beta}{2n}\Phi_K$"),
+               plt.Line2D([], [], color="k", marker="o", mfc="none", ls="none", ms=4, label="estimation part, Monte Carlo (95%)")]
+    for d in POOL_SIZE_DESIGNS:
+        color, marker = design_style(d)
+        handles.append(plt.Line2D([], [], color=color, marker=marker, ms=4, lw=0.9, label=design_label(d)))
+    fig.legend(handles=handles, frameon=False, fontsize=6, loc="outside lower center", ncol=6)
+
+    # (c) best-vs-worst's estimation part against K, relative to the smallest pool, per reward scale
+    ax = axes[1, 0]
+    scales = sorted({s["scale"], *s["scales"]})
+    cmap = plt.get_cmap("viridis")
+    for i, sc in enumerate(scales):
+        dr = sorted((r for r in rows if r["panel"] == "seed003" and r["theta_scale"] == sc and r["design"] == "best_vs_worst"),
+                    key=lambda r: r["num_completions"])
+        base = dr[0]["estimation_asymptotic"]
+        ax.plot([r["num_completions"] for r in dr], [r["estimation_asymptotic"] / base for r in dr], "-o", ms=3,
+                color=cmap(i / max(1, len(scales) - 1)), label=f"theta_scale {sc:g}")
+    ax.axhline(1.0, color="0.5", lw=0.5)
+    ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xticks(spec["pool_sizes"], [str(k) for k in spec["pool_sizes"]])
+    ax.set_xticks(s["pool_sizes"], [str(k) for k in s["pool_sizes"]])
+    ax.minorticks_off()
     ax.set_xlabel("completions per prompt $K$")
-    ax.set_ylabel(f"gap at $n = {spec['budget']:,}$ labels (nats)")
-    ax.set_title("pool size, linear contextual world (nested pools)")
+    log_ticks(ax.yaxis)
+    ax.set_ylabel(f"best-vs-worst estimation part / at $K = {s['pool_sizes'][0]}$")
+    ax.set_title("(c) max-vs-min pairs as the pool grows (asymptotic, world of (b))", fontsize=7)
     ax.grid(True, which="major", alpha=0.3, lw=0.4)
-    ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.legend(frameon=False, fontsize=5.5)
+
+    # (d) each design's estimation part over best-vs-worst's at the largest pool, against the reward scale
+    ax = axes[1, 1]
+    kmax = max(s["pool_sizes"])
+    for d in s["designs"]:
+        if d == "best_vs_worst":
+            continue
+        ratio = []
+        for sc in scales:
+            get = {r["design"]: r["estimation_asymptotic"] for r in rows
+                   if r["panel"] == "seed003" and r["theta_scale"] == sc and r["num_completions"] == kmax}
+            ratio.append(get[d] / get["best_vs_worst"])
+        color, marker = design_style(d)
+        ax.plot(scales, ratio, "-", marker=marker, color=color, ms=3.5, label=design_label(d))
+    ax.axhline(1.0, color="0.5", lw=0.6, ls="--")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xticks(scales, [f"{x:g}" for x in scales])
+    ax.minorticks_off()
+    ax.set_xlabel("reward scale theta_scale (within-prompt reward sd, logits)")
+    log_ticks(ax.yaxis)
+    ax.set_ylabel(f"estimation part / best-vs-worst's ($K = {kmax}$)")
+    ax.set_title("(d) below 1: better than max-vs-min (asymptotic)", fontsize=7)
+    ax.grid(True, which="major", alpha=0.3, lw=0.4)
+    ax.legend(frameon=False, fontsize=5.5)
     write_csv(rows, out / "fig5_pool_size.csv")
     save_figure(fig, out / "fig5_pool_size")
     return rows
