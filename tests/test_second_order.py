@@ -133,6 +133,17 @@ def test_c2_contractions_match_dense_tensor_formula(lam):
     np.testing.assert_allclose(parts, float(so.c2), rtol=1e-12)
 
 
+def test_plain_c2_is_invariant_under_reparametrisation():
+    """phi -> A phi, theta -> A^-T theta leaves every policy and label law unchanged, so
+    (beta/2) Phi and c2 of plain DPO must not move (MAP's ridge is not invariant)."""
+    w, ts, f, lr, z, beta, rho = _small_world(seed=2)
+    a = jnp.asarray(np.random.default_rng(9).normal(size=(4, 4))) + 2 * jnp.eye(4)
+    so = second_order_coefficients(w, ts, f, lr, z, beta, rho)
+    so2 = second_order_coefficients(w, jnp.linalg.solve(a.T, ts), f @ a.T, lr, z @ a.T, beta, rho)
+    np.testing.assert_allclose(float(so2.first), float(so.first), rtol=1e-8)
+    np.testing.assert_allclose(float(so2.c2), float(so.c2), rtol=1e-7)
+
+
 # ------------------------------------------------------ (2) exact enumeration oracle
 
 
