@@ -162,8 +162,12 @@ def jobs(small: bool = False, panels=("hh_like", "imdb_like")) -> dict:
     return out
 
 
-def compute(results_dir, small: bool = False, progress: bool = True) -> list[dict]:
+def compute(results_dir, small: bool = False, progress: bool = True, reuse_stale_records: bool = False) -> list[dict]:
     """Run (or reuse) every cell and pool them: one row per (panel, design, budget).
+
+    ``reuse_stale_records``: keep records made by other code than the current one
+    (the sweep's ``reuse_stale_records=true``) instead of recomputing them; the
+    ``code_versions`` column names the code versions of the pooled records.
 
     Columns: the pooled MAP gap (``mean_gap``, ``se``, ``ci_*``, ``se_within``), the plain
     MLE's (``mle_mean_gap``, ``mle_se``, ``mle_fraction``: replicates whose MLE exists),
@@ -174,11 +178,14 @@ def compute(results_dir, small: bool = False, progress: bool = True) -> list[dic
 
     rows = []
     for panel, p in jobs(small).items():
-        paths = sweep.run_jobs([j for _, j in p["jobs"]], Path(results_dir) / panel, progress, desc=panel)
+        stale = ["reuse_stale_records=true"] if reuse_stale_records else []
+        paths = sweep.run_jobs([[*j, *stale] for _, j in p["jobs"]], Path(results_dir) / panel, progress, desc=panel)
         cells: dict = {}
+        versions: dict = {}
         for (label, _), path in zip(p["jobs"], paths):
             cols, meta = sweep.read_cell(path)
             cells.setdefault((label, meta["budget"], meta["estimator"]["name"]), []).append((meta["seed"], cols))
+            versions.setdefault((label, meta["budget"]), set()).add(meta["code_version"])
         g0 = reference_gap(sweep.compose_job([f"experiment={p['experiment']}", *p["world_overrides"]]))
         nan = {"mean": np.nan, "se": np.nan, "ci_low": np.nan, "ci_high": np.nan}
         for label in (HH_DESIGNS if panel == "hh_like" else IMDB_DESIGNS):
@@ -200,6 +207,7 @@ def compute(results_dir, small: bool = False, progress: bool = True) -> list[dic
                     "mle_fraction": float(np.mean(np.concatenate([c["mle_exists"] for _, c in cs]))),
                     "map_valid_fraction": float(np.mean(np.concatenate([c["valid"] for _, c in cs]))),
                     "reference_gap": g0, "ratio_to_uniform": np.nan,
+                    "code_versions": " ".join(sorted(versions[(label, n)])),
                 })
     for r in rows:
         base = next(b for b in rows if b["panel"] == r["panel"] and b["design"] == "uniform" and b["budget"] == r["budget"])
@@ -219,16 +227,16 @@ def plot_practical(rows):
     """
     import matplotlib.pyplot as plt
 
-    from experiments.plotting import design_style, paper_style
+    from experiments.plotting import design_style, log_ticks, paper_style
 
     paper_style()
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(7.4, 3.1), constrained_layout=True, gridspec_kw={"width_ratios": [1.25, 1]})
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(7.4, 3.6), constrained_layout=True, gridspec_kw={"width_ratios": [1.25, 1]})
     hh = [r for r in rows if r["panel"] == "hh_like"]
     im = [r for r in rows if r["panel"] == "imdb_like"]
     if hh:
         designs = list(dict.fromkeys(r["design"] for r in hh))
         fracs = sorted({r["budget_fraction"] for r in hh})
-        width = 0.05 * (len(designs) > 1)
+        width = 0.035 * (len(designs) > 1)
         for i, name in enumerate(designs):
             rs = sorted((r for r in hh if r["design"] == name), key=lambda r: r["budget"])
             color, marker = design_style(rs[0]["registered_design"])
@@ -237,7 +245,8 @@ def plot_practical(rows):
             y = np.array([r["mean_gap"] for r in rs])
             err = np.array([[r["mean_gap"] - r["ci_low"] for r in rs], [r["ci_high"] - r["mean_gap"] for r in rs]])
             ls = ":" if name == "oracle" else "-"
-            ax.errorbar(x, y, yerr=err, marker=marker, color=color, ls=ls, ms=3.5, lw=1.1, capsize=1.5, label=name)
+            label = f"{name} (one pair a prompt, repeated)" if rs[0]["registered_design"] == "best_vs_worst" else name
+            ax.errorbar(x, y, yerr=err, marker=marker, color=color, ls=ls, ms=3.5, lw=1.1, capsize=1.5, label=label)
             top = rs[-1]
             ax.errorbar([x[-1] * 1.08], [top["mle_mean_gap"]], yerr=[[top["mle_mean_gap"] - top["mle_ci_low"]], [top["mle_ci_high"] - top["mle_mean_gap"]]],
                         marker=marker, color=color, mfc="none", ls="none", ms=3.5, lw=0.6, capsize=1)
@@ -253,7 +262,7 @@ def plot_practical(rows):
         ax.set_ylabel("gap (nats), MAP DPO")
         ax.set_title(f"(a) HH-like: {hh[0]['num_prompts']} prompts x 16 completions, d = {hh[0]['dim']}", fontsize=7.5)
         ax.grid(True, which="major", alpha=0.3, lw=0.4)
-        ax.legend(frameon=False, fontsize=5.5, loc="lower left", ncol=2)
+        ax.legend(frameon=False, fontsize=5.5, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=3)
     if im:
         rs = sorted(im, key=lambda r: r["mean_gap"])
         y = np.arange(len(rs))[::-1]
@@ -268,6 +277,7 @@ def plot_practical(rows):
         bx.annotate(rf"$\pi_0$: {g0:.3g}", (g0, 1.0), xycoords=("data", "axes fraction"), ha="right", va="top", fontsize=5.5, color="0.3", rotation=90)
         bx.set_yticks(y, [r["design"] for r in rs])
         bx.set_xscale("log")
+        log_ticks(bx.xaxis)
         bx.set_xlabel(f"gap (nats): MAP filled, plain MLE open; n = {rs[0]['budget']}")
         bx.set_title(f"(b) IMDb-like: {im[0]['num_prompts']:,} prompts x 8 completions, E = {im[0]['num_edges']:,}", fontsize=7.5)
         bx.grid(True, axis="x", which="major", alpha=0.3, lw=0.4)
@@ -286,6 +296,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--results", default="results/practical", help="where the cell records go (reused by reruns)")
     ap.add_argument("--small", action="store_true", help="small pools, few replicates (a smoke run)")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--reuse-stale-records", action="store_true",
+                    help="keep records made by other code versions (named in the CSV's code_versions) instead of recomputing them")
     args = ap.parse_args(argv)
     import matplotlib
 
@@ -294,7 +306,7 @@ def main(argv=None) -> list[dict]:
 
     results = Path(args.results) / ("small" if args.small else "")
     t0 = time.time()
-    rows = compute(results, args.small, progress=not args.no_progress)
+    rows = compute(results, args.small, progress=not args.no_progress, reuse_stale_records=args.reuse_stale_records)
     out = Path(args.out) / "fig6_practical_regimes"
     write_csv(rows, out.with_suffix(".csv"))
     save_figure(plot_practical(rows), out)

@@ -70,6 +70,7 @@ def test_every_hh_design_labels_n_equal_half_of_e_comparisons_each_at_most_once(
                 assert counts.max() == 1 and np.count_nonzero(counts) == n, label
 
 
+@pytest.mark.slow
 def test_imdb_like_selection_picks_175_prompts_with_one_pair_each():
     cfg = sweep.compose_job(["experiment=imdb_like"])
     assert cfg.budget == 175 and cfg.world.params.num_train_prompts == 1000 and cfg.world.params.num_completions == 8
@@ -141,7 +142,7 @@ def test_small_path_writes_the_figure_and_csv_that_the_records_reproduce(tmp_pat
         for row in (r for r in rows if r["panel"] == panel):
             design, extra = (practical.HH_DESIGNS if panel == "hh_like" else practical.IMDB_DESIGNS)[row["design"]]
             at = next((x.split("=")[1] for x in extra if x.startswith("design.params.at=")), None)
-            if at is None and design in ("prompt_selection", "adpo_greedy"):
+            if at is None and design == "prompt_selection":
                 at = "reference"
             for est, key in (("map", "mean_gap"), ("newton", "mle_mean_gap")):
                 mine = cells[(design, at, row["budget"], est)]
