@@ -55,12 +55,18 @@ each round is one compiled, ``vmap``-ed fit and, for ADPO+ and uncertainty, one
 compiled, ``vmap``-ed selection over ``[R, E]``; the sequential plug-in solves its
 design on the host for each replicate (warm-started from the previous round's
 design).
+
+Judge them by their Monte-Carlo gap, not by the criterion ``Phi`` of the allocation
+they end with: their selections depend on the labels' noise, and on the design
+table's contextual world the same allocations labelled afresh gave ADPO+ gaps near
+``(beta / 2n) Phi``, while its own labels gave gaps about three times larger (an
+estimate that is wrong early steers the rounds away from the edges that would correct
+it). ``python -m experiments.adaptive_table`` measures the gap.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
