@@ -605,7 +605,7 @@ def _check_real_positive(name, value):
 
 
 def pool_size_item(world, k: int, design: str, budget: int, key, replicates: int = 0, edge_index=None, diffs_max=None,
-                   scales=(1.0,), mc_scale: float = 1.0) -> dict:
+                   scales=(1.0,), mc_scale: float = 1.0, cut=None) -> dict:
     """One point of Figure 5: pool of the first ``k`` completions, ``design``, ``budget`` labels.
 
     For each ``s`` in ``scales`` (keys ``<name>@<s>``): the approximation part, the
@@ -620,7 +620,8 @@ def pool_size_item(world, k: int, design: str, budget: int, key, replicates: int
     its sum with the approximation part and the fraction of replicates with an MLE. The
     labelled edges are mapped to the largest pool's edge ids (``edge_index``
     ``[m, Kmax, Kmax]``, ``diffs_max``) and the gap is taken on :func:`nested_pool`, so
-    every ``k`` shares compiled shapes.
+    every ``k`` shares compiled shapes. ``cut``: ``(first_completions(world, k),
+    its design problem)`` if already built (pools of millions of edges take seconds).
     """
     from synthetic.designs import design_problem, run_design
     from synthetic.monte_carlo import mean_and_ci, replicate_gaps
@@ -631,8 +632,10 @@ def pool_size_item(world, k: int, design: str, budget: int, key, replicates: int
     _check_pool_size(k, kmax)
     for s in (*scales, mc_scale):
         _check_real_positive("scales", s)
-    wk = world if k == kmax else first_completions(world, k)
-    problem = design_problem(wk)
+    if cut is None:
+        wk = world if k == kmax else first_completions(world, k)
+        cut = (wk, design_problem(wk))
+    wk, problem = cut
     k_design, k_rep = jax.random.split(key)
     out = run_design(design, k_design, problem, budget) if replicates else None
     w = design_weights(design, k_design, problem, budget) if out is None or out.weights is None else np.asarray(out.weights)
@@ -714,15 +717,39 @@ def _fig5_rows(spec: dict, cache: Path, progress: bool) -> list[dict]:
             p = spec[panel]
             scales = (1.0,) if panel == "check" else tuple(sorted({p["scale"], *p["scales"]}))
             jobs += [(panel, order, scales, k, d) for k in p["pool_sizes"] for d in p["designs"]]
-        worlds = {}
+        worlds, cuts = {}, {}
 
         def world_of(panel, order):
             if panel not in worlds:
                 worlds.clear()  # one world at a time (the largest pools hold millions of edges)
                 world = _fig5_world(spec[panel]["world"], order)
                 pm = design_problem(world)
-                worlds[panel] = (world, pm.edge_index(), pm.edges.diffs)
+                worlds[panel] = (world, pm.edge_index(), pm.edges.diffs, pm)
             return worlds[panel]
+
+        def cut_of(panel, order, k):
+            """``(first_completions(world, k), its design problem)``, kept for one ``(panel, k)`` at a time."""
+            if (panel, k) not in cuts:
+                cuts.clear()
+                world, _, _, pm = world_of(panel, order)
+                kmax = spec[panel]["world"]["num_completions"]
+                wk = world if k == kmax else first_completions(world, k)
+                cuts[(panel, k)] = (wk, pm if k == kmax else design_problem(wk))
+            return cuts[(panel, k)]
+
+        world_coincidence = {}
+
+        def coincidence_in_world(k):
+            """On how many prompts of the seed-003 world sweet_spot labels best_vs_worst's pair."""
+            p = spec["seed003"]
+            ident = {"item": "world_coincidence", "world": p["world"], "k": k, "budget": p["budget"]}
+
+            def compute_world():
+                problem = cut_of("seed003", "reference_sampled", k)[1]
+                ws = [design_weights(d, key_for("seed003", d, k), problem, p["budget"]) for d in ("sweet_spot", "best_vs_worst")]
+                return {"fraction": selection_coincidence(*ws)}
+
+            return cached(ident, compute_world)["fraction"]
 
         for panel, order, scales, k, d in tqdm(jobs, desc="fig5", unit="item", disable=not progress):
             p = spec[panel]
@@ -732,10 +759,13 @@ def _fig5_rows(spec: dict, cache: Path, progress: bool) -> list[dict]:
                      "budget": p["budget"], "replicates": reps, "mc_scale": mc_scale}
 
             def compute(panel=panel, order=order, scales=scales, k=k, d=d, reps=reps, mc_scale=mc_scale):
-                world, idx, diffs = world_of(panel, order)
-                return pool_size_item(world, k, d, spec[panel]["budget"], key_for(panel, d, k), reps, idx, diffs, scales, mc_scale)
+                world, idx, diffs, _ = world_of(panel, order)
+                return pool_size_item(world, k, d, spec[panel]["budget"], key_for(panel, d, k), reps, idx, diffs, scales, mc_scale,
+                                      cut_of(panel, order, k))
 
             got = cached(ident, compute)
+            if panel == "seed003" and d == p["designs"][-1]:
+                world_coincidence[k] = coincidence_in_world(k)  # while this pool's problem is built
             for s in scales:
                 mc = s == mc_scale
                 rows.append({**blank, "panel": panel, "world": "contextual", "order": order, "theta_scale": s, "num_completions": k,
@@ -743,25 +773,13 @@ def _fig5_rows(spec: dict, cache: Path, progress: bool) -> list[dict]:
                              "approximation": got[f"approximation@{s:g}"], "estimation_asymptotic": got[f"estimation_asymptotic@{s:g}"],
                              "total_asymptotic": got[f"total_asymptotic@{s:g}"],
                              **{c: (got[c] if mc else math.nan) for c in ("estimation_mc", "estimation_mc_se", "total_mc", "mle_fraction")}})
-        # in the seed-003 world itself: on how many prompts sweet_spot labels best_vs_worst's pair
-        p = spec["seed003"]
-        kmax = p["world"]["num_completions"]
-        for k in p["pool_sizes"]:
-            ident = {"item": "world_coincidence", "world": p["world"], "k": k, "budget": p["budget"]}
-
-            def compute_world(k=k):
-                world = world_of("seed003", "reference_sampled")[0]
-                problem = design_problem(world if k == kmax else first_completions(world, k))
-                ws = [design_weights(d, key_for("seed003", d, k), problem, p["budget"]) for d in ("sweet_spot", "best_vs_worst")]
-                return {"fraction": selection_coincidence(*ws)}
-
-            got = cached(ident, compute_world)
+        for k, frac in world_coincidence.items():
             hit = [r for r in rows if r["panel"] == "coincidence" and r["num_completions"] == k]
             if hit:
-                hit[0]["coincidence_world"] = got["fraction"]
+                hit[0]["coincidence_world"] = frac
             else:
                 rows.append({**blank, "panel": "coincidence", "world": "contextual (panel b)", "num_completions": k,
-                             "coincidence_world": got["fraction"]})
+                             "coincidence_world": frac})
     return rows
 
 
