@@ -360,6 +360,12 @@ BAD_VALUES = {
     "at": "elsewhere",
     "chosen": "median",
     "rejected": "median",
+    "round_size": 0,
+    "first_round": 0,
+    "refit": "adam",
+    "over_generate_factor": 0,
+    "candidates": "random",
+    "allocation": "greedy",
 }
 
 
