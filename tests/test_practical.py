@@ -13,7 +13,7 @@ import pytest
 from experiments import practical, sweep
 from experiments.cell import float64
 from experiments.worlds import make_world
-from synthetic.designs import design_problem, run_design
+from synthetic.designs import DESIGNS, design_problem, run_design
 
 
 def _design_of(job):
@@ -141,9 +141,7 @@ def test_small_path_writes_the_figure_and_csv_that_the_records_reproduce(tmp_pat
             cells.setdefault(key, []).append(summary)
         for row in (r for r in rows if r["panel"] == panel):
             design, extra = (practical.HH_DESIGNS if panel == "hh_like" else practical.IMDB_DESIGNS)[row["design"]]
-            at = next((x.split("=")[1] for x in extra if x.startswith("design.params.at=")), None)
-            if at is None and design == "prompt_selection":
-                at = "reference"
+            at = next((x.split("=")[1] for x in extra if x.startswith("design.params.at=")), DESIGNS[design].params.get("at"))
             for est, key in (("map", "mean_gap"), ("newton", "mle_mean_gap")):
                 mine = cells[(design, at, row["budget"], est)]
                 assert len(mine) == spec["seeds"], (panel, row["design"], est)
