@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -53,8 +55,10 @@ from theory import policy_curvature
 # %% [markdown]
 # ## 1-2. Write and register the design
 #
-# `problem` carries the candidate edges, the training pool and the target pool; the
-# design must not look at `problem.theta_star` unless it is an oracle. Here the weight
+# `problem` carries the candidate edges, the training pool and the target pool. The
+# simulated truth (`problem.theta_star`, `problem.label`) is handed only to designs
+# registered with `needs_truth=True` (oracles, designs that buy pilot labels); any
+# other design that reads it stops with a `TruthHiddenError`. Here the weight
 # of edge `e` is `s'(0) z_e^T I(0)^+ z_e`: large for pairs that differ along
 # directions where the reference policy has little curvature.
 

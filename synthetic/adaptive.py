@@ -392,7 +392,7 @@ def _output(counts, wins, info, i, budget):
 def _register(name, rule, summary, source, checks):
     def deco(fn):
         ADAPTIVE_RULES[name] = rule
-        return register_design(name, summary=summary, source=source, checks={**_COMMON_CHECKS, **checks}, adaptive=True)(fn)
+        return register_design(name, summary=summary, source=source, checks={**_COMMON_CHECKS, **checks}, adaptive=True, needs_truth=True)(fn)
 
     return deco
 

@@ -33,9 +33,12 @@ budget is below the rank of the curvature, where no allocation has a finite crit
 What a design may read. ``problem.edges`` and ``problem.pool`` (the candidate
 comparisons and their completions, as a practitioner has them), ``problem.target``
 (the pool on which the gap is measured, for the curvature) and ``problem.beta``.
-``problem.theta_star`` is the simulation's truth: only the oracle design, the noisy
-reward-model proxy (whose correlation with the true reward is a parameter) and
-:meth:`DesignProblem.label` (the simulated annotator, for pilot labels) read it.
+``problem.annotator`` (``theta_star`` and :meth:`DesignProblem.label`) is the
+simulation's truth. :func:`run_design` hands it only to designs registered with
+``needs_truth`` (the oracle, designs that buy pilot labels, the noisy reward-model
+proxy whose correlation with the true reward is a parameter, adaptive designs); the
+others run on ``problem.without_truth()``, where reading it raises
+:class:`TruthHiddenError`.
 
 Pilot labels. Adaptive designs (two-stage, pilot reward models, pilot uncertainty)
 spend part of the budget on labels they observe; ``DesignOutput.pilot`` holds those
@@ -52,7 +55,7 @@ import functools
 import inspect
 import math
 import warnings
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -70,6 +73,8 @@ from theory.information import rank_threshold
 from theory.policy import policy_curvature
 
 __all__ = [
+    "Annotator",
+    "TruthHiddenError",
     "DesignProblem",
     "DesignOutput",
     "DesignSpec",
@@ -91,14 +96,55 @@ __all__ = [
 # ------------------------------------------------------------------------- problem
 
 
+class TruthHiddenError(RuntimeError):
+    """A design read the simulated truth without being registered as needing it."""
+
+
+class Annotator(NamedTuple):
+    """The simulated annotator: the true parameter and Bradley-Terry labels on the candidate edges.
+
+    :func:`run_design` hands it only to designs registered as reading the truth
+    (``register_design(..., needs_truth=...)``); every other design sees
+    ``problem.annotator = None``.
+    """
+
+    theta_star: jax.Array
+    diffs: jax.Array  # [E, d] the candidate edges' feature differences
+    beta: float
+
+    def label(self, key, counts) -> np.ndarray:
+        """Bradley-Terry wins ``[E]`` for ``counts`` ``[E]`` labels per edge."""
+        c = jnp.asarray(counts, dtype=self.diffs.dtype)
+        return np.asarray(simulate_wins(key, self.theta_star, self.diffs, c, self.beta)).astype(np.int64)
+
+
 class DesignProblem(NamedTuple):
-    """Everything a design may use (see the module docstring for what reads what)."""
+    """Everything a design may use (see the module docstring for what reads what).
+
+    ``annotator`` is the simulation's truth; :func:`run_design` replaces it by ``None``
+    for designs not registered as needing it, so that reading ``theta_star`` or calling
+    ``label`` there is an error, not a silent use of the truth.
+    """
 
     edges: Edges
     pool: Pool
     target: Pool
     beta: float
-    theta_star: jax.Array
+    annotator: Optional[Annotator] = None
+
+    def _truth(self) -> Annotator:
+        if self.annotator is None:
+            raise TruthHiddenError(
+                "this design read the simulated truth (problem.theta_star or problem.label) but was not handed the "
+                "annotator: register it with register_design(..., needs_truth=True), or a function of its parameters "
+                "saying when it needs it"
+            )
+        return self.annotator
+
+    @property
+    def theta_star(self) -> jax.Array:
+        """The true parameter (only for designs registered as needing the truth)."""
+        return self._truth().theta_star
 
     @property
     def num_edges(self) -> int:
@@ -115,8 +161,10 @@ class DesignProblem(NamedTuple):
 
     def label(self, key, counts) -> np.ndarray:
         """Simulated annotator: Bradley-Terry wins ``[E]`` for ``counts`` ``[E]`` labels per edge."""
-        c = jnp.asarray(counts, dtype=self.edges.diffs.dtype)
-        return np.asarray(simulate_wins(key, self.theta_star, self.edges.diffs, c, self.beta)).astype(np.int64)
+        return self._truth().label(key, counts)
+
+    def without_truth(self) -> "DesignProblem":
+        return self._replace(annotator=None)
 
     def edge_index(self) -> np.ndarray:
         """``[m, K, K]`` map from ``(prompt, i, j)`` to the edge id (``-1`` where none)."""
@@ -132,7 +180,8 @@ class DesignProblem(NamedTuple):
 def design_problem(world: World) -> DesignProblem:
     """Candidate edges are all within-prompt pairs of the world's training pool."""
     edges = enumerate_edges(world.train.features, world.train.log_ref)
-    return DesignProblem(edges, world.train, world.eval, float(world.beta), world.theta_star)
+    beta = float(world.beta)
+    return DesignProblem(edges, world.train, world.eval, beta, Annotator(world.theta_star, edges.diffs, beta))
 
 
 class DesignOutput(NamedTuple):
@@ -233,6 +282,11 @@ PARAM_CHECKS: dict[str, Callable] = {
 # ------------------------------------------------------------------------ registry
 
 
+def _at_truth_or_pilot(params: dict) -> bool:
+    """Designs evaluated ``at`` the truth, or at a pilot estimate (labels bought from the annotator)."""
+    return params.get("at") in ("truth", "pilot")
+
+
 @dataclasses.dataclass(frozen=True)
 class DesignSpec:
     name: str
@@ -244,20 +298,35 @@ class DesignSpec:
     # its selections depend on the labels it buys: an evaluation runs it once per
     # replicate and trains on exactly its labels (synthetic.adaptive.run_adaptive)
     adaptive: bool = False
+    # reads the simulated truth (theta* or the annotator's labels): a bool, or a
+    # function of the parameters (completed with their defaults)
+    needs_truth: Union[bool, Callable[[dict], bool]] = False
 
     def __call__(self, key, problem, budget, **params):
         return self.fn(key, problem, budget, **params)
+
+    def reads_truth(self, params: dict) -> bool:
+        """Whether the design, run with ``params``, is handed the annotator."""
+        if callable(self.needs_truth):
+            return bool(self.needs_truth({**self.params, **params}))
+        return bool(self.needs_truth)
 
 
 DESIGNS: dict[str, DesignSpec] = {}
 
 
 def register_design(name: str, *, summary: str, source: str, replace: bool = False, checks: Optional[dict] = None,
-                    adaptive: bool = False):
+                    adaptive: bool = False, needs_truth: Union[bool, Callable[[dict], bool]] = False):
     """Decorator registering ``fn(key, problem, budget, **params)`` under ``name``.
 
     ``adaptive=True`` flags a design whose selections depend on the labels it buys
     (:mod:`synthetic.adaptive`): an evaluation runs it once per replicate.
+
+    ``needs_truth``: whether the design reads the simulation's truth
+    (``problem.theta_star``, ``problem.label``, a reward-model proxy); a bool or a
+    function of its parameters (with defaults filled in). Designs without it are run on
+    ``problem.without_truth()``: reading the truth there raises
+    :class:`TruthHiddenError`.
 
     ``checks`` maps parameter names to ``check(name, value)`` functions that raise
     ``ValueError``; parameters without one use :data:`PARAM_CHECKS` by name (a
@@ -276,7 +345,10 @@ def register_design(name: str, *, summary: str, source: str, replace: bool = Fal
         if extra:
             raise ValueError(f"design {name!r}: checks for parameter(s) {extra} it does not take")
         own = {p: (checks or {}).get(p, PARAM_CHECKS.get(p)) for p in params}
-        DESIGNS[name] = DesignSpec(name, fn, summary, source, params, {p: c for p, c in own.items() if c is not None}, bool(adaptive))
+        if not (isinstance(needs_truth, bool) or callable(needs_truth)):
+            raise ValueError(f"design {name!r}: needs_truth must be a bool or a function of the parameters, got {needs_truth!r}")
+        DESIGNS[name] = DesignSpec(name, fn, summary, source, params, {p: c for p, c in own.items() if c is not None},
+                                   bool(adaptive), needs_truth)
         return fn
 
     return deco
@@ -350,12 +422,15 @@ def run_design(name: str, key, problem: DesignProblem, budget: int, **params) ->
     Before the design runs (before any pilot label): :func:`check_design_budget`
     (parameters, ``budget > max_labels_per_edge * E``, a
     :class:`~synthetic.rounding.CoverageWarning` when the budget is below the rank of
-    ``I``). After: exactly ``budget`` labels on valid edges, at most
+    ``I``). The design sees the annotator only if it is registered as needing the truth
+    (``needs_truth``). After: exactly ``budget`` labels on valid edges, at most
     ``max_labels_per_edge`` on each.
     """
     spec = get_design(name)
     budget = check_design_budget(name, problem, budget, **params)
     cap = check_max_labels_per_edge(params.get("max_labels_per_edge", spec.params.get("max_labels_per_edge")))
+    if not spec.reads_truth(params):
+        problem = problem.without_truth()
     out = spec.fn(key, problem, int(budget), **params)
     if not isinstance(out, DesignOutput):
         raise TypeError(f"design {name!r} must return a DesignOutput, got {type(out).__name__}")
@@ -638,6 +713,7 @@ def _optimal(key, problem, budget, criterion, at, rounding, ridge, tol, pilot_fr
 
 @register_design(
     "oracle",
+    needs_truth=True,
     summary="L-optimal design D*(theta*) at the true parameter: the unattainable benchmark.",
     source="Which Pairs to Compare (arXiv 2606.19607), the design minimising tr(I Sigma^+)",
 )
@@ -656,6 +732,7 @@ def plug_in(key, problem, budget, rounding="auto", ridge=0.0, tol=1e-4, max_labe
 
 @register_design(
     "two_stage",
+    needs_truth=True,
     summary="Pilot fraction labelled uniformly, DPO fit, the rest L-optimal at the pilot estimate.",
     source="Which Pairs to Compare (arXiv 2606.19607), adaptive two-stage design",
 )
@@ -665,6 +742,7 @@ def two_stage(key, problem, budget, pilot_fraction=0.2, pilot_ridge=1e-3, roundi
 
 @register_design(
     "d_optimal",
+    needs_truth=_at_truth_or_pilot,
     summary="D-optimal design (maximise log det Sigma on the identifiable subspace).",
     source="Kiefer and Wolfowitz (1960); classical optimal design",
 )
@@ -674,6 +752,7 @@ def d_optimal(key, problem, budget, at="reference", rounding="auto", ridge=0.0, 
 
 @register_design(
     "a_optimal",
+    needs_truth=_at_truth_or_pilot,
     summary="A-optimal design (minimise tr Sigma^+): parameter error, not policy gap.",
     source="classical optimal design (Pukelsheim, Optimal Design of Experiments, ch. 6)",
 )
@@ -735,6 +814,7 @@ def _check_positive(name, value):
 
 @register_design(
     "adpo_greedy",
+    needs_truth=_at_truth_or_pilot,
     summary="Greedy offline D-optimal: take the edge maximising v^T H^-1 v, v = beta sqrt(mu(1-mu)) z; each once.",
     source="Kveton et al. (2025), Active Learning for DPO (ADPO+)",
 )
@@ -876,6 +956,7 @@ def _per_prompt_output(key, problem, budget, prompts, sel, rounding, pilot, info
 
 @register_design(
     "best_vs_worst",
+    needs_truth=True,
     summary="Per prompt, the highest- against the lowest-reward completion under a reward model.",
     source="common practice in iterative DPO (e.g. the baseline of Finding the Sweet Spot, 2025)",
 )
@@ -888,6 +969,7 @@ def best_vs_worst(key, problem, budget, reward="proxy", correlation=1.0, pilot_f
 
 @register_design(
     "sweet_spot",
+    needs_truth=True,
     summary="Chosen at one reward position, rejected nearest another (default max vs mu - 2 sigma); 7 positions, 21 pairs.",
     source="Finding the Sweet Spot (2025, seed 003): rejected at mu - 2 sigma beats the minimum",
     checks={"chosen": choice_check(*REWARD_POSITIONS), "rejected": choice_check(*REWARD_POSITIONS)},
@@ -915,6 +997,7 @@ def sweet_spot(
 
 @register_design(
     "sweet_spot_pm2sigma",
+    needs_truth=True,
     summary="Chosen nearest mu + 2 sigma, rejected nearest mu - 2 sigma of the prompt's rewards.",
     source="Finding the Sweet Spot (2025, seed 003): the (mu + 2 sigma, mu - 2 sigma) pair, best in most of its settings",
 )
@@ -926,6 +1009,7 @@ def sweet_spot_pm2sigma(key, problem, budget, reward="proxy", correlation=1.0, p
 
 @register_design(
     "sweet_spot_scalable",
+    needs_truth=True,
     summary="Chosen = highest reward; rejected = lowest of num_samples (default 5) completions drawn at random from the pool.",
     source="Finding the Sweet Spot (2025, seed 003), the scalable construction",
 )
@@ -976,6 +1060,7 @@ def reference_filter(key, problem, budget, fraction=0.4, rounding="auto", max_la
 
 @register_design(
     "reference_filter_labelled",
+    needs_truth=True,
     summary="Seed 004's protocol: label ceil(budget / fraction) uniformly drawn comparisons, train on the budget labels the reference agrees with most (signed) or separates most (absolute).",
     source="Clear Preferences Leave Traces (2025, seed 004): filter an already labelled set by the reference model's log-probabilities, train on 30-50% of it",
     checks={"reading": choice_check("signed", "absolute"), "fraction": interval_check(0.0, 1.0, hi_open=False)},
@@ -1031,6 +1116,7 @@ def _uncertainty(key, problem, budget, at, num_pairs, rounding, pilot_fraction, 
 
 @register_design(
     "uncertainty",
+    needs_truth=_at_truth_or_pilot,
     summary="The num_pairs edges whose predicted preference is nearest 1/2 (ties at random; at theta0 = 0 all tie).",
     source="uncertainty sampling (Lewis and Gale 1994); common in active preference learning",
     checks={"at": choice_check("reference", "pilot")},
@@ -1041,6 +1127,7 @@ def uncertainty(key, problem, budget, at="reference", num_pairs=None, rounding="
 
 @register_design(
     "most_certain",
+    needs_truth=_at_truth_or_pilot,
     summary="The opposite of uncertainty sampling: the edges whose predicted preference is farthest from 1/2.",
     source="'clear preference' heuristics; the opposite of uncertainty sampling",
     checks={"at": choice_check("reference", "pilot")},
@@ -1051,6 +1138,7 @@ def most_certain(key, problem, budget, at="reference", num_pairs=None, rounding=
 
 @register_design(
     "response_selection",
+    needs_truth=_at_truth_or_pilot,
     summary="Exactly one labelled pair per prompt, drawn from the L-optimal design normalised within each prompt.",
     source="Which Pairs to Compare (arXiv 2606.19607), IMDb response selection",
 )
@@ -1099,6 +1187,7 @@ def response_selection(key, problem, budget, at="reference", ridge=0.0, tol=1e-4
 
 @register_design(
     "prompt_selection",
+    needs_truth=_at_truth_or_pilot,
     summary="Each prompt has one fixed pair (its first two completions); choose budget prompts without replacement by the L-optimal design.",
     source="Which Pairs to Compare (arXiv 2606.19607), IMDb prompt selection",
     checks={"at": choice_check("reference", "truth")},

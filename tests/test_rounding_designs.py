@@ -430,3 +430,59 @@ def test_apo_without_replacement_and_with_caps_never_repeats_an_edge(problems):
     for kw in ({"with_replacement": False}, {"max_labels_per_edge": 1}):
         out = run_design("apo_greedy", jax.random.PRNGKey(0), prob, 300, **kw)
         assert out.allocation.counts.max() == 1 and out.allocation.counts.sum() == 300
+
+
+# ------------------------------------------------------------- truth out of reach
+
+
+def _variants(spec):
+    """The design's defaults, plus each value of ``at`` it allows."""
+    out = [{}]
+    if "at" in spec.params:
+        for at in ("reference", "truth", "pilot"):
+            try:
+                spec.checks["at"]("at", at)
+            except ValueError:
+                continue
+            out.append({"at": at})
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(DESIGNS))
+def test_designs_not_registered_as_needing_the_truth_never_see_it(problems, name):
+    """Perturbing theta* leaves every truth-free design's allocation unchanged; designs
+    registered as needing it do read it (run without the annotator, they fail clearly)."""
+    from synthetic.designs import TruthHiddenError
+
+    prob = problems["contextual"]
+    other = prob._replace(annotator=prob.annotator._replace(theta_star=-3.0 * prob.annotator.theta_star + 0.5))
+    spec = DESIGNS[name]
+    for params in _variants(spec):
+        if spec.reads_truth(params):
+            with pytest.raises(TruthHiddenError, match="needs_truth"):
+                spec.fn(jax.random.PRNGKey(4), prob.without_truth(), BUDGET, **params)
+            continue
+        a = run_design(name, jax.random.PRNGKey(4), prob, BUDGET, **params)
+        b = run_design(name, jax.random.PRNGKey(4), other, BUDGET, **params)
+        np.testing.assert_array_equal(a.dense_counts(prob.num_edges), b.dense_counts(prob.num_edges))
+        if a.weights is not None:
+            np.testing.assert_array_equal(a.weights, b.weights)
+        assert a.pilot is None and b.pilot is None  # a truth-free design buys no labels
+
+
+def test_an_unregistered_read_of_the_truth_is_an_error(problems):
+    from synthetic.designs import TruthHiddenError, register_design
+
+    @register_design("peeks_at_truth", summary="test", source="test", replace=True)
+    def peeks(key, problem, budget, rounding="auto", max_labels_per_edge=None):
+        w = np.abs(np.asarray(problem.edges.diffs @ problem.theta_star))
+        return weighted_output(key, problem, budget, w / w.sum(), rounding)
+
+    try:
+        with pytest.raises(TruthHiddenError, match=r"register_design\(\.\.\., needs_truth=True\)"):
+            run_design("peeks_at_truth", jax.random.PRNGKey(0), problems["contextual"], BUDGET)
+        register_design("peeks_at_truth", summary="test", source="test", replace=True, needs_truth=True)(peeks)
+        out = run_design("peeks_at_truth", jax.random.PRNGKey(0), problems["contextual"], BUDGET)
+        assert out.allocation.budget == BUDGET
+    finally:
+        DESIGNS.pop("peeks_at_truth", None)
