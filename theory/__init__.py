@@ -4,7 +4,7 @@ Every object of the theory brief is a function here; see README "Where each obje
 lives" for the map.
 """
 
-from theory.design import CRITERIA, DesignSolution, SolverHistory, optimal_design
+from theory.design import CRITERIA, DesignSolution, DesignSolver, ReducedProblem, SolverHistory, optimal_design, reduce_problem
 from theory.edges import Edges, enumerate_edges
 from theory.information import asymptotic_gap, design_criterion, information_matrix, trace_criterion
 from theory.policy import log_partition, optimality_gap, policy_curvature, policy_log_probs
@@ -21,6 +21,9 @@ __all__ = [
     "trace_criterion",
     "asymptotic_gap",
     "optimal_design",
+    "DesignSolver",
+    "ReducedProblem",
+    "reduce_problem",
     "DesignSolution",
     "SolverHistory",
     "CRITERIA",
