@@ -19,10 +19,11 @@
    largest pool's, split into its approximation and estimation parts, against
    completions per prompt ``K`` (up to 200), with the reward scale as a second axis.
 
-Cells of Figures 1 and 5 are cells of the sweep app (:mod:`experiments.sweep`): the
+Cells of Figure 1 are cells of the sweep app (:mod:`experiments.sweep`): the
 same ids, files and resumability, so a grid run through a Hydra launcher elsewhere
-is picked up here, and an interrupted run resumes. Figure 4's items are cached the
-same way. Every figure is written as PNG and PDF with the CSV of its data.
+is picked up here, and an interrupted run resumes. Figure 4's and Figure 5's items are
+cached the same way (one record per item, keyed by its parameters and the code
+version). Every figure is written as PNG and PDF with the CSV of its data.
 """
 
 from __future__ import annotations
