@@ -8,6 +8,7 @@ from theory.design import CRITERIA, DesignSolution, DesignSolver, ReducedProblem
 from theory.edges import Edges, enumerate_edges
 from theory.information import asymptotic_gap, design_criterion, information_matrix, trace_criterion
 from theory.policy import log_partition, optimality_gap, policy_curvature, policy_log_probs
+from theory.second_order import second_order_coefficients, second_order_gap
 
 __all__ = [
     "Edges",
@@ -20,6 +21,8 @@ __all__ = [
     "design_criterion",
     "trace_criterion",
     "asymptotic_gap",
+    "second_order_gap",
+    "second_order_coefficients",
     "optimal_design",
     "DesignSolver",
     "ReducedProblem",
