@@ -1,11 +1,12 @@
 """Figure 6: the paper's two practical regimes as synthetic analogues (issue 19, section 4).
 
-    python -m experiments.practical            # figures/fig6_practical_regimes.{png,pdf,csv}
-    python -m experiments.practical --small    # a smoke run on small pools (seconds)
+    python -m experiments.practical            # figures/fig6_practical_regimes.{png,pdf,csv}, about 155 s of CPU from empty records
+    python -m experiments.practical --small    # a smoke run on small pools (about 90 s of CPU)
 
 (a) **HH-like** (``experiment=hh_like``): 40 prompts with 16 completions, so
-``E = 40 * 120 = 4,800`` distinct within-prompt comparisons; ``n = E/8, E/4, E/2``
-labels, **each comparison at most once** (``max_labels_per_edge = 1``), for the
+``E = 40 * 120 = 4,800`` distinct within-prompt comparisons; ``n = E/8`` and ``E/2``
+labels (add 4 to ``FULL["hh_fractions"]`` for ``E/4``, about 35 s of CPU more),
+**each comparison at most once** (``max_labels_per_edge = 1``), for the
 designs oracle (reference), plug_in, two_stage, greedy D-optimal (``adpo_greedy`` at a
 uniform pilot's estimate, ``at = "pilot"``), uniform, first_n and best_vs_worst. The
 last has one comparison a prompt (40 in all): it cannot spend ``n >= 600`` labels
@@ -65,8 +66,9 @@ IMDB_DESIGNS = {
     "uniform": ("uniform", []),
 }
 
-#: hh_fractions: budgets E / f; imdb_budget: labels (and prompts) of panel (b).
-FULL = {"hh_world": [], "hh_fractions": (8, 4, 2), "imdb_world": [], "imdb_budget": 175, "seeds": 2, "replicates": 50}
+#: hh_fractions: budgets E / f; imdb_budget: labels (and prompts) of panel (b). From empty
+#: records the full figure costs about 155 s of CPU (E/8 and E/2; 190 s with E/4 too).
+FULL = {"hh_world": [], "hh_fractions": (8, 2), "imdb_world": [], "imdb_budget": 175, "seeds": 2, "replicates": 50}
 SMALL = {
     "hh_world": ["world.params.num_train_prompts=5", "world.params.num_eval_prompts=20"],
     "hh_fractions": (2,),

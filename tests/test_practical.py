@@ -35,7 +35,7 @@ def test_hh_like_pool_has_the_stated_structure():
     e = problem.num_edges
     assert e == m * k * (k - 1) // 2 == 4800  # every within-prompt pair, each a distinct comparison
     hh = practical.jobs(small=False, panels=("hh_like",))["hh_like"]
-    assert hh["num_edges"] == e and hh["budgets"] == [e // 8, e // 4, e // 2]
+    assert hh["num_edges"] == e and hh["budgets"] == [e // f for f in practical.FULL["hh_fractions"]] and hh["budgets"][-1] == e // 2
     spec = practical.FULL
     cells = {}
     for label, job in hh["jobs"]:
