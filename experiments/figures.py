@@ -45,6 +45,9 @@ from experiments.plotting import design_label, design_style, log_ticks, paper_st
 
 FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig5")
 FIG1_WORLDS = ("tabular", "contextual")
+#: Figure 1's adaptive designs (experiment per world): the contextual panel only (in the
+#: tabular world, d = 100, a replicate refits a 100-dimensional MAP every round).
+FIG1_ADAPTIVE = {"contextual": "figure1_contextual_adaptive"}
 #: Designs Figure 5 draws (the union of its panels).
 POOL_SIZE_DESIGNS = ("oracle", "plug_in", "uniform", "best_vs_worst", "sweet_spot", "sweet_spot_pm2sigma", "sweet_spot_scalable")
 
@@ -77,6 +80,7 @@ FIG5_SMALL = {
 SMALL = {
     "fig1_tabular": ["world.params.num_completions=8", "num_replicates=20", "design=oracle,uniform,first_two,two_stage", "budget=200,2000"],
     "fig1_contextual": ["num_replicates=20", "design=oracle,plug_in,uniform,best_vs_worst", "budget=200,2000"],
+    "figure1_contextual_adaptive": ["num_replicates=6", "design=adpo_adaptive", "budget=200"],
     "fig4": {"radii": [0.0, 0.5, 2.0], "directions": 2, "replicates": 20, "budget": 1000},
     "fig5": FIG5_SMALL,
     "fig2_replicates": 20,
@@ -106,6 +110,10 @@ def figure1(out: Path, results: Path, small: bool, progress: bool = True) -> lis
         exp = f"figure1_{world}"
         jobs = sweep.grid(exp, SMALL[f"fig1_{world}"] if small else ())
         paths = sweep.run_jobs(jobs, results / exp, progress, desc=exp)
+        if world in FIG1_ADAPTIVE:
+            # adaptive designs run once per replicate: their own grid, fewer budgets and replicates
+            ajobs = sweep.grid(FIG1_ADAPTIVE[world], SMALL[FIG1_ADAPTIVE[world]] if small else ())
+            paths = paths + sweep.run_jobs(ajobs, results / FIG1_ADAPTIVE[world], progress, desc=FIG1_ADAPTIVE[world])
         got = sweep.aggregate_files(paths)
         rows += got
         cfg = sweep.compose_job(jobs[0])

@@ -37,7 +37,7 @@ DESIGN_STYLE = {
     "reference_filter": ("#8c564b", "X"),
     "reference_filter_labelled": ("#c49c94", "X"),
     "adpo_greedy": ("#7f7f7f", "*"),
-    "apo_greedy": ("#c7c7c7", "h"),
+    "apo_greedy": ("#8c8c8c", "h"),
     "apo_sequential": ("#7b7b7b", "h"),
     "a_optimal": ("#9467bd", "d"),
     "d_optimal": ("#17becf", "H"),
@@ -46,6 +46,10 @@ DESIGN_STYLE = {
     "most_certain": ("#c49c94", "3"),
     "response_selection": ("#1f77b4", "4"),
     "prompt_selection": ("#aec7e8", "8"),
+    "adpo_adaptive": ("#e377c2", "*"),
+    "sequential_plug_in": ("#3f007d", "s"),
+    "uncertainty_adaptive": ("#d62728", "2"),
+    "most_certain_adaptive": ("#ff7f0e", "3"),
 }
 
 
