@@ -91,26 +91,9 @@ def validate(cfg: DictConfig) -> None:
     with float64():
         world = make_world(cfg.world, jax.random.key(cfg.world_seed))
         problem = design_problem(world)
-        # the design's own budget checks (caps, pilot sizes), as run_design makes them
+        # the design's own budget checks (caps, each edge or prompt labelled at most once,
+        # rounding without replacement), as run_design makes them
         check_design_budget(cfg.design.name, problem, cfg.budget, **dict(cfg.design.params))
-    num_edges = problem.num_edges
-    params = {**DESIGNS[cfg.design.name].params, **cfg.design.params}
-    if params.get("rounding") == "without_replacement" and cfg.budget > num_edges:
-        raise ValueError(
-            f"budget = {cfg.budget} exceeds the {num_edges} candidate edges of this world, which design.params.rounding = "
-            "'without_replacement' cannot allocate; allowed: budget <= number of edges, or rounding in ['auto', 'efficient', 'with_replacement']"
-        )
-    if params.get("with_replacement") is False and cfg.budget > num_edges:
-        raise ValueError(
-            f"budget = {cfg.budget} exceeds the {num_edges} candidate edges of this world, and design {cfg.design.name!r} with "
-            "design.params.with_replacement = false labels each edge at most once; allowed: budget <= number of edges, "
-            "or design.params.with_replacement = true"
-        )
-    if cfg.design.name == "prompt_selection":
-        prompts = int(np.sum(np.sum(np.isfinite(np.asarray(problem.pool.log_ref)), axis=1) >= 2))
-        if cfg.budget > prompts:
-            raise ValueError(f"budget = {cfg.budget} exceeds the {prompts} prompts of this world; prompt_selection labels "
-                             "each prompt at most once; allowed: budget <= number of prompts")
 
 
 # ------------------------------------------------------------------- the cell

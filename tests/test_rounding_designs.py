@@ -486,3 +486,140 @@ def test_an_unregistered_read_of_the_truth_is_an_error(problems):
         assert out.allocation.budget == BUDGET
     finally:
         DESIGNS.pop("peeks_at_truth", None)
+
+
+def test_each_family_module_registers_its_designs():
+    """The registry split by family: each family module registers exactly the designs
+    ``FAMILIES`` lists for it (read from where each registered function is defined),
+    and together they are every design the package registers."""
+    import importlib
+
+    from synthetic.designs import FAMILIES
+
+    by_module = {}
+    for name, spec in DESIGNS.items():
+        module = spec.fn.__module__
+        if module.startswith("synthetic.designs."):
+            by_module.setdefault(module.rsplit(".", 1)[1], set()).add(name)
+    assert by_module == {family: set(names) for family, names in FAMILIES.items()}
+    for family, names in FAMILIES.items():
+        mod = importlib.import_module(f"synthetic.designs.{family}")
+        for name in names:
+            assert DESIGNS[name].fn is getattr(mod, name)
+    # the listing order of the one-module registry is kept (the design table's rows)
+    listed = [n for n in DESIGNS if DESIGNS[n].fn.__module__.startswith("synthetic.designs.")]
+    assert listed == [
+        "oracle", "plug_in", "two_stage", "d_optimal", "a_optimal", "adpo_greedy", "apo_greedy", "apo_sequential",
+        "uniform", "first_two", "first_n", "reference_weighted", "best_vs_worst", "sweet_spot", "sweet_spot_pm2sigma",
+        "sweet_spot_scalable", "reference_filter", "reference_filter_labelled", "uncertainty", "most_certain",
+        "response_selection", "prompt_selection", "adpo_adaptive", "uncertainty_adaptive", "most_certain_adaptive",
+        "sequential_plug_in",
+    ]
+
+
+def test_pilot_config_defaults_are_the_only_pilot_numbers(problems):
+    """Every design's pilot defaults are PilotConfig's; no other module of the package
+    writes a pilot number (no 0.2 or 1e-3 literal outside pilot.py); the pilot buys
+    floor(fraction * budget) labels; bad pilot numbers name the design parameter."""
+    import io
+    import pathlib
+    import tokenize
+
+    import synthetic.designs as D
+    from synthetic.designs import PILOT, PilotConfig
+
+    assert PILOT == PilotConfig() == PilotConfig(fraction=0.2, ridge=1e-3)
+    takers = [n for n, s in DESIGNS.items() if "pilot_fraction" in s.params or "pilot_ridge" in s.params]
+    assert {"two_stage", "d_optimal", "best_vs_worst", "uncertainty", "response_selection", "adpo_adaptive"} <= set(takers)
+    for name in takers:
+        params = DESIGNS[name].params
+        assert params.get("pilot_fraction", PILOT.fraction) == PILOT.fraction, name
+        assert params.get("pilot_ridge", PILOT.ridge) == PILOT.ridge, name
+    package = pathlib.Path(D.__file__).parent
+    for path in sorted(package.glob("*.py")):
+        if path.name == "pilot.py":
+            continue
+        for tok in tokenize.generate_tokens(io.StringIO(path.read_text()).readline):
+            if tok.type == tokenize.NUMBER and float(tok.string.rstrip("jJ")) in (PILOT.fraction, PILOT.ridge):
+                pytest.fail(f"{path.name}:{tok.start[0]} writes the pilot number {tok.string}; use PILOT / PilotConfig")
+    prob = problems["contextual"]
+    for fraction, budget in [(None, 37), (0.3, 37), (0.5, 25)]:
+        extra = {} if fraction is None else {"pilot_fraction": fraction}
+        out = run_design("two_stage", jax.random.PRNGKey(5), prob, budget, **extra)
+        num, den = {None: (1, 5), 0.3: (3, 10), 0.5: (1, 2)}[fraction]
+        assert out.pilot[0].sum() == (num * budget) // den  # floor(fraction * budget) in integers
+    with pytest.raises(ValueError, match=r"pilot_fraction must be in \(0.0, 1.0\), got 1.0"):
+        PilotConfig(fraction=1.0).check()
+    with pytest.raises(ValueError, match=r"design.params.pilot_ridge must be in \[0, inf\), got -1"):
+        PilotConfig(ridge=-1).check()
+    with pytest.raises(ValueError, match="leave at least one pilot and one designed label"):
+        PilotConfig(fraction=0.2).size(4)
+
+
+class _NoLabels(tuple):
+    """An annotator whose every use fails: a budget check must come before any label."""
+
+    @property
+    def theta_star(self):
+        raise AssertionError("read the truth during a budget check")
+
+    def label(self, key, counts):
+        raise AssertionError("bought a label before the budget check")
+
+
+@pytest.mark.parametrize(
+    "name, world, params, limit, message",
+    [
+        ("adpo_greedy", "tabular", {}, 60, r"budget = 61 is larger than the 60 candidate edges .* design.params.with_replacement = false labels each edge at most once"),
+        ("adpo_greedy", "tabular", {"at": "pilot"}, 60, r"design.params.with_replacement = false labels each edge at most once"),
+        ("apo_sequential", "tabular", {}, 60, r"larger than the 60 candidate edges"),
+        ("apo_greedy", "tabular", {"with_replacement": False}, 60, r"design.params.with_replacement = false"),
+        ("uniform", "tabular", {"rounding": "without_replacement"}, 60, r"exceeds the 60 candidate edges .* with positive weight"),
+        ("two_stage", "tabular", {"rounding": "without_replacement"}, 60, r"exceeds the 60 candidate edges"),
+        ("prompt_selection", "contextual", {}, 30, r"budget 31 is larger than the 30 prompts with a fixed pair: prompt selection labels .* prompt_selection labels each prompt at most once"),
+        ("adpo_adaptive", "tabular", {"with_replacement": False}, 60, r"budget 61 exceeds the 60 labels .* allowed: budget <= 60"),
+    ],
+)
+def test_each_design_checks_its_own_budget_before_any_label(problems, name, world, params, limit, message):
+    """The sweep's pre-flight pass (check_design_budget) and run_design raise the
+    design's own budget error (one label over the limit, counted here from the world:
+    E tabular edges, the contextual prompts with completions 0 and 1) before any
+    label; the limit itself passes."""
+    from synthetic.designs import check_design_budget
+
+    prob = problems[world]
+    lr = np.asarray(prob.pool.log_ref)
+    assert limit == (prob.num_edges if world == "tabular" else int(np.sum(np.isfinite(lr[:, 0]) & np.isfinite(lr[:, 1]))))
+    assert check_design_budget(name, prob, limit, **params) == limit
+    with pytest.raises(ValueError, match=message):
+        check_design_budget(name, prob, limit + 1, **params)
+    blind = prob._replace(annotator=_NoLabels())
+    with pytest.raises(ValueError, match=message):
+        run_design(name, jax.random.PRNGKey(0), blind, limit + 1, **params)
+
+
+def test_a_registered_budget_check_runs_before_the_design():
+    from synthetic.designs import check_design_budget, rounding_budget_check
+
+    for name, spec in DESIGNS.items():
+        assert (rounding_budget_check in spec.budget_checks) == ("rounding" in spec.params), name
+    calls = []
+
+    def at_most_ten(name, problem, budget, params):
+        calls.append((name, budget, params["rounding"]))
+        if budget > 10:
+            raise ValueError(f"design {name!r}: budget {budget} > 10")
+
+    try:
+        @register_design("test_budget_hook", summary="t", source="t", check_budget=at_most_ten)
+        def hooked(key, problem, budget, rounding="auto"):
+            raise AssertionError("the design ran before its budget check")
+
+        prob = design_problem(tabular_world(jax.random.PRNGKey(0), num_prompts=2, num_completions=3))
+        with pytest.raises(ValueError, match="budget 11 > 10"):
+            run_design("test_budget_hook", jax.random.PRNGKey(0), prob, 11)
+        assert calls == [("test_budget_hook", 11, "auto")]  # with the defaults filled in
+        with pytest.raises(ValueError, match="check_budget must be a function"):
+            register_design("test_budget_hook", summary="t", source="t", replace=True, check_budget=3)(hooked)
+    finally:
+        DESIGNS.pop("test_budget_hook", None)

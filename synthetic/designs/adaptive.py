@@ -73,18 +73,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from synthetic.baselines import uniform_weights
-from synthetic.designs import (
-    DesignOutput,
-    _bool_check,
-    _solve,
-    check_design_budget,
-    choice_check,
-    get_design,
-    integer_check,
-    interval_check,
-    register_design,
-    weighted_output,
-)
+from synthetic.designs.checks import _bool_check, choice_check, integer_check, interval_check
+from synthetic.designs.optimal import _solve
+from synthetic.designs.outputs import weighted_output
+from synthetic.designs.pilot import PILOT
+from synthetic.designs.problem import DesignOutput
+from synthetic.designs.registry import check_design_budget, get_design, register_design
 from synthetic.estimators import fit_map, fit_newton
 from synthetic.labels import INVERSE_CDF_MAX_COUNT, allocation_from_counts, simulate_wins
 from synthetic.rounding import ROUNDINGS, check_max_labels_per_edge, round_design
@@ -111,7 +105,7 @@ def _batched_fit(refit: str):
     return jax.jit(jax.vmap(one, in_axes=(None, 0, 0, None, None)))
 
 
-def refit_thetas(problem, counts, wins, refit="map", prior_precision=1.0, pilot_ridge=1e-3) -> jax.Array:
+def refit_thetas(problem, counts, wins, refit="map", prior_precision=1.0, pilot_ridge=PILOT.ridge) -> jax.Array:
     """``[R, d]`` DPO fits on ``[R, E]`` held labels (one compiled call for all replicates)."""
     z = problem.edges.diffs
     strength = prior_precision if refit == "map" else pilot_ridge
@@ -307,8 +301,25 @@ def _edge_caps(problem, cap, with_replacement):
     return caps
 
 
+def _check_room(problem, budget, cap, with_replacement, max_labels_per_edge):
+    """Each edge's cap on labels; ``budget`` must fit under their sum."""
+    caps = _edge_caps(problem, cap, with_replacement)
+    if budget > caps.sum():
+        raise ValueError(
+            f"budget {budget} exceeds the {int(caps.sum())} labels this design may put on the {problem.num_edges} candidate edges "
+            f"(with_replacement={with_replacement}, max_labels_per_edge={max_labels_per_edge}); allowed: budget <= {int(caps.sum())}"
+        )
+    return caps
+
+
+def _adpo_budget(name, problem, budget, params):
+    """ADPO's own budget check (``with_replacement=False`` labels each edge at most once), before any label."""
+    cap = check_max_labels_per_edge(params.get("max_labels_per_edge"))
+    _check_room(problem, budget, cap, params.get("with_replacement", True), params.get("max_labels_per_edge"))
+
+
 def adaptive_loop(keys, problem, budget, rule, *, round_size=20, first_round=None, refit="map", prior_precision=1.0,
-                  pilot_ridge=1e-3, max_labels_per_edge=None, gamma=1.0, with_replacement=True, over_generate_factor=16,
+                  pilot_ridge=PILOT.ridge, max_labels_per_edge=None, gamma=1.0, with_replacement=True, over_generate_factor=16,
                   candidates="policy", allocation="deficit", rounding="auto", ridge=0.0, tol=1e-4):
     """Run one adaptive design for each of ``[R]`` keys in lock-step.
 
@@ -324,12 +335,7 @@ def adaptive_loop(keys, problem, budget, rule, *, round_size=20, first_round=Non
     n0 = min(int(round_size), budget) if first_round is None else int(first_round)
     if not 1 <= n0 <= budget:
         raise ValueError(f"design.params.first_round must be in [1, budget = {budget}], got {first_round!r}")
-    caps = _edge_caps(problem, cap, with_replacement if rule == "adpo" else True)
-    if budget > caps.sum():
-        raise ValueError(
-            f"budget {budget} exceeds the {int(caps.sum())} labels this design may put on the {e} candidate edges "
-            f"(with_replacement={with_replacement}, max_labels_per_edge={max_labels_per_edge}); allowed: budget <= {int(caps.sum())}"
-        )
+    caps = _check_room(problem, budget, cap, with_replacement if rule == "adpo" else True, max_labels_per_edge)
     # first round: uniform over edges, rounded as the two-stage pilot is
     first, s = jax.vmap(lambda k: jax.random.split(k))(keys).swapaxes(0, 1)
     k_alloc, k_lab = jax.vmap(lambda k: jax.random.split(k))(first).swapaxes(0, 1)
@@ -389,10 +395,11 @@ def _output(counts, wins, info, i, budget):
     return DesignOutput(allocation_from_counts(c), None if design is None else design, (c, w), extra)
 
 
-def _register(name, rule, summary, source, checks):
+def _register(name, rule, summary, source, checks, check_budget=None):
     def deco(fn):
         ADAPTIVE_RULES[name] = rule
-        return register_design(name, summary=summary, source=source, checks={**_COMMON_CHECKS, **checks}, adaptive=True, needs_truth=True)(fn)
+        return register_design(name, summary=summary, source=source, checks={**_COMMON_CHECKS, **checks}, adaptive=True,
+                               needs_truth=True, check_budget=check_budget)(fn)
 
     return deco
 
@@ -402,8 +409,9 @@ def _register(name, rule, summary, source, checks):
     summary="ADPO+ in rounds: greedy D-optimal picks (v = beta sqrt(mu(1-mu)) z, mu at the current DPO fit), refit after each round.",
     source="Kveton et al. (2025), Active Learning for DPO (ADPO+): D-optimal design on the logistic information at the current estimate",
     checks={"gamma": interval_check(0.0, np.inf), "with_replacement": _bool_check},
+    check_budget=_adpo_budget,
 )
-def adpo_adaptive(key, problem, budget, round_size=20, first_round=None, refit="map", prior_precision=1.0, pilot_ridge=1e-3,
+def adpo_adaptive(key, problem, budget, round_size=20, first_round=None, refit="map", prior_precision=1.0, pilot_ridge=PILOT.ridge,
                   gamma=1.0, with_replacement=True, max_labels_per_edge=None):
     c, w, info = adaptive_loop(jnp.asarray(key)[None], problem, budget, "adpo", round_size=round_size, first_round=first_round,
                                refit=refit, prior_precision=prior_precision, pilot_ridge=pilot_ridge, gamma=gamma,
@@ -420,7 +428,7 @@ _UNC_CHECKS = {"over_generate_factor": integer_check(1), "candidates": choice_ch
     source="Muldrew et al. (2024), Active Preference Learning for LLMs; willmuldrew/active-preference-learning, direct/experiments/experiment5.py",
     checks=_UNC_CHECKS,
 )
-def uncertainty_adaptive(key, problem, budget, round_size=64, first_round=None, refit="map", prior_precision=1.0, pilot_ridge=1e-3,
+def uncertainty_adaptive(key, problem, budget, round_size=64, first_round=None, refit="map", prior_precision=1.0, pilot_ridge=PILOT.ridge,
                          over_generate_factor=16, candidates="policy", max_labels_per_edge=None):
     c, w, info = adaptive_loop(jnp.asarray(key)[None], problem, budget, "uncertainty", round_size=round_size, first_round=first_round,
                                refit=refit, prior_precision=prior_precision, pilot_ridge=pilot_ridge,
@@ -434,7 +442,7 @@ def uncertainty_adaptive(key, problem, budget, round_size=64, first_round=None, 
     source="Muldrew et al. (2024); willmuldrew/active-preference-learning, direct/experiments/experiment5.py (CERTAINTY)",
     checks=_UNC_CHECKS,
 )
-def most_certain_adaptive(key, problem, budget, round_size=64, first_round=None, refit="map", prior_precision=1.0, pilot_ridge=1e-3,
+def most_certain_adaptive(key, problem, budget, round_size=64, first_round=None, refit="map", prior_precision=1.0, pilot_ridge=PILOT.ridge,
                           over_generate_factor=16, candidates="policy", max_labels_per_edge=None):
     c, w, info = adaptive_loop(jnp.asarray(key)[None], problem, budget, "most_certain", round_size=round_size, first_round=first_round,
                                refit=refit, prior_precision=prior_precision, pilot_ridge=pilot_ridge,
@@ -449,7 +457,7 @@ def most_certain_adaptive(key, problem, budget, round_size=64, first_round=None,
     checks={"allocation": choice_check(*ALLOCATIONS), "rounding": choice_check(*ROUNDINGS),
             "ridge": interval_check(0.0, np.inf, lo_open=False), "tol": interval_check(0.0, np.inf)},
 )
-def sequential_plug_in(key, problem, budget, round_size=100, first_round=None, refit="map", prior_precision=1.0, pilot_ridge=1e-3,
+def sequential_plug_in(key, problem, budget, round_size=100, first_round=None, refit="map", prior_precision=1.0, pilot_ridge=PILOT.ridge,
                        allocation="deficit", rounding="auto", ridge=0.0, tol=1e-4, max_labels_per_edge=None):
     c, w, info = adaptive_loop(jnp.asarray(key)[None], problem, budget, "plug_in", round_size=round_size, first_round=first_round,
                                refit=refit, prior_precision=prior_precision, pilot_ridge=pilot_ridge, allocation=allocation,

@@ -1,0 +1,207 @@
+"""The registry: every design by name, its parameter checks, its own budget checks,
+and :func:`run_design`, which checks the contract around a run."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import warnings
+from typing import Callable, Optional, Union
+
+import jax.numpy as jnp
+import numpy as np
+
+from synthetic.designs.checks import PARAM_CHECKS
+from synthetic.designs.problem import DesignOutput, DesignProblem
+from synthetic.rounding import CoverageWarning, check_budget, check_max_labels_per_edge
+from theory.information import rank_threshold
+
+__all__ = ["DesignSpec", "DESIGNS", "register_design", "get_design", "check_design_params", "check_design_budget",
+           "run_design", "BudgetCheck"]
+
+#: ``check(name, problem, budget, params) -> None``: a design's own budget check, run
+#: before any label with ``params`` completed by the design's defaults; raises
+#: ``ValueError`` naming the parameter and the allowed budgets.
+BudgetCheck = Callable[[str, DesignProblem, int, dict], None]
+
+
+def rounding_budget_check(name: str, problem: DesignProblem, budget: int, params: dict) -> None:
+    """``rounding="without_replacement"`` labels each edge at most once (every design taking ``rounding``)."""
+    if params.get("rounding") == "without_replacement" and budget > problem.num_edges:
+        raise ValueError(
+            f"budget = {budget} exceeds the {problem.num_edges} candidate edges of this world, which design.params.rounding = "
+            "'without_replacement' cannot allocate (it labels each edge with positive weight at most once); allowed: "
+            "budget <= number of edges, or rounding in ['auto', 'efficient', 'with_replacement']"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class DesignSpec:
+    name: str
+    fn: Callable
+    summary: str
+    source: str
+    params: dict  # parameter name -> default
+    checks: dict = dataclasses.field(default_factory=dict)  # parameter name -> check(name, value)
+    # its selections depend on the labels it buys: an evaluation runs it once per
+    # replicate and trains on exactly its labels (synthetic.adaptive.run_adaptive)
+    adaptive: bool = False
+    # reads the simulated truth (theta* or the annotator's labels): a bool, or a
+    # function of the parameters (completed with their defaults)
+    needs_truth: Union[bool, Callable[[dict], bool]] = False
+    # its own budget checks (BudgetCheck), run by check_design_budget before any label
+    budget_checks: tuple = ()
+
+    def __call__(self, key, problem, budget, **params):
+        return self.fn(key, problem, budget, **params)
+
+    def reads_truth(self, params: dict) -> bool:
+        """Whether the design, run with ``params``, is handed the annotator."""
+        if callable(self.needs_truth):
+            return bool(self.needs_truth({**self.params, **params}))
+        return bool(self.needs_truth)
+
+
+DESIGNS: dict[str, DesignSpec] = {}
+
+
+def register_design(name: str, *, summary: str, source: str, replace: bool = False, checks: Optional[dict] = None,
+                    adaptive: bool = False, needs_truth: Union[bool, Callable[[dict], bool]] = False,
+                    check_budget: Optional[BudgetCheck] = None):
+    """Decorator registering ``fn(key, problem, budget, **params)`` under ``name``.
+
+    ``adaptive=True`` flags a design whose selections depend on the labels it buys
+    (:mod:`synthetic.adaptive`): an evaluation runs it once per replicate.
+
+    ``needs_truth``: whether the design reads the simulation's truth
+    (``problem.theta_star``, ``problem.label``, a reward-model proxy); a bool or a
+    function of its parameters (with defaults filled in). Designs without it are run on
+    ``problem.without_truth()``: reading the truth there raises
+    :class:`TruthHiddenError`.
+
+    ``checks`` maps parameter names to ``check(name, value)`` functions that raise
+    ``ValueError``; parameters without one use :data:`PARAM_CHECKS` by name (a
+    parameter in neither is not checked before the run).
+
+    ``check_budget``: the design's own budget check (:data:`BudgetCheck`), run by
+    :func:`check_design_budget` before any label (and so by a sweep's pre-flight
+    pass); a design taking ``rounding`` also gets :func:`rounding_budget_check`.
+    """
+
+    def deco(fn):
+        if name in DESIGNS and not replace:
+            raise ValueError(f"design {name!r} is already registered (pass replace=True to override)")
+        sig = inspect.signature(fn)
+        names = list(sig.parameters)
+        if names[:3] != ["key", "problem", "budget"]:
+            raise ValueError(f"design {name!r}: the signature must start with (key, problem, budget), got {names[:3]}")
+        params = {p.name: p.default for p in list(sig.parameters.values())[3:]}
+        extra = sorted(set(checks or {}) - set(params))
+        if extra:
+            raise ValueError(f"design {name!r}: checks for parameter(s) {extra} it does not take")
+        own = {p: (checks or {}).get(p, PARAM_CHECKS.get(p)) for p in params}
+        if not (isinstance(needs_truth, bool) or callable(needs_truth)):
+            raise ValueError(f"design {name!r}: needs_truth must be a bool or a function of the parameters, got {needs_truth!r}")
+        if check_budget is not None and not callable(check_budget):
+            raise ValueError(f"design {name!r}: check_budget must be a function (name, problem, budget, params), got {check_budget!r}")
+        hooks = ((rounding_budget_check,) if "rounding" in params else ()) + ((check_budget,) if check_budget else ())
+        DESIGNS[name] = DesignSpec(name, fn, summary, source, params, {p: c for p, c in own.items() if c is not None},
+                                   bool(adaptive), needs_truth, hooks)
+        return fn
+
+    return deco
+
+
+def get_design(name: str) -> DesignSpec:
+    if name not in DESIGNS:
+        raise ValueError(f"design must be one of {sorted(DESIGNS)}, got {name!r}")
+    return DESIGNS[name]
+
+
+def check_design_params(name: str, params: dict) -> None:
+    """Check a design's parameters before any work.
+
+    Unknown names fail listing the allowed ones; each given value is checked by the
+    design's own check for that parameter, whose error names ``design.params.<name>``
+    and the allowed values.
+    """
+    spec = get_design(name)
+    unknown = sorted(set(params) - set(spec.params))
+    if unknown:
+        raise ValueError(f"design {name!r} has no parameter(s) {unknown}; allowed: {sorted(spec.params)}")
+    for p, value in params.items():
+        check = spec.checks.get(p)
+        if check is not None:
+            check(p, value)
+
+
+def _curvature_rank(problem) -> int:
+    """Rank of ``I`` on the target pool (its range is the same at every ``theta``: ``pi_theta > 0``)."""
+    curv = np.asarray(problem.curvature(jnp.zeros(problem.dim, problem.edges.diffs.dtype)), dtype=np.float64)
+    lam = np.linalg.eigvalsh(0.5 * (curv + curv.T))
+    return int(np.sum(lam > float(rank_threshold(max(lam.max(), 0.0), problem.dim, jnp.float64))))
+
+
+def check_design_budget(name: str, problem: DesignProblem, budget, **params) -> int:
+    """The checks :func:`run_design` makes before a design runs (a sweep's pre-flight pass can call it).
+
+    Parameters by :func:`check_design_params`; ``budget`` an integer ``>= 1``;
+    ``budget > max_labels_per_edge * E`` is a ``ValueError``; then the design's own
+    budget checks (``register_design(..., check_budget=...)``); a budget below the rank
+    of the curvature ``I`` gives a :class:`~synthetic.rounding.CoverageWarning` (no
+    allocation of that many labels covers ``I``'s range, so every realised criterion
+    is infinite). Returns the budget as ``int``.
+    """
+    spec = get_design(name)
+    check_design_params(name, params)
+    budget = check_budget(budget)
+    cap = check_max_labels_per_edge(params.get("max_labels_per_edge", spec.params.get("max_labels_per_edge")))
+    if cap is not None and budget > cap * problem.num_edges:
+        raise ValueError(
+            f"budget {budget} exceeds design.params.max_labels_per_edge = {cap} times the {problem.num_edges} candidate "
+            f"edges; allowed: budget <= {cap * problem.num_edges}, or a larger max_labels_per_edge"
+        )
+    full = {**spec.params, **params}
+    for hook in spec.budget_checks:
+        hook(name, problem, budget, full)
+    if budget < problem.dim and problem.num_edges:
+        rank = _curvature_rank(problem)
+        if budget < rank:
+            warnings.warn(
+                CoverageWarning(
+                    f"budget {budget} is below {rank}, the rank of the curvature I: no allocation of {budget} labels "
+                    "covers I's range, so every design's realised criterion is infinite (a prior, prior_precision > 0, "
+                    "keeps the Bayes criterion finite)"
+                ),
+                stacklevel=3,
+            )
+    return budget
+
+
+def run_design(name: str, key, problem: DesignProblem, budget: int, **params) -> DesignOutput:
+    """Run a registered design and check its contract.
+
+    Before the design runs (before any pilot label): :func:`check_design_budget`
+    (parameters, ``budget > max_labels_per_edge * E``, the design's own budget checks, a
+    :class:`~synthetic.rounding.CoverageWarning` when the budget is below the rank of
+    ``I``). The design sees the annotator only if it is registered as needing the truth
+    (``needs_truth``). After: exactly ``budget`` labels on valid edges, at most
+    ``max_labels_per_edge`` on each.
+    """
+    spec = get_design(name)
+    budget = check_design_budget(name, problem, budget, **params)
+    cap = check_max_labels_per_edge(params.get("max_labels_per_edge", spec.params.get("max_labels_per_edge")))
+    if not spec.reads_truth(params):
+        problem = problem.without_truth()
+    out = spec.fn(key, problem, int(budget), **params)
+    if not isinstance(out, DesignOutput):
+        raise TypeError(f"design {name!r} must return a DesignOutput, got {type(out).__name__}")
+    counts = out.allocation.counts
+    if np.any(counts <= 0) or np.any(out.allocation.edges < 0) or np.any(out.allocation.edges >= problem.num_edges):
+        raise RuntimeError(f"design {name!r} returned an invalid allocation")
+    if out.allocation.budget != int(budget):
+        raise RuntimeError(f"design {name!r} returned {out.allocation.budget} labels for a budget of {budget}")
+    if cap is not None and counts.max() > cap:
+        raise RuntimeError(f"design {name!r} put {counts.max()} labels on an edge with max_labels_per_edge = {cap}")
+    return out
+
