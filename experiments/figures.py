@@ -43,7 +43,7 @@ from omegaconf import OmegaConf
 from experiments import sweep  # noqa: E402
 from experiments.plotting import design_label, design_style, log_ticks, paper_style, plot_gap_vs_budget, save_figure, write_csv  # noqa: E402
 
-FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig5")
+FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig5", "fig6")
 FIG1_WORLDS = ("tabular", "contextual")
 #: Figure 1's adaptive designs (experiment per world): the contextual panel only (in the
 #: tabular world, d = 100, a replicate refits a 100-dimensional MAP every round).
@@ -930,6 +930,12 @@ def main(argv=None) -> dict:
             figure4(out, results, args.small, progress)
         elif name == "fig5":
             figure5(out, results, args.small, progress)
+        elif name == "fig6":
+            from experiments import practical
+
+            rows6 = practical.compute(results / "practical", args.small, progress)
+            write_csv(rows6, out / "fig6_practical_regimes.csv")
+            save_figure(practical.plot_practical(rows6), out / "fig6_practical_regimes")
         timings[name] = time.time() - t0
         print(f"{name}: {timings[name]:.0f} s", flush=True)
     timings["total"] = time.time() - t_all

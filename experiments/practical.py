@@ -54,6 +54,8 @@ HH_DESIGNS = {
     "plug_in": ("plug_in", []),
     "two_stage": ("two_stage", []),
     "adpo_greedy": ("adpo_greedy", ["design.params.at=pilot"]),
+    # ADPO+ as its authors run it: rounds of 20, refit (MAP) between rounds, each comparison once
+    "adpo_adaptive": ("adpo_adaptive", []),
     "uniform": ("uniform", []),
     "first_n": ("first_n", []),
     "best_vs_worst": ("best_vs_worst", ["design.params.max_labels_per_edge=null"]),
