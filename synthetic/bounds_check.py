@@ -41,6 +41,7 @@ from synthetic.monte_carlo import replicate_gaps
 from synthetic.rounding import efficient_rounding
 from synthetic.worlds import Pool, World
 from theory import bounds as TB
+from theory.second_order import second_order_gap
 
 __all__ = [
     "BoundRow",
@@ -195,6 +196,8 @@ class BoundRow(NamedTuple):
     upper_over_lower_new: float = math.inf
     upper_new_ok: bool = True
     lower_new_ok: bool = True
+    # the second-order prediction (beta/2 Phi + c2/n)/n of plain DPO (theory/SECOND_ORDER.md)
+    second_order: float = math.nan
 
     @property
     def all_ok(self) -> bool:
@@ -258,6 +261,8 @@ def check_design_bounds(
         hp = TB.upper_bound_high_probability(c, n, tail)
         lb = TB.lower_bound(c, n)
         asym = TB.asymptotic_prediction(c, n)
+        second = float(second_order_gap(w_hat, world.theta_star, ev.features, ev.log_ref, problem.edges.diffs, world.beta, n,
+                                        prompt_weights=ev.prompt_weights))
         k_point, k_bayes = jax.random.split(jax.random.fold_in(k_sim, i))
         g, exists = dpo_gaps(k_point, world, problem.edges.diffs, counts, num_replicates)
         gb, _ = safeguarded_gaps(k_bayes, world, problem.edges.diffs, counts, num_replicates, math.inf, prior=(c, n, lb.alpha))
@@ -298,6 +303,7 @@ def check_design_bounds(
                 upper_new_valid=ub2.valid,
                 valid_from_new=TB.upper_bound_bernstein_valid_from(c, tail),
                 lower_new=lb2.value,
+                second_order=second,
                 bayes_new_mean=b2mean,
                 bayes_new_se=b2se,
                 upper_over_lower_new=ub2.value / lb2.value if lb2.value > 0 else math.inf,

@@ -121,7 +121,7 @@ def test_a_commit_that_changes_a_design_recomputes_its_records(tmp_path):
     res, gap_again, _ = run()
     assert "already done, skipped" in res.stdout + res.stderr and np.array_equal(gap_again, gap_before)
     # A commit makes the registered `uniform` design label only the first two completions.
-    with open(proj / "synthetic" / "designs.py", "a") as fh:
+    with open(proj / "synthetic" / "designs" / "simple.py", "a") as fh:
         fh.write(
             "\n\n@register_design('uniform', summary='changed', source='test', replace=True)\n"
             "def _changed_uniform(key, problem, budget, rounding='auto', max_labels_per_edge=None):\n"

@@ -45,7 +45,12 @@ from theory import _validation as V
 from theory.information import _information_matrix
 from theory.policy import _policy_curvature, _policy_log_probs, normalized_prompt_weights
 
+from theory.second_order import second_order_coefficients, second_order_column, second_order_gap  # noqa: E402,F401 (issue 18, goal 3)
+
 __all__ = [
+    "second_order_gap",
+    "second_order_coefficients",
+    "second_order_column",
     "BoundConstants",
     "UpperBound",
     "HighProbabilityBound",
