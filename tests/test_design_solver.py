@@ -782,3 +782,34 @@ def test_exact_certificate_is_the_linear_programme_gap():
         cert, thr = exact_certificate(dd, w, groups, masses, g, caps)
         np.testing.assert_allclose(cert, -lp.fun - dd @ w, rtol=1e-12, atol=1e-12)
         assert (thr is None) == (caps is None)
+
+
+def test_capped_start_whose_spanning_support_lost_its_caps():
+    """A cap of 0 on the start's spanning support (a pilot took those edges) leaves a
+    support that does not span: its scores are NaN. The start fills those edges last,
+    without a RuntimeWarning (once an 'invalid value' warning in the capped LMO), and the
+    solve still reaches the cvxpy optimum."""
+    import warnings
+
+    from theory.design import reduce_problem
+    from theory.design.start import _initial_weights
+
+    rng = np.random.default_rng(5)
+    diffs, theta, curv, _ = _instance(rng, m=12, k=5, d=4)
+    e = diffs.shape[0]
+    p = reduce_problem(jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), 1.0, caps=4.0 / e)
+    support = np.flatnonzero(np.asarray(_initial_weights(p.x, p.groups, p.masses, p.num_groups, p.rank)) > 0)
+    caps = np.full(e, 4.0 / e)
+    caps[support] = 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        sol = optimal_design(jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), 1.0, tol=1e-8, caps=caps, working_set=8)
+    assert sol.converged and np.all(np.asarray(sol.weights)[support] == 0)
+    w = cp.Variable(e)
+    scaled = _scaled(diffs, theta, 1.0)
+    info = scaled.T @ cp.diag(w) @ scaled
+    root = np.linalg.cholesky(curv + 1e-15 * np.eye(curv.shape[0]))
+    objective = cp.sum([cp.matrix_frac(root[:, i], info) for i in range(root.shape[1])])
+    prob = cp.Problem(cp.Minimize(objective), [w >= 0, w <= caps, cp.sum(w) == 1])
+    prob.solve()
+    assert abs(sol.value - prob.value) <= 1e-4 * prob.value

@@ -109,6 +109,11 @@ def _fill_caps(p: ReducedProblem, w0):
     if np.any(left > 0):
         st0 = _refresh_subset(np.flatnonzero(base > 0), base, p.x, p.offset, p.b, p.kind)
         d0 = np.asarray(_price(p.x, st0.tinv, p.b, p.kind), dtype=np.float64)
+        # A support that lost edges to their caps (a pilot's labels) may not span: its
+        # scores are NaN; such edges are filled last (where NaN sorts), without a warning.
+        bad = np.isnan(d0)
+        if bad.any():
+            d0 = np.where(bad, d0[~bad].min() - 1.0 if (~bad).any() else 0.0, d0)
         _, _, extra = _capped_lmo_np(d0, p.caps - base, p.groups, np.maximum(left, 0.0), p.num_groups, True)
         base = np.minimum(base + extra, p.caps)
     return jnp.asarray(base, dtype=p.dtype)
