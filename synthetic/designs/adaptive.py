@@ -74,6 +74,7 @@ import numpy as np
 
 from synthetic.baselines import uniform_weights
 from synthetic.designs.checks import _bool_check, choice_check, integer_check, interval_check
+from synthetic.designs.greedy import GreedyState
 from synthetic.designs.optimal import _solve
 from synthetic.designs.outputs import weighted_output
 from synthetic.designs.pilot import PILOT
@@ -141,17 +142,18 @@ def _adpo_round_one(theta, held, b, z, beta, gamma, caps):
     hinv = 0.5 * (hinv + hinv.T)
     scores = jnp.sum((v @ hinv) * v, axis=1)
 
-    def body(_, carry):
-        hinv, scores, taken = carry
+    def body(_, carry: GreedyState) -> GreedyState:
+        hinv, scores, taken, order = carry
         j = jnp.argmax(jnp.where(held + taken >= caps, -jnp.inf, scores))
         u = hinv @ v[j]
         denom = 1.0 + v[j] @ u
         # Sherman-Morrison: v^T (H + u u^T)^-1 v = v^T H^-1 v - (v^T H^-1 v_j)^2 / (1 + v_j^T H^-1 v_j).
         scores = scores - (v @ u) ** 2 / denom
         hinv = hinv - jnp.outer(u, u) / denom
-        return hinv, scores, taken.at[j].add(1.0)
+        return GreedyState(hinv, scores, taken.at[j].add(1.0), order)
 
-    return jax.lax.fori_loop(0, b, body, (hinv, scores, jnp.zeros_like(held)))[2]
+    init = GreedyState(hinv, scores, jnp.zeros_like(held), jnp.zeros((0,), jnp.int32))
+    return jax.lax.fori_loop(0, b, body, init).taken
 
 
 _adpo_batched = jax.jit(jax.vmap(_adpo_round_one, in_axes=(0, 0, None, None, None, None, None)))

@@ -3,6 +3,8 @@ rounds (``apo_greedy``, ``apo_sequential``)."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import functools
 
 import jax
@@ -29,13 +31,22 @@ def _each_edge_once_budget(name, problem, budget, params):
         )
 
 
+class GreedyState(NamedTuple):
+    """Loop state of a greedy D-optimal selection (Sherman-Morrison updates of ``H^-1``)."""
+
+    hinv: jax.Array  # [d, d] H^-1
+    scores: jax.Array  # [E] v_e^T H^-1 v_e
+    taken: jax.Array  # [E] picks so far
+    order: jax.Array  # [budget] the edge picked at each step (unused by batched rounds: size 0)
+
+
 @functools.partial(jax.jit, static_argnames=("budget",))
 def _greedy_order(vecs, gamma, budget, caps):
     e, d = vecs.shape
     hinv0 = jnp.eye(d, dtype=vecs.dtype) / gamma
     scores0 = jnp.sum(vecs * vecs, axis=1) / gamma
 
-    def body(t, carry):
+    def body(t, carry: GreedyState) -> GreedyState:
         hinv, scores, taken, order = carry
         j = jnp.argmax(jnp.where(taken >= caps, -jnp.inf, scores))
         u = hinv @ vecs[j]
@@ -45,10 +56,10 @@ def _greedy_order(vecs, gamma, budget, caps):
         scores = scores - proj**2 / denom
         hinv = hinv - jnp.outer(u, u) / denom
         taken = taken.at[j].add(1)
-        return hinv, scores, taken, order.at[t].set(j.astype(order.dtype))
+        return GreedyState(hinv, scores, taken, order.at[t].set(j.astype(order.dtype)))
 
-    init = (hinv0, scores0, jnp.zeros(e, jnp.int32), jnp.zeros(budget, jnp.int32))
-    return jax.lax.fori_loop(0, budget, body, init)[3]
+    init = GreedyState(hinv0, scores0, jnp.zeros(e, jnp.int32), jnp.zeros(budget, jnp.int32))
+    return jax.lax.fori_loop(0, budget, body, init).order
 
 
 def _greedy(vecs, budget, gamma, with_replacement, max_labels_per_edge=None, pilot=None):
