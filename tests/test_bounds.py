@@ -19,6 +19,7 @@
 
 import itertools
 import math
+import types
 
 import jax
 import jax.numpy as jnp
@@ -354,6 +355,24 @@ def _score_and_fit(world, diffs, counts, key, reps):
     return jax.jit(jax.vmap(one))(jax.random.split(key, reps))
 
 
+def _dense_whitening(world, prob, w):
+    """Dense numpy ``z``, ``theta*``, ``sigma'_e``, ``S``, ``I``, a basis of range(S), ``S^{+1/2}`` and ``I^{1/2}``
+    of design ``w`` (computed without theory.bounds)."""
+    z = np.asarray(prob.edges.diffs)
+    ts = np.asarray(world.theta_star)
+    pr = 1 / (1 + np.exp(-world.beta * z @ ts))
+    v = pr * (1 - pr)
+    s = world.beta**2 * (z.T * (w * v)) @ z
+    ev = world.eval
+    curv = np.asarray(policy_curvature(jnp.asarray(ts), ev.features, ev.log_ref, ev.prompt_weights))
+    lam, vec = np.linalg.eigh(s)
+    keep = lam > 1e-10 * lam.max()
+    s_half_pinv = (vec[:, keep] / np.sqrt(lam[keep])) @ vec[:, keep].T
+    lam_i, vec_i = np.linalg.eigh(curv)
+    i_half = (vec_i * np.sqrt(np.clip(lam_i, 0, None))) @ vec_i.T
+    return types.SimpleNamespace(z=z, ts=ts, v=v, s=s, curv=curv, span=vec[:, keep], s_half_pinv=s_half_pinv, i_half=i_half)
+
+
 @pytest.mark.slow
 def test_theorem1_lemmas_hold_replicate_by_replicate_and_score_moments():
     world = contextual_world(jax.random.key(3), prompt_dim=2, action_dim=2, num_train_prompts=20, num_eval_prompts=30, num_completions=4)
@@ -364,15 +383,8 @@ def test_theorem1_lemmas_hold_replicate_by_replicate_and_score_moments():
     ev = world.eval
     c = TB.instance_constants(counts / n, world.theta_star, ev.features, ev.log_ref, prob.edges.diffs, world.beta, 10.0, ev.prompt_weights)
     g, theta_hat = map(np.asarray, _score_and_fit(world, prob.edges.diffs, counts, jax.random.key(0), 4000))
-    z = np.asarray(prob.edges.diffs)
-    ts = np.asarray(world.theta_star)
-    s = world.beta**2 * (z.T * ((counts / n) / (2 + 2 * np.cosh(world.beta * z @ ts)))) @ z
-    curv = np.asarray(policy_curvature(jnp.asarray(ts), ev.features, ev.log_ref, ev.prompt_weights))
-    lam, vec = np.linalg.eigh(s)
-    keep = lam > 1e-10 * lam.max()
-    s_half_pinv = (vec[:, keep] / np.sqrt(lam[keep])) @ vec[:, keep].T
-    lam_i, vec_i = np.linalg.eigh(curv)
-    i_half = (vec_i * np.sqrt(np.clip(lam_i, 0, None))) @ vec_i.T
+    dw = _dense_whitening(world, prob, counts / n)
+    ts, s, curv, s_half_pinv, i_half = dw.ts, dw.s, dw.curv, dw.s_half_pinv, dw.i_half
     u = g @ s_half_pinv
     r = np.linalg.norm(u, axis=1)
     au = np.linalg.norm(g @ s_half_pinv @ s_half_pinv @ i_half, axis=1)
@@ -383,8 +395,7 @@ def test_theorem1_lemmas_hold_replicate_by_replicate_and_score_moments():
     assert np.all(r <= TB._score_radius(c, n, 2.0))
     # Lemmas 5.1 and 5.2, per replicate (deterministic implications).
     delta = theta_hat - ts
-    v = vec[:, keep]
-    delta_v = (delta @ v) @ v.T
+    delta_v = (delta @ dw.span) @ dw.span.T
     err_s = np.sqrt(np.einsum("ri,ij,rj->r", delta_v, s, delta_v))
     assert np.all(c.zeta * r < 1)
     s_r = -np.log1p(-c.zeta * r) / c.zeta
@@ -690,17 +701,8 @@ def test_score_fourth_moments_and_the_pointwise_chain_of_theorem4_replicate_by_r
     ub = TB.upper_bound_bernstein(c, n)
     assert ub.valid
     g, theta_hat = map(np.asarray, _score_and_fit(world, prob.edges.diffs, counts, jax.random.key(1), 2000))
-    z = np.asarray(prob.edges.diffs)
-    ts = np.asarray(world.theta_star)
-    pr = 1 / (1 + np.exp(-world.beta * z @ ts))
-    v = pr * (1 - pr)
-    s = world.beta**2 * (z.T * ((counts / n) * v)) @ z
-    curv = np.asarray(policy_curvature(jnp.asarray(ts), ev.features, ev.log_ref, ev.prompt_weights))
-    lam, vec = np.linalg.eigh(s)
-    keep = lam > 1e-10 * lam.max()
-    s_half_pinv = (vec[:, keep] / np.sqrt(lam[keep])) @ vec[:, keep].T
-    lam_i, vec_i = np.linalg.eigh(curv)
-    i_half = (vec_i * np.sqrt(np.clip(lam_i, 0, None))) @ vec_i.T
+    dw = _dense_whitening(world, prob, counts / n)
+    z, v, s_half_pinv, i_half = dw.z, dw.v, dw.s_half_pinv, dw.i_half
     amat = i_half @ s_half_pinv
     u = g @ s_half_pinv
     r = np.linalg.norm(u, axis=1)
