@@ -599,7 +599,7 @@ def test_each_design_checks_its_own_budget_before_any_label(problems, name, worl
 
 
 def test_a_registered_budget_check_runs_before_the_design():
-    from synthetic.designs import check_design_budget, rounding_budget_check
+    from synthetic.designs import rounding_budget_check
 
     for name, spec in DESIGNS.items():
         assert (rounding_budget_check in spec.budget_checks) == ("rounding" in spec.params), name
