@@ -421,6 +421,12 @@ def adpo_adaptive(key, problem, budget, round_size=20, first_round=None, refit="
     return _output(c, w, info, 0, budget)
 
 
+def _one_run(key, problem, budget, rule, **params) -> DesignOutput:
+    """One replicate's run of the loop with ``rule`` (the registry's single-key entry)."""
+    c, w, info = adaptive_loop(jnp.asarray(key)[None], problem, budget, rule, **params)
+    return _output(c, w, info, 0, budget)
+
+
 _UNC_CHECKS = {"over_generate_factor": integer_check(1), "candidates": choice_check(*CANDIDATES)}
 
 
@@ -432,10 +438,9 @@ _UNC_CHECKS = {"over_generate_factor": integer_check(1), "candidates": choice_ch
 )
 def uncertainty_adaptive(key, problem, budget, round_size=64, first_round=None, refit="map", prior_precision=1.0, pilot_ridge=PILOT.ridge,
                          over_generate_factor=16, candidates="policy", max_labels_per_edge=None):
-    c, w, info = adaptive_loop(jnp.asarray(key)[None], problem, budget, "uncertainty", round_size=round_size, first_round=first_round,
-                               refit=refit, prior_precision=prior_precision, pilot_ridge=pilot_ridge,
-                               over_generate_factor=over_generate_factor, candidates=candidates, max_labels_per_edge=max_labels_per_edge)
-    return _output(c, w, info, 0, budget)
+    return _one_run(key, problem, budget, "uncertainty", round_size=round_size, first_round=first_round, refit=refit,
+                    prior_precision=prior_precision, pilot_ridge=pilot_ridge, over_generate_factor=over_generate_factor,
+                    candidates=candidates, max_labels_per_edge=max_labels_per_edge)
 
 
 @_register(
@@ -446,10 +451,9 @@ def uncertainty_adaptive(key, problem, budget, round_size=64, first_round=None, 
 )
 def most_certain_adaptive(key, problem, budget, round_size=64, first_round=None, refit="map", prior_precision=1.0, pilot_ridge=PILOT.ridge,
                           over_generate_factor=16, candidates="policy", max_labels_per_edge=None):
-    c, w, info = adaptive_loop(jnp.asarray(key)[None], problem, budget, "most_certain", round_size=round_size, first_round=first_round,
-                               refit=refit, prior_precision=prior_precision, pilot_ridge=pilot_ridge,
-                               over_generate_factor=over_generate_factor, candidates=candidates, max_labels_per_edge=max_labels_per_edge)
-    return _output(c, w, info, 0, budget)
+    return _one_run(key, problem, budget, "most_certain", round_size=round_size, first_round=first_round, refit=refit,
+                    prior_precision=prior_precision, pilot_ridge=pilot_ridge, over_generate_factor=over_generate_factor,
+                    candidates=candidates, max_labels_per_edge=max_labels_per_edge)
 
 
 @_register(
