@@ -82,6 +82,7 @@ __all__ = [
     "covering_rounding",
     "spanning_edges",
     "check_max_labels_per_edge",
+    "resolve_max_labels_per_edge",
 ]
 
 ROUNDINGS = ("auto", "covering", "pivotal", "efficient", "without_replacement", "with_replacement")
@@ -181,6 +182,15 @@ def check_max_labels_per_edge(value, name: str = "max_labels_per_edge"):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be null (unlimited) or an integer >= 1, got {value!r}")
     return int(value)
+
+
+def resolve_max_labels_per_edge(value, budget: int, num_edges: int):
+    """``"auto"`` becomes ``1`` when ``budget <= num_edges`` (each comparison labelled at
+    most once: the finite-budget regime, the paper's HH setting) and ``None`` (unlimited)
+    above; any other value is checked by :func:`check_max_labels_per_edge` and returned."""
+    if isinstance(value, str) and value == "auto":
+        return 1 if int(budget) <= int(num_edges) else None
+    return check_max_labels_per_edge(value)
 
 
 def _caps_array(caps, size: int) -> np.ndarray:

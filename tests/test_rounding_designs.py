@@ -17,6 +17,7 @@ from scipy.stats import norm
 from synthetic import contextual_world, tabular_world
 from synthetic.designs import (
     DESIGNS,
+    check_design_budget,
     allocation_criterion,
     design_problem,
     get_design,
@@ -267,14 +268,44 @@ def test_every_design_respects_max_labels_per_edge(problems, name, cap):
     assert counts.sum() == n and counts.max() <= cap
     if out.pilot is not None:
         assert np.all(counts >= out.pilot[0])
+    if cap == 1:  # "auto" is the cap 1 wherever the budget is at most the number of edges
+        auto = run_design(name, jax.random.PRNGKey(4), prob, n, max_labels_per_edge="auto")
+        np.testing.assert_array_equal(auto.dense_counts(prob.num_edges), counts)
     with pytest.raises(ValueError, match=r"exceeds design.params.max_labels_per_edge = 1 times the 300 candidate edges"):
         run_design(name, jax.random.PRNGKey(4), prob, 301, max_labels_per_edge=1)
 
 
+@pytest.mark.parametrize("name", ["uniform", "plug_in", "apo_greedy", "sequential_plug_in"])
+def test_auto_cap_is_unlimited_above_the_number_of_edges(problems, name):
+    prob = problems["contextual"]  # 300 edges
+    n = 400
+    auto = run_design(name, jax.random.PRNGKey(5), prob, n, max_labels_per_edge="auto")
+    free = run_design(name, jax.random.PRNGKey(5), prob, n, max_labels_per_edge=None)
+    np.testing.assert_array_equal(auto.dense_counts(prob.num_edges), free.dense_counts(prob.num_edges))
+    assert auto.dense_counts(prob.num_edges).max() > 1  # 400 labels on 300 edges repeat one
+
+
+@pytest.mark.parametrize("world", ["tabular", "contextual"])
+@pytest.mark.parametrize("name", sorted(n for n, spec in DESIGNS.items() if spec.support is not None))
+def test_a_registered_support_is_exactly_what_the_design_can_label_once(problems, world, name):
+    prob = problems[world]
+    params = {"num_pairs": 5} if name == "first_n" else {}  # its default support is every edge
+    size = get_design(name).support_size(prob, params)
+    assert size < prob.num_edges
+    out = run_design(name, jax.random.PRNGKey(6), prob, size, max_labels_per_edge=1, **params)  # the support is not understated
+    assert out.allocation.edges.size == size and out.allocation.counts.max() == 1
+    with pytest.raises(ValueError, match=f"budget {size + 1} exceeds design.params.max_labels_per_edge = 1 times the {size} comparisons"):
+        check_design_budget(name, prob, size + 1, max_labels_per_edge=1, **params)
+    free = run_design(name, jax.random.PRNGKey(6), prob, 3 * size + 1, max_labels_per_edge=None, **params)
+    assert free.allocation.edges.size <= size  # not overstated: it never labels more comparisons
+
+
 def test_a_cap_the_design_cannot_meet_is_a_clear_error(problems):
     prob = problems["tabular"]  # 4 prompts: one pair a prompt gives 4 edges
-    with pytest.raises(ValueError, match="budget 5 exceeds the 4 labels that max_labels_per_edge allows on the 4 edges"):
-        run_design("first_two", jax.random.PRNGKey(0), prob, 5, max_labels_per_edge=1)
+    with pytest.raises(ValueError, match="budget 5 exceeds design.params.max_labels_per_edge = 1 times the 4 comparisons design 'first_two' can label"):
+        check_design_budget("first_two", prob, 5, max_labels_per_edge=1)  # before any label
+    auto = run_design("first_two", jax.random.PRNGKey(0), prob, 5, max_labels_per_edge="auto")  # beyond its support: unlimited
+    assert auto.allocation.counts.sum() == 5 and auto.allocation.counts.max() == 2
     with pytest.raises(ValueError, match="cannot honour max_labels_per_edge"):
         run_design("uniform", jax.random.PRNGKey(0), prob, 30, max_labels_per_edge=1, rounding="efficient")
     out = run_design("first_two", jax.random.PRNGKey(0), prob, 12, max_labels_per_edge=3)
@@ -387,8 +418,12 @@ def test_parameter_checks_state_the_allowed_values():
     check_design_params("d_optimal", {"at": "truth", "max_labels_per_edge": 1, "prior_precision": 0.0})
     with pytest.raises(ValueError, match=r"design.params.at must be one of \['reference', 'pilot'\], got 'truth'"):
         check_design_params("uncertainty", {"at": "truth"})
-    with pytest.raises(ValueError, match=r"design.params.max_labels_per_edge must be null \(unlimited\) or an integer >= 1, got 1.5"):
+    with pytest.raises(ValueError, match=r"design.params.max_labels_per_edge must be null \(unlimited\), 'auto' \(1 when budget <= number of "
+                       r"edges, else unlimited\) or an integer >= 1, got 1.5"):
         check_design_params("uniform", {"max_labels_per_edge": 1.5})
+    with pytest.raises(ValueError, match=r"design.params.max_labels_per_edge must be null .* got 'once'"):
+        check_design_params("uniform", {"max_labels_per_edge": "once"})
+    check_design_params("uniform", {"max_labels_per_edge": "auto"})
     with pytest.raises(ValueError, match=r"design.params.pilot_fraction must be in \(0, 1\), got 0"):
         check_design_params("two_stage", {"pilot_fraction": 0})
     with pytest.raises(ValueError, match=r"checks for parameter\(s\) \['nope'\] it does not take"):

@@ -58,6 +58,13 @@ def integer_check(lo, optional=False, null_means=""):
     return check
 
 
+def _cap_check(name, value):
+    if value is None or (isinstance(value, str) and value == "auto"):
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        _fail(name, "null (unlimited), 'auto' (1 when budget <= number of edges, else unlimited) or an integer >= 1", value)
+
+
 def _bool_check(name, value):
     if not isinstance(value, (bool, np.bool_)):
         _fail(name, "true or false", value)
@@ -68,7 +75,7 @@ def _bool_check(name, value):
 #: allowed values differ by design). ``fn(name, value)`` raises ``ValueError``.
 PARAM_CHECKS: dict[str, Callable] = {
     "rounding": choice_check(*ROUNDINGS),
-    "max_labels_per_edge": integer_check(1, optional=True, null_means="unlimited"),
+    "max_labels_per_edge": _cap_check,
     "prior_precision": interval_check(0.0, np.inf, lo_open=False, optional=True),
     "ridge": interval_check(0.0, np.inf, lo_open=False),
     "tol": interval_check(0.0, np.inf),

@@ -29,8 +29,14 @@ def reference_weighted(key, problem, budget, rounding="auto", max_labels_per_edg
     return weighted_output(key, problem, budget, reference_weights(problem.edges, problem.pool.log_ref), rounding, max_labels_per_edge=max_labels_per_edge)
 
 
+def _filter_support(params, problem):
+    f = params.get("fraction")
+    return max(1, int(np.ceil(f * problem.num_edges))) if isinstance(f, (int, float)) and 0 < f <= 1 else None
+
+
 @register_design(
     "reference_filter",
+    support=_filter_support,
     summary="Keep the fraction of pairs with the largest |log pi0(y|x) - log pi0(y'|x)|, uniform over them.",
     source="our reading of Clear Preferences Leave Traces (2025, seed 004); its exact rule is not in the abstract",
 )

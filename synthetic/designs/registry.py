@@ -13,11 +13,11 @@ import numpy as np
 
 from synthetic.designs.checks import PARAM_CHECKS
 from synthetic.designs.problem import DesignOutput, DesignProblem
-from synthetic.rounding import CoverageWarning, check_budget, check_max_labels_per_edge
+from synthetic.rounding import CoverageWarning, check_budget, check_max_labels_per_edge, resolve_max_labels_per_edge
 from theory.information import rank_threshold
 
 __all__ = ["DesignSpec", "DESIGNS", "register_design", "get_design", "check_design_params", "check_design_budget",
-           "run_design", "BudgetCheck"]
+           "run_design", "resolve_params", "BudgetCheck"]
 
 #: ``check(name, problem, budget, params) -> None``: a design's own budget check, run
 #: before any label with ``params`` completed by the design's defaults; raises
@@ -51,6 +51,14 @@ class DesignSpec:
     needs_truth: Union[bool, Callable[[dict], bool]] = False
     # its own budget checks (BudgetCheck), run by check_design_budget before any label
     budget_checks: tuple = ()
+    # support(params, problem) -> int or None: how many distinct comparisons the design
+    # can label with these parameters (None: every candidate edge)
+    support: Optional[Callable[[DesignProblem, dict], Optional[int]]] = None
+
+    def support_size(self, problem: DesignProblem, params: dict) -> int:
+        """Distinct comparisons the design can label (every candidate edge unless it registered ``support``)."""
+        s = self.support({**self.params, **params}, problem) if self.support else None
+        return problem.num_edges if s is None else int(min(s, problem.num_edges))
 
     def __call__(self, key, problem, budget, **params):
         return self.fn(key, problem, budget, **params)
@@ -67,7 +75,7 @@ DESIGNS: dict[str, DesignSpec] = {}
 
 def register_design(name: str, *, summary: str, source: str, replace: bool = False, checks: Optional[dict] = None,
                     adaptive: bool = False, needs_truth: Union[bool, Callable[[dict], bool]] = False,
-                    check_budget: Optional[BudgetCheck] = None):
+                    check_budget: Optional[BudgetCheck] = None, support: Optional[Callable] = None):
     """Decorator registering ``fn(key, problem, budget, **params)`` under ``name``.
 
     ``adaptive=True`` flags a design whose selections depend on the labels it buys
@@ -86,6 +94,12 @@ def register_design(name: str, *, summary: str, source: str, replace: bool = Fal
     ``check_budget``: the design's own budget check (:data:`BudgetCheck`), run by
     :func:`check_design_budget` before any label (and so by a sweep's pre-flight
     pass); a design taking ``rounding`` also gets :func:`rounding_budget_check`.
+
+    ``support(params, problem) -> int | None``: how many distinct comparisons the
+    design can label with these parameters (e.g. one pair per prompt), where that is
+    fewer than the candidate edges. With ``max_labels_per_edge = c`` a budget above
+    ``c`` times it is refused before any label, and ``max_labels_per_edge="auto"``
+    labels each comparison at most once only where the budget fits it.
     """
 
     def deco(fn):
@@ -106,7 +120,7 @@ def register_design(name: str, *, summary: str, source: str, replace: bool = Fal
             raise ValueError(f"design {name!r}: check_budget must be a function (name, problem, budget, params), got {check_budget!r}")
         hooks = ((rounding_budget_check,) if "rounding" in params else ()) + ((check_budget,) if check_budget else ())
         DESIGNS[name] = DesignSpec(name, fn, summary, source, params, {p: c for p, c in own.items() if c is not None},
-                                   bool(adaptive), needs_truth, hooks)
+                                   bool(adaptive), needs_truth, hooks, support)
         return fn
 
     return deco
@@ -142,6 +156,20 @@ def _curvature_rank(problem) -> int:
     return int(np.sum(lam > float(rank_threshold(max(lam.max(), 0.0), problem.dim, jnp.float64))))
 
 
+def resolve_params(name: str, problem: DesignProblem, budget, params: dict) -> dict:
+    """``params`` with ``max_labels_per_edge="auto"`` made concrete for this budget:
+    ``1`` (each comparison labelled at most once) when the budget is at most the number
+    of comparisons the design can label (``E``, or its registered ``support``), ``None``
+    (unlimited) above. The parameters are checked first (:func:`check_design_params`)."""
+    spec = get_design(name)
+    check_design_params(name, params)
+    cap = params.get("max_labels_per_edge", spec.params.get("max_labels_per_edge"))
+    if isinstance(cap, str) and "max_labels_per_edge" in spec.params:
+        size = spec.support_size(problem, params)
+        params = {**params, "max_labels_per_edge": resolve_max_labels_per_edge(cap, check_budget(budget), size)}
+    return params
+
+
 def check_design_budget(name: str, problem: DesignProblem, budget, **params) -> int:
     """The checks :func:`run_design` makes before a design runs (a sweep's pre-flight pass can call it).
 
@@ -153,7 +181,7 @@ def check_design_budget(name: str, problem: DesignProblem, budget, **params) -> 
     is infinite). Returns the budget as ``int``.
     """
     spec = get_design(name)
-    check_design_params(name, params)
+    params = resolve_params(name, problem, budget, params)
     budget = check_budget(budget)
     cap = check_max_labels_per_edge(params.get("max_labels_per_edge", spec.params.get("max_labels_per_edge")))
     if cap is not None and budget > cap * problem.num_edges:
@@ -161,6 +189,14 @@ def check_design_budget(name: str, problem: DesignProblem, budget, **params) -> 
             f"budget {budget} exceeds design.params.max_labels_per_edge = {cap} times the {problem.num_edges} candidate "
             f"edges; allowed: budget <= {cap * problem.num_edges}, or a larger max_labels_per_edge"
         )
+    if cap is not None and spec.support is not None:
+        size = spec.support_size(problem, params)
+        if budget > cap * size:
+            raise ValueError(
+                f"budget {budget} exceeds design.params.max_labels_per_edge = {cap} times the {size} comparisons design "
+                f"{name!r} can label with these parameters; allowed: budget <= {cap * size}, a larger max_labels_per_edge, "
+                "or max_labels_per_edge = 'auto' (at most once where the budget fits, else unlimited)"
+            )
     full = {**spec.params, **params}
     for hook in spec.budget_checks:
         hook(name, problem, budget, full)
@@ -189,6 +225,7 @@ def run_design(name: str, key, problem: DesignProblem, budget: int, **params) ->
     ``max_labels_per_edge`` on each.
     """
     spec = get_design(name)
+    params = resolve_params(name, problem, budget, params)
     budget = check_design_budget(name, problem, budget, **params)
     cap = check_max_labels_per_edge(params.get("max_labels_per_edge", spec.params.get("max_labels_per_edge")))
     if not spec.reads_truth(params):

@@ -21,8 +21,18 @@ def uniform(key, problem, budget, rounding="auto", max_labels_per_edge=None):
     return weighted_output(key, problem, budget, uniform_weights(problem.edges), rounding, max_labels_per_edge=max_labels_per_edge)
 
 
+def _first_two_support(params, problem):
+    e = problem.edges
+    return int(np.sum((np.asarray(e.first) == 0) & (np.asarray(e.second) == 1)))
+
+
+def _first_n_support(params, problem):
+    return params.get("num_pairs")
+
+
 @register_design(
     "first_two",
+    support=_first_two_support,
     summary="The first two completions of each prompt, one pair per prompt.",
     source="common practice (sample two completions, label them)",
 )
@@ -32,6 +42,7 @@ def first_two(key, problem, budget, rounding="auto", max_labels_per_edge=None):
 
 @register_design(
     "first_n",
+    support=_first_n_support,
     summary="The first N comparisons in pool order (N = num_pairs, default min(budget, E)).",
     source="common practice (label what comes first)",
 )
