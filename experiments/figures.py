@@ -105,7 +105,7 @@ def figure1(out: Path, results: Path, small: bool, progress: bool = True) -> lis
 
     paper_style()
     fig, axes = plt.subplots(1, 2, figsize=(7.2, 3.0), constrained_layout=True)
-    rows = []
+    rows, bands = [], []
     for ax, world in zip(axes, FIG1_WORLDS):
         exp = f"figure1_{world}"
         jobs = sweep.grid(exp, SMALL[f"fig1_{world}"] if small else ())
@@ -129,6 +129,10 @@ def figure1(out: Path, results: Path, small: bool, progress: bool = True) -> lis
                     fontsize=5.5, color="0.3")
         for r in got:
             r["reference_gap"] = g0
+        designs = sorted({r["design"] for r in got})
+        band, n0 = bound_band(cfg, designs, sorted({r["budget"] for r in got}), [sweep.compose_job(j) for j in jobs])
+        bands += [{"world": world, **b} for b in band]
+        _draw_band(ax, band, n0, max(r["budget"] for r in got))
         _note_missing(ax, got)
     handles, labels = axes[0].get_legend_handles_labels()
     for h, lab in zip(*axes[1].get_legend_handles_labels()):
@@ -139,8 +143,85 @@ def figure1(out: Path, results: Path, small: bool, progress: bool = True) -> lis
     fig.suptitle(f"estimator: {estimator}", fontsize=7)
     axes[1].set_ylabel("")
     write_csv(rows, out / "fig1_gap_vs_budget.csv")
+    write_csv(bands, out / "fig1_bounds_band.csv", ["world", "design", "budget", "lower", "upper", "prediction", "n0"])
     save_figure(fig, out / "fig1_gap_vs_budget")
     return rows
+
+
+#: Designs whose weights the instance fixes (no pilot labels, no randomness in the
+#: weights): Theorems 4-5 are statements for a fixed allocation, so Figure 1 draws their
+#: band for these only.
+BAND_DESIGNS = ("oracle", "uniform", "a_optimal", "d_optimal", "reference_weighted")
+
+
+def bound_band(cfg, designs, budgets, job_cfgs=()) -> tuple[list[dict], dict]:
+    """Theorems 4-5 around Figure 1's curves: for each design of :data:`BAND_DESIGNS` in
+    ``designs``, the upper bound (:func:`theory.bounds.upper_bound_bernstein`) and the
+    lower bound (:func:`theory.bounds.lower_bound_jensen`) at every budget where the
+    upper bound holds, for the empirical design of the allocation the design makes at
+    that budget (efficient rounding of its weights, as in the bounds table).
+
+    ``job_cfgs`` are the panel's jobs' composed configs; a design's own
+    parameters (its ``max_labels_per_edge``, say) come from its config. Returns the rows
+    ``{design, budget, lower, upper, prediction, n0}`` and ``{design: n0}``, ``n0`` the
+    smallest budget from which the upper bound holds for the design's weights at the
+    largest budget.
+    """
+    from experiments.cell import float64
+    from experiments.worlds import make_world
+    from synthetic import design_problem
+    from synthetic.designs import run_design
+    from synthetic.rounding import efficient_rounding
+    from theory import bounds as TB
+
+    params = {}
+    for c in job_cfgs:
+        params.setdefault(c.design.name, OmegaConf.to_container(c.design.params))
+    rows, n0 = [], {}
+    with float64():
+        world = make_world(cfg.world, jax.random.key(cfg.world_seed))
+        prob = design_problem(world)
+        ev = world.eval
+
+        def constants(design, n):
+            out = run_design(design, jax.random.key(cfg.seed), prob, int(n), **params.get(design, {}))
+            w = np.asarray(out.weights if out.weights is not None else out.allocation.dense_counts(prob.num_edges), np.float64)
+            w_hat = efficient_rounding(w / w.sum(), int(n)).dense_counts(prob.num_edges) / int(n)
+            return TB.instance_constants(w_hat, world.theta_star, ev.features, ev.log_ref, prob.edges.diffs, world.beta,
+                                         prompt_weights=ev.prompt_weights)
+
+        for design in [d for d in BAND_DESIGNS if d in designs]:
+            n0[design] = float(TB.upper_bound_bernstein_valid_from(constants(design, max(budgets))))
+            for n in budgets:
+                if n < n0[design]:
+                    continue
+                c = constants(design, n)
+                up = TB.upper_bound_bernstein(c, int(n))
+                if not up.valid:
+                    continue
+                lo = TB.lower_bound_jensen(c, int(n))
+                rows.append({"design": design, "budget": int(n), "lower": float(lo.value), "upper": float(up.value),
+                             "prediction": float(TB.asymptotic_prediction(c, int(n))), "n0": n0[design]})
+    return rows, n0
+
+
+def _draw_band(ax, band, n0, largest) -> None:
+    """Each design's [lower, upper] as a vertical bar in its colour (offset a little per
+    design so that bars at one budget do not hide each other); a note where no design's
+    upper bound holds inside the panel."""
+    order = [d for d in BAND_DESIGNS if any(b["design"] == d for b in band)]
+    for b in band:
+        color, _ = design_style(b["design"])
+        x = b["budget"] * 1.07 ** (order.index(b["design"]) - (len(order) - 1) / 2)
+        ax.plot([x, x], [b["lower"], b["upper"]], color=color, lw=2.2, alpha=0.45, solid_capstyle="butt", zorder=1)
+    if band:
+        ax.plot([], [], color="0.5", lw=2.2, alpha=0.45, label="Theorems 4-5: lower to upper bound")
+    if n0:
+        first = min(n0.values())
+        if first > largest:
+            txt = ax.text(0.98, 0.98, f"upper bound holds from n = {first:.2g} ({min(n0, key=n0.get).replace('_', ' ')}), "
+                          "beyond this panel", transform=ax.transAxes, fontsize=4.8, va="top", ha="right", color="0.25")
+            txt.set_in_layout(False)
 
 
 _ESTIMATOR_LABEL = {"newton": "DPO MLE (ridge-path limit where it does not exist), all replicates",

@@ -152,13 +152,16 @@ def save_figure(fig, out) -> list[Path]:
     return paths
 
 
-def write_csv(rows, path) -> Path:
-    """Write dict rows to ``path`` atomically (all keys of the first row, in order)."""
+def write_csv(rows, path, fieldnames=None) -> Path:
+    """Write dict rows to ``path`` atomically (``fieldnames``, default all keys of the
+    first row, in order; with no rows, ``fieldnames`` gives the header)."""
     path = Path(path)
+    if not rows and fieldnames is None:
+        raise ValueError(f"write_csv: no rows for {path} and no fieldnames for its header")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(fh, fieldnames=list(fieldnames or rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, path)
