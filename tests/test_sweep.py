@@ -108,8 +108,13 @@ def test_sweep_expands_experiment_grids_and_command_line_lists():
     with initialize_config_module(config_module="experiments.conf", version_base=None):
         cfg = compose(config_name="sweep", overrides=["experiment=figure1_contextual"], return_hydra_config=True)
         cfg.hydra.overrides.task = ["experiment=figure1_contextual", "seed=0,1"]
+        grid = cfg.hydra.sweeper.params
+        designs, budgets = str(grid.design).split(","), str(grid.budget).split(",")
         jobs = sweep.sweep_job_overrides(cfg)
-    assert len(jobs) == 12 * 4 * 2
+    assert len(designs) >= 10 and len(budgets) >= 4
+    assert len(jobs) == len(designs) * len(budgets) * 2  # the experiment's grid times the command line's seed=0,1
+    assert {(j.count("design="), j.count("budget="), j.count("seed=")) for j in map(" ".join, jobs)} == {(1, 1, 1)}
+    assert len({tuple(sorted(j)) for j in jobs}) == len(jobs)  # no job twice
 
 
 def test_every_registered_design_has_a_config_with_its_defaults():
