@@ -775,6 +775,21 @@ _COLUMNS = {
     ("fig1", "band"): ["world", "design", "budget", "lower", "upper", "prediction", "n0"],
     ("fig1", "panels"): ["world", "title", "estimator", "reference_gap", "upper_bound_from", "upper_bound_from_design"],
 }
+#: The columns each plot reads (checked when a CSV is read back: CSVs written before a
+#: column was added are refused with the command that rewrites them).
+PLOT_COLUMNS = {
+    ("fig1", "gap"): ("world", "design", "budget", "mean_gap", "ci_low", "ci_high", "valid_fraction"),
+    ("fig1", "band"): ("world", "design", "budget", "lower", "upper"),
+    ("fig1", "panels"): tuple(_COLUMNS[("fig1", "panels")]),
+    ("fig2", None): ("world", "design", "n", "mc_mean", "mc_se", "asymptotic"),
+    ("fig3", None): ("world", "design", "ratio", "ratio_low", "ratio_high", "uniform_budget"),
+    ("fig4", None): ("kind", "direction", "radius", "gap_ratio", "gap_ratio_se", "criterion_ratio", "bound_factor", "budget", "dim",
+                     "directions"),
+    ("fig5", None): ("panel", "design", "num_completions", "theta_scale", "mc_scale", "budget", "approximation", "estimation_asymptotic",
+                     "total_asymptotic", "estimation_mc", "estimation_mc_se", "coincidence_world"),
+    ("fig6", None): ("panel", "design", "registered_design", "budget", "budget_fraction", "num_edges", "num_prompts", "dim", "seeds",
+                     "replicates", "mean_gap", "ci_low", "ci_high", "mle_mean_gap", "mle_ci_low", "mle_ci_high", "reference_gap"),
+}
 PLOTS = {"fig1": plot_fig1, "fig2": plot_fig2, "fig3": plot_fig3, "fig4": plot_fig4, "fig5": plot_fig5, "fig6": plot_fig6}
 
 
@@ -813,21 +828,29 @@ def parse_cell(value: str):
     return value
 
 
-def _read_csv(path: Path) -> list[dict]:
+def _read_csv(path: Path, name: str, required=()) -> list[dict]:
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: --replot draws from the CSVs a run without --replot wrote there")
+        raise FileNotFoundError(f"{path} is missing: --replot draws from the CSVs a run without --replot wrote there "
+                                f"(python -m experiments.figures --only {name} --out {path.parent})")
     with path.open(newline="") as fh:
-        return [{k: parse_cell(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+        reader = csv.DictReader(fh)
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path} lacks the columns {missing} that plot_{name} draws (written by older code): rewrite it with "
+                             f"python -m experiments.figures --only {name} --out {path.parent} (seconds where its records are cached)")
+        return [{k: parse_cell(v) for k, v in r.items()} for r in reader]
 
 
 def read_records(out: Path, name: str):
     """Figure ``name``'s records read back from its CSV(s) in ``out``, cells parsed by
-    :func:`parse_cell`: what ``plot_<name>`` draws (``--replot``)."""
+    :func:`parse_cell`: what ``plot_<name>`` draws (``--replot``). Raises
+    ``FileNotFoundError`` for a missing CSV and ``ValueError`` for one without a column
+    the plot draws (:data:`PLOT_COLUMNS`)."""
     _check_name(name)
     files = CSV_FILES[name]
     if isinstance(files, str):
-        return _read_csv(Path(out) / f"{files}.csv")
-    return {t: _read_csv(Path(out) / f"{stem}.csv") for t, stem in files.items()}
+        return _read_csv(Path(out) / f"{files}.csv", name, PLOT_COLUMNS[(name, None)])
+    return {t: _read_csv(Path(out) / f"{stem}.csv", name, PLOT_COLUMNS[(name, t)]) for t, stem in files.items()}
 
 
 # ------------------------------------------------------------------ command

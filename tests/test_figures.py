@@ -358,6 +358,12 @@ def test_read_and_write_records_refuse_unknown_figures_and_missing_files(tmp_pat
         figures.read_records(tmp_path, "fig4")
     with pytest.raises(ValueError, match=r"lack the tables \['panels'\]"):
         figures.write_records({"gap": [], "band": []}, tmp_path, "fig1")
+    # a CSV written before a column the plot draws was added: refused, naming the columns and the command
+    with open(FIXTURE / "fig4_plug_in_robustness.csv", newline="") as fh:
+        rows = [{k: v for k, v in r.items() if k not in ("dim", "directions")} for r in csv.DictReader(fh)]
+    figures.write_csv(rows, tmp_path / "fig4_plug_in_robustness.csv")
+    with pytest.raises(ValueError, match=r"lacks the columns \['dim', 'directions'\] that plot_fig4 draws.*--only fig4"):
+        figures.read_records(tmp_path, "fig4")
 
 
 def test_replot_redraws_every_figure_from_the_csvs_in_out_without_computing(tmp_path, no_computing, monkeypatch):
