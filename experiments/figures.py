@@ -142,6 +142,9 @@ def fig1_records(results: Path, small: bool, progress: bool = True) -> dict:
         })
     return {"gap": rows, "band": bands, "panels": panels}
 
+
+#: Designs whose weights the instance fixes (no pilot labels, no randomness in the
+#: weights): Theorems 4-5 are statements for a fixed allocation, so Figure 1 draws their
 #: band for these only.
 BAND_DESIGNS = ("oracle", "uniform", "a_optimal", "d_optimal", "reference_weighted")
 
@@ -269,6 +272,7 @@ def fig3_records(results: Path, small: bool, progress: bool = True, fig1: dict |
     records if already made, else :func:`fig1_records` makes them, from its cached cells)."""
     return sample_efficiency((fig1 if fig1 is not None else fig1_records(results, small, progress))["gap"])
 
+
 # ------------------------------------------------------------------ figure 2
 
 
@@ -308,6 +312,7 @@ def _bounds_table_rows(path: Path) -> list[dict]:
             if k not in ("world", "design"):
                 r[k] = float(v) if v not in ("True", "False") else v == "True"
     return rows
+
 
 # ------------------------------------------------------------------ figure 4
 
@@ -401,6 +406,7 @@ def _cached_item(cache: Path, prefix: str, ident: dict, code: str, compute) -> d
         got = compute()
         sweep.write_atomic(path, {k: np.asarray(v) for k, v in got.items()}, {**ident, "code_version": code})
     return got
+
 
 # ------------------------------------------------------------------ figure 5
 #
