@@ -1,8 +1,9 @@
-"""The paper's synthetic figures, each from records that a tested function made.
+"""The paper's synthetic figures, each in two steps: records, then a pure plot.
 
-    python -m experiments.figures                 # all five figures (see the README for the wall time)
+    python -m experiments.figures                 # all six figures (see the README for the wall time)
     python -m experiments.figures --only fig1 fig3
     python -m experiments.figures --small --out /tmp/figs --results /tmp/res   # a minute, for a smoke test
+    python -m experiments.figures --replot        # redraw every figure from its CSVs in --out, computing nothing
 
 1. ``fig1_gap_vs_budget``: Figure 1 of the paper, tabular and linear contextual panels:
    Monte-Carlo gap against budget per design (95% bands), from the sweep grids
@@ -18,17 +19,25 @@
 5. ``fig5_pool_size``: every pool's trained policy against one fixed objective, the
    largest pool's, split into its approximation and estimation parts, against
    completions per prompt ``K`` (up to 200), with the reward scale as a second axis.
+6. ``fig6_practical_regimes``: :mod:`experiments.practical`.
+
+Every figure ``N`` is ``figN_records(results, small, progress)`` (all computing and
+caching; plain rows of numbers and strings, exactly what the figure's CSVs hold) and
+``plot_figN(records)`` (:mod:`experiments.figure_plots`: drawing only, no JAX, no
+world, no file). :func:`main` composes records, CSVs (:func:`write_records`), plot and
+files; ``--replot`` reads the CSVs back (:func:`read_records`) and draws them.
 
 Cells of Figure 1 are cells of the sweep app (:mod:`experiments.sweep`): the
 same ids, files and resumability, so a grid run through a Hydra launcher elsewhere
 is picked up here, and an interrupted run resumes. Figure 4's and Figure 5's items are
 cached the same way (one record per item, keyed by its parameters and the code
-version). Every figure is written as PNG and PDF with the CSV of its data.
+version, :func:`_cached_item`). Every figure is written as PNG and PDF with the CSV of its data.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import json
 import math
@@ -41,15 +50,13 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from experiments import sweep  # noqa: E402
-from experiments.plotting import design_label, design_style, log_ticks, paper_style, plot_gap_vs_budget, save_figure, write_csv  # noqa: E402
+from experiments.figure_plots import FIG1_WORLDS, POOL_SIZE_DESIGNS, plot_fig1, plot_fig2, plot_fig3, plot_fig4, plot_fig5, plot_fig6  # noqa: E402, F401
+from experiments.plotting import save_figure, write_csv  # noqa: E402
 
 FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig5", "fig6")
-FIG1_WORLDS = ("tabular", "contextual")
 #: Figure 1's adaptive designs (experiment per world): the contextual panel only (in the
 #: tabular world, d = 100, a replicate refits a 100-dimensional MAP every round).
 FIG1_ADAPTIVE = {"contextual": "figure1_contextual_adaptive"}
-#: Designs Figure 5 draws (the union of its panels).
-POOL_SIZE_DESIGNS = ("oracle", "plug_in", "uniform", "best_vs_worst", "sweet_spot", "sweet_spot_pm2sigma", "sweet_spot_scalable")
 
 # What Figure 5 computes. "check": the issue's world (contextual_world(key(0)), 16
 # completions, default parameters, index order, n = 2,000). "seed003": pools up to 200
@@ -94,19 +101,21 @@ FULL = {
 }
 
 
-# ------------------------------------------------------------------ cells
-
-
 # ------------------------------------------------------------------ figure 1 and 3
 
 
-def figure1(out: Path, results: Path, small: bool, progress: bool = True) -> list[dict]:
-    import matplotlib.pyplot as plt
+def fig1_records(results: Path, small: bool, progress: bool = True) -> dict:
+    """Figure 1's records: ``{"gap": rows, "band": rows, "panels": rows}``.
 
-    paper_style()
-    fig, axes = plt.subplots(1, 2, figsize=(7.2, 3.0), constrained_layout=True)
-    rows, bands = [], []
-    for ax, world in zip(axes, FIG1_WORLDS):
+    ``gap``: one row per sweep cell of both panels (:func:`experiments.sweep.aggregate_files`,
+    plus the panel's ``reference_gap``); ``band``: Theorems 4-5 (:func:`bound_band`) with
+    the panel's ``world``; ``panels``: one row per world, left to right, with its
+    ``title``, ``estimator`` (legend text), ``reference_gap`` (the gap of ``pi0``) and
+    ``upper_bound_from`` (the smallest budget from which some band design's upper bound
+    holds, that of ``upper_bound_from_design``; ``nan`` and ``""`` without band designs).
+    """
+    rows, bands, panels = [], [], []
+    for world in FIG1_WORLDS:
         exp = f"figure1_{world}"
         jobs = sweep.grid(exp, SMALL[f"fig1_{world}"] if small else ())
         paths = sweep.run_jobs(jobs, results / exp, progress, desc=exp)
@@ -115,37 +124,23 @@ def figure1(out: Path, results: Path, small: bool, progress: bool = True) -> lis
             ajobs = sweep.grid(FIG1_ADAPTIVE[world], SMALL[FIG1_ADAPTIVE[world]] if small else ())
             paths = paths + sweep.run_jobs(ajobs, results / FIG1_ADAPTIVE[world], progress, desc=FIG1_ADAPTIVE[world])
         got = sweep.aggregate_files(paths)
-        rows += got
         cfg = sweep.compose_job(jobs[0])
-        title = {
-            "tabular": f"tabular ($d = {cfg.world.params.num_completions}$, one prompt)",
-            "contextual": "linear contextual (held-out prompts)",
-        }[world]
-        estimator = _ESTIMATOR_LABEL.get(cfg.estimator.name, cfg.estimator.name)
-        plot_gap_vs_budget([r for r in got if np.isfinite(r["mean_gap"])], title=title, ax=ax, prediction=False, legend=False)
         g0 = reference_gap(cfg)
-        ax.axhline(g0, color="0.4", lw=0.8, ls=":")
-        ax.annotate(r"$\pi_0$ itself ($\theta = 0$)", (1.0, g0), xycoords=("axes fraction", "data"), ha="right", va="bottom",
-                    fontsize=5.5, color="0.3")
         for r in got:
             r["reference_gap"] = g0
+        rows += got
         designs = sorted({r["design"] for r in got})
         band, n0 = bound_band(cfg, designs, sorted({r["budget"] for r in got}), [sweep.compose_job(j) for j in jobs])
         bands += [{"world": world, **b} for b in band]
-        _draw_band(ax, band, n0, max(r["budget"] for r in got))
-        _note_missing(ax, got)
-    handles, labels = axes[0].get_legend_handles_labels()
-    for h, lab in zip(*axes[1].get_legend_handles_labels()):
-        if lab not in labels:
-            handles.append(h)
-            labels.append(lab)
-    fig.legend(handles, labels, loc="outside right upper", frameon=False)
-    fig.suptitle(f"estimator: {estimator}", fontsize=7)
-    axes[1].set_ylabel("")
-    write_csv(rows, out / "fig1_gap_vs_budget.csv")
-    write_csv(bands, out / "fig1_bounds_band.csv", ["world", "design", "budget", "lower", "upper", "prediction", "n0"])
-    save_figure(fig, out / "fig1_gap_vs_budget")
-    return rows
+        first = min(n0, key=n0.get) if n0 else ""
+        panels.append({
+            "world": world,
+            "title": {"tabular": f"tabular ($d = {cfg.world.params.num_completions}$, one prompt)",
+                      "contextual": "linear contextual (held-out prompts)"}[world],
+            "estimator": _ESTIMATOR_LABEL.get(cfg.estimator.name, cfg.estimator.name),
+            "reference_gap": g0, "upper_bound_from": n0[first] if first else math.nan, "upper_bound_from_design": first,
+        })
+    return {"gap": rows, "band": bands, "panels": panels}
 
 
 #: Designs whose weights the instance fixes (no pilot labels, no randomness in the
@@ -205,25 +200,6 @@ def bound_band(cfg, designs, budgets, job_cfgs=()) -> tuple[list[dict], dict]:
     return rows, n0
 
 
-def _draw_band(ax, band, n0, largest) -> None:
-    """Each design's [lower, upper] as a vertical bar in its colour (offset a little per
-    design so that bars at one budget do not hide each other); a note where no design's
-    upper bound holds inside the panel."""
-    order = [d for d in BAND_DESIGNS if any(b["design"] == d for b in band)]
-    for b in band:
-        color, _ = design_style(b["design"])
-        x = b["budget"] * 1.07 ** (order.index(b["design"]) - (len(order) - 1) / 2)
-        ax.plot([x, x], [b["lower"], b["upper"]], color=color, lw=2.2, alpha=0.45, solid_capstyle="butt", zorder=1)
-    if band:
-        ax.plot([], [], color="0.5", lw=2.2, alpha=0.45, label="Theorems 4-5: lower to upper bound")
-    if n0:
-        first = min(n0.values())
-        if first > largest:
-            txt = ax.text(0.98, 0.98, f"upper bound holds from n = {first:.2g} ({min(n0, key=n0.get).replace('_', ' ')}), "
-                          "beyond this panel", transform=ax.transAxes, fontsize=4.8, va="top", ha="right", color="0.25")
-            txt.set_in_layout(False)
-
-
 _ESTIMATOR_LABEL = {"newton": "DPO MLE (ridge-path limit where it does not exist), all replicates",
                     "map": "MAP DPO (Gaussian prior)", "optax": "gradient DPO (optax)"}
 
@@ -239,27 +215,6 @@ def reference_gap(cfg) -> float:
         ev = world.eval
         return float(optimality_gap(jnp.zeros(world.theta_star.shape[0]), world.theta_star, ev.features, ev.log_ref, world.beta,
                                     ev.prompt_weights))
-
-
-def _note_missing(ax, rows) -> None:
-    """Say in the panel at which budgets most replicates have no MLE (every replicate is
-    still averaged, with the gap of its ridge-path limit) or a point has no number; the
-    CSV has each row's ``mle_fraction``."""
-    few, miss = {}, {}
-    for r in rows:
-        if not np.isfinite(r["mean_gap"]):
-            miss.setdefault(r["budget"], []).append(r["design"])
-        elif r.get("mle_fraction", r["valid_fraction"]) < 0.5:
-            few.setdefault(r["budget"], []).append(r["design"])
-    designs = len({r["design"] for r in rows})
-    lines = []
-    if few:
-        parts = [f"n = {n:,}: {'all' if len(d) == designs else len(d)}" for n, d in sorted(few.items())]
-        lines.append("designs with an MLE in under half the replicates\n(their ridge-path limit counts):\n" + "; ".join(parts))
-    lines += [f"n = {n:,}: no number for {', '.join(sorted(d))}" for n, d in sorted(miss.items())]
-    if lines:
-        txt = ax.text(0.02, 0.02, "\n".join(lines), transform=ax.transAxes, fontsize=4.8, va="bottom", ha="left", color="0.25")
-        txt.set_in_layout(False)
 
 
 def labels_to_match(budgets, gaps, target: float, plateau_slope: float = -0.5) -> float:
@@ -312,56 +267,29 @@ def sample_efficiency(rows: list[dict]) -> list[dict]:
     return out
 
 
-def figure3(out: Path, rows: list[dict]) -> list[dict]:
-    import matplotlib.pyplot as plt
-
-    paper_style()
-    eff = sample_efficiency(rows)
-    worlds = sorted({r["world"] for r in eff}, key=lambda w: FIG1_WORLDS.index(w) if w in FIG1_WORLDS else 99)
-    fig, axes = plt.subplots(1, len(worlds), figsize=(7.2, 3.0), constrained_layout=True, squeeze=False)
-    for ax, world in zip(axes[0], worlds):
-        er = sorted((r for r in eff if r["world"] == world), key=lambda r: (math.isinf(r["ratio"]), r["ratio"]))
-        y = np.arange(len(er))[::-1]
-        finite = [r["ratio"] for r in er if math.isfinite(r["ratio"])]
-        right = max(finite + [1.0]) * 3
-        for yi, r in zip(y, er):
-            color, _ = design_style(r["design"])
-            if math.isfinite(r["ratio"]):
-                ax.barh(yi, r["ratio"], color=color, height=0.7, left=0, edgecolor="k", lw=0.3)
-                lo, hi = r["ratio_low"], min(r["ratio_high"], right)
-                ax.plot([lo, hi], [yi, yi], color="k", lw=0.8)
-                ax.text(max(r["ratio"], hi) * 1.1, yi, f"{r['ratio']:.2g}", va="center", fontsize=6)
-            else:
-                ax.barh(yi, right, color=color, height=0.7, alpha=0.25, hatch="///", edgecolor="k", lw=0.3)
-                ax.text(right / 1.1, yi, "not reached", va="center", ha="right", fontsize=6)
-        ax.axvline(1.0, color="k", lw=0.6, ls="--")
-        ax.set_xscale("log")
-        log_ticks(ax.xaxis)
-        ax.set_xlim(min([r["ratio_low"] for r in er if math.isfinite(r["ratio_low"])] + [1.0]) / 2, right)
-        ax.set_yticks(y, [design_label(r["design"]) for r in er])
-        ax.set_xlabel(f"labels to match uniform at $n = {er[0]['uniform_budget']:,}$ (ratio)")
-        ax.set_title(f"{world} world")
-        ax.grid(True, axis="x", which="major", alpha=0.3, lw=0.4)
-    write_csv(eff, out / "fig3_sample_efficiency.csv")
-    save_figure(fig, out / "fig3_sample_efficiency")
-    return eff
+def fig3_records(results: Path, small: bool, progress: bool = True, fig1: dict | None = None) -> list[dict]:
+    """Figure 3's rows: :func:`sample_efficiency` of Figure 1's gap rows (``fig1``: Figure 1's
+    records if already made, else :func:`fig1_records` makes them, from its cached cells)."""
+    return sample_efficiency((fig1 if fig1 is not None else fig1_records(results, small, progress))["gap"])
 
 
 # ------------------------------------------------------------------ figure 2
 
 
-def figure2(out: Path, results: Path, small: bool) -> list[dict]:
-    import csv
+def fig2_records(results: Path, small: bool, progress: bool = True, out: Path | None = None) -> list[dict]:
+    """Figure 2's rows: the bounds table's (:mod:`experiments.bounds_table`), one per (world, design, n).
 
-    import matplotlib.pyplot as plt
-
+    The full figure and the committed bounds table are one computation (the same
+    arguments): the table is written to ``out`` (default ``results``), beside the
+    figure, and reused while the arguments and its code hold; the small run's goes to
+    ``results``. ``progress`` is unused (the table prints its own progress).
+    """
     from experiments import bounds_table
 
     spec = SMALL if small else FULL
-    # The full figure and the committed bounds table are one computation (the same
-    # arguments): the table is written beside the figure and reused while its code holds.
-    data = results / "bounds_table" if small else out / "bounds_table"
+    data = results / "bounds_table" if small or out is None else Path(out) / "bounds_table"
     csv_path = data.with_suffix(".csv")
+    # bounds_table has no function-level API yet: its command line is the interface
     argv = ["--replicates", str(spec["fig2_replicates"]), "--max-budget", str(spec["fig2_max_budget"]), "--out", str(data),
             "--plug-in-draws", "0" if small else "5"]
     # The table is reused only if the same arguments and the same code made it.
@@ -371,56 +299,18 @@ def figure2(out: Path, results: Path, small: bool) -> list[dict]:
     if not (csv_path.exists() and stamp.exists() and stamp.read_text() == version):
         bounds_table.main(argv)
         stamp.write_text(version)
-    with csv_path.open() as fh:
+    return _bounds_table_rows(csv_path)
+
+
+def _bounds_table_rows(path: Path) -> list[dict]:
+    """The bounds table's CSV as rows: ``world`` and ``design`` strings, ``True``/``False``
+    booleans, every other column a float (the table's own types)."""
+    with Path(path).open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     for r in rows:
         for k, v in r.items():
             if k not in ("world", "design"):
                 r[k] = float(v) if v not in ("True", "False") else v == "True"
-    paper_style()
-    worlds = list(dict.fromkeys(r["world"] for r in rows))
-    designs = list(dict.fromkeys(r["design"] for r in rows))
-    fig, axes = plt.subplots(len(worlds), len(designs), figsize=(1.55 * len(designs) + 0.6, 1.9 * len(worlds) + 0.5),
-                             constrained_layout=True, sharex=True, squeeze=False)
-    for i, world in enumerate(worlds):
-        for j, design in enumerate(designs):
-            ax = axes[i, j]
-            rs = sorted((r for r in rows if r["world"] == world and r["design"] == design), key=lambda r: r["n"])
-            n = np.array([r["n"] for r in rs])
-            color, marker = design_style(design)
-            ax.errorbar(n, n * [r["mc_mean"] for r in rs], yerr=1.96 * n * [r["mc_se"] for r in rs], fmt=marker, color=color,
-                        ms=3, lw=0.8, label="MC risk at $\\theta^*$")
-            if "bayes_new_mean" in rs[0]:
-                ax.errorbar(n, n * [r["bayes_new_mean"] for r in rs], yerr=1.96 * n * [r["bayes_new_se"] for r in rs], fmt="x",
-                            color="0.45", ms=3, lw=0.6, label="MC Bayes risk (Thm 5's prior)")
-            ax.plot(n, n * [r["asymptotic"] for r in rs], "k--", lw=0.8, label=r"$\frac{\beta}{2}\mathrm{tr}(I\Sigma^+)$")
-            if "second_order" in rs[0]:
-                so = np.array([r["second_order"] for r in rs])
-                ok2 = np.isfinite(so)
-                ax.plot(n[ok2], (n * so)[ok2], ":", color="#0072B2", lw=1.1, label="second order (+ $c_2/n$)")
-            for key, colour, style, lab in (("lower", "#009E73", "-", "lower bound (Thm 2)"),
-                                            ("upper", "#D55E00", "-", "upper bound (Thm 1)"),
-                                            ("lower_new", "#009E73", "-", "lower bound (Thm 5)"),
-                                            ("upper_new", "#D55E00", "-", "upper bound (Thm 4)")):
-                if key not in rs[0]:
-                    continue
-                b = np.array([r[key] for r in rs])
-                keep = np.isfinite(b) & (b > 0)
-                new = key.endswith("_new")
-                ax.plot(n[keep], (n * b)[keep], style, color=colour, lw=1.1 if new else 0.6, alpha=1.0 if new else 0.45, label=lab)
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.grid(True, which="major", alpha=0.3, lw=0.4)
-            if i == 0:
-                ax.set_title(design_label(design))
-            if j == 0:
-                ax.set_ylabel(f"{world.split(' (')[0]}\n$n \\times$ gap (nats)")
-            if i == len(worlds) - 1:
-                ax.set_xlabel("budget $n$")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=4, frameon=False)
-    write_csv(rows, out / "fig2_theory_vs_simulation.csv")
-    save_figure(fig, out / "fig2_theory_vs_simulation")
     return rows
 
 
@@ -452,8 +342,11 @@ def plug_in_item(world, problem, theta0, budget: int, replicates: int, key) -> d
     }
 
 
-def figure4(out: Path, results: Path, small: bool, progress: bool = True) -> list[dict]:
-    import matplotlib.pyplot as plt
+def fig4_records(results: Path, small: bool, progress: bool = True) -> list[dict]:
+    """Figure 4's rows: one per solved design (the plug-in at ``theta0 = 0``, then
+    ``theta* + r u`` for each radius and direction), each a cached :func:`plug_in_item`
+    with its ratios to the oracle's (radius 0), and the run's ``budget``,
+    ``replicates``, ``dim`` and ``directions``."""
     from tqdm.auto import tqdm
 
     from experiments.worlds import make_world
@@ -469,62 +362,29 @@ def figure4(out: Path, results: Path, small: bool, progress: bool = True) -> lis
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
     items = [("reference", -1, float(np.linalg.norm(world.theta_star)))]
     items += [("random", j, r) for r in spec["radii"] for j in range(spec["directions"]) if r > 0 or j == 0]
-    cache = results / "fig4"
     code = sweep.code_version(("experiments.figures",))  # plug_in_item lives here
     rows = []
-    for kind, j, r in tqdm(items, desc="fig4", unit="design", disable=not progress):
+    for i, (kind, j, r) in enumerate(tqdm(items, desc="fig4", unit="design", disable=not progress)):
         theta0 = np.zeros(d) if kind == "reference" else np.asarray(world.theta_star) + r * (dirs[j] if r > 0 else 0.0)
         ident = {"kind": kind, "direction": j, "radius": r, "budget": spec["budget"], "replicates": spec["replicates"],
                  "world": OmegaConf.to_container(cfg.world), "world_seed": cfg.world_seed}
-        cid = "fig4_" + hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
-        path = cache / f"{cid}.npz"
-        got = _read_item(path, code)
-        if got is None:
-            key = jax.random.fold_in(jax.random.key(7), len(rows))
-            got = plug_in_item(world, problem, theta0, spec["budget"], spec["replicates"], key)
-            sweep.write_atomic(path, {k: np.asarray(v) for k, v in got.items()}, {**ident, "code_version": code})
-        rows.append({"kind": kind, "direction": j, "radius": r, **got})
+
+        def compute(i=i, theta0=theta0):
+            # the item's key: its position in ``items``
+            return plug_in_item(world, problem, theta0, spec["budget"], spec["replicates"], jax.random.fold_in(jax.random.key(7), i))
+
+        rows.append({"kind": kind, "direction": j, "radius": r, **_cached_item(results / "fig4", "fig4_", ident, code, compute)})
     oracle = next(x for x in rows if x["kind"] == "random" and x["radius"] == 0.0)
     for x in rows:
         x["gap_ratio"] = x["gap_mean"] / oracle["gap_mean"]
         x["gap_ratio_se"] = x["gap_ratio"] * math.hypot(x["gap_se"] / x["gap_mean"], oracle["gap_se"] / oracle["gap_mean"])
         x["criterion_ratio"] = x["criterion"] / oracle["criterion"]
-    paper_style()
-    fig, ax = plt.subplots(figsize=(4.4, 3.0), constrained_layout=True)
-    rand = [x for x in rows if x["kind"] == "random"]
-    radii = sorted({x["radius"] for x in rand})
-    jitter = {j: (j - (spec["directions"] - 1) / 2) * 0.012 for j in range(spec["directions"])}
-    c_plug, m_plug = design_style("plug_in")
-    for x in rand:
-        xr = x["radius"] * (1 + jitter[x["direction"]]) if x["radius"] > 0 else 0.0
-        ax.errorbar(xr, x["gap_ratio"], yerr=1.96 * x["gap_ratio_se"], fmt="o", color=c_plug, ms=3, lw=0.7, alpha=0.8)
-    mean_crit = [np.mean([x["criterion_ratio"] for x in rand if x["radius"] == r]) for r in radii]
-    bound = [min(x["bound_factor"] for x in rand if x["radius"] == r) for r in radii]
-    ax.plot(radii, mean_crit, "-", color="k", lw=1.0, label=r"criterion ratio $\Phi(w_{\theta_0})/\Phi(w^*)$ (mean over directions)")
-    ax.plot(radii, bound, ":", color="#D55E00", lw=1.2, label="Theorem 3 bound (smallest over directions)")
-    ref = rows[0]
-    ax.errorbar(ref["radius"], ref["gap_ratio"], yerr=1.96 * ref["gap_ratio_se"], fmt=m_plug, color="#E69F00", ms=5, mec="k", mew=0.5,
-                label=r"plug-in at $\theta_0 = 0$")
-    ax.errorbar([], [], yerr=[], fmt="o", color=c_plug, ms=3, label=r"MC gap ratio, $\theta_0 = \theta^* + r u$")
-    ax.axhline(1.0, color="0.5", lw=0.5)
-    lin = radii[1] if len(radii) > 1 else 0.1
-    ax.set_xscale("symlog", linthresh=lin)
-    ax.set_xlim(-0.3 * lin, max(radii) * 1.3)
-    ax.set_yscale("log")
-    top = max(x["gap_ratio"] + 2 * x["gap_ratio_se"] for x in rows) * 2
-    ax.set_ylim(0.8, max(top, 2.0))
-    ax.set_xlabel(r"$r_0 = \|\theta_0 - \theta^*\|$")
-    ax.set_ylabel(f"gap ratio design at $\\theta_0$ / oracle ($n = {spec['budget']:,}$)")
-    ax.set_title(f"plug-in robustness, contextual world ($d = {d}$)")
-    ax.grid(True, which="major", alpha=0.3, lw=0.4)
-    ax.legend(frameon=False, loc="upper left", fontsize=6)
-    write_csv(rows, out / "fig4_plug_in_robustness.csv")
-    save_figure(fig, out / "fig4_plug_in_robustness")
+        x.update(budget=spec["budget"], replicates=spec["replicates"], dim=d, directions=spec["directions"])
     return rows
 
 
 def _read_item(path: Path, code: str):
-    """A cached Figure 4 item made by the code of version ``code``, else ``None`` (recomputed)."""
+    """A cached Figure 4 or 5 item made by the code of version ``code``, else ``None`` (recomputed)."""
     if not path.exists():
         return None
     try:
@@ -534,6 +394,18 @@ def _read_item(path: Path, code: str):
             return {k: float(z[k]) for k in z.files if k != "meta"}
     except Exception:  # noqa: BLE001 - an unreadable cache file is recomputed and overwritten
         return None
+
+
+def _cached_item(cache: Path, prefix: str, ident: dict, code: str, compute) -> dict:
+    """The item ``ident`` (a JSON-able dict of its parameters) from ``cache``, else ``compute()``
+    written there atomically: file ``<prefix><sha256 of ident, 12 hex>.npz``, reused only
+    if made by the code of version ``code``. Values are floats."""
+    path = Path(cache) / f"{prefix}{hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]}.npz"
+    got = _read_item(path, code)
+    if got is None:
+        got = compute()
+        sweep.write_atomic(path, {k: np.asarray(v) for k, v in got.items()}, {**ident, "code_version": code})
+    return got
 
 
 # ------------------------------------------------------------------ figure 5
@@ -770,9 +642,12 @@ def pool_size_item(world, k: int, design: str, budget: int, key, replicates: int
     return row
 
 
+#: Figure 5's CSV columns. Pool-size rows (panels ``check`` and ``seed003``) have one row per
+#: ``theta_scale``, with the Monte Carlo (``*_mc``) at the panel's ``mc_scale`` only;
+#: ``coincidence`` rows have the coincidence columns; a row leaves the others blank.
 _FIG5_COLUMNS = ("panel", "world", "order", "theta_scale", "num_completions", "design", "budget", "replicates", "approximation",
                  "estimation_asymptotic", "total_asymptotic", "estimation_mc", "estimation_mc_se", "total_mc", "mle_fraction",
-                 "coincidence_gaussian", "coincidence_gaussian_se", "coincidence_world")
+                 "coincidence_gaussian", "coincidence_gaussian_se", "coincidence_world", "mc_scale")
 
 
 def _fig5_world(params: dict, order: str = "index"):
@@ -793,13 +668,7 @@ def _fig5_rows(spec: dict, cache: Path, progress: bool) -> list[dict]:
     rows = []
 
     def cached(ident, compute):
-        cid = "fig5_" + hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
-        path = cache / f"{cid}.npz"
-        got = _read_item(path, code)
-        if got is None:
-            got = compute()
-            sweep.write_atomic(path, {k: np.asarray(v) for k, v in got.items()}, {**ident, "code_version": code})
-        return got
+        return _cached_item(cache, "fig5_", ident, code, compute)
 
     def key_for(*parts):
         salt = int(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:7], 16)
@@ -875,7 +744,8 @@ def _fig5_rows(spec: dict, cache: Path, progress: bool) -> list[dict]:
                              "design": d, "budget": p["budget"], "replicates": reps if mc else 0,
                              "approximation": got[f"approximation@{s:g}"], "estimation_asymptotic": got[f"estimation_asymptotic@{s:g}"],
                              "total_asymptotic": got[f"total_asymptotic@{s:g}"],
-                             **{c: (got[c] if mc else math.nan) for c in ("estimation_mc", "estimation_mc_se", "total_mc", "mle_fraction")}})
+                             **{c: (got[c] if mc else math.nan) for c in ("estimation_mc", "estimation_mc_se", "total_mc", "mle_fraction")},
+                             "mc_scale": mc_scale})
         for k, frac in world_coincidence.items():
             hit = [r for r in rows if r["panel"] == "coincidence" and r["num_completions"] == k]
             if hit:
@@ -886,107 +756,107 @@ def _fig5_rows(spec: dict, cache: Path, progress: bool) -> list[dict]:
     return rows
 
 
-def figure5(out: Path, results: Path, small: bool, progress: bool = True) -> list[dict]:
-    import matplotlib.pyplot as plt
+def fig5_records(results: Path, small: bool, progress: bool = True) -> list[dict]:
+    """Figure 5's rows (:func:`_fig5_rows` of the run's spec, items cached under ``results``)."""
+    return _fig5_rows((SMALL if small else FULL)["fig5"], results / "figure5_pool_size", progress)
 
-    spec = (SMALL if small else FULL)["fig5"]
-    rows = _fig5_rows(spec, results / "figure5_pool_size", progress)
-    paper_style()
-    fig, axes = plt.subplots(2, 2, figsize=(7.4, 6.0), constrained_layout=True)
 
-    def parts_panel(ax, panel, title):
-        p = spec[panel]
-        rs = [r for r in rows if r["panel"] == panel and r["theta_scale"] == p.get("scale", 1.0)]
-        ks = p["pool_sizes"]
-        approx = [next(r["approximation"] for r in rs if r["num_completions"] == k) for k in ks]
-        ax.plot(ks, approx, "-", color="0.55", lw=2.2, label="approximation part (0 at $K_{max}$)")
-        for d in p["designs"]:
-            dr = sorted((r for r in rs if r["design"] == d), key=lambda r: r["num_completions"])
-            color, marker = design_style(d)
-            k = [r["num_completions"] for r in dr]
-            ax.plot(k, [r["total_asymptotic"] for r in dr], "-", color=color, lw=0.9, marker=marker, ms=3,
-                    label=f"{design_label(d)}: total")
-            ax.plot(k, [r["estimation_asymptotic"] for r in dr], "--", color=color, lw=0.8)
-            mc = [r for r in dr if np.isfinite(r["estimation_mc"])]
-            if mc:
-                ax.errorbar([r["num_completions"] for r in mc], [r["estimation_mc"] for r in mc],
-                            yerr=[1.96 * r["estimation_mc_se"] for r in mc], fmt=marker, color=color, mfc="none", ms=4, lw=0.7)
-        ax.set_xscale("log")
-        ax.set_yscale("symlog", linthresh=1e-4, linscale=0.3)  # the approximation part is 0 at K_max
-        ax.set_ylim(0.0, None)
-        ax.set_xticks(ks, [str(k) for k in ks])
-        ax.minorticks_off()
-        ax.set_xlabel("completions per prompt $K$ (nested pools)")
-        ax.set_ylabel(r"$G_{K_{max}}(\hat\pi_K)$ and its parts (nats)")
-        ax.set_title(title, fontsize=7)
-        ax.grid(True, which="major", alpha=0.3, lw=0.4)
+# ------------------------------------------------------------------ records on disk
 
-    c, s = spec["check"], spec["seed003"]
-    parts_panel(axes[0, 0], "check", f"(a) contextual, $d = 15$, $K_{{max}} = {max(c['pool_sizes'])}$, index order, $n = {c['budget']:,}$")
-    parts_panel(axes[0, 1], "seed003", f"(b) contextual, $d = 8$, $K_{{max}} = {max(s['pool_sizes'])}$, "
-                                       f"$\\pi_0$-sampled order, $n = {s['budget']:,}$, theta_scale {s['scale']:g}")
-    co = {r["num_completions"]: r for r in rows if r["panel"] == "coincidence"}
-    txt = "sweet_spot = best_vs_worst pair: " + ", ".join(
-        f"$K$={k}: {100 * co[k]['coincidence_world']:.0f}%" for k in s["pool_sizes"] if k in co and co[k]["coincidence_world"] != "")
-    axes[0, 1].text(0.02, 0.02, txt, transform=axes[0, 1].transAxes, fontsize=5, color="0.25", va="bottom").set_in_layout(False)
-    handles = [plt.Line2D([], [], color="0.55", lw=2.2, label="approximation part"),
-               plt.Line2D([], [], color="k", lw=0.9, label="total (asymptotic estimation)"),
-               plt.Line2D([], [], color="k", lw=0.8, ls="--", label=r"estimation part $\frac{\beta}{2n}\Phi_K$"),
-               plt.Line2D([], [], color="k", marker="o", mfc="none", ls="none", ms=4, label="estimation part, Monte Carlo (95%)")]
-    for d in POOL_SIZE_DESIGNS:
-        color, marker = design_style(d)
-        handles.append(plt.Line2D([], [], color=color, marker=marker, ms=4, lw=0.9, label=design_label(d)))
-    fig.legend(handles=handles, frameon=False, fontsize=6, loc="outside lower center", ncol=6)
+#: Each figure's CSVs (stems in ``--out``): one file, or a table name -> file for a
+#: figure of several tables (its records are then a dict of those tables).
+CSV_FILES = {
+    "fig1": {"gap": "fig1_gap_vs_budget", "band": "fig1_bounds_band", "panels": "fig1_panels"},
+    "fig2": "fig2_theory_vs_simulation",
+    "fig3": "fig3_sample_efficiency",
+    "fig4": "fig4_plug_in_robustness",
+    "fig5": "fig5_pool_size",
+    "fig6": "fig6_practical_regimes",
+}
+#: Each figure's PNG and PDF (stem in ``--out``).
+FIGURE_FILES = {"fig1": "fig1_gap_vs_budget", "fig2": "fig2_theory_vs_simulation", "fig3": "fig3_sample_efficiency",
+                "fig4": "fig4_plug_in_robustness", "fig5": "fig5_pool_size", "fig6": "fig6_practical_regimes"}
+#: Header of tables that may have no rows.
+_COLUMNS = {
+    ("fig1", "band"): ["world", "design", "budget", "lower", "upper", "prediction", "n0"],
+    ("fig1", "panels"): ["world", "title", "estimator", "reference_gap", "upper_bound_from", "upper_bound_from_design"],
+}
+#: The columns each plot reads (checked when a CSV is read back: CSVs written before a
+#: column was added are refused with the command that rewrites them).
+PLOT_COLUMNS = {
+    ("fig1", "gap"): ("world", "design", "budget", "mean_gap", "ci_low", "ci_high", "valid_fraction"),
+    ("fig1", "band"): ("world", "design", "budget", "lower", "upper"),
+    ("fig1", "panels"): tuple(_COLUMNS[("fig1", "panels")]),
+    ("fig2", None): ("world", "design", "n", "mc_mean", "mc_se", "asymptotic"),
+    ("fig3", None): ("world", "design", "ratio", "ratio_low", "ratio_high", "uniform_budget"),
+    ("fig4", None): ("kind", "direction", "radius", "gap_ratio", "gap_ratio_se", "criterion_ratio", "bound_factor", "budget", "dim",
+                     "directions"),
+    ("fig5", None): ("panel", "design", "num_completions", "theta_scale", "mc_scale", "budget", "approximation", "estimation_asymptotic",
+                     "total_asymptotic", "estimation_mc", "estimation_mc_se", "coincidence_world"),
+    ("fig6", None): ("panel", "design", "registered_design", "budget", "budget_fraction", "num_edges", "num_prompts", "dim", "seeds",
+                     "replicates", "mean_gap", "ci_low", "ci_high", "mle_mean_gap", "mle_ci_low", "mle_ci_high", "reference_gap"),
+}
+PLOTS = {"fig1": plot_fig1, "fig2": plot_fig2, "fig3": plot_fig3, "fig4": plot_fig4, "fig5": plot_fig5, "fig6": plot_fig6}
 
-    # (c) best-vs-worst's estimation part against K, relative to the smallest pool, per reward scale
-    ax = axes[1, 0]
-    scales = sorted({s["scale"], *s["scales"]})
-    cmap = plt.get_cmap("viridis")
-    for i, sc in enumerate(scales):
-        dr = sorted((r for r in rows if r["panel"] == "seed003" and r["theta_scale"] == sc and r["design"] == "best_vs_worst"),
-                    key=lambda r: r["num_completions"])
-        base = dr[0]["estimation_asymptotic"]
-        ax.plot([r["num_completions"] for r in dr], [r["estimation_asymptotic"] / base for r in dr], "-o", ms=3,
-                color=cmap(i / max(1, len(scales) - 1)), label=f"theta_scale {sc:g}")
-    ax.axhline(1.0, color="0.5", lw=0.5)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xticks(s["pool_sizes"], [str(k) for k in s["pool_sizes"]])
-    ax.minorticks_off()
-    ax.set_xlabel("completions per prompt $K$")
-    log_ticks(ax.yaxis)
-    ax.set_ylabel(f"best-vs-worst estimation part / at $K = {s['pool_sizes'][0]}$")
-    ax.set_title("(c) max-vs-min pairs as the pool grows (asymptotic, world of (b))", fontsize=7)
-    ax.grid(True, which="major", alpha=0.3, lw=0.4)
-    ax.legend(frameon=False, fontsize=5.5)
 
-    # (d) each design's estimation part over best-vs-worst's at the largest pool, against the reward scale
-    ax = axes[1, 1]
-    kmax = max(s["pool_sizes"])
-    for d in s["designs"]:
-        if d == "best_vs_worst":
+def _check_name(name) -> None:
+    if name not in CSV_FILES:
+        raise ValueError(f"name must be one of {', '.join(FIGURES)}, got {name!r}")
+
+
+def write_records(records, out: Path, name: str) -> list[Path]:
+    """Write figure ``name``'s records as its CSV(s) in ``out`` (:data:`CSV_FILES`); returns the paths."""
+    _check_name(name)
+    files = CSV_FILES[name]
+    if isinstance(files, str):
+        return [write_csv(records, Path(out) / f"{files}.csv")]
+    missing = sorted(set(files) - set(records))
+    if missing:
+        raise ValueError(f"records of {name} lack the tables {missing}; allowed tables: {sorted(files)}")
+    return [write_csv(records[t], Path(out) / f"{stem}.csv", _COLUMNS.get((name, t))) for t, stem in files.items()]
+
+
+def parse_cell(value: str):
+    """One CSV cell back to its value: ``True``/``False`` are booleans, integers (``"200"``)
+    ints and other numbers (``"0.5"``, ``"1e-05"``, ``"nan"``, ``"inf"``) floats, where the
+    number writes back as the same text; anything else (``""``, names, code versions such
+    as ``"0e0f53b8a988"`` or ``"0123"``) stays a string. :func:`write_csv` writes floats
+    as Python's ``repr``, so a figure's records come back bit for bit and written again
+    give the same CSV."""
+    if value in ("True", "False"):
+        return value == "True"
+    for kind in (int, float):
+        try:
+            got = kind(value)
+        except ValueError:
             continue
-        ratio = []
-        for sc in scales:
-            get = {r["design"]: r["estimation_asymptotic"] for r in rows
-                   if r["panel"] == "seed003" and r["theta_scale"] == sc and r["num_completions"] == kmax}
-            ratio.append(get[d] / get["best_vs_worst"])
-        color, marker = design_style(d)
-        ax.plot(scales, ratio, "-", marker=marker, color=color, ms=3.5, label=design_label(d))
-    ax.axhline(1.0, color="0.5", lw=0.6, ls="--")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xticks(scales, [f"{x:g}" for x in scales])
-    ax.minorticks_off()
-    ax.set_xlabel("reward scale theta_scale (within-prompt reward sd, logits)")
-    log_ticks(ax.yaxis)
-    ax.set_ylabel(f"estimation part / best-vs-worst's ($K = {kmax}$)")
-    ax.set_title("(d) below 1: better than max-vs-min (asymptotic)", fontsize=7)
-    ax.grid(True, which="major", alpha=0.3, lw=0.4)
-    ax.legend(frameon=False, fontsize=5.5)
-    write_csv(rows, out / "fig5_pool_size.csv")
-    save_figure(fig, out / "fig5_pool_size")
-    return rows
+        return got if repr(got) == value else value
+    return value
+
+
+def _read_csv(path: Path, name: str, required=()) -> list[dict]:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: --replot draws from the CSVs a run without --replot wrote there "
+                                f"(python -m experiments.figures --only {name} --out {path.parent})")
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path} lacks the columns {missing} that plot_{name} draws (written by older code): rewrite it with "
+                             f"python -m experiments.figures --only {name} --out {path.parent} (seconds where its records are cached)")
+        return [{k: parse_cell(v) for k, v in r.items()} for r in reader]
+
+
+def read_records(out: Path, name: str):
+    """Figure ``name``'s records read back from its CSV(s) in ``out``, cells parsed by
+    :func:`parse_cell`: what ``plot_<name>`` draws (``--replot``). Raises
+    ``FileNotFoundError`` for a missing CSV and ``ValueError`` for one without a column
+    the plot draws (:data:`PLOT_COLUMNS`)."""
+    _check_name(name)
+    files = CSV_FILES[name]
+    if isinstance(files, str):
+        return _read_csv(Path(out) / f"{files}.csv", name, PLOT_COLUMNS[(name, None)])
+    return {t: _read_csv(Path(out) / f"{stem}.csv", name, PLOT_COLUMNS[(name, t)]) for t, stem in files.items()}
 
 
 # ------------------------------------------------------------------ command
@@ -998,6 +868,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default="figures", help="where the figures and their CSV go")
     ap.add_argument("--results", default="results/figures", help="where the cell records go (reused by reruns)")
     ap.add_argument("--small", action="store_true", help="small worlds and few replicates (a smoke run)")
+    ap.add_argument("--replot", action="store_true",
+                    help="redraw the figures from their CSVs in --out, computing nothing (--results and --small are unused)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     import matplotlib
@@ -1009,27 +881,31 @@ def main(argv=None) -> dict:
         results = results / "small"
     progress = not args.no_progress
     timings, t_all = {}, time.time()
-    fig1_rows = None
+    fig1 = None
     for name in FIGURES:
-        if name not in args.only and not (name == "fig1" and "fig3" in args.only):
+        # Figure 3 is made from Figure 1's records, which are then drawn too (not on --replot: fig3's CSV suffices)
+        if name not in args.only and not (name == "fig1" and "fig3" in args.only and not args.replot):
             continue
         t0 = time.time()
-        if name == "fig1":
-            fig1_rows = figure1(out, results, args.small, progress)
-        elif name == "fig2":
-            figure2(out, results, args.small)
-        elif name == "fig3":
-            figure3(out, fig1_rows)
-        elif name == "fig4":
-            figure4(out, results, args.small, progress)
-        elif name == "fig5":
-            figure5(out, results, args.small, progress)
-        elif name == "fig6":
-            from experiments import practical
+        if args.replot:
+            records = read_records(out, name)
+        else:
+            if name == "fig1":
+                records = fig1 = fig1_records(results, args.small, progress)
+            elif name == "fig2":
+                records = fig2_records(results, args.small, progress, out)
+            elif name == "fig3":
+                records = fig3_records(results, args.small, progress, fig1)
+            elif name == "fig4":
+                records = fig4_records(results, args.small, progress)
+            elif name == "fig5":
+                records = fig5_records(results, args.small, progress)
+            else:
+                from experiments import practical
 
-            rows6 = practical.compute(results / "practical", args.small, progress)
-            write_csv(rows6, out / "fig6_practical_regimes.csv")
-            save_figure(practical.plot_practical(rows6), out / "fig6_practical_regimes")
+                records = practical.compute(results / "practical", args.small, progress)
+            write_records(records, out, name)
+        save_figure(PLOTS[name](records), out / FIGURE_FILES[name])
         timings[name] = time.time() - t0
         print(f"{name}: {timings[name]:.0f} s", flush=True)
     timings["total"] = time.time() - t_all

@@ -1,10 +1,16 @@
 """The figure pipeline: the sample-efficiency arithmetic against closed forms, and a
 small end-to-end run of Figures 1, 3, 4 and 5 (records, CSV, PNG and PDF); Figure 5's
 parts of the gap to the largest pool's objective against dense computations, and seed
-003's coincidence with best-vs-worst against a closed form and numpy."""
+003's coincidence with best-vs-worst against a closed form and numpy. Records and plots
+are two steps: every figure is drawn from its CSVs alone (``--replot``) with everything
+that computes patched to raise, and the CSV round trip gives back the same text."""
 
 import csv
 import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -72,6 +78,20 @@ def test_small_figure_run_writes_every_figure_with_its_data(tmp_path):
     figures.main(["--small", "--only", "fig1", "--out", str(out), "--results", str(res), "--no-progress"])
     assert (out / "fig1_gap_vs_budget.csv").read_text() == before
     assert np.isfinite([float(r["mean_gap"]) for r in csv.DictReader(open(out / "fig1_gap_vs_budget.csv"))]).any()
+    # the records functions reuse every cached cell and item, and their plot is the plot of the CSVs read back
+    import matplotlib.pyplot as plt
+
+    fig1 = figures.fig1_records(res / "small", True, False)
+    computed = {"fig1": fig1, "fig3": figures.fig3_records(res / "small", True, False, fig1),
+                "fig4": figures.fig4_records(res / "small", True, False), "fig5": figures.fig5_records(res / "small", True, False)}
+    for name, records in computed.items():
+        assert _same_artists(_artists(figures.PLOTS[name](records)), _artists(figures.PLOTS[name](figures.read_records(out, name)))), name
+        plt.close("all")
+    # --replot redraws them from the CSVs alone
+    png = {name: (out / f"{figures.FIGURE_FILES[name]}.png").stat().st_mtime_ns for name in computed}
+    figures.main(["--replot", "--only", "fig1", "fig3", "fig4", "fig5", "--out", str(out), "--results", str(tmp_path / "none")])
+    assert all((out / f"{figures.FIGURE_FILES[name]}.png").stat().st_mtime_ns >= png[name] for name in computed)
+    assert not (tmp_path / "none").exists()
 
 
 # ------------------------------------------------------------------ figure 5
@@ -226,3 +246,187 @@ def test_design_weights_are_the_registrys_designs_and_coincidence_counts_shared_
     assert figures.selection_coincidence(a, a) == 1.0
     with pytest.raises(ValueError, match="labels no edge"):
         figures.selection_coincidence(np.zeros(3), np.ones(3))
+
+
+# ------------------------------------------------------------------ records and plots
+
+#: CSVs of a small run (``--small --only fig1 fig2 fig3 fig4 fig5``) and the committed Figure 6's.
+FIXTURE = Path(__file__).parent / "data" / "figures_small"
+#: Axes of each figure drawn from the fixture: two panels of Figure 1 and 3, three worlds
+#: by six designs in Figure 2, one axes in Figure 4, four panels in Figure 5, two in Figure 6.
+AXES = {"fig1": 2, "fig2": 18, "fig3": 2, "fig4": 1, "fig5": 4, "fig6": 2}
+
+
+@pytest.fixture
+def no_computing(monkeypatch):
+    """Everything that computes a figure's numbers raises: the sweep, world construction,
+    ``jax.jit``, the records functions and their helpers, the bounds table, Figure 6's compute."""
+    import experiments.bounds_table
+    import experiments.practical
+    import experiments.sweep
+    import experiments.worlds
+    import synthetic.worlds
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a plot computed something")
+
+    for mod, names in ((experiments.sweep, ("run_jobs", "grid", "compose_job", "aggregate_files", "code_version")),
+                       (experiments.worlds, ("make_world",)), (synthetic.worlds, ("contextual_world", "tabular_world")),
+                       (jax, ("jit",)), (experiments.bounds_table, ("main",)), (experiments.practical, ("compute",)),
+                       (figures, ("fig1_records", "fig2_records", "fig3_records", "fig4_records", "fig5_records", "bound_band",
+                                  "reference_gap", "sample_efficiency", "plug_in_item", "pool_size_item", "_fig5_rows"))):
+        for name in names:
+            monkeypatch.setattr(mod, name, boom)
+
+
+def _artists(fig) -> list:
+    """What a figure draws, comparable with ``==``-like checks: per axes its scales,
+    limits, labels, title, every line's data, every collection's paths and offsets,
+    every patch's extent and every text."""
+    out = []
+    for ax in fig.axes:
+        out.append((ax.get_xscale(), ax.get_yscale(), ax.get_xlim(), ax.get_ylim(), ax.get_xlabel(), ax.get_ylabel(), ax.get_title()))
+        out += [np.asarray(line.get_xydata(), float) for line in ax.get_lines()]
+        for c in ax.collections:
+            out += [np.asarray(p.vertices, float) for p in c.get_paths()]
+            out.append(np.asarray(c.get_offsets(), float))
+        out += [tuple(p.get_extents().bounds) for p in ax.patches]
+        out += [(t.get_text(), tuple(np.asarray(t.get_position(), float))) for t in ax.texts]
+    out += [t.get_text() for t in fig.texts]
+    return out
+
+
+def _same_artists(a, b) -> bool:
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if isinstance(x, np.ndarray):
+            if not (isinstance(y, np.ndarray) and x.shape == y.shape and np.array_equal(x, y, equal_nan=True)):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("name", list(AXES))
+def test_every_figure_is_drawn_from_its_csvs_alone(name, no_computing):
+    import matplotlib.pyplot as plt
+
+    records = figures.read_records(FIXTURE, name)
+    fig = figures.PLOTS[name](records)
+    try:
+        assert len(fig.axes) == AXES[name]
+        assert any(ax.get_lines() or ax.collections or ax.patches for ax in fig.axes)
+        # pure: drawing the same records twice draws the same thing
+        assert _same_artists(_artists(fig), _artists(figures.PLOTS[name](records)))
+    finally:
+        plt.close("all")
+
+
+@pytest.mark.parametrize("name", list(AXES))
+def test_csv_round_trip_gives_back_the_same_text_and_typed_values(name, tmp_path):
+    records = figures.read_records(FIXTURE, name)
+    paths = figures.write_records(records, tmp_path, name)
+    assert paths
+    for p in paths:  # written again, the same bytes (every value came back exactly, with its type)
+        assert p.read_bytes() == (FIXTURE / p.name).read_bytes(), p.name
+    tables = records.values() if isinstance(records, dict) else [records]
+    rows = [r for t in tables for r in t]
+    assert rows
+    for r in rows:  # numbers are numbers again; only names, ids and blanks stay strings
+        for k in ("budget", "mean_gap", "radius", "gap_ratio", "n", "mc_mean", "num_completions", "ratio", "reference_gap"):
+            if k in r and r[k] != "":
+                assert isinstance(r[k], (int, float)) and not isinstance(r[k], bool), (name, k, r[k])
+
+
+def test_parse_cell_makes_numbers_only_where_they_write_back_as_the_same_text():
+    p = figures.parse_cell
+    assert p("200") == 200 and isinstance(p("200"), int)
+    assert p("0.5") == 0.5 and p("1e-05") == 1e-05 and p("1.0") == 1.0 and isinstance(p("1.0"), float)
+    assert math.isnan(p("nan")) and p("inf") == math.inf and p("-inf") == -math.inf
+    assert p("True") is True and p("False") is False
+    for text in ("", "uniform", "0e0f53b8a988", "123e45678901", "0123", "1e3", " 5"):  # ids, code versions, blanks
+        assert p(text) == text
+
+
+def test_read_and_write_records_refuse_unknown_figures_and_missing_files(tmp_path):
+    with pytest.raises(ValueError, match="name must be one of fig1, fig2"):
+        figures.read_records(FIXTURE, "fig7")
+    with pytest.raises(ValueError, match="name must be one of"):
+        figures.write_records([], tmp_path, "figure1")
+    with pytest.raises(FileNotFoundError, match="fig4_plug_in_robustness.csv is missing"):
+        figures.read_records(tmp_path, "fig4")
+    with pytest.raises(ValueError, match=r"lack the tables \['panels'\]"):
+        figures.write_records({"gap": [], "band": []}, tmp_path, "fig1")
+    # a CSV written before a column the plot draws was added: refused, naming the columns and the command
+    with open(FIXTURE / "fig4_plug_in_robustness.csv", newline="") as fh:
+        rows = [{k: v for k, v in r.items() if k not in ("dim", "directions")} for r in csv.DictReader(fh)]
+    figures.write_csv(rows, tmp_path / "fig4_plug_in_robustness.csv")
+    with pytest.raises(ValueError, match=r"lacks the columns \['dim', 'directions'\] that plot_fig4 draws.*--only fig4"):
+        figures.read_records(tmp_path, "fig4")
+
+
+def test_replot_redraws_every_figure_from_the_csvs_in_out_without_computing(tmp_path, no_computing, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    out = tmp_path / "fig"
+    shutil.copytree(FIXTURE, out)
+    save_figure, saved = figures.save_figure, {}
+
+    def record(fig, path):  # saving Figure 2's 18 panels takes tens of seconds: count the axes instead
+        saved[Path(path).name] = len(fig.axes)
+        plt.close(fig)
+
+    monkeypatch.setattr(figures, "save_figure", record)
+    figures.main(["--replot", "--out", str(out), "--results", str(tmp_path / "none"), "--no-progress"])
+    assert saved == {figures.FIGURE_FILES[name]: n for name, n in AXES.items()}
+    monkeypatch.setattr(figures, "save_figure", save_figure)
+    figures.main(["--replot", "--only", "fig3", "--out", str(out), "--results", str(tmp_path / "none")])
+    for ext in (".png", ".pdf"):
+        assert (out / f"fig3_sample_efficiency{ext}").stat().st_size > 0
+    assert not (tmp_path / "none").exists()  # no records were made
+    assert {p.name for p in out.glob("*.csv")} == {p.name for p in FIXTURE.glob("*.csv")}  # and no CSV rewritten or added
+    for p in FIXTURE.glob("*.csv"):
+        assert (out / p.name).read_bytes() == p.read_bytes()
+
+
+def test_plotting_module_imports_no_jax():
+    code = "import sys, experiments.figure_plots; assert 'jax' not in sys.modules, sorted(m for m in sys.modules if 'jax' in m)"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
+
+
+def _fig1_records(band, first, first_design):
+    gap = [{"world": "w", "design": d, "config": "", "budget": n, "mean_gap": c / n, "ci_low": 0.9 * c / n, "ci_high": 1.1 * c / n,
+            "valid_fraction": 1.0, "mle_fraction": 1.0} for d, c in (("oracle", 1.0), ("uniform", 2.0)) for n in (100, 1000)]
+    panel = {"world": "w", "title": "a panel", "estimator": "some estimator", "reference_gap": 0.5, "upper_bound_from": first,
+             "upper_bound_from_design": first_design}
+    return {"gap": gap, "band": band, "panels": [panel]}
+
+
+def test_figure1_draws_each_band_design_as_a_bar_beside_the_others_and_notes_a_band_beyond_the_panel():
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_hex
+
+    from experiments.plotting import design_style
+
+    band = [{"world": "w", "design": d, "budget": 1000, "lower": lo, "upper": up, "prediction": 0.0, "n0": 500.0}
+            for d, lo, up in (("oracle", 1e-3, 2e-3), ("uniform", 3e-3, 5e-3))]
+    fig = figures.plot_fig1(_fig1_records(band, 500.0, "oracle"))
+    (ax,) = fig.axes
+    lines = {tuple(map(tuple, np.asarray(line.get_xydata()))): to_hex(line.get_color()) for line in ax.get_lines()}
+    # two designs at one budget: offsets 1.07^(-1/2) and 1.07^(+1/2), in the band's order, each in its design's colour
+    for d, (lo, up), shift in (("oracle", (1e-3, 2e-3), -0.5), ("uniform", (3e-3, 5e-3), 0.5)):
+        x = 1000 * 1.07**shift
+        assert lines[((x, lo), (x, up))] == to_hex(design_style(d)[0]), d
+    assert lines[((0.0, 0.5), (1.0, 0.5))] == to_hex("0.4")  # pi0's gap, across the panel
+    assert not any("beyond this panel" in t.get_text() for t in ax.texts)
+    assert [t.get_text() for t in fig.texts] == ["estimator: some estimator"] and ax.get_title() == "a panel"
+    plt.close(fig)
+    # no design's upper bound holds inside the panel: no bar, a note naming where it starts
+    fig = figures.plot_fig1(_fig1_records([], 1.0e5, "reference_weighted"))
+    assert [t.get_text() for t in fig.axes[0].texts if "beyond" in t.get_text()] == [
+        "upper bound holds from n = 1e+05 (reference weighted), beyond this panel"]
+    plt.close(fig)
+    fig = figures.plot_fig1(_fig1_records([], math.nan, ""))  # no band design at all: no note
+    assert not any("beyond" in t.get_text() for t in fig.axes[0].texts)
+    plt.close(fig)
