@@ -30,8 +30,9 @@ POOL_SIZE_DESIGNS = ("oracle", "plug_in", "uniform", "best_vs_worst", "sweet_spo
 def plot_fig1(records: dict):
     """Figure 1 from ``{"gap": rows, "band": rows, "panels": rows}``: one panel per row of
     ``panels`` (``world``, ``title``, ``estimator``, ``reference_gap``,
-    ``upper_bound_from``, ``upper_bound_from_design``), each with its world's gap rows,
-    Theorems 4-5's band and the gap of ``pi0`` as a dotted line."""
+    ``upper_bound_from``, ``upper_bound_from_design``, ``num_edges``), each with its
+    world's gap rows, Theorems 4-5's band, the gap of ``pi0`` as a dotted line and the
+    budgets ``n <= E`` (each comparison labelled at most once) shaded."""
     import matplotlib.pyplot as plt
 
     panels = records["panels"]
@@ -48,8 +49,9 @@ def plot_fig1(records: dict):
         ax.annotate(r"$\pi_0$ itself ($\theta = 0$)", (1.0, g0), xycoords=("axes fraction", "data"), ha="right", va="bottom",
                     fontsize=5.5, color="0.3")
         band = [b for b in records["band"] if b["world"] == p["world"]]
-        _draw_band(ax, band, p["upper_bound_from"], p["upper_bound_from_design"], max(r["budget"] for r in got))
-        _note_missing(ax, got)
+        note = _draw_band(ax, band, p["upper_bound_from"], p["upper_bound_from_design"], max(r["budget"] for r in got))
+        _shade_capped(ax, p["num_edges"], min(r["budget"] for r in got))
+        _note_missing(ax, got, [note] if note else [])
     handles, labels = axes[0].get_legend_handles_labels()
     for ax in axes[1:]:
         for h, lab in zip(*ax.get_legend_handles_labels()):
@@ -57,18 +59,26 @@ def plot_fig1(records: dict):
                 handles.append(h)
                 labels.append(lab)
     fig.legend(handles, labels, loc="outside right upper", frameon=False)
-    fig.suptitle(f"estimator: {panels[-1]['estimator']}", fontsize=7)
+    fig.suptitle(f"estimator: {panels[-1]['estimator']}", fontsize=7, x=0.01, ha="left")
     for ax in axes[1:]:
         ax.set_ylabel("")
     return fig
 
 
-def _draw_band(ax, band, first, first_design, largest) -> None:
+def _shade_capped(ax, num_edges, smallest) -> None:
+    """Shade the budgets ``n <= E`` (``num_edges``), where Figure 1 labels each comparison
+    at most once (``max_labels_per_edge = auto``); nothing if ``E`` is below the panel."""
+    if not (np.isfinite(num_edges) and num_edges >= smallest):
+        return
+    ax.axvspan(smallest / 1.3, num_edges, color="0.92", lw=0, zorder=0, label=r"$n \leq E$: each pair labelled once at most")
+
+
+def _draw_band(ax, band, first, first_design, largest) -> str:
     """Each design's [lower, upper] as a vertical bar in its colour (offset a little per
-    design, in the order of ``band``, so that bars at one budget do not hide each other);
-    a note where no design's upper bound holds inside the panel (``first``: the smallest
-    budget from which some design's upper bound holds, that of ``first_design``; ``""``
-    where no design has a band)."""
+    design, in the order of ``band``, so that bars at one budget do not hide each other).
+    Returns a note where no design's upper bound holds inside the panel (``first``: the
+    smallest budget from which some design's upper bound holds, that of ``first_design``;
+    ``""`` where no design has a band), else ``""``."""
     order = list(dict.fromkeys(b["design"] for b in band))
     for b in band:
         color, _ = design_style(b["design"])
@@ -77,15 +87,14 @@ def _draw_band(ax, band, first, first_design, largest) -> None:
     if band:
         ax.plot([], [], color="0.5", lw=2.2, alpha=0.45, label="Theorems 4-5: lower to upper bound")
     if first_design and first > largest:
-        txt = ax.text(0.98, 0.98, f"upper bound holds from n = {first:.2g} ({first_design.replace('_', ' ')}), "
-                      "beyond this panel", transform=ax.transAxes, fontsize=4.8, va="top", ha="right", color="0.25")
-        txt.set_in_layout(False)
+        return f"upper bound holds from n = {first:.2g}\n({first_design.replace('_', ' ')}), beyond this panel"
+    return ""
 
 
-def _note_missing(ax, rows) -> None:
+def _note_missing(ax, rows, extra=()) -> None:
     """Say in the panel at which budgets most replicates have no MLE (every replicate is
-    still averaged, with the gap of its ridge-path limit) or a point has no number; the
-    CSV has each row's ``mle_fraction``."""
+    still averaged, with the gap of its ridge-path limit) or a point has no number (the
+    CSV has each row's ``mle_fraction``), then the ``extra`` lines."""
     few, miss = {}, {}
     for r in rows:
         if not np.isfinite(r["mean_gap"]):
@@ -96,8 +105,10 @@ def _note_missing(ax, rows) -> None:
     lines = []
     if few:
         parts = [f"n = {n:,}: {'all' if len(d) == designs else len(d)}" for n, d in sorted(few.items())]
-        lines.append("designs with an MLE in under half the replicates\n(their ridge-path limit counts):\n" + "; ".join(parts))
+        parts = ["; ".join(parts[i : i + 2]) for i in range(0, len(parts), 2)]
+        lines.append("designs with an MLE in under half the replicates\n(their ridge-path limit counts):\n" + "\n".join(parts))
     lines += [f"n = {n:,}: no number for {', '.join(sorted(d))}" for n, d in sorted(miss.items())]
+    lines += list(extra)
     if lines:
         txt = ax.text(0.02, 0.02, "\n".join(lines), transform=ax.transAxes, fontsize=4.8, va="bottom", ha="left", color="0.25")
         txt.set_in_layout(False)

@@ -112,7 +112,9 @@ def fig1_records(results: Path, small: bool, progress: bool = True) -> dict:
     the panel's ``world``; ``panels``: one row per world, left to right, with its
     ``title``, ``estimator`` (legend text), ``reference_gap`` (the gap of ``pi0``) and
     ``upper_bound_from`` (the smallest budget from which some band design's upper bound
-    holds, that of ``upper_bound_from_design``; ``nan`` and ``""`` without band designs).
+    holds, that of ``upper_bound_from_design``; ``nan`` and ``""`` without band designs)
+    and ``num_edges`` (``E`` of the training pool: below it every design is capped at one
+    label per comparison).
     """
     rows, bands, panels = [], [], []
     for world in FIG1_WORLDS:
@@ -139,8 +141,20 @@ def fig1_records(results: Path, small: bool, progress: bool = True) -> dict:
                       "contextual": "linear contextual (held-out prompts)"}[world],
             "estimator": _ESTIMATOR_LABEL.get(cfg.estimator.name, cfg.estimator.name),
             "reference_gap": g0, "upper_bound_from": n0[first] if first else math.nan, "upper_bound_from_design": first,
+            "num_edges": _num_edges(cfg),
         })
     return {"gap": rows, "band": bands, "panels": panels}
+
+
+def _num_edges(cfg) -> int:
+    """``E``, the candidate comparisons of the world's training pool (``max_labels_per_edge
+    = auto`` caps each at one label where ``n <= E``)."""
+    from experiments.cell import float64
+    from experiments.worlds import make_world
+    from synthetic import design_problem
+
+    with float64():
+        return int(design_problem(make_world(cfg.world, jax.random.key(cfg.world_seed))).num_edges)
 
 
 #: Designs whose weights the instance fixes (no pilot labels, no randomness in the
@@ -779,7 +793,7 @@ FIGURE_FILES = {"fig1": "fig1_gap_vs_budget", "fig2": "fig2_theory_vs_simulation
 #: Header of tables that may have no rows.
 _COLUMNS = {
     ("fig1", "band"): ["world", "design", "budget", "lower", "upper", "prediction", "n0"],
-    ("fig1", "panels"): ["world", "title", "estimator", "reference_gap", "upper_bound_from", "upper_bound_from_design"],
+    ("fig1", "panels"): ["world", "title", "estimator", "reference_gap", "upper_bound_from", "upper_bound_from_design", "num_edges"],
 }
 #: The columns each plot reads (checked when a CSV is read back: CSVs written before a
 #: column was added are refused with the command that rewrites them).

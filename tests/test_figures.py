@@ -399,7 +399,7 @@ def _fig1_records(band, first, first_design):
     gap = [{"world": "w", "design": d, "config": "", "budget": n, "mean_gap": c / n, "ci_low": 0.9 * c / n, "ci_high": 1.1 * c / n,
             "valid_fraction": 1.0, "mle_fraction": 1.0} for d, c in (("oracle", 1.0), ("uniform", 2.0)) for n in (100, 1000)]
     panel = {"world": "w", "title": "a panel", "estimator": "some estimator", "reference_gap": 0.5, "upper_bound_from": first,
-             "upper_bound_from_design": first_design}
+             "upper_bound_from_design": first_design, "num_edges": 300}
     return {"gap": gap, "band": band, "panels": [panel]}
 
 
@@ -425,7 +425,12 @@ def test_figure1_draws_each_band_design_as_a_bar_beside_the_others_and_notes_a_b
     # no design's upper bound holds inside the panel: no bar, a note naming where it starts
     fig = figures.plot_fig1(_fig1_records([], 1.0e5, "reference_weighted"))
     assert [t.get_text() for t in fig.axes[0].texts if "beyond" in t.get_text()] == [
-        "upper bound holds from n = 1e+05 (reference weighted), beyond this panel"]
+        "upper bound holds from n = 1e+05\n(reference weighted), beyond this panel"]
+    # the capped budgets n <= E = 300 shaded, from below the smallest budget to E
+    (span,) = [p for p in fig.axes[0].patches if p.get_facecolor()[:3] == (0.92, 0.92, 0.92)]
+    x0, x1 = span.get_x(), span.get_x() + span.get_width()  # a Rectangle from axvspan
+    assert math.isclose(x0, 100 / 1.3) and math.isclose(x1, 300)
+    assert r"$n \leq E$: each pair labelled once at most" in [t.get_text() for t in fig.legends[0].get_texts()]
     plt.close(fig)
     fig = figures.plot_fig1(_fig1_records([], math.nan, ""))  # no band design at all: no note
     assert not any("beyond" in t.get_text() for t in fig.axes[0].texts)
