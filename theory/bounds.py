@@ -266,11 +266,11 @@ def _pair_diameter(features, log_ref) -> float:
 
 @checked(**POOL, theta_star="[d] finite", beta="number > 0", prompt_weights="optional [m] probability")
 def gap_sup(
-    theta_star: Float[ArrayLike, "d"],
+    theta_star: Float[ArrayLike, " d"],
     features: Float[ArrayLike, "m K d"],
     log_ref: Float[ArrayLike, "m K"],
     beta: Real[ArrayLike, ""],
-    prompt_weights: Float[ArrayLike, "m"] | None = None,
+    prompt_weights: Float[ArrayLike, " m"] | None = None,
 ) -> float:
     """``G_sup = beta E_x max_y log(1 / pi_theta*(y|x))``: no policy has a larger gap.
 
@@ -303,14 +303,14 @@ def _gap_sup(theta_star, features, log_ref, beta, prompt_weights) -> float:
 
 @checked(**DESIGN_INSTANCE, radius="optional number > 0 as float")
 def instance_constants(
-    weights: Float[ArrayLike, "E"],
-    theta_star: Float[ArrayLike, "d"],
+    weights: Float[ArrayLike, " E"],
+    theta_star: Float[ArrayLike, " d"],
     features: Float[ArrayLike, "m K d"],
     log_ref: Float[ArrayLike, "m K"],
     diffs: Float[ArrayLike, "E d"],
     beta: Real[ArrayLike, ""],
     radius: float | None = None,
-    prompt_weights: Float[ArrayLike, "m"] | None = None,
+    prompt_weights: Float[ArrayLike, " m"] | None = None,
 ) -> BoundConstants:
     """All constants of Theorems 1-2 for one instance and empirical design.
 
@@ -670,8 +670,8 @@ def sample_prior(key, c: BoundConstants, theta_star, n, alpha):
 @checked(**POOL, theta0="[d] finite", theta_star="[d] finite", diffs="[E, d] finite", beta="number > 0",
          relative_certificate="number >= 0")
 def plug_in_factor(
-    theta0: Float[ArrayLike, "d"],
-    theta_star: Float[ArrayLike, "d"],
+    theta0: Float[ArrayLike, " d"],
+    theta_star: Float[ArrayLike, " d"],
     features: Float[ArrayLike, "m K d"],
     log_ref: Float[ArrayLike, "m K"],
     diffs: Float[ArrayLike, "E d"],

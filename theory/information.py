@@ -90,9 +90,9 @@ def information_matrix_kernel(theta, diffs, weights, beta):
 
 @checked(theta="[d] finite", diffs="[E, d] finite", weights="[E] probability", beta="number > 0")
 def information_matrix(
-    theta: Float[ArrayLike, "d"],
+    theta: Float[ArrayLike, " d"],
     diffs: Float[ArrayLike, "E d"],
-    weights: Float[ArrayLike, "E"],
+    weights: Float[ArrayLike, " E"],
     beta: Real[ArrayLike, ""],
 ) -> Float[Array, "d d"]:
     """Per-label information matrix ``Sigma_w(theta)`` of a design.
@@ -156,8 +156,8 @@ def trace_criterion(
 @checked(theta="[d] finite", diffs="[E, d] finite", weights="[E] probability", curvature="[d, d] symmetric",
          beta="number > 0", ridge="number >= 0")
 def design_criterion(
-    weights: Float[ArrayLike, "E"],
-    theta: Float[ArrayLike, "d"],
+    weights: Float[ArrayLike, " E"],
+    theta: Float[ArrayLike, " d"],
     diffs: Float[ArrayLike, "E d"],
     curvature: Float[ArrayLike, "d d"],
     beta: Real[ArrayLike, ""],
@@ -202,14 +202,14 @@ DESIGN_INSTANCE = dict(
 
 @checked(**DESIGN_INSTANCE, n="number > 0")
 def asymptotic_gap(
-    weights: Float[ArrayLike, "E"],
-    theta_star: Float[ArrayLike, "d"],
+    weights: Float[ArrayLike, " E"],
+    theta_star: Float[ArrayLike, " d"],
     features: Float[ArrayLike, "m K d"],
     log_ref: Float[ArrayLike, "m K"],
     diffs: Float[ArrayLike, "E d"],
     beta: Real[ArrayLike, ""],
     n: Real[ArrayLike, ""],
-    prompt_weights: Float[ArrayLike, "m"] | None = None,
+    prompt_weights: Float[ArrayLike, " m"] | None = None,
 ) -> Float[Array, ""]:
     """Asymptotic prediction ``E G(theta_hat_n) ~ (beta / (2 n)) tr(I(theta*) Sigma_w(theta*)^+)``.
 

@@ -71,8 +71,8 @@ def policy_log_probs_kernel(theta, features, log_ref):
 
 @checked(**POOL, theta="[d] finite")
 def log_partition(
-    theta: Float[ArrayLike, "d"], features: Float[ArrayLike, "m K d"], log_ref: Float[ArrayLike, "m K"]
-) -> Float[Array, "m"]:
+    theta: Float[ArrayLike, " d"], features: Float[ArrayLike, "m K d"], log_ref: Float[ArrayLike, "m K"]
+) -> Float[Array, " m"]:
     """Log-partition ``A_x(theta) = log sum_y pi0(y|x) exp(theta . phi(x,y))``.
 
     Args:
@@ -88,7 +88,7 @@ def log_partition(
 
 @checked(**POOL, theta="[d] finite")
 def policy_log_probs(
-    theta: Float[ArrayLike, "d"], features: Float[ArrayLike, "m K d"], log_ref: Float[ArrayLike, "m K"]
+    theta: Float[ArrayLike, " d"], features: Float[ArrayLike, "m K d"], log_ref: Float[ArrayLike, "m K"]
 ) -> Float[Array, "m K"]:
     """``log pi_theta(y|x)`` as ``[m, K]`` (``-inf`` on absent completions).
 
@@ -123,12 +123,12 @@ def optimality_gap_kernel(theta, theta_star, features, log_ref, beta, rho):
 @checked(**POOL, theta="[d] finite", theta_star="[d] finite", beta="number > 0",
          prompt_weights="optional [m] probability")
 def optimality_gap(
-    theta: Float[ArrayLike, "d"],
-    theta_star: Float[ArrayLike, "d"],
+    theta: Float[ArrayLike, " d"],
+    theta_star: Float[ArrayLike, " d"],
     features: Float[ArrayLike, "m K d"],
     log_ref: Float[ArrayLike, "m K"],
     beta: Real[ArrayLike, ""],
-    prompt_weights: Float[ArrayLike, "m"] | None = None,
+    prompt_weights: Float[ArrayLike, " m"] | None = None,
 ) -> Float[Array, ""]:
     """Exact optimality gap ``G(theta) = beta E_x KL(pi_theta(.|x) || pi_theta*(.|x))``.
 
@@ -163,10 +163,10 @@ def policy_curvature_kernel(theta, features, log_ref, rho):
 
 @checked(**POOL, theta="[d] finite", prompt_weights="optional [m] probability")
 def policy_curvature(
-    theta: Float[ArrayLike, "d"],
+    theta: Float[ArrayLike, " d"],
     features: Float[ArrayLike, "m K d"],
     log_ref: Float[ArrayLike, "m K"],
-    prompt_weights: Float[ArrayLike, "m"] | None = None,
+    prompt_weights: Float[ArrayLike, " m"] | None = None,
 ) -> Float[Array, "d d"]:
     """Policy curvature ``I(theta) = E_x Cov_{y ~ pi_theta(.|x)}[phi(x, y)]``.
 

@@ -160,13 +160,13 @@ def derivative_tensors_kernel(weights, theta_star, features, log_ref, diffs, bet
 
 @checked(**DESIGN_INSTANCE)
 def derivative_tensors(
-    weights: Float[ArrayLike, "E"],
-    theta_star: Float[ArrayLike, "d"],
+    weights: Float[ArrayLike, " E"],
+    theta_star: Float[ArrayLike, " d"],
     features: Float[ArrayLike, "m K d"],
     log_ref: Float[ArrayLike, "m K"],
     diffs: Float[ArrayLike, "E d"],
     beta: Real[ArrayLike, ""],
-    prompt_weights: Float[ArrayLike, "m"] | None = None,
+    prompt_weights: Float[ArrayLike, " m"] | None = None,
 ) -> DerivativeTensors:
     """The dense tensors ``K_2..K_4`` (labels) and ``H_2..H_4`` (gap) at ``theta*``.
 
@@ -269,13 +269,13 @@ def _check_prior_precision(prior_precision):
 
 @checked(**DESIGN_INSTANCE, prior_precision=_PRIOR_PRECISION)
 def second_order_coefficients(
-    weights: Float[ArrayLike, "E"],
-    theta_star: Float[ArrayLike, "d"],
+    weights: Float[ArrayLike, " E"],
+    theta_star: Float[ArrayLike, " d"],
     features: Float[ArrayLike, "m K d"],
     log_ref: Float[ArrayLike, "m K"],
     diffs: Float[ArrayLike, "E d"],
     beta: Real[ArrayLike, ""],
-    prompt_weights: Float[ArrayLike, "m"] | None = None,
+    prompt_weights: Float[ArrayLike, " m"] | None = None,
     prior_precision: float | None = None,
 ) -> SecondOrder:
     """``(beta/2) Phi`` and ``c2`` of ``n E G(theta_hat_n) = (beta/2) Phi + c2 / n + o(1/n)``.
@@ -313,14 +313,14 @@ def _coefficients(weights, theta_star, features, log_ref, diffs, beta, prompt_we
 
 @checked(n="number > 0", **DESIGN_INSTANCE, prior_precision=_PRIOR_PRECISION)
 def second_order_gap(
-    weights: Float[ArrayLike, "E"],
-    theta_star: Float[ArrayLike, "d"],
+    weights: Float[ArrayLike, " E"],
+    theta_star: Float[ArrayLike, " d"],
     features: Float[ArrayLike, "m K d"],
     log_ref: Float[ArrayLike, "m K"],
     diffs: Float[ArrayLike, "E d"],
     beta: Real[ArrayLike, ""],
     n: Real[ArrayLike, ""],
-    prompt_weights: Float[ArrayLike, "m"] | None = None,
+    prompt_weights: Float[ArrayLike, " m"] | None = None,
     prior_precision: float | None = None,
 ) -> Float[Array, ""]:
     """Prediction of ``E G(theta_hat_n)`` to order ``1/n^2``: ``((beta/2) Phi + c2 / n) / n``.
@@ -347,14 +347,14 @@ def _check_budgets(budgets):
 
 @checked(**DESIGN_INSTANCE, prior_precision=_PRIOR_PRECISION)
 def second_order_column(
-    weights: Float[ArrayLike, "E"],
-    theta_star: Float[ArrayLike, "d"],
+    weights: Float[ArrayLike, " E"],
+    theta_star: Float[ArrayLike, " d"],
     features: Float[ArrayLike, "m K d"],
     log_ref: Float[ArrayLike, "m K"],
     diffs: Float[ArrayLike, "E d"],
     beta: Real[ArrayLike, ""],
-    budgets: Real[ArrayLike, "B"],
-    prompt_weights: Float[ArrayLike, "m"] | None = None,
+    budgets: Real[ArrayLike, " B"],
+    prompt_weights: Float[ArrayLike, " m"] | None = None,
     prior_precision: float | None = None,
 ) -> dict:
     """Columns for a bounds table: ``n E G`` predicted to first and to second order at each budget.

@@ -101,14 +101,14 @@ def check_curvature_for(criterion, curvature, d) -> None:
 @checked(**INSTANCE)
 def reduce_problem(
     diffs: Float[ArrayLike, "E d"],
-    theta: Float[ArrayLike, "d"],
+    theta: Float[ArrayLike, " d"],
     curvature: Float[ArrayLike, "d d"] | None,
     beta: Real[ArrayLike, ""],
     criterion: str = "L",
     ridge: float = 0.0,
-    groups: Int[ArrayLike, "E"] | None = None,
-    group_weights: Float[ArrayLike, "G"] | None = None,
-    caps: Float[ArrayLike, "E"] | float | None = None,
+    groups: Int[ArrayLike, " E"] | None = None,
+    group_weights: Float[ArrayLike, " G"] | None = None,
+    caps: Float[ArrayLike, " E"] | float | None = None,
     prior_precision: float | None = None,
     budget: float | None = None,
 ) -> ReducedProblem:
