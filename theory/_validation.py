@@ -1,6 +1,8 @@
 """Argument checks shared by the public functions.
 
-Every public function validates its inputs *before* any computation and raises
+The decorator :func:`theory.checked.checked` builds every public function's checks
+from these helpers (its value checks call the ``check_*_values`` functions, so the
+messages are the same). Every public function validates its inputs *before* any computation and raises
 ``ValueError`` with a message that names the argument and says what is allowed.
 Value checks (finiteness, signs, sums) need concrete arrays; under ``jax.jit`` or
 ``jax.vmap`` the arguments are tracers and only the shape checks run, so the
@@ -24,6 +26,9 @@ __all__ = [
     "check_curvature",
     "check_nonnegative",
     "check_budget",
+    "check_log_ref_values",
+    "check_probability_values",
+    "check_symmetric_values",
 ]
 
 # Tolerance for "sums to one" on probability vectors given in float32 or float64.
@@ -72,19 +77,25 @@ def check_pool(features, log_ref, name_features="features", name_log_ref="log_re
         lr = np.asarray(log_ref)
         if not np.all(np.isfinite(f)):
             raise ValueError(f"{name_features} must be finite (no NaN or inf)")
-        if np.any(np.isnan(lr)) or np.any(lr == np.inf):
-            raise ValueError(
-                f"{name_log_ref} must be finite log-probabilities or -inf for an "
-                "absent completion (no NaN, no +inf)"
-            )
-        present = np.isfinite(lr)
-        empty = np.flatnonzero(~present.any(axis=1))
-        if empty.size:
-            raise ValueError(
-                f"{name_log_ref}: prompts {empty[:10].tolist()} have no completion "
-                "(every entry is -inf); each prompt needs at least one"
-            )
+        check_log_ref_values(lr, name_log_ref)
     return m, k, d
+
+
+def check_log_ref_values(lr, name="log_ref") -> None:
+    """Values of a concrete ``log_ref``: finite or ``-inf`` (absent), each row with a finite entry."""
+    lr = np.asarray(lr)
+    if np.any(np.isnan(lr)) or np.any(lr == np.inf):
+        raise ValueError(
+            f"{name} must be finite log-probabilities or -inf for an "
+            "absent completion (no NaN, no +inf)"
+        )
+    present = np.isfinite(lr)
+    empty = np.flatnonzero(~present.any(axis=1))
+    if empty.size:
+        raise ValueError(
+            f"{name}: prompts {empty[:10].tolist()} have no completion "
+            "(every entry is -inf); each prompt needs at least one"
+        )
 
 
 def check_prompt_weights(prompt_weights, m, name="prompt_weights") -> None:
@@ -98,14 +109,19 @@ def check_probability_vector(w, size, name) -> None:
     if _shape(w) != (size,):
         raise ValueError(f"{name} must have shape [{size}], got shape {list(_shape(w))}")
     if is_concrete(w):
-        a = np.asarray(w, dtype=np.float64)
-        if not np.all(np.isfinite(a)):
-            raise ValueError(f"{name} must be finite (no NaN or inf)")
-        if np.any(a < 0):
-            raise ValueError(f"{name} must be non-negative; min is {a.min():.3g}")
-        s = a.sum()
-        if abs(s - 1.0) > _SUM_TOL:
-            raise ValueError(f"{name} must sum to 1 (a probability vector); sums to {s:.6g}")
+        check_probability_values(w, name)
+
+
+def check_probability_values(w, name) -> None:
+    """Values of a concrete probability vector: finite, ``>= 0``, summing to 1."""
+    a = np.asarray(w, dtype=np.float64)
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} must be finite (no NaN or inf)")
+    if np.any(a < 0):
+        raise ValueError(f"{name} must be non-negative; min is {a.min():.3g}")
+    s = a.sum()
+    if abs(s - 1.0) > _SUM_TOL:
+        raise ValueError(f"{name} must sum to 1 (a probability vector); sums to {s:.6g}")
 
 
 def check_theta(theta, d, name="theta") -> None:
@@ -150,12 +166,17 @@ def check_curvature(curvature, d, name="curvature") -> None:
     if _shape(curvature) != (d, d):
         raise ValueError(f"{name} must have shape [d, d] = [{d}, {d}], got shape {list(_shape(curvature))}")
     if is_concrete(curvature):
-        c = np.asarray(curvature, dtype=np.float64)
-        if not np.all(np.isfinite(c)):
-            raise ValueError(f"{name} must be finite (no NaN or inf)")
-        scale = max(np.abs(c).max(), 1e-300)
-        if np.abs(c - c.T).max() > 1e-6 * scale:
-            raise ValueError(f"{name} must be symmetric")
+        check_symmetric_values(curvature, name)
+
+
+def check_symmetric_values(c, name) -> None:
+    """Values of a concrete square matrix: finite and symmetric (to ``1e-6`` of its largest entry)."""
+    c = np.asarray(c, dtype=np.float64)
+    if not np.all(np.isfinite(c)):
+        raise ValueError(f"{name} must be finite (no NaN or inf)")
+    scale = max(np.abs(c).max(), 1e-300)
+    if np.abs(c - c.T).max() > 1e-6 * scale:
+        raise ValueError(f"{name} must be symmetric")
 
 
 def check_nonnegative(x, name) -> None:

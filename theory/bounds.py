@@ -41,9 +41,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from theory import _validation as V
-from theory.information import _information_matrix
-from theory.policy import _policy_curvature, _policy_log_probs, normalized_prompt_weights
+from jaxtyping import ArrayLike, Float, Real
+
+from theory.checked import check_argument, checked
+from theory.information import DESIGN_INSTANCE, information_matrix_kernel
+from theory.policy import POOL, normalized_prompt_weights, policy_curvature_kernel, policy_log_probs_kernel
 
 from theory.second_order import second_order_coefficients, second_order_column, second_order_gap  # noqa: E402,F401 (issue 18, goal 3)
 
@@ -79,7 +81,12 @@ __all__ = [
     "upper_bound_bernstein_valid_from",
     "lower_bound_jensen",
     "jensen_terms",
+    "sample_box_kernel",
 ]
+
+# Specs of the scalar arguments the results share (theory.checked): a budget and a tail exponent.
+BUDGET = "number >= 1 as float"
+TAIL = "number > 0 as float"
 
 _RANK_TOL = 1e-9  # relative eigenvalue floor for ranges (float64 eigen-analysis)
 _COVER_TOL = 1e-8  # curvature outside the labelled span, relative to lambda_max(I): A1 fails above it
@@ -246,14 +253,25 @@ def _max_mahalanobis(z, basis, lam):
     return float(np.sqrt(((coords**2) / lam).sum(axis=1)).max())
 
 
-def pair_diameter(features, log_ref) -> float:
+@checked(**POOL)
+def pair_diameter(features: Float[ArrayLike, "m K d"], log_ref: Float[ArrayLike, "m K"]) -> float:
     """``D_phi = max_x max_{y, y'} ||phi(x, y) - phi(x, y')||`` over present completions."""
-    V.check_pool(features, log_ref)
+    return _pair_diameter(features, log_ref)
+
+
+def _pair_diameter(features, log_ref) -> float:
     z = _target_pairs(features, log_ref)
     return float(np.linalg.norm(z, axis=1).max()) if z.shape[0] else 0.0
 
 
-def gap_sup(theta_star, features, log_ref, beta, prompt_weights=None) -> float:
+@checked(**POOL, theta_star="[d] finite", beta="number > 0", prompt_weights="optional [m] probability")
+def gap_sup(
+    theta_star: Float[ArrayLike, " d"],
+    features: Float[ArrayLike, "m K d"],
+    log_ref: Float[ArrayLike, "m K"],
+    beta: Real[ArrayLike, ""],
+    prompt_weights: Float[ArrayLike, " m"] | None = None,
+) -> float:
     """``G_sup = beta E_x max_y log(1 / pi_theta*(y|x))``: no policy has a larger gap.
 
     For any distribution ``pi`` on ``Y_x``, ``KL(pi || pi*) = sum pi log pi - sum pi log pi*
@@ -267,13 +285,14 @@ def gap_sup(theta_star, features, log_ref, beta, prompt_weights=None) -> float:
         are not candidates for the maximum).
       beta: ``> 0``.
     """
-    m, _, d = V.check_pool(features, log_ref)
-    V.check_theta(theta_star, d, "theta_star")
-    V.check_beta(beta)
-    V.check_prompt_weights(prompt_weights, m)
+    return _gap_sup(theta_star, features, log_ref, beta, prompt_weights)
+
+
+def _gap_sup(theta_star, features, log_ref, beta, prompt_weights) -> float:
+    m = np.shape(features)[0]
     dtype = jnp.result_type(features)
     rho = np.asarray(normalized_prompt_weights(prompt_weights, m, dtype), np.float64)
-    logp = np.asarray(_policy_log_probs(jnp.asarray(theta_star, dtype), jnp.asarray(features, dtype), jnp.asarray(log_ref, dtype)), np.float64)
+    logp = np.asarray(policy_log_probs_kernel(jnp.asarray(theta_star, dtype), jnp.asarray(features, dtype), jnp.asarray(log_ref, dtype)), np.float64)
     present = np.isfinite(np.asarray(log_ref))
     worst = np.where(present, -logp, -np.inf).max(axis=1)
     return float(beta) * float(rho @ worst)
@@ -282,7 +301,17 @@ def gap_sup(theta_star, features, log_ref, beta, prompt_weights=None) -> float:
 # ----------------------------------------------------------------------- constants
 
 
-def instance_constants(weights, theta_star, features, log_ref, diffs, beta, radius=None, prompt_weights=None) -> BoundConstants:
+@checked(**DESIGN_INSTANCE, radius="optional number > 0 as float")
+def instance_constants(
+    weights: Float[ArrayLike, " E"],
+    theta_star: Float[ArrayLike, " d"],
+    features: Float[ArrayLike, "m K d"],
+    log_ref: Float[ArrayLike, "m K"],
+    diffs: Float[ArrayLike, "E d"],
+    beta: Real[ArrayLike, ""],
+    radius: float | None = None,
+    prompt_weights: Float[ArrayLike, " m"] | None = None,
+) -> BoundConstants:
     """All constants of Theorems 1-2 for one instance and empirical design.
 
     Args:
@@ -294,24 +323,17 @@ def instance_constants(weights, theta_star, features, log_ref, diffs, beta, radi
       radius: ``None`` or ``B > 0``, the radius of the safeguarded estimator's ball;
         only ``gap_max`` and :func:`check_radius` use it (Theorem 1 holds for plain DPO).
     """
-    m, _, _ = V.check_design_instance(weights, theta_star, features, log_ref, diffs, beta, prompt_weights)
+    m = np.shape(features)[0]
     if radius is None:
         radius = math.inf
-    else:
-        try:
-            radius = float(radius)
-        except (TypeError, ValueError):
-            raise ValueError(f"radius must be None or a number > 0, got {radius!r}") from None
-        if not math.isfinite(radius) or radius <= 0:
-            raise ValueError(f"radius must be None or a finite number > 0, got {radius!r}")
 
     f64 = np.float64
     dtype = jnp.result_type(features)
     rho = normalized_prompt_weights(prompt_weights, m, dtype)
     theta = jnp.asarray(theta_star, dtype)
-    curv = np.asarray(_policy_curvature(theta, jnp.asarray(features, dtype), jnp.asarray(log_ref, dtype), rho), f64)
+    curv = np.asarray(policy_curvature_kernel(theta, jnp.asarray(features, dtype), jnp.asarray(log_ref, dtype), rho), f64)
     curv = 0.5 * (curv + curv.T)
-    sigma = np.asarray(_information_matrix(theta, jnp.asarray(diffs, dtype), jnp.asarray(weights, dtype), beta), f64)
+    sigma = np.asarray(information_matrix_kernel(theta, jnp.asarray(diffs, dtype), jnp.asarray(weights, dtype), beta), f64)
     z_edges = np.asarray(diffs, f64)[np.asarray(weights) > 0]
     z_pairs, pair_prompt = _target_pairs(features, log_ref, with_prompt=True)
     ts = np.asarray(theta_star, f64)
@@ -350,7 +372,7 @@ def instance_constants(weights, theta_star, features, log_ref, diffs, beta, radi
     # Per-prompt loss weights rho(x) Var_{pi*(.|x)}(b_j . phi) (Theorem 5).
     f_np = np.asarray(features, f64)
     present = np.isfinite(np.asarray(log_ref))
-    probs = np.where(present, np.exp(np.asarray(_policy_log_probs(theta, jnp.asarray(features, dtype), jnp.asarray(log_ref, dtype)), f64)), 0.0)
+    probs = np.where(present, np.exp(np.asarray(policy_log_probs_kernel(theta, jnp.asarray(features, dtype), jnp.asarray(log_ref, dtype)), f64)), 0.0)
     proj = np.where(present[..., None], f_np @ prior_basis, 0.0)
     centred = proj - np.einsum("mk,mkj->mj", probs, proj)[:, None, :]
     prompt_loss = np.asarray(rho, f64)[:, None] * np.einsum("mk,mkj->mj", probs, centred**2)
@@ -367,7 +389,7 @@ def instance_constants(weights, theta_star, features, log_ref, diffs, beta, radi
         radius=radius,
         diameter=diameter,
         gap_max=beta * (radius + theta_norm) * diameter,
-        gap_sup=gap_sup(theta_star, features, log_ref, beta, prompt_weights),
+        gap_sup=_gap_sup(theta_star, features, log_ref, beta, prompt_weights),
         criterion_eigs=k_eigs,
         unseen_dim=int(unseen.sum()),
         curv_dim=int(lam_i.size),
@@ -386,16 +408,17 @@ def instance_constants(weights, theta_star, features, log_ref, diffs, beta, radi
 # ------------------------------------------------------------------- assumptions
 
 
-def check_boundedness(features, log_ref, diffs) -> dict:
+@checked(**POOL, diffs="[E, d] finite")
+def check_boundedness(
+    features: Float[ArrayLike, "m K d"], log_ref: Float[ArrayLike, "m K"], diffs: Float[ArrayLike, "E d"]
+) -> dict:
     """Assumption A2 (bounded features): the two diameters the constants use.
 
     Returns:
       ``{"target_diameter": D_phi, "edge_diameter": max_e ||z_e||}``, both finite.
     """
-    V.check_pool(features, log_ref)
-    V.check_diffs(diffs)
     z = np.asarray(diffs, np.float64)
-    return {"target_diameter": pair_diameter(features, log_ref), "edge_diameter": float(np.linalg.norm(z, axis=1).max())}
+    return {"target_diameter": _pair_diameter(features, log_ref), "edge_diameter": float(np.linalg.norm(z, axis=1).max())}
 
 
 def check_coverage(c: BoundConstants) -> dict:
@@ -427,23 +450,22 @@ def check_radius(c: BoundConstants) -> dict:
 
 
 def _check_n(n):
-    if isinstance(n, bool) or not isinstance(n, (int, float, np.integer, np.floating)) or not math.isfinite(n) or n < 1:
-        raise ValueError(f"n must be a number of labels >= 1, got {n!r}")
-    return float(n)
+    """``float(n)`` for a number of labels ``n >= 1`` (the spec ``BUDGET``)."""
+    return check_argument("n", n, BUDGET)
 
 
 def _check_tail(tail):
-    if isinstance(tail, bool) or not isinstance(tail, (int, float)) or not math.isfinite(tail) or tail <= 0:
-        raise ValueError(f"tail must be a number > 0, got {tail!r}")
-    return float(tail)
+    """``float(tail)`` for a tail exponent ``> 0`` (the spec ``TAIL``)."""
+    return check_argument("tail", tail, TAIL)
 
 
 # ------------------------------------------------------------------ the results
 
 
+@checked(n=BUDGET)
 def asymptotic_prediction(c: BoundConstants, n) -> float:
     """``beta Phi / (2 n)``, the common leading term (section 3)."""
-    return c.beta * c.criterion / (2.0 * _check_n(n))
+    return c.beta * c.criterion / (2.0 * n)
 
 
 def sandwich_factors(rho):
@@ -482,6 +504,7 @@ def _upper_conditions(c, n, tail):
     return True, r, -math.log1p(-c.zeta * r) / c.zeta
 
 
+@checked(n=BUDGET, tail=TAIL)
 def upper_bound(c: BoundConstants, n, tail: float = 2.0) -> UpperBound:
     """Theorem 1: the expected gap of plain DPO at budget ``n``, whatever it returns without an MLE.
 
@@ -493,8 +516,6 @@ def upper_bound(c: BoundConstants, n, tail: float = 2.0) -> UpperBound:
     Returns:
       :class:`UpperBound` (``value = inf`` and ``valid = False`` below ``n_0``).
     """
-    n = _check_n(n)
-    tail = _check_tail(tail)
     leading = c.beta * c.criterion / (2.0 * n)
     valid, r, s = _upper_conditions(c, n, tail)
     if not valid:
@@ -505,6 +526,7 @@ def upper_bound(c: BoundConstants, n, tail: float = 2.0) -> UpperBound:
     return UpperBound(leading * factor + remainder, True, leading, factor, remainder, r, s)
 
 
+@checked(n=BUDGET, tail=TAIL)
 def upper_bound_high_probability(c: BoundConstants, n, tail: float = 2.0) -> HighProbabilityBound:
     """Theorem 1': with probability ``>= 1 - n^{-a}``, ``G(theta_hat) <= (beta/2) psi_+(zeta_I s_n) kappa (1 + eta(m_n))^2 r_n^2``.
 
@@ -515,8 +537,6 @@ def upper_bound_high_probability(c: BoundConstants, n, tail: float = 2.0) -> Hig
       n: number of labels.
       tail: ``a > 0``.
     """
-    n = _check_n(n)
-    tail = _check_tail(tail)
     valid, r, s = _upper_conditions(c, n, tail)
     if not valid:
         return HighProbabilityBound(math.inf, False, n ** (-tail), r, s)
@@ -524,13 +544,13 @@ def upper_bound_high_probability(c: BoundConstants, n, tail: float = 2.0) -> Hig
     return HighProbabilityBound(value, True, n ** (-tail), r, s)
 
 
+@checked(tail=TAIL)
 def upper_bound_valid_from(c: BoundConstants, tail: float = 2.0) -> float:
     """``n_0``: the smallest integer ``n >= 3`` from which Theorem 1 holds (``inf`` if none).
 
     The condition ``zeta r_n < 1`` is monotone in ``n`` for ``n >= 3`` (``r_n``
     decreases), so ``n_0`` is found by doubling and bisection.
     """
-    tail = _check_tail(tail)
     if not c.identifiable:
         return math.inf
     hi = 4.0
@@ -578,6 +598,7 @@ def _lower_terms(c, n, alpha, rho0):
     return sandwich_factors(rho0)[0] * math.exp(-rho_box) * shrink * 0.5 * c.beta * trace, h
 
 
+@checked(n=BUDGET, grid="int >= 2")
 def lower_bound(c: BoundConstants, n, grid: int = 40) -> LowerBound:
     """Theorem 2: no estimator from ``n`` labels of this design does better, worst case over ``N``.
 
@@ -595,9 +616,6 @@ def lower_bound(c: BoundConstants, n, grid: int = 40) -> LowerBound:
     Returns:
       :class:`LowerBound`.
     """
-    n = _check_n(n)
-    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 2:
-        raise ValueError(f"grid must be an integer >= 2, got {grid!r}")
     leading = c.beta * c.criterion / (2.0 * n)
     if c.curv_dim == 0 or not math.isfinite(c.c_curv):
         return LowerBound(0.0, 0.0, 0.0, 0.0, 0.0)
@@ -612,7 +630,7 @@ def lower_bound(c: BoundConstants, n, grid: int = 40) -> LowerBound:
     return LowerBound(value, h, rho0, alpha, factor)
 
 
-def _sample_box(key, theta_star, basis, widths):
+def sample_box_kernel(key, theta_star, basis, widths):
     """``theta* + basis @ nu`` with independent ``nu_i`` of density ``cos^2(pi nu / (2 a_i)) / a_i``."""
     u = jax.random.uniform(key, widths.shape, dtype=widths.dtype)
 
@@ -643,25 +661,29 @@ def sample_prior(key, c: BoundConstants, theta_star, n, alpha):
     theta_star = jnp.asarray(theta_star)
     dtype = theta_star.dtype
     widths = jnp.asarray(prior_widths(c, n, alpha), dtype)
-    return _sample_box(key, theta_star, jnp.asarray(c.prior_basis, dtype), widths)
+    return sample_box_kernel(key, theta_star, jnp.asarray(c.prior_basis, dtype), widths)
 
 
 # --------------------------------------------------------------------- plug-in
 
 
-def plug_in_factor(theta0, theta_star, features, log_ref, diffs, beta, relative_certificate: float = 0.0) -> float:
+@checked(**POOL, theta0="[d] finite", theta_star="[d] finite", diffs="[E, d] finite", beta="number > 0",
+         relative_certificate="number >= 0")
+def plug_in_factor(
+    theta0: Float[ArrayLike, " d"],
+    theta_star: Float[ArrayLike, " d"],
+    features: Float[ArrayLike, "m K d"],
+    log_ref: Float[ArrayLike, "m K"],
+    diffs: Float[ArrayLike, "E d"],
+    beta: Real[ArrayLike, ""],
+    relative_certificate: float = 0.0,
+) -> float:
     """Theorem 3: ``Phi(w_{theta0}; theta*) / Phi(w_{theta*}; theta*) <= exp(2 (rho(delta) + m(delta)))``.
 
     ``delta = theta* - theta0``, ``rho(delta)`` its largest within-prompt spread on the
     target pool and ``m(delta) = beta max_e |delta . z_e|`` over the candidate edges.
     With a plug-in design certified only to a relative gap ``eps``, multiply by ``1 + eps``.
     """
-    _, _, d = V.check_pool(features, log_ref)
-    V.check_theta(theta0, d, "theta0")
-    V.check_theta(theta_star, d, "theta_star")
-    V.check_diffs(diffs)
-    V.check_beta(beta)
-    V.check_nonnegative(relative_certificate, "relative_certificate")
     delta = np.asarray(theta_star, np.float64) - np.asarray(theta0, np.float64)
     f = np.asarray(features, np.float64)
     present = np.isfinite(np.asarray(log_ref))
@@ -672,11 +694,9 @@ def plug_in_factor(theta0, theta_star, features, log_ref, diffs, beta, relative_
     return math.exp(2.0 * (rho + m)) * (1.0 + float(relative_certificate))
 
 
+@checked(r0="number >= 0", target_diameter="number >= 0", edge_diameter="number >= 0", beta="number > 0")
 def plug_in_factor_radius(r0, target_diameter, edge_diameter, beta) -> float:
     """Theorem 3 in terms of ``r0 = ||theta0 - theta*||`` only: ``exp(2 r0 (D_phi + beta D_z))``."""
-    for name, v in (("r0", r0), ("target_diameter", target_diameter), ("edge_diameter", edge_diameter)):
-        V.check_nonnegative(v, name)
-    V.check_beta(beta)
     return math.exp(2.0 * float(r0) * (float(target_diameter) + float(beta) * float(edge_diameter)))
 
 
@@ -752,14 +772,13 @@ def _net_radius(c, n, tail, eps):
     return (math.sqrt(2.0 * y / n) + c.zeta * y / (3.0 * n)) / (1.0 - eps)
 
 
+@checked(n=BUDGET, tail=TAIL)
 def score_radius_bernstein(c: BoundConstants, n, tail: float = 2.0):
     """Lemma 9.1: ``P(||S^{+1/2} g_n|| > r_n) <= n^{-a}``; returns ``(r_n, epsilon)``.
 
     ``r_n`` is the smallest net-Bernstein radius over the fixed grid of net parameters
     ``epsilon`` (a deterministic choice, so the probability statement holds for it).
     """
-    n = _check_n(n)
-    tail = _check_tail(tail)
     radii = [(_net_radius(c, n, tail, e), e) for e in _NET_GRID]
     return min(radii)
 
@@ -779,6 +798,7 @@ def _score_fourth_moments(c, n):
     return m_r, m_x
 
 
+@checked(n=BUDGET, tail=TAIL)
 def upper_bound_bernstein(c: BoundConstants, n, tail: float = 2.0) -> BernsteinUpperBound:
     """Theorem 4: the expected gap of plain DPO, whatever it returns without an MLE (section 9).
 
@@ -794,8 +814,6 @@ def upper_bound_bernstein(c: BoundConstants, n, tail: float = 2.0) -> BernsteinU
       n: number of labels.
       tail: ``a > 0``: the score leaves its ball with probability ``<= n^{-a}``.
     """
-    n = _check_n(n)
-    tail = _check_tail(tail)
     leading = c.beta * c.criterion / (2.0 * n)
     valid, r, eps, s = _bernstein_conditions(c, n, tail)
     if not valid:
@@ -810,13 +828,12 @@ def upper_bound_bernstein(c: BoundConstants, n, tail: float = 2.0) -> BernsteinU
     return BernsteinUpperBound(main + remainder, True, leading, main / leading, remainder, r, eps, s, e1, e2, m_r, m_x)
 
 
+@checked(n=BUDGET, tail=TAIL)
 def upper_bound_bernstein_high_probability(c: BoundConstants, n, tail: float = 2.0) -> HighProbabilityBound:
     """Theorem 4': with probability ``>= 1 - n^{-a}``, ``G <= (beta/2) psi_+(zeta_I s_n) kappa (1 + eta(zeta s_n))^2 r_n^2``.
 
     Theorem 1' on the event of Lemma 9.1 (net-Bernstein radius ``r_n``).
     """
-    n = _check_n(n)
-    tail = _check_tail(tail)
     valid, r, _, s = _bernstein_conditions(c, n, tail)
     if not valid:
         return HighProbabilityBound(math.inf, False, n ** (-tail), r, s)
@@ -824,13 +841,13 @@ def upper_bound_bernstein_high_probability(c: BoundConstants, n, tail: float = 2
     return HighProbabilityBound(value, True, n ** (-tail), r, s)
 
 
+@checked(tail=TAIL)
 def upper_bound_bernstein_valid_from(c: BoundConstants, tail: float = 2.0) -> float:
     """``n_0`` of Theorem 4: the smallest integer ``n >= 3`` with ``zeta r_n < 1`` (``inf`` if none).
 
     Each net radius decreases in ``n >= 3``, so their minimum does and the condition is
     monotone; found by doubling and bisection.
     """
-    tail = _check_tail(tail)
     if not c.identifiable:
         return math.inf
     ok = lambda m: _bernstein_conditions(c, m, tail)[0]  # noqa: E731
@@ -850,6 +867,7 @@ def upper_bound_bernstein_valid_from(c: BoundConstants, tail: float = 2.0) -> fl
     return float(hi)
 
 
+@checked(n=BUDGET)
 def jensen_terms(c: BoundConstants, n, widths):
     """Theorem 5's right side for one prior box; returns ``(value, rho_N, mu_N)`` (section 10).
 
@@ -863,7 +881,6 @@ def jensen_terms(c: BoundConstants, n, widths):
       n: number of labels.
       widths: ``[d_p]`` half-widths ``a_j > 0`` of the box in the coordinates ``c.prior_basis``.
     """
-    n = _check_n(n)
     a = np.asarray(widths, np.float64)
     if a.shape != c.prior_info.shape or not np.all(np.isfinite(a)) or np.any(a <= 0):
         raise ValueError(f"widths must be {c.prior_info.shape[0]} finite numbers > 0, got {widths!r}")
@@ -880,6 +897,7 @@ def jensen_terms(c: BoundConstants, n, widths):
     return 0.5 * c.beta * trace, rho_box, mu_box
 
 
+@checked(n=BUDGET, refine="bool")
 def lower_bound_jensen(c: BoundConstants, n, refine: bool = True) -> JensenLowerBound:
     """Theorem 5: no estimator (of any policy) from ``n`` labels of this design does better (section 10).
 
@@ -895,9 +913,6 @@ def lower_bound_jensen(c: BoundConstants, n, refine: bool = True) -> JensenLower
       n: number of labels.
       refine: optimise the widths per direction after the one-parameter search.
     """
-    n = _check_n(n)
-    if not isinstance(refine, bool):
-        raise ValueError(f"refine must be True or False, got {refine!r}")
     leading = c.beta * c.criterion / (2.0 * n)
     dp = c.prior_info.shape[0]
     if dp == 0 or c.curv_dim == 0:
@@ -926,3 +941,7 @@ def lower_bound_jensen(c: BoundConstants, n, refine: bool = True) -> JensenLower
     _, rho_box, mu_box = jensen_terms(c, n, widths)
     factor = value / leading if math.isfinite(leading) and leading > 0 else math.nan
     return JensenLowerBound(value, factor, alpha, widths, rho_box, mu_box, refined)
+
+
+# The name before the kernel was public (synthetic/monte_carlo.py imports it).
+_sample_box = sample_box_kernel

@@ -6,8 +6,10 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import ArrayLike, Float
 
-from theory import _validation as V
+from theory.checked import checked
+from theory.policy import POOL
 
 __all__ = ["Edges", "enumerate_edges"]
 
@@ -32,7 +34,8 @@ class Edges(NamedTuple):
         return int(self.prompt.shape[0])
 
 
-def enumerate_edges(features, log_ref) -> Edges:
+@checked(**POOL)
+def enumerate_edges(features: Float[ArrayLike, "m K d"], log_ref: Float[ArrayLike, "m K"]) -> Edges:
     """All unordered pairs of present completions within each prompt.
 
     Edges are ordered by prompt, then ``i``, then ``j``. A prompt with ``K_x``
@@ -51,7 +54,7 @@ def enumerate_edges(features, log_ref) -> Edges:
       >>> e.num_edges, e.first.tolist(), e.second.tolist()
       (3, [0, 0, 1], [1, 2, 2])
     """
-    m, k, _ = V.check_pool(features, log_ref)
+    k = np.shape(features)[1]
     present = np.isfinite(np.asarray(log_ref))
     ii, jj = np.triu_indices(k, 1)
     keep = present[:, ii] & present[:, jj]  # [m, K(K-1)/2]

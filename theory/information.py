@@ -24,19 +24,24 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float, Real
 
-from theory import _validation as V
-from theory.policy import normalized_prompt_weights, _policy_curvature
+from theory.checked import checked
+from theory.policy import normalized_prompt_weights, policy_curvature_kernel
 
 __all__ = [
     "information_matrix",
     "design_criterion",
     "trace_criterion",
     "asymptotic_gap",
+    "information_matrix_kernel",
+    "trace_criterion_kernel",
+    "sigmoid_prime",
+    "rank_threshold",
 ]
 
 
-def _sigmoid_prime(u):
+def sigmoid_prime(u):
     # sigmoid'(u) = sigmoid(u) sigmoid(-u), computed without cancellation for large |u|.
     return jnp.exp(jax.nn.log_sigmoid(u) + jax.nn.log_sigmoid(-u))
 
@@ -74,16 +79,22 @@ def _weighted_gram(x, s):
 
 
 @jax.jit
-def _information_matrix(theta, diffs, weights, beta):
+def information_matrix_kernel(theta, diffs, weights, beta):
     """Unchecked ``beta^2 sum_e weights_e sigmoid'(beta theta.z_e) z_e z_e^T``.
 
     ``weights`` need not sum to one (the estimators pass label counts).
     """
-    s = weights * _sigmoid_prime(beta * (diffs @ theta))
+    s = weights * sigmoid_prime(beta * (diffs @ theta))
     return beta**2 * _weighted_gram(diffs, s)
 
 
-def information_matrix(theta, diffs, weights, beta):
+@checked(theta="[d] finite", diffs="[E, d] finite", weights="[E] probability", beta="number > 0")
+def information_matrix(
+    theta: Float[ArrayLike, " d"],
+    diffs: Float[ArrayLike, "E d"],
+    weights: Float[ArrayLike, " E"],
+    beta: Real[ArrayLike, ""],
+) -> Float[Array, "d d"]:
     """Per-label information matrix ``Sigma_w(theta)`` of a design.
 
     Args:
@@ -101,14 +112,11 @@ def information_matrix(theta, diffs, weights, beta):
       >>> bool(jnp.allclose(S, 0.125 * jnp.eye(2)))   # sigmoid'(0) = 1/4
       True
     """
-    e, d = V.check_theta_diffs(theta, diffs)
-    V.check_design_weights(weights, e)
-    V.check_beta(beta)
-    return _information_matrix(theta, diffs, weights, beta)
+    return information_matrix_kernel(theta, diffs, weights, beta)
 
 
 @jax.jit
-def _trace_criterion(curvature, sigma, ridge):
+def trace_criterion_kernel(curvature, sigma, ridge):
     """``tr(I Sigma^+)`` on range(Sigma) (``ridge == 0``) or ``tr(I (ridge Id + Sigma)^-1)``."""
     d = sigma.shape[0]
     eps = jnp.finfo(sigma.dtype).eps
@@ -129,7 +137,12 @@ def _trace_criterion(curvature, sigma, ridge):
     return jnp.where(ridge > 0, ridge_value, pinv_value)
 
 
-def trace_criterion(curvature, sigma, ridge=0.0):
+@checked(sigma="[d, d] symmetric", curvature="[d, d] symmetric", ridge="number >= 0")
+def trace_criterion(
+    curvature: Float[ArrayLike, "d d"],
+    sigma: Float[ArrayLike, "d d"],
+    ridge: Real[ArrayLike, ""] = 0.0,
+) -> Float[Array, ""]:
     """``tr(I Sigma^+)`` from the two matrices (see :func:`design_criterion`).
 
     Args:
@@ -137,15 +150,19 @@ def trace_criterion(curvature, sigma, ridge=0.0):
       sigma: ``[d, d]`` an information matrix.
       ridge: ``>= 0``; when ``> 0`` returns ``tr(I (ridge Id + Sigma)^-1)``.
     """
-    shape = V._shape(sigma)
-    d = shape[0] if len(shape) == 2 else -1
-    V.check_curvature(sigma, d, "sigma")
-    V.check_curvature(curvature, d)
-    V.check_nonnegative(ridge, "ridge")
-    return _trace_criterion(curvature, sigma, ridge)
+    return trace_criterion_kernel(curvature, sigma, ridge)
 
 
-def design_criterion(weights, theta, diffs, curvature, beta, ridge=0.0):
+@checked(theta="[d] finite", diffs="[E, d] finite", weights="[E] probability", curvature="[d, d] symmetric",
+         beta="number > 0", ridge="number >= 0")
+def design_criterion(
+    weights: Float[ArrayLike, " E"],
+    theta: Float[ArrayLike, " d"],
+    diffs: Float[ArrayLike, "E d"],
+    curvature: Float[ArrayLike, "d d"],
+    beta: Real[ArrayLike, ""],
+    ridge: Real[ArrayLike, ""] = 0.0,
+) -> Float[Array, ""]:
     """Design criterion ``Phi(w; theta) = tr(I Sigma_w(theta)^+)``.
 
     The pseudo-inverse acts on the identifiable subspace (the range of
@@ -165,16 +182,35 @@ def design_criterion(weights, theta, diffs, curvature, beta, ridge=0.0):
     Returns:
       Scalar in ``(0, inf]``.
     """
-    e, d = V.check_theta_diffs(theta, diffs)
-    V.check_design_weights(weights, e)
-    V.check_curvature(curvature, d)
-    V.check_beta(beta)
-    V.check_nonnegative(ridge, "ridge")
-    sigma = _information_matrix(theta, diffs, weights, beta)
-    return _trace_criterion(curvature, sigma, ridge)
+    sigma = information_matrix_kernel(theta, diffs, weights, beta)
+    return trace_criterion_kernel(curvature, sigma, ridge)
 
 
-def asymptotic_gap(weights, theta_star, features, log_ref, diffs, beta, n, prompt_weights=None):
+# The checks of a design on candidate edges measured on a target pool (the order of
+# theory._validation.check_design_instance: the pool first, then the edges, the design,
+# theta*, beta and the prompt weights).
+DESIGN_INSTANCE = dict(
+    features="[m, K, d] finite",
+    log_ref="[m, K] logprob",
+    diffs="[E, d] finite",
+    weights="[E] probability",
+    theta_star="[d] finite",
+    beta="number > 0",
+    prompt_weights="optional [m] probability",
+)
+
+
+@checked(**DESIGN_INSTANCE, n="number > 0")
+def asymptotic_gap(
+    weights: Float[ArrayLike, " E"],
+    theta_star: Float[ArrayLike, " d"],
+    features: Float[ArrayLike, "m K d"],
+    log_ref: Float[ArrayLike, "m K"],
+    diffs: Float[ArrayLike, "E d"],
+    beta: Real[ArrayLike, ""],
+    n: Real[ArrayLike, ""],
+    prompt_weights: Float[ArrayLike, " m"] | None = None,
+) -> Float[Array, ""]:
     """Asymptotic prediction ``E G(theta_hat_n) ~ (beta / (2 n)) tr(I(theta*) Sigma_w(theta*)^+)``.
 
     ``features``/``log_ref``/``prompt_weights`` describe the pool on which the gap is
@@ -191,9 +227,15 @@ def asymptotic_gap(weights, theta_star, features, log_ref, diffs, beta, n, promp
       n: number of labels ``> 0``.
       prompt_weights: ``[m]`` or ``None``.
     """
-    m, _, _ = V.check_design_instance(weights, theta_star, features, log_ref, diffs, beta, prompt_weights)
-    V.check_budget(n)
+    m = jnp.shape(features)[0]
     rho = normalized_prompt_weights(prompt_weights, m, jnp.result_type(features))
-    curvature = _policy_curvature(theta_star, features, log_ref, rho)
-    sigma = _information_matrix(theta_star, diffs, weights, beta)
-    return beta / (2.0 * n) * _trace_criterion(curvature, sigma, 0.0)
+    curvature = policy_curvature_kernel(theta_star, features, log_ref, rho)
+    sigma = information_matrix_kernel(theta_star, diffs, weights, beta)
+    return beta / (2.0 * n) * trace_criterion_kernel(curvature, sigma, 0.0)
+
+
+# The names other modules imported before the kernels were public (synthetic/ and
+# experiments/ still use some of them).
+_sigmoid_prime = sigmoid_prime
+_information_matrix = information_matrix_kernel
+_trace_criterion = trace_criterion_kernel

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float, Real
 
-from theory import _validation as V
+from theory.checked import checked
 
 __all__ = [
     "log_partition",
@@ -30,7 +32,14 @@ __all__ = [
     "optimality_gap",
     "policy_curvature",
     "normalized_prompt_weights",
+    "log_partition_kernel",
+    "policy_log_probs_kernel",
+    "optimality_gap_kernel",
+    "policy_curvature_kernel",
 ]
+
+# A padded pool and a parameter vector, in the order the checks run.
+POOL = dict(features="[m, K, d] finite", log_ref="[m, K] logprob")
 
 
 def normalized_prompt_weights(prompt_weights, m, dtype):
@@ -48,17 +57,22 @@ def _logits(theta, features, log_ref):
 
 
 @jax.jit
-def _log_partition(theta, features, log_ref):
+def log_partition_kernel(theta, features, log_ref):
+    """Unchecked :func:`log_partition`."""
     return jax.nn.logsumexp(_logits(theta, features, log_ref), axis=-1)
 
 
 @jax.jit
-def _policy_log_probs(theta, features, log_ref):
+def policy_log_probs_kernel(theta, features, log_ref):
+    """Unchecked :func:`policy_log_probs`."""
     logits = _logits(theta, features, log_ref)
     return logits - jax.nn.logsumexp(logits, axis=-1, keepdims=True)
 
 
-def log_partition(theta, features, log_ref):
+@checked(**POOL, theta="[d] finite")
+def log_partition(
+    theta: Float[ArrayLike, " d"], features: Float[ArrayLike, "m K d"], log_ref: Float[ArrayLike, "m K"]
+) -> Float[Array, " m"]:
     """Log-partition ``A_x(theta) = log sum_y pi0(y|x) exp(theta . phi(x,y))``.
 
     Args:
@@ -69,12 +83,13 @@ def log_partition(theta, features, log_ref):
     Returns:
       ``[m]``; equals 0 at ``theta = 0`` when each row of ``log_ref`` is normalised.
     """
-    _, _, d = V.check_pool(features, log_ref)
-    V.check_theta(theta, d)
-    return _log_partition(theta, features, log_ref)
+    return log_partition_kernel(theta, features, log_ref)
 
 
-def policy_log_probs(theta, features, log_ref):
+@checked(**POOL, theta="[d] finite")
+def policy_log_probs(
+    theta: Float[ArrayLike, " d"], features: Float[ArrayLike, "m K d"], log_ref: Float[ArrayLike, "m K"]
+) -> Float[Array, "m K"]:
     """``log pi_theta(y|x)`` as ``[m, K]`` (``-inf`` on absent completions).
 
     Examples:
@@ -84,20 +99,19 @@ def policy_log_probs(theta, features, log_ref):
       >>> bool(jnp.allclose(jnp.exp(lp).sum(), 1.0))
       True
     """
-    _, _, d = V.check_pool(features, log_ref)
-    V.check_theta(theta, d)
-    return _policy_log_probs(theta, features, log_ref)
+    return policy_log_probs_kernel(theta, features, log_ref)
 
 
 @jax.jit
-def _optimality_gap(theta, theta_star, features, log_ref, beta, rho):
+def optimality_gap_kernel(theta, theta_star, features, log_ref, beta, rho):
+    """Unchecked :func:`optimality_gap` with the prompt weights ``rho`` given as an array ``[m]``."""
     present = jnp.isfinite(log_ref)
-    logp = _policy_log_probs(theta, features, log_ref)
+    logp = policy_log_probs_kernel(theta, features, log_ref)
     p = jnp.where(present, jnp.exp(logp), 0.0)
     # log pi_theta - log pi_theta* = (theta - theta*) . phi - (A(theta) - A(theta*)),
     # finite on every entry, so no 0 * inf appears on absent completions.
     log_ratio = features @ (theta - theta_star) - (
-        _log_partition(theta, features, log_ref) - _log_partition(theta_star, features, log_ref)
+        log_partition_kernel(theta, features, log_ref) - log_partition_kernel(theta_star, features, log_ref)
     )[:, None]
     kl = jnp.sum(jnp.where(present, p * log_ratio, 0.0), axis=-1)
     # A KL is >= 0; rounding can leave -1e-11 where pi_theta ~ pi_theta*. Clamp that
@@ -106,7 +120,16 @@ def _optimality_gap(theta, theta_star, features, log_ref, beta, rho):
     return beta * jnp.dot(rho, kl)
 
 
-def optimality_gap(theta, theta_star, features, log_ref, beta, prompt_weights=None):
+@checked(**POOL, theta="[d] finite", theta_star="[d] finite", beta="number > 0",
+         prompt_weights="optional [m] probability")
+def optimality_gap(
+    theta: Float[ArrayLike, " d"],
+    theta_star: Float[ArrayLike, " d"],
+    features: Float[ArrayLike, "m K d"],
+    log_ref: Float[ArrayLike, "m K"],
+    beta: Real[ArrayLike, ""],
+    prompt_weights: Float[ArrayLike, " m"] | None = None,
+) -> Float[Array, ""]:
     """Exact optimality gap ``G(theta) = beta E_x KL(pi_theta(.|x) || pi_theta*(.|x))``.
 
     Theory brief section 3: for the KL-regularised objective ``J`` with reward
@@ -124,25 +147,27 @@ def optimality_gap(theta, theta_star, features, log_ref, beta, prompt_weights=No
       Scalar ``>= 0``: each prompt's KL is clamped at 0, so rounding (about
       ``1e-11`` relative, e.g. for saturated policies) never gives a negative gap.
     """
-    m, _, d = V.check_pool(features, log_ref)
-    V.check_theta(theta, d)
-    V.check_theta(theta_star, d, "theta_star")
-    V.check_beta(beta)
-    V.check_prompt_weights(prompt_weights, m)
-    rho = normalized_prompt_weights(prompt_weights, m, jnp.result_type(features))
-    return _optimality_gap(theta, theta_star, features, log_ref, beta, rho)
+    rho = normalized_prompt_weights(prompt_weights, np.shape(features)[0], jnp.result_type(features))
+    return optimality_gap_kernel(theta, theta_star, features, log_ref, beta, rho)
 
 
 @jax.jit
-def _policy_curvature(theta, features, log_ref, rho):
+def policy_curvature_kernel(theta, features, log_ref, rho):
+    """Unchecked :func:`policy_curvature` with the prompt weights ``rho`` given as an array ``[m]``."""
     present = jnp.isfinite(log_ref)
-    p = jnp.where(present, jnp.exp(_policy_log_probs(theta, features, log_ref)), 0.0)
+    p = jnp.where(present, jnp.exp(policy_log_probs_kernel(theta, features, log_ref)), 0.0)
     mean = jnp.einsum("mk,mkd->md", p, features)
     centred = features - mean[:, None, :]
     return jnp.einsum("m,mk,mki,mkj->ij", rho, p, centred, centred)
 
 
-def policy_curvature(theta, features, log_ref, prompt_weights=None):
+@checked(**POOL, theta="[d] finite", prompt_weights="optional [m] probability")
+def policy_curvature(
+    theta: Float[ArrayLike, " d"],
+    features: Float[ArrayLike, "m K d"],
+    log_ref: Float[ArrayLike, "m K"],
+    prompt_weights: Float[ArrayLike, " m"] | None = None,
+) -> Float[Array, "d d"]:
     """Policy curvature ``I(theta) = E_x Cov_{y ~ pi_theta(.|x)}[phi(x, y)]``.
 
     It is the Hessian of ``E_x A_x(theta)``, and ``hessian(G)(theta*) = beta I(theta*)``
@@ -157,8 +182,13 @@ def policy_curvature(theta, features, log_ref, prompt_weights=None):
     Returns:
       ``[d, d]`` symmetric positive semi-definite.
     """
-    m, _, d = V.check_pool(features, log_ref)
-    V.check_theta(theta, d)
-    V.check_prompt_weights(prompt_weights, m)
-    rho = normalized_prompt_weights(prompt_weights, m, jnp.result_type(features))
-    return _policy_curvature(theta, features, log_ref, rho)
+    rho = normalized_prompt_weights(prompt_weights, np.shape(features)[0], jnp.result_type(features))
+    return policy_curvature_kernel(theta, features, log_ref, rho)
+
+
+# The names other modules imported before the kernels were public (synthetic/ and
+# experiments/ still use some of them).
+_log_partition = log_partition_kernel
+_policy_log_probs = policy_log_probs_kernel
+_optimality_gap = optimality_gap_kernel
+_policy_curvature = policy_curvature_kernel

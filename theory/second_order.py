@@ -56,9 +56,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxtyping import Array, ArrayLike, Float, Real
+
 from theory import _validation as V
-from theory.information import _sigmoid_prime, _trace_criterion, rank_threshold
-from theory.policy import _policy_curvature, _policy_log_probs, normalized_prompt_weights
+from theory.checked import check_argument, checked
+from theory.information import DESIGN_INSTANCE, rank_threshold, sigmoid_prime, trace_criterion_kernel
+from theory.policy import normalized_prompt_weights, policy_curvature_kernel, policy_log_probs_kernel
 
 __all__ = [
     "SecondOrder",
@@ -68,6 +71,8 @@ __all__ = [
     "second_order_column",
     "derivative_tensors",
     "link_derivatives",
+    "derivative_tensors_kernel",
+    "second_order_kernel",
 ]
 
 _PAIR_BLOCK = 256  # edges a block in the edge-pair sums (memory block x E)
@@ -122,20 +127,21 @@ def link_derivatives(u):
     """Derivatives 2-4 of ``softplus`` at ``u``: ``s2 = sigma(1-sigma)``, ``s3 = s2 (1 - 2 sigma)``,
     ``s4 = s2 (1 - 6 sigma + 6 sigma^2)``."""
     sig = jax.nn.sigmoid(u)
-    s2 = _sigmoid_prime(u)
+    s2 = sigmoid_prime(u)
     return s2, s2 * (1.0 - 2.0 * sig), s2 * (1.0 - 6.0 * sig + 6.0 * sig**2)
 
 
 def _policy_centred(theta_star, features, log_ref):
     """``pi_theta*(y|x)`` (0 on absent completions) and ``phi - E_pi phi`` ``[m, K, d]``."""
     present = jnp.isfinite(log_ref)
-    p = jnp.where(present, jnp.exp(_policy_log_probs(theta_star, features, log_ref)), 0.0)
+    p = jnp.where(present, jnp.exp(policy_log_probs_kernel(theta_star, features, log_ref)), 0.0)
     mean = jnp.einsum("mk,mkd->md", p, features)
     return p, jnp.where(present[..., None], features - mean[:, None, :], 0.0)
 
 
 @jax.jit
-def _derivative_tensors(weights, theta_star, features, log_ref, diffs, beta, rho):
+def derivative_tensors_kernel(weights, theta_star, features, log_ref, diffs, beta, rho):
+    """Unchecked :func:`derivative_tensors` with the prompt weights ``rho`` given as an array ``[m]``."""
     s2, s3, s4 = link_derivatives(beta * (diffs @ theta_star))
     g = beta * diffs
     k2 = jnp.einsum("e,ei,ej->ij", weights * s2, g, g)
@@ -152,15 +158,23 @@ def _derivative_tensors(weights, theta_star, features, log_ref, diffs, beta, rho
     return DerivativeTensors(k2, k3, k4, beta * f2, 2.0 * beta * f3, 3.0 * beta * (mu4 - pairs))
 
 
-def derivative_tensors(weights, theta_star, features, log_ref, diffs, beta, prompt_weights=None) -> DerivativeTensors:
+@checked(**DESIGN_INSTANCE)
+def derivative_tensors(
+    weights: Float[ArrayLike, " E"],
+    theta_star: Float[ArrayLike, " d"],
+    features: Float[ArrayLike, "m K d"],
+    log_ref: Float[ArrayLike, "m K"],
+    diffs: Float[ArrayLike, "E d"],
+    beta: Real[ArrayLike, ""],
+    prompt_weights: Float[ArrayLike, " m"] | None = None,
+) -> DerivativeTensors:
     """The dense tensors ``K_2..K_4`` (labels) and ``H_2..H_4`` (gap) at ``theta*``.
 
     Memory ``O(d^4)``: meant for small ``d`` (tests, worked examples). The expansion itself
     (:func:`second_order_coefficients`) never forms them.
     """
-    m, _, _ = V.check_design_instance(weights, theta_star, features, log_ref, diffs, beta, prompt_weights)
-    rho = normalized_prompt_weights(prompt_weights, m, jnp.result_type(features))
-    return _derivative_tensors(jnp.asarray(weights), jnp.asarray(theta_star), jnp.asarray(features),
+    rho = normalized_prompt_weights(prompt_weights, np.shape(features)[0], jnp.result_type(features))
+    return derivative_tensors_kernel(jnp.asarray(weights), jnp.asarray(theta_star), jnp.asarray(features),
                                jnp.asarray(log_ref), jnp.asarray(diffs), beta, rho)
 
 
@@ -171,8 +185,8 @@ def _core(weights, theta_star, features, log_ref, diffs, beta, rho, prior_precis
     g_raw = beta * diffs
     sigma = jnp.einsum("e,ei,ej->ij", weights * s2, g_raw, g_raw)
     sigma = 0.5 * (sigma + sigma.T)
-    curv = _policy_curvature(theta_star, features, log_ref, rho)
-    first = 0.5 * beta * _trace_criterion(curv, sigma, 0.0)  # inf when A1 fails
+    curv = policy_curvature_kernel(theta_star, features, log_ref, rho)
+    first = 0.5 * beta * trace_criterion_kernel(curv, sigma, 0.0)  # inf when A1 fails
 
     # Whitening on the labelled span: B = V diag(1/sqrt(lam)) on range(Sigma), 0 elsewhere.
     lam, vec = jnp.linalg.eigh(sigma)
@@ -240,25 +254,30 @@ def _core(weights, theta_star, features, log_ref, diffs, beta, rho, prior_precis
     return SecondOrder(first, c2, **{k: jnp.where(ok, v, nan) for k, v in parts.items()}, ridge=jnp.where(ok, ridge, nan))
 
 
-_core_jit = jax.jit(_core, static_argnames=("block",))
+second_order_kernel = jax.jit(_core, static_argnames=("block",))
+second_order_kernel.__doc__ = """Unchecked second-order expansion on the labelled edges (``block``: edges a block, static)."""
+_core_jit = second_order_kernel  # the name before the kernel was public
+
+# prior_precision: None (plain DPO, ridge 0) or Lambda > 0 (MAP), as a float.
+_PRIOR_PRECISION = "optional number > 0 as float"
 
 
 def _check_prior_precision(prior_precision):
-    if prior_precision is None:
-        return 0.0
-    if isinstance(prior_precision, bool):
-        raise ValueError(f"prior_precision must be None (plain DPO) or a number > 0, got {prior_precision!r}")
-    try:
-        v = float(prior_precision)
-    except (TypeError, ValueError):
-        raise ValueError(f"prior_precision must be None (plain DPO) or a number > 0, got {prior_precision!r}") from None
-    if not np.isfinite(v) or v <= 0:
-        raise ValueError(f"prior_precision must be None (plain DPO) or a finite number > 0, got {prior_precision!r}")
-    return v
+    v = check_argument("prior_precision", prior_precision, _PRIOR_PRECISION)
+    return 0.0 if v is None else v
 
 
-def second_order_coefficients(weights, theta_star, features, log_ref, diffs, beta, prompt_weights=None,
-                              prior_precision=None) -> SecondOrder:
+@checked(**DESIGN_INSTANCE, prior_precision=_PRIOR_PRECISION)
+def second_order_coefficients(
+    weights: Float[ArrayLike, " E"],
+    theta_star: Float[ArrayLike, " d"],
+    features: Float[ArrayLike, "m K d"],
+    log_ref: Float[ArrayLike, "m K"],
+    diffs: Float[ArrayLike, "E d"],
+    beta: Real[ArrayLike, ""],
+    prompt_weights: Float[ArrayLike, " m"] | None = None,
+    prior_precision: float | None = None,
+) -> SecondOrder:
     """``(beta/2) Phi`` and ``c2`` of ``n E G(theta_hat_n) = (beta/2) Phi + c2 / n + o(1/n)``.
 
     Args:
@@ -273,8 +292,13 @@ def second_order_coefficients(weights, theta_star, features, log_ref, diffs, bet
     Returns:
       :class:`SecondOrder` (scalars in the dtype of ``diffs``; float64 under x64).
     """
-    m, _, _ = V.check_design_instance(weights, theta_star, features, log_ref, diffs, beta, prompt_weights)
-    lam = _check_prior_precision(prior_precision)
+    return _coefficients(weights, theta_star, features, log_ref, diffs, beta, prompt_weights, prior_precision)
+
+
+def _coefficients(weights, theta_star, features, log_ref, diffs, beta, prompt_weights, prior_precision) -> SecondOrder:
+    """Unchecked :func:`second_order_coefficients` (arguments already checked)."""
+    m = np.shape(features)[0]
+    lam = 0.0 if prior_precision is None else prior_precision
     dtype = jnp.result_type(features)
     rho = normalized_prompt_weights(prompt_weights, m, dtype)
     w = jnp.asarray(weights, dtype)
@@ -283,11 +307,22 @@ def second_order_coefficients(weights, theta_star, features, log_ref, diffs, bet
         keep = np.flatnonzero(np.asarray(weights) > 0)
         w, z = w[keep], z[keep]
     block = int(min(_PAIR_BLOCK, max(1, w.shape[0])))
-    return _core_jit(w, jnp.asarray(theta_star, dtype), jnp.asarray(features, dtype), jnp.asarray(log_ref),
+    return second_order_kernel(w, jnp.asarray(theta_star, dtype), jnp.asarray(features, dtype), jnp.asarray(log_ref),
                      z, beta, rho, jnp.asarray(lam, dtype), block=block)
 
 
-def second_order_gap(weights, theta_star, features, log_ref, diffs, beta, n, prompt_weights=None, prior_precision=None):
+@checked(n="number > 0", **DESIGN_INSTANCE, prior_precision=_PRIOR_PRECISION)
+def second_order_gap(
+    weights: Float[ArrayLike, " E"],
+    theta_star: Float[ArrayLike, " d"],
+    features: Float[ArrayLike, "m K d"],
+    log_ref: Float[ArrayLike, "m K"],
+    diffs: Float[ArrayLike, "E d"],
+    beta: Real[ArrayLike, ""],
+    n: Real[ArrayLike, ""],
+    prompt_weights: Float[ArrayLike, " m"] | None = None,
+    prior_precision: float | None = None,
+) -> Float[Array, ""]:
     """Prediction of ``E G(theta_hat_n)`` to order ``1/n^2``: ``((beta/2) Phi + c2 / n) / n``.
 
     The first term is :func:`theory.asymptotic_gap`; ``c2`` is
@@ -299,13 +334,29 @@ def second_order_gap(weights, theta_star, features, log_ref, diffs, beta, n, pro
     Returns:
       Scalar ``E G`` prediction (``inf`` when a direction with curvature is unlabelled).
     """
-    V.check_budget(n)
-    so = second_order_coefficients(weights, theta_star, features, log_ref, diffs, beta, prompt_weights, prior_precision)
+    so = _coefficients(weights, theta_star, features, log_ref, diffs, beta, prompt_weights, prior_precision)
     return jnp.where(jnp.isfinite(so.first), (so.first + so.c2 / n) / n, jnp.inf)
 
 
-def second_order_column(weights, theta_star, features, log_ref, diffs, beta, budgets, prompt_weights=None,
-                        prior_precision=None) -> dict:
+def _check_budgets(budgets):
+    ns = np.asarray(budgets, np.float64).reshape(-1)
+    for x in ns:
+        check_argument("budgets", float(x), "number > 0")
+    return budgets
+
+
+@checked(**DESIGN_INSTANCE, prior_precision=_PRIOR_PRECISION)
+def second_order_column(
+    weights: Float[ArrayLike, " E"],
+    theta_star: Float[ArrayLike, " d"],
+    features: Float[ArrayLike, "m K d"],
+    log_ref: Float[ArrayLike, "m K"],
+    diffs: Float[ArrayLike, "E d"],
+    beta: Real[ArrayLike, ""],
+    budgets: Real[ArrayLike, " B"],
+    prompt_weights: Float[ArrayLike, " m"] | None = None,
+    prior_precision: float | None = None,
+) -> dict:
     """Columns for a bounds table: ``n E G`` predicted to first and to second order at each budget.
 
     Args:
@@ -317,9 +368,7 @@ def second_order_column(weights, theta_star, features, log_ref, diffs, beta, bud
       ``{"n": [B], "first_order": [B] (beta/2) Phi, "second_order": [B] (beta/2) Phi + c2/n, "c2": float}``
       as float64 numpy arrays (``n E G`` scale).
     """
-    ns = np.asarray(budgets, np.float64).reshape(-1)
-    for x in ns:
-        V.check_budget(float(x), "budgets")
-    so = second_order_coefficients(weights, theta_star, features, log_ref, diffs, beta, prompt_weights, prior_precision)
+    ns = np.asarray(_check_budgets(budgets), np.float64).reshape(-1)
+    so = _coefficients(weights, theta_star, features, log_ref, diffs, beta, prompt_weights, prior_precision)
     first, c2 = float(so.first), float(so.c2)
     return {"n": ns, "first_order": np.full(ns.shape, first), "second_order": first + c2 / ns, "c2": c2}

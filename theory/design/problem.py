@@ -11,11 +11,23 @@ from typing import Optional
 
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import ArrayLike, Float, Int, Real
 
 from theory import _validation as V
-from theory.information import _sigmoid_prime, rank_threshold
+from theory.checked import checked
+from theory.information import rank_threshold, sigmoid_prime
 
 CRITERIA = ("L", "A", "D")
+
+# The checks every instance gets before anything else, in the order they run; the
+# curvature (needed for "L" only), groups, caps and the Bayes ridge follow in the body.
+INSTANCE = dict(
+    criterion="one of " + ", ".join(CRITERIA),
+    diffs="[E, d] finite",
+    theta="[d] finite",
+    beta="number > 0",
+    ridge="number >= 0",
+)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -70,27 +82,39 @@ class ReducedProblem:
         return self.scale_constant if self.kind == "D" else value + self.scale_constant
 
 
+@checked(**INSTANCE)
 def check_instance(diffs, theta, curvature, beta, criterion, ridge):
     """The checks on the instance that need no reduction; returns ``(E, d)``."""
-    if criterion not in CRITERIA:
-        raise ValueError(f"criterion must be one of {list(CRITERIA)}, got {criterion!r}")
-    e, d = V.check_diffs(diffs)
-    V.check_theta(theta, d)
-    V.check_beta(beta)
-    V.check_nonnegative(ridge, "ridge")
+    e, d = np.shape(diffs)
+    check_curvature_for(criterion, curvature, d)
+    return e, d
+
+
+def check_curvature_for(criterion, curvature, d) -> None:
+    """``curvature`` ``[d, d]``, finite and symmetric, is required for ``"L"`` (ignored otherwise)."""
     if criterion == "L":
         if curvature is None:
             raise ValueError('curvature is required for criterion "L"')
         V.check_curvature(curvature, d)
-    return e, d
 
 
+@checked(**INSTANCE)
 def reduce_problem(
-    diffs, theta, curvature, beta, criterion="L", ridge=0.0, groups=None, group_weights=None, caps=None,
-    prior_precision=None, budget=None,
+    diffs: Float[ArrayLike, "E d"],
+    theta: Float[ArrayLike, " d"],
+    curvature: Float[ArrayLike, "d d"] | None,
+    beta: Real[ArrayLike, ""],
+    criterion: str = "L",
+    ridge: float = 0.0,
+    groups: Int[ArrayLike, " E"] | None = None,
+    group_weights: Float[ArrayLike, " G"] | None = None,
+    caps: Float[ArrayLike, " E"] | float | None = None,
+    prior_precision: float | None = None,
+    budget: float | None = None,
 ) -> ReducedProblem:
     """Check the instance and reduce it (arguments as in :func:`theory.design.optimal_design`)."""
-    e, _ = check_instance(diffs, theta, curvature, beta, criterion, ridge)
+    e, d = np.shape(diffs)
+    check_curvature_for(criterion, curvature, d)
     groups_np, masses_np, num_groups = _check_groups(groups, group_weights, e)
     ridge = _bayes_ridge(float(ridge), prior_precision, budget)
     caps_np = _check_caps(caps, groups_np, masses_np, num_groups, e)
@@ -179,7 +203,7 @@ def _span(diffs, theta, beta):
     """``v_e`` and the eigen-decomposition of ``sum_e v_e v_e^T``: ``(v, vec, keep)`` with
     ``vec[:, keep]`` an orthonormal basis of ``span{z_e}``; errors when it is empty."""
     d = diffs.shape[1]
-    c = beta**2 * _sigmoid_prime(beta * (diffs @ theta))
+    c = beta**2 * sigmoid_prime(beta * (diffs @ theta))
     v = diffs * jnp.sqrt(c)[:, None]
     gram = v.T @ v
     lam, vec = np.linalg.eigh(np.asarray(0.5 * (gram + gram.T), dtype=np.float64))

@@ -16,11 +16,13 @@ from typing import NamedTuple, Optional
 
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import ArrayLike, Float, Int, Real
 
+from theory.checked import checked
 from theory.design.certificate import _capped_lmo_np, exact_certificate
 from theory.design.output import DesignSolution, SolverHistory
 from theory.design.polish import _polish, _polish_cg
-from theory.design.problem import ReducedProblem, check_instance, reduce_problem
+from theory.design.problem import INSTANCE, ReducedProblem, check_curvature_for, reduce_problem
 from theory.design.start import start_weights
 from theory.design.steps import _multiplicative, _run_steps, _vertex_step
 from theory.design.working_set import _Restricted, first_working_set, next_working_set, price_round
@@ -228,23 +230,24 @@ class DesignSolver:
         return state, cg
 
 
+@checked(**INSTANCE)
 def optimal_design(
-    diffs,
-    theta,
-    curvature,
-    beta,
+    diffs: Float[ArrayLike, "E d"],
+    theta: Float[ArrayLike, " d"],
+    curvature: Float[ArrayLike, "d d"] | None,
+    beta: Real[ArrayLike, ""],
     criterion: str = "L",
     ridge: float = 0.0,
     tol: float = 1e-3,
     max_iter: int = 100_000,
-    groups=None,
-    group_weights=None,
+    groups: Int[ArrayLike, " E"] | None = None,
+    group_weights: Float[ArrayLike, " G"] | None = None,
     refresh_every: int = 200,
-    init=None,
+    init: Float[ArrayLike, " E"] | None = None,
     working_set: int = 2048,
     polish_max: int = 512,
     newton_cg: bool = True,
-    caps=None,
+    caps: Float[ArrayLike, " E"] | float | None = None,
     prior_precision: Optional[float] = None,
     budget: Optional[float] = None,
 ) -> DesignSolution:
@@ -311,7 +314,7 @@ def optimal_design(
       >>> [round(float(v), 3) for v in sol.weights]   # D-optimal: equal weights
       [0.333, 0.333, 0.333]
     """
-    check_instance(diffs, theta, curvature, beta, criterion, ridge)
+    check_curvature_for(criterion, curvature, np.shape(diffs)[1])
     solver = DesignSolver(tol=tol, max_iter=max_iter, refresh_every=refresh_every, working_set=working_set,
                           polish_max=polish_max, newton_cg=bool(newton_cg))
     problem = reduce_problem(diffs, theta, curvature, beta, criterion, ridge, groups, group_weights, caps,
