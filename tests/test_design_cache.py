@@ -25,7 +25,7 @@ from synthetic.worlds import tabular_world
 from theory.design import DesignSolution, SolverHistory
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["world=tabular", "world.params.num_completions=5", "num_replicates=4", "hydra/job_logging=disabled"]
+SMALL = ["world=tabular", "world.params.num_completions=5", "num_replicates=2", "hydra/job_logging=disabled"]
 WORLD = dict(num_prompts=4, num_completions=6)  # tests/test_rounding_designs.py's tabular problem
 
 
@@ -277,6 +277,7 @@ def test_the_design_cache_key_is_checked_before_any_work(tmp_path, monkeypatch):
             cell.run_cell(cfg)
 
 
+@pytest.mark.slow  # two real cells: compiling the replicate fits takes ~10 s on a loaded 2-core machine
 def test_the_cells_of_a_sweep_share_designs_and_the_summary_ignores_the_cache(tmp_path, monkeypatch):
     """Two cells in two fresh in-process states (as in two launcher processes): the second
     is served from disk; the cache is not part of a cell's identity, and the summary is the
