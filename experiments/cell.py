@@ -30,7 +30,6 @@ import json
 import marshal
 import os
 import subprocess
-import tempfile
 from pathlib import Path
 
 import jax
@@ -179,7 +178,7 @@ def _absolute(path) -> Path:
 
 
 def check_design_cache(cfg: DictConfig) -> Path | None:
-    """The directory that ``cfg.design_cache`` names (absolute; created), or ``None`` when it is
+    """The directory that ``cfg.design_cache`` names (absolute), or ``None`` when it is
     null or absent. Raises ``ValueError`` naming ``design_cache`` and the allowed values for a
     value that is not null or a path, for ``results_dir`` itself (the summary reads every
     ``*.npz`` there as a record) and for a directory that cannot be written."""
@@ -192,13 +191,14 @@ def check_design_cache(cfg: DictConfig) -> Path | None:
     d = _absolute(value)
     if cfg.get("results_dir") is not None and os.path.normpath(d) == os.path.normpath(_absolute(cfg.results_dir)):
         raise ValueError(f"design_cache = {value!r} is results_dir itself, whose every *.npz the summary reads as a cell record; {allowed}")
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=d, prefix=".probe.", suffix=".tmp")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise ValueError(f"design_cache = {value!r}: cannot write to {d} ({err.strerror or err}); {allowed}") from None
+    # Checked without writing anything: the directory is made at the first solved design.
+    there = d
+    while not there.exists() and there != there.parent:
+        there = there.parent
+    why = (f"{there} is not a directory" if not there.is_dir()
+           else f"{there} is not writable" if not os.access(there, os.W_OK | os.X_OK) else None)
+    if why:
+        raise ValueError(f"design_cache = {value!r}: cannot write to {d} ({why}); {allowed}")
     return d
 
 

@@ -251,6 +251,7 @@ def _cfg(tmp_path, *overrides):
 
 def test_the_design_cache_key_is_checked_before_any_work(tmp_path, monkeypatch):
     assert cell.check_design_cache(_cfg(tmp_path)) == tmp_path / "res" / "design_cache"  # the default
+    assert not (tmp_path / "res").exists()  # checked without writing: made at the first solved design
     assert cell.check_design_cache(_cfg(tmp_path, "design_cache=null")) is None
     assert cell.check_design_cache(_cfg(tmp_path, f"design_cache={tmp_path / 'shared'}")) == tmp_path / "shared"
     assert cell.check_design_cache(OmegaConf.create({"results_dir": str(tmp_path)})) is None  # absent: left alone
@@ -261,8 +262,12 @@ def test_the_design_cache_key_is_checked_before_any_work(tmp_path, monkeypatch):
         "design_cache=3": "design_cache must be null or a directory path, got 3",
         "design_cache=''": "design_cache must be null or a directory path, got ''",
         "design_cache=${results_dir}": "is results_dir itself",
-        f"design_cache={blocker / 'sub'}": "cannot write to",
+        f"design_cache={blocker / 'sub'}": "a_file is not a directory",
     }
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        bad[f"design_cache={locked / 'sub'}"] = "locked is not writable"
 
     def no_work(*args, **kwargs):
         raise AssertionError("the cell started before its design_cache was checked")
