@@ -13,17 +13,22 @@ A *cell* is one (world, design, estimator, budget, seed) configuration and its
   does not change when plotting, the summary or documentation change.
 
 This module is itself part of :data:`CELL_CODE`: editing it recomputes every cell.
-Reading and writing records lives in :mod:`experiments.records`.
+Reading and writing records lives in :mod:`experiments.records`. A cell reads and
+writes solved optimal designs in the directory of its ``design_cache`` key
+(:func:`check_design_cache`, :mod:`synthetic.designs.cache`), so the cells of a sweep
+share them whichever process runs them; the numbers do not depend on it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib
 import inspect
 import json
 import marshal
+import os
 import subprocess
 from pathlib import Path
 
@@ -35,10 +40,12 @@ from tqdm.auto import tqdm
 from experiments.worlds import WORLDS, make_world
 from synthetic.adaptive import run_adaptive
 from synthetic.designs import DESIGNS, design_problem, run_design
+from synthetic.designs.cache import using_design_cache
 from synthetic.monte_carlo import ESTIMATORS, replicate_gaps
 from theory import asymptotic_gap
 
-__all__ = ["CELL_CODE", "REPLICATE_CHUNK", "cell_identity", "cell_id", "code_version", "record_code_version", "git_version", "run_cell", "float64"]
+__all__ = ["CELL_CODE", "REPLICATE_CHUNK", "cell_identity", "cell_id", "code_version", "record_code_version", "git_version", "run_cell", "float64",
+           "check_design_cache"]
 
 #: Replicates per compiled call: bounds memory and drives the progress bar; the
 #: numbers do not depend on it.
@@ -161,14 +168,57 @@ def float64():
     return enable(True)
 
 
+def _absolute(path) -> Path:
+    """``path`` against the directory the app was started in (like ``results_dir``)."""
+    try:
+        from hydra.utils import to_absolute_path
+    except ImportError:  # pragma: no cover - hydra is a dependency of the sweep
+        return Path(path).expanduser().absolute()
+    return Path(to_absolute_path(str(Path(path).expanduser())))
+
+
+def check_design_cache(cfg: DictConfig) -> Path | None:
+    """The directory that ``cfg.design_cache`` names (absolute), or ``None`` when it is
+    null or absent. Raises ``ValueError`` naming ``design_cache`` and the allowed values for a
+    value that is not null or a path, for ``results_dir`` itself (the summary reads every
+    ``*.npz`` there as a record) and for a directory that cannot be written."""
+    value = cfg.get("design_cache") if "design_cache" in cfg else None
+    if value is None:
+        return None
+    allowed = "allowed: null (off) or a writable directory path other than results_dir, e.g. ${results_dir}/design_cache"
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"design_cache must be null or a directory path, got {value!r}; {allowed}")
+    d = _absolute(value)
+    if cfg.get("results_dir") is not None and os.path.normpath(d) == os.path.normpath(_absolute(cfg.results_dir)):
+        raise ValueError(f"design_cache = {value!r} is results_dir itself, whose every *.npz the summary reads as a cell record; {allowed}")
+    # Checked without writing anything: the directory is made at the first solved design.
+    there = d
+    while not there.exists() and there != there.parent:
+        there = there.parent
+    why = (f"{there} is not a directory" if not there.is_dir()
+           else f"{there} is not writable" if not os.access(there, os.W_OK | os.X_OK) else None)
+    if why:
+        raise ValueError(f"design_cache = {value!r}: cannot write to {d} ({why}); {allowed}")
+    return d
+
+
+def _design_cache(cfg: DictConfig):
+    """The cell's solved-design cache for the duration of the cell; without a ``design_cache``
+    key the process's setting (:mod:`synthetic.designs.cache`) is left as it is."""
+    if "design_cache" not in cfg:
+        return contextlib.nullcontext()
+    return using_design_cache(check_design_cache(cfg))
+
+
 def run_cell(cfg: DictConfig, progress: bool = False) -> dict:
-    """Compute one cell's records in float64 (see :func:`_run_cell`)."""
-    with float64():
+    """Compute one cell's records in float64 (see :func:`_run_cell`), with solved designs
+    read from and written to ``cfg.design_cache`` (checked first, before any work)."""
+    with _design_cache(cfg), float64():
         return _run_cell(cfg, progress)
 
 
 def _run_cell(cfg: DictConfig, progress: bool = False) -> dict:
-    """Compute one cell's records (no file I/O): columns ``replicate``, ``gap``, ``valid``, ``mle_exists``, ``predicted_gap``, ``labels_spent``."""
+    """Compute one cell's records (no record I/O; solved designs may come from the design cache): columns ``replicate``, ``gap``, ``valid``, ``mle_exists``, ``predicted_gap``, ``labels_spent``."""
     world = make_world(cfg.world, jax.random.key(cfg.world_seed))
     problem = design_problem(world)
     name = cfg.design.name

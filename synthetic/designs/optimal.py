@@ -1,7 +1,8 @@
 """Optimal designs: the L-optimal design at the truth (``oracle``), at the reference
 (``plug_in``), at a pilot estimate (``two_stage``), the classical D- and A-optimal
 designs, and the paper's IMDb response and prompt selection. Solves are memoised
-per process (:func:`_solve`)."""
+per process and, when a directory is set, on disk across processes (:func:`_solve`,
+:mod:`synthetic.designs.cache`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from synthetic.designs import cache as _disk
 from synthetic.designs.checks import _check_choice, choice_check
 from synthetic.designs.outputs import _present, _prompt_masses, _rest_caps, weighted_output
 from synthetic.designs.pilot import PILOT, PilotConfig, _at_truth_or_pilot, _theta_at
@@ -43,12 +45,17 @@ def _solve_key(*arrays_and_args) -> str:
 
 
 def _solve(problem, theta, criterion, ridge, tol, groups=None, group_weights=None, diffs=None, caps=None,
-           prior_precision=None, budget=None):
+           prior_precision=None, budget=None, on_disk=False):
     """Solve the optimal design, memoised on every input that changes the answer.
 
     A sweep asks for the same oracle, plug-in, A- or D-optimal design at every
     budget; without caps or a prior the solve does not depend on the budget, so it is
-    done once per process (the last ``_SOLVED_MAX`` solves are kept). ``caps`` and
+    done once per process (the last ``_SOLVED_MAX`` solves are kept). With ``on_disk``
+    and a cache directory set (:func:`synthetic.designs.cache.set_design_cache`), the
+    solve is also looked up in, and written to, that directory, so other processes
+    (launchers, later sweeps) reuse it; the in-process memo is asked first. Callers
+    pass ``on_disk`` only for designs at a fixed point (the reference or the truth),
+    which other cells ask for again; a design at a pilot estimate is not. ``caps`` and
     ``prior_precision`` with ``budget`` go to :func:`theory.design.optimal_design`.
     """
     d = problem.edges.diffs if diffs is None else diffs
@@ -60,7 +67,11 @@ def _solve(problem, theta, criterion, ridge, tol, groups=None, group_weights=Non
     if key in _SOLVED:
         _SOLVED.move_to_end(key)
         return _SOLVED[key]
-    sol = _solve_uncached(problem, theta, criterion, ridge, tol, groups, group_weights, d, caps, prior_precision, budget)
+    sol = _disk.load(key) if on_disk else None
+    if sol is None:
+        sol = _solve_uncached(problem, theta, criterion, ridge, tol, groups, group_weights, d, caps, prior_precision, budget)
+        if on_disk:
+            _disk.store(key, sol)
     _SOLVED[key] = sol
     while len(_SOLVED) > _SOLVED_MAX:
         _SOLVED.popitem(last=False)
@@ -117,7 +128,8 @@ def _optimal(key, problem, budget, criterion, at, rounding, ridge, tol, pilot: P
     theta, labels = _theta_at(at, k_pilot, problem, budget, pilot)
     rest = budget - (0 if labels is None else int(labels[0].sum()))
     caps = _design_caps(max_labels_per_edge, labels, rest)
-    sol = _solve(problem, theta, criterion, ridge, tol, caps=caps, prior_precision=prior_precision, budget=budget)
+    sol = _solve(problem, theta, criterion, ridge, tol, caps=caps, prior_precision=prior_precision, budget=budget,
+                 on_disk=at != "pilot")
     return weighted_output(k_round, problem, budget, np.asarray(sol.weights), rounding, labels, _sol_info(sol, theta), max_labels_per_edge)
 
 
@@ -187,7 +199,8 @@ def response_selection(key, problem, budget, at="reference", ridge=0.0, tol=1e-4
     groups = np.asarray(problem.edges.prompt, dtype=np.int64)
     # A prompt's edges only see that prompt's differences: with ridge = 0 the grouped
     # problem needs every prompt's block; the solver errors clearly if it is singular.
-    sol = _solve(problem, theta, "L", ridge, tol, groups=groups, group_weights=masses, prior_precision=prior_precision, budget=budget)
+    sol = _solve(problem, theta, "L", ridge, tol, groups=groups, group_weights=masses, prior_precision=prior_precision, budget=budget,
+                 on_disk=at != "pilot")
     w = np.asarray(sol.weights, dtype=np.float64)
     # One pair per prompt, drawn from the within-prompt design; labels split over
     # prompts by efficient rounding of the prompt weights (with a cap: by pivotal
@@ -261,7 +274,8 @@ def prompt_selection(key, problem, budget, at="reference", ridge=0.0, tol=1e-4, 
             "labels each prompt at most once"
         )
     diffs = problem.edges.diffs[jnp.asarray(fixed)]
-    sol = _solve(problem, theta, "L", ridge if ridge > 0 else 0.0, tol, diffs=diffs, prior_precision=prior_precision, budget=budget)
+    sol = _solve(problem, theta, "L", ridge if ridge > 0 else 0.0, tol, diffs=diffs, prior_precision=prior_precision, budget=budget,
+                 on_disk=True)  # at the reference or the truth
     w = np.zeros(problem.num_edges)
     w[fixed] = np.asarray(sol.weights, dtype=np.float64)
     # Without replacement needs budget <= support; the optimal design is sparse, so
