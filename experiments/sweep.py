@@ -34,7 +34,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 
-from experiments.cell import REPLICATE_CHUNK, cell_id, cell_identity, code_version, float64, git_version, record_code_version, run_cell  # noqa: F401 - re-exported
+from experiments.cell import REPLICATE_CHUNK, check_design_cache, cell_id, cell_identity, code_version, float64, git_version, record_code_version, run_cell  # noqa: F401 - re-exported
 from experiments.records import (  # noqa: F401 - re-exported
     RECORD_FIELDS,
     RecordError,
@@ -86,6 +86,7 @@ def validate(cfg: DictConfig) -> None:
             raise ValueError(f"{key} must be true or false, got {cfg[key]!r}")
     if cfg.get("figure") is not None and not isinstance(cfg.figure, str):
         raise ValueError(f"figure must be null or a path prefix (a string), got {cfg.figure!r}")
+    check_design_cache(cfg)
     # World parameters (K >= 2, beta > 0, ...) are checked by the constructor, which
     # is cheap; the pool-size check needs the world.
     with float64():

@@ -884,10 +884,10 @@ def ridge_limit_log_probs(limit: RidgeLimit, features, log_ref, tie_rtol=1e-9):
 
 def ridge_limit_gap(limit: RidgeLimit, theta_star, features, log_ref, beta, rho) -> float:
     """``beta sum_x rho_x KL(pi_lim(.|x) || pi_theta*(.|x))`` for the limit policy (``0 log 0 = 0``)."""
-    from theory.policy import _policy_log_probs
+    from theory.policy import policy_log_probs_kernel
 
     logp = ridge_limit_log_probs(limit, features, log_ref)
-    logp_star = np.asarray(_policy_log_probs(jnp.asarray(theta_star, jnp.float64), jnp.asarray(features, jnp.float64),
+    logp_star = np.asarray(policy_log_probs_kernel(jnp.asarray(theta_star, jnp.float64), jnp.asarray(features, jnp.float64),
                                              jnp.asarray(log_ref, jnp.float64)), np.float64)
     p = np.exp(logp)
     on = p > 0

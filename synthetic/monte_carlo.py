@@ -30,7 +30,7 @@ for those replicates: ``synthetic.estimators.ridge_path_limit``); ``map`` and ``
 are finite by construction. ``ReplicateResult.mle_exists`` says, for every estimator,
 whether the replicate's unpenalised MLE exists.
 * ``truth_prior = (basis, widths)``: each replicate draws its own truth from the
-  van Trees prior of Theorem 2 (``theory.bounds._sample_box``) and measures the gap
+  van Trees prior of Theorem 2 (``theory.bounds.sample_box_kernel``) and measures the gap
   against it (a Bayes risk).
 """
 
@@ -56,7 +56,7 @@ from synthetic.estimators import (
 )
 from synthetic.labels import INVERSE_CDF_MAX_COUNT, Allocation, simulate_wins
 from synthetic.worlds import Pool, World
-from theory.policy import _optimality_gap
+from theory.policy import optimality_gap_kernel
 
 __all__ = ["ReplicateResult", "replicate_gaps", "simulate_gaps", "mean_and_ci", "ESTIMATORS", "TRACE_COUNT"]
 
@@ -107,9 +107,9 @@ def _core(estimator: str, params_json: str, safeguard: bool, prior: bool, fit_dt
         def draw(key):
             k_theta, k_labels = jax.random.split(key)
             if prior:
-                from theory.bounds import _sample_box
+                from theory.bounds import sample_box_kernel
 
-                truth = _sample_box(k_theta, theta_star, basis, widths)
+                truth = sample_box_kernel(k_theta, theta_star, basis, widths)
             else:
                 truth = theta_star
             return truth, simulate_wins(k_labels, truth, diffs, counts - pilot_counts, beta, method=sampler) + pilot_wins
@@ -139,7 +139,7 @@ def _core(estimator: str, params_json: str, safeguard: bool, prior: bool, fit_dt
         if safeguard:
             valid = valid & (jnp.linalg.norm(theta, axis=1) <= radius)
             theta = jnp.where(valid[:, None], theta, jnp.zeros_like(theta))
-        gap = jax.vmap(lambda th, tr: _optimality_gap(th, tr, features, log_ref, beta, rho))(theta, truths)
+        gap = jax.vmap(lambda th, tr: optimality_gap_kernel(th, tr, features, log_ref, beta, rho))(theta, truths)
         if not safeguard:
             valid = valid & jnp.isfinite(gap) & jnp.all(jnp.isfinite(theta), axis=1)
         return ReplicateResult(gap, theta, valid, exists), wins, truths

@@ -93,6 +93,7 @@ def test_an_invalid_job_anywhere_in_a_sweep_stops_it_before_the_first_job(tmp_pa
         (["design=adpo_greedy", "budget=11"], "design.params.with_replacement = false labels each edge at most once"),
         (["design=prompt_selection", "budget=2"], "prompt_selection labels each prompt at most once"),
         (["+world.params.nope=1"], "allowed: ["),
+        (["design_cache=false"], "design_cache must be null or a directory path"),
         (["estimator=optax", "+estimator.params.nope=1"], "allowed: ["),
     ],
 )
