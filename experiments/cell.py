@@ -177,11 +177,12 @@ def _absolute(path) -> Path:
     return Path(to_absolute_path(str(Path(path).expanduser())))
 
 
-def check_design_cache(cfg: DictConfig) -> Path | None:
+def check_design_cache(cfg: DictConfig, writable: bool = True) -> Path | None:
     """The directory that ``cfg.design_cache`` names (absolute), or ``None`` when it is
     null or absent. Raises ``ValueError`` naming ``design_cache`` and the allowed values for a
     value that is not null or a path, for ``results_dir`` itself (the summary reads every
-    ``*.npz`` there as a record) and for a directory that cannot be written."""
+    ``*.npz`` there as a record) and, with ``writable``, for a directory that cannot be
+    written (a sweep checks that after ``results_dir``, in which the default lives)."""
     value = cfg.get("design_cache") if "design_cache" in cfg else None
     if value is None:
         return None
@@ -191,6 +192,8 @@ def check_design_cache(cfg: DictConfig) -> Path | None:
     d = _absolute(value)
     if cfg.get("results_dir") is not None and os.path.normpath(d) == os.path.normpath(_absolute(cfg.results_dir)):
         raise ValueError(f"design_cache = {value!r} is results_dir itself, whose every *.npz the summary reads as a cell record; {allowed}")
+    if not writable:
+        return d
     # Checked without writing anything: the directory is made at the first solved design.
     there = d
     while not there.exists() and there != there.parent:

@@ -86,7 +86,7 @@ def validate(cfg: DictConfig) -> None:
             raise ValueError(f"{key} must be true or false, got {cfg[key]!r}")
     if cfg.get("figure") is not None and not isinstance(cfg.figure, str):
         raise ValueError(f"figure must be null or a path prefix (a string), got {cfg.figure!r}")
-    check_design_cache(cfg)
+    check_design_cache(cfg, writable=False)  # its writability: check_jobs, after results_dir's
     # World parameters (K >= 2, beta > 0, ...) are checked by the constructor, which
     # is cheap; the pool-size check needs the world.
     with float64():
@@ -129,8 +129,8 @@ def check_jobs(cfgs, labels, overrides=None) -> None:
 
     Each job: :func:`validate` and :func:`check_design_choice`. The sweep: no two jobs
     are the same cell (an override that reached a design it was not meant for makes
-    duplicates, whose replicates would be counted twice), and each ``results_dir``
-    can be written. Raises ``ValueError`` naming the job.
+    duplicates, whose replicates would be counted twice), each ``results_dir`` can be
+    written, then each ``design_cache``. Raises ``ValueError`` naming the job.
     """
     seen: dict = {}
     dirs = set()
@@ -151,6 +151,11 @@ def check_jobs(cfgs, labels, overrides=None) -> None:
         dirs.add(results_path(cfg))
     for d in sorted(dirs):
         check_writable(d)
+    for cfg, label in zip(cfgs, labels):
+        try:
+            check_design_cache(cfg)
+        except ValueError as err:
+            raise ValueError(f"job [{label}]: {err}") from None
 
 
 def job(cfg: DictConfig) -> Path:

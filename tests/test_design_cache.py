@@ -280,6 +280,12 @@ def test_the_design_cache_key_is_checked_before_any_work(tmp_path, monkeypatch):
         assert message in str(err.value)
         with pytest.raises(ValueError, match=re.escape(message)):
             cell.run_cell(cfg)
+    # a sweep: results_dir checked first (the default cache lives in it), then design_cache, before any job
+    monkeypatch.setattr(sweep, "run_cell", no_work)
+    with pytest.raises(ValueError, match=r"job \[.*\]: design_cache = .*a_file is not a directory"):
+        sweep.run_jobs([[*SMALL, "design=uniform", f"design_cache={blocker / 'sub'}"]], tmp_path / "res2", progress=False)
+    with pytest.raises(ValueError, match="results_dir: cannot write records to"):
+        sweep.run_jobs([[*SMALL, "design=uniform"]], blocker / "sub", progress=False)
 
 
 @pytest.mark.slow  # two real cells: compiling the replicate fits takes ~10 s on a loaded 2-core machine

@@ -557,6 +557,7 @@ def test_pilot_config_defaults_are_the_only_pilot_numbers(problems):
     writes a pilot number (no 0.2 or 1e-3 literal outside pilot.py); the pilot buys
     floor(fraction * budget) labels; bad pilot numbers name the design parameter."""
     import io
+    import ast
     import pathlib
     import tokenize
 
@@ -575,7 +576,8 @@ def test_pilot_config_defaults_are_the_only_pilot_numbers(problems):
         if path.name == "pilot.py":
             continue
         for tok in tokenize.generate_tokens(io.StringIO(path.read_text()).readline):
-            if tok.type == tokenize.NUMBER and float(tok.string.rstrip("jJ")) in (PILOT.fraction, PILOT.ridge):
+            value = ast.literal_eval(tok.string) if tok.type == tokenize.NUMBER else None  # 0o666, 1_000, 2j too
+            if isinstance(value, (int, float)) and float(value) in (PILOT.fraction, PILOT.ridge):
                 pytest.fail(f"{path.name}:{tok.start[0]} writes the pilot number {tok.string}; use PILOT / PilotConfig")
     prob = problems["contextual"]
     for fraction, budget in [(None, 37), (0.3, 37), (0.5, 25)]:
