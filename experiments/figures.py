@@ -160,7 +160,7 @@ def _num_edges(cfg) -> int:
 #: Designs whose weights the instance fixes (no pilot labels, no randomness in the
 #: weights): Theorems 4-5 are statements for a fixed allocation, so Figure 1 draws their
 #: band for these only.
-BAND_DESIGNS = ("oracle", "uniform", "a_optimal", "d_optimal", "reference_weighted")
+BAND_DESIGNS = ("oracle", "plug_in", "uniform", "a_optimal", "d_optimal", "reference_weighted")
 
 
 def bound_band(cfg, designs, budgets, job_cfgs=()) -> tuple[list[dict], dict]:
