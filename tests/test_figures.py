@@ -435,3 +435,33 @@ def test_figure1_draws_each_band_design_as_a_bar_beside_the_others_and_notes_a_b
     fig = figures.plot_fig1(_fig1_records([], math.nan, ""))  # no band design at all: no note
     assert not any("beyond" in t.get_text() for t in fig.axes[0].texts)
     plt.close(fig)
+
+
+def test_bound_band_gives_theorems_4_5_only_where_the_upper_bound_holds_and_brackets_the_prediction():
+    """Figure 1's band on its contextual world (n0 = 6,200 for the oracle): rows only for
+    fixed-weight designs at budgets >= their n0, each lower <= (beta/2n) Phi <= upper, and
+    the oracle's row at n = 10,000 equal to Theorems 4-5 recomputed from its own allocation."""
+    from experiments import sweep
+    from experiments.worlds import make_world
+    from synthetic import design_problem
+    from synthetic.designs import run_design
+    from synthetic.rounding import efficient_rounding
+    from theory import bounds as TB
+
+    jobs = [["experiment=figure1_contextual", f"design={d}", "budget=1000"] for d in ("oracle", "best_vs_worst")]
+    cfg = sweep.compose_job(jobs[0])
+    budgets = [1000, 10000]
+    rows, n0 = figures.bound_band(cfg, ["oracle", "best_vs_worst"], budgets, [sweep.compose_job(j) for j in jobs])
+    assert set(n0) == {"oracle"}  # best-vs-worst reads a reward model: not a fixed-weight design
+    assert 1000 < n0["oracle"] <= 10000
+    assert [(r["design"], r["budget"]) for r in rows] == [("oracle", 10000)]
+    (r,) = rows
+    assert r["lower"] < r["prediction"] < r["upper"]
+    world = make_world(cfg.world, jax.random.key(cfg.world_seed))
+    prob, ev = design_problem(world), world.eval
+    out = run_design("oracle", jax.random.key(cfg.seed), prob, 10000, **dict(cfg.design.params))
+    w_hat = efficient_rounding(np.asarray(out.weights, np.float64), 10000).dense_counts(prob.num_edges) / 10000
+    c = TB.instance_constants(w_hat, world.theta_star, ev.features, ev.log_ref, prob.edges.diffs, world.beta,
+                              prompt_weights=ev.prompt_weights)
+    assert math.isclose(r["upper"], TB.upper_bound_bernstein(c, 10000).value, rel_tol=1e-12)
+    assert math.isclose(r["lower"], TB.lower_bound_jensen(c, 10000).value, rel_tol=1e-12)
