@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from synthetic.files import write_atomic
 from synthetic.monte_carlo import mean_and_ci
 
 __all__ = [
@@ -56,30 +57,6 @@ class RecordError(ValueError):
     def __init__(self, path, reason: str):
         self.path, self.reason = Path(path), reason
         super().__init__(f"record {self.path}: {reason}")
-
-
-def _file_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def write_atomic(path: Path, columns: dict, meta: dict) -> None:
-    """Write ``columns`` and ``meta`` to ``path`` (npz) so that readers see all or nothing."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **columns, meta=np.asarray(json.dumps(meta, sort_keys=True)))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _file_mode())  # mkstemp makes 0600; other users of a shared results_dir must read it
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def read_cell(path, fields=RECORD_FIELDS):

@@ -37,13 +37,13 @@ import json
 import logging
 import os
 import platform
-import tempfile
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from synthetic.files import write_atomic
 from theory.design.output import DesignSolution, SolverHistory
 
 __all__ = [
@@ -231,28 +231,6 @@ def _rebuild(cls, kinds: dict, arrays: dict, prefix=""):
     return cls(**values)
 
 
-def _file_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def _write_atomic(path: Path, arrays: dict, meta: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays, meta=np.asarray(json.dumps(meta, sort_keys=True)))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _file_mode())  # mkstemp makes 0600; other users of a shared cache must read it
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 # ---------------------------------------------------------------------- the store
 
 
@@ -295,7 +273,7 @@ def store(input_key: str, solution: DesignSolution) -> Path | None:
     try:
         arrays, kinds = _flatten(solution)
         meta = {"format": FORMAT, "key": key, "inputs": input_key, "code": solver_code_hash(), "runtime": runtime(), "fields": kinds}
-        _write_atomic(path, arrays, meta)
+        write_atomic(path, arrays, meta)
     except (OSError, TypeError, ValueError) as err:
         log.warning("design cache: could not write %s (%s: %s); the design is used but not cached", path, type(err).__name__, err)
         return None
