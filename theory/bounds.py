@@ -41,13 +41,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtyping import ArrayLike, Float, Real
 
 from theory.checked import check_argument, checked
 from theory.information import DESIGN_INSTANCE, information_matrix_kernel
 from theory.policy import POOL, normalized_prompt_weights, policy_curvature_kernel, policy_log_probs_kernel
 
 from theory.second_order import second_order_coefficients, second_order_column, second_order_gap  # noqa: E402,F401 (issue 18, goal 3)
+from theory.shapes import Diffs, EdgeWeights, Features, LogRef, PromptWeights, Scalar, Vector
 
 __all__ = [
     "second_order_gap",
@@ -254,7 +254,7 @@ def _max_mahalanobis(z, basis, lam):
 
 
 @checked(**POOL)
-def pair_diameter(features: Float[ArrayLike, "m K d"], log_ref: Float[ArrayLike, "m K"]) -> float:
+def pair_diameter(features: Features, log_ref: LogRef) -> float:
     """``D_phi = max_x max_{y, y'} ||phi(x, y) - phi(x, y')||`` over present completions."""
     return _pair_diameter(features, log_ref)
 
@@ -266,11 +266,11 @@ def _pair_diameter(features, log_ref) -> float:
 
 @checked(**POOL, theta_star="[d] finite", beta="number > 0", prompt_weights="optional [m] probability")
 def gap_sup(
-    theta_star: Float[ArrayLike, " d"],
-    features: Float[ArrayLike, "m K d"],
-    log_ref: Float[ArrayLike, "m K"],
-    beta: Real[ArrayLike, ""],
-    prompt_weights: Float[ArrayLike, " m"] | None = None,
+    theta_star: Vector,
+    features: Features,
+    log_ref: LogRef,
+    beta: Scalar,
+    prompt_weights: PromptWeights = None,
 ) -> float:
     """``G_sup = beta E_x max_y log(1 / pi_theta*(y|x))``: no policy has a larger gap.
 
@@ -303,14 +303,14 @@ def _gap_sup(theta_star, features, log_ref, beta, prompt_weights) -> float:
 
 @checked(**DESIGN_INSTANCE, radius="optional number > 0 as float")
 def instance_constants(
-    weights: Float[ArrayLike, " E"],
-    theta_star: Float[ArrayLike, " d"],
-    features: Float[ArrayLike, "m K d"],
-    log_ref: Float[ArrayLike, "m K"],
-    diffs: Float[ArrayLike, "E d"],
-    beta: Real[ArrayLike, ""],
+    weights: EdgeWeights,
+    theta_star: Vector,
+    features: Features,
+    log_ref: LogRef,
+    diffs: Diffs,
+    beta: Scalar,
     radius: float | None = None,
-    prompt_weights: Float[ArrayLike, " m"] | None = None,
+    prompt_weights: PromptWeights = None,
 ) -> BoundConstants:
     """All constants of Theorems 1-2 for one instance and empirical design.
 
@@ -410,7 +410,7 @@ def instance_constants(
 
 @checked(**POOL, diffs="[E, d] finite")
 def check_boundedness(
-    features: Float[ArrayLike, "m K d"], log_ref: Float[ArrayLike, "m K"], diffs: Float[ArrayLike, "E d"]
+    features: Features, log_ref: LogRef, diffs: Diffs
 ) -> dict:
     """Assumption A2 (bounded features): the two diameters the constants use.
 
@@ -670,12 +670,12 @@ def sample_prior(key, c: BoundConstants, theta_star, n, alpha):
 @checked(**POOL, theta0="[d] finite", theta_star="[d] finite", diffs="[E, d] finite", beta="number > 0",
          relative_certificate="number >= 0")
 def plug_in_factor(
-    theta0: Float[ArrayLike, " d"],
-    theta_star: Float[ArrayLike, " d"],
-    features: Float[ArrayLike, "m K d"],
-    log_ref: Float[ArrayLike, "m K"],
-    diffs: Float[ArrayLike, "E d"],
-    beta: Real[ArrayLike, ""],
+    theta0: Vector,
+    theta_star: Vector,
+    features: Features,
+    log_ref: LogRef,
+    diffs: Diffs,
+    beta: Scalar,
     relative_certificate: float = 0.0,
 ) -> float:
     """Theorem 3: ``Phi(w_{theta0}; theta*) / Phi(w_{theta*}; theta*) <= exp(2 (rho(delta) + m(delta)))``.

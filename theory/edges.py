@@ -6,10 +6,10 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import ArrayLike, Float
 
 from theory.checked import checked
 from theory.policy import POOL
+from theory.shapes import Features, LogRef
 
 __all__ = ["Edges", "enumerate_edges"]
 
@@ -35,7 +35,7 @@ class Edges(NamedTuple):
 
 
 @checked(**POOL)
-def enumerate_edges(features: Float[ArrayLike, "m K d"], log_ref: Float[ArrayLike, "m K"]) -> Edges:
+def enumerate_edges(features: Features, log_ref: LogRef) -> Edges:
     """All unordered pairs of present completions within each prompt.
 
     Edges are ordered by prompt, then ``i``, then ``j``. A prompt with ``K_x``

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float, Real
+from jaxtyping import Array, ArrayLike, Float
 
 from theory.checked import checked
 from theory.policy import normalized_prompt_weights, policy_curvature_kernel
+from theory.shapes import Diffs, EdgeWeights, Features, LogRef, PromptWeights, Scalar, Vector
 
 __all__ = [
     "information_matrix",
@@ -90,10 +91,10 @@ def information_matrix_kernel(theta, diffs, weights, beta):
 
 @checked(theta="[d] finite", diffs="[E, d] finite", weights="[E] probability", beta="number > 0")
 def information_matrix(
-    theta: Float[ArrayLike, " d"],
-    diffs: Float[ArrayLike, "E d"],
-    weights: Float[ArrayLike, " E"],
-    beta: Real[ArrayLike, ""],
+    theta: Vector,
+    diffs: Diffs,
+    weights: EdgeWeights,
+    beta: Scalar,
 ) -> Float[Array, "d d"]:
     """Per-label information matrix ``Sigma_w(theta)`` of a design.
 
@@ -141,7 +142,7 @@ def trace_criterion_kernel(curvature, sigma, ridge):
 def trace_criterion(
     curvature: Float[ArrayLike, "d d"],
     sigma: Float[ArrayLike, "d d"],
-    ridge: Real[ArrayLike, ""] = 0.0,
+    ridge: Scalar = 0.0,
 ) -> Float[Array, ""]:
     """``tr(I Sigma^+)`` from the two matrices (see :func:`design_criterion`).
 
@@ -156,12 +157,12 @@ def trace_criterion(
 @checked(theta="[d] finite", diffs="[E, d] finite", weights="[E] probability", curvature="[d, d] symmetric",
          beta="number > 0", ridge="number >= 0")
 def design_criterion(
-    weights: Float[ArrayLike, " E"],
-    theta: Float[ArrayLike, " d"],
-    diffs: Float[ArrayLike, "E d"],
+    weights: EdgeWeights,
+    theta: Vector,
+    diffs: Diffs,
     curvature: Float[ArrayLike, "d d"],
-    beta: Real[ArrayLike, ""],
-    ridge: Real[ArrayLike, ""] = 0.0,
+    beta: Scalar,
+    ridge: Scalar = 0.0,
 ) -> Float[Array, ""]:
     """Design criterion ``Phi(w; theta) = tr(I Sigma_w(theta)^+)``.
 
@@ -202,14 +203,14 @@ DESIGN_INSTANCE = dict(
 
 @checked(**DESIGN_INSTANCE, n="number > 0")
 def asymptotic_gap(
-    weights: Float[ArrayLike, " E"],
-    theta_star: Float[ArrayLike, " d"],
-    features: Float[ArrayLike, "m K d"],
-    log_ref: Float[ArrayLike, "m K"],
-    diffs: Float[ArrayLike, "E d"],
-    beta: Real[ArrayLike, ""],
-    n: Real[ArrayLike, ""],
-    prompt_weights: Float[ArrayLike, " m"] | None = None,
+    weights: EdgeWeights,
+    theta_star: Vector,
+    features: Features,
+    log_ref: LogRef,
+    diffs: Diffs,
+    beta: Scalar,
+    n: Scalar,
+    prompt_weights: PromptWeights = None,
 ) -> Float[Array, ""]:
     """Asymptotic prediction ``E G(theta_hat_n) ~ (beta / (2 n)) tr(I(theta*) Sigma_w(theta*)^+)``.
 

@@ -22,9 +22,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, Real
+from jaxtyping import Array, Float
 
 from theory.checked import checked
+from theory.shapes import Features, LogRef, PromptWeights, Scalar, Vector
 
 __all__ = [
     "log_partition",
@@ -71,7 +72,7 @@ def policy_log_probs_kernel(theta, features, log_ref):
 
 @checked(**POOL, theta="[d] finite")
 def log_partition(
-    theta: Float[ArrayLike, " d"], features: Float[ArrayLike, "m K d"], log_ref: Float[ArrayLike, "m K"]
+    theta: Vector, features: Features, log_ref: LogRef
 ) -> Float[Array, " m"]:
     """Log-partition ``A_x(theta) = log sum_y pi0(y|x) exp(theta . phi(x,y))``.
 
@@ -88,7 +89,7 @@ def log_partition(
 
 @checked(**POOL, theta="[d] finite")
 def policy_log_probs(
-    theta: Float[ArrayLike, " d"], features: Float[ArrayLike, "m K d"], log_ref: Float[ArrayLike, "m K"]
+    theta: Vector, features: Features, log_ref: LogRef
 ) -> Float[Array, "m K"]:
     """``log pi_theta(y|x)`` as ``[m, K]`` (``-inf`` on absent completions).
 
@@ -123,12 +124,12 @@ def optimality_gap_kernel(theta, theta_star, features, log_ref, beta, rho):
 @checked(**POOL, theta="[d] finite", theta_star="[d] finite", beta="number > 0",
          prompt_weights="optional [m] probability")
 def optimality_gap(
-    theta: Float[ArrayLike, " d"],
-    theta_star: Float[ArrayLike, " d"],
-    features: Float[ArrayLike, "m K d"],
-    log_ref: Float[ArrayLike, "m K"],
-    beta: Real[ArrayLike, ""],
-    prompt_weights: Float[ArrayLike, " m"] | None = None,
+    theta: Vector,
+    theta_star: Vector,
+    features: Features,
+    log_ref: LogRef,
+    beta: Scalar,
+    prompt_weights: PromptWeights = None,
 ) -> Float[Array, ""]:
     """Exact optimality gap ``G(theta) = beta E_x KL(pi_theta(.|x) || pi_theta*(.|x))``.
 
@@ -163,10 +164,10 @@ def policy_curvature_kernel(theta, features, log_ref, rho):
 
 @checked(**POOL, theta="[d] finite", prompt_weights="optional [m] probability")
 def policy_curvature(
-    theta: Float[ArrayLike, " d"],
-    features: Float[ArrayLike, "m K d"],
-    log_ref: Float[ArrayLike, "m K"],
-    prompt_weights: Float[ArrayLike, " m"] | None = None,
+    theta: Vector,
+    features: Features,
+    log_ref: LogRef,
+    prompt_weights: PromptWeights = None,
 ) -> Float[Array, "d d"]:
     """Policy curvature ``I(theta) = E_x Cov_{y ~ pi_theta(.|x)}[phi(x, y)]``.
 

@@ -62,6 +62,7 @@ from theory import _validation as V
 from theory.checked import check_argument, checked
 from theory.information import DESIGN_INSTANCE, rank_threshold, sigmoid_prime, trace_criterion_kernel
 from theory.policy import normalized_prompt_weights, policy_curvature_kernel, policy_log_probs_kernel
+from theory.shapes import Diffs, EdgeWeights, Features, LogRef, PromptWeights, Scalar, Vector
 
 __all__ = [
     "SecondOrder",
@@ -160,13 +161,13 @@ def derivative_tensors_kernel(weights, theta_star, features, log_ref, diffs, bet
 
 @checked(**DESIGN_INSTANCE)
 def derivative_tensors(
-    weights: Float[ArrayLike, " E"],
-    theta_star: Float[ArrayLike, " d"],
-    features: Float[ArrayLike, "m K d"],
-    log_ref: Float[ArrayLike, "m K"],
-    diffs: Float[ArrayLike, "E d"],
-    beta: Real[ArrayLike, ""],
-    prompt_weights: Float[ArrayLike, " m"] | None = None,
+    weights: EdgeWeights,
+    theta_star: Vector,
+    features: Features,
+    log_ref: LogRef,
+    diffs: Diffs,
+    beta: Scalar,
+    prompt_weights: PromptWeights = None,
 ) -> DerivativeTensors:
     """The dense tensors ``K_2..K_4`` (labels) and ``H_2..H_4`` (gap) at ``theta*``.
 
@@ -269,13 +270,13 @@ def _check_prior_precision(prior_precision):
 
 @checked(**DESIGN_INSTANCE, prior_precision=_PRIOR_PRECISION)
 def second_order_coefficients(
-    weights: Float[ArrayLike, " E"],
-    theta_star: Float[ArrayLike, " d"],
-    features: Float[ArrayLike, "m K d"],
-    log_ref: Float[ArrayLike, "m K"],
-    diffs: Float[ArrayLike, "E d"],
-    beta: Real[ArrayLike, ""],
-    prompt_weights: Float[ArrayLike, " m"] | None = None,
+    weights: EdgeWeights,
+    theta_star: Vector,
+    features: Features,
+    log_ref: LogRef,
+    diffs: Diffs,
+    beta: Scalar,
+    prompt_weights: PromptWeights = None,
     prior_precision: float | None = None,
 ) -> SecondOrder:
     """``(beta/2) Phi`` and ``c2`` of ``n E G(theta_hat_n) = (beta/2) Phi + c2 / n + o(1/n)``.
@@ -313,14 +314,14 @@ def _coefficients(weights, theta_star, features, log_ref, diffs, beta, prompt_we
 
 @checked(n="number > 0", **DESIGN_INSTANCE, prior_precision=_PRIOR_PRECISION)
 def second_order_gap(
-    weights: Float[ArrayLike, " E"],
-    theta_star: Float[ArrayLike, " d"],
-    features: Float[ArrayLike, "m K d"],
-    log_ref: Float[ArrayLike, "m K"],
-    diffs: Float[ArrayLike, "E d"],
-    beta: Real[ArrayLike, ""],
-    n: Real[ArrayLike, ""],
-    prompt_weights: Float[ArrayLike, " m"] | None = None,
+    weights: EdgeWeights,
+    theta_star: Vector,
+    features: Features,
+    log_ref: LogRef,
+    diffs: Diffs,
+    beta: Scalar,
+    n: Scalar,
+    prompt_weights: PromptWeights = None,
     prior_precision: float | None = None,
 ) -> Float[Array, ""]:
     """Prediction of ``E G(theta_hat_n)`` to order ``1/n^2``: ``((beta/2) Phi + c2 / n) / n``.
@@ -347,14 +348,14 @@ def _check_budgets(budgets):
 
 @checked(**DESIGN_INSTANCE, prior_precision=_PRIOR_PRECISION)
 def second_order_column(
-    weights: Float[ArrayLike, " E"],
-    theta_star: Float[ArrayLike, " d"],
-    features: Float[ArrayLike, "m K d"],
-    log_ref: Float[ArrayLike, "m K"],
-    diffs: Float[ArrayLike, "E d"],
-    beta: Real[ArrayLike, ""],
+    weights: EdgeWeights,
+    theta_star: Vector,
+    features: Features,
+    log_ref: LogRef,
+    diffs: Diffs,
+    beta: Scalar,
     budgets: Real[ArrayLike, " B"],
-    prompt_weights: Float[ArrayLike, " m"] | None = None,
+    prompt_weights: PromptWeights = None,
     prior_precision: float | None = None,
 ) -> dict:
     """Columns for a bounds table: ``n E G`` predicted to first and to second order at each budget.

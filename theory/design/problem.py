@@ -11,11 +11,12 @@ from typing import Optional
 
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import ArrayLike, Float, Int, Real
+from jaxtyping import ArrayLike, Float, Int
 
 from theory import _validation as V
 from theory.checked import checked
 from theory.information import rank_threshold, sigmoid_prime
+from theory.shapes import Diffs, EdgeWeights, Scalar, Vector
 
 CRITERIA = ("L", "A", "D")
 
@@ -100,15 +101,15 @@ def check_curvature_for(criterion, curvature, d) -> None:
 
 @checked(**INSTANCE)
 def reduce_problem(
-    diffs: Float[ArrayLike, "E d"],
-    theta: Float[ArrayLike, " d"],
+    diffs: Diffs,
+    theta: Vector,
     curvature: Float[ArrayLike, "d d"] | None,
-    beta: Real[ArrayLike, ""],
+    beta: Scalar,
     criterion: str = "L",
     ridge: float = 0.0,
     groups: Int[ArrayLike, " E"] | None = None,
     group_weights: Float[ArrayLike, " G"] | None = None,
-    caps: Float[ArrayLike, " E"] | float | None = None,
+    caps: EdgeWeights | float | None = None,
     prior_precision: float | None = None,
     budget: float | None = None,
 ) -> ReducedProblem:

@@ -16,7 +16,7 @@ from typing import NamedTuple, Optional
 
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import ArrayLike, Float, Int, Real
+from jaxtyping import ArrayLike, Float, Int
 
 from theory.checked import checked
 from theory.design.certificate import _capped_lmo_np, exact_certificate
@@ -26,6 +26,7 @@ from theory.design.problem import INSTANCE, ReducedProblem, check_curvature_for,
 from theory.design.start import start_weights
 from theory.design.steps import _multiplicative, _run_steps, _vertex_step
 from theory.design.working_set import _Restricted, first_working_set, next_working_set, price_round
+from theory.shapes import Diffs, EdgeWeights, Scalar, Vector
 
 
 def _check_int(value, name, least):
@@ -232,10 +233,10 @@ class DesignSolver:
 
 @checked(**INSTANCE)
 def optimal_design(
-    diffs: Float[ArrayLike, "E d"],
-    theta: Float[ArrayLike, " d"],
+    diffs: Diffs,
+    theta: Vector,
     curvature: Float[ArrayLike, "d d"] | None,
-    beta: Real[ArrayLike, ""],
+    beta: Scalar,
     criterion: str = "L",
     ridge: float = 0.0,
     tol: float = 1e-3,
@@ -247,7 +248,7 @@ def optimal_design(
     working_set: int = 2048,
     polish_max: int = 512,
     newton_cg: bool = True,
-    caps: Float[ArrayLike, " E"] | float | None = None,
+    caps: EdgeWeights | float | None = None,
     prior_precision: Optional[float] = None,
     budget: Optional[float] = None,
 ) -> DesignSolution:
