@@ -328,42 +328,39 @@ def plot_fig5(rows: list[dict]):
         ax.plot([r["num_completions"] for r in dr], [r["estimation_asymptotic"] / base for r in dr], "-o", ms=3,
                 color=cmap(i / max(1, len(scales) - 1)), label=f"theta_scale {sc:g}")
     ax.axhline(1.0, color="0.5", lw=0.5)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xticks(s["pool_sizes"], [str(k) for k in s["pool_sizes"]])
-    ax.minorticks_off()
-    ax.set_xlabel("completions per prompt $K$")
-    log_ticks(ax.yaxis)
-    ax.set_ylabel(f"best-vs-worst estimation part / at $K = {s['pool_sizes'][0]}$")
-    ax.set_title("(c) max-vs-min pairs as the pool grows (asymptotic, world of (b))", fontsize=7)
-    ax.grid(True, which="major", alpha=0.3, lw=0.4)
-    ax.legend(frameon=False, fontsize=5.5)
+    _ratio_axes(ax, s["pool_sizes"], [str(k) for k in s["pool_sizes"]], "completions per prompt $K$",
+                f"best-vs-worst estimation part / at $K = {s['pool_sizes'][0]}$",
+                "(c) max-vs-min pairs as the pool grows (asymptotic, world of (b))")
 
     # (d) each design's estimation part over best-vs-worst's at the largest pool, against the reward scale
     ax = axes[1, 1]
     kmax = max(s["pool_sizes"])
+    at_kmax = {(r["design"], r["theta_scale"]): r["estimation_asymptotic"] for r in rows
+               if r["panel"] == "seed003" and r["num_completions"] == kmax}
     for d in s["designs"]:
         if d == "best_vs_worst":
             continue
-        ratio = []
-        for sc in scales:
-            get = {r["design"]: r["estimation_asymptotic"] for r in rows
-                   if r["panel"] == "seed003" and r["theta_scale"] == sc and r["num_completions"] == kmax}
-            ratio.append(get[d] / get["best_vs_worst"])
         color, marker = design_style(d)
-        ax.plot(scales, ratio, "-", marker=marker, color=color, ms=3.5, label=design_label(d))
+        ax.plot(scales, [at_kmax[d, sc] / at_kmax["best_vs_worst", sc] for sc in scales], "-", marker=marker, color=color, ms=3.5,
+                label=design_label(d))
     ax.axhline(1.0, color="0.5", lw=0.6, ls="--")
+    _ratio_axes(ax, scales, [f"{x:g}" for x in scales], "reward scale theta_scale (within-prompt reward sd, logits)",
+                f"estimation part / best-vs-worst's ($K = {kmax}$)", "(d) below 1: better than max-vs-min (asymptotic)")
+    return fig
+
+
+def _ratio_axes(ax, ticks, tick_labels, xlabel, ylabel, title) -> None:
+    """Log-log axes of a ratio panel of Figure 5: the given x ticks, labels, grid and legend."""
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xticks(scales, [f"{x:g}" for x in scales])
+    ax.set_xticks(ticks, tick_labels)
     ax.minorticks_off()
-    ax.set_xlabel("reward scale theta_scale (within-prompt reward sd, logits)")
+    ax.set_xlabel(xlabel)
     log_ticks(ax.yaxis)
-    ax.set_ylabel(f"estimation part / best-vs-worst's ($K = {kmax}$)")
-    ax.set_title("(d) below 1: better than max-vs-min (asymptotic)", fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=7)
     ax.grid(True, which="major", alpha=0.3, lw=0.4)
     ax.legend(frameon=False, fontsize=5.5)
-    return fig
 
 
 # ------------------------------------------------------------------ figure 6
