@@ -79,7 +79,7 @@ from synthetic.designs.optimal import _solve
 from synthetic.designs.outputs import weighted_output
 from synthetic.designs.pilot import PILOT
 from synthetic.designs.problem import DesignOutput
-from synthetic.designs.registry import check_design_budget, get_design, register_design, resolve_params
+from synthetic.designs.registry import get_design, preflight, register_design
 from synthetic.estimators import fit_map, fit_newton
 from synthetic.labels import INVERSE_CDF_MAX_COUNT, allocation_from_counts, simulate_wins
 from synthetic.rounding import ROUNDINGS, check_max_labels_per_edge, round_design
@@ -482,8 +482,7 @@ def run_adaptive(name, keys, problem, budget, **params) -> list[DesignOutput]:
     spec = get_design(name)
     if not spec.adaptive or name not in ADAPTIVE_RULES:
         raise ValueError(f"design {name!r} is not adaptive; adaptive designs: {sorted(ADAPTIVE_RULES)}")
-    params = resolve_params(name, problem, budget, params)
-    budget = check_design_budget(name, problem, budget, **params)
+    budget, params = preflight(name, problem, budget, params)
     full = {**spec.params, **params}
     rule = ADAPTIVE_RULES[name]
     c, w, info = adaptive_loop(keys, problem, budget, rule, **full)

@@ -17,7 +17,7 @@ from synthetic.rounding import CoverageWarning, check_budget, check_max_labels_p
 from theory.information import rank_threshold
 
 __all__ = ["DesignSpec", "DESIGNS", "register_design", "get_design", "check_design_params", "check_design_budget",
-           "run_design", "resolve_params", "BudgetCheck"]
+           "run_design", "resolve_params", "preflight", "BudgetCheck"]
 
 #: ``check(name, problem, budget, params) -> None``: a design's own budget check, run
 #: before any label with ``params`` completed by the design's defaults; raises
@@ -172,13 +172,20 @@ def resolve_params(name: str, problem: DesignProblem, budget, params: dict) -> d
 
 def check_design_budget(name: str, problem: DesignProblem, budget, **params) -> int:
     """The checks :func:`run_design` makes before a design runs (a sweep's pre-flight pass can call it).
+    Returns the budget as ``int`` (:func:`preflight` also returns the resolved parameters)."""
+    return preflight(name, problem, budget, params)[0]
+
+
+def preflight(name: str, problem: DesignProblem, budget, params: dict) -> tuple[int, dict]:
+    """Everything checked before a design runs; returns ``(budget, params)`` with the budget
+    as ``int`` and ``max_labels_per_edge="auto"`` resolved (:func:`resolve_params`).
 
     Parameters by :func:`check_design_params`; ``budget`` an integer ``>= 1``;
     ``budget > max_labels_per_edge * E`` is a ``ValueError``; then the design's own
     budget checks (``register_design(..., check_budget=...)``); a budget below the rank
     of the curvature ``I`` gives a :class:`~synthetic.rounding.CoverageWarning` (no
     allocation of that many labels covers ``I``'s range, so every realised criterion
-    is infinite). Returns the budget as ``int``.
+    is infinite).
     """
     spec = get_design(name)
     params = resolve_params(name, problem, budget, params)
@@ -211,7 +218,7 @@ def check_design_budget(name: str, problem: DesignProblem, budget, **params) -> 
                 ),
                 stacklevel=3,
             )
-    return budget
+    return budget, params
 
 
 def run_design(name: str, key, problem: DesignProblem, budget: int, **params) -> DesignOutput:
@@ -225,8 +232,7 @@ def run_design(name: str, key, problem: DesignProblem, budget: int, **params) ->
     ``max_labels_per_edge`` on each.
     """
     spec = get_design(name)
-    params = resolve_params(name, problem, budget, params)
-    budget = check_design_budget(name, problem, budget, **params)
+    budget, params = preflight(name, problem, budget, params)
     cap = check_max_labels_per_edge(params.get("max_labels_per_edge", spec.params.get("max_labels_per_edge")))
     if not spec.reads_truth(params):
         problem = problem.without_truth()
