@@ -200,11 +200,12 @@ def bound_band(cfg, designs, budgets, job_cfgs=()) -> tuple[list[dict], dict]:
                                          prompt_weights=ev.prompt_weights)
 
         for design in [d for d in BAND_DESIGNS if d in designs]:
-            n0[design] = float(TB.upper_bound_bernstein_valid_from(constants(design, max(budgets))))
+            at_max = constants(design, max(budgets))
+            n0[design] = float(TB.upper_bound_bernstein_valid_from(at_max))
             for n in budgets:
                 if n < n0[design]:
                     continue
-                c = constants(design, n)
+                c = at_max if n == max(budgets) else constants(design, n)
                 up = TB.upper_bound_bernstein(c, int(n))
                 if not up.valid:
                     continue
