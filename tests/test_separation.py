@@ -232,14 +232,20 @@ def test_random_separable_samples_converge_to_the_limit(seed):
     assert abs(gaps[-1] - g_lim) < 0.02 * max(g_lim, 1.0), (gaps, g_lim)
 
 
-def test_existing_mle_is_its_own_limit():
+@pytest.mark.parametrize("rank", [3, 2])
+def test_existing_mle_is_its_own_limit(rank):
+    """Full rank, and differences spanning a plane of R^3 (the MLE is then the minimum-norm
+    one, in that plane: fit_newton's, an independent JAX Newton with a null projector)."""
     rng = np.random.default_rng(3)
-    diffs = rng.normal(size=(30, 3))
+    diffs = rng.normal(size=(30, rank)) @ rng.normal(size=(rank, 3))
     counts = np.full(30, 20.0)
-    wins = np.asarray(simulate_wins(jax.random.PRNGKey(0), rng.normal(size=3), diffs, counts, 1.0))
-    lim = ridge_path_limit(diffs, counts, wins, 1.0)
+    wins = np.asarray(simulate_wins(jax.random.PRNGKey(0), rng.normal(size=3), diffs, counts, 1.5))
+    lim = ridge_path_limit(diffs, counts, wins, 1.5)
     assert lim.ok and lim.mle_exists and lim.directions.shape == (0, 3) and mle_exists_exact(diffs, counts, wins)
-    np.testing.assert_allclose(lim.finite, fit_newton(jnp.asarray(diffs), counts, wins, 1.0).theta, rtol=1e-10)
+    np.testing.assert_allclose(lim.finite, fit_newton(jnp.asarray(diffs), counts, wins, 1.5).theta, rtol=1e-9, atol=1e-12)
+    if rank < 3:  # orthogonal to what no label sees
+        null = np.linalg.svd(diffs)[2][rank:]
+        np.testing.assert_allclose(null @ lim.finite, 0.0, atol=1e-12)
 
 
 def test_float64_ridge_path_on_a_tabular_sample():
@@ -269,3 +275,34 @@ def test_float64_ridge_path_on_a_tabular_sample():
     assert dist[-1] < 1e-3 * g_lim
     p_lim = np.exp(ridge_limit_log_probs(lim, ev.features, ev.log_ref))
     assert np.sum(p_lim > 0) == 1
+
+
+@pytest.mark.parametrize("with_orth", [False, True])
+def test_separable_rows_by_rounds_equal_the_one_program(with_orth):
+    """The rounds of feasibility programs in ``_separable_rows`` (used above 8 rows per
+    dimension) find the same rows as the one maximising program, on sparse
+    Bradley-Terry labels (K = 12, 66 comparisons, 1-2 labels each) where some but not all
+    rows are separable; the returned direction makes every row >= 0 and the found ones > 0."""
+    from synthetic.estimators import _separable_rows, _separable_rows_lp
+
+    k = 20
+    iu = np.triu_indices(k, 1)
+    diffs = np.eye(k)[iu[0]] - np.eye(k)[iu[1]]
+    seen = []
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        counts = rng.integers(1, 3, size=diffs.shape[0]).astype(float)
+        wins = rng.binomial(counts.astype(int), 1 / (1 + np.exp(-diffs @ (3 * rng.normal(size=k))))).astype(float)
+        rows, _, _, _ = _label_rows(diffs, counts, wins, 1.0)
+        assert rows.shape[0] > 8 * k
+        orth = rng.normal(size=k) if with_orth else None
+        got, d = _separable_rows(rows, orth)
+        want, _ = _separable_rows_lp(rows, orth)
+        np.testing.assert_array_equal(got, want)
+        marg = rows @ d
+        assert marg.min() >= -1e-7 * np.abs(marg).max() and np.all(marg[got] > 0)
+        if with_orth:
+            assert orth @ d <= 1e-9
+        seen.append(got.sum() / got.size)
+    # both branches: instances with no separable row, and with some but not all
+    assert min(seen) == 0 and any(0 < f < 1 for f in seen), seen
