@@ -50,6 +50,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from experiments import sweep  # noqa: E402
+from experiments.compiled import release_compiled  # noqa: E402
 from experiments.figure_plots import FIG1_WORLDS, POOL_SIZE_DESIGNS, plot_fig1, plot_fig2, plot_fig3, plot_fig4, plot_fig5, plot_fig6  # noqa: E402, F401
 from experiments.plotting import save_figure, write_csv  # noqa: E402
 
@@ -420,6 +421,7 @@ def _cached_item(cache: Path, prefix: str, ident: dict, code: str, compute) -> d
     if got is None:
         got = compute()
         sweep.write_atomic(path, {k: np.asarray(v) for k, v in got.items()}, {**ident, "code_version": code})
+        release_compiled()
     return got
 
 
@@ -923,6 +925,7 @@ def main(argv=None) -> dict:
         save_figure(PLOTS[name](records), out / FIGURE_FILES[name])
         timings[name] = time.time() - t0
         print(f"{name}: {timings[name]:.0f} s", flush=True)
+        release_compiled()  # the figures in one process stay under the kernel's memory-map limit
     timings["total"] = time.time() - t_all
     print(f"all figures: {timings['total']:.0f} s; written to {out}/")
     return timings

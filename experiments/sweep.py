@@ -45,6 +45,7 @@ from experiments.records import (  # noqa: F401 - re-exported
     write_atomic,
 )
 from experiments import records as _records
+from experiments.compiled import release_compiled
 from experiments.worlds import check_world_config, make_world
 from synthetic.designs import DESIGNS, check_design_budget, check_design_params, design_problem
 from synthetic.monte_carlo import ESTIMATORS
@@ -191,6 +192,7 @@ def job(cfg: DictConfig) -> Path:
     meta = {**ident, "cell": cid, "code_version": code, "git": git_version(), "config": config}
     _records.write_atomic(path, cols, meta)
     log.info("cell %s written", cid)
+    release_compiled()  # a long sweep in one process stays under the kernel's memory-map limit
     return path
 
 
