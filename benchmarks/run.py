@@ -716,6 +716,10 @@ def markdown(res: dict) -> str:
         for k, v in fg["per_figure_s"].items():
             L.append(f"| {k} | {v:.0f} |")
         L.append("")
+        # measured by hand around this section (before/after runs, the design cache): kept in a file of their own
+        history = ROOT / "benchmarks" / "figures_history.md"
+        if history.exists() and not res.get("quick"):
+            L += [history.read_text().strip(), ""]
     # Sections measured by their own scripts (e.g. benchmarks/select_scale.py) keep their
     # text in a file of their own, so that regenerating this report does not drop them.
     extra = ROOT / "benchmarks" / "select_scale.md"
