@@ -213,3 +213,15 @@ def test_release_compiled_refuses_a_fraction_outside_zero_one():
     for bad in (0, 1.5, -0.1):
         with pytest.raises(ValueError, match="fraction must be in"):
             release_compiled(bad)
+
+
+def test_each_computed_cell_releases_compiled_code_when_needed(tmp_path, monkeypatch):
+    """The sweep asks release_compiled after every cell it computes (not after a reused one)."""
+    calls = []
+    monkeypatch.setattr(sweep, "release_compiled", lambda: calls.append(1) or False)
+    small = ["world=tabular", "world.params.num_completions=5", "num_replicates=2", "hydra/job_logging=disabled"]
+    jobs = [[*small, "design=uniform", "budget=20"], [*small, "design=uniform", "budget=40"]]
+    sweep.run_jobs(jobs, tmp_path, progress=False)
+    assert len(calls) == 2
+    sweep.run_jobs(jobs, tmp_path, progress=False)
+    assert len(calls) == 2
