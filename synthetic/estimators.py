@@ -786,38 +786,53 @@ def _svm(b):
     return b.T @ eta, eta
 
 
-def _exp_fit(b, logq, v, y0, max_iter=200):
-    """``argmin_y sum_i exp(logq_i - c_i . y) + v_c . y`` by damped Newton (strictly convex, coercive).
+def _damped_newton(value, grad_hess, y0, max_iter=200):
+    """Minimise a smooth strictly convex ``value(y) -> (f, aux)`` by damped Newton with Armijo backtracking (host, float64).
 
-    ``b`` holds the rows ``c_i`` in coordinates of a basis; returns ``(y, grad_norm)``.
+    ``grad_hess(y, aux) -> (g, h)``. A trial step whose value overflows is rejected like
+    any other that does not decrease enough (no warning). Returns ``(y, grad_norm)``.
     """
-
     def f(y):
-        e = logq - b @ y
-        return float(np.sum(np.exp(e)) + v @ y), e
+        with np.errstate(over="ignore"):
+            return value(y)
 
     y = y0.copy()
-    fy, e = f(y)
-    g = -(b.T @ np.exp(e)) + v
+    fy, aux = f(y)
+    g, h = grad_hess(y, aux)
     for _ in range(max_iter):
-        h = (b.T * np.exp(e)) @ b
         try:
             step = -np.linalg.solve(h, g)
         except np.linalg.LinAlgError:
             break
         t, slope = 1.0, float(g @ step)
         while t > 1e-12:
-            f1, e1 = f(y + t * step)
+            f1, aux1 = f(y + t * step)
             if np.isfinite(f1) and f1 <= fy + 0.25 * t * slope + 1e-15 * (1 + abs(fy)):
                 break
             t *= 0.5
         else:
             break
-        y, fy, e = y + t * step, f1, e1
-        g = -(b.T @ np.exp(e)) + v
+        y, fy, aux = y + t * step, f1, aux1
+        g, h = grad_hess(y, aux)
         if np.linalg.norm(t * step) <= 1e-13 * (1 + np.linalg.norm(y)):
             break
     return y, float(np.linalg.norm(g))
+
+
+def _exp_fit(b, logq, v, y0, max_iter=200):
+    """``argmin_y sum_i exp(logq_i - c_i . y) + v_c . y`` by damped Newton (strictly convex, coercive).
+
+    ``b`` holds the rows ``c_i`` in coordinates of a basis; returns ``(y, grad_norm)``.
+    """
+
+    def value(y):
+        e = logq - b @ y
+        return float(np.sum(np.exp(e)) + v @ y), e
+
+    def grad_hess(y, e):
+        return -(b.T @ np.exp(e)) + v, (b.T * np.exp(e)) @ b
+
+    return _damped_newton(value, grad_hess, y0, max_iter)
 
 
 def _logistic_fit(c, k, max_iter=200):
@@ -826,33 +841,16 @@ def _logistic_fit(c, k, max_iter=200):
     ``c [m, r]`` holds rows in coordinates of an orthonormal basis of their span, on
     which the minimiser exists (no separation) and is unique. Returns ``(y, grad_norm)``.
     """
-    def f(y):
+
+    def value(y):
         m = c @ y
         return float(k @ np.logaddexp(0.0, -m)), m
 
-    y = np.zeros(c.shape[1])
-    fy, m = f(y)
-    g = -(c.T @ (k * scipy.special.expit(-m)))
-    for _ in range(max_iter):
+    def grad_hess(y, m):
         s = scipy.special.expit(m)
-        h = (c.T * (k * s * (1.0 - s))) @ c
-        try:
-            step = -np.linalg.solve(h, g)
-        except np.linalg.LinAlgError:
-            break
-        t, slope = 1.0, float(g @ step)
-        while t > 1e-12:
-            f1, m1 = f(y + t * step)
-            if np.isfinite(f1) and f1 <= fy + 0.25 * t * slope + 1e-15 * (1 + abs(fy)):
-                break
-            t *= 0.5
-        else:
-            break
-        y, fy, m = y + t * step, f1, m1
-        g = -(c.T @ (k * scipy.special.expit(-m)))
-        if np.linalg.norm(t * step) <= 1e-13 * (1 + np.linalg.norm(y)):
-            break
-    return y, float(np.linalg.norm(g))
+        return -(c.T @ (k * scipy.special.expit(-m))), (c.T * (k * s * (1.0 - s))) @ c
+
+    return _damped_newton(value, grad_hess, np.zeros(c.shape[1]), max_iter)
 
 
 def ridge_path_limit(diffs, counts, wins, beta, tol=1e-8) -> RidgeLimit:
