@@ -119,9 +119,29 @@ def _dense_constants(w, theta, feats, log_ref, z, beta, rho):
         "zeta_eval": float(_pinv_norms(pairs, s).max()),
         "c_curv": float(_pinv_norms(pairs, curv).max()),
         "gap_sup": _dense_gap_sup(theta, feats, log_ref, beta, rho),
+        "tau": _dense_tau(w, theta, z, beta, s),
+        "b": _dense_whitened_edges(w, theta, z, beta, s)[0],
+        "c": _dense_whitened_edges(w, theta, z, beta, s)[1],
         "pairs": pairs,
         "edges": z[w > 0],
     }
+
+
+def _dense_whitened_edges(w, theta, z, beta, s):
+    """``b_e = beta S^{+1/2} z_e`` (original coordinates) and ``c_e = w_e sigma'_e`` on the labelled edges."""
+    lam, vec = np.linalg.eigh(s)
+    keep = lam > 1e-10 * lam.max()
+    half_pinv = vec[:, keep] @ np.diag(lam[keep] ** -0.5) @ vec[:, keep].T
+    lab = w > 0
+    return beta * z[lab] @ half_pinv, w[lab] / (2 + 2 * np.cosh(beta * z[lab] @ theta))
+
+
+def _dense_tau(w, theta, z, beta, s):
+    """Lemma 9.3's constant: min(zeta, sqrt(lambda_max(sum_e c_e vec(b b^T) vec(b b^T)^T))), the matrix formed densely."""
+    b, c = _dense_whitened_edges(w, theta, z, beta, s)
+    outer = np.einsum("ei,ej->eij", b, b).reshape(len(b), -1)
+    m4 = (outer.T * c) @ outer  # [d^2, d^2]
+    return min(float(np.sqrt((b**2).sum(1)).max()), math.sqrt(np.linalg.eigvalsh(m4).max()))
 
 
 def _subspace_instance(n=None):
@@ -559,23 +579,109 @@ def _net_radius_dense(dim, zeta, n, tail):
     """Lemma 9.1's radius, minimised over the net parameter by scipy (independent of the grid)."""
     def r(eps):
         y = tail * math.log(n) + dim * math.log(1 + 2 / eps)
-        return (math.sqrt(2 * y / n) + zeta * y / (3 * n)) / (1 - eps)
+        return (math.sqrt(2 * y / n) + zeta * y / (3 * n)) / (1 - eps * eps / 2)
 
-    res = optimize.minimize_scalar(r, bounds=(1e-4, 0.99), method="bounded", options={"xatol": 1e-10})
+    res = optimize.minimize_scalar(r, bounds=(1e-4, 1.41), method="bounded", options={"xatol": 1e-10})
     return res.fun, r
+
+
+def _eta_dense(s, tau, zeta, r):
+    """Lemmas 5.2 and 9.3 by quadrature: the smaller of eta(tau s) + tau^2 s^2 e^{zeta s} / 6 and Lemma 5.2's eta."""
+    def eta(m):
+        return 1 / integrate.quad(lambda t: math.exp(-m * t), 0, 1, epsabs=0, epsrel=1e-13)[0] - 1
+
+    new = eta(tau * s) + (tau * s) ** 2 * math.exp(zeta * s) / 6
+    return min(new, eta(-math.log(1 - zeta * r))) if zeta * r < 1 else new
+
+
+def _third_moment_instances():
+    """Instances for Lemma 9.3: the contextual and subspace worlds, a skewed tabular design, random sparse pools."""
+    rng = np.random.default_rng(11)
+    out = [_contextual_instance()[3:], _subspace_instance()[3:]]
+    world = tabular_world(jax.random.key(5), num_completions=8)
+    prob = design_problem(world)
+    w = rng.dirichlet(0.3 * np.ones(prob.num_edges))
+    ev = world.eval
+    out.append((TB.instance_constants(w, world.theta_star, ev.features, ev.log_ref, prob.edges.diffs, world.beta),
+                _dense_constants(w, world.theta_star, ev.features, ev.log_ref, prob.edges.diffs, world.beta, None)))
+    for _ in range(3):
+        c, feats, log_ref, rho, edges, w, theta = _constants(rng, m=4, k=4, d=4, sparse=True)
+        out.append((c, _dense_constants(w, theta, feats, log_ref, edges.diffs, 0.7, rho)))
+    return out
+
+
+def test_third_moment_constant_is_the_dense_eigenvalue_bound_and_bounds_every_third_moment():
+    """Lemma 9.3: tau = min(zeta, sqrt(lambda_max(M4))) from a dense d^2 x d^2 eigen-decomposition, and
+    tau >= sum_e c_e (b_e.v)^2 |b_e.delta| for every pair of unit directions tried (random and power-iterated)."""
+    rng = np.random.default_rng(0)
+    below_zeta = 0
+    for c, dc in _third_moment_instances():
+        assert c.tau == pytest.approx(dc["tau"], rel=1e-7) and c.tau <= c.zeta * (1 + 1e-12)
+        below_zeta += c.tau < 0.9 * c.zeta
+        lam, vec = np.linalg.eigh(dc["s"])
+        span = vec[:, lam > 1e-10 * lam.max()]
+        bw, ce = dc["b"], dc["c"]  # b_e = beta S^{+1/2} z_e, c_e = w_e sigma'_e (dense, original coordinates)
+        np.testing.assert_allclose((bw.T * ce) @ bw, span @ span.T, atol=1e-8)  # sum_e c_e b_e b_e^T = P_V
+        best = 0.0
+        for _ in range(300):
+            v, dl = rng.normal(size=(2, bw.shape[1]))
+            v, dl = span @ (span.T @ v), span @ (span.T @ dl)
+            v, dl = v / np.linalg.norm(v), dl / np.linalg.norm(dl)
+            for _ in range(30):  # ascent on the symmetric third moment sum c |b.v|^3
+                g = (ce * np.abs(bw @ v) * (bw @ v)) @ bw
+                v = g / np.linalg.norm(g)
+            best = max(best, float(np.sum(ce * (bw @ v) ** 2 * np.abs(bw @ dl))), float(np.sum(ce * np.abs(bw @ v) ** 3)))
+        assert best <= c.tau * (1 + 1e-9)
+        assert best >= 0.4 * c.tau  # the bound is not vacuous on these instances
+    assert below_zeta >= 2  # tau is well below zeta somewhere (the point of Lemma 9.3)
+
+
+def test_lemma_9_3_curvature_under_a_perturbation_by_dense_hessians():
+    """spec(S^{+1/2} H(theta* + Delta) S^{+1/2}) on the labelled span lies in [e^{-s tau}, 1 + s tau + s^2 tau^2 e^{s zeta} / 2],
+    and its average along the segment M satisfies ||M^{-1} - Id|| <= eta(tau s) + tau^2 s^2 e^{s zeta} / 6 (s = ||Delta||_S)."""
+    rng = np.random.default_rng(1)
+    world, prob, w, c, dc = _contextual_instance()
+    assert c.tau < 0.6 * c.zeta
+    z, ts, beta = np.asarray(prob.edges.diffs), np.asarray(world.theta_star), world.beta
+    lam, vec = np.linalg.eigh(dc["s"])
+    keep = lam > 1e-10 * lam.max()
+    span, root = vec[:, keep], vec[:, keep] / np.sqrt(lam[keep])  # root: whitened coordinates -> parameter space
+
+    def whitened_hessian(delta):
+        p = 1 / (1 + np.exp(-beta * z @ (ts + delta)))
+        h = beta**2 * (z.T * (w * p * (1 - p))) @ z
+        return root.T @ h @ root
+
+    bw, ce = dc["b"] @ span, dc["c"]
+    v_star = rng.normal(size=span.shape[1])
+    for _ in range(200):
+        g = (ce * np.abs(bw @ v_star) * (bw @ v_star)) @ bw
+        v_star = g / np.linalg.norm(g)
+    nodes, weights = np.polynomial.legendre.leggauss(40)
+    nodes, weights = 0.5 * (nodes + 1), 0.5 * weights
+    for s in [0.01, 0.05, 0.2]:
+        dirs = [v_star, -v_star] + [u / np.linalg.norm(u) for u in rng.normal(size=(6, span.shape[1]))]
+        for d in dirs:
+            delta = s * root @ d  # ||delta||_S = s
+            assert math.sqrt(delta @ dc["s"] @ delta) == pytest.approx(s, rel=1e-9)
+            eig = np.linalg.eigvalsh(whitened_hessian(delta))
+            assert eig.min() >= math.exp(-s * c.tau) * (1 - 1e-10)
+            assert eig.max() <= (1 + s * c.tau + 0.5 * (s * c.tau) ** 2 * math.exp(s * c.zeta)) * (1 + 1e-10)
+            mbar = sum(wt * whitened_hessian(t * delta) for t, wt in zip(nodes, weights))
+            err = np.linalg.norm(np.linalg.inv(mbar) - np.eye(mbar.shape[0]), 2)
+            m = s * c.tau
+            assert err <= (m / (1 - math.exp(-m)) - 1 + m * m * math.exp(s * c.zeta) / 6) * (1 + 1e-8)
 
 
 def _bernstein_expected(dc, beta, n, tail, eps):
     """Theorem 4 from the dense constants at net parameter eps; psi_+ by quadrature, eta from its definition."""
     y = tail * math.log(n) + dc["dim"] * math.log(1 + 2 / eps)
-    r = (math.sqrt(2 * y / n) + dc["zeta"] * y / (3 * n)) / (1 - eps)
-    if dc["zeta"] * r >= 1:
+    r = (math.sqrt(2 * y / n) + dc["zeta"] * y / (3 * n)) / (1 - eps * eps / 2)
+    if dc["tau"] * r >= 1:
         return math.inf
-    s = -math.log(1 - dc["zeta"] * r) / dc["zeta"]
+    s = -math.log(1 - dc["tau"] * r) / dc["tau"]
     psi = 2 * integrate.quad(lambda t: t * math.exp(t * dc["zeta_eval"] * s), 0, 1, epsabs=0, epsrel=1e-13)[0]
-    m = dc["zeta"] * s
-    c_minus = integrate.quad(lambda t: math.exp(-m * t), 0, 1, epsabs=0, epsrel=1e-13)[0]  # (1 - e^-m) / m
-    eta = 1 / c_minus - 1
+    eta = _eta_dense(s, dc["tau"], dc["zeta"], r)
     e1, e2 = (psi - 1) / r, math.sqrt(dc["kappa"]) * eta / r
     d, phi, z2 = dc["dim"], dc["phi"], dc["zeta"] ** 2
     k = dc["k_eigs"]
@@ -605,8 +711,9 @@ def test_bernstein_upper_bound_and_valid_from_recomputed_from_dense_constants(in
             r, eps = TB.score_radius_bernstein(c, n, tail)
             r_cont, r_of = _net_radius_dense(dc["dim"], dc["zeta"], n, tail)
             assert r_cont * (1 - 1e-9) <= r <= 1.005 * r_cont and r == pytest.approx(r_of(eps), rel=1e-12)
-        # n0: first integer n >= 3 with zeta r_n < 1, from a root of the continuous condition
-        f = lambda x: dc["zeta"] * TB.score_radius_bernstein(c, x, tail)[0] - 1  # noqa: E731
+        # n0: first integer n >= 3 with tau r_n < 1, from a root of the continuous condition
+        assert c.tau == pytest.approx(dc["tau"], rel=1e-7)
+        f = lambda x: dc["tau"] * TB.score_radius_bernstein(c, x, tail)[0] - 1  # noqa: E731
         root = optimize.brentq(f, 3.0, 1e30, xtol=1e-12, rtol=1e-14)
         n0 = max(3, math.ceil(root) + (f(math.ceil(root)) >= 0))
         assert TB.upper_bound_bernstein_valid_from(c, tail) == n0
@@ -621,8 +728,8 @@ def test_bernstein_upper_bound_and_valid_from_recomputed_from_dense_constants(in
             hp = TB.upper_bound_bernstein_high_probability(c, n, tail)
             r, s = ub.score_radius, ub.error_radius
             psi = TB.sandwich_factors(dc["zeta_eval"] * s)[1]
-            m = dc["zeta"] * s
-            assert hp.valid and hp.value == pytest.approx(0.5 * beta * psi * dc["kappa"] * (m / (1 - math.exp(-m))) ** 2 * r**2, rel=1e-9)
+            eta = _eta_dense(s, dc["tau"], dc["zeta"], r)
+            assert hp.valid and hp.value == pytest.approx(0.5 * beta * psi * dc["kappa"] * (1 + eta) ** 2 * r**2, rel=1e-9)
 
 
 def test_bernstein_factor_and_jensen_factor_tend_to_one_at_the_proved_rates():

@@ -102,6 +102,11 @@ class BoundConstants(NamedTuple):
       dim: ``rank(S)``, the dimension of the labelled span [d_V].
       kappa: ``lambda_max(S^{+1/2} I S^{+1/2})`` [kappa].
       zeta: ``beta max_{e: w_e > 0} ||z_e||_{S^+}`` [zeta].
+      tau: third-moment self-concordance constant [tau] (section 9, Lemma 9.3):
+        ``tau >= max_{v, delta} sum_e c_e (b_e.v)^2 |b_e.delta|`` over unit ``v, delta`` in the
+        labelled span, with ``b_e = beta S^{+1/2} z_e`` and ``c_e = w_e sigma'_e``; computed as
+        ``min(zeta, sqrt(lambda_max(sum_e c_e vec(b_e b_e^T) vec(b_e b_e^T)^T)))``, the square
+        root of a rigorous (Collatz-Wielandt) upper bound of that largest eigenvalue.
       zeta_eval: ``max_{target pairs} ||phi - phi'||_{S^+}`` [zeta_I]; ``inf`` when a
         target pair leaves the labelled span.
       coverage: smallest non-zero eigenvalue of ``S`` [lambda_S, assumption A3].
@@ -139,6 +144,7 @@ class BoundConstants(NamedTuple):
     dim: int
     kappa: float
     zeta: float
+    tau: float
     zeta_eval: float
     coverage: float
     theta_norm: float
@@ -253,6 +259,37 @@ def _max_mahalanobis(z, basis, lam):
     return float(np.sqrt(((coords**2) / lam).sum(axis=1)).max())
 
 
+def _fourth_moment_bound(b, c, iters: int = 300, rtol: float = 1e-10) -> float:
+    """An upper bound of ``lambda_max(sum_e c_e vec(b_e b_e^T) vec(b_e b_e^T)^T)`` (Lemma 9.3).
+
+    That matrix is ``A^T A`` with rows ``A_e = sqrt(c_e) vec(b_e b_e^T)``, so its largest
+    eigenvalue is that of the non-negative Gram matrix ``G_ef = sqrt(c_e c_f) (b_e.b_f)^2``.
+    For any positive ``x``, ``lambda_max(G) <= max_e (G x)_e / x_e`` (Collatz-Wielandt), so
+    every power iterate gives a rigorous bound; the smallest one is returned. ``G`` is never
+    formed: ``(G x)_e = sqrt(c_e) b_e^T (sum_f x_f sqrt(c_f) b_f b_f^T) b_e``.
+
+    Args:
+      b: ``[E, r]`` whitened edge vectors ``beta S^{+1/2} z_e``.
+      c: ``[E]`` positive weights ``w_e sigma'_e``.
+    """
+    if b.shape[0] == 0:
+        return 0.0
+    sq = np.sqrt(c)
+    x = sq.copy()  # G sqrt(c) = sqrt(c) ||b_e||^2: the first bound is zeta^2
+    best = math.inf
+    for _ in range(iters):
+        m = (b.T * (x * sq)) @ b
+        gx = sq * np.sum((b @ m) * b, axis=1)
+        bound = float(np.max(gx / x))
+        lower = float(x @ gx / (x @ x))  # Rayleigh quotient <= lambda_max
+        best = min(best, bound)
+        if best - lower <= rtol * best:
+            break
+        x = gx / np.linalg.norm(gx)
+        x = np.maximum(x, 1e-300)  # stays positive (G has a positive diagonal); guards underflow
+    return best
+
+
 @checked(**POOL)
 def pair_diameter(features: Features, log_ref: LogRef) -> float:
     """``D_phi = max_x max_{y, y'} ||phi(x, y) - phi(x, y')||`` over present completions."""
@@ -324,6 +361,7 @@ def instance_constants(
         only ``gap_max`` and :func:`check_radius` use it (Theorem 1 holds for plain DPO).
     """
     m = np.shape(features)[0]
+    beta_f = float(beta)
     if radius is None:
         radius = math.inf
 
@@ -334,7 +372,11 @@ def instance_constants(
     curv = np.asarray(policy_curvature_kernel(theta, jnp.asarray(features, dtype), jnp.asarray(log_ref, dtype), rho), f64)
     curv = 0.5 * (curv + curv.T)
     sigma = np.asarray(information_matrix_kernel(theta, jnp.asarray(diffs, dtype), jnp.asarray(weights, dtype), beta), f64)
-    z_edges = np.asarray(diffs, f64)[np.asarray(weights) > 0]
+    labelled = np.asarray(weights) > 0
+    z_edges = np.asarray(diffs, f64)[labelled]
+    # c_e = w_e sigma'(beta theta*^T z_e) on the labelled edges (S = sum_e c_e beta^2 z_e z_e^T).
+    margin = beta_f * (z_edges @ np.asarray(theta_star, f64))
+    edge_info = np.asarray(weights, f64)[labelled] * np.exp(-np.logaddexp(0.0, margin) - np.logaddexp(0.0, -margin))
     z_pairs, pair_prompt = _target_pairs(features, log_ref, with_prompt=True)
     ts = np.asarray(theta_star, f64)
     beta = float(beta)
@@ -383,6 +425,7 @@ def instance_constants(
         dim=dim,
         kappa=kappa,
         zeta=zeta,
+        tau=min(zeta, math.sqrt(_fourth_moment_bound(beta * (z_edges @ s_half_inv), edge_info))),
         zeta_eval=zeta_eval,
         coverage=float(lam_s.min()),
         theta_norm=theta_norm,
@@ -710,7 +753,7 @@ def plug_in_factor_radius(r0, target_diameter, edge_diameter, beta) -> float:
 # log-partition at the posterior mean) and the worst-case Fisher information by its
 # prior mean (log-concavity of sigma'): factor 1 - O(n^{-1/3}) instead of 1 - O(n^{-1/8}).
 
-_NET_GRID = tuple(float(e) for e in np.round(np.arange(0.02, 0.805, 0.01), 2))
+_NET_GRID = tuple(float(e) for e in np.round(np.arange(0.02, 1.405, 0.01), 2))
 
 
 class BernsteinUpperBound(NamedTuple):
@@ -724,8 +767,9 @@ class BernsteinUpperBound(NamedTuple):
       remainder: ``G_sup n^{-a}``.
       score_radius: ``r_n``, the net-Bernstein radius of ``||S^{+1/2} g_n||`` (Lemma 9.1).
       net: the net parameter ``epsilon`` that minimises ``r_n``.
-      error_radius: ``s_n = -log(1 - zeta r_n) / zeta``.
-      e1, e2: the chord slopes ``(psi_+(zeta_I s_n) - 1) / r_n`` and ``sqrt(kappa) eta(zeta s_n) / r_n``.
+      error_radius: ``s_n = -log(1 - tau r_n) / tau``.
+      e1, e2: the chord slopes ``(psi_+(zeta_I s_n) - 1) / r_n`` and ``sqrt(kappa) eta_n / r_n``, ``eta_n``
+        the perturbation bound of Lemmas 5.2 and 9.3 at ``r_n``.
       moment_r4, moment_x4: the bounds ``M_R >= E ||u||^4`` and ``M_X >= E ||A u||^4`` (Lemma 9.2).
     """
 
@@ -767,9 +811,9 @@ class JensenLowerBound(NamedTuple):
 
 
 def _net_radius(c, n, tail, eps):
-    """``(sqrt(2 y / n) + zeta y / (3 n)) / (1 - eps)``, ``y = a log n + d_V log(1 + 2 / eps)`` (Lemma 9.1)."""
+    """``(sqrt(2 y / n) + zeta y / (3 n)) / (1 - eps^2 / 2)``, ``y = a log n + d_V log(1 + 2 / eps)`` (Lemma 9.1)."""
     y = tail * math.log(n) + c.dim * math.log1p(2.0 / eps)
-    return (math.sqrt(2.0 * y / n) + c.zeta * y / (3.0 * n)) / (1.0 - eps)
+    return (math.sqrt(2.0 * y / n) + c.zeta * y / (3.0 * n)) / (1.0 - 0.5 * eps * eps)
 
 
 @checked(n=BUDGET, tail=TAIL)
@@ -784,10 +828,25 @@ def score_radius_bernstein(c: BoundConstants, n, tail: float = 2.0):
 
 
 def _bernstein_conditions(c, n, tail):
+    """Theorem 4's condition: A1, ``n >= 3`` and ``tau r_n < 1``; returns ``(valid, r_n, eps, s_n)``."""
     r, eps = score_radius_bernstein(c, n, tail)
-    if not (c.identifiable and n >= 3 and c.zeta * r < 1.0):
+    if not (c.identifiable and n >= 3 and c.tau * r < 1.0):
         return False, r, eps, math.inf
-    return True, r, eps, -math.log1p(-c.zeta * r) / c.zeta
+    return True, r, eps, -math.log1p(-c.tau * r) / c.tau
+
+
+def _perturbation(c, r, s):
+    """A bound on ``||M^{-1} - Id||`` at score norm ``r`` (Lemmas 5.2 and 9.3), convex in ``r``, 0 at 0.
+
+    ``s = -log(1 - tau r) / tau``. Lemma 9.3 gives ``eta(tau s) + tau^2 s^2 e^{zeta s} / 6``; where
+    ``zeta r < 1`` Lemma 5.2's ``eta(zeta s')``, ``s' = -log(1 - zeta r) / zeta``, also holds, and
+    the smaller of the two is returned (both are convex in ``r`` and vanish at 0, so each
+    chord bound of Theorem 4 holds for the minimum of their chords).
+    """
+    new = _eta(c.tau * s) + (c.tau * s) ** 2 * math.exp(c.zeta * s) / 6.0
+    if c.zeta * r < 1.0:
+        return min(new, _eta(-math.log1p(-c.zeta * r)))
+    return new
 
 
 def _score_fourth_moments(c, n):
@@ -807,7 +866,8 @@ def upper_bound_bernstein(c: BoundConstants, n, tail: float = 2.0) -> BernsteinU
        \\mathbb E\\,G \\le \\frac\\beta2\\Big(\\sqrt{\\Phi/n + e_1\\sqrt{d_V/n}\\sqrt{M_X}}
          + e_2\\sqrt{(1 + e_1 r_n) M_R}\\Big)^2 + G_{\\sup} n^{-a}
 
-    for ``n >= n_0`` (``zeta r_n < 1`` with the net-Bernstein radius ``r_n``).
+    for ``n >= n_0`` (``tau r_n < 1`` with the net-Bernstein radius ``r_n`` and the
+    third-moment constant ``tau <= zeta`` of Lemma 9.3).
 
     Args:
       c: :func:`instance_constants` of the empirical design.
@@ -819,7 +879,7 @@ def upper_bound_bernstein(c: BoundConstants, n, tail: float = 2.0) -> BernsteinU
     if not valid:
         return BernsteinUpperBound(math.inf, False, leading, math.inf, math.inf, r, eps, s, math.inf, math.inf, math.inf, math.inf)
     e1 = (sandwich_factors(c.zeta_eval * s)[1] - 1.0) / r
-    e2 = math.sqrt(c.kappa) * _eta(c.zeta * s) / r
+    e2 = math.sqrt(c.kappa) * _perturbation(c, r, s) / r
     m_r, m_x = _score_fourth_moments(c, n)
     first = math.sqrt(c.criterion / n + e1 * math.sqrt(c.dim / n) * math.sqrt(m_x))
     second = e2 * math.sqrt((1.0 + e1 * r) * m_r)
@@ -830,20 +890,22 @@ def upper_bound_bernstein(c: BoundConstants, n, tail: float = 2.0) -> BernsteinU
 
 @checked(n=BUDGET, tail=TAIL)
 def upper_bound_bernstein_high_probability(c: BoundConstants, n, tail: float = 2.0) -> HighProbabilityBound:
-    """Theorem 4': with probability ``>= 1 - n^{-a}``, ``G <= (beta/2) psi_+(zeta_I s_n) kappa (1 + eta(zeta s_n))^2 r_n^2``.
+    """Theorem 4': with probability ``>= 1 - n^{-a}``, ``G <= (beta/2) psi_+(zeta_I s_n) kappa (1 + eta_n)^2 r_n^2``.
+
+    ``s_n = -log(1 - tau r_n) / tau`` and ``eta_n`` the perturbation bound of Lemmas 5.2 and 9.3.
 
     Theorem 1' on the event of Lemma 9.1 (net-Bernstein radius ``r_n``).
     """
     valid, r, _, s = _bernstein_conditions(c, n, tail)
     if not valid:
         return HighProbabilityBound(math.inf, False, n ** (-tail), r, s)
-    value = 0.5 * c.beta * sandwich_factors(c.zeta_eval * s)[1] * c.kappa * (1.0 + _eta(c.zeta * s)) ** 2 * r**2
+    value = 0.5 * c.beta * sandwich_factors(c.zeta_eval * s)[1] * c.kappa * (1.0 + _perturbation(c, r, s)) ** 2 * r**2
     return HighProbabilityBound(value, True, n ** (-tail), r, s)
 
 
 @checked(tail=TAIL)
 def upper_bound_bernstein_valid_from(c: BoundConstants, tail: float = 2.0) -> float:
-    """``n_0`` of Theorem 4: the smallest integer ``n >= 3`` with ``zeta r_n < 1`` (``inf`` if none).
+    """``n_0`` of Theorem 4: the smallest integer ``n >= 3`` with ``tau r_n < 1`` (``inf`` if none).
 
     Each net radius decreases in ``n >= 3``, so their minimum does and the condition is
     monotone; found by doubling and bisection.
