@@ -11,7 +11,7 @@ Two quantities are simulated, each the one its theorem is about:
   prior of Theorem 2 (the quantity that theorem bounds from below for every
   estimator; the local worst case is at least as large), for the estimator "the MLE
   when it exists, else the reference ``theta = 0``".
-  Theorem 5 (section 10) has its own prior box (``lower_bound_jensen(...).widths``);
+  Theorem 5 (section 10) has its own prior (``lower_bound_jensen(...).widths`` and ``.shape``);
   its Bayes risk is simulated separately (``bayes_new_*`` in :class:`BoundRow`).
 
 Labels are simulated as binomial win counts on a dense ``[E]`` count vector, so one
@@ -134,7 +134,9 @@ def safeguarded_gaps(key, world: World, diffs, counts, num_replicates: int, radi
       prior: ``None`` (truth ``theta*``), ``(constants, n, alpha)`` to draw the truth
         from the van Trees prior of :func:`theory.bounds.lower_bound`, or
         ``(constants, widths)`` for the box of half-widths ``widths`` in the coordinates
-        ``constants.prior_basis`` (the prior of :func:`theory.bounds.lower_bound_jensen`).
+        ``constants.prior_basis``, or ``(constants, widths, shape)`` with ``shape`` ``"box"`` or
+        ``"ball"`` (the ellipsoid of semi-axes ``widths``): the priors of
+        :func:`theory.bounds.lower_bound_jensen` (its ``widths`` and ``shape``).
 
     Returns:
       ``(gaps [R], used_mle [R])`` as numpy arrays.
@@ -144,17 +146,24 @@ def safeguarded_gaps(key, world: World, diffs, counts, num_replicates: int, radi
     diffs = jnp.asarray(diffs)
     truth_prior = None
     if prior is not None:
-        if len(prior) == 3:
+        shape = "box"
+        if len(prior) == 3 and not isinstance(prior[2], str):
             c, n, alpha = prior
             widths = TB.prior_widths(c, n, alpha)
-        elif len(prior) == 2:
-            c, widths = prior
+        elif len(prior) in (2, 3):
+            c, widths = prior[:2]
+            shape = prior[2] if len(prior) == 3 else "box"
+            if shape not in TB.PRIOR_SHAPES:
+                raise ValueError(f"prior shape must be one of {', '.join(TB.PRIOR_SHAPES)}, got {shape!r}")
             widths = np.asarray(widths, np.float64)
             if widths.shape != (c.prior_basis.shape[1],) or not np.all(np.isfinite(widths)) or np.any(widths < 0):
                 raise ValueError(f"prior widths must be {c.prior_basis.shape[1]} finite numbers >= 0, got {widths!r}")
         else:
-            raise ValueError(f"prior must be None, (constants, n, alpha) or (constants, widths), got {len(prior)} items")
+            raise ValueError(f"prior must be None, (constants, n, alpha), (constants, widths) or (constants, widths, shape), "
+                             f"got {len(prior)} items")
         truth_prior = (c.prior_basis, widths)
+        if shape == "ball":
+            truth_prior += (TB.ball_radial_cdf(widths.size),)
     keys = jax.random.split(key, num_replicates)
     res = replicate_gaps(keys, world.theta_star, diffs, counts, float(world.beta), world.eval,
                          safeguard_radius=float(radius), truth_prior=truth_prior)
@@ -269,7 +278,7 @@ def check_design_bounds(
         ub2 = TB.upper_bound_bernstein(c, n, tail)
         lb2 = TB.lower_bound_jensen(c, n)
         gb2, _ = safeguarded_gaps(jax.random.fold_in(k_bayes, 1), world, problem.edges.diffs, counts, num_replicates,
-                                  math.inf, prior=(c, lb2.widths))
+                                  math.inf, prior=(c, lb2.widths, lb2.shape))
         b2mean, b2se = float(gb2.mean()), float(gb2.std(ddof=1) / math.sqrt(gb2.size))
         exceed = int(np.sum(g > hp.value)) if hp.valid else 0
         mean, se = float(g.mean()), float(g.std(ddof=1) / math.sqrt(g.size))

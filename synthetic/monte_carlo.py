@@ -31,7 +31,8 @@ are finite by construction. ``ReplicateResult.mle_exists`` says, for every estim
 whether the replicate's unpenalised MLE exists.
 * ``truth_prior = (basis, widths)``: each replicate draws its own truth from the
   van Trees prior of Theorem 2 (``theory.bounds.sample_box_kernel``) and measures the gap
-  against it (a Bayes risk).
+  against it (a Bayes risk); ``(basis, widths, radial_cdf)`` draws it from the ellipsoid
+  prior of Theorem 5 (``theory.bounds.sample_ball_kernel``).
 """
 
 from __future__ import annotations
@@ -96,20 +97,24 @@ _MIN_BUCKET = 16
 
 
 @functools.lru_cache(maxsize=64)
-def _core(estimator: str, params_json: str, safeguard: bool, prior: bool, fit_dtype: str | None, sampler: str) -> Callable:
+def _core(estimator: str, params_json: str, safeguard: bool, prior: str | None, fit_dtype: str | None, sampler: str) -> Callable:
     fit = ESTIMATORS[estimator]
     params = json.loads(params_json)
 
     @jax.jit
-    def run(keys, theta_star, diffs, counts, pilot_counts, pilot_wins, beta, features, log_ref, rho, radius, basis, widths):
+    def run(keys, theta_star, diffs, counts, pilot_counts, pilot_wins, beta, features, log_ref, rho, radius, basis, widths, radial):
         TRACE_COUNT["replicates"] += 1  # runs at trace time only
 
         def draw(key):
             k_theta, k_labels = jax.random.split(key)
-            if prior:
+            if prior == "box":
                 from theory.bounds import sample_box_kernel
 
                 truth = sample_box_kernel(k_theta, theta_star, basis, widths)
+            elif prior == "ball":
+                from theory.bounds import sample_ball_kernel
+
+                truth = sample_ball_kernel(k_theta, theta_star, basis, widths, radial)
             else:
                 truth = theta_star
             return truth, simulate_wins(k_labels, truth, diffs, counts - pilot_counts, beta, method=sampler) + pilot_wins
@@ -187,7 +192,9 @@ def replicate_gaps(
         per label) or ``"optax"`` (gradient DPO); ``estimator_params`` its options
         (the keyword parameters of ``ESTIMATORS[estimator]``).
       safeguard_radius: ``B`` of the safeguarded estimator, or ``None``.
-      truth_prior: ``(basis [d, k], widths [k])`` to draw each replicate's truth.
+      truth_prior: ``(basis [d, k], widths [k])`` to draw each replicate's truth from the box
+        prior, or ``(basis, widths, radial_cdf [G])`` from the ellipsoid prior
+        (``theory.bounds.ball_radial_cdf(k)``).
       chunk_size: replicates per compiled call (default: all at once); the numbers
         do not depend on it.
       progress: called with the number of replicates finished after each chunk.
@@ -228,20 +235,23 @@ def replicate_gaps(
     used = np.zeros(size)
     used[: support.size] = 1.0
     sub = lambda a: jnp.asarray(np.asarray(a)[idx] * used, dtype)  # noqa: E731 - padded rows carry no labels
+    radial = jnp.zeros((2,), dtype)
     if truth_prior is None:
         basis, widths = jnp.zeros((d, 1), dtype), jnp.zeros((1,), dtype)
     else:
-        basis, widths = (jnp.asarray(a, dtype) for a in truth_prior)
+        basis, widths = (jnp.asarray(a, dtype) for a in truth_prior[:2])
+        if len(truth_prior) == 3:
+            radial = jnp.asarray(truth_prior[2], dtype)
     radius = jnp.asarray(np.inf if safeguard_radius is None else float(safeguard_radius), dtype)
     if fit_dtype not in (None, "float32", "float64"):
         raise ValueError(f"fit_dtype must be one of None, 'float32', 'float64', got {fit_dtype!r}")
     # the label sampler is chosen here, from the concrete counts, so only one is compiled
     sampler = "inverse" if np.max(counts - p_counts) <= INVERSE_CDF_MAX_COUNT else "btrs"
-    run = _core(estimator, json.dumps(params, sort_keys=True), safeguard_radius is not None, truth_prior is not None,
-                fit_dtype, sampler)
+    prior_shape = None if truth_prior is None else ("ball" if len(truth_prior) == 3 else "box")
+    run = _core(estimator, json.dumps(params, sort_keys=True), safeguard_radius is not None, prior_shape, fit_dtype, sampler)
     rho = jnp.asarray(eval_pool.prompt_weights, dtype) / jnp.sum(eval_pool.prompt_weights)
     args = (jnp.asarray(theta_star, dtype), diffs[idx], sub(counts), sub(p_counts), sub(p_wins), float(beta),
-            eval_pool.features, eval_pool.log_ref, rho, radius, basis, widths)
+            eval_pool.features, eval_pool.log_ref, rho, radius, basis, widths, radial)
     keys = jnp.asarray(keys)
     r = keys.shape[0]
     step = r if chunk_size is None else int(chunk_size)

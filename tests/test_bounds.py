@@ -782,8 +782,11 @@ def test_jensen_lower_bound_recomputed_densely(instance):
     np.testing.assert_allclose(c.prompt_loss.sum(axis=0), c.prior_loss, rtol=1e-8, atol=1e-12)
     for n in [1e3, 1e6, 1e10]:
         lb = TB.lower_bound_jensen(c, n)
-        assert lb.value == pytest.approx(_dense_jensen(world, c, dc, n, lb.widths), rel=1e-9)
-        assert lb.value == pytest.approx(TB.jensen_terms(c, n, lb.widths)[0], rel=1e-12)
+        if lb.shape == "box":
+            assert lb.value == pytest.approx(_dense_jensen(world, c, dc, n, lb.widths), rel=1e-9)
+        assert lb.value == pytest.approx(TB.jensen_terms(c, n, lb.widths, shape=lb.shape)[0], rel=1e-12)
+        a0 = TB.prior_widths(c, n, 3.0)
+        assert TB.jensen_terms(c, n, a0)[0] == pytest.approx(_dense_jensen(world, c, dc, n, a0), rel=1e-9)
         assert lb.factor == pytest.approx(lb.value / (world.beta * dc["phi"] / (2 * n)), rel=1e-9)
         assert 0 < lb.value < TB.asymptotic_prediction(c, n)
         # the refinement only ever helps, and the grid includes the rate's alpha_n
@@ -794,6 +797,108 @@ def test_jensen_lower_bound_recomputed_densely(instance):
         assert base.value >= _dense_jensen(world, c, dc, n, TB.prior_widths(c, n, a_n)) * (1 - 1e-12)
         # Theorem 5 dominates Theorem 2 (no truncation) on these instances
         assert lb.value > TB.lower_bound(c, n, grid=12).value
+
+
+def _ball_information_quadrature(dim):
+    """Fisher information per direction of psi^2 on the unit ball of R^dim, psi(r) = r^{-nu} J_nu(j r), by quadrature;
+    psi' by central differences (independent of Bessel identities); j located by a sign scan."""
+    from scipy import special
+
+    nu = dim / 2 - 1
+    xs = np.linspace(1e-3, dim + 10, 200_001)
+    vals = special.jv(nu, xs)
+    i = np.nonzero(np.sign(vals[:-1]) != np.sign(vals[1:]))[0][0]
+    j = optimize.brentq(lambda x: special.jv(nu, x), xs[i], xs[i + 1], xtol=1e-15)
+
+    def psi(r):
+        return r ** (-nu) * special.jv(nu, j * r)
+
+    h = 1e-5
+
+    def dpsi(r):
+        return (psi(r + h) - psi(r - h)) / (2 * h)
+
+    num = integrate.quad(lambda r: dpsi(r) ** 2 * r ** (dim - 1), 2 * h, 1, epsabs=0, epsrel=1e-11, limit=200)[0]
+    den = integrate.quad(lambda r: psi(r) ** 2 * r ** (dim - 1), 1e-12, 1, epsabs=0, epsrel=1e-12, limit=200)[0]
+    return 4 * num / den / dim, j, psi
+
+
+def test_ball_prior_information_and_radial_cdf_against_quadrature():
+    """Section 10.5: the ellipsoid prior's Fisher information 4 j^2 / d per direction and its radial CDF (Lommel)."""
+    assert TB.ball_prior_information(1) == pytest.approx(math.pi**2, rel=1e-13)  # the box's cos^2 in one dimension
+    for dim in [1, 2, 3, 5, 12, 19]:
+        info, j, psi = _ball_information_quadrature(dim)
+        assert TB.ball_prior_information(dim) == pytest.approx(info, rel=1e-7)
+        cdf = TB.ball_radial_cdf(dim, 257)
+        total = integrate.quad(lambda r: psi(r) ** 2 * r ** (dim - 1), 0, 1, epsabs=0, epsrel=1e-12)[0]
+        for k in [16, 64, 128, 200, 256]:
+            r = k / 256
+            part = integrate.quad(lambda t: psi(t) ** 2 * t ** (dim - 1), 0, r, epsabs=0, epsrel=1e-12)[0]
+            assert cdf[k] == pytest.approx(part / total, rel=1e-8, abs=1e-13)
+    # more information per direction than the box (pi^2), the price of an l2 instead of an l1 spread
+    assert all(TB.ball_prior_information(d) > math.pi**2 for d in [2, 3, 12])
+    with pytest.raises(ValueError, match="dim"):
+        TB.ball_prior_information(0)
+
+
+def test_ball_prior_draws_lie_in_the_ellipsoid_with_the_radial_law():
+    dim, draws = 5, 20_000
+    widths = jnp.asarray([0.5, 1.0, 2.0, 0.1, 3.0])
+    cdf = jnp.asarray(TB.ball_radial_cdf(dim))
+    nu = jax.vmap(lambda k: TB.sample_ball_kernel(k, jnp.zeros(dim), jnp.eye(dim), widths, cdf))(jax.random.split(jax.random.key(0), draws))
+    w = np.asarray(nu) / np.asarray(widths)
+    r = np.linalg.norm(w, axis=1)
+    assert r.max() <= 1 + 1e-12
+    grid = np.linspace(0, 1, cdf.shape[0])
+    assert stats.kstest(r, lambda x: np.interp(x, grid, np.asarray(cdf))).pvalue > 1e-3
+    # uniform direction: each coordinate centred with E w_i^2 = E r^2 / d (z-tests at level 1e-3)
+    for i in range(dim):
+        assert abs(w[:, i].mean()) <= 3.29 * w[:, i].std(ddof=1) / math.sqrt(draws)
+        q = w[:, i] ** 2 - r**2 / dim
+        assert abs(q.mean()) <= 3.29 * q.std(ddof=1) / math.sqrt(draws)
+
+
+@pytest.mark.parametrize("instance", ["subspace", "contextual"])
+def test_ellipsoid_jensen_terms_recomputed_densely_and_the_better_shape_is_taken(instance):
+    world, prob, w, c, dc = _subspace_instance() if instance == "subspace" else _contextual_instance()
+    rng = np.random.default_rng(2)
+    b = c.prior_basis
+    for n in [1e3, 1e6]:
+        for _ in range(3):
+            a = TB.prior_widths(c, n, 10 ** rng.uniform(-0.5, 1.5)) * rng.uniform(0.5, 2.0, size=b.shape[1])
+            # dense: each prompt's spread maximised over the ellipsoid by its explicit maximiser a * y / ||a * y||
+            ev = world.eval
+            feats, log_ref = np.asarray(ev.features), np.asarray(ev.log_ref)
+            rho = np.full(feats.shape[0], 1.0 / feats.shape[0]) if ev.prompt_weights is None else np.asarray(ev.prompt_weights)
+            rho = rho / rho.sum()
+            present = np.isfinite(log_ref)
+            logits = np.where(present, log_ref + feats @ np.asarray(world.theta_star), -np.inf)
+            prob_ = np.exp(logits - np.logaddexp.reduce(logits, axis=1, keepdims=True))
+            loss = np.zeros(b.shape[1])
+            for x in range(feats.shape[0]):
+                idx = np.nonzero(present[x])[0]
+                f = feats[x, idx]
+                spread = 0.0
+                for i in range(len(idx)):
+                    for k in range(len(idx)):
+                        y = b.T @ (f[i] - f[k])
+                        if np.any(y != 0):
+                            omega = a * y / np.linalg.norm(a * y)
+                            spread = max(spread, float((a * omega) @ y))
+                cov = (f - prob_[x, idx] @ f).T @ np.diag(prob_[x, idx]) @ (f - prob_[x, idx] @ f)
+                loss += rho[x] * math.exp(-spread) * np.diag(b.T @ cov @ b)
+            info = np.diag(b.T @ dc["s"] @ b)
+            fisher = max(0.5 * world.beta**2 * np.sum((z @ b) ** 2 * a**2) for z in dc["edges"])
+            j_info = _ball_information_quadrature(b.shape[1])[0]
+            dense = 0.5 * world.beta * np.sum(loss / (n * math.exp(fisher) * info + j_info / a**2))
+            assert TB.jensen_terms(c, n, a, shape="ball")[0] == pytest.approx(dense, rel=1e-7)
+        lb = TB.lower_bound_jensen(c, n)
+        assert lb.value == pytest.approx(TB.jensen_terms(c, n, lb.widths, shape=lb.shape)[0], rel=1e-12)
+        for shape in TB.PRIOR_SHAPES:  # the returned prior is at least as good as either family's best member
+            grid = max(TB.jensen_terms(c, n, TB.prior_widths(c, n, al), shape=shape)[0] for al in np.geomspace(1e-2, 1e5, 141))
+            assert lb.value >= grid * (1 - 1e-12)
+    with pytest.raises(ValueError, match="shape"):
+        TB.jensen_terms(c, 100, np.ones(c.prior_info.size), shape="sphere")
 
 
 @pytest.mark.slow
@@ -843,8 +948,14 @@ def test_monte_carlo_on_the_subspace_world_obeys_theorems_4_and_5():
         mean, se = g.mean(), g.std(ddof=1) / math.sqrt(g.size)
         assert (mean - ub.value) / se <= Z
         lb = TB.lower_bound_jensen(c, n)
-        gb, _ = safeguarded_gaps(jax.random.key(40 + i), world, prob.edges.diffs, counts, 400, math.inf, prior=(c, lb.widths))
+        gb, _ = safeguarded_gaps(jax.random.key(40 + i), world, prob.edges.diffs, counts, 400, math.inf, prior=(c, lb.widths, lb.shape))
         assert (lb.value - gb.mean()) / (gb.std(ddof=1) / math.sqrt(gb.size)) <= Z
+        # the other shape's best one-parameter prior bounds the Bayes risk under that prior too
+        other = "ball" if lb.shape == "box" else "box"
+        val, al = max((TB.jensen_terms(c, n, TB.prior_widths(c, n, a), shape=other)[0], a) for a in np.geomspace(1e-2, 1e5, 141))
+        go, _ = safeguarded_gaps(jax.random.key(50 + i), world, prob.edges.diffs, counts, 400, math.inf,
+                                 prior=(c, TB.prior_widths(c, n, al), other))
+        assert (val - go.mean()) / (go.std(ddof=1) / math.sqrt(go.size)) <= Z
         # Power: the bounds are within a factor 3 of the measured risks from n = 1e4 on, so a bound
         # that dropped a term or a factor of this size would be caught.
         if n >= 10_000:
@@ -869,3 +980,6 @@ def test_new_bounds_bad_inputs_name_the_field(rng):
         TB.jensen_terms(c, 100, -np.ones(c.prior_info.size))
     with pytest.raises(ValueError, match="prior"):
         safeguarded_gaps(jax.random.key(0), None, edges.diffs, np.ones(edges.num_edges), 2, 1.0, prior=(c,))
+    with pytest.raises(ValueError, match="shape"):
+        safeguarded_gaps(jax.random.key(0), None, edges.diffs, np.ones(edges.num_edges), 2, 1.0,
+                         prior=(c, np.ones(c.prior_basis.shape[1]), "sphere"))

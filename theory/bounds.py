@@ -34,6 +34,7 @@ of two ``d x d`` matrices), whatever JAX's default precision.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -82,6 +83,10 @@ __all__ = [
     "lower_bound_jensen",
     "jensen_terms",
     "sample_box_kernel",
+    "sample_ball_kernel",
+    "ball_prior_information",
+    "ball_radial_cdf",
+    "PRIOR_SHAPES",
 ]
 
 # Specs of the scalar arguments the results share (theory.checked): a budget and a tail exponent.
@@ -796,9 +801,11 @@ class JensenLowerBound(NamedTuple):
       alpha: the scale of the best one-parameter prior ``a_j = alpha / sqrt(n s_j + 1)``.
       widths: ``[d_p]`` the half-widths ``a_j`` of the prior box actually used (after the
         per-direction refinement when it helped); :func:`jensen_terms` recomputes ``value`` from them.
-      rho_box: ``rho_N``, the largest target-pair spread over the box.
+      rho_box: ``rho_N``, the largest target-pair spread over the prior's support.
       fisher_inflation: ``mu_N``, with ``E_pi Sigma_w(theta) <= e^{mu_N} S``.
       refined: whether the per-direction refinement improved on the one-parameter family.
+      shape: ``"box"`` (independent coordinates, section 10) or ``"ball"`` (the ellipsoid
+        ``sum_j (nu_j / a_j)^2 <= 1``, section 10.5), whichever gave the larger bound.
     """
 
     value: float
@@ -808,6 +815,7 @@ class JensenLowerBound(NamedTuple):
     rho_box: float
     fisher_inflation: float
     refined: bool
+    shape: str = "box"
 
 
 def _net_radius(c, n, tail, eps):
@@ -929,24 +937,105 @@ def upper_bound_bernstein_valid_from(c: BoundConstants, tail: float = 2.0) -> fl
     return float(hi)
 
 
-@checked(n=BUDGET)
-def jensen_terms(c: BoundConstants, n, widths):
-    """Theorem 5's right side for one prior box; returns ``(value, rho_N, mu_N)`` (section 10).
+#: The prior supports of Theorem 5: the box ``|nu_j| <= a_j`` (independent cos^2 coordinates)
+#: and the ellipsoid ``sum_j (nu_j / a_j)^2 <= 1`` (the ball's first Dirichlet eigenfunction squared).
+PRIOR_SHAPES = ("box", "ball")
+SHAPE = "one of " + ", ".join(PRIOR_SHAPES)
 
-    ``value = (beta/2) sum_j (sum_x e^{-rho_{x,N}} L_{xj}) / (n e^{mu_N} s_j + pi^2 / a_j^2)`` with
-    ``L_{xj} = rho(x) Var_{pi*(.|x)}(b_j . phi)`` (``prompt_loss``; ``sum_x L_{xj} = c_j``),
-    ``rho_{x,N} = max_{pairs of x} sum_j a_j |b_j . z|`` (``rho_N`` is their maximum) and
-    ``mu_N = max_{labelled e} sum_j beta^2 (b_j . z_e)^2 a_j^2 / 2``.
+
+@functools.lru_cache(maxsize=256)
+def _bessel_first_zero(nu: float) -> float:
+    """The first positive zero ``j_{nu,1}`` of ``J_nu`` (``nu >= -1/2``), by a scan and Brent's method."""
+    from scipy import optimize, special
+
+    x, fx = 1e-3, float(special.jv(nu, 1e-3))
+    while True:
+        y = x + 0.05
+        fy = float(special.jv(nu, y))
+        if fx * fy <= 0.0:
+            return float(optimize.brentq(lambda t: special.jv(nu, t), x, y, xtol=1e-15, rtol=1e-15))
+        x, fx = y, fy
+
+
+def ball_prior_information(dim: int) -> float:
+    """``4 j_{dim/2-1,1}^2 / dim``: the Fisher information per direction of the prior ``psi^2`` on the unit
+    ball of ``R^dim``, ``psi(w) ~ |w|^{-nu} J_nu(j |w|)``, ``nu = dim/2 - 1`` (section 10.5).
+
+    ``psi`` is the first Dirichlet eigenfunction of the ball, so ``psi^2`` has the smallest Fisher
+    information (trace ``4 j^2``) of all densities on it; by symmetry the matrix is ``4 j^2 / dim``
+    times the identity. ``dim = 1`` gives ``pi^2``, the box's ``cos^2`` prior.
+    """
+    dim = check_argument("dim", dim, "int >= 1")
+    return 4.0 * _bessel_first_zero(0.5 * dim - 1.0) ** 2 / dim
+
+
+@functools.lru_cache(maxsize=64)
+def _ball_radial_cdf(dim: int, size: int) -> np.ndarray:
+    from scipy import special
+
+    nu = 0.5 * dim - 1.0
+    j = _bessel_first_zero(nu)
+    r = np.linspace(0.0, 1.0, size)
+    x = j * r[1:]
+    # Lommel: int_0^r t J_nu(j t)^2 dt = (r^2 / 2) (J_nu(jr)^2 - J_{nu-1}(jr) J_{nu+1}(jr)); at r = 1 it is J_{nu+1}(j)^2 / 2.
+    f = r[1:] ** 2 * (special.jv(nu, x) ** 2 - special.jv(nu - 1.0, x) * special.jv(nu + 1.0, x)) / special.jv(nu + 1.0, j) ** 2
+    cdf = np.concatenate([[0.0], np.clip(f, 0.0, 1.0)])
+    cdf[-1] = 1.0
+    cdf = np.maximum.accumulate(cdf)
+    cdf.setflags(write=False)
+    return cdf
+
+
+def ball_radial_cdf(dim: int, size: int = 4097) -> np.ndarray:
+    """``[size]`` CDF of the radius ``|w|`` of the ball prior at ``r = k / (size - 1)``.
+
+    The radius has density proportional to ``r^{dim-1} psi(r)^2 = r J_nu(j r)^2`` on ``[0, 1]``;
+    its CDF is Lommel's integral in closed form. :func:`sample_ball_kernel` inverts it by
+    linear interpolation.
+    """
+    dim = check_argument("dim", dim, "int >= 1")
+    size = check_argument("size", size, "int >= 3")
+    return _ball_radial_cdf(dim, size)
+
+
+def sample_ball_kernel(key, theta_star, basis, widths, radial_cdf):
+    """``theta* + basis @ (widths * w)`` with ``w`` from the ball prior: a uniform direction times a
+    radius drawn by inverting ``radial_cdf`` (:func:`ball_radial_cdf` of ``dim = widths.size``)."""
+    k_dir, k_rad = jax.random.split(key)
+    g = jax.random.normal(k_dir, widths.shape, dtype=widths.dtype)
+    u = jax.random.uniform(k_rad, (), dtype=widths.dtype)
+    r = jnp.interp(u, radial_cdf, jnp.linspace(0.0, 1.0, radial_cdf.shape[0], dtype=widths.dtype))
+    return theta_star + basis @ (widths * (r * g / jnp.linalg.norm(g)))
+
+
+@checked(n=BUDGET, shape=SHAPE)
+def jensen_terms(c: BoundConstants, n, widths, shape: str = "box"):
+    """Theorem 5's right side for one prior; returns ``(value, rho_N, mu_N)`` (sections 10, 10.5).
+
+    ``value = (beta/2) sum_j (sum_x e^{-rho_{x,N}} L_{xj}) / (n e^{mu_N} s_j + J / a_j^2)`` with
+    ``L_{xj} = rho(x) Var_{pi*(.|x)}(b_j . phi)`` (``prompt_loss``; ``sum_x L_{xj} = c_j``) and
+    ``mu_N = max_{labelled e} sum_j beta^2 (b_j . z_e)^2 a_j^2 / 2``. For the box ``J = pi^2`` and
+    ``rho_{x,N} = max_{pairs of x} sum_j a_j |b_j . z|``; for the ellipsoid
+    ``J = 4 j_{d_p/2-1,1}^2 / d_p`` (:func:`ball_prior_information`) and
+    ``rho_{x,N} = max_{pairs of x} (sum_j a_j^2 (b_j . z)^2)^{1/2}``. ``rho_N`` is the largest ``rho_{x,N}``.
 
     Args:
       c: constants.
       n: number of labels.
-      widths: ``[d_p]`` half-widths ``a_j > 0`` of the box in the coordinates ``c.prior_basis``.
+      widths: ``[d_p]`` half-widths ``a_j > 0`` (box) or semi-axes (ellipsoid) in the coordinates ``c.prior_basis``.
+      shape: ``"box"`` or ``"ball"``.
     """
     a = np.asarray(widths, np.float64)
     if a.shape != c.prior_info.shape or not np.all(np.isfinite(a)) or np.any(a <= 0):
         raise ValueError(f"widths must be {c.prior_info.shape[0]} finite numbers > 0, got {widths!r}")
-    spreads = c.pair_coords @ a
+    return _jensen_terms(c, n, a, shape)
+
+
+def _jensen_terms(c, n, a, shape):
+    if shape == "box":
+        spreads, info = c.pair_coords @ a, math.pi**2
+    else:
+        spreads, info = np.sqrt((c.pair_coords**2) @ (a**2)), ball_prior_information(a.size)
     rho_box = float(spreads.max()) if spreads.size else 0.0
     rho_prompt = np.zeros(c.prompt_loss.shape[0])
     np.maximum.at(rho_prompt, c.pair_prompt, spreads)
@@ -955,7 +1044,7 @@ def jensen_terms(c: BoundConstants, n, widths):
         return 0.0, rho_box, mu_box
     loss = np.exp(-rho_prompt) @ c.prompt_loss  # [d_p]: sum_x e^{-rho_x,N} rho(x) Var_x(b_j . phi)
     with np.errstate(over="ignore", divide="ignore"):  # a_j -> 0: the prior pins direction j, its term -> 0
-        trace = float(np.sum(loss / (n * math.exp(mu_box) * c.prior_info + math.pi**2 / a**2)))
+        trace = float(np.sum(loss / (n * math.exp(mu_box) * c.prior_info + info / a**2)))
     return 0.5 * c.beta * trace, rho_box, mu_box
 
 
@@ -963,12 +1052,14 @@ def jensen_terms(c: BoundConstants, n, widths):
 def lower_bound_jensen(c: BoundConstants, n, refine: bool = True) -> JensenLowerBound:
     """Theorem 5: no estimator (of any policy) from ``n`` labels of this design does better (section 10).
 
-    The bound holds for every box of half-widths ``a_j > 0``. This takes the best of the
-    one-parameter family ``a_j = alpha / sqrt(n s_j + 1)`` over a log grid of ``alpha``
-    that contains ``alpha_n = (2 pi^2 sqrt(n) / p)^{1/3}`` (the choice of the rate proof,
+    The bound holds for every box of half-widths ``a_j > 0`` and every ellipsoid of semi-axes
+    ``a_j`` (section 10.5). For each shape this takes the best of the one-parameter family
+    ``a_j = alpha / sqrt(n s_j + 1)`` over a log grid of ``alpha`` that contains
+    ``alpha_n = (2 pi^2 sqrt(n) / p)^{1/3}`` (the choice of the rate proof,
     ``p = max_pairs sum_j |b_j . z|``), then, when ``refine``, improves the widths one by
-    one (L-BFGS on ``log a``). Any widths give a valid bound, so the optimiser only
-    affects how tight it is; :func:`jensen_terms` recomputes ``value`` from ``widths``.
+    one (L-BFGS on ``log a``), and returns the better shape. Any widths give a valid bound,
+    so the optimiser only affects how tight it is; :func:`jensen_terms` recomputes
+    ``value`` from ``widths`` and ``shape``.
 
     Args:
       c: :func:`instance_constants`.
@@ -978,31 +1069,41 @@ def lower_bound_jensen(c: BoundConstants, n, refine: bool = True) -> JensenLower
     leading = c.beta * c.criterion / (2.0 * n)
     dp = c.prior_info.shape[0]
     if dp == 0 or c.curv_dim == 0:
-        return JensenLowerBound(0.0, 0.0, 0.0, np.zeros(0), 0.0, 0.0, False)
+        return JensenLowerBound(0.0, 0.0, 0.0, np.zeros(0), 0.0, 0.0, False, "box")
     p = float(c.pair_coords.sum(axis=1).max()) if c.pair_coords.size else 0.0
     alphas = list(np.geomspace(1e-2, 1e5, 141))
     if p > 0:
         alphas.append((2.0 * math.pi**2 * math.sqrt(n) / p) ** (1.0 / 3.0))
-    best = max(((jensen_terms(c, n, prior_widths(c, n, al))[0], float(al)) for al in alphas))
-    value, alpha = best
+    best = None
+    for shape in PRIOR_SHAPES:  # ties keep the box (the first)
+        cand = _best_widths(c, n, alphas, shape, refine)
+        if best is None or cand[0] > best[0]:
+            best = cand
+    value, alpha, widths, refined, shape = best
+    _, rho_box, mu_box = _jensen_terms(c, n, widths, shape)
+    factor = value / leading if math.isfinite(leading) and leading > 0 else math.nan
+    return JensenLowerBound(value, factor, alpha, widths, rho_box, mu_box, refined, shape)
+
+
+def _best_widths(c, n, alphas, shape, refine):
+    """Theorem 5's best prior of one shape: the one-parameter family, then (``refine``) L-BFGS per direction."""
+    value, alpha = max(((_jensen_terms(c, n, prior_widths(c, n, al), shape)[0], float(al)) for al in alphas))
     widths = prior_widths(c, n, alpha)
     refined = False
     if refine and value > 0:
         from scipy import optimize
 
         def neg_log(log_a):
-            v = jensen_terms(c, n, np.exp(log_a))[0]
+            v = _jensen_terms(c, n, np.exp(log_a), shape)[0]
             return -math.log(v) if v > 0 else 1e300
 
-        start = np.log(widths)  # each width stays within e^{+-30} of the one-parameter optimum (finite pi^2 / a^2)
+        start = np.log(widths)  # each width stays within e^{+-30} of the one-parameter optimum (finite J / a^2)
         res = optimize.minimize(neg_log, start, method="L-BFGS-B", bounds=list(zip(start - 30.0, start + 30.0)))
         cand = np.exp(res.x)
-        v = jensen_terms(c, n, cand)[0] if np.all(np.isfinite(cand)) and np.all(cand > 0) else 0.0
+        v = _jensen_terms(c, n, cand, shape)[0] if np.all(np.isfinite(cand)) and np.all(cand > 0) else 0.0
         if v > value:
             value, widths, refined = v, cand, True
-    _, rho_box, mu_box = jensen_terms(c, n, widths)
-    factor = value / leading if math.isfinite(leading) and leading > 0 else math.nan
-    return JensenLowerBound(value, factor, alpha, widths, rho_box, mu_box, refined)
+    return value, alpha, widths, refined, shape
 
 
 # The name before the kernel was public (synthetic/monte_carlo.py imports it).
