@@ -156,6 +156,12 @@ def plot_fig2(rows: list[dict]):
                 ax.plot(n[keep], (n * b)[keep], style, color=colour, lw=1.1 if new else 0.6, alpha=1.0 if new else 0.45, label=lab)
             ax.set_xscale("log")
             ax.set_yscale("log")
+            # Just above its n0 an upper bound is valid but can be astronomically loose: the panel
+            # keeps the data in view and lets such a bound leave through the top.
+            seen = [n * [r[k] for r in rs] for k in ("mc_mean", "bayes_new_mean", "asymptotic") if k in rs[0]]
+            top = np.nanmax(np.concatenate(seen))
+            if np.isfinite(top) and top > 0:
+                ax.set_ylim(top=30 * top)
             ax.grid(True, which="major", alpha=0.3, lw=0.4)
             if i == 0:
                 ax.set_title(design_label(design))

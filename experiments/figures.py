@@ -168,8 +168,10 @@ def bound_band(cfg, designs, budgets, job_cfgs=()) -> tuple[list[dict], dict]:
     """Theorems 4-5 around Figure 1's curves: for each design of :data:`BAND_DESIGNS` in
     ``designs``, the upper bound (:func:`theory.bounds.upper_bound_bernstein`) and the
     lower bound (:func:`theory.bounds.lower_bound_jensen`) at every budget where the
-    upper bound holds, for the empirical design of the allocation the design makes at
-    that budget (efficient rounding of its weights, as in the bounds table).
+    upper bound holds and says more than ``G_sup`` (the gap no policy exceeds; just above
+    ``n0`` the bound is valid but can be larger), for the empirical design of the
+    allocation the design makes at that budget (efficient rounding of its weights, as in
+    the bounds table).
 
     ``job_cfgs`` are the panel's jobs' composed configs; a design's own
     parameters (its ``max_labels_per_edge``, say) come from its config. Returns the rows
@@ -208,7 +210,7 @@ def bound_band(cfg, designs, budgets, job_cfgs=()) -> tuple[list[dict], dict]:
                     continue
                 c = at_max if n == max(budgets) else constants(design, n)
                 up = TB.upper_bound_bernstein(c, int(n))
-                if not up.valid:
+                if not up.valid or up.value >= c.gap_sup:  # G_sup: no policy has a larger gap, so says nothing
                     continue
                 lo = TB.lower_bound_jensen(c, int(n))
                 rows.append({"design": design, "budget": int(n), "lower": float(lo.value), "upper": float(up.value),

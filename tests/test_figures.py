@@ -438,8 +438,9 @@ def test_figure1_draws_each_band_design_as_a_bar_beside_the_others_and_notes_a_b
 
 
 def test_bound_band_gives_theorems_4_5_only_where_the_upper_bound_holds_and_brackets_the_prediction():
-    """Figure 1's band on its contextual world (n0 = 6,200 for the oracle): rows only for
-    fixed-weight designs at budgets >= their n0, each lower <= (beta/2n) Phi <= upper, and
+    """Figure 1's band on its contextual world (n0 = 2,985 for the oracle): rows only for
+    fixed-weight designs at budgets >= their n0 where the upper bound is below G_sup (at
+    n = 3,000 it holds but exceeds G_sup: no row), each lower <= (beta/2n) Phi <= upper, and
     the oracle's row at n = 10,000 equal to Theorems 4-5 recomputed from its own allocation."""
     from experiments import sweep
     from experiments.worlds import make_world
@@ -450,10 +451,10 @@ def test_bound_band_gives_theorems_4_5_only_where_the_upper_bound_holds_and_brac
 
     jobs = [["experiment=figure1_contextual", f"design={d}", "budget=1000"] for d in ("oracle", "best_vs_worst")]
     cfg = sweep.compose_job(jobs[0])
-    budgets = [1000, 10000]
+    budgets = [1000, 3000, 10000]
     rows, n0 = figures.bound_band(cfg, ["oracle", "best_vs_worst"], budgets, [sweep.compose_job(j) for j in jobs])
     assert set(n0) == {"oracle"}  # best-vs-worst reads a reward model: not a fixed-weight design
-    assert 1000 < n0["oracle"] <= 10000
+    assert 1000 < n0["oracle"] <= 3000
     assert [(r["design"], r["budget"]) for r in rows] == [("oracle", 10000)]
     (r,) = rows
     assert r["lower"] < r["prediction"] < r["upper"]
@@ -465,3 +466,10 @@ def test_bound_band_gives_theorems_4_5_only_where_the_upper_bound_holds_and_brac
                               prompt_weights=ev.prompt_weights)
     assert math.isclose(r["upper"], TB.upper_bound_bernstein(c, 10000).value, rel_tol=1e-12)
     assert math.isclose(r["lower"], TB.lower_bound_jensen(c, 10000).value, rel_tol=1e-12)
+    # at n = 3,000 Theorem 4 holds but says less than G_sup, so the band leaves it out
+    out3 = run_design("oracle", jax.random.key(cfg.seed), prob, 3000, **dict(cfg.design.params))
+    w3 = efficient_rounding(np.asarray(out3.weights, np.float64), 3000).dense_counts(prob.num_edges) / 3000
+    c3 = TB.instance_constants(w3, world.theta_star, ev.features, ev.log_ref, prob.edges.diffs, world.beta,
+                               prompt_weights=ev.prompt_weights)
+    up3 = TB.upper_bound_bernstein(c3, 3000)
+    assert up3.valid and up3.value >= c3.gap_sup
