@@ -89,7 +89,8 @@ def main(argv=None):
     lines.append("estimator: the MLE, else theta = 0). `hp upper`: Theorem 1', exceeded with probability <= n^-2 (`>hp`: replicates")
     lines.append("above it). `ratio` = n MC / ((beta/2) tr(I S^+)). `inf`: n < n0. `no MLE`: share of replicates without an MLE.")
     lines.append("`lower 5`, `upper 4`, `n0 4`, `u/l new`: Theorems 5 and 4 (theory/DERIVATIONS.md sections 9-10); `bayes 5` is the")
-    lines.append("Bayes risk under Theorem 5's own prior box, which `lower 5` bounds. `2nd order / MC`: the second-order prediction")
+    lines.append("Bayes risk under Theorem 5's own prior (a box or an ellipsoid, whichever gave `lower 5`), which `lower 5` bounds.")
+    lines.append("`2nd order / MC`: the second-order prediction")
     lines.append("(theory/SECOND_ORDER.md) over MC. `tests`: every z-test of the row (Theorems 1, 1', 2, 4, 5, ratio).\n")
     summary, header_end = {}, len(lines)
     for wi, (wname, world) in enumerate(_worlds().items()):
