@@ -89,7 +89,7 @@ def main(argv=None):
     lines.append("estimator: the MLE, else theta = 0). `hp upper`: Theorem 1', exceeded with probability <= n^-2 (`>hp`: replicates")
     lines.append("above it). `ratio` = n MC / ((beta/2) tr(I S^+)). `inf`: n < n0. `no MLE`: share of replicates without an MLE.")
     lines.append("`lower 5`, `upper 4`, `n0 4`, `u/l new`: Theorems 5 and 4 (theory/DERIVATIONS.md sections 9-10); `bayes 5` is the")
-    lines.append("Bayes risk under Theorem 5's own prior (a box or an ellipsoid, whichever gave `lower 5`), which `lower 5` bounds.")
+    lines.append("Bayes risk under Theorem 5's own prior (`prior 5`: a box or an ellipsoid, whichever gave `lower 5`), which `lower 5` bounds.")
     lines.append("`2nd order / MC`: the second-order prediction")
     lines.append("(theory/SECOND_ORDER.md) over MC. `tests`: every z-test of the row (Theorems 1, 1', 2, 4, 5, ratio).\n")
     summary, header_end = {}, len(lines)
@@ -99,8 +99,8 @@ def main(argv=None):
         g_sup = TB.gap_sup(world.theta_star, ev.features, ev.log_ref, world.beta, ev.prompt_weights)
         lines.append(f"\n### {wname}\n")
         lines.append(f"G_sup = {g_sup:.3g} (no policy has a larger gap).\n")
-        lines.append("| design | n | lower | bayes (se) | MC (se) | upper | hp upper (>hp) | n0 | upper/lower | lower 5 | bayes 5 (se) | upper 4 | n0 4 | u/l new | ratio (se) | 2nd order / MC | no MLE | tests |")
-        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        lines.append("| design | n | lower | bayes (se) | MC (se) | upper | hp upper (>hp) | n0 | upper/lower | lower 5 | prior 5 | bayes 5 (se) | upper 4 | n0 4 | u/l new | ratio (se) | 2nd order / MC | no MLE | tests |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for di, design in enumerate(DESIGNS):
             rows = check_design_bounds(jax.random.key(100 * wi + di), world, prob, design, budgets, num_replicates=args.replicates)
             for r in rows:
@@ -108,7 +108,7 @@ def main(argv=None):
                 lines.append(
                     f"| {design} | {r.n:.0e} | {_fmt(r.lower)} | {_fmt(r.bayes_mean)} ({r.bayes_se:.1g}) | "
                     f"{_fmt(r.mc_mean)} ({r.mc_se:.1g}) | {_fmt(r.upper)} | {_fmt(r.hp_upper)} ({r.hp_exceed}) | {_fmt(r.valid_from)} | "
-                    f"{_fmt(r.upper_over_lower)} | {_fmt(r.lower_new)} | {_fmt(r.bayes_new_mean)} ({r.bayes_new_se:.1g}) | "
+                    f"{_fmt(r.upper_over_lower)} | {_fmt(r.lower_new)} | {r.lower_new_shape} | {_fmt(r.bayes_new_mean)} ({r.bayes_new_se:.1g}) | "
                     f"{_fmt(r.upper_new)} | {_fmt(r.valid_from_new)} | {_fmt(r.upper_over_lower_new)} | "
                     f"{r.ratio:.3f} ({r.ratio_se:.3f}) | {r.second_order / r.mc_mean:.3f} | {r.no_mle_rate:.3g} | {ok} |"
                 )

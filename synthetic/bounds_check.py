@@ -207,6 +207,8 @@ class BoundRow(NamedTuple):
     lower_new_ok: bool = True
     # the second-order prediction (beta/2 Phi + c2/n)/n of plain DPO (theory/SECOND_ORDER.md)
     second_order: float = math.nan
+    # the shape of Theorem 5's prior that gave lower_new (and under which bayes_new is simulated)
+    lower_new_shape: str = "box"
 
     @property
     def all_ok(self) -> bool:
@@ -318,6 +320,7 @@ def check_design_bounds(
                 upper_over_lower_new=ub2.value / lb2.value if lb2.value > 0 else math.inf,
                 upper_new_ok=bool((not ub2.valid) or (mean - ub2.value) <= z_one * se),
                 lower_new_ok=bool((lb2.value - b2mean) <= z_one * b2se),
+                lower_new_shape=lb2.shape,
             )
         )
     return rows

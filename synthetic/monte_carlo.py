@@ -239,9 +239,13 @@ def replicate_gaps(
     if truth_prior is None:
         basis, widths = jnp.zeros((d, 1), dtype), jnp.zeros((1,), dtype)
     else:
+        if len(truth_prior) not in (2, 3):
+            raise ValueError(f"truth_prior must be (basis, widths) or (basis, widths, radial_cdf), got {len(truth_prior)} items")
         basis, widths = (jnp.asarray(a, dtype) for a in truth_prior[:2])
         if len(truth_prior) == 3:
             radial = jnp.asarray(truth_prior[2], dtype)
+            if radial.ndim != 1 or radial.shape[0] < 3:
+                raise ValueError(f"truth_prior's radial_cdf must be a [G >= 3] array (theory.bounds.ball_radial_cdf), got shape {radial.shape}")
     radius = jnp.asarray(np.inf if safeguard_radius is None else float(safeguard_radius), dtype)
     if fit_dtype not in (None, "float32", "float64"):
         raise ValueError(f"fit_dtype must be one of None, 'float32', 'float64', got {fit_dtype!r}")

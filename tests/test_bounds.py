@@ -636,6 +636,33 @@ def test_third_moment_constant_is_the_dense_eigenvalue_bound_and_bounds_every_th
     assert below_zeta >= 2  # tau is well below zeta somewhere (the point of Lemma 9.3)
 
 
+def test_fourth_moment_bound_is_an_upper_bound_at_every_iterate():
+    """Collatz-Wielandt: every power iterate's max_e (G x)_e / x_e bounds lambda_max(M4) from above (the first is zeta^2)."""
+    for c, dc in _third_moment_instances()[:3]:
+        b, ce = dc["b"], dc["c"]
+        outer = np.einsum("ei,ej->eij", b, b).reshape(len(b), -1)
+        top = np.linalg.eigvalsh((outer.T * ce) @ outer).max()
+        first = TB._fourth_moment_bound(b, ce, iters=1)
+        assert first == pytest.approx(float((b**2).sum(1).max()), rel=1e-9) and first >= top * (1 - 1e-12)
+        for iters in [2, 3, 5, 300]:
+            assert TB._fourth_moment_bound(b, ce, iters=iters) >= top * (1 - 1e-12)
+
+
+def test_theorem5_on_a_99_dimensional_prior():
+    """Figure 1's tabular world (d = 100): both prior shapes give finite bounds below the prediction."""
+    world = tabular_world(jax.random.key(0), num_completions=100)
+    prob = design_problem(world)
+    ev = world.eval
+    w = np.full(prob.num_edges, 1.0 / prob.num_edges)
+    c = TB.instance_constants(w, world.theta_star, ev.features, ev.log_ref, prob.edges.diffs, world.beta)
+    assert c.prior_info.size == 99
+    lb = TB.lower_bound_jensen(c, 1e6, refine=False)
+    assert 0 < lb.value < TB.asymptotic_prediction(c, 1e6)
+    for shape in TB.PRIOR_SHAPES:
+        v = max(TB.jensen_terms(c, 1e6, TB.prior_widths(c, 1e6, al), shape=shape)[0] for al in np.geomspace(1e-2, 1e5, 29))
+        assert 0 < v <= lb.value * (1 + 1e-12)
+
+
 def test_lemma_9_3_curvature_under_a_perturbation_by_dense_hessians():
     """spec(S^{+1/2} H(theta* + Delta) S^{+1/2}) on the labelled span lies in [e^{-s tau}, 1 + s tau + s^2 tau^2 e^{s zeta} / 2],
     and its average along the segment M satisfies ||M^{-1} - Id|| <= eta(tau s) + tau^2 s^2 e^{s zeta} / 6 (s = ||Delta||_S)."""
@@ -837,6 +864,21 @@ def test_ball_prior_information_and_radial_cdf_against_quadrature():
             assert cdf[k] == pytest.approx(part / total, rel=1e-8, abs=1e-13)
     # more information per direction than the box (pi^2), the price of an l2 instead of an l1 spread
     assert all(TB.ball_prior_information(d) > math.pi**2 for d in [2, 3, 12])
+    # large dimensions, where J_nu underflows near 0 (the first version crashed from d = 90 and
+    # returned j = 0.001, a far too small prior information, from d = 128): integer orders against
+    # scipy's tabulated zeros, half-integer ones by the sign of J_nu
+    from scipy import special
+
+    for dim in [60, 90, 99, 100, 128, 150, 300]:
+        nu = dim / 2 - 1
+        j = math.sqrt(TB.ball_prior_information(dim) * dim / 4)
+        if nu == int(nu):
+            assert j == pytest.approx(special.jn_zeros(int(nu), 1)[0], rel=1e-12)
+        else:
+            assert abs(special.jv(nu, j)) < 1e-12 and np.all(special.jv(nu, np.linspace(nu, j * (1 - 1e-9), 2000)) > 0)
+        assert j > nu
+        cdf = TB.ball_radial_cdf(dim)
+        assert np.all(np.isfinite(cdf)) and np.all(np.diff(cdf) >= 0) and cdf[0] == 0 and cdf[-1] == 1
     with pytest.raises(ValueError, match="dim"):
         TB.ball_prior_information(0)
 
@@ -983,3 +1025,13 @@ def test_new_bounds_bad_inputs_name_the_field(rng):
     with pytest.raises(ValueError, match="shape"):
         safeguarded_gaps(jax.random.key(0), None, edges.diffs, np.ones(edges.num_edges), 2, 1.0,
                          prior=(c, np.ones(c.prior_basis.shape[1]), "sphere"))
+    from synthetic.monte_carlo import replicate_gaps
+
+    world, prob, w, cs, _ = _subspace_instance()
+    counts = np.rint(w * 1000)
+    basis, widths = cs.prior_basis, np.ones(cs.prior_basis.shape[1])
+    for bad, match in [((basis, widths, TB.ball_radial_cdf(widths.size), "ball"), "truth_prior must be"),
+                       ((basis, widths, np.ones((2, 2))), "radial_cdf")]:
+        with pytest.raises(ValueError, match=match):
+            replicate_gaps(jax.random.split(jax.random.key(0), 2), world.theta_star, prob.edges.diffs, counts, world.beta, world.eval,
+                           truth_prior=bad)

@@ -751,7 +751,8 @@ def plug_in_factor_radius(r0, target_diameter, edge_diameter, beta) -> float:
 # ---------------------------------------------- Theorems 4-5 (issue 18, sections 9-10)
 #
 # Theorem 4 replaces the McDiarmid radius of Lemma 5.3 by a Bernstein bound on an
-# epsilon-net of the labelled span (n_0 ~ zeta^2 instead of zeta^4) and bounds the
+# epsilon-net of the labelled span and localises with the third-moment constant tau <= zeta
+# of Lemma 9.3 (n_0 ~ tau (tau + zeta) instead of zeta^4) and bounds the
 # leading factor with the actual score norm instead of its high-probability radius
 # (factor 1 + O(n^{-1/2}) instead of 1 + O(sqrt(log n / n))). Theorem 5 replaces the
 # truncation of Lemmas 6.1-6.2 by the Bayes risk of a Bregman loss (a Jensen gap of the
@@ -945,16 +946,28 @@ SHAPE = "one of " + ", ".join(PRIOR_SHAPES)
 
 @functools.lru_cache(maxsize=256)
 def _bessel_first_zero(nu: float) -> float:
-    """The first positive zero ``j_{nu,1}`` of ``J_nu`` (``nu >= -1/2``), by a scan and Brent's method."""
+    """The first positive zero ``j_{nu,1}`` of ``J_nu`` (``nu >= -1/2``), by a scan and Brent's method.
+
+    ``J_nu`` is positive on ``(0, j_{nu,1})`` and ``j_{nu,1} > nu``. The scan starts at ``10^-3``, or at
+    ``nu`` where ``J_nu`` underflows to 0 there (``J_74(10^-3) = 0`` in double precision), and stops at the
+    first non-positive value (a sign test, not a product of two tiny values, which underflows too).
+    """
     from scipy import optimize, special
 
-    x, fx = 1e-3, float(special.jv(nu, 1e-3))
-    while True:
+    x = 1e-3
+    fx = float(special.jv(nu, x))
+    if not fx > 0.0:
+        x = float(nu)
+        fx = float(special.jv(nu, x))
+    if not fx > 0.0:
+        raise ArithmeticError(f"J_{nu}({x}) = {fx}: cannot locate the first zero of J_{nu}")
+    while x < nu + 10.0 * max(nu, 1.0) ** (1.0 / 3.0) + 10.0:  # j_{nu,1} < nu + 1.86 nu^{1/3} + 1.1 for nu >= 0
         y = x + 0.05
         fy = float(special.jv(nu, y))
-        if fx * fy <= 0.0:
+        if fy <= 0.0:
             return float(optimize.brentq(lambda t: special.jv(nu, t), x, y, xtol=1e-15, rtol=1e-15))
         x, fx = y, fy
+    raise ArithmeticError(f"no zero of J_{nu} found up to {x}")
 
 
 def ball_prior_information(dim: int) -> float:
@@ -979,6 +992,8 @@ def _ball_radial_cdf(dim: int, size: int) -> np.ndarray:
     x = j * r[1:]
     # Lommel: int_0^r t J_nu(j t)^2 dt = (r^2 / 2) (J_nu(jr)^2 - J_{nu-1}(jr) J_{nu+1}(jr)); at r = 1 it is J_{nu+1}(j)^2 / 2.
     f = r[1:] ** 2 * (special.jv(nu, x) ** 2 - special.jv(nu - 1.0, x) * special.jv(nu + 1.0, x)) / special.jv(nu + 1.0, j) ** 2
+    if not np.all(np.isfinite(f)):
+        raise ArithmeticError(f"the ball prior's radial CDF is not finite for dim = {dim}")
     cdf = np.concatenate([[0.0], np.clip(f, 0.0, 1.0)])
     cdf[-1] = 1.0
     cdf = np.maximum.accumulate(cdf)
