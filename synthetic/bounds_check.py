@@ -135,8 +135,9 @@ def safeguarded_gaps(key, world: World, diffs, counts, num_replicates: int, radi
         from the van Trees prior of :func:`theory.bounds.lower_bound`, or
         ``(constants, widths)`` for the box of half-widths ``widths`` in the coordinates
         ``constants.prior_basis``, or ``(constants, widths, shape)`` with ``shape`` ``"box"`` or
-        ``"ball"`` (the ellipsoid of semi-axes ``widths``): the priors of
-        :func:`theory.bounds.lower_bound_jensen` (its ``widths`` and ``shape``).
+        ``"ball"`` (the ellipsoid of semi-axes ``widths``), or ``(constants, lb)`` with ``lb`` a
+        :class:`theory.bounds.JensenLowerBound`: the prior that gave ``lb`` (its ``widths`` and
+        ``shape``), the safe way to simulate the Bayes risk that Theorem 5 bounds.
 
     Returns:
       ``(gaps [R], used_mle [R])`` as numpy arrays.
@@ -147,6 +148,8 @@ def safeguarded_gaps(key, world: World, diffs, counts, num_replicates: int, radi
     truth_prior = None
     if prior is not None:
         shape = "box"
+        if len(prior) == 2 and isinstance(prior[1], TB.JensenLowerBound):
+            prior = (prior[0], prior[1].widths, prior[1].shape)  # Theorem 5's own prior, its shape included
         if len(prior) == 3 and not isinstance(prior[2], str):
             c, n, alpha = prior
             widths = TB.prior_widths(c, n, alpha)
@@ -280,7 +283,7 @@ def check_design_bounds(
         ub2 = TB.upper_bound_bernstein(c, n, tail)
         lb2 = TB.lower_bound_jensen(c, n)
         gb2, _ = safeguarded_gaps(jax.random.fold_in(k_bayes, 1), world, problem.edges.diffs, counts, num_replicates,
-                                  math.inf, prior=(c, lb2.widths, lb2.shape))
+                                  math.inf, prior=(c, lb2))
         b2mean, b2se = float(gb2.mean()), float(gb2.std(ddof=1) / math.sqrt(gb2.size))
         exceed = int(np.sum(g > hp.value)) if hp.valid else 0
         mean, se = float(g.mean()), float(g.std(ddof=1) / math.sqrt(g.size))

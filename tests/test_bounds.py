@@ -990,7 +990,9 @@ def test_monte_carlo_on_the_subspace_world_obeys_theorems_4_and_5():
         mean, se = g.mean(), g.std(ddof=1) / math.sqrt(g.size)
         assert (mean - ub.value) / se <= Z
         lb = TB.lower_bound_jensen(c, n)
-        gb, _ = safeguarded_gaps(jax.random.key(40 + i), world, prob.edges.diffs, counts, 400, math.inf, prior=(c, lb.widths, lb.shape))
+        gb, _ = safeguarded_gaps(jax.random.key(40 + i), world, prob.edges.diffs, counts, 400, math.inf, prior=(c, lb))
+        gb3, _ = safeguarded_gaps(jax.random.key(40 + i), world, prob.edges.diffs, counts, 400, math.inf, prior=(c, lb.widths, lb.shape))
+        np.testing.assert_array_equal(gb, gb3)  # (c, lb) is (c, lb.widths, lb.shape)
         assert (lb.value - gb.mean()) / (gb.std(ddof=1) / math.sqrt(gb.size)) <= Z
         # the other shape's best one-parameter prior bounds the Bayes risk under that prior too
         other = "ball" if lb.shape == "box" else "box"
