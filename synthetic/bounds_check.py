@@ -41,6 +41,7 @@ from synthetic.monte_carlo import replicate_gaps
 from synthetic.rounding import efficient_rounding
 from synthetic.worlds import Pool, World
 from theory import bounds as TB
+from theory.checked import check_argument
 from theory.second_order import second_order_gap
 
 __all__ = [
@@ -155,9 +156,7 @@ def safeguarded_gaps(key, world: World, diffs, counts, num_replicates: int, radi
             widths = TB.prior_widths(c, n, alpha)
         elif len(prior) in (2, 3):
             c, widths = prior[:2]
-            shape = prior[2] if len(prior) == 3 else "box"
-            if shape not in TB.PRIOR_SHAPES:
-                raise ValueError(f"prior shape must be one of {', '.join(TB.PRIOR_SHAPES)}, got {shape!r}")
+            shape = check_argument("prior shape", prior[2], TB.SHAPE) if len(prior) == 3 else "box"
             widths = np.asarray(widths, np.float64)
             if widths.shape != (c.prior_basis.shape[1],) or not np.all(np.isfinite(widths)) or np.any(widths < 0):
                 raise ValueError(f"prior widths must be {c.prior_basis.shape[1]} finite numbers >= 0, got {widths!r}")

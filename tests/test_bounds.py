@@ -109,6 +109,7 @@ def _dense_constants(w, theta, feats, log_ref, z, beta, rho):
     s = beta**2 * (z.T * (w / (2 + 2 * np.cosh(beta * z @ theta)))) @ z
     sp = np.linalg.pinv(s, rcond=1e-10, hermitian=True)
     pairs = np.array([f[i] - f[j] for f, pr in zip(feats, present) for i in range(len(f)) for j in range(i + 1, len(f)) if pr[i] and pr[j]])
+    b_edges, c_edges = _dense_whitened_edges(w, theta, z, beta, s)
     return {
         "s": s,
         "curv": curv,
@@ -119,9 +120,9 @@ def _dense_constants(w, theta, feats, log_ref, z, beta, rho):
         "zeta_eval": float(_pinv_norms(pairs, s).max()),
         "c_curv": float(_pinv_norms(pairs, curv).max()),
         "gap_sup": _dense_gap_sup(theta, feats, log_ref, beta, rho),
-        "tau": _dense_tau(w, theta, z, beta, s),
-        "b": _dense_whitened_edges(w, theta, z, beta, s)[0],
-        "c": _dense_whitened_edges(w, theta, z, beta, s)[1],
+        "tau": _dense_tau(b_edges, c_edges),
+        "b": b_edges,
+        "c": c_edges,
         "pairs": pairs,
         "edges": z[w > 0],
     }
@@ -136,9 +137,8 @@ def _dense_whitened_edges(w, theta, z, beta, s):
     return beta * z[lab] @ half_pinv, w[lab] / (2 + 2 * np.cosh(beta * z[lab] @ theta))
 
 
-def _dense_tau(w, theta, z, beta, s):
+def _dense_tau(b, c):
     """Lemma 9.3's constant: min(zeta, sqrt(lambda_max(sum_e c_e vec(b b^T) vec(b b^T)^T))), the matrix formed densely."""
-    b, c = _dense_whitened_edges(w, theta, z, beta, s)
     outer = np.einsum("ei,ej->eij", b, b).reshape(len(b), -1)
     m4 = (outer.T * c) @ outer  # [d^2, d^2]
     return min(float(np.sqrt((b**2).sum(1)).max()), math.sqrt(np.linalg.eigvalsh(m4).max()))
@@ -937,7 +937,7 @@ def test_ellipsoid_jensen_terms_recomputed_densely_and_the_better_shape_is_taken
         lb = TB.lower_bound_jensen(c, n)
         assert lb.value == pytest.approx(TB.jensen_terms(c, n, lb.widths, shape=lb.shape)[0], rel=1e-12)
         for shape in TB.PRIOR_SHAPES:  # the returned prior is at least as good as either family's best member
-            grid = max(TB.jensen_terms(c, n, TB.prior_widths(c, n, al), shape=shape)[0] for al in np.geomspace(1e-2, 1e5, 141))
+            grid = max(TB.jensen_terms(c, n, TB.prior_widths(c, n, al), shape=shape)[0] for al in TB.PRIOR_SCALES)
             assert lb.value >= grid * (1 - 1e-12)
     with pytest.raises(ValueError, match="shape"):
         TB.jensen_terms(c, 100, np.ones(c.prior_info.size), shape="sphere")
@@ -996,7 +996,7 @@ def test_monte_carlo_on_the_subspace_world_obeys_theorems_4_and_5():
         assert (lb.value - gb.mean()) / (gb.std(ddof=1) / math.sqrt(gb.size)) <= Z
         # the other shape's best one-parameter prior bounds the Bayes risk under that prior too
         other = "ball" if lb.shape == "box" else "box"
-        val, al = max((TB.jensen_terms(c, n, TB.prior_widths(c, n, a), shape=other)[0], a) for a in np.geomspace(1e-2, 1e5, 141))
+        val, al = max((TB.jensen_terms(c, n, TB.prior_widths(c, n, a), shape=other)[0], a) for a in TB.PRIOR_SCALES)
         go, _ = safeguarded_gaps(jax.random.key(50 + i), world, prob.edges.diffs, counts, 400, math.inf,
                                  prior=(c, TB.prior_widths(c, n, al), other))
         assert (val - go.mean()) / (go.std(ddof=1) / math.sqrt(go.size)) <= Z

@@ -460,16 +460,17 @@ def test_bound_band_gives_theorems_4_5_only_where_the_upper_bound_holds_and_brac
     assert r["lower"] < r["prediction"] < r["upper"]
     world = make_world(cfg.world, jax.random.key(cfg.world_seed))
     prob, ev = design_problem(world), world.eval
-    out = run_design("oracle", jax.random.key(cfg.seed), prob, 10000, **dict(cfg.design.params))
-    w_hat = efficient_rounding(np.asarray(out.weights, np.float64), 10000).dense_counts(prob.num_edges) / 10000
-    c = TB.instance_constants(w_hat, world.theta_star, ev.features, ev.log_ref, prob.edges.diffs, world.beta,
-                              prompt_weights=ev.prompt_weights)
+
+    def constants(n):  # Theorems 4-5's constants for the oracle's own allocation at budget n
+        out = run_design("oracle", jax.random.key(cfg.seed), prob, n, **dict(cfg.design.params))
+        w_hat = efficient_rounding(np.asarray(out.weights, np.float64), n).dense_counts(prob.num_edges) / n
+        return TB.instance_constants(w_hat, world.theta_star, ev.features, ev.log_ref, prob.edges.diffs, world.beta,
+                                     prompt_weights=ev.prompt_weights)
+
+    c = constants(10000)
     assert math.isclose(r["upper"], TB.upper_bound_bernstein(c, 10000).value, rel_tol=1e-12)
     assert math.isclose(r["lower"], TB.lower_bound_jensen(c, 10000).value, rel_tol=1e-12)
     # at n = 3,000 Theorem 4 holds but says less than G_sup, so the band leaves it out
-    out3 = run_design("oracle", jax.random.key(cfg.seed), prob, 3000, **dict(cfg.design.params))
-    w3 = efficient_rounding(np.asarray(out3.weights, np.float64), 3000).dense_counts(prob.num_edges) / 3000
-    c3 = TB.instance_constants(w3, world.theta_star, ev.features, ev.log_ref, prob.edges.diffs, world.beta,
-                               prompt_weights=ev.prompt_weights)
+    c3 = constants(3000)
     up3 = TB.upper_bound_bernstein(c3, 3000)
     assert up3.valid and up3.value >= c3.gap_sup

@@ -87,6 +87,7 @@ __all__ = [
     "ball_prior_information",
     "ball_radial_cdf",
     "PRIOR_SHAPES",
+    "PRIOR_SCALES",
 ]
 
 # Specs of the scalar arguments the results share (theory.checked): a budget and a tail exponent.
@@ -942,6 +943,9 @@ def upper_bound_bernstein_valid_from(c: BoundConstants, tail: float = 2.0) -> fl
 #: and the ellipsoid ``sum_j (nu_j / a_j)^2 <= 1`` (the ball's first Dirichlet eigenfunction squared).
 PRIOR_SHAPES = ("box", "ball")
 SHAPE = "one of " + ", ".join(PRIOR_SHAPES)
+#: The scales ``alpha`` of the one-parameter prior family ``a_j = alpha / sqrt(n s_j + 1)``
+#: that :func:`lower_bound_jensen` searches (before adding the rate proof's ``alpha_n``).
+PRIOR_SCALES = tuple(float(a) for a in np.geomspace(1e-2, 1e5, 141))
 
 
 @functools.lru_cache(maxsize=256)
@@ -1086,7 +1090,7 @@ def lower_bound_jensen(c: BoundConstants, n, refine: bool = True) -> JensenLower
     if dp == 0 or c.curv_dim == 0:
         return JensenLowerBound(0.0, 0.0, 0.0, np.zeros(0), 0.0, 0.0, False, "box")
     p = float(c.pair_coords.sum(axis=1).max()) if c.pair_coords.size else 0.0
-    alphas = list(np.geomspace(1e-2, 1e5, 141))
+    alphas = list(PRIOR_SCALES)
     if p > 0:
         alphas.append((2.0 * math.pi**2 * math.sqrt(n) / p) ** (1.0 / 3.0))
     best = None
