@@ -49,6 +49,7 @@ from experiments.compiled import release_compiled
 from experiments.worlds import check_world_config, make_world
 from synthetic.designs import DESIGNS, check_design_budget, check_design_params, design_problem
 from synthetic.monte_carlo import ESTIMATORS
+from theory.checked import check_argument
 
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting chatter
@@ -56,6 +57,11 @@ log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------ validation
+
+
+#: The sweep's scalar settings and what each allows (specs of :mod:`theory.checked`).
+_SETTINGS = {"budget": "int >= 1", "num_replicates": "int >= 2", "seed": "int >= 0", "world_seed": "int >= 0",
+             "progress": "bool", "reuse_stale_records": "bool", "summary_only": "bool"}
 
 
 def validate(cfg: DictConfig) -> None:
@@ -66,25 +72,16 @@ def validate(cfg: DictConfig) -> None:
         except ImportError as err:
             raise ValueError(f"imports: cannot import {module!r} ({err}); allowed: importable module names") from None
     check_world_config(cfg.world)
-    if cfg.design.name not in DESIGNS:
-        raise ValueError(f"design.name must be one of {sorted(DESIGNS)}, got {cfg.design.name!r}")
+    check_argument("design.name", cfg.design.name, "one of " + ", ".join(sorted(DESIGNS)), config=True)
     check_design_params(cfg.design.name, dict(cfg.design.params))
-    if cfg.estimator.name not in ESTIMATORS:
-        raise ValueError(f"estimator.name must be one of {sorted(ESTIMATORS)}, got {cfg.estimator.name!r}")
+    check_argument("estimator.name", cfg.estimator.name, "one of " + ", ".join(sorted(ESTIMATORS)), config=True)
     est_allowed = sorted(set(inspect.signature(ESTIMATORS[cfg.estimator.name]).parameters) - {"diffs", "counts", "wins", "beta"})
     for p in cfg.estimator.params:
         if p not in est_allowed:
             raise ValueError(f"estimator.params.{p} is not a parameter of {cfg.estimator.name}; allowed: {est_allowed}")
-    if cfg.estimator.get("fit_dtype") not in (None, "float32", "float64"):
-        raise ValueError(f"estimator.fit_dtype must be one of null, float32, float64, got {cfg.estimator.fit_dtype!r}")
-    for key in ("budget", "num_replicates", "seed", "world_seed"):
-        v = cfg[key]
-        lo = {"budget": 1, "num_replicates": 2}.get(key, 0)
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise ValueError(f"{key} must be an integer >= {lo}, got {v!r}")
-    for key in ("progress", "reuse_stale_records", "summary_only"):
-        if not isinstance(cfg.get(key, False), bool):
-            raise ValueError(f"{key} must be true or false, got {cfg[key]!r}")
+    check_argument("estimator.fit_dtype", cfg.estimator.get("fit_dtype"), "optional one of float32, float64", config=True)
+    for key, spec in _SETTINGS.items():
+        check_argument(key, cfg.get(key, False) if spec == "bool" else cfg[key], spec, config=True)
     if cfg.get("figure") is not None and not isinstance(cfg.figure, str):
         raise ValueError(f"figure must be null or a path prefix (a string), got {cfg.figure!r}")
     check_design_cache(cfg, writable=False)  # its writability: check_jobs, after results_dir's

@@ -7,6 +7,7 @@ import inspect
 from omegaconf import DictConfig, OmegaConf
 
 import synthetic
+from theory.checked import check_argument
 
 WORLDS = {
     "tabular": synthetic.tabular_world,
@@ -17,8 +18,7 @@ WORLDS = {
 
 def check_world_config(world_cfg: DictConfig) -> None:
     """``world.name`` is known and ``world.params`` are parameters of its constructor."""
-    if world_cfg.name not in WORLDS:
-        raise ValueError(f"world.name must be one of {sorted(WORLDS)}, got {world_cfg.name!r}")
+    check_argument("world.name", world_cfg.name, "one of " + ", ".join(sorted(WORLDS)), config=True)
     allowed = sorted(set(inspect.signature(WORLDS[world_cfg.name]).parameters) - {"key", "dtype"})
     for p in world_cfg.params:
         if p not in allowed:
@@ -26,9 +26,7 @@ def check_world_config(world_cfg: DictConfig) -> None:
     extra = sorted(set(world_cfg) - {"name", "params", "keep_completions"})
     if extra:
         raise ValueError(f"world.{extra[0]} is not a world key; allowed: ['keep_completions', 'name', 'params']")
-    keep = world_cfg.get("keep_completions")
-    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 2):
-        raise ValueError(f"world.keep_completions must be null or an integer >= 2, got {keep!r}")
+    check_argument("world.keep_completions", world_cfg.get("keep_completions"), "optional int >= 2", config=True)
 
 
 def make_world(world_cfg: DictConfig, key):

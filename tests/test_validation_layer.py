@@ -9,6 +9,7 @@ bit on valid input; the value checks give the messages of the older helpers of
 """
 
 import inspect
+import re
 import typing
 
 import jax
@@ -133,8 +134,85 @@ def test_integer_arrays_and_choices():
         f(np.zeros(3, int), "E")
 
 
+INTERVALS = [  # spec, values it accepts, values it refuses
+    ("number in (0, 1)", [1e-12, 0.5, 1 - 1e-12, np.float32(0.5), np.array(0.25)], [0, 1, -0.5, 1.5, float("nan"), True, "0.5"]),
+    ("number in [0, inf)", [0, 0.0, 3, 1e300], [-1e-300, float("inf"), float("nan"), None]),
+    ("number in [-1, 1]", [-1, 1, 0], [-1.0000001, 1.0000001]),
+    ("int in [1, 9]", [1, 9, np.int64(5)], [0, 10, 5.0, True]),
+    ("optional number in (0.0, 1.0]", [None, 1.0], [0.0]),
+]
+
+
+@pytest.mark.parametrize("spec, good, bad", INTERVALS, ids=[c[0] for c in INTERVALS])
+def test_interval_specs_accept_their_interval_and_name_it_as_written(spec, good, bad):
+    parsed = parse_spec(spec)
+    interval = spec[spec.index(" in ") + 4:]
+    what = ("an integer in " if "int" in spec else "in ") + interval
+    for v in good:
+        assert check_argument("x", v, parsed) is v
+    for v in bad:
+        prefix = "None or " if parsed.optional else ""
+        with pytest.raises(ValueError, match=rf"^x must be {prefix}{re.escape(what)}, got {re.escape(repr(v))}$"):
+            check_argument("x", v, parsed)
+    # the ends are compared as numbers, both ways round: each end is in or out as its bracket says
+    left, right = interval[0], interval[-1]
+    lo, hi = (float(t) for t in interval[1:-1].split(","))
+    for end, bracket in ((lo, left), (hi, right)):
+        if np.isfinite(end):
+            closed = bracket in "[]"
+            try:
+                check_argument("x", int(end) if "int" in spec else end, parsed)
+                accepted = True
+            except ValueError:
+                accepted = False
+            assert accepted == closed, (spec, end)
+
+
+def test_configuration_wording_spells_null_true_and_false():
+    with pytest.raises(ValueError, match=r"^budget must be an integer >= 1, got 0$"):
+        check_argument("budget", 0, "int >= 1", config=True)
+    with pytest.raises(ValueError, match=r"^progress must be true or false, got 'yes'$"):
+        check_argument("progress", "yes", "bool", config=True)
+    with pytest.raises(ValueError, match=r"^k must be null \(all of them\) or an integer >= 2, got 1$"):
+        check_argument("k", 1, "optional int >= 2", config=True, null_means="all of them")
+    with pytest.raises(ValueError, match=r"^fit_dtype must be null or one of \['float32', 'float64'\], got 'half'$"):
+        check_argument("fit_dtype", "half", "optional one of float32, float64", config=True)
+    with pytest.raises(ValueError, match=r"^flag must be None or True or False, got 0$"):
+        check_argument("flag", 0, "optional bool")  # the Python wording by default
+    assert check_argument("k", None, "optional int >= 2", config=True) is None
+
+
+def test_design_parameters_and_sweep_settings_are_checked_by_the_same_layer(monkeypatch):
+    # every design-parameter check but the cap's and every sweep setting goes through
+    # check_argument: a stand-in that records its calls sees each of them
+    import experiments.sweep as sweep
+    import synthetic.designs.checks as checks
+    from synthetic.designs import PARAM_CHECKS
+
+    seen = []
+
+    def spy(name, value, spec, dims=None, **kw):
+        seen.append(name)
+        return check_argument(name, value, spec, dims, **kw)
+
+    monkeypatch.setattr(checks, "check_argument", spy)
+    valid = {"rounding": "auto", "prior_precision": None, "ridge": 0.0, "tol": 1e-3, "pilot_fraction": 0.2, "pilot_ridge": 0.0,
+             "gamma": 1.0, "with_replacement": True, "num_pairs": None, "reward": "proxy", "correlation": 0.0,
+             "num_samples": 2, "fraction": 1.0, "at": "reference"}
+    assert set(valid) == set(PARAM_CHECKS) - {"max_labels_per_edge"}
+    for name, value in valid.items():
+        PARAM_CHECKS[name](name, value)
+    assert seen == [f"design.params.{n}" for n in valid]
+    seen.clear()
+    monkeypatch.setattr(sweep, "check_argument", spy)
+    cfg = sweep.compose_job(["budget=10"])
+    sweep.validate(cfg)
+    assert {"design.name", "estimator.name", "estimator.fit_dtype", *sweep._SETTINGS} <= set(seen)
+
+
 def test_malformed_specs_are_programming_errors_at_decoration():
-    for bad in ("[m, K] fnite", "[]", "[1, K]", "number >> 0", "bool > 0", "one of"):
+    for bad in ("[m, K] fnite", "[]", "[1, K]", "number >> 0", "bool > 0", "one of", "number in (1, 0)",
+                "number in (a, 1)", "bool in [0, 1]", "number in [0, 1) > 0"):
         with pytest.raises(TypeError):
             parse_spec(bad)
     with pytest.raises(TypeError, match="does not take"):

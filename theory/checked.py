@@ -21,9 +21,15 @@ Specs (one string per argument, checked in the order they are given):
   absent entry, each row with at least one finite entry), ``probability`` (finite,
   ``>= 0``, sums to 1), ``symmetric`` (finite and symmetric);
 * scalars: ``"number"``, ``"int"`` or ``"bool"``, optionally followed by a bound
-  ``> x`` or ``>= x`` and by ``as float`` (the kernel then receives ``float(value)``);
+  ``> x`` or ``>= x``, or by an interval ``in [a, b)`` (brackets ``[`` ``]`` closed,
+  ``(`` ``)`` open; ``inf`` allowed; the message writes ``a`` and ``b`` as given), and
+  by ``as float`` (the kernel then receives ``float(value)``);
 * choices: ``"one of L, A, D"`` (the value must equal one of the listed strings);
 * any kind prefixed by ``optional`` also accepts ``None``.
+
+The same specs check configuration values (the sweep's keys, a design's parameters):
+``check_argument(..., config=True)`` writes ``None`` as ``null`` and booleans as
+``true``/``false`` in its messages, as a YAML file or a Hydra override spells them.
 
 Shapes and dtypes are checked always, so they hold under ``jax.jit`` and ``jax.vmap``;
 values (finiteness, signs, sums, bounds) need concrete arrays and are checked only in
@@ -69,6 +75,7 @@ class Spec:
     bound: float | None = None
     as_float: bool = False
     choices: tuple[str, ...] = ()
+    interval: tuple[str, str, str, str] | None = None  # (left bracket, a, b, right bracket) as written
 
     @property
     def is_array(self) -> bool:
@@ -101,9 +108,21 @@ def parse_spec(text: str) -> Spec:
         if bad:
             raise TypeError(f"spec {text!r}: unknown words {bad}; allowed {list(_ARRAY_KINDS) + list(_VALUE_WORDS)}")
         return Spec(text, optional, dims, kind, tuple(words))
+    iv = re.fullmatch(r"(number|int)\s+in\s+([\[(])\s*([^,\s]+)\s*,\s*([^\])\s]+)\s*([\])])(\s+as float)?", rest)
+    if iv:
+        kind, left, a, b, right, as_float = iv.groups()
+        try:
+            lo, hi = float(a), float(b)
+        except ValueError:
+            raise TypeError(f"spec {text!r}: interval ends must be numbers (inf allowed)") from None
+        if not lo <= hi:
+            raise TypeError(f"spec {text!r}: empty interval")
+        return Spec(text, optional, None, kind, as_float=bool(as_float), interval=(left, a, b, right))
     sc = re.fullmatch(r"(number|int|bool)(?:\s*(>=|>)\s*(\S+))?(\s+as float)?", rest)
     if not sc:
-        raise TypeError(f"spec {text!r}: expected '[dims] words', 'number|int|bool [> x | >= x] [as float]' or 'one of a, b'")
+        raise TypeError(
+            f"spec {text!r}: expected '[dims] words', 'number|int|bool [> x | >= x | in [a, b)] [as float]' or 'one of a, b'"
+        )
     kind, op, bound, as_float = sc.groups()
     if kind == "bool" and (op or as_float):
         raise TypeError(f"spec {text!r}: a bool takes no bound")
@@ -165,51 +184,63 @@ def _check_array(name: str, x, spec: Spec, dims: dict) -> None:
             V.check_symmetric_values(a, name)
 
 
-def _check_scalar(name: str, x, spec: Spec):
+def _check_scalar(name: str, x, spec: Spec, config: bool = False, null_means: str = ""):
+    null = ("null" if config else "None") + (f" ({null_means})" if null_means else "")
+    none = f"{null} or " if spec.optional else ""
     if spec.kind == "choice":
         if not (isinstance(x, str) and x in spec.choices):
-            raise ValueError(f"{name} must be one of {list(spec.choices)}, got {x!r}")
+            raise ValueError(f"{name} must be {none}one of {list(spec.choices)}, got {x!r}")
         return x
     shape = tuple(np.shape(x))
     if shape != ():
         raise ValueError(f"{name} must be a scalar, got shape {list(shape)}")
-    none = "None or " if spec.optional else ""
     if spec.kind == "bool":
         if not isinstance(x, (bool, np.bool_)):
-            raise ValueError(f"{name} must be {none}True or False, got {x!r}")
+            raise ValueError(f"{name} must be {none}{'true or false' if config else 'True or False'}, got {x!r}")
         return x
+    fail = f"{name} must be {none}{_allowed_text(spec)}, got {x!r}"
     if spec.kind == "int":
         if isinstance(x, (bool, np.bool_)) or not (
             isinstance(x, (int, np.integer)) or np.dtype(getattr(x, "dtype", np.float64)).kind in "iu"
         ):
-            raise ValueError(f"{name} must be {none}an integer{_bound_text(spec)}, got {x!r}")
+            raise ValueError(fail)
     else:
         dtype = getattr(x, "dtype", None)
         if isinstance(x, (bool, np.bool_)) or (dtype is not None and np.dtype(dtype).kind not in "fiu"):
-            raise ValueError(f"{name} must be {none}a finite number{_bound_text(spec)}, got {x!r}")
+            raise ValueError(fail)
         if dtype is None and not isinstance(x, (int, float, np.integer, np.floating)):
-            raise ValueError(f"{name} must be {none}a finite number{_bound_text(spec)}, got {x!r}")
+            raise ValueError(fail)
     if not V.is_concrete(x):
         return x
     v = float(x)
-    ok = math.isfinite(v) and (
-        spec.op is None or (v > spec.bound if spec.op == ">" else v >= spec.bound)
-    )
-    if not ok:
-        what = "an integer" if spec.kind == "int" else "a finite number"
-        raise ValueError(f"{name} must be {none}{what}{_bound_text(spec)}, got {x!r}")
+    if spec.interval is not None:
+        left, a, b, right = spec.interval
+        ok = (v > float(a) if left == "(" else v >= float(a)) and (v < float(b) if right == ")" else v <= float(b))
+    else:
+        ok = spec.op is None or (v > spec.bound if spec.op == ">" else v >= spec.bound)
+    if not (math.isfinite(v) and ok):
+        raise ValueError(fail)
     return v if spec.as_float else x
 
 
-def _bound_text(spec: Spec) -> str:
-    return f" {spec.op} {_fmt(spec.bound)}" if spec.op else ""
+def _allowed_text(spec: Spec) -> str:
+    """What a scalar spec allows, as its error message says it: ``a finite number > 0``,
+    ``an integer >= 1``, ``in (0, 1)`` (an interval of numbers), ``an integer in [1, 9]``."""
+    if spec.interval is not None:
+        left, a, b, right = spec.interval
+        return ("an integer in" if spec.kind == "int" else "in") + f" {left}{a}, {b}{right}"
+    what = "an integer" if spec.kind == "int" else "a finite number"
+    return what + (f" {spec.op} {_fmt(spec.bound)}" if spec.op else "")
 
 
-def check_argument(name: str, value, spec: Spec | str, dims: dict | None = None):
+def check_argument(name: str, value, spec: Spec | str, dims: dict | None = None, *, config: bool = False,
+                   null_means: str = ""):
     """Check one argument against its spec; returns the value the kernel receives.
 
     ``dims`` (name -> size and where it came from) is shared across the arguments
-    of one call; pass ``None`` for a single check.
+    of one call; pass ``None`` for a single check. ``config=True``: the value is a
+    configuration setting, and the message spells ``null``, ``true`` and ``false``;
+    ``null_means`` says in the message what an optional value's ``None`` stands for.
     """
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     if value is None and spec.optional:
@@ -217,7 +248,7 @@ def check_argument(name: str, value, spec: Spec | str, dims: dict | None = None)
     if spec.is_array:
         _check_array(name, value, spec, {} if dims is None else dims)
         return value
-    return _check_scalar(name, value, spec)
+    return _check_scalar(name, value, spec, config, null_means)
 
 
 # -------------------------------------------------------------- the decorator

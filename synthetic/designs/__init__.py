@@ -71,10 +71,10 @@ from synthetic.designs.checks import (  # noqa: F401  (re-exported, private name
     _check_choice,
     _check_fraction,
     _fail,
-    _is_number,
     choice_check,
     integer_check,
     interval_check,
+    spec_check,
 )
 from synthetic.designs.outputs import (  # noqa: F401
     _present,

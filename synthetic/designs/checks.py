@@ -1,5 +1,8 @@
 """Parameter checks: one ``check(name, value)`` per parameter name, raising
-``ValueError`` naming ``design.params.<name>`` and the allowed values."""
+``ValueError`` naming ``design.params.<name>`` and the allowed values.
+
+The checks are specs of the one validation layer (:mod:`theory.checked`) worded as
+configuration; only the cap (``null``, ``'auto'`` or an integer) has its own function."""
 
 from __future__ import annotations
 
@@ -8,54 +11,42 @@ from typing import Callable
 import numpy as np
 
 from synthetic.rounding import ROUNDINGS
+from theory.checked import check_argument, parse_spec
 
-__all__ = ["PARAM_CHECKS", "choice_check", "interval_check", "integer_check"]
+__all__ = ["PARAM_CHECKS", "spec_check", "choice_check", "interval_check", "integer_check"]
 
 
 def _fail(name, allowed, value):
     raise ValueError(f"design.params.{name} must be {allowed}, got {value!r}")
 
 
-def _is_number(value):
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and np.isfinite(value)
+def spec_check(spec: str, null_means: str = "") -> Callable:
+    """A check ``check(name, value)`` of ``design.params.<name>`` against a spec of the one
+    validation layer (:func:`theory.checked.check_argument`, e.g. ``"number in (0, 1)"``,
+    ``"optional int >= 1"``, ``"one of a, b"``, ``"bool"``), worded as configuration
+    (``null``, ``true``/``false``). The spec is parsed once, here."""
+    parsed = parse_spec(spec)
+
+    def check(name, value):
+        check_argument(f"design.params.{name}", value, parsed, config=True, null_means=null_means)
+
+    return check
 
 
 def choice_check(*allowed):
-    """A check that the value is one of ``allowed``."""
-
-    def check(name, value):
-        if value not in allowed:
-            _fail(name, f"one of {list(allowed)}", value)
-
-    return check
+    """A check that the value is one of ``allowed`` (strings)."""
+    return spec_check("one of " + ", ".join(allowed))
 
 
 def interval_check(lo, hi, lo_open=True, hi_open=True, optional=False):
     """A check that the value is a finite number in the interval (``None`` too if ``optional``)."""
     lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
-    text = f"in {lb}{lo:g}, {hi:g}{rb}" + (" or null" if optional else "")
-
-    def check(name, value):
-        if optional and value is None:
-            return
-        ok = _is_number(value) and (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
-        if not ok:
-            _fail(name, text, value)
-
-    return check
+    return spec_check(f"{'optional ' if optional else ''}number in {lb}{lo:g}, {hi:g}{rb}")
 
 
 def integer_check(lo, optional=False, null_means=""):
     """A check that the value is an integer ``>= lo`` (``None`` too if ``optional``)."""
-    text = (f"null ({null_means}) or " if optional else "") + f"an integer >= {lo}"
-
-    def check(name, value):
-        if optional and value is None:
-            return
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-            _fail(name, text, value)
-
-    return check
+    return spec_check(f"{'optional ' if optional else ''}int >= {lo}", null_means if optional else "")
 
 
 def _cap_check(name, value):
@@ -65,9 +56,7 @@ def _cap_check(name, value):
         _fail(name, "null (unlimited), 'auto' (1 when budget <= number of edges, else unlimited) or an integer >= 1", value)
 
 
-def _bool_check(name, value):
-    if not isinstance(value, (bool, np.bool_)):
-        _fail(name, "true or false", value)
+_bool_check = spec_check("bool")
 
 
 #: The check of each parameter name the registered designs use. A design may
@@ -92,15 +81,10 @@ PARAM_CHECKS: dict[str, Callable] = {
 }
 
 def _check_choice(name, value, allowed):
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+    """A function argument that must be one of ``allowed`` (strings); the message names ``name``."""
+    check_argument(name, value, "one of " + ", ".join(allowed))
 
 
 def _check_fraction(name, value, lo=0.0, hi=1.0, lo_open=True, hi_open=True):
-    ok = isinstance(value, (int, float)) and np.isfinite(value)
-    ok = ok and (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
-    if not ok:
-        lb = "(" if lo_open else "["
-        rb = ")" if hi_open else "]"
-        raise ValueError(f"{name} must be in {lb}{lo}, {hi}{rb}, got {value!r}")
-
+    """A function argument that must be a finite number in the interval; the message names ``name``."""
+    check_argument(name, value, f"number in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}")

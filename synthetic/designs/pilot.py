@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from synthetic.baselines import uniform_weights
-from synthetic.designs.checks import _check_choice, _check_fraction, _fail, _is_number
+from synthetic.designs.checks import PARAM_CHECKS, _check_choice, _check_fraction
 from synthetic.estimators import fit_newton
 from synthetic.rounding import round_design
 
@@ -39,8 +39,7 @@ class PilotConfig:
     def check(self) -> "PilotConfig":
         """``fraction`` in ``(0, 1)`` and ``ridge`` a finite number ``>= 0``; errors name the design parameter."""
         _check_fraction("pilot_fraction", self.fraction)
-        if not (_is_number(self.ridge) and self.ridge >= 0):
-            _fail("pilot_ridge", "in [0, inf)", self.ridge)
+        PARAM_CHECKS["pilot_ridge"]("pilot_ridge", self.ridge)
         return self
 
     def size(self, budget: int) -> int:
