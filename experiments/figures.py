@@ -53,6 +53,7 @@ from experiments import sweep  # noqa: E402
 from experiments.compiled import release_compiled  # noqa: E402
 from experiments.figure_plots import FIG1_WORLDS, POOL_SIZE_DESIGNS, plot_fig1, plot_fig2, plot_fig3, plot_fig4, plot_fig5, plot_fig6  # noqa: E402, F401
 from experiments.plotting import save_figure, write_csv  # noqa: E402
+from theory.checked import check_argument  # noqa: E402
 
 FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig5", "fig6")
 #: Figure 1's adaptive designs (experiment per world): the contextual panel only (in the
@@ -594,8 +595,7 @@ def scaled_world(world, scale: float):
 
 
 def _check_real_positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    check_argument(name, value, "number > 0")
 
 
 def pool_size_item(world, k: int, design: str, budget: int, key, replicates: int = 0, edge_index=None, diffs_max=None,

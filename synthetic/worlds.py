@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from theory.policy import optimality_gap, policy_curvature
+from theory.checked import check_argument
 
 __all__ = [
     "Pool",
@@ -90,19 +91,11 @@ def world_curvature(world: World, theta=None) -> jax.Array:
 
 
 def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    check_argument(name, value, f"int >= {minimum}")
 
 
 def _check_real(name, value, minimum, strict):
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a real number, got {value!r}") from None
-    bad = (v <= minimum) if strict else (v < minimum)
-    if not math.isfinite(v) or bad:
-        op = ">" if strict else ">="
-        raise ValueError(f"{name} must be a finite number {op} {minimum}, got {value!r}")
+    check_argument(name, value, f"number {'>' if strict else '>='} {minimum}")
 
 
 def _check_common(num_completions, beta, theta_scale, ref_concentration, dtype):
@@ -138,9 +131,10 @@ def _reference(key, shape, ref_concentration, dtype, present=None, rewards=None,
 
 
 def _check_correlation(value):
-    _check_real("ref_reward_correlation", value, -math.inf, strict=False)
-    if not -1.0 <= float(value) <= 1.0:
-        raise ValueError(f"ref_reward_correlation must be a number in [-1, 1], got {value!r}")
+    try:
+        check_argument("ref_reward_correlation", value, "number in [-1, 1]")
+    except ValueError:
+        raise ValueError(f"ref_reward_correlation must be a number in [-1, 1], got {value!r}") from None
 
 
 def _uniform(m, dtype):

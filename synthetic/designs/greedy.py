@@ -17,6 +17,7 @@ from synthetic.designs.pilot import PILOT, PilotConfig, _at_truth_or_pilot, _the
 from synthetic.designs.problem import DesignOutput
 from synthetic.designs.registry import register_design
 from synthetic.labels import allocation_from_counts
+from theory.checked import check_argument
 
 __all__ = ["adpo_greedy", "apo_greedy", "apo_sequential"]
 
@@ -88,8 +89,7 @@ def _greedy(vecs, budget, gamma, with_replacement, max_labels_per_edge=None, pil
 
 
 def _check_positive(name, value):
-    if not isinstance(value, (int, float)) or not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    check_argument(name, value, "number > 0")
 
 
 @register_design(

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike, Float, Int
 
-from theory.checked import checked
+from theory.checked import check_argument, checked
 from theory.design.certificate import _capped_lmo_np, exact_certificate
 from theory.design.output import DesignSolution, SolverHistory
 from theory.design.polish import _polish, _polish_cg
@@ -30,8 +30,7 @@ from theory.shapes import Diffs, EdgeWeights, Scalar, Vector
 
 
 def _check_int(value, name, least):
-    if not (isinstance(value, (int, np.integer)) and value >= least):
-        raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    check_argument(name, value, f"int >= {least}")
 
 
 class _CGSchedule(NamedTuple):
