@@ -40,7 +40,7 @@ def _use_classic_emitters() -> None:
     probe = "import jax, jax.numpy as jnp; jax.jit(lambda x: jnp.exp(x).sum())(jnp.ones(3)).block_until_ready()"
     try:
         ok = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"},
-                            capture_output=True, timeout=300).returncode == 0
+                            capture_output=True, timeout=60).returncode == 0
     except (OSError, subprocess.SubprocessError):
         ok = False
     if ok:
@@ -71,6 +71,12 @@ jax.config.update(
     "jax_persistent_cache_min_entry_size_bytes",
     int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]),
 )
+
+
+def pytest_report_header(config):
+    flags = os.environ.get("XLA_FLAGS", "")
+    used = CLASSIC_EMITTERS in flags
+    return f"XLA_FLAGS: {flags or '(none)'} ({'classic CPU emitters' if used else 'XLA default emitters'})"
 
 
 @pytest.fixture

@@ -180,6 +180,20 @@ def test_configuration_wording_spells_null_true_and_false():
     with pytest.raises(ValueError, match=r"^flag must be None or True or False, got 0$"):
         check_argument("flag", 0, "optional bool")  # the Python wording by default
     assert check_argument("k", None, "optional int >= 2", config=True) is None
+    # as a design parameter and a sweep setting say them
+    import experiments.sweep as sweep
+    from synthetic.designs import PARAM_CHECKS
+    from synthetic.designs.checks import interval_check
+
+    with pytest.raises(ValueError, match=r"^design.params.prior_precision must be null or in \[0, inf\), got -1$"):
+        PARAM_CHECKS["prior_precision"]("prior_precision", -1)
+    with pytest.raises(ValueError, match=r"^estimator.fit_dtype must be null or one of \['float32', 'float64'\], got 'half'$"):
+        sweep.validate(sweep.compose_job(["+estimator.fit_dtype=half"]))
+    # an end that ':g' would round is compared (and written) exactly
+    check = interval_check(0.1234567, 1.0)
+    check("x", 0.12345675)
+    with pytest.raises(ValueError, match=r"in \(0.1234567, 1\), got 0.1234567$"):
+        check("x", 0.1234567)
 
 
 def test_design_parameters_and_sweep_settings_are_checked_by_the_same_layer(monkeypatch):
@@ -195,6 +209,8 @@ def test_design_parameters_and_sweep_settings_are_checked_by_the_same_layer(monk
         seen.append(name)
         return check_argument(name, value, spec, dims, **kw)
 
+    import experiments.worlds as worlds
+
     monkeypatch.setattr(checks, "check_argument", spy)
     valid = {"rounding": "auto", "prior_precision": None, "ridge": 0.0, "tol": 1e-3, "pilot_fraction": 0.2, "pilot_ridge": 0.0,
              "gamma": 1.0, "with_replacement": True, "num_pairs": None, "reward": "proxy", "correlation": 0.0,
@@ -205,14 +221,17 @@ def test_design_parameters_and_sweep_settings_are_checked_by_the_same_layer(monk
     assert seen == [f"design.params.{n}" for n in valid]
     seen.clear()
     monkeypatch.setattr(sweep, "check_argument", spy)
+    monkeypatch.setattr(worlds, "check_argument", spy)
     cfg = sweep.compose_job(["budget=10"])
     sweep.validate(cfg)
-    assert {"design.name", "estimator.name", "estimator.fit_dtype", *sweep._SETTINGS} <= set(seen)
+    settings = {"world.name", "world.keep_completions", "design.name", "estimator.name", "estimator.fit_dtype", *sweep._SETTINGS}
+    assert set(seen) - {f"design.params.{n}" for n in cfg.design.params} == settings
 
 
 def test_malformed_specs_are_programming_errors_at_decoration():
     for bad in ("[m, K] fnite", "[]", "[1, K]", "number >> 0", "bool > 0", "one of", "number in (1, 0)",
-                "number in (a, 1)", "bool in [0, 1]", "number in [0, 1) > 0"):
+                "number in (a, 1)", "bool in [0, 1]", "number in [0, 1) > 0", "number in (1, 1)", "number in [nan, 1]",
+                "number in [1_0, 20]", "int in [1.5, 2]"):
         with pytest.raises(TypeError):
             parse_spec(bad)
     with pytest.raises(TypeError, match="does not take"):

@@ -76,6 +76,7 @@ class Spec:
     as_float: bool = False
     choices: tuple[str, ...] = ()
     interval: tuple[str, str, str, str] | None = None  # (left bracket, a, b, right bracket) as written
+    ends: tuple[float, float] | None = None  # the interval's ends as numbers
 
     @property
     def is_array(self) -> bool:
@@ -114,10 +115,13 @@ def parse_spec(text: str) -> Spec:
         try:
             lo, hi = float(a), float(b)
         except ValueError:
-            raise TypeError(f"spec {text!r}: interval ends must be numbers (inf allowed)") from None
-        if not lo <= hi:
-            raise TypeError(f"spec {text!r}: empty interval")
-        return Spec(text, optional, None, kind, as_float=bool(as_float), interval=(left, a, b, right))
+            lo = hi = math.nan
+        if math.isnan(lo) or math.isnan(hi) or "_" in a + b:
+            raise TypeError(f"spec {text!r}: interval ends must be numbers (inf allowed)")
+        if not (lo <= hi if left == "[" and right == "]" else lo < hi) or (kind == "int" and not all(
+                math.isinf(x) or x.is_integer() for x in (lo, hi))):
+            raise TypeError(f"spec {text!r}: empty interval or non-integer ends for an int")
+        return Spec(text, optional, None, kind, as_float=bool(as_float), interval=(left, a, b, right), ends=(lo, hi))
     sc = re.fullmatch(r"(number|int|bool)(?:\s*(>=|>)\s*(\S+))?(\s+as float)?", rest)
     if not sc:
         raise TypeError(
@@ -214,8 +218,8 @@ def _check_scalar(name: str, x, spec: Spec, config: bool = False, null_means: st
         return x
     v = float(x)
     if spec.interval is not None:
-        left, a, b, right = spec.interval
-        ok = (v > float(a) if left == "(" else v >= float(a)) and (v < float(b) if right == ")" else v <= float(b))
+        (left, _, _, right), (lo, hi) = spec.interval, spec.ends
+        ok = (v > lo if left == "(" else v >= lo) and (v < hi if right == ")" else v <= hi)
     else:
         ok = spec.op is None or (v > spec.bound if spec.op == ">" else v >= spec.bound)
     if not (math.isfinite(v) and ok):

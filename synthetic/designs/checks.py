@@ -41,7 +41,14 @@ def choice_check(*allowed):
 def interval_check(lo, hi, lo_open=True, hi_open=True, optional=False):
     """A check that the value is a finite number in the interval (``None`` too if ``optional``)."""
     lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
-    return spec_check(f"{'optional ' if optional else ''}number in {lb}{lo:g}, {hi:g}{rb}")
+    return spec_check(f"{'optional ' if optional else ''}number in {lb}{_end(lo)}, {_end(hi)}{rb}")
+
+
+def _end(x) -> str:
+    """An interval end as the message writes it: ``0``, ``inf``, ``0.25`` (``:g``), exact
+    (the spec compares against this text, so ``:g`` is used only where it is exact)."""
+    text = f"{x:g}"
+    return text if float(text) == float(x) else repr(float(x))
 
 
 def integer_check(lo, optional=False, null_means=""):
