@@ -56,6 +56,7 @@ from synthetic.estimators import fit_newton  # noqa: E402
 from synthetic.worlds import Pool  # noqa: E402
 from theory import enumerate_edges, policy_curvature  # noqa: E402
 from theory.design import optimal_design  # noqa: E402
+from theory.checked import check_argument  # noqa: E402
 from theory.information import design_criterion  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -414,35 +415,26 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError("pool: give pool=<file.parquet|file.jsonl|hf:dataset>")
     if cfg.get("out") in (None, "", "???"):
         raise ValueError("out: give out=<file.jsonl>, where the labelling queue goes")
-    b = cfg.get("budget")
-    if isinstance(b, bool) or not isinstance(b, int) or b < 1:
-        raise ValueError(f"budget: must be an integer >= 1, got {b!r}")
+    _setting("budget", cfg.get("budget"), "int >= 1")
     if cfg.design not in NO_TRUTH_DESIGNS:
         raise ValueError(f"design: {cfg.design!r} is not available on a real pool; allowed (designs that need no simulated truth): "
                          f"{list(NO_TRUTH_DESIGNS)}")
-    p = cfg.pca
-    if p is not None and (isinstance(p, bool) or not isinstance(p, int) or p < 1):
-        raise ValueError(f"pca: must be null (no reduction) or an integer >= 1, got {p!r}")
-    c = cfg.max_labels_per_edge
-    if c is not None and (isinstance(c, bool) or not isinstance(c, int) or c < 1):
-        raise ValueError(f"max_labels_per_edge: must be null (unlimited) or an integer >= 1, got {c!r}")
-    pp = cfg.prior_precision
-    if pp is not None and (isinstance(pp, bool) or not isinstance(pp, (int, float)) or not math.isfinite(pp) or pp <= 0):
-        raise ValueError(f"prior_precision: must be null or a finite number > 0, got {pp!r}")
-    if isinstance(cfg.beta, bool) or not isinstance(cfg.beta, (int, float)) or not (cfg.beta > 0 and math.isfinite(cfg.beta)):
-        raise ValueError(f"beta: must be a finite number > 0, got {cfg.beta!r}")
-    if not isinstance(cfg.renormalise_ref, bool):
-        raise ValueError(f"renormalise_ref: must be true or false, got {cfg.renormalise_ref!r}")
+    _setting("pca", cfg.pca, "optional int >= 1", null_means="no reduction")
+    _setting("max_labels_per_edge", cfg.max_labels_per_edge, "optional int >= 1", null_means="unlimited")
+    _setting("prior_precision", cfg.prior_precision, "optional number > 0")
+    _setting("beta", cfg.beta, "number > 0")
+    _setting("renormalise_ref", cfg.renormalise_ref, "bool")
     if cfg.pilot is not None and not Path(cfg.pilot).is_file():
         raise ValueError(f"pilot: no file at {Path(cfg.pilot).resolve()}")
     if cfg.pilot is not None and cfg.design != "two_stage":
         raise ValueError(f"pilot: only design=two_stage uses pilot labels, got design={cfg.design}")
-    t = cfg.get("tol")
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 1:
-        raise ValueError(f"tol: must be a number in (0, 1) (the solver's relative certificate), got {t!r}")
-    s = cfg.seed
-    if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-        raise ValueError(f"seed: must be an integer >= 0, got {s!r}")
+    _setting("tol", cfg.get("tol"), "number in (0, 1)")  # the solver's relative certificate
+    _setting("seed", cfg.seed, "int >= 0")
+
+
+def _setting(name, value, spec, null_means=""):
+    """One option checked by its spec (:mod:`theory.checked`); the message reads ``name: must be ...``."""
+    check_argument(f"{name}:", value, spec, config=True, null_means=null_means)
 
 
 # ------------------------------------------------------------------ output

@@ -47,6 +47,7 @@ import scipy.sparse
 import scipy.special
 
 from theory.information import rank_threshold
+from theory.checked import check_argument
 
 __all__ = [
     "NewtonResult",
@@ -338,14 +339,10 @@ def fit_dpo_optax(
       ridge: per-label ridge ``>= 0``.
       final_lr_fraction: end of the cosine schedule, relative to the peak.
     """
-    if optimizer not in _OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {sorted(_OPTIMIZERS)}, got {optimizer!r}")
-    if not (isinstance(num_steps, int) and num_steps >= 1):
-        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
-    if not (0.0 <= float(label_smoothing) < 0.5):
-        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing!r}")
-    if not float(learning_rate) > 0:
-        raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
+    check_argument("optimizer", optimizer, "one of " + ", ".join(sorted(_OPTIMIZERS)))
+    check_argument("num_steps", num_steps, "int >= 1")
+    check_argument("label_smoothing", label_smoothing, "number in [0, 0.5)")
+    check_argument("learning_rate", learning_rate, "number > 0")
     schedule = optax.cosine_decay_schedule(learning_rate, num_steps, alpha=final_lr_fraction)
     opt = _OPTIMIZERS[optimizer](schedule)
     counts = jnp.asarray(counts, dtype=diffs.dtype)

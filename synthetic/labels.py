@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from theory import _validation as V
+from theory.checked import check_argument
 
 __all__ = [
     "Allocation",
@@ -79,8 +80,7 @@ def sample_allocation(key, weights, budget: int) -> Allocation:
     """
     w = np.asarray(weights, dtype=np.float64)
     V.check_design_weights(w, w.shape[0] if w.ndim == 1 else -1)
-    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
-        raise ValueError(f"budget must be an integer >= 1, got {budget!r}")
+    check_argument("budget", budget, "int >= 1")
     logits = jnp.log(jnp.asarray(w))
     draws = jax.random.categorical(key, logits, shape=(int(budget),))
     counts = np.bincount(np.asarray(draws), minlength=w.shape[0])

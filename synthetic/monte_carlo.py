@@ -57,6 +57,7 @@ from synthetic.estimators import (
 )
 from synthetic.labels import INVERSE_CDF_MAX_COUNT, Allocation, simulate_wins
 from synthetic.worlds import Pool, World
+from theory.checked import check_argument
 from theory.policy import optimality_gap_kernel
 
 __all__ = ["ReplicateResult", "replicate_gaps", "simulate_gaps", "mean_and_ci", "ESTIMATORS", "TRACE_COUNT"]
@@ -325,10 +326,8 @@ def simulate_gaps(key, world: World, edge_diffs, allocation: Allocation, num_rep
     Returns:
       :class:`ReplicateResult` with a leading ``[R]`` axis.
     """
-    if isinstance(num_replicates, bool) or not isinstance(num_replicates, int) or num_replicates < 1:
-        raise ValueError(f"num_replicates must be an integer >= 1, got {num_replicates!r}")
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {estimator!r}")
+    check_argument("num_replicates", num_replicates, "int >= 1")
+    check_argument("estimator", estimator, "one of " + ", ".join(sorted(ESTIMATORS)))
     diffs = jnp.asarray(edge_diffs)
     counts = allocation.dense_counts(diffs.shape[0])
     keys = jax.random.split(key, num_replicates)

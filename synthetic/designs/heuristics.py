@@ -12,6 +12,7 @@ from synthetic.designs.checks import _check_choice, choice_check
 from synthetic.designs.outputs import _present, _prompt_masses, weighted_output
 from synthetic.designs.pilot import PILOT, PilotConfig, _pilot
 from synthetic.designs.registry import register_design
+from theory.checked import check_argument
 
 __all__ = ["REWARD_POSITIONS", "reward_model", "best_vs_worst", "sweet_spot", "sweet_spot_pm2sigma", "sweet_spot_scalable"]
 
@@ -32,8 +33,7 @@ def reward_model(key, problem, reward="proxy", correlation=1.0, pilot_theta=None
     if reward == "pilot":
         scores = problem.beta * np.asarray(feats @ pilot_theta)
         return np.where(present, scores, -np.inf)
-    if not isinstance(correlation, (int, float)) or not np.isfinite(correlation) or not -1.0 <= correlation <= 1.0:
-        raise ValueError(f"correlation must be in [-1, 1], got {correlation!r}")
+    check_argument("correlation", correlation, "number in [-1, 1]")
     true = problem.beta * np.asarray(feats @ problem.theta_star)
     vals = true[present]
     sd = vals.std()
@@ -167,8 +167,7 @@ def sweet_spot_scalable(
     key, problem, budget, num_samples=5, reward="proxy", correlation=1.0, pilot_fraction=PILOT.fraction, pilot_ridge=PILOT.ridge, rounding="auto",
     max_labels_per_edge=None,
 ):
-    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
-        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+    check_argument("num_samples", num_samples, "int >= 1")
     k_r, k_pick, k_round = jax.random.split(key, 3)
     scores, pilot = _rewards(k_r, problem, budget, reward, correlation, pilot_fraction, pilot_ridge)
     present = _present(problem)
