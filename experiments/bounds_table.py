@@ -91,7 +91,8 @@ def main(argv=None):
     lines.append("`lower 5`, `upper 4`, `n0 4`, `u/l new`: Theorems 5 and 4 (theory/DERIVATIONS.md sections 9-10); `bayes 5` is the")
     lines.append("Bayes risk under Theorem 5's own prior (`prior 5`: a box or an ellipsoid, whichever gave `lower 5`), which `lower 5` bounds.")
     lines.append("`2nd order / MC`: the second-order prediction")
-    lines.append("(theory/SECOND_ORDER.md) over MC. `tests`: every z-test of the row (Theorems 1, 1', 2, 4, 5, ratio).\n")
+    lines.append("(theory/SECOND_ORDER.md) over MC. `no MLE >=`: the separation floor, a lower bound on the no-MLE probability")
+    lines.append("(theory/DERIVATIONS.md section 11.3). `tests`: every test of the row (Theorems 1, 1', 2, 4, 5, ratio, floor).\n")
     summary, header_end = {}, len(lines)
     for wi, (wname, world) in enumerate(_worlds().items()):
         prob = design_problem(world)
@@ -99,8 +100,8 @@ def main(argv=None):
         g_sup = TB.gap_sup(world.theta_star, ev.features, ev.log_ref, world.beta, ev.prompt_weights)
         lines.append(f"\n### {wname}\n")
         lines.append(f"G_sup = {g_sup:.3g} (no policy has a larger gap).\n")
-        lines.append("| design | n | lower | bayes (se) | MC (se) | upper | hp upper (>hp) | n0 | upper/lower | lower 5 | prior 5 | bayes 5 (se) | upper 4 | n0 4 | u/l new | ratio (se) | 2nd order / MC | no MLE | tests |")
-        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        lines.append("| design | n | lower | bayes (se) | MC (se) | upper | hp upper (>hp) | n0 | upper/lower | lower 5 | prior 5 | bayes 5 (se) | upper 4 | n0 4 | u/l new | ratio (se) | 2nd order / MC | no MLE | no MLE >= | tests |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for di, design in enumerate(DESIGNS):
             rows = check_design_bounds(jax.random.key(100 * wi + di), world, prob, design, budgets, num_replicates=args.replicates)
             for r in rows:
@@ -110,19 +111,22 @@ def main(argv=None):
                     f"{_fmt(r.mc_mean)} ({r.mc_se:.1g}) | {_fmt(r.upper)} | {_fmt(r.hp_upper)} ({r.hp_exceed}) | {_fmt(r.valid_from)} | "
                     f"{_fmt(r.upper_over_lower)} | {_fmt(r.lower_new)} | {r.lower_new_shape} | {_fmt(r.bayes_new_mean)} ({r.bayes_new_se:.1g}) | "
                     f"{_fmt(r.upper_new)} | {_fmt(r.valid_from_new)} | {_fmt(r.upper_over_lower_new)} | "
-                    f"{r.ratio:.3f} ({r.ratio_se:.3f}) | {r.second_order / r.mc_mean:.3f} | {r.no_mle_rate:.3g} | {ok} |"
+                    f"{r.ratio:.3f} ({r.ratio_se:.3f}) | {r.second_order / r.mc_mean:.3f} | {r.no_mle_rate:.3g} | {r.separation_floor:.3g} | {ok} |"
                 )
                 records.append({"world": wname, **r._asdict()})
                 summary.setdefault((wname, design), {})[r.n] = r
             print(f"{wname} {design}: {time.time() - t0:.0f} s", flush=True)
     # Summary: n0 and upper/lower at 1e6 and 1e8, Theorems 1-2 (old) against Theorems 4-5 (new).
     head = ["", "### Summary: where the bounds hold and how far apart they are (old: Theorems 1-2; new: Theorems 4-5)", ""]
-    head.append("n0: the smallest n from which the upper bound holds (at n = 1e6's empirical design; tail a = 2).\n")
-    head.append("| world | design | n0 old | n0 new | upper/lower 1e6 old | new | upper/lower 1e8 old | new |")
-    head.append("|---|---|---|---|---|---|---|---|")
+    head.append("n0: the smallest n from which the upper bound holds (at n = 1e6's empirical design; tail a = 2). `n0 floor`: the")
+    head.append("largest n (20 a decade from 1e2) at which the design leaves the MLE undefined with probability above n^-2 (a")
+    head.append("completion winning or losing all its comparisons; section 11.3): no bound resting on an event of probability")
+    head.append(">= 1 - n^-2 on which the MLE exists (Theorems 1, 1', 4) holds there, so every such n0 exceeds it (`-`: none).\n")
+    head.append("| world | design | n0 floor | n0 old | n0 new | upper/lower 1e6 old | new | upper/lower 1e8 old | new |")
+    head.append("|---|---|---|---|---|---|---|---|---|")
     for (wname, design), by_n in summary.items():
         ref = by_n.get(10**6, next(iter(by_n.values())))
-        cells = [_fmt(ref.valid_from), _fmt(ref.valid_from_new)]
+        cells = [_fmt(ref.n0_floor) if ref.n0_floor > 0 else "-", _fmt(ref.valid_from), _fmt(ref.valid_from_new)]
         for n in (10**6, 10**8):
             r = by_n.get(n)
             cells += [_fmt(r.upper_over_lower), _fmt(r.upper_over_lower_new)] if r else ["-", "-"]
@@ -146,7 +150,8 @@ def main(argv=None):
         wr.writeheader()
         wr.writerows(records)
     print("\n".join(lines))
-    fails = sum(1 for r in records if not all(r[k] for k in ("lower_ok", "upper_ok", "ratio_ok", "hp_ok", "upper_new_ok", "lower_new_ok")))
+    fails = sum(1 for r in records if not all(r[k] for k in ("lower_ok", "upper_ok", "ratio_ok", "hp_ok", "upper_new_ok", "lower_new_ok",
+                                                              "floor_ok")))
     print(f"{fails} failed checks out of {len(records)}")
 
 

@@ -322,14 +322,20 @@ def fig2_records(results: Path, small: bool, progress: bool = True, out: Path | 
 
 
 def _bounds_table_rows(path: Path) -> list[dict]:
-    """The bounds table's CSV as rows: ``world`` and ``design`` strings, ``True``/``False``
-    booleans, every other column a float (the table's own types)."""
+    """The bounds table's CSV as rows, each column of the type its
+    :class:`synthetic.bounds_check.BoundRow` field has (``world`` a string; ``n``, counts
+    and values floats; flags booleans; names such as ``lower_new_shape`` strings)."""
+    import typing
+
+    from synthetic.bounds_check import BoundRow
+
+    types = {**typing.get_type_hints(BoundRow), "world": str}
     with Path(path).open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     for r in rows:
         for k, v in r.items():
-            if k not in ("world", "design"):
-                r[k] = float(v) if v not in ("True", "False") else v == "True"
+            kind = types.get(k, float)
+            r[k] = v if kind is str else (v == "True") if kind is bool else float(v)
     return rows
 
 

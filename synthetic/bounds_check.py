@@ -35,6 +35,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.stats
 
 from synthetic.designs import DesignProblem, run_design
 from synthetic.monte_carlo import replicate_gaps
@@ -211,11 +212,41 @@ class BoundRow(NamedTuple):
     second_order: float = math.nan
     # the shape of Theorem 5's prior that gave lower_new (and under which bayes_new is simulated)
     lower_new_shape: str = "box"
+    # P(no MLE) >= separation_floor at this allocation (theory.bounds.separation_floor, coordinate
+    # directions); floor_ok: the simulated no-MLE share is not below it (binomial test at alpha)
+    separation_floor: float = 0.0
+    floor_ok: bool = True
+    # the largest budget (grid of 20 a decade, 1e2-1e8, the design's rounding) at which the floor
+    # exceeds n^-tail: no bound with an event of probability >= 1 - n^-tail holds there (0: none)
+    n0_floor: float = 0.0
 
     @property
     def all_ok(self) -> bool:
         """Every test of the row passes (Theorems 1, 1', 2, 4, 5 and the asymptotic ratio)."""
-        return self.lower_ok and self.upper_ok and self.ratio_ok and self.hp_ok and self.upper_new_ok and self.lower_new_ok
+        return (self.lower_ok and self.upper_ok and self.ratio_ok and self.hp_ok and self.upper_new_ok and self.lower_new_ok
+                and self.floor_ok)
+
+
+#: Budgets at which :func:`separation_n0_floor` looks (20 a decade from 1e2 to 1e8).
+FLOOR_GRID = tuple(int(x) for x in np.unique(np.round(np.logspace(2, 8, 121))))
+
+
+def separation_n0_floor(weights, theta_star, diffs, beta, tail: float = 2.0, grid=FLOOR_GRID) -> float:
+    """The largest budget of ``grid`` at which the design (``weights``, efficient rounding)
+    leaves the MLE undefined with probability above ``n^-tail``, by
+    :func:`theory.bounds.separation_floor` along the coordinate axes; ``0`` if none.
+
+    Theorems 1, 1' and 4 rest on an event of probability ``>= 1 - n^-tail`` on which the
+    MLE exists, so none of them (and no bound proved that way) can hold at that budget:
+    their ``n0`` exceeds it."""
+    w = np.asarray(weights, np.float64)
+    d = np.shape(diffs)[1]
+    worst = 0.0
+    for n in grid:
+        counts = efficient_rounding(w / w.sum(), int(n)).dense_counts(w.shape[0])
+        if TB.separation_floor(counts, theta_star, diffs, beta, np.eye(d)) > float(n) ** -tail:
+            worst = float(n)
+    return worst
 
 
 def _allocation_weights(problem: DesignProblem, design: str, key, budget: int) -> np.ndarray:
@@ -261,6 +292,7 @@ def check_design_bounds(
     k_design, k_sim = jax.random.split(key)
     w = _allocation_weights(problem, design, k_design, int(max(budgets)))
     ev = world.eval
+    n0_floor = separation_n0_floor(w, world.theta_star, problem.edges.diffs, world.beta, tail)
     z_one = NormalDist().inv_cdf(1.0 - alpha)
     z_two = NormalDist().inv_cdf(1.0 - alpha / 2.0)
     rows = []
@@ -289,6 +321,8 @@ def check_design_bounds(
         bmean, bse = float(gb.mean()), float(gb.std(ddof=1) / math.sqrt(gb.size))
         ratio, ratio_se = mean / asym, se / asym
         test_ratio = ub.valid if ratio_from is None else n >= ratio_from
+        floor = TB.separation_floor(counts, world.theta_star, problem.edges.diffs, world.beta, np.eye(world.dim))
+        no_mle = int(np.sum(~np.asarray(exists, bool)))
         rows.append(
             BoundRow(
                 design=design,
@@ -323,6 +357,9 @@ def check_design_bounds(
                 upper_new_ok=bool((not ub2.valid) or (mean - ub2.value) <= z_one * se),
                 lower_new_ok=bool((lb2.value - b2mean) <= z_one * b2se),
                 lower_new_shape=lb2.shape,
+                separation_floor=floor,
+                floor_ok=bool(scipy.stats.binom.cdf(no_mle, g.size, floor) >= alpha),
+                n0_floor=n0_floor,
             )
         )
     return rows

@@ -1037,3 +1037,88 @@ def test_new_bounds_bad_inputs_name_the_field(rng):
         with pytest.raises(ValueError, match=match):
             replicate_gaps(jax.random.split(jax.random.key(0), 2), world.theta_star, prob.edges.diffs, counts, world.beta, world.eval,
                            truth_prior=bad)
+
+
+# ------------------------------------------------------- the separation floor (section 11.3)
+
+
+def _no_mle_probability_by_enumeration(z, counts, theta, beta):
+    """P(no MLE) exactly: every win-count vector, its binomial probability, the LP oracle."""
+    from synthetic.estimators import mle_exists_exact
+
+    p = 1.0 / (1.0 + np.exp(-beta * z @ theta))
+    total = 0.0
+    for wins in itertools.product(*[range(int(c) + 1) for c in counts]):
+        prob = float(np.prod([stats.binom.pmf(k, int(c), q) for k, c, q in zip(wins, counts, p)]))
+        if not mle_exists_exact(z, counts, np.array(wins, float)):
+            total += prob
+    return total
+
+
+def _floor_by_binomials(z, counts, theta, beta, directions):
+    """max_v P(every label agrees with v) + P(with -v), as products of binomial pmfs."""
+    p = 1.0 / (1.0 + np.exp(-beta * z @ theta))
+    best = 0.0
+    for v in directions:
+        s = np.sign(np.round(z @ v, 12)) * (np.asarray(counts) > 0)
+        if not np.any(s):
+            continue
+        plus = np.prod([stats.binom.pmf(int(c) if si > 0 else 0, int(c), q) for si, c, q in zip(s, counts, p) if si != 0])
+        minus = np.prod([stats.binom.pmf(0 if si > 0 else int(c), int(c), q) for si, c, q in zip(s, counts, p) if si != 0])
+        best = max(best, plus + minus)
+    return best
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_separation_floor_is_below_the_exact_no_mle_probability_and_equals_its_binomial_products(case):
+    rng = np.random.default_rng(40 + case)
+    k = 4
+    edges = enumerate_edges(np.eye(k)[None], np.zeros((1, k)))
+    z = np.asarray(edges.diffs)
+    counts = rng.integers(0, 3, size=z.shape[0]).astype(float)
+    counts[rng.integers(z.shape[0])] = 1.0  # at least one label
+    theta = rng.normal(size=k)
+    beta = 0.8
+    dirs = np.vstack([np.eye(k), rng.normal(size=(3, k))])
+    floor = TB.separation_floor(counts, theta, z, beta, dirs)
+    assert floor == pytest.approx(_floor_by_binomials(z, counts, theta, beta, dirs), rel=1e-12)
+    exact = _no_mle_probability_by_enumeration(z, counts, theta, beta)
+    assert 0.0 < floor <= exact + 1e-12
+
+
+def test_separation_floor_on_a_path_is_its_least_two_sided_edge():
+    # a path 0-1-2-3 (tabular): the MLE exists iff every edge has a win and a loss, so
+    # P(no MLE) = 1 - prod_e (1 - p_e^c - (1 - p_e)^c); the cut of edge e gives p_e^c + (1 - p_e)^c
+    k, beta = 4, 1.3
+    z = np.array([[1.0, -1, 0, 0], [0, 1, -1, 0], [0, 0, 1, -1]])
+    counts = np.array([3.0, 1.0, 4.0])
+    theta = np.array([0.4, -0.3, 0.9, 0.0])
+    p = 1 / (1 + np.exp(-beta * z @ theta))
+    one_sided = p**counts + (1 - p) ** counts
+    cuts = np.array([[1.0, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0]])  # the set on the first side of each edge
+    assert TB.separation_floor(counts, theta, z, beta, cuts) == pytest.approx(one_sided.max(), rel=1e-12)
+    assert _no_mle_probability_by_enumeration(z, counts, theta, beta) == pytest.approx(1 - np.prod(1 - one_sided), rel=1e-9)
+    # coordinate axes see only the leaves' events (axes 0 and 3 meet one edge each)
+    assert TB.separation_floor(counts, theta, z, beta, np.eye(k)) == pytest.approx(one_sided[[0, 2]].max(), rel=1e-12)
+    # no labelled edge met: 0; and bad input is named
+    assert TB.separation_floor(np.zeros(3), theta, z, beta, np.eye(k)) == 0.0
+    with pytest.raises(ValueError, match="counts must be >= 0"):
+        TB.separation_floor(-counts, theta, z, beta, np.eye(k))
+    with pytest.raises(ValueError, match=r"directions must have shape \[k, d\] with d = 4"):
+        TB.separation_floor(counts, theta, z, beta, np.eye(3))
+
+
+def test_n0_floor_is_where_the_floor_last_exceeds_n_to_the_minus_tail():
+    from synthetic.bounds_check import FLOOR_GRID, separation_n0_floor
+
+    world = tabular_world(jax.random.key(0), num_completions=6)
+    prob = design_problem(world)
+    z = np.asarray(prob.edges.diffs)
+    w = np.where(z[:, 0] != 0, 1e-4, 1.0)  # completion 0 is almost never compared: a near-leaf
+    got = separation_n0_floor(w, world.theta_star, z, world.beta)
+    floors = [TB.separation_floor(efficient_rounding(w / w.sum(), n).dense_counts(z.shape[0]), world.theta_star, z, world.beta,
+                                  np.eye(world.dim)) for n in FLOOR_GRID]
+    above = [n for n, f in zip(FLOOR_GRID, floors) if f > n**-2.0]
+    assert got == (max(above) if above else 0.0) and got > 0
+    # the uniform design leaves no completion that rare: a much smaller floor
+    assert separation_n0_floor(np.ones(z.shape[0]), world.theta_star, z, world.beta) < got

@@ -474,3 +474,28 @@ def test_bound_band_gives_theorems_4_5_only_where_the_upper_bound_holds_and_brac
     c3 = constants(3000)
     up3 = TB.upper_bound_bernstein(c3, 3000)
     assert up3.valid and up3.value >= c3.gap_sup
+
+
+def test_bounds_table_csv_reads_back_with_each_fields_type(tmp_path):
+    # Figure 2 reads the bounds table's CSV: every BoundRow field comes back as its type
+    # (a string column, lower_new_shape, once made the reader fail on the committed table)
+    import typing
+
+    from synthetic.bounds_check import BoundRow
+
+    hints = typing.get_type_hints(BoundRow)
+    sample = {"str": "ball", "bool": False, "int": 1000, "float": 2.5e-7}
+    row = BoundRow(**{k: sample[t.__name__] for k, t in hints.items() if k in BoundRow._fields and k not in BoundRow._field_defaults},
+                   lower_new_shape="ball", floor_ok=False, separation_floor=1.5e-5)
+    path = tmp_path / "bounds_table.csv"
+    with path.open("w", newline="") as fh:
+        wr = csv.DictWriter(fh, fieldnames=["world", *BoundRow._fields])
+        wr.writeheader()
+        wr.writerow({"world": "tabular (K = 20, d = 20)", **row._asdict()})
+    (back,) = figures._bounds_table_rows(path)
+    assert back["world"] == "tabular (K = 20, d = 20)" and back["design"] == "ball"
+    for k, v in row._asdict().items():
+        same = back[k] == v or (isinstance(v, float) and math.isnan(v) and math.isnan(back[k]))
+        assert same and type(back[k]) is (float if type(v) is int else type(v)), k
+    committed = figures._bounds_table_rows(Path(__file__).resolve().parents[1] / "figures" / "bounds_table.csv")
+    assert {r["lower_new_shape"] for r in committed} <= {"box", "ball"} and all(isinstance(r["n"], float) for r in committed)

@@ -277,7 +277,7 @@ BOUNDS_ENTRY_POINTS = ["pair_diameter", "gap_sup", "instance_constants", "check_
                        "upper_bound", "upper_bound_high_probability", "upper_bound_valid_from", "lower_bound",
                        "plug_in_factor", "plug_in_factor_radius", "score_radius_bernstein", "upper_bound_bernstein",
                        "upper_bound_bernstein_high_probability", "upper_bound_bernstein_valid_from", "jensen_terms",
-                       "lower_bound_jensen", "second_order_column"]
+                       "lower_bound_jensen", "second_order_column", "separation_floor"]
 
 
 def test_every_public_function_that_takes_arrays_is_a_checked_wrapper():

@@ -41,6 +41,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import ArrayLike, Float
 
 
 from theory.checked import check_argument, checked
@@ -60,6 +61,7 @@ __all__ = [
     "LowerBound",
     "instance_constants",
     "gap_sup",
+    "separation_floor",
     "asymptotic_prediction",
     "upper_bound",
     "upper_bound_high_probability",
@@ -329,6 +331,50 @@ def gap_sup(
       beta: ``> 0``.
     """
     return _gap_sup(theta_star, features, log_ref, beta, prompt_weights)
+
+
+@checked(counts="[E] finite", theta_star="[d] finite", diffs="[E, d] finite", beta="number > 0 as float",
+         directions="[k, d] finite")
+def separation_floor(
+    counts: EdgeWeights,
+    theta_star: Vector,
+    diffs: Diffs,
+    beta: Scalar,
+    directions: Float[ArrayLike, "k d"],
+) -> float:
+    """A lower bound on ``P(the DPO MLE does not exist)`` for a fixed allocation (section 11.3).
+
+    For a direction ``v``, if every label of every labelled edge with ``z_e . v != 0``
+    agrees with ``sign(z_e . v)`` (the winner is the end ``v`` favours), the
+    log-likelihood strictly increases along ``v`` and no maximiser exists. Labels are
+    independent, so that event has probability ``prod_e q_e^{c_e}`` with
+    ``q_e = sigmoid(beta sign(z_e . v) z_e . theta*)``; the events for ``v`` and ``-v``
+    are disjoint. Returns ``max_v [P(v) + P(-v)]`` over the given directions (``0`` if no
+    direction meets a labelled edge). In the tabular world the coordinate axes give the
+    events "completion ``y`` wins every comparison" and "loses every comparison".
+
+    A bound whose event has probability ``>= 1 - n^-a`` and keeps the MLE in a ball
+    (Theorems 1, 1', 4) cannot hold at a budget where this floor exceeds ``n^-a``.
+
+    Args:
+      counts: ``[E]`` labels per edge (``>= 0``).
+      theta_star: ``[d]``; diffs: ``[E, d]``, ``z_e = phi(first) - phi(second)``; beta: ``> 0``.
+      directions: ``[k, d]`` candidate directions ``v`` (e.g. ``np.eye(d)``).
+    """
+    c = np.asarray(counts, np.float64)
+    if np.any(c < 0):
+        raise ValueError("counts must be >= 0 (labels per edge)")
+    z = np.asarray(diffs, np.float64)
+    margin = beta * (z @ np.asarray(theta_star, np.float64))  # log-odds that the first completion wins
+    proj = np.asarray(directions, np.float64) @ z.T  # [k, E]
+    scale = np.maximum(np.abs(proj).max(axis=1, keepdims=True), 1e-300)
+    sign = np.where(np.abs(proj) > 1e-12 * scale, np.sign(proj), 0.0) * (c > 0)
+    met = np.any(sign != 0, axis=1)
+    # log q_e for the labels agreeing with +v and with -v: log sigmoid(+-sign * margin)
+    log_plus = -(np.logaddexp(0.0, -sign * margin) * np.abs(sign)) @ c
+    log_minus = -(np.logaddexp(0.0, sign * margin) * np.abs(sign)) @ c
+    both = np.where(met, np.logaddexp(log_plus, log_minus), -np.inf)
+    return float(np.exp(both.max()))
 
 
 def _gap_sup(theta_star, features, log_ref, beta, prompt_weights) -> float:
