@@ -120,8 +120,8 @@ def main(argv=None):
     head = ["", "### Summary: where the bounds hold and how far apart they are (old: Theorems 1-2; new: Theorems 4-5)", ""]
     head.append("n0: the smallest n from which the upper bound holds (at n = 1e6's empirical design; tail a = 2). `n0 floor`: the")
     head.append("largest n (20 a decade from 1e2) at which the design leaves the MLE undefined with probability above n^-2 (a")
-    head.append("completion winning or losing all its comparisons; section 11.3): no bound resting on an event of probability")
-    head.append(">= 1 - n^-2 on which the MLE exists (Theorems 1, 1', 4) holds there, so every such n0 exceeds it (`-`: none).\n")
+    head.append("completion winning or losing all its comparisons; section 11.3): no event of probability >= 1 - n^-2 keeps the")
+    head.append("MLE finite there, so Theorem 1' fails there and Theorems 1 and 4 cannot start there (`-`: none on the grid).\n")
     head.append("| world | design | n0 floor | n0 old | n0 new | upper/lower 1e6 old | new | upper/lower 1e8 old | new |")
     head.append("|---|---|---|---|---|---|---|---|---|")
     for (wname, design), by_n in summary.items():

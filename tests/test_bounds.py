@@ -1100,6 +1100,15 @@ def test_separation_floor_on_a_path_is_its_least_two_sided_edge():
     assert _no_mle_probability_by_enumeration(z, counts, theta, beta) == pytest.approx(1 - np.prod(1 - one_sided), rel=1e-9)
     # coordinate axes see only the leaves' events (axes 0 and 3 meet one edge each)
     assert TB.separation_floor(counts, theta, z, beta, np.eye(k)) == pytest.approx(one_sided[[0, 2]].max(), rel=1e-12)
+    # a direction orthogonal to every edge up to rounding meets none: no spurious floor from the noise
+    rng = np.random.default_rng(5)
+    u = rng.normal(size=k)
+    u /= np.linalg.norm(u)
+    zr = rng.normal(size=(3, k))
+    zr -= np.outer(zr @ u, u)
+    assert 0 < np.abs(zr @ u).max() < 1e-14  # rounding noise, not an exact zero
+    assert TB.separation_floor(counts, theta, zr, beta, u[None]) == 0.0
+    assert TB.separation_floor(counts, theta, zr, beta, np.vstack([u, zr[0]])) > 0.0
     # no labelled edge met: 0; and bad input is named
     assert TB.separation_floor(np.zeros(3), theta, z, beta, np.eye(k)) == 0.0
     with pytest.raises(ValueError, match="counts must be >= 0"):
@@ -1122,3 +1131,19 @@ def test_n0_floor_is_where_the_floor_last_exceeds_n_to_the_minus_tail():
     assert got == (max(above) if above else 0.0) and got > 0
     # the uniform design leaves no completion that rare: a much smaller floor
     assert separation_n0_floor(np.ones(z.shape[0]), world.theta_star, z, world.beta) < got
+    # consistency with Theorems 1 and 4: their events (probability >= 1 - n^-2) keep the MLE finite, so wherever
+    # the floor exceeds n^-2, the n0 they compute at that budget's own allocation must exceed n
+    ev = world.eval
+    for n in above[:: max(1, len(above) // 6)]:
+        counts = efficient_rounding(w / w.sum(), n).dense_counts(z.shape[0])
+        c = TB.instance_constants(counts / counts.sum(), world.theta_star, ev.features, ev.log_ref, z, world.beta,
+                                  prompt_weights=ev.prompt_weights)
+        assert TB.upper_bound_valid_from(c, 2.0) > n and TB.upper_bound_bernstein_valid_from(c, 2.0) > n, n
+
+
+def test_floor_test_rejects_only_too_few_failures():
+    from synthetic.bounds_check import floor_test_ok
+
+    assert not floor_test_ok(0, 400, 0.05, 1e-3)  # 0 of 400 where >= 20 are expected: the floor is refuted
+    assert floor_test_ok(20, 400, 0.05, 1e-3) and floor_test_ok(400, 400, 0.05, 1e-3)  # as many or more: consistent
+    assert floor_test_ok(0, 400, 4e-3, 1e-3)  # the table's largest floor: 0 of 400 has probability 0.2

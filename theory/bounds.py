@@ -366,9 +366,12 @@ def separation_floor(
         raise ValueError("counts must be >= 0 (labels per edge)")
     z = np.asarray(diffs, np.float64)
     margin = beta * (z @ np.asarray(theta_star, np.float64))  # log-odds that the first completion wins
-    proj = np.asarray(directions, np.float64) @ z.T  # [k, E]
-    scale = np.maximum(np.abs(proj).max(axis=1, keepdims=True), 1e-300)
-    sign = np.where(np.abs(proj) > 1e-12 * scale, np.sign(proj), 0.0) * (c > 0)
+    v = np.asarray(directions, np.float64)
+    proj = v @ z.T  # [k, E]
+    # z_e . v counts as 0 below rounding of the product's size, ||v|| max_e ||z_e|| (a scale
+    # of the direction's own projections would call rounding noise a sign when v is orthogonal to every edge)
+    scale = 1e-12 * np.linalg.norm(v, axis=1, keepdims=True) * max(float(np.linalg.norm(z, axis=1).max()), 1e-300)
+    sign = np.where(np.abs(proj) > scale, np.sign(proj), 0.0) * (c > 0)
     met = np.any(sign != 0, axis=1)
     # log q_e for the labels agreeing with +v and with -v: log sigmoid(+-sign * margin)
     log_plus = -(np.logaddexp(0.0, -sign * margin) * np.abs(sign)) @ c
