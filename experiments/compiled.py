@@ -23,6 +23,8 @@ from pathlib import Path
 
 import jax
 
+from theory.checked import check_argument
+
 __all__ = ["mapped_regions", "max_map_count", "release_compiled"]
 
 log = logging.getLogger(__name__)
@@ -51,8 +53,7 @@ def release_compiled(fraction: float = 0.5) -> bool:
     Returns:
       whether the caches were cleared.
     """
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    check_argument("fraction", fraction, "number in (0, 1]")
     used, limit = mapped_regions(), max_map_count()
     if used <= fraction * limit:
         return False

@@ -70,8 +70,7 @@ def subspace_world(key=None, corr: float = 0.9, beta: float = 1.0) -> World:
       corr: correlation of features 1 and 3 on the training prompts, in ``[0, 1)``.
       beta: ``> 0``.
     """
-    if not (0.0 <= corr < 1.0):
-        raise ValueError(f"corr must be in [0, 1), got {corr!r}")
+    check_argument("corr", corr, "number in [0, 1)")
     kt, ke, kth, kr1, kr2 = jax.random.split(jax.random.key(0) if key is None else key, 5)
     m_train, m_eval, k = 4, 6, 3
     f = jax.random.normal(kt, (m_train, k, 3), jnp.float64)
@@ -99,8 +98,7 @@ def dpo_gaps(key, world: World, diffs, counts, num_replicates: int):
     Returns:
       ``(gaps [R], mle_exists [R])`` as numpy arrays.
     """
-    if isinstance(num_replicates, bool) or not isinstance(num_replicates, int) or num_replicates < 2:
-        raise ValueError(f"num_replicates must be an integer >= 2, got {num_replicates!r}")
+    check_argument("num_replicates", num_replicates, "int >= 2")
     ev = world.eval
     keys = jax.random.split(key, num_replicates)
     res = replicate_gaps(keys, world.theta_star, jnp.asarray(diffs), counts, float(world.beta), ev)
@@ -144,8 +142,7 @@ def safeguarded_gaps(key, world: World, diffs, counts, num_replicates: int, radi
     Returns:
       ``(gaps [R], used_mle [R])`` as numpy arrays.
     """
-    if isinstance(num_replicates, bool) or not isinstance(num_replicates, int) or num_replicates < 2:
-        raise ValueError(f"num_replicates must be an integer >= 2, got {num_replicates!r}")
+    check_argument("num_replicates", num_replicates, "int >= 2")
     diffs = jnp.asarray(diffs)
     truth_prior = None
     if prior is not None:

@@ -14,7 +14,7 @@ import numpy as np
 from jaxtyping import ArrayLike, Float, Int
 
 from theory import _validation as V
-from theory.checked import checked
+from theory.checked import check_argument, checked
 from theory.information import rank_threshold, sigmoid_prime
 from theory.shapes import Diffs, EdgeWeights, Scalar, Vector
 
@@ -134,9 +134,7 @@ def _bayes_ridge(ridge, prior_precision, budget):
         return ridge
     if prior_precision is None:
         raise ValueError("budget is used only with prior_precision (the Bayes criterion ridge = prior_precision / budget)")
-    if not (isinstance(prior_precision, (int, float, np.integer, np.floating)) and np.isfinite(prior_precision)
-            and prior_precision >= 0):
-        raise ValueError(f"prior_precision must be a finite number >= 0, got {prior_precision!r}")
+    check_argument("prior_precision", prior_precision, "number >= 0")
     if not (isinstance(budget, (int, float, np.integer, np.floating)) and np.isfinite(budget) and budget > 0):
         raise ValueError(f"budget must be a finite number > 0 (the number of labels n) with prior_precision, got {budget!r}")
     if ridge != 0:

@@ -94,8 +94,7 @@ class DesignSolver:
     multiplicative_steps: int = 5
 
     def __post_init__(self):
-        if not (isinstance(self.tol, (int, float)) and self.tol > 0):
-            raise ValueError(f"tol must be a number > 0, got {self.tol!r}")
+        check_argument("tol", self.tol, "number > 0")
         _check_int(self.max_iter, "max_iter", 0)
         _check_int(self.refresh_every, "refresh_every", 1)
         _check_int(self.working_set, "working_set", 1)
