@@ -49,7 +49,7 @@ from experiments.compiled import release_compiled
 from experiments.worlds import check_world_config, make_world
 from synthetic.designs import DESIGNS, check_design_budget, check_design_params, design_problem
 from synthetic.monte_carlo import ESTIMATORS
-from theory.checked import check_argument
+from theory.checked import check_argument, one_of
 
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting chatter
@@ -72,9 +72,9 @@ def validate(cfg: DictConfig) -> None:
         except ImportError as err:
             raise ValueError(f"imports: cannot import {module!r} ({err}); allowed: importable module names") from None
     check_world_config(cfg.world)
-    check_argument("design.name", cfg.design.name, "one of " + ", ".join(sorted(DESIGNS)), config=True)
+    check_argument("design.name", cfg.design.name, one_of(sorted(DESIGNS)), config=True)
     check_design_params(cfg.design.name, dict(cfg.design.params))
-    check_argument("estimator.name", cfg.estimator.name, "one of " + ", ".join(sorted(ESTIMATORS)), config=True)
+    check_argument("estimator.name", cfg.estimator.name, one_of(sorted(ESTIMATORS)), config=True)
     est_allowed = sorted(set(inspect.signature(ESTIMATORS[cfg.estimator.name]).parameters) - {"diffs", "counts", "wins", "beta"})
     for p in cfg.estimator.params:
         if p not in est_allowed:

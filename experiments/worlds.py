@@ -7,7 +7,7 @@ import inspect
 from omegaconf import DictConfig, OmegaConf
 
 import synthetic
-from theory.checked import check_argument
+from theory.checked import check_argument, one_of
 
 WORLDS = {
     "tabular": synthetic.tabular_world,
@@ -18,7 +18,7 @@ WORLDS = {
 
 def check_world_config(world_cfg: DictConfig) -> None:
     """``world.name`` is known and ``world.params`` are parameters of its constructor."""
-    check_argument("world.name", world_cfg.name, "one of " + ", ".join(sorted(WORLDS)), config=True)
+    check_argument("world.name", world_cfg.name, one_of(sorted(WORLDS)), config=True)
     allowed = sorted(set(inspect.signature(WORLDS[world_cfg.name]).parameters) - {"key", "dtype"})
     for p in world_cfg.params:
         if p not in allowed:

@@ -47,7 +47,7 @@ import scipy.sparse
 import scipy.special
 
 from theory.information import rank_threshold
-from theory.checked import check_argument
+from theory.checked import check_argument, one_of
 
 __all__ = [
     "NewtonResult",
@@ -339,7 +339,7 @@ def fit_dpo_optax(
       ridge: per-label ridge ``>= 0``.
       final_lr_fraction: end of the cosine schedule, relative to the peak.
     """
-    check_argument("optimizer", optimizer, "one of " + ", ".join(sorted(_OPTIMIZERS)))
+    check_argument("optimizer", optimizer, one_of(sorted(_OPTIMIZERS)))
     check_argument("num_steps", num_steps, "int >= 1")
     check_argument("label_smoothing", label_smoothing, "number in [0, 0.5)")
     check_argument("learning_rate", learning_rate, "number > 0")

@@ -57,7 +57,7 @@ from synthetic.estimators import (
 )
 from synthetic.labels import INVERSE_CDF_MAX_COUNT, Allocation, simulate_wins
 from synthetic.worlds import Pool, World
-from theory.checked import check_argument
+from theory.checked import check_argument, one_of
 from theory.policy import optimality_gap_kernel
 
 __all__ = ["ReplicateResult", "replicate_gaps", "simulate_gaps", "mean_and_ci", "ESTIMATORS", "TRACE_COUNT"]
@@ -327,7 +327,7 @@ def simulate_gaps(key, world: World, edge_diffs, allocation: Allocation, num_rep
       :class:`ReplicateResult` with a leading ``[R]`` axis.
     """
     check_argument("num_replicates", num_replicates, "int >= 1")
-    check_argument("estimator", estimator, "one of " + ", ".join(sorted(ESTIMATORS)))
+    check_argument("estimator", estimator, one_of(sorted(ESTIMATORS)))
     diffs = jnp.asarray(edge_diffs)
     counts = allocation.dense_counts(diffs.shape[0])
     keys = jax.random.split(key, num_replicates)

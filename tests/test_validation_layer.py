@@ -20,7 +20,7 @@ import pytest
 import theory
 from theory import _validation as V
 from theory import bounds, information, policy, second_order
-from theory.checked import check_argument, checked, is_checked, parse_spec
+from theory.checked import check_argument, checked, is_checked, one_of, parse_spec
 
 RNG = np.random.default_rng(0)
 F = RNG.normal(size=(2, 3, 2))
@@ -226,6 +226,16 @@ def test_design_parameters_and_sweep_settings_are_checked_by_the_same_layer(monk
     sweep.validate(cfg)
     settings = {"world.name", "world.keep_completions", "design.name", "estimator.name", "estimator.fit_dtype", *sweep._SETTINGS}
     assert set(seen) - {f"design.params.{n}" for n in cfg.design.params} == settings
+
+
+def test_one_of_writes_the_choice_spec_and_refuses_names_a_spec_cannot_hold():
+    spec = one_of(["uniform", "a_optimal"])
+    assert spec == "one of uniform, a_optimal" and parse_spec(spec).choices == ("uniform", "a_optimal")
+    with pytest.raises(ValueError, match=r"^design.name must be one of \['uniform', 'a_optimal'\], got 'x'$"):
+        check_argument("design.name", "x", spec, config=True)
+    for bad in (["a,b"], [""], [" a"], [1], []):  # a comma would split one name into two choices
+        with pytest.raises(TypeError, match="one_of"):
+            one_of(bad)
 
 
 def test_malformed_specs_are_programming_errors_at_decoration():

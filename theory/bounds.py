@@ -44,7 +44,7 @@ import numpy as np
 from jaxtyping import ArrayLike, Float
 
 
-from theory.checked import check_argument, checked
+from theory.checked import check_argument, checked, one_of
 from theory.information import DESIGN_INSTANCE, information_matrix_kernel
 from theory.policy import POOL, normalized_prompt_weights, policy_curvature_kernel, policy_log_probs_kernel
 
@@ -353,8 +353,9 @@ def separation_floor(
     direction meets a labelled edge). In the tabular world the coordinate axes give the
     events "completion ``y`` wins every comparison" and "loses every comparison".
 
-    A bound whose event has probability ``>= 1 - n^-a`` and keeps the MLE in a ball
-    (Theorems 1, 1', 4) cannot hold at a budget where this floor exceeds ``n^-a``.
+    Where this floor exceeds ``n^-a`` no event of probability ``>= 1 - n^-a`` keeps the MLE
+    finite: Theorem 1' is false there and Theorems 1 and 4 cannot start there (their
+    ``n0`` at that allocation exceeds ``n``; their expectation inequality may still hold).
 
     Args:
       counts: ``[E]`` labels per edge (``>= 0``).
@@ -991,7 +992,7 @@ def upper_bound_bernstein_valid_from(c: BoundConstants, tail: float = 2.0) -> fl
 #: The prior supports of Theorem 5: the box ``|nu_j| <= a_j`` (independent cos^2 coordinates)
 #: and the ellipsoid ``sum_j (nu_j / a_j)^2 <= 1`` (the ball's first Dirichlet eigenfunction squared).
 PRIOR_SHAPES = ("box", "ball")
-SHAPE = "one of " + ", ".join(PRIOR_SHAPES)
+SHAPE = one_of(PRIOR_SHAPES)
 #: The scales ``alpha`` of the one-parameter prior family ``a_j = alpha / sqrt(n s_j + 1)``
 #: that :func:`lower_bound_jensen` searches (before adding the rate proof's ``alpha_n``).
 PRIOR_SCALES = tuple(float(a) for a in np.geomspace(1e-2, 1e5, 141))

@@ -54,7 +54,7 @@ import numpy as np
 
 from theory import _validation as V
 
-__all__ = ["Spec", "parse_spec", "checked", "check_argument", "is_checked"]
+__all__ = ["Spec", "parse_spec", "one_of", "checked", "check_argument", "is_checked"]
 
 _VALUE_WORDS = ("finite", "logprob", "probability", "symmetric")
 _ARRAY_KINDS = {"float": "fiu", "int": "iu"}
@@ -81,6 +81,17 @@ class Spec:
     @property
     def is_array(self) -> bool:
         return self.dims is not None
+
+
+def one_of(values) -> str:
+    """The spec ``"one of a, b, c"`` for these strings (in their order). A value that is not
+    a non-empty string without commas or surrounding spaces cannot be written in a spec and
+    is a ``TypeError`` (e.g. a design registered under such a name)."""
+    values = tuple(values)
+    bad = [v for v in values if not isinstance(v, str) or not v or "," in v or v != v.strip()]
+    if bad or not values:
+        raise TypeError(f"one_of: choices must be non-empty strings without commas or surrounding spaces, got {bad or values!r}")
+    return "one of " + ", ".join(values)
 
 
 def parse_spec(text: str) -> Spec:

@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 
 from synthetic.rounding import ROUNDINGS
-from theory.checked import check_argument, parse_spec
+from theory.checked import check_argument, one_of, parse_spec
 
 __all__ = ["PARAM_CHECKS", "spec_check", "choice_check", "interval_check", "integer_check"]
 
@@ -35,7 +35,7 @@ def spec_check(spec: str, null_means: str = "") -> Callable:
 
 def choice_check(*allowed):
     """A check that the value is one of ``allowed`` (strings)."""
-    return spec_check("one of " + ", ".join(allowed))
+    return spec_check(one_of(allowed))
 
 
 def interval_check(lo, hi, lo_open=True, hi_open=True, optional=False):
@@ -89,7 +89,7 @@ PARAM_CHECKS: dict[str, Callable] = {
 
 def _check_choice(name, value, allowed):
     """A function argument that must be one of ``allowed`` (strings); the message names ``name``."""
-    check_argument(name, value, "one of " + ", ".join(allowed))
+    check_argument(name, value, one_of(allowed))
 
 
 def _check_fraction(name, value, lo=0.0, hi=1.0, lo_open=True, hi_open=True):

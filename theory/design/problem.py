@@ -14,7 +14,7 @@ import numpy as np
 from jaxtyping import ArrayLike, Float, Int
 
 from theory import _validation as V
-from theory.checked import check_argument, checked
+from theory.checked import check_argument, checked, one_of
 from theory.information import rank_threshold, sigmoid_prime
 from theory.shapes import Diffs, EdgeWeights, Scalar, Vector
 
@@ -23,7 +23,7 @@ CRITERIA = ("L", "A", "D")
 # The checks every instance gets before anything else, in the order they run; the
 # curvature (needed for "L" only), groups, caps and the Bayes ridge follow in the body.
 INSTANCE = dict(
-    criterion="one of " + ", ".join(CRITERIA),
+    criterion=one_of(CRITERIA),
     diffs="[E, d] finite",
     theta="[d] finite",
     beta="number > 0",
