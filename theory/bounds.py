@@ -115,6 +115,12 @@ class BoundConstants(NamedTuple):
         labelled span, with ``b_e = beta S^{+1/2} z_e`` and ``c_e = w_e sigma'_e``; computed as
         ``min(zeta, sqrt(lambda_max(sum_e c_e vec(b_e b_e^T) vec(b_e b_e^T)^T)))``, the square
         root of a rigorous (Collatz-Wielandt) upper bound of that largest eigenvalue.
+      tau_a, tau_am: the loss-weighted third-moment constants of Lemma 9.4 [tau_A, tau_Am]:
+        ``tau_A >= max sum_e c_e |w.A b_e| (b_e.delta)^2`` over unit ``w`` and unit ``delta`` in
+        the labelled span (``A = I^{1/2} S^{+1/2}``), and ``tau_Am`` the same with each edge's term
+        times ``m_e = |1 - 2 sigma(beta theta*^T z_e)|``; computed as ``sqrt(lambda_max)`` of
+        ``sum_e c_e m_e^2 vec(A b_e b_e^T) vec(A b_e b_e^T)^T`` (``m_e = 1`` for ``tau_A``). Both are
+        at most ``sqrt(kappa) tau``; ``inf`` (Lemma 9.4 unused) where the eigenproblem is too large.
       zeta_eval: ``max_{target pairs} ||phi - phi'||_{S^+}`` [zeta_I]; ``inf`` when a
         target pair leaves the labelled span.
       coverage: smallest non-zero eigenvalue of ``S`` [lambda_S, assumption A3].
@@ -172,6 +178,8 @@ class BoundConstants(NamedTuple):
     edge_coords: np.ndarray
     pair_prompt: np.ndarray
     prompt_loss: np.ndarray
+    tau_a: float = math.inf
+    tau_am: float = math.inf
 
 
 class UpperBound(NamedTuple):
@@ -296,6 +304,45 @@ def _fourth_moment_bound(b, c, iters: int = 300, rtol: float = 1e-10) -> float:
         x = gx / np.linalg.norm(gx)
         x = np.maximum(x, 1e-300)  # stays positive (G has a positive diagonal); guards underflow
     return best
+
+
+#: Largest eigenproblem (``min(E', d_V^2)``) for :func:`_loss_third_moments`; above it Lemma 9.4 is not used.
+_TRILINEAR_MAX = 3000
+
+
+def _loss_third_moments(b, c, margin, k_root) -> tuple[float, float]:
+    """``(tau_A, tau_Am)`` of Lemma 9.4: ``sqrt(lambda_max(sum_e c_e m_e^2 vec(K^{1/2} b_e b_e^T) vec(.)^T))``.
+
+    ``K = A^T A = S^{+1/2} I S^{+1/2}`` in the whitened coordinates of ``b``, so
+    ``||A b_e b_e^T x|| = ||K^{1/2} b_e b_e^T x||``; ``m_e = 1`` for ``tau_A`` and
+    ``|tanh(margin_e / 2)| = |1 - 2 sigma(margin_e)|`` for ``tau_Am``. The largest eigenvalue is
+    taken from the smaller of the Gram form ``G_ef = sqrt(c_e c_f) m_e m_f (b_e^T K b_f)(b_e.b_f)``
+    (``E' x E'``) and the ``d_V^2 x d_V^2`` form, by a dense symmetric eigensolver, and raised by
+    ``1e-10`` relative (its rounding error is ``O(size eps lambda_max)``). ``(inf, inf)`` above
+    :data:`_TRILINEAR_MAX`.
+
+    Args:
+      b: ``[E', r]`` whitened edge vectors ``beta S^{+1/2} z_e``.
+      c: ``[E']`` weights ``w_e sigma'_e``.
+      margin: ``[E']`` ``beta theta*^T z_e``.
+      k_root: ``[r, r]`` ``K^{1/2}`` (symmetric).
+    """
+    e, r = b.shape
+    if e == 0:
+        return 0.0, 0.0
+    if min(e, r * r) > _TRILINEAR_MAX:
+        return math.inf, math.inf
+    out = []
+    for m in (np.ones(e), np.abs(np.tanh(0.5 * margin))):
+        w = np.sqrt(c) * m
+        if e <= r * r:
+            kb = b @ k_root
+            top = np.linalg.eigvalsh(np.outer(w, w) * (kb @ kb.T) * (b @ b.T))[-1]
+        else:
+            rows = w[:, None] * np.einsum("ei,ej->eij", b @ k_root, b).reshape(e, r * r)
+            top = np.linalg.eigvalsh(rows.T @ rows)[-1]
+        out.append(math.sqrt(max(float(top), 0.0) * (1.0 + 1e-10)))
+    return out[0], out[1]
 
 
 @checked(**POOL)
@@ -450,6 +497,7 @@ def instance_constants(
     k_eigs = np.clip(k_eigs, 0.0, None)
     kappa = float(k_eigs.max())
     zeta = beta * _max_mahalanobis(z_edges, ws, lam_s)
+    tau_a, tau_am = _loss_third_moments(beta * (z_edges @ s_half_inv), edge_info, margin, (q * np.sqrt(k_eigs)) @ q.T)
     zeta_eval = _max_mahalanobis(z_pairs, ws, lam_s)
     theta_norm = float(np.linalg.norm(ws.T @ ts))
     diameter = float(np.linalg.norm(z_pairs, axis=1).max()) if z_pairs.shape[0] else 0.0
@@ -501,6 +549,8 @@ def instance_constants(
         edge_coords=beta * np.abs(z_edges @ prior_basis),
         pair_prompt=pair_prompt,
         prompt_loss=prompt_loss,
+        tau_a=tau_a,
+        tau_am=tau_am,
     )
 
 
@@ -825,8 +875,9 @@ class BernsteinUpperBound(NamedTuple):
       score_radius: ``r_n``, the net-Bernstein radius of ``||S^{+1/2} g_n||`` (Lemma 9.1).
       net: the net parameter ``epsilon`` that minimises ``r_n``.
       error_radius: ``s_n = -log(1 - tau r_n) / tau``.
-      e1, e2: the chord slopes ``(psi_+(zeta_I s_n) - 1) / r_n`` and ``sqrt(kappa) eta_n / r_n``, ``eta_n``
-        the perturbation bound of Lemmas 5.2 and 9.3 at ``r_n``.
+      e1, e2: the chord slopes ``(psi_+(zeta_I s_n) - 1) / r_n`` and
+        ``min(sqrt(kappa) eta_n / r_n, gamma(s_n) / r_n^2)``, ``eta_n`` the perturbation bound of
+        Lemmas 5.2 and 9.3 at ``r_n`` and ``gamma`` Lemma 9.4's.
       moment_r4, moment_x4: the bounds ``M_R >= E ||u||^4`` and ``M_X >= E ||A u||^4`` (Lemma 9.2).
     """
 
@@ -909,6 +960,23 @@ def _perturbation(c, r, s):
     return new
 
 
+def _loss_perturbation(c, s):
+    """Lemma 9.4's ``gamma(s)``: ``||A (M^{-1} - Id) u|| <= tau_Am s^2 / 2 + zeta tau_A s^3 e^{zeta s} / 6`` at ``||Delta||_S <= s``.
+
+    Increasing in ``s``, and over ``s^2`` too, so along ``s = s(r)`` it is at most its value
+    at ``r_n`` times ``(r / r_n)^2`` (Theorem 4's chord, with ``R^2`` in place of ``R``).
+    ``inf`` where the constants were not computed.
+    """
+    if not (math.isfinite(c.tau_a) and math.isfinite(c.tau_am)):
+        return math.inf
+    return 0.5 * c.tau_am * s * s + c.zeta * c.tau_a * s**3 * math.exp(c.zeta * s) / 6.0
+
+
+def _e2(c, r, s):
+    """Theorem 4's ``e_2``: the smaller of ``sqrt(kappa) eta_n / r_n`` (Lemmas 5.2, 9.3) and ``gamma(s_n) / r_n^2`` (Lemma 9.4)."""
+    return min(math.sqrt(c.kappa) * _perturbation(c, r, s) / r, _loss_perturbation(c, s) / (r * r))
+
+
 def _score_fourth_moments(c, n):
     """``(M_R, M_X)``: ``E ||u||^4 <= M_R`` and ``E ||A u||^4 <= M_X`` (Lemma 9.2)."""
     d, phi, z2 = float(c.dim), c.criterion, c.zeta**2
@@ -939,7 +1007,7 @@ def upper_bound_bernstein(c: BoundConstants, n, tail: float = 2.0) -> BernsteinU
     if not valid:
         return BernsteinUpperBound(math.inf, False, leading, math.inf, math.inf, r, eps, s, math.inf, math.inf, math.inf, math.inf)
     e1 = (sandwich_factors(c.zeta_eval * s)[1] - 1.0) / r
-    e2 = math.sqrt(c.kappa) * _perturbation(c, r, s) / r
+    e2 = _e2(c, r, s)
     m_r, m_x = _score_fourth_moments(c, n)
     first = math.sqrt(c.criterion / n + e1 * math.sqrt(c.dim / n) * math.sqrt(m_x))
     second = e2 * math.sqrt((1.0 + e1 * r) * m_r)
@@ -950,16 +1018,20 @@ def upper_bound_bernstein(c: BoundConstants, n, tail: float = 2.0) -> BernsteinU
 
 @checked(n=BUDGET, tail=TAIL)
 def upper_bound_bernstein_high_probability(c: BoundConstants, n, tail: float = 2.0) -> HighProbabilityBound:
-    """Theorem 4': with probability ``>= 1 - n^{-a}``, ``G <= (beta/2) psi_+(zeta_I s_n) kappa (1 + eta_n)^2 r_n^2``.
+    """Theorem 4': with probability ``>= 1 - n^{-a}``,
+    ``G <= (beta/2) psi_+(zeta_I s_n) (sqrt(kappa) r_n + min(sqrt(kappa) eta_n r_n, gamma(s_n)))^2``.
 
-    ``s_n = -log(1 - tau r_n) / tau`` and ``eta_n`` the perturbation bound of Lemmas 5.2 and 9.3.
+    ``s_n = -log(1 - tau r_n) / tau``, ``eta_n`` the perturbation bound of Lemmas 5.2 and 9.3 and
+    ``gamma`` Lemma 9.4's (:func:`_loss_perturbation`).
 
     Theorem 1' on the event of Lemma 9.1 (net-Bernstein radius ``r_n``).
     """
     valid, r, _, s = _bernstein_conditions(c, n, tail)
     if not valid:
         return HighProbabilityBound(math.inf, False, n ** (-tail), r, s)
-    value = 0.5 * c.beta * sandwich_factors(c.zeta_eval * s)[1] * c.kappa * (1.0 + _perturbation(c, r, s)) ** 2 * r**2
+    root_k = math.sqrt(c.kappa)
+    error = min(root_k * _perturbation(c, r, s) * r, _loss_perturbation(c, s))
+    value = 0.5 * c.beta * sandwich_factors(c.zeta_eval * s)[1] * (root_k * r + error) ** 2
     return HighProbabilityBound(value, True, n ** (-tail), r, s)
 
 
