@@ -693,6 +693,16 @@ def test_loss_third_moments_are_the_dense_eigenvalues_and_bound_every_trilinear_
     assert paths == {True, False}  # both eigenproblem forms ran
 
 
+def test_loss_third_moments_summed_in_chunks_of_edges(monkeypatch):
+    """The d_V^2 x d_V^2 form adds its edges in chunks: chunks of 7 edges give the same constants as one chunk."""
+    world, prob, w, c, dc = _contextual_instance()
+    assert len(dc["b"]) > c.dim**2  # the d_V^2 form
+    monkeypatch.setattr(TB, "_TRILINEAR_CHUNK", 7)
+    ev = world.eval
+    c7 = TB.instance_constants(w, world.theta_star, ev.features, ev.log_ref, prob.edges.diffs, world.beta, prompt_weights=ev.prompt_weights)
+    assert c7.tau_a == pytest.approx(c.tau_a, rel=1e-12) and c7.tau_am == pytest.approx(c.tau_am, rel=1e-12)
+
+
 def test_lemma_9_4_is_not_used_above_its_size_limit(monkeypatch):
     """Above the eigenproblem limit tau_A = tau_Am = inf and Theorem 4's e_2 is Lemma 9.3's (the bound stays finite)."""
     world, prob, w, c, dc = _contextual_instance()
@@ -721,7 +731,8 @@ def test_lemma_9_4_loss_weighted_perturbation_by_dense_hessians():
         sp = lambda x: 1 / (2 + 2 * np.cosh(x))  # noqa: E731 - sigma'
         _, _, d_star = _trilinear_ascent(dc, dc["m"], rng, starts=5)
         dirs = [d_star, -d_star] + [span @ g for g in rng.normal(size=(6, span.shape[1]))]
-        for s in [0.003, 0.03, 0.1]:
+        # up to zeta s = 1.5, where the cubic term zeta tau_A s^3 e^{zeta s} / 6 is a fair share of the bound
+        for s in [0.003, 0.03, 0.1, 1.5 / c.zeta]:
             for d in dirs:
                 y = s * d / np.linalg.norm(d)
                 ratio = sum(wt * sp(u + t * (b @ y)) for t, wt in zip(nodes, weights)) / sp(u)

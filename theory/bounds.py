@@ -308,6 +308,8 @@ def _fourth_moment_bound(b, c, iters: int = 300, rtol: float = 1e-10) -> float:
 
 #: Largest eigenproblem (``min(E', d_V^2)``) for :func:`_loss_third_moments`; above it Lemma 9.4 is not used.
 _TRILINEAR_MAX = 3000
+#: Edges per chunk of the ``d_V^2 x d_V^2`` sum in :func:`_loss_third_moments`.
+_TRILINEAR_CHUNK = 2048
 
 
 def _loss_third_moments(b, c, margin, k_root) -> tuple[float, float]:
@@ -318,8 +320,9 @@ def _loss_third_moments(b, c, margin, k_root) -> tuple[float, float]:
     ``|tanh(margin_e / 2)| = |1 - 2 sigma(margin_e)|`` for ``tau_Am``. The largest eigenvalue is
     taken from the smaller of the Gram form ``G_ef = sqrt(c_e c_f) m_e m_f (b_e^T K b_f)(b_e.b_f)``
     (``E' x E'``) and the ``d_V^2 x d_V^2`` form, by a dense symmetric eigensolver, and raised by
-    ``1e-10`` relative (its rounding error is ``O(size eps lambda_max)``). ``(inf, inf)`` above
-    :data:`_TRILINEAR_MAX`.
+    ``1e-10`` relative (its rounding error is ``O(size eps lambda_max)``; like ``kappa``, ``zeta`` and
+    ``tau``, the value is exact up to the rounding of ``S^{+1/2}`` and ``I`` themselves). ``(inf, inf)``
+    above :data:`_TRILINEAR_MAX`.
 
     Args:
       b: ``[E', r]`` whitened edge vectors ``beta S^{+1/2} z_e``.
@@ -338,9 +341,13 @@ def _loss_third_moments(b, c, margin, k_root) -> tuple[float, float]:
         if e <= r * r:
             kb = b @ k_root
             top = np.linalg.eigvalsh(np.outer(w, w) * (kb @ kb.T) * (b @ b.T))[-1]
-        else:
-            rows = w[:, None] * np.einsum("ei,ej->eij", b @ k_root, b).reshape(e, r * r)
-            top = np.linalg.eigvalsh(rows.T @ rows)[-1]
+        else:  # sum_e w_e^2 vec vec^T in chunks of edges (E' x d_V^2 at once could be gigabytes)
+            kb, gram = b @ k_root, np.zeros((r * r, r * r))
+            for lo in range(0, e, _TRILINEAR_CHUNK):
+                hi = lo + _TRILINEAR_CHUNK
+                rows = w[lo:hi, None] * np.einsum("ei,ej->eij", kb[lo:hi], b[lo:hi]).reshape(-1, r * r)
+                gram += rows.T @ rows
+            top = np.linalg.eigvalsh(gram)[-1]
         out.append(math.sqrt(max(float(top), 0.0) * (1.0 + 1e-10)))
     return out[0], out[1]
 
