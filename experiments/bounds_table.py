@@ -6,17 +6,24 @@ and a contextual world and on the regression world of issue 18 (labelled span la
 than ``range(I)``, :func:`synthetic.bounds_check.subspace_world`) over budgets 1e3 to
 1e10, and the plug-in factor against the measured criterion ratio for random
 ``theta*``; writes ``figures/bounds_table.md`` and ``figures/bounds_table.csv``.
+Each (world, design) is one cached item (:func:`table_items`, :mod:`experiments.figure_items`)
+under ``--results``, so a rerun reuses them and the items app fills them through any Hydra
+launcher (``python -m experiments.items -m items=fig2``); the function-level API is
+:func:`compute_table` and :func:`write_table`.
 
-    python -m experiments.bounds_table            # a few minutes on 2 cores
+    python -m experiments.bounds_table            # a few minutes on 2 cores from empty records
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import math
 import time
+import typing
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,17 +32,19 @@ import numpy as np
 DESIGNS = ["uniform", "reference_weighted", "plug_in", "oracle", "d_optimal", "a_optimal"]
 
 
-def _worlds(extra=True):
+def _world(name: str):
+    """One of the table's worlds (:data:`WORLD_NAMES`), built from its fixed key."""
     from synthetic import contextual_world, tabular_world
     from synthetic.bounds_check import subspace_world
 
-    worlds = {
-        "tabular (K = 20, d = 20)": tabular_world(jax.random.key(0), num_completions=20),
-        "contextual (p = q = 3, d = 15)": contextual_world(jax.random.key(0)),
-    }
-    if extra:
-        worlds["subspace (range I < labelled span, d = 3)"] = subspace_world(jax.random.key(0))
-    return worlds
+    makers = {"tabular (K = 20, d = 20)": lambda: tabular_world(jax.random.key(0), num_completions=20),
+              "contextual (p = q = 3, d = 15)": lambda: contextual_world(jax.random.key(0)),
+              "subspace (range I < labelled span, d = 3)": lambda: subspace_world(jax.random.key(0))}
+    return makers[name]()
+
+
+def _worlds(extra=True):
+    return {name: _world(name) for name in (WORLD_NAMES if extra else WORLD_NAMES[:2])}
 
 
 def _fmt(x):
@@ -66,44 +75,108 @@ def _plug_in_rows(world, num_draws, rng):
     return out
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--replicates", type=int, default=400)
-    ap.add_argument("--out", default="figures/bounds_table")
-    ap.add_argument("--max-budget", type=float, default=1e10)
-    ap.add_argument("--plug-in-draws", type=int, default=5, help="random theta* per distance in the plug-in table (0: skip it)")
-    args = ap.parse_args(argv)
-    if args.replicates < 2:
-        ap.error(f"--replicates must be >= 2, got {args.replicates}")
-    jax.config.update("jax_enable_x64", True)
+#: The table's worlds, in order (each built when one of its items is computed: :func:`_world`).
+WORLD_NAMES = ("tabular (K = 20, d = 20)", "contextual (p = q = 3, d = 15)", "subspace (range I < labelled span, d = 3)")
+
+
+@functools.lru_cache(maxsize=1)
+def _last_world(name: str):
+    return _world(name)
+
+
+def budgets_to(max_budget: float) -> list[int]:
+    """The table's budgets: every power of ten from 1e3 to ``max_budget``."""
+    return [int(10**k) for k in range(3, int(round(math.log10(max_budget))) + 1)]
+
+
+def _design_columns(wname: str, design: str, budgets, replicates: int, key: int) -> dict:
+    """One (world, design) of the table: :func:`check_design_bounds`'s rows as columns (one list per field)."""
     from synthetic import design_problem
-    from synthetic.bounds_check import check_design_bounds
+    from synthetic.bounds_check import BoundRow, check_design_bounds
+
+    world = _last_world(wname)
+    rows = check_design_bounds(jax.random.key(key), world, design_problem(world), design, budgets, num_replicates=replicates)
+    return {f: [getattr(r, f) for r in rows] for f in BoundRow._fields}
+
+
+def _plug_in_columns(draws: int) -> dict:
+    rng = np.random.default_rng(0)  # one stream through both worlds, in order
+    cols = {"world": [], "r0": [], "ratio": [], "factor": [], "ok": []}
+    for wname, world in _worlds(extra=False).items():
+        for row in _plug_in_rows(world, draws, rng):
+            for k, v in zip(cols, (wname, *row)):
+                cols[k].append(v)
+    return cols
+
+
+def table_items(replicates: int, max_budget: float, plug_in_draws: int) -> list:
+    """The table's items (:mod:`experiments.figure_items`): one per (world, design), then the
+    plug-in factor rows (if ``plug_in_draws > 0``); each a record under ``<results>/bounds_table``."""
+    from experiments.figure_items import FigureItem, in_float64
+
+    budgets = budgets_to(max_budget)
+    items = []
+    for wi, wname in enumerate(WORLD_NAMES):
+        for di, design in enumerate(DESIGNS):
+            key = 100 * wi + di
+            ident = {"table": "bounds", "world": wname, "design": design, "budgets": budgets, "replicates": replicates, "key": key}
+            items.append(FigureItem("bounds_table", "bounds_", ident,
+                                    in_float64(functools.partial(_design_columns, wname, design, budgets, replicates, key))))
+    if plug_in_draws > 0:
+        items.append(FigureItem("bounds_table", "bounds_", {"table": "plug_in_factor", "draws": plug_in_draws, "seed": 0},
+                                in_float64(functools.partial(_plug_in_columns, plug_in_draws))))
+    return items
+
+
+def _rows_back(cols: dict) -> list:
+    """Columns of a (world, design) item back to :class:`BoundRow` s, each field of its own type."""
+    from synthetic.bounds_check import BoundRow
+
+    types = typing.get_type_hints(BoundRow)
+    return [BoundRow(**{f: types[f](cols[f][i]) for f in BoundRow._fields}) for i in range(len(cols["n"]))]
+
+
+class Table(NamedTuple):
+    """The bounds table: ``records`` (one dict per (world, design, n): ``world`` and the
+    :class:`BoundRow` fields, as the CSV holds them), ``text`` (the Markdown) and ``fails``
+    (rows with a failed check)."""
+
+    records: list
+    text: str
+    fails: int
+
+
+_LEGEND = [
+    "Plain DPO, {replicates} replicates per cell, one-sided z-tests at level 1e-3. ",
+    "`MC` is the risk at theta* of plain DPO, charged G_sup where the MLE does not exist (the worst DPO variant);",
+    "`upper` (Theorem 1) bounds it. `lower` (Theorem 2) bounds the Bayes risk under the van Trees prior (`bayes`,",
+    "estimator: the MLE, else theta = 0). `hp upper`: Theorem 1', exceeded with probability <= n^-2 (`>hp`: replicates",
+    "above it). `ratio` = n MC / ((beta/2) tr(I S^+)). `inf`: n < n0. `no MLE`: share of replicates without an MLE.",
+    "`lower 5`, `upper 4`, `n0 4`, `u/l new`: Theorems 5 and 4 (theory/DERIVATIONS.md sections 9-10); `bayes 5` is the",
+    "Bayes risk under Theorem 5's own prior (`prior 5`: a box or an ellipsoid, whichever gave `lower 5`), which `lower 5` bounds.",
+    "`2nd order / MC`: the second-order prediction",
+    "(theory/SECOND_ORDER.md) over MC. `no MLE >=`: the separation floor, a lower bound on the no-MLE probability",
+    "(theory/DERIVATIONS.md section 11.3). `tests`: every test of the row (Theorems 1, 1', 2, 4, 5, ratio, floor).\n",
+]
+
+
+def compute_table(results, replicates: int = 400, max_budget: float = 1e10, plug_in_draws: int = 5, progress: bool = True) -> Table:
+    """The bounds table from its items under ``results`` (computed where missing or made by other code)."""
+    from experiments.figure_items import run_item
     from theory import bounds as TB
 
-    budgets = [int(10**k) for k in range(3, int(round(math.log10(args.max_budget))) + 1)]
     t0 = time.time()
-    records, lines = [], []
-    lines.append(f"Plain DPO, {args.replicates} replicates per cell, one-sided z-tests at level 1e-3. ")
-    lines.append("`MC` is the risk at theta* of plain DPO, charged G_sup where the MLE does not exist (the worst DPO variant);")
-    lines.append("`upper` (Theorem 1) bounds it. `lower` (Theorem 2) bounds the Bayes risk under the van Trees prior (`bayes`,")
-    lines.append("estimator: the MLE, else theta = 0). `hp upper`: Theorem 1', exceeded with probability <= n^-2 (`>hp`: replicates")
-    lines.append("above it). `ratio` = n MC / ((beta/2) tr(I S^+)). `inf`: n < n0. `no MLE`: share of replicates without an MLE.")
-    lines.append("`lower 5`, `upper 4`, `n0 4`, `u/l new`: Theorems 5 and 4 (theory/DERIVATIONS.md sections 9-10); `bayes 5` is the")
-    lines.append("Bayes risk under Theorem 5's own prior (`prior 5`: a box or an ellipsoid, whichever gave `lower 5`), which `lower 5` bounds.")
-    lines.append("`2nd order / MC`: the second-order prediction")
-    lines.append("(theory/SECOND_ORDER.md) over MC. `no MLE >=`: the separation floor, a lower bound on the no-MLE probability")
-    lines.append("(theory/DERIVATIONS.md section 11.3). `tests`: every test of the row (Theorems 1, 1', 2, 4, 5, ratio, floor).\n")
-    summary, header_end = {}, len(lines)
-    for wi, (wname, world) in enumerate(_worlds().items()):
-        prob = design_problem(world)
-        ev = world.eval
-        g_sup = TB.gap_sup(world.theta_star, ev.features, ev.log_ref, world.beta, ev.prompt_weights)
+    items = table_items(replicates, max_budget, plug_in_draws)
+    records, lines = [], [line.format(replicates=replicates) for line in _LEGEND]
+    summary, header_end, item = {}, len(lines), iter(items)
+    for wname in WORLD_NAMES:
         lines.append(f"\n### {wname}\n")
-        lines.append(f"G_sup = {g_sup:.3g} (no policy has a larger gap).\n")
+        lines.append(None)  # G_sup, once the world is built
+        g_sup_at = len(lines) - 1
         lines.append("| design | n | lower | bayes (se) | MC (se) | upper | hp upper (>hp) | n0 | upper/lower | lower 5 | prior 5 | bayes 5 (se) | upper 4 | n0 4 | u/l new | ratio (se) | 2nd order / MC | no MLE | no MLE >= | tests |")
         lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for di, design in enumerate(DESIGNS):
-            rows = check_design_bounds(jax.random.key(100 * wi + di), world, prob, design, budgets, num_replicates=args.replicates)
+        for design in DESIGNS:
+            rows = _rows_back(run_item(next(item), results))
             for r in rows:
                 ok = "ok" if r.all_ok else "FAIL"
                 lines.append(
@@ -115,7 +188,12 @@ def main(argv=None):
                 )
                 records.append({"world": wname, **r._asdict()})
                 summary.setdefault((wname, design), {})[r.n] = r
-            print(f"{wname} {design}: {time.time() - t0:.0f} s", flush=True)
+            if progress:
+                print(f"{wname} {design}: {time.time() - t0:.0f} s", flush=True)
+        world = _last_world(wname)
+        ev = world.eval
+        g_sup = TB.gap_sup(world.theta_star, ev.features, ev.log_ref, world.beta, ev.prompt_weights)
+        lines[g_sup_at] = f"G_sup = {g_sup:.3g} (no policy has a larger gap).\n"
     # Summary: n0 and upper/lower at 1e6 and 1e8, Theorems 1-2 (old) against Theorems 4-5 (new).
     head = ["", "### Summary: where the bounds hold and how far apart they are (old: Theorems 1-2; new: Theorems 4-5)", ""]
     head.append("n0: the smallest n from which the upper bound holds (at n = 1e6's empirical design; tail a = 2). `n0 floor`: the")
@@ -132,27 +210,51 @@ def main(argv=None):
             cells += [_fmt(r.upper_over_lower), _fmt(r.upper_over_lower_new)] if r else ["-", "-"]
         head.append(f"| {wname.split(' (')[0]} | {design} | " + " | ".join(cells) + " |")
     lines[header_end:header_end] = head + [""]
-    if args.plug_in_draws > 0:
-        rng = np.random.default_rng(0)
-        lines.append(f"\n### Plug-in factor (theta0 = 0, {args.plug_in_draws} random theta* per distance)\n")
+    if plug_in_draws > 0:
+        cols = run_item(next(item), results)
+        lines.append(f"\n### Plug-in factor (theta0 = 0, {plug_in_draws} random theta* per distance)\n")
         lines.append("| world | r0 | largest measured Phi(w0; theta*) / Phi(w*; theta*) | smallest bound exp(2 (rho + m)) | all below |")
         lines.append("|---|---|---|---|---|")
-        for wname, world in _worlds(extra=False).items():
-            for r0, ratio, factor, ok in _plug_in_rows(world, args.plug_in_draws, rng):
-                lines.append(f"| {wname} | {r0} | {ratio:.4f} | {factor:.4f} | {ok} |")
-    wall = time.time() - t0
-    lines.append(f"\nWall time {wall:.0f} s (`python -m experiments.bounds_table`).")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    with out.with_suffix(".csv").open("w", newline="") as fh:
-        wr = csv.DictWriter(fh, fieldnames=list(records[0]))
-        wr.writeheader()
-        wr.writerows(records)
-    print("\n".join(lines))
+        for wname, r0, ratio, factor, ok in zip(*(cols[k] for k in ("world", "r0", "ratio", "factor", "ok"))):
+            lines.append(f"| {wname} | {float(r0)} | {float(ratio):.4f} | {float(factor):.4f} | {bool(ok)} |")
+    lines.append(f"\nWall time {time.time() - t0:.0f} s (`python -m experiments.bounds_table`; reused items take no time).")
     fails = sum(1 for r in records if not all(r[k] for k in ("lower_ok", "upper_ok", "ratio_ok", "hp_ok", "upper_new_ok", "lower_new_ok",
                                                               "floor_ok")))
-    print(f"{fails} failed checks out of {len(records)}")
+    return Table(records, "\n".join(lines) + "\n", fails)
+
+
+def write_table(table: Table, out) -> list[Path]:
+    """``<out>.md`` (the text) and ``<out>.csv`` (the records)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(table.text)
+    with out.with_suffix(".csv").open("w", newline="") as fh:
+        wr = csv.DictWriter(fh, fieldnames=list(table.records[0]))
+        wr.writeheader()
+        wr.writerows(table.records)
+    return [out.with_suffix(".md"), out.with_suffix(".csv")]
+
+
+def main(argv=None) -> Table:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--replicates", type=int, default=400)
+    ap.add_argument("--out", default="figures/bounds_table")
+    ap.add_argument("--results", default="results/figures", help="where its items are cached (the figures command's --results)")
+    ap.add_argument("--max-budget", type=float, default=1e10)
+    ap.add_argument("--plug-in-draws", type=int, default=5, help="random theta* per distance in the plug-in table (0: skip it)")
+    args = ap.parse_args(argv)
+    if args.replicates < 2:
+        ap.error(f"--replicates must be >= 2, got {args.replicates}")
+    if not (args.max_budget >= 1e3 and math.isfinite(args.max_budget)):
+        ap.error(f"--max-budget must be a finite number >= 1e3, got {args.max_budget}")
+    if args.plug_in_draws < 0:
+        ap.error(f"--plug-in-draws must be >= 0, got {args.plug_in_draws}")
+    jax.config.update("jax_enable_x64", True)
+    table = compute_table(Path(args.results), args.replicates, args.max_budget, args.plug_in_draws)
+    write_table(table, args.out)
+    print(table.text)
+    print(f"{table.fails} failed checks out of {len(table.records)}")
+    return table
 
 
 if __name__ == "__main__":

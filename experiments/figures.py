@@ -10,7 +10,7 @@
    ``experiment=figure1_tabular`` and ``experiment=figure1_contextual``.
 2. ``fig2_theory_vs_simulation``: ``n x`` gap against ``n``: Monte-Carlo risk, Bayes
    risk, the lower and upper bounds and the asymptotic line, per design
-   (:mod:`experiments.bounds_table` makes the data).
+   (:func:`experiments.bounds_table.compute_table` makes the data and the bounds table).
 3. ``fig3_sample_efficiency``: labels each design needs to reach uniform's gap at the
    largest budget, as a ratio to that budget (from Figure 1's records).
 4. ``fig4_plug_in_robustness``: Monte-Carlo gap of the design solved at ``theta0``
@@ -27,11 +27,13 @@ caching; plain rows of numbers and strings, exactly what the figure's CSVs hold)
 world, no file). :func:`main` composes records, CSVs (:func:`write_records`), plot and
 files; ``--replot`` reads the CSVs back (:func:`read_records`) and draws them.
 
-Cells of Figure 1 are cells of the sweep app (:mod:`experiments.sweep`): the
+Cells of Figures 1 and 6 are cells of the sweep app (:mod:`experiments.sweep`): the
 same ids, files and resumability, so a grid run through a Hydra launcher elsewhere
-is picked up here, and an interrupted run resumes. Figure 4's and Figure 5's items are
-cached the same way (one record per item, keyed by its parameters and the code
-version, :func:`_cached_item`). Every figure is written as PNG and PDF with the CSV of its data.
+is picked up here, and an interrupted run resumes. Figures 2, 4 and 5 are made of
+items cached the same way (one record per item, keyed by its parameters and the code
+version: :func:`figure_items`, :mod:`experiments.figure_items`), and the items app
+(:mod:`experiments.items`) computes them as Hydra jobs, so any launcher fills them.
+Every figure is written as PNG and PDF with the CSV of its data.
 """
 
 from __future__ import annotations
@@ -51,9 +53,10 @@ from omegaconf import OmegaConf
 
 from experiments import sweep  # noqa: E402
 from experiments.compiled import release_compiled  # noqa: E402
+from experiments.figure_items import FigureItem, in_float64, run_item  # noqa: E402
 from experiments.figure_plots import FIG1_WORLDS, POOL_SIZE_DESIGNS, plot_fig1, plot_fig2, plot_fig3, plot_fig4, plot_fig5, plot_fig6  # noqa: E402, F401
 from experiments.plotting import save_figure, write_csv  # noqa: E402
-from theory.checked import check_argument  # noqa: E402
+from theory.checked import check_argument, one_of  # noqa: E402
 
 FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig5", "fig6")
 #: Figure 1's adaptive designs (experiment per world): the contextual panel only (in the
@@ -296,47 +299,43 @@ def fig3_records(results: Path, small: bool, progress: bool = True, fig1: dict |
 
 
 def fig2_records(results: Path, small: bool, progress: bool = True, out: Path | None = None) -> list[dict]:
-    """Figure 2's rows: the bounds table's (:mod:`experiments.bounds_table`), one per (world, design, n).
+    """Figure 2's rows: the bounds table's (:func:`experiments.bounds_table.compute_table`), one per (world, design, n).
 
-    The full figure and the committed bounds table are one computation (the same
-    arguments): the table is written to ``out`` (default ``results``), beside the
-    figure, and reused while the arguments and its code hold; the small run's goes to
-    ``results``. ``progress`` is unused (the table prints its own progress).
+    Its items (one per (world, design), :func:`figure_items`) are cached under ``results``.
+    The full figure and the committed bounds table are one computation: the table is
+    written to ``out`` (default ``results``) beside the figure; the small run's goes to
+    ``results``. Each field has the type of its :class:`synthetic.bounds_check.BoundRow`
+    field, numbers as floats (as :func:`_bounds_table_rows` reads the table's CSV).
     """
     from experiments import bounds_table
 
     spec = SMALL if small else FULL
-    data = results / "bounds_table" if small or out is None else Path(out) / "bounds_table"
-    csv_path = data.with_suffix(".csv")
-    # bounds_table has no function-level API yet: its command line is the interface
-    argv = ["--replicates", str(spec["fig2_replicates"]), "--max-budget", str(spec["fig2_max_budget"]), "--out", str(data),
-            "--plug-in-draws", "0" if small else "5"]
-    # The table is reused only if the same arguments and the same code made it.
-    version = json.dumps({"argv": argv, "code": sweep.code_version(("experiments.bounds_table",))})
-    stamp = results / "bounds_table.version"
-    stamp.parent.mkdir(parents=True, exist_ok=True)
-    if not (csv_path.exists() and stamp.exists() and stamp.read_text() == version):
-        bounds_table.main(argv)
-        stamp.write_text(version)
-    return _bounds_table_rows(csv_path)
+    table = bounds_table.compute_table(results, spec["fig2_replicates"], spec["fig2_max_budget"], 0 if small else 5, progress)
+    bounds_table.write_table(table, results / "bounds_table" if small or out is None else Path(out) / "bounds_table")
+    return [_bounds_row_types(dict(r)) for r in table.records]
+
+
+def _bounds_row_types(r: dict) -> dict:
+    """A bounds-table row with each field of its :class:`BoundRow` type, numbers as floats,
+    from the CSV's strings or from the computed values alike."""
+    import typing
+
+    from synthetic.bounds_check import BoundRow
+
+    types = {**typing.get_type_hints(BoundRow), "world": str}
+    for k, v in r.items():
+        kind = types.get(k, float)
+        r[k] = (v if kind is str else (v == "True") if kind is bool else float(v)) if isinstance(v, str) else \
+            (str(v) if kind is str else bool(v) if kind is bool else float(v))
+    return r
 
 
 def _bounds_table_rows(path: Path) -> list[dict]:
     """The bounds table's CSV as rows, each column of the type its
     :class:`synthetic.bounds_check.BoundRow` field has (``world`` a string; ``n``, counts
     and values floats; flags booleans; names such as ``lower_new_shape`` strings)."""
-    import typing
-
-    from synthetic.bounds_check import BoundRow
-
-    types = {**typing.get_type_hints(BoundRow), "world": str}
     with Path(path).open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    for r in rows:
-        for k, v in r.items():
-            kind = types.get(k, float)
-            r[k] = v if kind is str else (v == "True") if kind is bool else float(v)
-    return rows
+        return [_bounds_row_types(r) for r in csv.DictReader(fh)]
 
 
 # ------------------------------------------------------------------ figure 4
@@ -367,71 +366,74 @@ def plug_in_item(world, problem, theta0, budget: int, replicates: int, key) -> d
     }
 
 
-def fig4_records(results: Path, small: bool, progress: bool = True) -> list[dict]:
-    """Figure 4's rows: one per solved design (the plug-in at ``theta0 = 0``, then
-    ``theta* + r u`` for each radius and direction), each a cached :func:`plug_in_item`
-    with its ratios to the oracle's (radius 0), and the run's ``budget``,
-    ``replicates``, ``dim`` and ``directions``."""
-    from tqdm.auto import tqdm
+#: Figures whose numbers are cached items (:mod:`experiments.figure_items`; Figures 1, 3 and 6 are sweep cells).
+ITEM_FIGURES = ("fig2", "fig4", "fig5")
 
+
+def figure_items(name: str, small: bool) -> list[FigureItem]:
+    """Every cached item of Figure ``name`` (``fig2``, ``fig4`` or ``fig5``), in the order the figure computes them.
+
+    Listing builds Figure 4's world (small); the other items build their worlds when computed.
+    """
+    check_argument("name", name, one_of(ITEM_FIGURES))
+    spec = SMALL if small else FULL
+    if name == "fig2":
+        from experiments import bounds_table
+
+        return bounds_table.table_items(spec["fig2_replicates"], spec["fig2_max_budget"], 0 if small else 5)
+    return _fig4_items(spec[name]) if name == "fig4" else _fig5_items(spec[name])
+
+
+def _fig4_instance(directions: int):
+    """Figure 4's world (Figure 1's contextual panel), its design problem and ``directions`` random unit directions."""
     from experiments.worlds import make_world
     from synthetic.designs import design_problem
 
-    spec = (SMALL if small else FULL)["fig4"]
     cfg = sweep.compose_job(["experiment=figure1_contextual"])
     world = make_world(cfg.world, jax.random.key(cfg.world_seed))
-    problem = design_problem(world)
-    d = world.dim
     rng = np.random.default_rng(2026)
-    dirs = rng.normal(size=(spec["directions"], d))
-    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-    items = [("reference", -1, float(np.linalg.norm(world.theta_star)))]
-    items += [("random", j, r) for r in spec["radii"] for j in range(spec["directions"]) if r > 0 or j == 0]
-    code = sweep.code_version(("experiments.figures",))  # plug_in_item lives here
-    rows = []
-    for i, (kind, j, r) in enumerate(tqdm(items, desc="fig4", unit="design", disable=not progress)):
-        theta0 = np.zeros(d) if kind == "reference" else np.asarray(world.theta_star) + r * (dirs[j] if r > 0 else 0.0)
-        ident = {"kind": kind, "direction": j, "radius": r, "budget": spec["budget"], "replicates": spec["replicates"],
-                 "world": OmegaConf.to_container(cfg.world), "world_seed": cfg.world_seed}
+    dirs = rng.normal(size=(directions, world.dim))
+    return cfg, world, design_problem(world), dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
+
+
+def _fig4_items(spec) -> list[FigureItem]:
+    cfg, world, problem, dirs = _fig4_instance(spec["directions"])
+    kinds = [("reference", -1, float(np.linalg.norm(world.theta_star)))]
+    kinds += [("random", j, r) for r in spec["radii"] for j in range(spec["directions"]) if r > 0 or j == 0]
+    items = []
+    for i, (kind, j, r) in enumerate(kinds):
+        theta0 = np.zeros(world.dim) if kind == "reference" else np.asarray(world.theta_star) + r * (dirs[j] if r > 0 else 0.0)
 
         def compute(i=i, theta0=theta0):
-            # the item's key: its position in ``items``
+            # the item's key: its position in the list
             return plug_in_item(world, problem, theta0, spec["budget"], spec["replicates"], jax.random.fold_in(jax.random.key(7), i))
 
-        rows.append({"kind": kind, "direction": j, "radius": r, **_cached_item(results / "fig4", "fig4_", ident, code, compute)})
+        ident = {"kind": kind, "direction": j, "radius": r, "budget": spec["budget"], "replicates": spec["replicates"],
+                 "world": OmegaConf.to_container(cfg.world), "world_seed": cfg.world_seed}
+        items.append(FigureItem("fig4", "fig4_", ident, compute))
+    return items
+
+
+def fig4_records(results: Path, small: bool, progress: bool = True) -> list[dict]:
+    """Figure 4's rows: one per solved design (the plug-in at ``theta0 = 0``, then
+    ``theta* + r u`` for each radius and direction), each a cached :func:`plug_in_item`
+    (:func:`figure_items`) with its ratios to the oracle's (radius 0), and the run's
+    ``budget``, ``replicates``, ``dim`` and ``directions``."""
+    from tqdm.auto import tqdm
+
+    spec = (SMALL if small else FULL)["fig4"]
+    items = figure_items("fig4", small)
+    rows = []
+    for item in tqdm(items, desc="fig4", unit="design", disable=not progress):
+        rows.append({k: item.ident[k] for k in ("kind", "direction", "radius")} | run_item(item, results))
+    dim = int(_fig4_instance(1)[1].dim)
     oracle = next(x for x in rows if x["kind"] == "random" and x["radius"] == 0.0)
     for x in rows:
         x["gap_ratio"] = x["gap_mean"] / oracle["gap_mean"]
         x["gap_ratio_se"] = x["gap_ratio"] * math.hypot(x["gap_se"] / x["gap_mean"], oracle["gap_se"] / oracle["gap_mean"])
         x["criterion_ratio"] = x["criterion"] / oracle["criterion"]
-        x.update(budget=spec["budget"], replicates=spec["replicates"], dim=d, directions=spec["directions"])
+        x.update(budget=spec["budget"], replicates=spec["replicates"], dim=dim, directions=spec["directions"])
     return rows
-
-
-def _read_item(path: Path, code: str):
-    """A cached Figure 4 or 5 item made by the code of version ``code``, else ``None`` (recomputed)."""
-    if not path.exists():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if json.loads(str(z["meta"])).get("code_version") != code:
-                return None
-            return {k: float(z[k]) for k in z.files if k != "meta"}
-    except Exception:  # noqa: BLE001 - an unreadable cache file is recomputed and overwritten
-        return None
-
-
-def _cached_item(cache: Path, prefix: str, ident: dict, code: str, compute) -> dict:
-    """The item ``ident`` (a JSON-able dict of its parameters) from ``cache``, else ``compute()``
-    written there atomically: file ``<prefix><sha256 of ident, 12 hex>.npz``, reused only
-    if made by the code of version ``code``. Values are floats."""
-    path = Path(cache) / f"{prefix}{hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]}.npz"
-    got = _read_item(path, code)
-    if got is None:
-        got = compute()
-        sweep.write_atomic(path, {k: np.asarray(v) for k, v in got.items()}, {**ident, "code_version": code})
-        release_compiled()
-    return got
 
 
 # ------------------------------------------------------------------ figure 5
@@ -682,108 +684,119 @@ def _fig5_world(params: dict, order: str = "index"):
     return reference_sampled_order(world, jax.random.key(1)) if order == "reference_sampled" else world
 
 
-def _fig5_rows(spec: dict, cache: Path, progress: bool) -> list[dict]:
-    from tqdm.auto import tqdm
+def _fig5_plan(spec: dict) -> list[tuple[dict, FigureItem]]:
+    """Figure 5's items in the order the figure computes them, each with what its rows need.
 
-    from experiments.cell import float64
+    Worlds and pool cuts are built when an item is computed and kept for the next items
+    of the same panel and pool (one at a time: the largest pools hold millions of edges).
+    """
     from synthetic.designs import design_problem
     from synthetic.worlds import first_completions
 
-    code = sweep.code_version(("experiments.figures",))  # the item functions live here
-    rows = []
-
-    def cached(ident, compute):
-        return _cached_item(cache, "fig5_", ident, code, compute)
+    plan = []
 
     def key_for(*parts):
         salt = int(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:7], 16)
         return jax.random.fold_in(jax.random.key(5), salt)
 
+    def add(meta, ident, fn):
+        plan.append((meta, FigureItem("figure5_pool_size", "fig5_", ident, in_float64(fn))))
+
+    # how often sweet_spot's rejected completion is the minimum, in Gaussian pools
+    co = spec["coincidence"]
+    for k in co["pool_sizes"]:
+        add({"kind": "coincidence", "k": k}, {"item": "coincidence", "k": k, "draws": co["draws"]},
+            lambda k=k: dict(zip(("fraction", "se"), sweet_spot_coincidence(k, co["draws"], key_for("coincidence", k)))))
+    worlds, cuts = {}, {}
+
+    def world_of(panel, order):
+        if panel not in worlds:
+            worlds.clear()  # one world at a time (the largest pools hold millions of edges)
+            world = _fig5_world(spec[panel]["world"], order)
+            pm = design_problem(world)
+            worlds[panel] = (world, pm.edge_index(), pm.edges.diffs, pm)
+        return worlds[panel]
+
+    def cut_of(panel, order, k):
+        """``(first_completions(world, k), its design problem)``, kept for one ``(panel, k)`` at a time."""
+        if (panel, k) not in cuts:
+            cuts.clear()
+            world, _, _, pm = world_of(panel, order)
+            kmax = spec[panel]["world"]["num_completions"]
+            wk = world if k == kmax else first_completions(world, k)
+            cuts[(panel, k)] = (wk, pm if k == kmax else design_problem(wk))
+        return cuts[(panel, k)]
+
+    # the two pool-size panels; the second at every reward scale (theta* times the scale)
+    for panel, order in (("check", "index"), ("seed003", "reference_sampled")):
+        p = spec[panel]
+        scales = (1.0,) if panel == "check" else tuple(sorted({p["scale"], *p["scales"]}))
+        mc_scale = p.get("scale", 1.0)
+        for k in p["pool_sizes"]:
+            for d in p["designs"]:
+                reps = p["replicates"] if d in p["mc"] else 0
+                ident = {"item": "pool_size", "world": p["world"], "order": order, "scales": scales, "k": k, "design": d,
+                         "budget": p["budget"], "replicates": reps, "mc_scale": mc_scale}
+
+                def compute(panel=panel, order=order, scales=scales, k=k, d=d, reps=reps, mc_scale=mc_scale):
+                    world, idx, diffs, _ = world_of(panel, order)
+                    return pool_size_item(world, k, d, spec[panel]["budget"], key_for(panel, d, k), reps, idx, diffs, scales,
+                                          mc_scale, cut_of(panel, order, k))
+
+                add({"kind": "pool_size", "panel": panel, "order": order, "scales": scales, "k": k, "design": d, "reps": reps,
+                     "mc_scale": mc_scale}, ident, compute)
+            if panel == "seed003":
+                # on how many prompts of the seed-003 world sweet_spot labels best_vs_worst's pair (while this pool's problem is built)
+                def compute_world(k=k, p=p):
+                    problem = cut_of("seed003", "reference_sampled", k)[1]
+                    ws = [design_weights(d, key_for("seed003", d, k), problem, p["budget"]) for d in ("sweet_spot", "best_vs_worst")]
+                    return {"fraction": selection_coincidence(*ws)}
+
+                add({"kind": "world_coincidence", "k": k}, {"item": "world_coincidence", "world": p["world"], "k": k,
+                                                             "budget": p["budget"]}, compute_world)
+    return plan
+
+
+def _fig5_items(spec: dict) -> list[FigureItem]:
+    return [item for _, item in _fig5_plan(spec)]
+
+
+def _fig5_rows(spec: dict, results: Path, progress: bool) -> list[dict]:
+    """Figure 5's rows from its items (:func:`_fig5_plan`), each cached under ``results``."""
+    from tqdm.auto import tqdm
+
+    rows, world_coincidence = [], {}
     blank = dict.fromkeys(_FIG5_COLUMNS, "")
-    with float64():
-        # how often sweet_spot's rejected completion is the minimum, in Gaussian pools
-        co = spec["coincidence"]
-        for k in co["pool_sizes"]:
-            ident = {"item": "coincidence", "k": k, "draws": co["draws"]}
-            got = cached(ident, lambda k=k: dict(zip(("fraction", "se"), sweet_spot_coincidence(k, co["draws"], key_for("coincidence", k)))))
-            rows.append({**blank, "panel": "coincidence", "world": "gaussian rewards", "num_completions": k,
+    for meta, item in tqdm(_fig5_plan(spec), desc="fig5", unit="item", disable=not progress):
+        got = run_item(item, results)
+        if meta["kind"] == "coincidence":
+            rows.append({**blank, "panel": "coincidence", "world": "gaussian rewards", "num_completions": meta["k"],
                          "coincidence_gaussian": got["fraction"], "coincidence_gaussian_se": got["se"]})
-        # the two pool-size panels; the second at every reward scale (theta* times the scale)
-        jobs = []
-        for panel, order in (("check", "index"), ("seed003", "reference_sampled")):
-            p = spec[panel]
-            scales = (1.0,) if panel == "check" else tuple(sorted({p["scale"], *p["scales"]}))
-            jobs += [(panel, order, scales, k, d) for k in p["pool_sizes"] for d in p["designs"]]
-        worlds, cuts = {}, {}
-
-        def world_of(panel, order):
-            if panel not in worlds:
-                worlds.clear()  # one world at a time (the largest pools hold millions of edges)
-                world = _fig5_world(spec[panel]["world"], order)
-                pm = design_problem(world)
-                worlds[panel] = (world, pm.edge_index(), pm.edges.diffs, pm)
-            return worlds[panel]
-
-        def cut_of(panel, order, k):
-            """``(first_completions(world, k), its design problem)``, kept for one ``(panel, k)`` at a time."""
-            if (panel, k) not in cuts:
-                cuts.clear()
-                world, _, _, pm = world_of(panel, order)
-                kmax = spec[panel]["world"]["num_completions"]
-                wk = world if k == kmax else first_completions(world, k)
-                cuts[(panel, k)] = (wk, pm if k == kmax else design_problem(wk))
-            return cuts[(panel, k)]
-
-        world_coincidence = {}
-
-        def coincidence_in_world(k):
-            """On how many prompts of the seed-003 world sweet_spot labels best_vs_worst's pair."""
-            p = spec["seed003"]
-            ident = {"item": "world_coincidence", "world": p["world"], "k": k, "budget": p["budget"]}
-
-            def compute_world():
-                problem = cut_of("seed003", "reference_sampled", k)[1]
-                ws = [design_weights(d, key_for("seed003", d, k), problem, p["budget"]) for d in ("sweet_spot", "best_vs_worst")]
-                return {"fraction": selection_coincidence(*ws)}
-
-            return cached(ident, compute_world)["fraction"]
-
-        for panel, order, scales, k, d in tqdm(jobs, desc="fig5", unit="item", disable=not progress):
-            p = spec[panel]
-            reps = p["replicates"] if d in p["mc"] else 0
-            mc_scale = p.get("scale", 1.0)
-            ident = {"item": "pool_size", "world": p["world"], "order": order, "scales": scales, "k": k, "design": d,
-                     "budget": p["budget"], "replicates": reps, "mc_scale": mc_scale}
-
-            def compute(panel=panel, order=order, scales=scales, k=k, d=d, reps=reps, mc_scale=mc_scale):
-                world, idx, diffs, _ = world_of(panel, order)
-                return pool_size_item(world, k, d, spec[panel]["budget"], key_for(panel, d, k), reps, idx, diffs, scales, mc_scale,
-                                      cut_of(panel, order, k))
-
-            got = cached(ident, compute)
-            if panel == "seed003" and d == p["designs"][-1]:
-                world_coincidence[k] = coincidence_in_world(k)  # while this pool's problem is built
-            for s in scales:
+        elif meta["kind"] == "world_coincidence":
+            world_coincidence[meta["k"]] = got["fraction"]
+        else:
+            p, mc_scale = spec[meta["panel"]], meta["mc_scale"]
+            for s in meta["scales"]:
                 mc = s == mc_scale
-                rows.append({**blank, "panel": panel, "world": "contextual", "order": order, "theta_scale": s, "num_completions": k,
-                             "design": d, "budget": p["budget"], "replicates": reps if mc else 0,
+                rows.append({**blank, "panel": meta["panel"], "world": "contextual", "order": meta["order"], "theta_scale": s,
+                             "num_completions": meta["k"], "design": meta["design"], "budget": p["budget"],
+                             "replicates": meta["reps"] if mc else 0,
                              "approximation": got[f"approximation@{s:g}"], "estimation_asymptotic": got[f"estimation_asymptotic@{s:g}"],
                              "total_asymptotic": got[f"total_asymptotic@{s:g}"],
                              **{c: (got[c] if mc else math.nan) for c in ("estimation_mc", "estimation_mc_se", "total_mc", "mle_fraction")},
                              "mc_scale": mc_scale})
-        for k, frac in world_coincidence.items():
-            hit = [r for r in rows if r["panel"] == "coincidence" and r["num_completions"] == k]
-            if hit:
-                hit[0]["coincidence_world"] = frac
-            else:
-                rows.append({**blank, "panel": "coincidence", "world": "contextual (panel b)", "num_completions": k,
-                             "coincidence_world": frac})
+    for k, frac in world_coincidence.items():
+        hit = [r for r in rows if r["panel"] == "coincidence" and r["num_completions"] == k]
+        if hit:
+            hit[0]["coincidence_world"] = frac
+        else:
+            rows.append({**blank, "panel": "coincidence", "world": "contextual (panel b)", "num_completions": k, "coincidence_world": frac})
     return rows
 
 
 def fig5_records(results: Path, small: bool, progress: bool = True) -> list[dict]:
     """Figure 5's rows (:func:`_fig5_rows` of the run's spec, items cached under ``results``)."""
-    return _fig5_rows((SMALL if small else FULL)["fig5"], results / "figure5_pool_size", progress)
+    return _fig5_rows((SMALL if small else FULL)["fig5"], results, progress)
 
 
 # ------------------------------------------------------------------ records on disk

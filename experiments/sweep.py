@@ -229,9 +229,13 @@ def sweep_job_overrides(config: DictConfig) -> list[list[str]]:
 
 
 def compose_job(overrides, hydra_node: bool = False) -> DictConfig:
-    """The composed config of one job (outside a running Hydra app)."""
+    """The composed config of one job, outside a Hydra app or inside one whose configs are
+    ``experiments/conf`` (the sweep and items apps)."""
     from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
 
+    if GlobalHydra.instance().is_initialized():  # inside a running app: its config search path
+        return compose(config_name="sweep", overrides=list(overrides), return_hydra_config=hydra_node)
     with initialize_config_module(config_module="experiments.conf", version_base=None):
         return compose(config_name="sweep", overrides=list(overrides), return_hydra_config=hydra_node)
 

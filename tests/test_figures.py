@@ -272,9 +272,10 @@ def no_computing(monkeypatch):
 
     for mod, names in ((experiments.sweep, ("run_jobs", "grid", "compose_job", "aggregate_files", "code_version")),
                        (experiments.worlds, ("make_world",)), (synthetic.worlds, ("contextual_world", "tabular_world")),
-                       (jax, ("jit",)), (experiments.bounds_table, ("main",)), (experiments.practical, ("compute",)),
+                       (jax, ("jit",)), (experiments.bounds_table, ("main", "compute_table", "table_items")), (experiments.practical, ("compute",)),
                        (figures, ("fig1_records", "fig2_records", "fig3_records", "fig4_records", "fig5_records", "bound_band",
-                                  "reference_gap", "sample_efficiency", "plug_in_item", "pool_size_item", "_fig5_rows"))):
+                                  "reference_gap", "sample_efficiency", "plug_in_item", "pool_size_item", "_fig5_rows", "_fig5_plan",
+                                  "_fig4_items", "figure_items", "run_item"))):
         for name in names:
             monkeypatch.setattr(mod, name, boom)
 
@@ -497,5 +498,14 @@ def test_bounds_table_csv_reads_back_with_each_fields_type(tmp_path):
     for k, v in row._asdict().items():
         same = back[k] == v or (isinstance(v, float) and math.isnan(v) and math.isnan(back[k]))
         assert same and type(back[k]) is (float if type(v) is int else type(v)), k
+    # the computed rows (Figure 2's records) have the types the CSV reads back to
+    computed = figures._bounds_row_types({"world": "tabular (K = 20, d = 20)", **row._asdict()})
+    assert all(type(computed[k]) is type(back[k]) and (computed[k] == back[k] or computed[k] != computed[k]) for k in back)
+    # an item's columns (numpy arrays, as its record file holds them) come back as the same BoundRow
+    from experiments import bounds_table
+
+    (again,) = bounds_table._rows_back({f: np.asarray([v]) for f, v in row._asdict().items()})
+    assert all(type(getattr(again, f)) is type(v) for f, v in row._asdict().items())
+    assert all(getattr(again, f) == v or (isinstance(v, float) and math.isnan(v)) for f, v in row._asdict().items())
     committed = figures._bounds_table_rows(Path(__file__).resolve().parents[1] / "figures" / "bounds_table.csv")
     assert {r["lower_new_shape"] for r in committed} <= {"box", "ball"} and all(isinstance(r["n"], float) for r in committed)

@@ -1,0 +1,117 @@
+"""The items app: one Hydra job per cached item of Figure 2, 4 or 5.
+
+Figures 2, 4 and 5 are made of *items* (one (world, design) of the bounds table; a design
+solved at a perturbed ``theta`` and its Monte Carlo; one pool size; one coincidence
+count), each cached as one record file keyed by its parameters and the code version
+(:mod:`experiments.figure_items`, :func:`experiments.figures.figure_items`). This app
+computes items as jobs, so any Hydra launcher (joblib, Ray, Slurm) fills a figure's
+records; ``python -m experiments.figures`` then finds them and computes nothing::
+
+    python -m experiments.items -m items=fig2                                # the bounds table's 19 items
+    python -m experiments.items -m items=fig5 hydra/launcher=local_joblib    # Figure 5's, in parallel
+    python -m experiments.items figure=fig4 index=3                          # one item
+    python -m experiments.figures --only fig2 fig4 fig5                      # draw them
+
+An item whose record was made by the current code is skipped; the write is atomic, so an
+interrupted multirun resumes where it stopped. Every job is checked before the first runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import jax
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from experiments.records import check_writable
+from theory.checked import check_argument, one_of
+
+log = logging.getLogger(__name__)
+
+
+def results_dir(cfg: DictConfig) -> Path:
+    """Where the figures command reads the items: ``results``, plus ``small`` for the small lists."""
+    base = Path(hydra.utils.to_absolute_path(str(cfg.results)))
+    return base / "small" if cfg.small else base
+
+
+def check_item(cfg: DictConfig) -> int:
+    """Check every key before any work; returns the number of items of the figure."""
+    from experiments.figures import ITEM_FIGURES, figure_items
+
+    check_argument("figure", cfg.figure, one_of(ITEM_FIGURES), config=True)
+    check_argument("small", cfg.small, "bool", config=True)
+    if not isinstance(cfg.results, str):
+        raise ValueError(f"results must be a directory path (a string), got {cfg.results!r}")
+    from experiments.cell import float64
+
+    with float64():
+        count = len(figure_items(cfg.figure, bool(cfg.small)))
+    check_argument("index", cfg.index, f"int in [0, {count - 1}]", config=True)
+    return count
+
+
+def _check_results(d: Path) -> Path:
+    try:
+        return check_writable(d)
+    except ValueError as err:
+        raise ValueError(str(err).replace("results_dir:", "results:", 1)) from None
+
+
+class ValidateItems(Callback):
+    """Composes and checks every job of a multirun before the first one starts (a failure exits with status 1)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from hydra.core.global_hydra import GlobalHydra
+
+        from experiments.sweep import sweep_job_overrides
+
+        loader = GlobalHydra.instance().config_loader()
+        jobs = sweep_job_overrides(config)
+        dirs = set()
+        for overrides in jobs:
+            try:
+                cfg = loader.load_configuration(config_name=config.hydra.job.config_name, overrides=overrides, run_mode=RunMode.MULTIRUN)
+                check_item(cfg)
+                dirs.add(results_dir(cfg))
+            except Exception as err:  # noqa: BLE001 - every composition or check error stops the multirun
+                raise SystemExit(f"invalid multirun, no job started. Job [{' '.join(overrides)}]: {err}") from None
+        try:
+            for d in sorted(dirs):
+                _check_results(d)
+        except ValueError as err:
+            raise SystemExit(f"invalid multirun, no job started. {err}") from None
+        log.info("validated %d item jobs", len(jobs))
+
+
+def job(cfg: DictConfig) -> dict:
+    """Compute (or find) item ``cfg.index`` of ``cfg.figure``; returns its values."""
+    from experiments.figure_items import item_done, run_item
+    from experiments.figures import figure_items
+
+    count = check_item(cfg)
+    jax.config.update("jax_enable_x64", True)  # the figures compute in float64 (as their command does)
+    out = _check_results(results_dir(cfg))
+    item = figure_items(cfg.figure, bool(cfg.small))[cfg.index]
+    done = item_done(item, out)
+    got = run_item(item, out)
+    log.info("%s item %d of %d (%s): %s under %s", cfg.figure, cfg.index, count, ", ".join(f"{k}={v}" for k, v in item.ident.items()
+                                                                                   if k not in ("world",)),
+             "reused" if done else "computed", out / item.cache)
+    return got
+
+
+@hydra.main(version_base=None, config_path="conf", config_name="items")
+def main(cfg: DictConfig) -> None:
+    try:
+        job(cfg)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+
+
+if __name__ == "__main__":
+    main()
