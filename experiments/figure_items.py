@@ -28,8 +28,8 @@ ITEM_CODE = ("experiments.figure_items", "experiments.figures", "experiments.bou
 class FigureItem(NamedTuple):
     """One cached item: where its record lives and how it is computed.
 
-    ``compute()`` returns a dict of numbers or arrays (numbers, booleans, strings);
-    numbers come back as floats, arrays as arrays.
+    ``compute()`` returns a dict of values (a number, boolean or string) or arrays of them;
+    each comes back as the Python value (numbers as floats) or array it was stored as.
     """
 
     cache: str
@@ -39,7 +39,8 @@ class FigureItem(NamedTuple):
 
 
 def in_float64(fn):
-    """``fn`` run in float64 (:func:`experiments.cell.float64`), as every item computes."""
+    """``fn`` run in float64 (:func:`experiments.cell.float64`): every item computes so, whatever
+    precision the caller has on (a world built in float32 is another world)."""
 
     def run():
         from experiments.cell import float64
@@ -61,6 +62,13 @@ def item_file(cache, prefix: str, ident: dict) -> Path:
     return Path(cache) / f"{prefix}{hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]}.npz"
 
 
+def _value(a: np.ndarray):
+    if a.ndim:
+        return a
+    v = a.item()
+    return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
 def read_item(path: Path, code: str):
     """A cached item made by the code of version ``code``, else ``None`` (recomputed)."""
     if not path.exists():
@@ -69,7 +77,7 @@ def read_item(path: Path, code: str):
         with np.load(path, allow_pickle=False) as z:
             if json.loads(str(z["meta"])).get("code_version") != code:
                 return None
-            return {k: float(z[k]) if z[k].ndim == 0 else z[k] for k in z.files if k != "meta"}
+            return {k: _value(z[k]) for k in z.files if k != "meta"}
     except Exception:  # noqa: BLE001 - an unreadable cache file is recomputed and overwritten
         return None
 
@@ -86,6 +94,9 @@ def cached_item(cache, prefix: str, ident: dict, code: str, compute) -> dict:
         write_atomic(path, {k: np.asarray(v) for k, v in got.items()}, {**ident, "code_version": code})
         release_compiled()
         got = read_item(path, code)  # what a later run reads back, so both runs give the same values
+        if got is None:
+            raise ValueError(f"item {ident}: its record {path} cannot be read back (values must be numbers, booleans, "
+                             "strings or arrays of them)")
     return got
 
 

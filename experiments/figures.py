@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import hashlib
 import json
 import math
@@ -384,16 +385,21 @@ def figure_items(name: str, small: bool) -> list[FigureItem]:
     return _fig4_items(spec[name]) if name == "fig4" else _fig5_items(spec[name])
 
 
+@functools.lru_cache(maxsize=2)
 def _fig4_instance(directions: int):
-    """Figure 4's world (Figure 1's contextual panel), its design problem and ``directions`` random unit directions."""
+    """Figure 4's world (Figure 1's contextual panel, built in float64), its design problem and
+    ``directions`` random unit directions."""
+    from experiments.cell import float64
     from experiments.worlds import make_world
     from synthetic.designs import design_problem
 
     cfg = sweep.compose_job(["experiment=figure1_contextual"])
-    world = make_world(cfg.world, jax.random.key(cfg.world_seed))
+    with float64():
+        world = make_world(cfg.world, jax.random.key(cfg.world_seed))
+        problem = design_problem(world)
     rng = np.random.default_rng(2026)
     dirs = rng.normal(size=(directions, world.dim))
-    return cfg, world, design_problem(world), dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
+    return cfg, world, problem, dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
 
 
 def _fig4_items(spec) -> list[FigureItem]:
@@ -409,8 +415,8 @@ def _fig4_items(spec) -> list[FigureItem]:
             return plug_in_item(world, problem, theta0, spec["budget"], spec["replicates"], jax.random.fold_in(jax.random.key(7), i))
 
         ident = {"kind": kind, "direction": j, "radius": r, "budget": spec["budget"], "replicates": spec["replicates"],
-                 "world": OmegaConf.to_container(cfg.world), "world_seed": cfg.world_seed}
-        items.append(FigureItem("fig4", "fig4_", ident, compute))
+                 "world": OmegaConf.to_container(cfg.world), "world_seed": cfg.world_seed, "key": i}
+        items.append(FigureItem("fig4", "fig4_", ident, in_float64(compute)))
     return items
 
 

@@ -45,8 +45,12 @@ def check_item(cfg: DictConfig) -> int:
 
     check_argument("figure", cfg.figure, one_of(ITEM_FIGURES), config=True)
     check_argument("small", cfg.small, "bool", config=True)
-    if not isinstance(cfg.results, str):
-        raise ValueError(f"results must be a directory path (a string), got {cfg.results!r}")
+    if not isinstance(cfg.results, str) or not cfg.results.strip():
+        raise ValueError(f"results must be a directory path (a non-empty string), got {cfg.results!r}")
+    grid = cfg.get("grid")
+    if grid is not None and grid != cfg.figure + ("_small" if cfg.small else ""):
+        raise ValueError(f"figure = {cfg.figure!r} with small = {bool(cfg.small)} is not the grid items={grid}: its index range is "
+                         f"another figure's; allowed: items=<figure>[_small] without figure= or small= overrides")
     from experiments.cell import float64
 
     with float64():
@@ -108,9 +112,10 @@ def job(cfg: DictConfig) -> dict:
 @hydra.main(version_base=None, config_path="conf", config_name="items")
 def main(cfg: DictConfig) -> None:
     try:
-        job(cfg)
+        check_item(cfg)  # a bad key exits with its message; errors while computing keep their traceback
     except ValueError as err:
         raise SystemExit(str(err)) from None
+    job(cfg)
 
 
 if __name__ == "__main__":

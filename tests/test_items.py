@@ -1,4 +1,4 @@
-"""The items app (experiments.items): Figures 4 and 5's cached items as Hydra jobs."""
+"""Cached items (experiments.figure_items) and the items app (experiments.items): Figures 2, 4 and 5 as Hydra jobs."""
 
 import os
 import subprocess
@@ -27,7 +27,7 @@ def test_item_grids_cover_every_item_of_their_figure():
     assert {g.stem for g in grids} == {"fig2", "fig2_small", "fig4", "fig4_small", "fig5", "fig5_small"}
     for g in grids:
         cfg = OmegaConf.load(g)
-        assert g.stem == cfg.figure + ("_small" if cfg.small else "")
+        assert g.stem == cfg.figure + ("_small" if cfg.small else "") == cfg.grid
         with jax.enable_x64(True):
             count = len(figures.figure_items(cfg.figure, cfg.small))
         assert cfg.hydra.sweeper.params.index == f"range(0,{count})", g.name
@@ -36,9 +36,10 @@ def test_item_grids_cover_every_item_of_their_figure():
 def test_figure_items_are_distinct_and_refuse_other_figures():
     with jax.enable_x64(True):
         for name in figures.ITEM_FIGURES:
-            items = figures.figure_items(name, True)
-            files = {figure_items.item_file(it.cache, it.prefix, it.ident) for it in items}
-            assert len(files) == len(items)  # no two items share a record
+            for small in (True, False):
+                items = figures.figure_items(name, small)
+                files = {figure_items.item_file(it.cache, it.prefix, it.ident) for it in items}
+                assert len(files) == len(items)  # no two items share a record
     with pytest.raises(ValueError, match=r"name must be one of \['fig2', 'fig4', 'fig5'\], got 'fig1'"):
         figures.figure_items("fig1", True)
 
@@ -73,3 +74,83 @@ def test_items_app_fills_the_records_the_figure_reads(tmp_path, monkeypatch):
         assert not figure_items.item_done(items[0], tmp_path / "res/small")
     again = _run("figure=fig4", "small=true", "index=2", f"results={tmp_path / 'res'}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert again.returncode == 0 and "reused under" in again.stderr + again.stdout
+
+
+def _cfg(**kw):
+    base = {"figure": "fig4", "index": 0, "small": True, "results": "results/figures", "grid": None}
+    return OmegaConf.create({**base, **kw})
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"figure": "fig1"}, r"figure must be one of \['fig2', 'fig4', 'fig5'\], got 'fig1'"),
+    ({"small": "yes"}, r"small must be true or false, got 'yes'"),
+    ({"index": -1}, r"index must be an integer in \[0, 5\], got -1"),
+    ({"index": 2.0}, r"index must be an integer in \[0, 5\], got 2.0"),
+    ({"results": "  "}, r"results must be a directory path \(a non-empty string\)"),
+    ({"grid": "fig4", "figure": "fig5"}, r"is not the grid items=fig4"),
+])
+def test_items_app_checks_every_key(bad, message):
+    from experiments.items import check_item
+
+    assert check_item(_cfg()) == 6
+    with pytest.raises(ValueError, match=message):
+        check_item(_cfg(**bad))
+
+
+def test_cached_item_round_trips_values_and_recomputes_stale_or_unreadable_records(tmp_path):
+    """Single values come back as the Python value they were (numbers as floats), arrays as arrays; a record
+    made by other code or unreadable is recomputed; a value a record cannot hold is refused."""
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"x": 1.5, "n": 3, "flag": True, "name": "ball", "col": np.array([1.0, 2.0]), "names": ["a", "bc"]}
+
+    got = figure_items.cached_item(tmp_path, "t_", {"a": 1}, "v1", compute)
+    assert got["x"] == 1.5 and got["n"] == 3.0 and type(got["n"]) is float and got["flag"] is True and got["name"] == "ball"
+    assert np.array_equal(got["col"], [1.0, 2.0]) and list(got["names"]) == ["a", "bc"]
+    assert figure_items.cached_item(tmp_path, "t_", {"a": 1}, "v1", compute)["name"] == "ball" and len(calls) == 1
+    figure_items.cached_item(tmp_path, "t_", {"a": 1}, "v2", compute)  # another code version
+    assert len(calls) == 2
+    path = figure_items.item_file(tmp_path, "t_", {"a": 1})
+    path.write_bytes(b"not a record")
+    figure_items.cached_item(tmp_path, "t_", {"a": 1}, "v2", compute)  # unreadable: recomputed, overwritten
+    assert len(calls) == 3 and figure_items.read_item(path, "v2") is not None
+    with pytest.raises(ValueError, match="cannot be read back"):
+        figure_items.cached_item(tmp_path, "t_", {"a": 2}, "v1", lambda: {"obj": object()})
+
+
+def test_figure4_items_compute_in_float64_whatever_the_caller_has_on():
+    """Figure 4's world is built in float64 even where the caller runs in float32 (a float32 world is another world)."""
+    with jax.enable_x64(False):
+        items = figures.figure_items("fig4", True)
+        _, world, _, _ = figures._fig4_instance(2)
+    assert world.theta_star.dtype == np.float64 and items[0].ident["radius"] == float(np.linalg.norm(world.theta_star))
+
+
+def test_bounds_table_from_items_is_the_same_table_when_its_items_are_reused(tmp_path, monkeypatch):
+    """compute_table assembles the table from its (world, design) items; a rerun reads them back (nothing
+    computed) and gives the same text and records, each field of its BoundRow type; write_table writes both."""
+    from experiments import bounds_table
+    from synthetic.bounds_check import BoundRow
+
+    def fake(wname, design, budgets, replicates, key):
+        rows = [BoundRow(design=design, n=n, lower=1e-3 / n, bayes_mean=2e-3 / n, bayes_se=1e-4 / n, mc_mean=2.1e-3 / n,
+                         mc_se=1e-4 / n, upper=3e-3 / n, upper_valid=True, hp_upper=1.0, hp_exceed=0, valid_from=10.0 * key + 1,
+                         asymptotic=2e-3 / n, ratio=1.05, ratio_se=0.05, upper_over_lower=3.0, lower_ok=True, upper_ok=True,
+                         ratio_ok=True, hp_ok=True, no_mle_rate=0.0, lower_new_shape="ball", second_order=2.05e-3 / n)
+                for n in budgets]
+        return {**{f: [getattr(r, f) for r in rows] for f in BoundRow._fields}, "seconds": 0.5}
+
+    monkeypatch.setattr(bounds_table, "_design_columns", fake)
+    first = bounds_table.compute_table(tmp_path, 2, 1e4, 0, progress=False)
+    assert len(first.records) == 3 * len(bounds_table.DESIGNS) * 2 and first.fails == 0
+    assert "Computing time 9 s" in first.text  # 18 items of 0.5 s, from their records
+    monkeypatch.setattr(bounds_table, "_design_columns", lambda *a: (_ for _ in ()).throw(AssertionError("recomputed")))
+    again = bounds_table.compute_table(tmp_path, 2, 1e4, 0, progress=False)
+    assert again.text == first.text and repr(again.records) == repr(first.records)  # repr: NaN fields, and types
+    r = first.records[0]
+    assert type(r["n"]) is int and type(r["lower_ok"]) is bool and r["lower_new_shape"] == "ball" and r["valid_from"] == 1.0
+    md, csv_path = bounds_table.write_table(first, tmp_path / "out" / "bounds_table")
+    assert md.read_text() == first.text
+    assert repr(figures._bounds_table_rows(csv_path)) == repr([figures._bounds_row_types(dict(x)) for x in first.records])
