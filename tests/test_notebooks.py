@@ -47,7 +47,7 @@ def test_notebook_executes_at_small_size(name, tmp_path):
     if name == "validate_new_design":
         assert text.count("agrees at level 1e-3") == 2 and "DISAGREES" not in text
     if name == "bounds_exploration":
-        assert "upper bound valid from n0" in text and "t* =" in text
+        assert "upper bound from n0" in text and "(Lemma 9.4)" in text and "t* =" in text
 
 
 @pytest.mark.slow
