@@ -1262,3 +1262,27 @@ def test_floor_test_rejects_only_too_few_failures():
     assert not floor_test_ok(0, 400, 0.05, 1e-3)  # 0 of 400 where >= 20 are expected: the floor is refuted
     assert floor_test_ok(20, 400, 0.05, 1e-3) and floor_test_ok(400, 400, 0.05, 1e-3)  # as many or more: consistent
     assert floor_test_ok(0, 400, 4e-3, 1e-3)  # the table's largest floor: 0 of 400 has probability 0.2
+
+
+@pytest.mark.slow
+def test_theorem4_with_lemma_9_4_holds_on_a_world_of_huge_margins():
+    """Outside the comfortable worlds: tabular, theta* scale 5 (margins up to 8.2, sigma' down to 3e-4), uniform
+    design. Lemma 9.4 gives e_2 there; plain DPO's Monte-Carlo gap stays below Theorem 4 (one-sided z-test at 1e-3)
+    and no replicate exceeds Theorem 4' (each does with probability <= n^-2)."""
+    world = tabular_world(jax.random.key(1), num_completions=6, theta_scale=5.0)
+    prob = design_problem(world)
+    ev = world.eval
+    w = np.full(prob.num_edges, 1.0 / prob.num_edges)
+    z = np.asarray(prob.edges.diffs)
+    assert np.abs(z @ np.asarray(world.theta_star)).max() > 8
+    c0 = TB.instance_constants(w, world.theta_star, ev.features, ev.log_ref, prob.edges.diffs, world.beta)
+    n0 = TB.upper_bound_bernstein_valid_from(c0)
+    for i, n in enumerate([int(3 * n0), int(30 * n0)]):
+        counts = efficient_rounding(w, n).dense_counts(prob.num_edges)
+        c = TB.instance_constants(counts / n, world.theta_star, ev.features, ev.log_ref, prob.edges.diffs, world.beta)
+        ub, hp = TB.upper_bound_bernstein(c, n), TB.upper_bound_bernstein_high_probability(c, n)
+        assert ub.valid and ub.e2 < math.sqrt(c.kappa) * TB._perturbation(c, ub.score_radius, ub.error_radius) / ub.score_radius
+        g, exists = dpo_gaps(jax.random.key(60 + i), world, prob.edges.diffs, counts, 400)
+        assert exists.all()
+        assert (g.mean() - ub.value) / (g.std(ddof=1) / math.sqrt(g.size)) <= Z
+        assert np.sum(g > hp.value) == 0
