@@ -910,7 +910,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description="Draw the paper's synthetic figures (records are reused; reruns resume).")
     ap.add_argument("--only", nargs="+", choices=FIGURES, default=list(FIGURES), help="figures to draw (default: all)")
     ap.add_argument("--out", default="figures", help="where the figures and their CSV go")
-    ap.add_argument("--results", default="results/figures", help="where the cell records go (reused by reruns)")
+    ap.add_argument("--results", default="results/figures", help="where the records go, sweep cells and items (reused by reruns)")
     ap.add_argument("--small", action="store_true", help="small worlds and few replicates (a smoke run)")
     ap.add_argument("--replot", action="store_true",
                     help="redraw the figures from their CSVs in --out, computing nothing (--results and --small are unused)")

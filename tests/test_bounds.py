@@ -882,7 +882,7 @@ def test_bernstein_factor_and_jensen_factor_tend_to_one_at_the_proved_rates():
     assert np.all(up > 0) and np.all(lo > 0) and np.all(np.diff(up) < 0) and np.all(np.diff(lo) < 0)
     slope_up = np.polyfit(np.log(ns), np.log(up), 1)[0]
     slope_lo = np.polyfit(np.log(ns), np.log(lo), 1)[0]
-    assert -0.55 < slope_up < -0.45  # factor 1 + O(n^{-1/2}) (section 9.4)
+    assert -0.55 < slope_up < -0.45  # factor 1 + O(n^{-1/2}) (section 9.5)
     assert -0.40 < slope_lo < -0.30  # factor 1 - O(n^{-1/3}) (section 10.4)
     # The proved rate bound of section 10.4 holds at every n (A1: all prior directions labelled).
     p = float(np.abs(c.pair_coords).sum(axis=1).max())
