@@ -42,7 +42,6 @@ import argparse
 import csv
 import functools
 import hashlib
-import json
 import math
 import time
 from pathlib import Path
@@ -326,8 +325,12 @@ def _bounds_row_types(r: dict) -> dict:
     types = {**typing.get_type_hints(BoundRow), "world": str}
     for k, v in r.items():
         kind = types.get(k, float)
-        r[k] = (v if kind is str else (v == "True") if kind is bool else float(v)) if isinstance(v, str) else \
-            (str(v) if kind is str else bool(v) if kind is bool else float(v))
+        if kind is str:
+            r[k] = str(v)
+        elif kind is bool:
+            r[k] = v == "True" if isinstance(v, str) else bool(v)
+        else:
+            r[k] = float(v)
     return r
 
 
@@ -432,7 +435,7 @@ def fig4_records(results: Path, small: bool, progress: bool = True) -> list[dict
     rows = []
     for item in tqdm(items, desc="fig4", unit="design", disable=not progress):
         rows.append({k: item.ident[k] for k in ("kind", "direction", "radius")} | run_item(item, results))
-    dim = int(_fig4_instance(1)[1].dim)
+    dim = int(_fig4_instance(spec["directions"])[1].dim)  # the listing's world (cached)
     oracle = next(x for x in rows if x["kind"] == "random" and x["radius"] == 0.0)
     for x in rows:
         x["gap_ratio"] = x["gap_mean"] / oracle["gap_mean"]

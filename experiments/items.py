@@ -24,7 +24,6 @@ from pathlib import Path
 import hydra
 import jax
 from hydra.experimental.callback import Callback
-from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from experiments.records import check_writable
@@ -39,8 +38,8 @@ def results_dir(cfg: DictConfig) -> Path:
     return base / "small" if cfg.small else base
 
 
-def check_item(cfg: DictConfig) -> int:
-    """Check every key before any work; returns the number of items of the figure."""
+def check_item(cfg: DictConfig) -> list:
+    """Check every key before any work; returns the figure's items (:func:`experiments.figures.figure_items`)."""
     from experiments.figures import ITEM_FIGURES, figure_items
 
     check_argument("figure", cfg.figure, one_of(ITEM_FIGURES), config=True)
@@ -54,53 +53,42 @@ def check_item(cfg: DictConfig) -> int:
     from experiments.cell import float64
 
     with float64():
-        count = len(figure_items(cfg.figure, bool(cfg.small)))
-    check_argument("index", cfg.index, f"int in [0, {count - 1}]", config=True)
-    return count
-
-
-def _check_results(d: Path) -> Path:
-    try:
-        return check_writable(d)
-    except ValueError as err:
-        raise ValueError(str(err).replace("results_dir:", "results:", 1)) from None
+        items = figure_items(cfg.figure, bool(cfg.small))
+    check_argument("index", cfg.index, f"int in [0, {len(items) - 1}]", config=True)
+    return items
 
 
 class ValidateItems(Callback):
     """Composes and checks every job of a multirun before the first one starts (a failure exits with status 1)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        from hydra.core.global_hydra import GlobalHydra
+        from experiments.sweep import compose_multirun
 
-        from experiments.sweep import sweep_job_overrides
-
-        loader = GlobalHydra.instance().config_loader()
-        jobs = sweep_job_overrides(config)
+        composed = compose_multirun(config)
         dirs = set()
-        for overrides in jobs:
+        for overrides, cfg in composed:
             try:
-                cfg = loader.load_configuration(config_name=config.hydra.job.config_name, overrides=overrides, run_mode=RunMode.MULTIRUN)
                 check_item(cfg)
-                dirs.add(results_dir(cfg))
-            except Exception as err:  # noqa: BLE001 - every composition or check error stops the multirun
+            except ValueError as err:
                 raise SystemExit(f"invalid multirun, no job started. Job [{' '.join(overrides)}]: {err}") from None
+            dirs.add(results_dir(cfg))
         try:
             for d in sorted(dirs):
-                _check_results(d)
+                check_writable(d, "results")
         except ValueError as err:
             raise SystemExit(f"invalid multirun, no job started. {err}") from None
-        log.info("validated %d item jobs", len(jobs))
+        log.info("validated %d item jobs", len(composed))
 
 
-def job(cfg: DictConfig) -> dict:
-    """Compute (or find) item ``cfg.index`` of ``cfg.figure``; returns its values."""
+def job(cfg: DictConfig, items: list | None = None) -> dict:
+    """Compute (or find) item ``cfg.index`` of ``cfg.figure``; returns its values. ``items``:
+    :func:`check_item`'s result where the caller has already checked ``cfg``."""
     from experiments.figure_items import item_done, run_item
-    from experiments.figures import figure_items
 
-    count = check_item(cfg)
+    items = check_item(cfg) if items is None else items
     jax.config.update("jax_enable_x64", True)  # the figures compute in float64 (as their command does)
-    out = _check_results(results_dir(cfg))
-    item = figure_items(cfg.figure, bool(cfg.small))[cfg.index]
+    out = check_writable(results_dir(cfg), "results")
+    item, count = items[cfg.index], len(items)
     done = item_done(item, out)
     got = run_item(item, out)
     log.info("%s item %d of %d (%s): %s under %s", cfg.figure, cfg.index, count, ", ".join(f"{k}={v}" for k, v in item.ident.items()
@@ -112,10 +100,10 @@ def job(cfg: DictConfig) -> dict:
 @hydra.main(version_base=None, config_path="conf", config_name="items")
 def main(cfg: DictConfig) -> None:
     try:
-        check_item(cfg)  # a bad key exits with its message; errors while computing keep their traceback
+        items = check_item(cfg)  # a bad key exits with its message; errors while computing keep their traceback
     except ValueError as err:
         raise SystemExit(str(err)) from None
-    job(cfg)
+    job(cfg, items)
 
 
 if __name__ == "__main__":

@@ -87,10 +87,10 @@ def read_cell(path, fields=RECORD_FIELDS):
     return cols, meta
 
 
-def check_writable(directory) -> Path:
+def check_writable(directory, name: str = "results_dir") -> Path:
     """Create ``directory`` if needed and check that a record can be written there.
 
-    Raises ``ValueError`` naming ``results_dir`` and the path, before any job runs.
+    Raises ``ValueError`` naming the setting ``name`` and the path, before any job runs.
     """
     d = Path(directory)
     try:
@@ -99,7 +99,7 @@ def check_writable(directory) -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        raise ValueError(f"results_dir: cannot write records to {d.resolve()} ({err.strerror or err}); "
+        raise ValueError(f"{name}: cannot write records to {d.resolve()} ({err.strerror or err}); "
                          "allowed: a directory you can create and write") from None
     return d
 

@@ -262,6 +262,22 @@ def run_jobs(jobs, results_dir, progress: bool = True, desc: str = "cells") -> l
     return [job(cfg) for cfg in tqdm(cfgs, desc=desc, unit="cell", disable=not progress)]
 
 
+def compose_multirun(config: DictConfig) -> list[tuple[list[str], DictConfig]]:
+    """``(overrides, composed config)`` of every job of the running multirun, as its launcher
+    will run them; a job that does not compose exits (status 1) naming it, before any job runs."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    loader = GlobalHydra.instance().config_loader()
+    out = []
+    for overrides in sweep_job_overrides(config):
+        try:
+            out.append((overrides, loader.load_configuration(config_name=config.hydra.job.config_name, overrides=overrides,
+                                                             run_mode=RunMode.MULTIRUN)))
+        except Exception as err:  # noqa: BLE001 - every composition error stops the sweep
+            raise SystemExit(f"invalid sweep, no job started. Job [{' '.join(overrides)}]: {err}") from None
+    return out
+
+
 class ValidateSweep(Callback):
     """Composes and checks every job of a multirun (:func:`check_jobs`) before the first one starts.
 
@@ -270,17 +286,8 @@ class ValidateSweep(Callback):
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        from hydra.core.global_hydra import GlobalHydra
-
-        loader = GlobalHydra.instance().config_loader()
-        jobs = sweep_job_overrides(config)
-        cfgs = []
-        for overrides in jobs:
-            try:
-                cfgs.append(loader.load_configuration(config_name=config.hydra.job.config_name, overrides=overrides,
-                                                      run_mode=RunMode.MULTIRUN))
-            except Exception as err:  # noqa: BLE001 - every composition error stops the sweep
-                raise SystemExit(f"invalid sweep, no job started. Job [{' '.join(overrides)}]: {err}") from None
+        composed = compose_multirun(config)
+        jobs, cfgs = [o for o, _ in composed], [c for _, c in composed]
         try:
             check_jobs(cfgs, [" ".join(o) for o in jobs], jobs)
         except ValueError as err:

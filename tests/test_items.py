@@ -92,7 +92,7 @@ def _cfg(**kw):
 def test_items_app_checks_every_key(bad, message):
     from experiments.items import check_item
 
-    assert check_item(_cfg()) == 6
+    assert len(check_item(_cfg())) == 6
     with pytest.raises(ValueError, match=message):
         check_item(_cfg(**bad))
 
