@@ -520,11 +520,12 @@ def bench_information(quick: bool) -> list:
 # --------------------------------------------------------------------------- figures
 
 
-def bench_figures(quick: bool, out: str | None = None) -> dict:
-    """The figure script from empty records (a temporary directory); its figures go to
-    ``out`` when given (``--figures-out figures`` regenerates the committed ones)."""
+def bench_figures(quick: bool, out: str | None = None, jobs: int = 1) -> dict:
+    """The figure script from empty records (a temporary directory) with ``--jobs jobs``; its
+    figures go to ``out`` when given (``--figures-out figures`` regenerates the committed ones)."""
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "experiments.figures", "--no-progress", "--out", out or f"{tmp}/fig", "--results", f"{tmp}/res"]
+        cmd = [sys.executable, "-m", "experiments.figures", "--no-progress", "--out", out or f"{tmp}/fig", "--results", f"{tmp}/res",
+               "--jobs", str(jobs)]
         if quick:
             cmd.append("--small")
         t0 = time.perf_counter()
@@ -534,11 +535,11 @@ def bench_figures(quick: bool, out: str | None = None) -> dict:
             raise RuntimeError(res.stderr[-3000:])
         per = {}
         for line in res.stdout.splitlines():
-            if line.startswith("fig") and line.endswith(" s") and ":" in line:
+            if (line.startswith("fig") or line.startswith("records:")) and ":" in line and line.split(":")[1].strip().split()[1:2] == ["s"]:
                 k, v = line.split(":")
                 per[k] = float(v.strip().split()[0])
         cells = sum(1 for _ in Path(tmp, "res").rglob("*.npz"))
-    return {"wall_s": wall, "per_figure_s": per, "cells": cells, "s_per_cell": wall / max(cells, 1), "small": quick}
+    return {"wall_s": wall, "per_figure_s": per, "cells": cells, "s_per_cell": wall / max(cells, 1), "small": quick, "jobs": jobs}
 
 
 # ---------------------------------------------------------------------------- report
@@ -709,8 +710,9 @@ def markdown(res: dict) -> str:
         L.append("")
     fg = res.get("figures")
     if fg:
+        flags = (" --small" if fg["small"] else "") + (f" --jobs {fg['jobs']}" if fg.get("jobs", 1) > 1 else "")
         L += ["## 4. Figure sweep", "",
-              f"`python -m experiments.figures{' --small' if fg['small'] else ''}` from empty records: {fg['wall_s']:.0f} s wall, "
+              f"`python -m experiments.figures{flags}` from empty records: {fg['wall_s']:.0f} s wall, "
               f"{fg['cells']} cells and cached items, {fg['s_per_cell']:.1f} s per cell on average.", "",
               "| figure | s |", "|---|---:|"]
         for k, v in fg["per_figure_s"].items():
@@ -777,6 +779,7 @@ def main(argv=None):
     ap.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"))
     ap.add_argument("--report", action="store_true", help="only rebuild the markdown from the JSON")
     ap.add_argument("--figures-out", default=None, help="keep the figures of the figures section here (e.g. figures)")
+    ap.add_argument("--figure-jobs", type=int, default=1, help="worker processes of the figures section (the command's --jobs)")
     args = ap.parse_args(argv)
     if args.report:
         Path(args.markdown).write_text(markdown(json.loads(Path(args.json).read_text())))
@@ -791,7 +794,7 @@ def main(argv=None):
     res.setdefault("machine", machine())  # the first full run's; sections run later record their own
     res["quick"] = args.quick
     fns = {"solver": bench_solver, "capped": bench_capped, "newton": bench_newton, "cvxpy": bench_cvxpy, "replicates": bench_replicates, "information": bench_information,
-           "figures": functools.partial(bench_figures, out=args.figures_out)}
+           "figures": functools.partial(bench_figures, out=args.figures_out, jobs=args.figure_jobs)}
     if args.only == ["hh_float32"]:
         bench_hh_float32(args.quick, res)
         res.setdefault("section_machines", {})["hh_float32"] = machine()

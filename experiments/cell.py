@@ -44,7 +44,7 @@ from synthetic.designs.cache import using_design_cache
 from synthetic.monte_carlo import ESTIMATORS, replicate_gaps
 from theory import asymptotic_gap
 
-__all__ = ["CELL_CODE", "REPLICATE_CHUNK", "cell_identity", "cell_id", "code_version", "record_code_version", "git_version", "run_cell", "float64",
+__all__ = ["CELL_CODE", "REPLICATE_CHUNK", "cell_identity", "cell_id", "code_version", "record_code_version", "git_version", "run_cell", "float64", "one_blas_thread",
            "check_design_cache"]
 
 #: Replicates per compiled call: bounds memory and drives the progress bar; the
@@ -168,6 +168,21 @@ def float64():
     return enable(True)
 
 
+def one_blas_thread():
+    """A context in which NumPy's BLAS and LAPACK (OpenBLAS, MKL) run on one thread.
+
+    Every record (sweep cell, figure item) is computed in it, so its numbers do not depend on
+    how many BLAS threads the process has: a multithreaded GEMM or eigensolver sums in
+    another order, which moved the last digits of solved designs (and, through the rounded
+    allocation, Monte-Carlo gaps) between a run in one process (two threads on two cores)
+    and the same run in joblib's or the figures command's worker processes (one thread each).
+    JAX's own CPU kernels are not affected by it.
+    """
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def _absolute(path) -> Path:
     """``path`` against the directory the app was started in (like ``results_dir``)."""
     try:
@@ -215,8 +230,9 @@ def _design_cache(cfg: DictConfig):
 
 def run_cell(cfg: DictConfig, progress: bool = False) -> dict:
     """Compute one cell's records in float64 (see :func:`_run_cell`), with solved designs
-    read from and written to ``cfg.design_cache`` (checked first, before any work)."""
-    with _design_cache(cfg), float64():
+    read from and written to ``cfg.design_cache`` (checked first, before any work), with
+    one BLAS thread (:func:`one_blas_thread`)."""
+    with _design_cache(cfg), float64(), one_blas_thread():
         return _run_cell(cfg, progress)
 
 

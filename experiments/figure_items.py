@@ -84,13 +84,17 @@ def read_item(path: Path, code: str):
 
 def cached_item(cache, prefix: str, ident: dict, code: str, compute) -> dict:
     """The item ``ident`` (a JSON-able dict of its parameters) from ``cache``, else ``compute()``
-    written there atomically, reused only if made by the code of version ``code``."""
+    (with one BLAS thread, :func:`experiments.cell.one_blas_thread`) written there atomically,
+    reused only if made by the code of version ``code``."""
     from experiments.records import write_atomic
 
     path = item_file(cache, prefix, ident)
     got = read_item(path, code)
     if got is None:
-        got = compute()
+        from experiments.cell import one_blas_thread
+
+        with one_blas_thread():  # numbers independent of the process's BLAS threads, as the cells'
+            got = compute()
         write_atomic(path, {k: np.asarray(v) for k, v in got.items()}, {**ident, "code_version": code})
         release_compiled()
         got = read_item(path, code)  # what a later run reads back, so both runs give the same values

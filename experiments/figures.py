@@ -39,6 +39,7 @@ Every figure is written as PNG and PDF with the CSV of its data.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import functools
 import hashlib
@@ -917,6 +918,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--small", action="store_true", help="small worlds and few replicates (a smoke run)")
     ap.add_argument("--replot", action="store_true",
                     help="redraw the figures from their CSVs in --out, computing nothing (--results and --small are unused)")
+    ap.add_argument("--jobs", type=_positive_int, default=1,
+                    help="worker processes that compute the records first, largest first (experiments.fill); the numbers do not depend on it")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     import matplotlib
@@ -928,7 +931,33 @@ def main(argv=None) -> dict:
         results = results / "small"
     progress = not args.no_progress
     timings, t_all = {}, time.time()
-    fig1 = None
+    with contextlib.ExitStack() as stack:
+        if args.jobs > 1 and not args.replot:
+            from experiments import fill
+
+            cache = stack.enter_context(fill.compile_cache())
+            done = fill.fill(args.only, results, args.small, args.jobs, progress, cache)
+            timings["records"] = time.time() - t_all
+            print(f"records: {timings['records']:.0f} s ({len(done)} tasks in {args.jobs} workers)", flush=True)
+        timings.update(_draw(args, out, results, progress))
+    timings["total"] = time.time() - t_all
+    print(f"all figures: {timings['total']:.0f} s; written to {out}/")
+    return timings
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (worker processes), got {text!r}")
+    return value
+
+
+def _draw(args, out: Path, results: Path, progress: bool) -> dict:
+    """Each chosen figure's records (computed or found), CSVs and plot; returns seconds per figure."""
+    timings, fig1 = {}, None
     for name in FIGURES:
         # Figure 3 is made from Figure 1's records, which are then drawn too (not on --replot: fig3's CSV suffices)
         if name not in args.only and not (name == "fig1" and "fig3" in args.only and not args.replot):
@@ -956,8 +985,6 @@ def main(argv=None) -> dict:
         timings[name] = time.time() - t0
         print(f"{name}: {timings[name]:.0f} s", flush=True)
         release_compiled()  # the figures in one process stay under the kernel's memory-map limit
-    timings["total"] = time.time() - t_all
-    print(f"all figures: {timings['total']:.0f} s; written to {out}/")
     return timings
 
 

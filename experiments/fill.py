@@ -1,0 +1,174 @@
+"""Fill the records of a figure set in worker processes: the figures command's ``--jobs N``.
+
+The figures are records first (sweep cells and cached items, each one file made by the
+current code), plots second. :func:`fill` computes the records of the chosen figures in
+``N`` fresh processes, longest first; the figures command then finds every record done and
+only pools and draws. The numbers are those of a run in one process, bit for bit: a record
+depends on its inputs and the code version only (cells and items are computed with one BLAS
+thread, :func:`experiments.cell.one_blas_thread`), not on which process made it.
+
+* A task is the cells of one (experiment, design) run one after the other in one worker, so
+  that they share that design's solves (the cell's in-process memo and the on-disk design
+  cache), or one item of Figures 2, 4 or 5 (:func:`experiments.figures.figure_items`).
+* The workers and the calling process share a persistent XLA compilation cache (a
+  temporary folder, removed at the end, unless ``JAX_COMPILATION_CACHE_DIR`` is set), so a
+  program compiled by one is loaded by the others. It is keyed by the computation and
+  the JAX version and changes no number.
+* An interrupted run keeps every record already written; the next run computes the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import NamedTuple
+
+__all__ = ["Task", "tasks", "fill", "compile_cache"]
+
+#: Relative cost of one task of each kind, to start the longest first (measured on the
+#: full figure set, 2026-11-28; only the order depends on it, never a number).
+_COST = {"figure1_tabular": 30.0, "bounds_table": 14.0, "practical": 8.0, "figure1_contextual": 6.0,
+         "figure1_contextual_adaptive": 10.0, "figure5_pool_size": 2.0, "fig4": 1.0}
+
+
+class Task(NamedTuple):
+    """One unit of work for a worker.
+
+    ``kind`` is ``"cells"`` (``jobs``: sweep override lists run in order into ``results``) or
+    ``"item"`` (item ``index`` of figure ``figure``'s list for ``small``, cached under ``results``).
+    ``label`` names it in messages; ``cost`` orders the tasks (largest first).
+    """
+
+    kind: str
+    label: str
+    results: str
+    cost: float
+    jobs: tuple = ()
+    figure: str = ""
+    small: bool = False
+    index: int = -1
+
+
+def _cell_tasks(experiment: str, jobs, results: Path) -> list[Task]:
+    groups: dict = {}
+    for job in jobs:
+        design = next((o.split("=", 1)[1] for o in job if o.startswith("design=")), "")
+        groups.setdefault(design, []).append(tuple(job))
+    kind = experiment if experiment in _COST else results.parent.name
+    return [Task("cells", f"{experiment} {design} ({len(js)} cells)", str(results), _COST.get(kind, 1.0) * len(js), tuple(js))
+            for design, js in groups.items()]
+
+
+def tasks(names, results: Path, small: bool) -> list[Task]:
+    """Every task of the figures ``names`` whose records go under ``results``, largest first."""
+    from experiments import sweep
+    from experiments.figures import FIG1_ADAPTIVE, FIG1_WORLDS, SMALL, figure_items
+
+    out: list[Task] = []
+    if "fig1" in names or "fig3" in names:
+        for world in FIG1_WORLDS:
+            exps = [f"figure1_{world}"] + ([FIG1_ADAPTIVE[world]] if world in FIG1_ADAPTIVE else [])
+            for exp in exps:
+                key = f"fig1_{world}" if exp == f"figure1_{world}" else exp
+                out += _cell_tasks(exp, sweep.grid(exp, SMALL[key] if small else ()), results / exp)
+    if "fig6" in names:
+        from experiments import practical
+
+        for panel, p in practical.jobs(small).items():
+            out += _cell_tasks(f"practical {panel}", [j for _, j in p["jobs"]], results / "practical" / panel)
+    for name in ("fig2", "fig4", "fig5"):
+        if name in names:
+            from experiments.cell import float64
+
+            with float64():  # the items' worlds are float64 ones (Figure 4's is built to list them)
+                items = figure_items(name, small)
+            for i, item in enumerate(items):
+                out.append(Task("item", f"{name} item {i}", str(results), _COST.get(item.cache, 1.0), figure=name, small=small, index=i))
+    return sorted(out, key=lambda t: -t.cost)
+
+
+@functools.lru_cache(maxsize=4)
+def _items(figure: str, small: bool):
+    from experiments.figures import figure_items
+
+    return figure_items(figure, small)
+
+
+def _start_worker(cache_dir: str | None) -> None:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)  # as the figures command computes
+    if cache_dir:
+        _use_compile_cache(cache_dir)
+
+
+def _use_compile_cache(cache_dir: str) -> None:
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def run_task(task: Task) -> tuple[str, float]:
+    """Compute ``task``'s records that are not done yet; returns its label and seconds."""
+    t0 = time.time()
+    if task.kind == "cells":
+        from experiments import sweep
+
+        sweep.run_jobs([list(j) for j in task.jobs], Path(task.results), progress=False)
+    else:
+        from experiments.figure_items import run_item
+
+        run_item(_items(task.figure, task.small)[task.index], Path(task.results))
+    return task.label, time.time() - t0
+
+
+@contextlib.contextmanager
+def compile_cache():
+    """A persistent XLA compilation cache for this process and its workers: the folder of
+    ``JAX_COMPILATION_CACHE_DIR`` if set, else a temporary one removed on exit. Yields its path."""
+    given = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    path = given or tempfile.mkdtemp(prefix="whichpairs-xla-")
+    _use_compile_cache(path)
+    try:
+        yield path
+    finally:
+        if not given:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def fill(names, results: Path, small: bool, jobs: int, progress: bool = True, cache_dir: str | None = None) -> list[tuple[str, float]]:
+    """Compute the records of the figures ``names`` in ``jobs`` worker processes (:func:`tasks`,
+    largest first); returns ``(label, seconds)`` per task in the order they finished.
+
+    ``cache_dir``: a persistent XLA compilation cache the workers share (:func:`compile_cache`).
+    A failing task stops the run with its error once the running tasks end; every record
+    already written is kept.
+    """
+    from tqdm.auto import tqdm
+
+    todo = tasks(names, Path(results), small)
+    done: list[tuple[str, float]] = []
+    ctx = multiprocessing.get_context("spawn")  # JAX is not fork-safe
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_start_worker, initargs=(cache_dir,)) as pool:
+        futures = [pool.submit(run_task, t) for t in todo]
+        with tqdm(total=len(futures), desc=f"records ({jobs} workers)", unit="task", disable=not progress) as bar:
+            pending = set(futures)
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    if f.exception() is not None:
+                        for p in pending:
+                            p.cancel()
+                        raise f.exception()
+                    done.append(f.result())
+                    bar.update()
+    return done
