@@ -154,3 +154,55 @@ def test_bounds_table_from_items_is_the_same_table_when_its_items_are_reused(tmp
     md, csv_path = bounds_table.write_table(first, tmp_path / "out" / "bounds_table")
     assert md.read_text() == first.text
     assert repr(figures._bounds_table_rows(csv_path)) == repr([figures._bounds_row_types(dict(x)) for x in first.records])
+
+
+def _blas_threads() -> int:
+    from threadpoolctl import threadpool_info
+
+    return max((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"), default=1)
+
+
+def test_cells_and_items_compute_with_one_blas_thread_whatever_the_process_has(tmp_path, monkeypatch):
+    """A record's numbers must not depend on the process's BLAS threads (a threaded GEMM sums in
+    another order): cells (run_cell) and items (cached_item) compute inside one_blas_thread."""
+    from threadpoolctl import threadpool_limits
+
+    import experiments.cell as cell
+
+    monkeypatch.setattr(cell, "_run_cell", lambda cfg, progress=False: {"threads": _blas_threads()})
+    with threadpool_limits(limits=2, user_api="blas"):
+        outside = _blas_threads()
+        in_cell = cell.run_cell(OmegaConf.create({}))["threads"]
+        got = figure_items.cached_item(tmp_path, "t_", {"a": 1}, "code", lambda: {"threads": _blas_threads()})
+    assert in_cell == 1 and got["threads"] == 1.0
+    if (os.cpu_count() or 1) > 1:
+        assert outside == 2  # the test would be vacuous if the limit outside were already one
+
+
+def test_fill_tasks_cover_every_record_of_the_figures_and_keep_a_designs_cells_together(tmp_path):
+    """experiments.fill: one task per (experiment, design) holding exactly the grid's cells, one per item, largest first."""
+    from experiments import fill, practical, sweep
+
+    tasks = fill.tasks(["fig3", "fig4", "fig6"], tmp_path, small=True)
+    assert [t.cost for t in tasks] == sorted((t.cost for t in tasks), reverse=True)
+    cells = [t for t in tasks if t.kind == "cells"]
+    for t in cells:
+        assert len({next(o for o in j if o.startswith("design=")) for j in t.jobs}) == 1, t.label
+    want = {(str(tmp_path / exp), tuple(j)) for world, exp in (("tabular", "figure1_tabular"), ("contextual", "figure1_contextual"))
+            for j in sweep.grid(exp, figures.SMALL[f"fig1_{world}"])}
+    want |= {(str(tmp_path / a), tuple(j)) for a in figures.FIG1_ADAPTIVE.values() for j in sweep.grid(a, figures.SMALL[a])}
+    want |= {(str(tmp_path / "practical" / panel), tuple(j)) for panel, p in practical.jobs(True).items() for _, j in p["jobs"]}
+    got = [(t.results, j) for t in cells for j in t.jobs]
+    assert len(got) == len(set(got)) and set(got) == want
+    items = [t for t in tasks if t.kind == "item"]
+    assert sorted(t.index for t in items) == list(range(len(figures.figure_items("fig4", True))))
+    assert {t.figure for t in items} == {"fig4"} and all(t.small for t in items)
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "two"])
+def test_figures_command_refuses_a_jobs_count_that_is_not_a_positive_integer(bad, capsys, tmp_path):
+    with pytest.raises(SystemExit) as err:
+        figures.main(["--small", "--jobs", bad, "--out", str(tmp_path / "o"), "--results", str(tmp_path / "r")])
+    assert err.value.code == 2
+    assert f"--jobs: must be a positive integer (worker processes), got '{bad}'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
