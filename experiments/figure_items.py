@@ -39,13 +39,15 @@ class FigureItem(NamedTuple):
 
 
 def in_float64(fn):
-    """``fn`` run in float64 (:func:`experiments.cell.float64`): every item computes so, whatever
-    precision the caller has on (a world built in float32 is another world)."""
+    """``fn`` run in float64 (:func:`experiments.cell.float64`) with one BLAS thread
+    (:func:`experiments.cell.one_blas_thread`): every item computes so, whatever precision the
+    caller has on (a world built in float32 is another world) and however many BLAS threads
+    its process has (so ``item.compute()`` called directly gives its record's numbers)."""
 
     def run():
-        from experiments.cell import float64
+        from experiments.cell import float64, one_blas_thread
 
-        with float64():
+        with float64(), one_blas_thread():
             return fn()
 
     return run
