@@ -176,7 +176,8 @@ def one_blas_thread():
     another order, which moved the last digits of solved designs (and, through the rounded
     allocation, Monte-Carlo gaps) between a run in one process (two threads on two cores)
     and the same run in joblib's or the figures command's worker processes (one thread each).
-    JAX's own CPU kernels are not affected by it.
+    jaxlib's CPU LAPACK calls (``eigh``, Cholesky) use SciPy's OpenBLAS and are limited too;
+    the kernels XLA generates (its products through Eigen) are not.
     """
     from threadpoolctl import threadpool_limits
 

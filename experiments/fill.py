@@ -30,7 +30,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["Task", "tasks", "fill", "compile_cache"]
+__all__ = ["Task", "tasks", "fill", "run_tasks", "run_task", "compile_cache"]
 
 #: Relative cost of one task of each kind, to start the longest first (measured on the
 #: full figure set, 2026-11-28; only the order depends on it, never a number).
@@ -133,42 +133,76 @@ def run_task(task: Task) -> tuple[str, float]:
 
 @contextlib.contextmanager
 def compile_cache():
-    """A persistent XLA compilation cache for this process and its workers: the folder of
-    ``JAX_COMPILATION_CACHE_DIR`` if set, else a temporary one removed on exit. Yields its path."""
-    given = os.environ.get("JAX_COMPILATION_CACHE_DIR")
-    path = given or tempfile.mkdtemp(prefix="whichpairs-xla-")
+    """A persistent XLA compilation cache for this process and the workers it starts: a
+    temporary folder (every compiled program kept), removed on exit with JAX's settings put
+    back. Yields its path, or ``None`` where ``JAX_COMPILATION_CACHE_DIR`` is set: JAX then
+    uses that folder with its own settings, here and in the workers (they inherit it)."""
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        yield None
+        return
+    import jax
+
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs", "jax_persistent_cache_min_entry_size_bytes")
+    before = {n: getattr(jax.config, n) for n in names}
+    path = tempfile.mkdtemp(prefix="whichpairs-xla-")
     _use_compile_cache(path)
     try:
         yield path
     finally:
-        if not given:
-            shutil.rmtree(path, ignore_errors=True)
+        for n, v in before.items():
+            jax.config.update(n, v)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Cancel the tasks not started and end the workers now (every record is written atomically,
+    so a task cut short leaves no partial file; its record is computed by the next run)."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):  # a private attribute: no public way to end them
+        proc.terminate()
 
 
 def fill(names, results: Path, small: bool, jobs: int, progress: bool = True, cache_dir: str | None = None) -> list[tuple[str, float]]:
     """Compute the records of the figures ``names`` in ``jobs`` worker processes (:func:`tasks`,
-    largest first); returns ``(label, seconds)`` per task in the order they finished.
+    largest first, items already done left out: :func:`run_tasks`); returns ``(label, seconds)``
+    per task in the order they finished."""
+    return run_tasks([t for t in tasks(names, Path(results), small) if not _item_done(t)], jobs, progress, cache_dir)
+
+
+def run_tasks(todo, jobs: int, progress: bool = True, cache_dir: str | None = None) -> list[tuple[str, float]]:
+    """Run ``todo`` (:class:`Task`) in ``jobs`` spawned worker processes, in order as workers
+    free up; returns ``(label, seconds)`` per task in the order they finished.
 
     ``cache_dir``: a persistent XLA compilation cache the workers share (:func:`compile_cache`).
-    A failing task stops the run with its error once the running tasks end; every record
-    already written is kept.
+    A failing task (its error is raised here) or an interrupt stops the run at once: tasks
+    not started are cancelled and the workers ended. Every record already written is kept.
     """
     from tqdm.auto import tqdm
 
-    todo = tasks(names, Path(results), small)
     done: list[tuple[str, float]] = []
+    if not todo:
+        return done
     ctx = multiprocessing.get_context("spawn")  # JAX is not fork-safe
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_start_worker, initargs=(cache_dir,)) as pool:
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx, initializer=_start_worker, initargs=(cache_dir,))
+    try:
         futures = [pool.submit(run_task, t) for t in todo]
         with tqdm(total=len(futures), desc=f"records ({jobs} workers)", unit="task", disable=not progress) as bar:
             pending = set(futures)
             while pending:
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for f in finished:
-                    if f.exception() is not None:
-                        for p in pending:
-                            p.cancel()
-                        raise f.exception()
-                    done.append(f.result())
+                    done.append(f.result())  # a task's error is raised here
                     bar.update()
+    except BaseException:  # a failed task or Ctrl-C: stop now, keep what is written
+        _stop(pool)
+        raise
+    pool.shutdown(wait=True)
     return done
+
+
+def _item_done(task: Task) -> bool:
+    if task.kind != "item":
+        return False  # a cell's check composes its config: the worker does it
+    from experiments.figure_items import item_done
+
+    return item_done(_items(task.figure, task.small)[task.index], Path(task.results))

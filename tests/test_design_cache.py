@@ -191,7 +191,7 @@ def test_a_design_stored_by_other_code_is_never_served(prob, fresh, monkeypatch,
     assert cache.entry_key("inputs") != base
     monkeypatch.setattr(cache, "_CODE_HASH", real)
     real_runtime = cache.runtime
-    for change in ({"jax": "0.0.0"}, {"numpy": "0.0.0"}, {"float": "float32"}, {"backend": "gpu"}):
+    for change in ({"jax": "0.0.0"}, {"numpy": "0.0.0"}, {"float": "float32"}, {"backend": "gpu"}, {"blas_threads": 64}, {"cpus": 64}):
         monkeypatch.setattr(cache, "runtime", lambda: {**real_runtime(), **change})
         assert cache.entry_key("inputs") != base, change
     monkeypatch.setattr(cache, "runtime", real_runtime)
@@ -308,3 +308,22 @@ def test_the_cells_of_a_sweep_share_designs_and_the_summary_ignores_the_cache(tm
     shutil.rmtree(res / "design_cache")
     assert sweep.aggregate(res, problems=problems) == rows and problems == []
     assert stored.suffix == ".npz"  # a file the summary would read, were it in results_dir
+
+
+def test_a_solve_made_with_other_blas_threads_is_not_reused():
+    """Sweep cells solve with one BLAS thread (experiments.cell.one_blas_thread); a design solved
+    with more (a notebook, the old code) sums in another order and must have another file key."""
+    from threadpoolctl import threadpool_limits
+
+    from experiments.cell import one_blas_thread
+
+    with one_blas_thread():
+        one = cache.runtime()
+        key_one = cache.entry_key("inputs")
+    assert one["blas_threads"] == 1
+    with threadpool_limits(limits=2, user_api="blas"):
+        two = cache.runtime()
+        key_two = cache.entry_key("inputs")
+    if two["blas_threads"] > 1:  # a BLAS that runs one thread only has nothing to tell apart
+        assert key_two != key_one
+

@@ -206,3 +206,15 @@ def test_figures_command_refuses_a_jobs_count_that_is_not_a_positive_integer(bad
     assert err.value.code == 2
     assert f"--jobs: must be a positive integer (worker processes), got '{bad}'" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_failing_task_stops_the_fill_with_its_error_and_keeps_what_is_written(tmp_path):
+    """experiments.fill.run_tasks: the worker's error comes back here, the tasks behind it are not run."""
+    from experiments import fill
+
+    bad = fill.Task("item", "bad", str(tmp_path), 2.0, figure="fig9", small=True, index=0)
+    never = fill.Task("item", "never", str(tmp_path), 1.0, figure="fig4", small=True, index=0)
+    with pytest.raises(ValueError, match=r"name must be one of \['fig2', 'fig4', 'fig5'\], got 'fig9'"):
+        fill.run_tasks([bad, never], jobs=1, progress=False)
+    assert not list(tmp_path.rglob("*.npz"))
+    assert fill.run_tasks([], jobs=2, progress=False) == []  # nothing to do starts no worker

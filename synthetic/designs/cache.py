@@ -149,12 +149,28 @@ def solver_code_hash() -> str:
     return _CODE_HASH
 
 
+def _blas_threads() -> int:
+    """Threads NumPy's BLAS (and jaxlib's CPU LAPACK, which calls SciPy's) may use now."""
+    from threadpoolctl import threadpool_info
+
+    return max((i["num_threads"] for i in threadpool_info() if i.get("user_api") == "blas"), default=1)
+
+
+def _cpus() -> int:
+    """CPUs this process may run on: the size of XLA's CPU thread pool."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def runtime() -> dict:
     """What besides the code may change the bits of a solve: library versions, the float
-    width JAX computes in now, the backend and the machine."""
+    width JAX computes in now, the backend and the machine, and the thread counts of BLAS
+    and of XLA's CPU kernels (a threaded product sums in another order: a solve made with
+    two BLAS threads is not reused by a sweep cell, which solves with one)."""
     import jaxlib
 
     return {
+        "blas_threads": _blas_threads(),
+        "cpus": _cpus(),
         "jax": jax.__version__,
         "jaxlib": jaxlib.__version__,
         "numpy": np.__version__,
