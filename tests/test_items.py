@@ -180,7 +180,9 @@ def test_cells_and_items_compute_with_one_blas_thread_whatever_the_process_has(t
 
 
 def test_fill_tasks_cover_every_record_of_the_figures_and_keep_a_designs_cells_together(tmp_path):
-    """experiments.fill: one task per (experiment, design) holding exactly the grid's cells, one per item, largest first."""
+    """experiments.fill: one task per (experiment, design) holding exactly the grid's cells, one per item, largest first.
+    (That the figures then find every record is checked end to end by the small figure run in tests/test_figures.py,
+    whose rerun after a --jobs 2 fill must write nothing.)"""
     from experiments import fill, practical, sweep
 
     tasks = fill.tasks(["fig3", "fig4", "fig6"], tmp_path, small=True)
