@@ -157,9 +157,12 @@ def compile_cache():
 def _stop(pool: ProcessPoolExecutor) -> None:
     """Cancel the tasks not started and end the workers now (every record is written atomically,
     so a task cut short leaves no partial file; its record is computed by the next run)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # private, and emptied by shutdown: taken first
     pool.shutdown(wait=False, cancel_futures=True)
-    for proc in list((getattr(pool, "_processes", None) or {}).values()):  # a private attribute: no public way to end them
+    for proc in procs:
         proc.terminate()
+    for proc in procs:  # ended before the caller removes the compilation cache they write to
+        proc.join(timeout=10)
 
 
 def fill(names, results: Path, small: bool, jobs: int, progress: bool = True, cache_dir: str | None = None) -> list[tuple[str, float]]:
