@@ -36,6 +36,7 @@ import math
 import multiprocessing as mp
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -534,10 +535,10 @@ def bench_figures(quick: bool, out: str | None = None, jobs: int = 1) -> dict:
         if res.returncode != 0:
             raise RuntimeError(res.stderr[-3000:])
         per = {}
-        for line in res.stdout.splitlines():
-            if (line.startswith("fig") or line.startswith("records:")) and ":" in line and line.split(":")[1].strip().split()[1:2] == ["s"]:
-                k, v = line.split(":")
-                per[k] = float(v.strip().split()[0])
+        for line in res.stdout.splitlines():  # "fig1: 30 s", "records: 833 s (...)"
+            m = re.match(r"(fig\d|records): (\d+) s", line)
+            if m:
+                per[m[1]] = float(m[2])
         cells = sum(1 for _ in Path(tmp, "res").rglob("*.npz"))
     return {"wall_s": wall, "per_figure_s": per, "cells": cells, "s_per_cell": wall / max(cells, 1), "small": quick, "jobs": jobs}
 

@@ -126,13 +126,9 @@ def fig1_records(results: Path, small: bool, progress: bool = True) -> dict:
     """
     rows, bands, panels = [], [], []
     for world in FIG1_WORLDS:
-        exp = f"figure1_{world}"
-        jobs = sweep.grid(exp, SMALL[f"fig1_{world}"] if small else ())
-        paths = sweep.run_jobs(jobs, results / exp, progress, desc=exp)
-        if world in FIG1_ADAPTIVE:
-            # adaptive designs run once per replicate: their own grid, fewer budgets and replicates
-            ajobs = sweep.grid(FIG1_ADAPTIVE[world], SMALL[FIG1_ADAPTIVE[world]] if small else ())
-            paths = paths + sweep.run_jobs(ajobs, results / FIG1_ADAPTIVE[world], progress, desc=FIG1_ADAPTIVE[world])
+        grids = fig1_grids(world, small)
+        (exp, jobs) = grids[0]
+        paths = [p for e, js in grids for p in sweep.run_jobs(js, results / e, progress, desc=e)]
         got = sweep.aggregate_files(paths)
         cfg = sweep.compose_job(jobs[0])
         g0 = reference_gap(cfg)
@@ -153,6 +149,14 @@ def fig1_records(results: Path, small: bool, progress: bool = True) -> dict:
             "num_edges": _num_edges(cfg),
         })
     return {"gap": rows, "band": bands, "panels": panels}
+
+
+def fig1_grids(world: str, small: bool) -> list[tuple[str, list[list[str]]]]:
+    """Figure 1's sweep grids for the panel of ``world``: ``(experiment, jobs)``, the panel's own
+    first, then its adaptive designs' (run once per replicate: their own grid, fewer budgets
+    and replicates). Each experiment's records go to ``<results>/<experiment>``."""
+    exps = [(f"figure1_{world}", f"fig1_{world}")] + ([(FIG1_ADAPTIVE[world], FIG1_ADAPTIVE[world])] if world in FIG1_ADAPTIVE else [])
+    return [(exp, sweep.grid(exp, SMALL[key] if small else ())) for exp, key in exps]
 
 
 def _num_edges(cfg) -> int:

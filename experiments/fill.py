@@ -32,10 +32,11 @@ from typing import NamedTuple
 
 __all__ = ["Task", "tasks", "fill", "run_tasks", "run_task", "compile_cache"]
 
-#: Relative cost of one task of each kind, to start the longest first (measured on the
-#: full figure set, 2026-11-28; only the order depends on it, never a number).
-_COST = {"figure1_tabular": 30.0, "bounds_table": 14.0, "practical": 8.0, "figure1_contextual": 6.0,
-         "figure1_contextual_adaptive": 10.0, "figure5_pool_size": 2.0, "fig4": 1.0}
+#: Relative cost of one cell of each experiment and of one item of each figure, to start the
+#: longest first (measured on the full figure set, 2026-11-28; only the order depends on it,
+#: never a number).
+_CELL_COST = {"figure1_tabular": 30.0, "figure1_contextual_adaptive": 10.0, "practical": 8.0, "figure1_contextual": 6.0}
+_ITEM_COST = {"fig2": 14.0, "fig5": 2.0, "fig4": 1.0}
 
 
 class Task(NamedTuple):
@@ -56,41 +57,33 @@ class Task(NamedTuple):
     index: int = -1
 
 
-def _cell_tasks(experiment: str, jobs, results: Path) -> list[Task]:
+def _cell_tasks(label: str, jobs, results: Path, cost: float) -> list[Task]:
+    """One task per design of ``jobs``: its cells one after the other, so that they share its solves."""
     groups: dict = {}
     for job in jobs:
         design = next((o.split("=", 1)[1] for o in job if o.startswith("design=")), "")
         groups.setdefault(design, []).append(tuple(job))
-    kind = experiment if experiment in _COST else results.parent.name
-    return [Task("cells", f"{experiment} {design} ({len(js)} cells)", str(results), _COST.get(kind, 1.0) * len(js), tuple(js))
-            for design, js in groups.items()]
+    return [Task("cells", f"{label} {design} ({len(js)} cells)", str(results), cost * len(js), tuple(js)) for design, js in groups.items()]
 
 
 def tasks(names, results: Path, small: bool) -> list[Task]:
     """Every task of the figures ``names`` whose records go under ``results``, largest first."""
-    from experiments import sweep
-    from experiments.figures import FIG1_ADAPTIVE, FIG1_WORLDS, SMALL, figure_items
+    from experiments.figures import FIG1_WORLDS, fig1_grids
 
     out: list[Task] = []
     if "fig1" in names or "fig3" in names:
         for world in FIG1_WORLDS:
-            exps = [f"figure1_{world}"] + ([FIG1_ADAPTIVE[world]] if world in FIG1_ADAPTIVE else [])
-            for exp in exps:
-                key = f"fig1_{world}" if exp == f"figure1_{world}" else exp
-                out += _cell_tasks(exp, sweep.grid(exp, SMALL[key] if small else ()), results / exp)
+            for exp, jobs in fig1_grids(world, small):
+                out += _cell_tasks(exp, jobs, results / exp, _CELL_COST.get(exp, 1.0))
     if "fig6" in names:
         from experiments import practical
 
         for panel, p in practical.jobs(small).items():
-            out += _cell_tasks(f"practical {panel}", [j for _, j in p["jobs"]], results / "practical" / panel)
+            out += _cell_tasks(f"practical {panel}", [j for _, j in p["jobs"]], results / "practical" / panel, _CELL_COST["practical"])
     for name in ("fig2", "fig4", "fig5"):
         if name in names:
-            from experiments.cell import float64
-
-            with float64():  # the items' worlds are float64 ones (Figure 4's is built to list them)
-                items = figure_items(name, small)
-            for i, item in enumerate(items):
-                out.append(Task("item", f"{name} item {i}", str(results), _COST.get(item.cache, 1.0), figure=name, small=small, index=i))
+            out += [Task("item", f"{name} item {i}", str(results), _ITEM_COST[name], figure=name, small=small, index=i)
+                    for i in range(len(_items(name, small)))]
     return sorted(out, key=lambda t: -t.cost)
 
 

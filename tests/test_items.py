@@ -190,9 +190,12 @@ def test_fill_tasks_cover_every_record_of_the_figures_and_keep_a_designs_cells_t
     cells = [t for t in tasks if t.kind == "cells"]
     for t in cells:
         assert len({next(o for o in j if o.startswith("design=")) for j in t.jobs}) == 1, t.label
-    want = {(str(tmp_path / exp), tuple(j)) for world, exp in (("tabular", "figure1_tabular"), ("contextual", "figure1_contextual"))
-            for j in sweep.grid(exp, figures.SMALL[f"fig1_{world}"])}
-    want |= {(str(tmp_path / a), tuple(j)) for a in figures.FIG1_ADAPTIVE.values() for j in sweep.grid(a, figures.SMALL[a])}
+    want = {(str(tmp_path / exp), tuple(j)) for world in figures.FIG1_WORLDS for exp, jobs in figures.fig1_grids(world, True) for j in jobs}
+    # Figure 1's grids: both panels and the contextual panel's adaptive designs, each into its experiment's folder
+    assert {r for r, _ in want} == {str(tmp_path / e) for e in ("figure1_tabular", "figure1_contextual", "figure1_contextual_adaptive")}
+    assert len(want) == sum(len(sweep.grid(e, figures.SMALL[k])) for e, k in (("figure1_tabular", "fig1_tabular"),
+                                                                               ("figure1_contextual", "fig1_contextual"),
+                                                                               ("figure1_contextual_adaptive", "figure1_contextual_adaptive")))
     want |= {(str(tmp_path / "practical" / panel), tuple(j)) for panel, p in practical.jobs(True).items() for _, j in p["jobs"]}
     got = [(t.results, j) for t in cells for j in t.jobs]
     assert len(got) == len(set(got)) and set(got) == want
