@@ -894,7 +894,7 @@ def test_bernstein_factor_and_jensen_factor_tend_to_one_at_the_proved_rates():
 
 
 def _dense_jensen(world, c, dc, n, widths):
-    """Theorem 5's right side by dense numpy: per-prompt covariances, box vertices for the spreads."""
+    """Theorem 5's right side by dense numpy: per-prompt covariances, box vertices for the pairs' spreads and the tilts."""
     ev = world.eval
     feats, log_ref = np.asarray(ev.features), np.asarray(ev.log_ref)
     rho = np.full(feats.shape[0], 1.0 / feats.shape[0]) if ev.prompt_weights is None else np.asarray(ev.prompt_weights)
@@ -910,8 +910,10 @@ def _dense_jensen(world, c, dc, n, widths):
         f = feats[x, idx]
         cov = (f - prob_[x, idx] @ f).T @ np.diag(prob_[x, idx]) @ (f - prob_[x, idx] @ f)
         proj = f @ verts.T  # [k, V]
-        spread = (proj.max(axis=0) - proj.min(axis=0)).max()
-        loss += rho[x] * math.exp(-spread) * np.diag(b.T @ cov @ b)
+        # Lemma 10.2's tilt: max_{y'} log sum_y pi*(y) e^{s(y, y')}, s(y, y') the largest (theta - theta*).(phi_y - phi_y') over the vertices
+        s_pair = (proj[:, None, :] - proj[None, :, :]).max(axis=2)  # [y, y']
+        tilt = np.logaddexp.reduce(np.log(prob_[x, idx])[:, None] + s_pair, axis=0).max()
+        loss += rho[x] * math.exp(-tilt) * np.diag(b.T @ cov @ b)
     info = np.diag(b.T @ dc["s"] @ b)
     fisher = max(0.5 * world.beta**2 * np.sum((z @ b) ** 2 * widths**2) for z in dc["edges"])
     return 0.5 * world.beta * np.sum(loss / (n * math.exp(fisher) * info + math.pi**2 / widths**2))
@@ -939,6 +941,72 @@ def test_jensen_lower_bound_recomputed_densely(instance):
         assert base.value >= _dense_jensen(world, c, dc, n, TB.prior_widths(c, n, a_n)) * (1 - 1e-12)
         # Theorem 5 dominates Theorem 2 (no truncation) on these instances
         assert lb.value > TB.lower_bound(c, n, grid=12).value
+
+
+def _skewed_tabular_instance():
+    """A tabular world with a strongly non-uniform pi* and a skewed design: a few completions carry little
+    probability and few labels, so their directions get wide priors (where Lemma 10.2's tilt matters)."""
+    world = tabular_world(jax.random.key(2), num_completions=7, ref_concentration=0.3, theta_scale=0.5)
+    prob = design_problem(world)
+    w = np.asarray(jax.random.dirichlet(jax.random.key(3), 0.3 * np.ones(prob.num_edges)))
+    ev = world.eval
+    c = TB.instance_constants(w, world.theta_star, ev.features, ev.log_ref, prob.edges.diffs, world.beta, prompt_weights=ev.prompt_weights)
+    return world, c
+
+
+def _policy_probs(world, theta):
+    ev = world.eval
+    feats, log_ref = np.asarray(ev.features), np.asarray(ev.log_ref)
+    logits = np.where(np.isfinite(log_ref), log_ref + feats @ theta, -np.inf)
+    return np.exp(logits - np.logaddexp.reduce(logits, axis=1, keepdims=True))
+
+
+@pytest.mark.parametrize("instance", ["subspace", "contextual", "skewed tabular"])
+@pytest.mark.parametrize("shape", ["box", "ball"])
+def test_lemma_10_2_tilt_bounds_every_covariance_on_the_prior_support(instance, shape):
+    """Lemma 10.2: for every theta in the prior's support, Cov_{pi_theta(.|x)} phi >= e^{-t_x} Cov_{pi*(.|x)} phi with
+    t_x = max_{y'} log sum_y pi*(y|x) e^{s(y, y')}. Checked by generalised eigenvalues at the box's vertices (or points of the
+    ellipsoid's surface, its explicit maximisers among them) and interior points, and through the density ratio the proof uses;
+    the tilt never exceeds the first version's pair spread and is well below it where pi* is skewed."""
+    if instance == "skewed tabular":
+        world, c = _skewed_tabular_instance()
+    else:
+        world, _, _, c, _ = _subspace_instance() if instance == "subspace" else _contextual_instance()
+    rng = np.random.default_rng(7)
+    b, ts = c.prior_basis, np.asarray(world.theta_star)
+    feats = np.asarray(world.eval.features)
+    present = np.isfinite(np.asarray(world.eval.log_ref))
+    q = _policy_probs(world, ts)
+    a = TB.prior_widths(c, 1e4, 3.0) * rng.uniform(0.5, 2.0, size=b.shape[1])
+    spreads = c.pair_coords @ a if shape == "box" else np.sqrt((c.pair_coords**2) @ (a**2))
+    tilt = TB._prompt_tilts(c, spreads)
+    spread_x = np.zeros(feats.shape[0])
+    np.maximum.at(spread_x, c.pair_prompt, spreads)
+    assert np.all(tilt <= spread_x + 1e-12) and np.all(tilt >= 0)
+    if shape == "box":
+        points = np.array(list(itertools.product([-1.0, 1.0], repeat=b.shape[1]))) * a
+    else:  # the maximisers a * y / ||a * y|| of every pair's spread, and random points of the surface
+        ys = [b.T @ (f[i] - f[k]) for f, pr in zip(feats, present) for i in range(len(f)) for k in range(len(f)) if pr[i] and pr[k] and i != k]
+        points = [a * (a * y) / np.linalg.norm(a * y) for y in ys if np.linalg.norm(a * y) > 0]
+        u = rng.normal(size=(200, b.shape[1]))
+        points = np.array(points + list(a * u / np.linalg.norm(u, axis=1, keepdims=True)))
+    points = np.concatenate([points, points[:50] * rng.uniform(0, 1, size=(min(50, len(points)), 1))])
+    worst = np.zeros(feats.shape[0])  # the largest log(1 / min_y pi_theta(y) / pi*(y)) met
+    for nu in points:
+        p = _policy_probs(world, ts + b @ nu)
+        for x in range(feats.shape[0]):
+            idx = np.nonzero(present[x])[0]
+            f = feats[x, idx]
+            worst[x] = max(worst[x], -np.log(np.min(p[x, idx] / q[x, idx])))
+            cq = (f - q[x, idx] @ f).T @ np.diag(q[x, idx]) @ (f - q[x, idx] @ f)
+            cp = (f - p[x, idx] @ f).T @ np.diag(p[x, idx]) @ (f - p[x, idx] @ f)
+            lam, vec = np.linalg.eigh(cq)
+            keep = lam > 1e-12 * lam.max()
+            w_half = vec[:, keep] / np.sqrt(lam[keep])
+            assert np.linalg.eigvalsh(w_half.T @ cp @ w_half).min() >= math.exp(-tilt[x]) * (1 - 1e-9)
+    assert np.all(worst <= tilt + 1e-9)
+    if instance == "skewed tabular":  # where pi* is skewed the tilt gains on the spread, and the check has room to fail
+        assert tilt.max() < 0.8 * spread_x.max() and worst.max() > 0.3 * tilt.max()
 
 
 def _ball_information_quadrature(dim):
@@ -1035,15 +1103,16 @@ def test_ellipsoid_jensen_terms_recomputed_densely_and_the_better_shape_is_taken
             for x in range(feats.shape[0]):
                 idx = np.nonzero(present[x])[0]
                 f = feats[x, idx]
-                spread = 0.0
+                s_pair = np.zeros((len(idx), len(idx)))
                 for i in range(len(idx)):
                     for k in range(len(idx)):
                         y = b.T @ (f[i] - f[k])
                         if np.any(y != 0):
                             omega = a * y / np.linalg.norm(a * y)
-                            spread = max(spread, float((a * omega) @ y))
+                            s_pair[i, k] = float((a * omega) @ y)
+                tilt = max(math.log(sum(prob_[x, idx[i]] * math.exp(s_pair[i, k]) for i in range(len(idx)))) for k in range(len(idx)))
                 cov = (f - prob_[x, idx] @ f).T @ np.diag(prob_[x, idx]) @ (f - prob_[x, idx] @ f)
-                loss += rho[x] * math.exp(-spread) * np.diag(b.T @ cov @ b)
+                loss += rho[x] * math.exp(-tilt) * np.diag(b.T @ cov @ b)
             info = np.diag(b.T @ dc["s"] @ b)
             fisher = max(0.5 * world.beta**2 * np.sum((z @ b) ** 2 * a**2) for z in dc["edges"])
             j_info = _ball_information_quadrature(b.shape[1])[0]

@@ -149,7 +149,10 @@ class BoundConstants(NamedTuple):
       edge_coords: ``[E', d_p]`` ``beta |b_j^T z_e|`` for the labelled edges.
       pair_prompt: ``[P]`` the prompt of each target pair (row of ``pair_coords``).
       prompt_loss: ``[M, d_p]`` ``rho(x) b_j^T Cov_{pi*(.|x)}[phi] b_j``; its column sums are
-        ``prior_loss`` (Theorem 5 weights each prompt by its own spread over the box).
+        ``prior_loss`` (Theorem 5 weights each prompt by its own tilt over the box).
+      pair_ends: ``[P, 2]`` the two completions (indices within the prompt) of each target pair.
+      prompt_log_probs: ``[M, K]`` ``log pi*(y|x)`` (``-inf`` for absent completions); with
+        ``pair_ends`` they give each prompt's tilt over the prior's support (Lemma 10.2).
     """
 
     beta: float
@@ -180,6 +183,8 @@ class BoundConstants(NamedTuple):
     prompt_loss: np.ndarray
     tau_a: float = math.inf
     tau_am: float = math.inf
+    pair_ends: np.ndarray | None = None
+    prompt_log_probs: np.ndarray | None = None
 
 
 class UpperBound(NamedTuple):
@@ -253,14 +258,15 @@ def _psd_range(a):
 
 
 def _target_pairs(features, log_ref, with_prompt=False):
-    """Differences ``phi(x, y) - phi(x, y')`` of all present target pairs ``[P, d]`` (and their prompts ``[P]``)."""
+    """Differences ``phi(x, y) - phi(x, y')`` of all present target pairs ``[P, d]`` (and their
+    prompts ``[P]`` and completions ``[P, 2]``)."""
     f = np.asarray(features, dtype=np.float64)
     present = np.isfinite(np.asarray(log_ref))
     ii, jj = np.triu_indices(f.shape[1], 1)
     keep = present[:, ii] & present[:, jj]
     x, p = np.nonzero(keep)
     z = f[x, ii[p]] - f[x, jj[p]]
-    return (z, x) if with_prompt else z
+    return (z, x, np.stack([ii[p], jj[p]], axis=1)) if with_prompt else z
 
 
 def _max_mahalanobis(z, basis, lam):
@@ -487,7 +493,7 @@ def instance_constants(
     # c_e = w_e sigma'(beta theta*^T z_e) on the labelled edges (S = sum_e c_e beta^2 z_e z_e^T).
     margin = beta_f * (z_edges @ np.asarray(theta_star, f64))
     edge_info = np.asarray(weights, f64)[labelled] * np.exp(-np.logaddexp(0.0, margin) - np.logaddexp(0.0, -margin))
-    z_pairs, pair_prompt = _target_pairs(features, log_ref, with_prompt=True)
+    z_pairs, pair_prompt, pair_ends = _target_pairs(features, log_ref, with_prompt=True)
     ts = np.asarray(theta_star, f64)
     beta = float(beta)
     d = ts.size
@@ -525,7 +531,8 @@ def instance_constants(
     # Per-prompt loss weights rho(x) Var_{pi*(.|x)}(b_j . phi) (Theorem 5).
     f_np = np.asarray(features, f64)
     present = np.isfinite(np.asarray(log_ref))
-    probs = np.where(present, np.exp(np.asarray(policy_log_probs_kernel(theta, jnp.asarray(features, dtype), jnp.asarray(log_ref, dtype)), f64)), 0.0)
+    log_probs = np.where(present, np.asarray(policy_log_probs_kernel(theta, jnp.asarray(features, dtype), jnp.asarray(log_ref, dtype)), f64), -np.inf)
+    probs = np.exp(log_probs)
     proj = np.where(present[..., None], f_np @ prior_basis, 0.0)
     centred = proj - np.einsum("mk,mkj->mj", probs, proj)[:, None, :]
     prompt_loss = np.asarray(rho, f64)[:, None] * np.einsum("mk,mkj->mj", probs, centred**2)
@@ -558,6 +565,8 @@ def instance_constants(
         prompt_loss=prompt_loss,
         tau_a=tau_a,
         tau_am=tau_am,
+        pair_ends=pair_ends,
+        prompt_log_probs=log_probs,
     )
 
 
@@ -912,6 +921,7 @@ class JensenLowerBound(NamedTuple):
       widths: ``[d_p]`` the half-widths ``a_j`` of the prior box actually used (after the
         per-direction refinement when it helped); :func:`jensen_terms` recomputes ``value`` from them.
       rho_box: ``rho_N``, the largest target-pair spread over the prior's support.
+      tilt: ``t_N``, the largest prompt tilt over the prior's support (Lemma 10.2; ``<= rho_N``).
       fisher_inflation: ``mu_N``, with ``E_pi Sigma_w(theta) <= e^{mu_N} S``.
       refined: whether the per-direction refinement improved on the one-parameter family.
       shape: ``"box"`` (independent coordinates, section 10) or ``"ball"`` (the ellipsoid
@@ -926,6 +936,7 @@ class JensenLowerBound(NamedTuple):
     fisher_inflation: float
     refined: bool
     shape: str = "box"
+    tilt: float = 0.0
 
 
 def _net_radius(c, n, tail, eps):
@@ -1158,14 +1169,17 @@ def sample_ball_kernel(key, theta_star, basis, widths, radial_cdf):
 
 @checked(n=BUDGET, shape=SHAPE)
 def jensen_terms(c: BoundConstants, n, widths, shape: str = "box"):
-    """Theorem 5's right side for one prior; returns ``(value, rho_N, mu_N)`` (sections 10, 10.5).
+    """Theorem 5's right side for one prior; returns ``(value, rho_N, mu_N, t_N)`` (sections 10, 10.5).
 
-    ``value = (beta/2) sum_j (sum_x e^{-rho_{x,N}} L_{xj}) / (n e^{mu_N} s_j + J / a_j^2)`` with
-    ``L_{xj} = rho(x) Var_{pi*(.|x)}(b_j . phi)`` (``prompt_loss``; ``sum_x L_{xj} = c_j``) and
-    ``mu_N = max_{labelled e} sum_j beta^2 (b_j . z_e)^2 a_j^2 / 2``. For the box ``J = pi^2`` and
-    ``rho_{x,N} = max_{pairs of x} sum_j a_j |b_j . z|``; for the ellipsoid
-    ``J = 4 j_{d_p/2-1,1}^2 / d_p`` (:func:`ball_prior_information`) and
-    ``rho_{x,N} = max_{pairs of x} (sum_j a_j^2 (b_j . z)^2)^{1/2}``. ``rho_N`` is the largest ``rho_{x,N}``.
+    ``value = (beta/2) sum_j (sum_x e^{-t_{x,N}} L_{xj}) / (n e^{mu_N} s_j + J / a_j^2)`` with
+    ``L_{xj} = rho(x) Var_{pi*(.|x)}(b_j . phi)`` (``prompt_loss``; ``sum_x L_{xj} = c_j``),
+    ``mu_N = max_{labelled e} sum_j beta^2 (b_j . z_e)^2 a_j^2 / 2`` and each prompt's tilt
+    ``t_{x,N} = max_{y'} log sum_y pi*(y|x) e^{s_N(y, y')}`` (Lemma 10.2), where ``s_N(y, y')`` is
+    the pair's spread over the prior's support: for the box ``J = pi^2`` and
+    ``s_N = sum_j a_j |b_j . z|``; for the ellipsoid ``J = 4 j_{d_p/2-1,1}^2 / d_p``
+    (:func:`ball_prior_information`) and ``s_N = (sum_j a_j^2 (b_j . z)^2)^{1/2}``
+    (``z = phi(x, y) - phi(x, y')``). ``rho_N`` is the largest spread ``s_N`` (the tilt of
+    the first version of Lemma 10.2, ``t_{x,N} <= max_{pairs of x} s_N``) and ``t_N`` the largest tilt.
 
     Args:
       c: constants.
@@ -1179,21 +1193,38 @@ def jensen_terms(c: BoundConstants, n, widths, shape: str = "box"):
     return _jensen_terms(c, n, a, shape)
 
 
+def _prompt_tilts(c, spreads):
+    """``t_x = max_{y'} log sum_y pi*(y|x) e^{s(y, y')}`` per prompt (``s(y, y) = 0``), from the
+    target pairs' spreads ``[P]``; summed pair by pair after shifting by the prompt's largest spread."""
+    q = np.exp(c.prompt_log_probs)  # [M, K], 0 where absent
+    m = q.shape[0]
+    top = np.zeros(m)
+    np.maximum.at(top, c.pair_prompt, spreads)
+    acc = q * np.exp(-top)[:, None]  # the y = y' term
+    x, i, j = c.pair_prompt, c.pair_ends[:, 0], c.pair_ends[:, 1]
+    weight = np.exp(spreads - top[x])
+    np.add.at(acc, (x, i), q[x, j] * weight)
+    np.add.at(acc, (x, j), q[x, i] * weight)
+    best = acc.max(axis=1, initial=0.0)
+    with np.errstate(divide="ignore"):
+        return np.where(best > 0, np.maximum(top + np.log(best), 0.0), 0.0)
+
+
 def _jensen_terms(c, n, a, shape):
     if shape == "box":
         spreads, info = c.pair_coords @ a, math.pi**2
     else:
         spreads, info = np.sqrt((c.pair_coords**2) @ (a**2)), ball_prior_information(a.size)
     rho_box = float(spreads.max()) if spreads.size else 0.0
-    rho_prompt = np.zeros(c.prompt_loss.shape[0])
-    np.maximum.at(rho_prompt, c.pair_prompt, spreads)
+    tilt = _prompt_tilts(c, spreads)
     mu_box = float(0.5 * ((c.edge_coords**2) @ (a**2)).max()) if c.edge_coords.size else 0.0
+    tilt_box = float(tilt.max(initial=0.0))
     if mu_box > 700.0:
-        return 0.0, rho_box, mu_box
-    loss = np.exp(-rho_prompt) @ c.prompt_loss  # [d_p]: sum_x e^{-rho_x,N} rho(x) Var_x(b_j . phi)
+        return 0.0, rho_box, mu_box, tilt_box
+    loss = np.exp(-tilt) @ c.prompt_loss  # [d_p]: sum_x e^{-t_x,N} rho(x) Var_x(b_j . phi)
     with np.errstate(over="ignore", divide="ignore"):  # a_j -> 0: the prior pins direction j, its term -> 0
         trace = float(np.sum(loss / (n * math.exp(mu_box) * c.prior_info + info / a**2)))
-    return 0.5 * c.beta * trace, rho_box, mu_box
+    return 0.5 * c.beta * trace, rho_box, mu_box, tilt_box
 
 
 @checked(n=BUDGET, refine="bool")
@@ -1217,7 +1248,7 @@ def lower_bound_jensen(c: BoundConstants, n, refine: bool = True) -> JensenLower
     leading = c.beta * c.criterion / (2.0 * n)
     dp = c.prior_info.shape[0]
     if dp == 0 or c.curv_dim == 0:
-        return JensenLowerBound(0.0, 0.0, 0.0, np.zeros(0), 0.0, 0.0, False, "box")
+        return JensenLowerBound(0.0, 0.0, 0.0, np.zeros(0), 0.0, 0.0, False, "box", 0.0)
     p = float(c.pair_coords.sum(axis=1).max()) if c.pair_coords.size else 0.0
     alphas = list(PRIOR_SCALES)
     if p > 0:
@@ -1228,9 +1259,9 @@ def lower_bound_jensen(c: BoundConstants, n, refine: bool = True) -> JensenLower
         if best is None or cand[0] > best[0]:
             best = cand
     value, alpha, widths, refined, shape = best
-    _, rho_box, mu_box = _jensen_terms(c, n, widths, shape)
+    _, rho_box, mu_box, tilt = _jensen_terms(c, n, widths, shape)
     factor = value / leading if math.isfinite(leading) and leading > 0 else math.nan
-    return JensenLowerBound(value, factor, alpha, widths, rho_box, mu_box, refined, shape)
+    return JensenLowerBound(value, factor, alpha, widths, rho_box, mu_box, refined, shape, tilt)
 
 
 def _best_widths(c, n, alphas, shape, refine):
