@@ -1009,6 +1009,25 @@ def test_lemma_10_2_tilt_bounds_every_covariance_on_the_prior_support(instance, 
         assert tilt.max() < 0.8 * spread_x.max() and worst.max() > 0.3 * tilt.max()
 
 
+@pytest.mark.parametrize("instance", ["subspace", "contextual", "skewed tabular"])
+def test_jensen_refinement_gradient_matches_finite_differences(instance):
+    """The refinement's objective is -log of jensen_terms' value, and its gradient in log a is that of central differences."""
+    if instance == "skewed tabular":
+        world, c = _skewed_tabular_instance()
+    else:
+        world, _, _, c, _ = _subspace_instance() if instance == "subspace" else _contextual_instance()
+    rng = np.random.default_rng(11)
+    for shape in TB.PRIOR_SHAPES:
+        for n in [1e4, 1e8]:
+            log_a = np.log(TB.prior_widths(c, n, 10 ** rng.uniform(0.0, 1.5))) + rng.normal(0.0, 0.3, size=c.prior_info.size)
+            f, g = TB._jensen_objective(log_a, c, n, shape)
+            assert f == pytest.approx(-math.log(TB.jensen_terms(c, n, np.exp(log_a), shape=shape)[0]), rel=1e-12)
+            h = 1e-6
+            fd = np.array([(TB._jensen_objective(log_a + h * e, c, n, shape)[0] - TB._jensen_objective(log_a - h * e, c, n, shape)[0]) / (2 * h)
+                           for e in np.eye(log_a.size)])
+            np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-6 * np.abs(fd).max())
+
+
 def _ball_information_quadrature(dim):
     """Fisher information per direction of psi^2 on the unit ball of R^dim, psi(r) = r^{-nu} J_nu(j r), by quadrature;
     psi' by central differences (independent of Bessel identities); j located by a sign scan."""

@@ -1193,28 +1193,87 @@ def jensen_terms(c: BoundConstants, n, widths, shape: str = "box"):
     return _jensen_terms(c, n, a, shape)
 
 
+def _pair_spreads(c, a, shape):
+    """Each target pair's spread over the prior's support ``[P]``, and the prior's information per direction ``J``."""
+    if shape == "box":
+        return c.pair_coords @ a, math.pi**2
+    return np.sqrt((c.pair_coords**2) @ (a**2)), ball_prior_information(a.size)
+
+
+def _tilt_sums(c, spreads):
+    """``acc[x, y'] = sum_y pi*(y|x) e^{s(y, y') - top_x}`` ``[M, K]`` (``s(y, y) = 0``), with ``top_x`` the largest
+    spread of prompt ``x``, and the pairs' shifted weights ``e^{s_p - top_x}``."""
+    q = np.exp(c.prompt_log_probs)  # [M, K], 0 where absent
+    m, k = q.shape
+    x, i, j = c.pair_prompt, c.pair_ends[:, 0], c.pair_ends[:, 1]
+    top = np.zeros(m)
+    np.maximum.at(top, x, spreads)
+    weight = np.exp(spreads - top[x])
+    # the y = y' term, then each pair once for each of its ends
+    acc = (q * np.exp(-top)[:, None]).ravel()
+    acc = acc + np.bincount(x * k + i, weights=q[x, j] * weight, minlength=m * k)
+    acc = acc + np.bincount(x * k + j, weights=q[x, i] * weight, minlength=m * k)
+    return acc.reshape(m, k), top, weight, q
+
+
 def _prompt_tilts(c, spreads):
     """``t_x = max_{y'} log sum_y pi*(y|x) e^{s(y, y')}`` per prompt (``s(y, y) = 0``), from the
     target pairs' spreads ``[P]``; summed pair by pair after shifting by the prompt's largest spread."""
-    q = np.exp(c.prompt_log_probs)  # [M, K], 0 where absent
-    m = q.shape[0]
-    top = np.zeros(m)
-    np.maximum.at(top, c.pair_prompt, spreads)
-    acc = q * np.exp(-top)[:, None]  # the y = y' term
-    x, i, j = c.pair_prompt, c.pair_ends[:, 0], c.pair_ends[:, 1]
-    weight = np.exp(spreads - top[x])
-    np.add.at(acc, (x, i), q[x, j] * weight)
-    np.add.at(acc, (x, j), q[x, i] * weight)
+    acc, top, _, _ = _tilt_sums(c, spreads)
     best = acc.max(axis=1, initial=0.0)
     with np.errstate(divide="ignore"):
         return np.where(best > 0, np.maximum(top + np.log(best), 0.0), 0.0)
 
 
-def _jensen_terms(c, n, a, shape):
+def _jensen_objective(log_a, c, n, shape):
+    """``-log`` of Theorem 5's value at ``a = e^{log_a}`` and its gradient in ``log_a`` (where a maximum over
+    prompts' ``y'`` or over edges is tied, the gradient of the maximiser that ``argmax`` picks: a subgradient).
+    Used by the refinement of :func:`lower_bound_jensen`; any widths give a valid bound."""
+    a = np.exp(log_a)
+    spreads, info = _pair_spreads(c, a, shape)
     if shape == "box":
-        spreads, info = c.pair_coords @ a, math.pi**2
+        ds = c.pair_coords * a  # d s_p / d log a_k
     else:
-        spreads, info = np.sqrt((c.pair_coords**2) @ (a**2)), ball_prior_information(a.size)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ds = np.where(spreads[:, None] > 0, (c.pair_coords**2) * (a**2) / spreads[:, None], 0.0)
+    acc, top, weight, q = _tilt_sums(c, spreads)
+    m = acc.shape[0]
+    ystar = acc.argmax(axis=1)
+    best = acc[np.arange(m), ystar]
+    with np.errstate(divide="ignore"):
+        tilt = np.where(best > 0, np.maximum(top + np.log(best), 0.0), 0.0)
+    x, i, j = c.pair_prompt, c.pair_ends[:, 0], c.pair_ends[:, 1]
+    # d t_x = sum_y softmax_y d s(y, y*): the pairs with an end at y*, weighted by the other end
+    other = np.where(i == ystar[x], q[x, j], 0.0) + np.where(j == ystar[x], q[x, i], 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        coef = np.where(best[x] > 0, other * weight / best[x], 0.0)
+    dtilt = np.zeros((m, a.size))
+    np.add.at(dtilt, x, coef[:, None] * ds)
+    if c.edge_coords.size:
+        sq = c.edge_coords**2
+        mus = 0.5 * (sq @ (a**2))
+        top_e = int(np.argmax(mus))
+        mu, dmu = float(mus[top_e]), sq[top_e] * a**2
+    else:
+        mu, dmu = 0.0, np.zeros(a.size)
+    if mu > 700.0:
+        return 1e300, np.zeros(a.size)
+    expt = np.exp(-tilt)
+    loss = expt @ c.prompt_loss  # [d_p]
+    dloss = -(c.prompt_loss.T * expt) @ dtilt  # [j, k]: d loss_j / d log a_k
+    fisher = n * math.exp(mu) * c.prior_info
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        denom = fisher + info / a**2
+        value = 0.5 * c.beta * float(np.sum(loss / denom))
+        grad = 0.5 * c.beta * (dloss.T @ (1.0 / denom) - np.sum(loss * fisher / denom**2) * dmu
+                               + 2.0 * info * loss / (a**2 * denom**2))
+    if not (value > 0 and math.isfinite(value)) or not np.all(np.isfinite(grad)):
+        return 1e300, np.zeros(a.size)
+    return -math.log(value), -grad / value
+
+
+def _jensen_terms(c, n, a, shape):
+    spreads, info = _pair_spreads(c, a, shape)
     rho_box = float(spreads.max()) if spreads.size else 0.0
     tilt = _prompt_tilts(c, spreads)
     mu_box = float(0.5 * ((c.edge_coords**2) @ (a**2)).max()) if c.edge_coords.size else 0.0
@@ -1272,12 +1331,9 @@ def _best_widths(c, n, alphas, shape, refine):
     if refine and value > 0:
         from scipy import optimize
 
-        def neg_log(log_a):
-            v = _jensen_terms(c, n, np.exp(log_a), shape)[0]
-            return -math.log(v) if v > 0 else 1e300
-
         start = np.log(widths)  # each width stays within e^{+-30} of the one-parameter optimum (finite J / a^2)
-        res = optimize.minimize(neg_log, start, method="L-BFGS-B", bounds=list(zip(start - 30.0, start + 30.0)))
+        res = optimize.minimize(_jensen_objective, start, args=(c, n, shape), jac=True, method="L-BFGS-B",
+                                bounds=list(zip(start - 30.0, start + 30.0)))
         cand = np.exp(res.x)
         v = _jensen_terms(c, n, cand, shape)[0] if np.all(np.isfinite(cand)) and np.all(cand > 0) else 0.0
         if v > value:
