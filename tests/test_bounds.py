@@ -1028,6 +1028,69 @@ def test_jensen_refinement_gradient_matches_finite_differences(instance):
             np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-6 * np.abs(fd).max())
 
 
+def _tilt_instance(rng, m=6, k=5, dp=3):
+    """A synthetic pool's tilt inputs: absent completions, one prompt with a single completion, one with none."""
+    logq = rng.normal(0.0, 3.0, size=(m, k))
+    present = rng.uniform(size=(m, k)) > 0.25
+    present[0] = [True] + [False] * (k - 1)  # a single completion
+    present[1] = False  # none
+    present[2] = True
+    logq = np.where(present, logq, -np.inf)
+    logq = logq - np.where(present.any(axis=1, keepdims=True), np.logaddexp.reduce(logq, axis=1, keepdims=True), 0.0)
+    ii, jj = np.triu_indices(k, 1)
+    keep = present[:, ii] & present[:, jj]
+    x, p = np.nonzero(keep)
+    coords = np.abs(rng.normal(size=(x.size, dp)))
+    return types.SimpleNamespace(prompt_log_probs=logq, pair_prompt=x, pair_ends=np.stack([ii[p], jj[p]], axis=1), pair_coords=coords,
+                                 prompt_loss=np.where(present.any(axis=1, keepdims=True), rng.uniform(size=(m, dp)), 0.0),
+                                 prior_info=np.array([1.0] * (dp - 1) + [0.0]), edge_coords=np.abs(rng.normal(size=(7, dp))), beta=1.0)
+
+
+def _tilt_reference(c, spreads):
+    """t_x by explicit log-sum-exp over each prompt's present completions (0 for a prompt without any)."""
+    m, k = c.prompt_log_probs.shape
+    out = np.zeros(m)
+    for x in range(m):
+        s = np.zeros((k, k))
+        for (i, j), v, px in zip(c.pair_ends, spreads, c.pair_prompt):
+            if px == x:
+                s[i, j] = s[j, i] = v
+        cols = [np.logaddexp.reduce([c.prompt_log_probs[x, y] + s[y, yp] for y in range(k) if np.isfinite(c.prompt_log_probs[x, y])])
+                for yp in range(k) if np.isfinite(c.prompt_log_probs[x, yp])]
+        out[x] = max(cols) if cols else 0.0
+    return out
+
+
+def test_prompt_tilts_equal_a_log_space_reference_without_underflow():
+    """Absent completions, single- and no-completion prompts, spreads from 1e-3 to 1e4, and the regression of a too-high
+    bound: a prompt whose widest pair joins two completions of probability e^-800 had its tilt computed as 0 (every
+    summand underflowed after shifting by the largest spread); exactly it is 1200."""
+    rng = np.random.default_rng(5)
+    for scale in [1e-3, 1.0, 30.0, 1e4]:
+        c = _tilt_instance(rng)
+        spreads = c.pair_coords.sum(axis=1) * scale
+        np.testing.assert_allclose(TB._prompt_tilts(c, spreads), _tilt_reference(c, spreads), rtol=1e-12, atol=1e-12)
+    feats = np.array([[0.0, 0.0], [0.1, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    ii, jj = np.triu_indices(4, 1)
+    c = types.SimpleNamespace(prompt_log_probs=np.array([[math.log(0.5), math.log(0.5), -800.0, -800.0]]), pair_prompt=np.zeros(6, int),
+                              pair_ends=np.stack([ii, jj], axis=1), pair_coords=np.abs(feats[ii] - feats[jj]))
+    spreads = c.pair_coords @ np.array([1.0, 1000.0])
+    t = TB._prompt_tilts(c, spreads)
+    assert t[0] == pytest.approx(_tilt_reference(c, spreads)[0], rel=1e-12) and t[0] > 1199.0
+
+
+def test_jensen_gradient_on_a_pool_with_absent_completions():
+    rng = np.random.default_rng(6)
+    c = _tilt_instance(rng)
+    for shape in TB.PRIOR_SHAPES:
+        log_a = rng.normal(0.0, 1.0, size=3)
+        f, g = TB._jensen_objective(log_a, c, 1e3, shape)
+        h = 1e-6
+        fd = np.array([(TB._jensen_objective(log_a + h * e, c, 1e3, shape)[0] - TB._jensen_objective(log_a - h * e, c, 1e3, shape)[0]) / (2 * h)
+                       for e in np.eye(3)])
+        np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-6 * np.abs(fd).max())
+
+
 def _ball_information_quadrature(dim):
     """Fisher information per direction of psi^2 on the unit ball of R^dim, psi(r) = r^{-nu} J_nu(j r), by quadrature;
     psi' by central differences (independent of Bessel identities); j located by a sign scan."""

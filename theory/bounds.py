@@ -1201,24 +1201,29 @@ def _pair_spreads(c, a, shape):
 
 
 def _tilt_sums(c, spreads):
-    """``acc[x, y'] = sum_y pi*(y|x) e^{s(y, y') - top_x}`` ``[M, K]`` (``s(y, y) = 0``), with ``top_x`` the largest
-    spread of prompt ``x``, and the pairs' shifted weights ``e^{s_p - top_x}``."""
-    q = np.exp(c.prompt_log_probs)  # [M, K], 0 where absent
-    m, k = q.shape
+    """``acc[x, y'] = sum_y pi*(y|x) e^{s(y, y') - top_x}`` ``[M, K]`` (``s(y, y) = 0``), summed in log space:
+    ``top_x`` is the prompt's largest term ``log pi*(y|x) + s(y, y')``, so the largest summand is 1 and
+    nothing that matters underflows, however small ``pi*`` or large the spreads. Also returns, per pair,
+    its two summands' shifted values ``e^{log pi*(j) + s_p - top_x}`` (column ``i``) and ``e^{log pi*(i) + s_p - top_x}``
+    (column ``j``)."""
+    logq = c.prompt_log_probs  # [M, K], -inf where absent
+    m, k = logq.shape
     x, i, j = c.pair_prompt, c.pair_ends[:, 0], c.pair_ends[:, 1]
-    top = np.zeros(m)
-    np.maximum.at(top, x, spreads)
-    weight = np.exp(spreads - top[x])
+    to_i, to_j = logq[x, j] + spreads, logq[x, i] + spreads  # the pair's terms in columns i and j
+    top = np.max(logq, axis=1, initial=-np.inf)
+    np.maximum.at(top, x, np.maximum(to_i, to_j))
+    top = np.where(np.isfinite(top), top, 0.0)  # a prompt without completions: nothing to sum
+    w_i, w_j = np.exp(to_i - top[x]), np.exp(to_j - top[x])
     # the y = y' term, then each pair once for each of its ends
-    acc = (q * np.exp(-top)[:, None]).ravel()
-    acc = acc + np.bincount(x * k + i, weights=q[x, j] * weight, minlength=m * k)
-    acc = acc + np.bincount(x * k + j, weights=q[x, i] * weight, minlength=m * k)
-    return acc.reshape(m, k), top, weight, q
+    acc = np.exp(logq - top[:, None]).ravel()
+    acc = acc + np.bincount(x * k + i, weights=w_i, minlength=m * k)
+    acc = acc + np.bincount(x * k + j, weights=w_j, minlength=m * k)
+    return acc.reshape(m, k), top, w_i, w_j
 
 
 def _prompt_tilts(c, spreads):
     """``t_x = max_{y'} log sum_y pi*(y|x) e^{s(y, y')}`` per prompt (``s(y, y) = 0``), from the
-    target pairs' spreads ``[P]``; summed pair by pair after shifting by the prompt's largest spread."""
+    target pairs' spreads ``[P]`` (0 for a prompt without completions)."""
     acc, top, _, _ = _tilt_sums(c, spreads)
     best = acc.max(axis=1, initial=0.0)
     with np.errstate(divide="ignore"):
@@ -1236,17 +1241,17 @@ def _jensen_objective(log_a, c, n, shape):
     else:
         with np.errstate(divide="ignore", invalid="ignore"):
             ds = np.where(spreads[:, None] > 0, (c.pair_coords**2) * (a**2) / spreads[:, None], 0.0)
-    acc, top, weight, q = _tilt_sums(c, spreads)
+    acc, top, w_i, w_j = _tilt_sums(c, spreads)
     m = acc.shape[0]
     ystar = acc.argmax(axis=1)
     best = acc[np.arange(m), ystar]
     with np.errstate(divide="ignore"):
         tilt = np.where(best > 0, np.maximum(top + np.log(best), 0.0), 0.0)
     x, i, j = c.pair_prompt, c.pair_ends[:, 0], c.pair_ends[:, 1]
-    # d t_x = sum_y softmax_y d s(y, y*): the pairs with an end at y*, weighted by the other end
-    other = np.where(i == ystar[x], q[x, j], 0.0) + np.where(j == ystar[x], q[x, i], 0.0)
+    # d t_x = sum_y softmax_y d s(y, y*): the pairs with an end at y*, weighted by their term in column y*
+    term = np.where(i == ystar[x], w_i, 0.0) + np.where(j == ystar[x], w_j, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        coef = np.where(best[x] > 0, other * weight / best[x], 0.0)
+        coef = np.where(best[x] > 0, term / best[x], 0.0)
     dtilt = np.zeros((m, a.size))
     np.add.at(dtilt, x, coef[:, None] * ds)
     if c.edge_coords.size:
