@@ -893,6 +893,14 @@ def test_bernstein_factor_and_jensen_factor_tend_to_one_at_the_proved_rates():
         assert TB.lower_bound_jensen(c, n).factor >= math.exp(-t) / (math.exp(mu) + (1 + 1 / n) * t / 2) * (1 - 1e-12)
 
 
+def _policy_probs(world, theta):
+    """pi_theta(.|x) on the evaluation pool by dense numpy, ``[M, K]`` (0 for absent completions)."""
+    ev = world.eval
+    feats, log_ref = np.asarray(ev.features), np.asarray(ev.log_ref)
+    logits = np.where(np.isfinite(log_ref), log_ref + feats @ theta, -np.inf)
+    return np.exp(logits - np.logaddexp.reduce(logits, axis=1, keepdims=True))
+
+
 def _dense_jensen(world, c, dc, n, widths):
     """Theorem 5's right side by dense numpy: per-prompt covariances, box vertices for the pairs' spreads and the tilts."""
     ev = world.eval
@@ -901,8 +909,7 @@ def _dense_jensen(world, c, dc, n, widths):
     rho = rho / rho.sum()
     b = c.prior_basis
     present = np.isfinite(log_ref)
-    logits = np.where(present, log_ref + feats @ np.asarray(world.theta_star), -np.inf)
-    prob_ = np.exp(logits - np.logaddexp.reduce(logits, axis=1, keepdims=True))
+    prob_ = _policy_probs(world, np.asarray(world.theta_star))
     verts = np.array(list(itertools.product([-1.0, 1.0], repeat=b.shape[1]))) * widths @ b.T  # [2^dp, d]
     loss = np.zeros(b.shape[1])
     for x in range(feats.shape[0]):
@@ -952,13 +959,6 @@ def _skewed_tabular_instance():
     ev = world.eval
     c = TB.instance_constants(w, world.theta_star, ev.features, ev.log_ref, prob.edges.diffs, world.beta, prompt_weights=ev.prompt_weights)
     return world, c
-
-
-def _policy_probs(world, theta):
-    ev = world.eval
-    feats, log_ref = np.asarray(ev.features), np.asarray(ev.log_ref)
-    logits = np.where(np.isfinite(log_ref), log_ref + feats @ theta, -np.inf)
-    return np.exp(logits - np.logaddexp.reduce(logits, axis=1, keepdims=True))
 
 
 @pytest.mark.parametrize("instance", ["subspace", "contextual", "skewed tabular"])
@@ -1179,8 +1179,7 @@ def test_ellipsoid_jensen_terms_recomputed_densely_and_the_better_shape_is_taken
             rho = np.full(feats.shape[0], 1.0 / feats.shape[0]) if ev.prompt_weights is None else np.asarray(ev.prompt_weights)
             rho = rho / rho.sum()
             present = np.isfinite(log_ref)
-            logits = np.where(present, log_ref + feats @ np.asarray(world.theta_star), -np.inf)
-            prob_ = np.exp(logits - np.logaddexp.reduce(logits, axis=1, keepdims=True))
+            prob_ = _policy_probs(world, np.asarray(world.theta_star))
             loss = np.zeros(b.shape[1])
             for x in range(feats.shape[0]):
                 idx = np.nonzero(present[x])[0]
