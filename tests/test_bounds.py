@@ -122,6 +122,7 @@ def _dense_constants(w, theta, feats, log_ref, z, beta, rho):
         "gap_sup": _dense_gap_sup(theta, feats, log_ref, beta, rho),
         "tau": _dense_tau(b_edges, c_edges),
         **_dense_tau_a(b_edges, c_edges, beta * z[w > 0] @ theta, curv, s),
+        "proxy_eigs": _dense_proxy_eigs(b_edges, w[w > 0], beta * z[w > 0] @ theta, s),
         "b": b_edges,
         "c": c_edges,
         "pairs": pairs,
@@ -136,6 +137,28 @@ def _dense_whitened_edges(w, theta, z, beta, s):
     half_pinv = vec[:, keep] @ np.diag(lam[keep] ** -0.5) @ vec[:, keep].T
     lab = w > 0
     return beta * z[lab] @ half_pinv, w[lab] / (2 + 2 * np.cosh(beta * z[lab] @ theta))
+
+
+def _kearns_saul(margin):
+    """The optimal sub-Gaussian proxy of a centred Bernoulli(p), p = sigma(margin): (1 - 2p) / (2 log((1 - p) / p)), 1/4 at p = 1/2."""
+    m = np.asarray(margin, np.float64)
+    p, q = 1 / (1 + np.exp(-m)), 1 / (1 + np.exp(m))  # p and 1 - p, each without cancellation
+    half = m == 0
+    p, q = np.where(half, 0.25, p), np.where(half, 0.75, q)
+    return np.where(half, 0.25, (q - p) / (2 * (np.log(q) - np.log(p))))
+
+
+def _dense_proxy_eigs(b, w, margin, s):
+    """Lemma 9.1b's Gamma = sum_e w_e s_e^2 b_e b_e^T (original coordinates, b_e = beta S^{+1/2} z_e): its rank(S) largest eigenvalues."""
+    gam = (b.T * (w * _kearns_saul(margin))) @ b
+    rank = int(np.linalg.matrix_rank(s, tol=1e-10 * np.linalg.eigvalsh(s).max()))
+    return np.sort(np.linalg.eigvalsh(gam))[-rank:]
+
+
+def _hkz_radius_dense(g, n, tail):
+    """Hsu-Kakade-Zhang (2012, Thm 1) with sigma = 1 and Sigma's spectrum g / n, at t = tail log n."""
+    t = tail * math.log(n)
+    return math.sqrt((g.sum() + 2 * math.sqrt((g**2).sum() * t) + 2 * g.max() * t) / n)
 
 
 def _dense_tau(b, c):
@@ -810,9 +833,13 @@ def test_lemma_9_3_curvature_under_a_perturbation_by_dense_hessians():
 
 
 def _bernstein_expected(dc, beta, n, tail, eps):
-    """Theorem 4 from the dense constants at net parameter eps; psi_+ by quadrature, eta from its definition."""
-    y = tail * math.log(n) + dc["dim"] * math.log(1 + 2 / eps)
-    r = (math.sqrt(2 * y / n) + dc["zeta"] * y / (3 * n)) / (1 - eps * eps / 2)
+    """Theorem 4 from the dense constants at net parameter eps (Lemma 9.1b's radius where eps is nan); psi_+ by
+    quadrature, eta from its definition."""
+    if math.isnan(eps):
+        r = _hkz_radius_dense(dc["proxy_eigs"], n, tail)
+    else:
+        y = tail * math.log(n) + dc["dim"] * math.log(1 + 2 / eps)
+        r = (math.sqrt(2 * y / n) + dc["zeta"] * y / (3 * n)) / (1 - eps * eps / 2)
     if dc["tau"] * r >= 1:
         return math.inf
     s = -math.log(1 - dc["tau"] * r) / dc["tau"]
@@ -840,21 +867,62 @@ def _with_eigs(dc):
     return dc
 
 
-@pytest.mark.parametrize("instance", ["subspace", "contextual"])
+def test_subgaussian_proxy_is_the_smallest_constant_of_the_bernoulli_moment_generating_function():
+    """Lemma 9.1b's per-label proxy s^2 = tanh(mu/2) / (2 mu): for every lambda, log E e^{lambda (Y - p)} <= s^2 lambda^2 / 2
+    (on a grid of 4,001 lambdas), the supremum of 2 log E e^{lambda (Y - p)} / lambda^2 found by scipy reaches s^2 (the
+    smallest such constant), and sigma'(mu) <= s^2 <= 1/4. Also against the (1 - 2p) / (2 log((1 - p) / p)) form."""
+    margins = np.concatenate([[0.0, 1e-5, -7e-4, 2e-3], np.linspace(-12, 12, 25), [30.0, -60.0]])
+    s2 = TB.subgaussian_proxy(margins)
+    np.testing.assert_allclose(s2, _kearns_saul(margins), rtol=1e-10)
+    lam = np.linspace(-200, 200, 4001)
+    lam = lam[lam != 0]
+    for mu, sq in zip(margins, s2):
+        p = 1 / (1 + math.exp(-mu))
+        assert p * (1 - p) * (1 - 1e-12) <= sq <= 0.25
+
+        def ratio(x, p=p):
+            return 2 * np.logaddexp(math.log1p(-p) - x * p, math.log(p) + x * (1 - p)) / (x * x)
+
+        assert np.all(ratio(lam) <= sq * (1 + 1e-10)), mu
+        if abs(mu) <= 12:
+            best = max(-optimize.minimize_scalar(lambda x: -ratio(x), bounds=b, method="bounded", options={"xatol": 1e-10}).fun
+                       for b in [(-60.0, -1e-3), (1e-3, 60.0)])
+            assert best >= sq * (1 - 1e-6), mu
+
+
+def _tabular_instance():
+    world = tabular_world(jax.random.key(0), num_completions=16)
+    prob = design_problem(world)
+    ev = world.eval
+    w = np.full(prob.num_edges, 1.0 / prob.num_edges)
+    c = TB.instance_constants(w, world.theta_star, ev.features, ev.log_ref, prob.edges.diffs, world.beta, prompt_weights=ev.prompt_weights)
+    dense = _dense_constants(w, world.theta_star, ev.features, ev.log_ref, prob.edges.diffs, world.beta, ev.prompt_weights)
+    return world, prob, w, c, dense
+
+
+@pytest.mark.parametrize("instance", ["subspace", "contextual", "tabular"])
 def test_bernstein_upper_bound_and_valid_from_recomputed_from_dense_constants(instance):
-    world, prob, w, c, dc = _subspace_instance() if instance == "subspace" else _contextual_instance()
+    makers = {"subspace": _subspace_instance, "contextual": _contextual_instance, "tabular": _tabular_instance}
+    world, prob, w, c, dc = makers[instance]()
     dc = _with_eigs(dc)
+    # Lemma 9.1b's radius is the smaller on the tabular world (moderate margins), Lemma 9.1's on the others
+    assert (TB.score_radius_subgaussian(c, 1e6) < TB.score_radius_bernstein(c, 1e6)[0]) == (instance == "tabular")
     beta = world.beta
     assert np.sum(c.criterion_eigs**2) == pytest.approx(np.sum(dc["k_eigs"] ** 2), rel=1e-8)
     for tail in [0.5, 2.0]:
         # the radius: the grid minimum is within 0.5% of the continuous minimum, never below it
+        # Theorem 4 uses the smaller of it and Lemma 9.1b's radius from the dense Gamma
+        np.testing.assert_allclose(c.score_proxy_eigs, dc["proxy_eigs"], rtol=1e-8)
         for n in [1e3, 1e6, 1e10]:
             r, eps = TB.score_radius_bernstein(c, n, tail)
             r_cont, r_of = _net_radius_dense(dc["dim"], dc["zeta"], n, tail)
             assert r_cont * (1 - 1e-9) <= r <= 1.005 * r_cont and r == pytest.approx(r_of(eps), rel=1e-12)
+            r_q = _hkz_radius_dense(dc["proxy_eigs"], n, tail)
+            assert TB.score_radius_subgaussian(c, n, tail) == pytest.approx(r_q, rel=1e-9)
+            assert TB.upper_bound_bernstein(c, n, tail).score_radius == pytest.approx(min(r, r_q), rel=1e-9)
         # n0: first integer n >= 3 with tau r_n < 1, from a root of the continuous condition
         assert c.tau == pytest.approx(dc["tau"], rel=1e-7)
-        f = lambda x: dc["tau"] * TB.score_radius_bernstein(c, x, tail)[0] - 1  # noqa: E731
+        f = lambda x: dc["tau"] * min(TB.score_radius_bernstein(c, x, tail)[0], _hkz_radius_dense(dc["proxy_eigs"], x, tail)) - 1  # noqa: E731
         root = optimize.brentq(f, 3.0, 1e30, xtol=1e-12, rtol=1e-14)
         n0 = max(3, math.ceil(root) + (f(math.ceil(root)) >= 0))
         assert TB.upper_bound_bernstein_valid_from(c, tail) == n0
@@ -1237,6 +1305,10 @@ def test_score_fourth_moments_and_the_pointwise_chain_of_theorem4_replicate_by_r
         assert abs(q.mean() - exact) <= 3.29 * q.std(ddof=1) / math.sqrt(q.size)
     # Lemma 9.1: no replicate leaves the radius (probability <= 2000 n^-2 = 2e-7).
     assert np.all(r <= ub.score_radius)
+    # Lemma 9.1b at a tail of probability 0.02: its exceedances are at most Binomial(2000, 0.02) (one-sided, level 1e-3)
+    tail = math.log(50) / math.log(n)
+    exceed = int(np.sum(r > TB.score_radius_subgaussian(c, n, tail)))
+    assert stats.binom.sf(exceed - 1, r.size, 0.02) > 1e-3, exceed
     # The chain on the event: G <= (beta/2) (1 + e1 R)(X + e2 R^2)^2 for every replicate.
     gaps = np.array([float(optimality_gap(jnp.asarray(t), world.theta_star, ev.features, ev.log_ref, world.beta, ev.prompt_weights)) for t in theta_hat[:300]])
     chain = 0.5 * world.beta * (1 + ub.e1 * r[:300]) * (x[:300] + ub.e2 * r[:300] ** 2) ** 2

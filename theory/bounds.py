@@ -79,6 +79,8 @@ __all__ = [
     "BernsteinUpperBound",
     "JensenLowerBound",
     "score_radius_bernstein",
+    "score_radius_subgaussian",
+    "subgaussian_proxy",
     "upper_bound_bernstein",
     "upper_bound_bernstein_high_probability",
     "upper_bound_bernstein_valid_from",
@@ -153,6 +155,10 @@ class BoundConstants(NamedTuple):
       pair_ends: ``[P, 2]`` the two completions (indices within the prompt) of each target pair.
       prompt_log_probs: ``[M, K]`` ``log pi*(y|x)`` (``-inf`` for absent completions); with
         ``pair_ends`` they give each prompt's tilt over the prior's support (Lemma 10.2).
+      score_proxy_eigs: ``[d_V]`` eigenvalues of ``Gamma = sum_e w_e s_e^2 b_e b_e^T`` (ascending),
+        ``s_e^2 = tanh(mu_e / 2) / (2 mu_e)`` the optimal sub-Gaussian variance proxy of one centred
+        label of edge ``e`` (Kearns-Saul; ``>= sigma'(mu_e)``, so ``Gamma >= P_V``); ``n Cov``'s
+        sub-Gaussian counterpart for the score radius of Lemma 9.1b.
     """
 
     beta: float
@@ -185,6 +191,7 @@ class BoundConstants(NamedTuple):
     tau_am: float = math.inf
     pair_ends: np.ndarray | None = None
     prompt_log_probs: np.ndarray | None = None
+    score_proxy_eigs: np.ndarray | None = None
 
 
 class UpperBound(NamedTuple):
@@ -441,6 +448,21 @@ def separation_floor(
     return float(np.exp(both.max()))
 
 
+@checked(margin="[E] finite")
+def subgaussian_proxy(margin: Float[ArrayLike, " E"]) -> np.ndarray:
+    """The optimal sub-Gaussian variance proxy of one centred label, ``tanh(mu / 2) / (2 mu)`` (1/4 at 0).
+
+    A label ``Y ~ Bernoulli(p)``, ``p = sigma(mu)``, satisfies ``E exp(l (Y - p)) <= exp(s^2 l^2 / 2)``
+    for every real ``l`` with ``s^2 = (1 - 2p) / (2 log((1 - p) / p))`` (Kearns and Saul 1998;
+    Berend and Kontorovich 2013, the smallest such constant), which is ``tanh(mu / 2) / (2 mu)``
+    in the margin; ``sigma'(mu) <= s^2 <= 1/4``. Used by Lemma 9.1b (``theory/DERIVATIONS.md``).
+    """
+    m = np.abs(np.asarray(margin, np.float64))
+    small = m < 1e-3
+    safe = np.where(small, 1.0, m)
+    return np.where(small, 0.25 - m * m / 48.0, np.tanh(0.5 * safe) / (2.0 * safe))
+
+
 def _gap_sup(theta_star, features, log_ref, beta, prompt_weights) -> float:
     m = np.shape(features)[0]
     dtype = jnp.result_type(features)
@@ -510,6 +532,8 @@ def instance_constants(
     k_eigs = np.clip(k_eigs, 0.0, None)
     kappa = float(k_eigs.max())
     zeta = beta * _max_mahalanobis(z_edges, ws, lam_s)
+    b_edges = beta * (z_edges @ s_half_inv)
+    proxy = (b_edges.T * (np.asarray(weights, f64)[labelled] * subgaussian_proxy.kernel(margin))) @ b_edges
     tau_a, tau_am = _loss_third_moments(beta * (z_edges @ s_half_inv), edge_info, margin, (q * np.sqrt(k_eigs)) @ q.T)
     zeta_eval = _max_mahalanobis(z_pairs, ws, lam_s)
     theta_norm = float(np.linalg.norm(ws.T @ ts))
@@ -567,6 +591,7 @@ def instance_constants(
         tau_am=tau_am,
         pair_ends=pair_ends,
         prompt_log_probs=log_probs,
+        score_proxy_eigs=np.linalg.eigvalsh(0.5 * (proxy + proxy.T)),
     )
 
 
@@ -888,8 +913,10 @@ class BernsteinUpperBound(NamedTuple):
       leading: ``beta Phi / (2 n)``.
       factor: ``(value - remainder) / leading``; tends to 1 as ``1 + O(n^{-1/2})``.
       remainder: ``G_sup n^{-a}``.
-      score_radius: ``r_n``, the net-Bernstein radius of ``||S^{+1/2} g_n||`` (Lemma 9.1).
-      net: the net parameter ``epsilon`` that minimises ``r_n``.
+      score_radius: ``r_n``, the smaller of Lemma 9.1's net-Bernstein radius of ``||S^{+1/2} g_n||``
+        and Lemma 9.1b's quadratic-form radius (:func:`score_radius_subgaussian`).
+      net: the net parameter ``epsilon`` that minimises Lemma 9.1's radius, ``nan`` where
+        Lemma 9.1b's radius is the smaller (and is ``r_n``).
       error_radius: ``s_n = -log(1 - tau r_n) / tau``.
       e1, e2: the chord slopes ``(psi_+(zeta_I s_n) - 1) / r_n`` and
         ``min(sqrt(kappa) eta_n / r_n, gamma(s_n) / r_n^2)``, ``eta_n`` the perturbation bound of
@@ -956,9 +983,35 @@ def score_radius_bernstein(c: BoundConstants, n, tail: float = 2.0):
     return min(radii)
 
 
+@checked(n=BUDGET, tail=TAIL)
+def score_radius_subgaussian(c: BoundConstants, n, tail: float = 2.0) -> float:
+    """Lemma 9.1b: ``P(||S^{+1/2} g_n|| > r_n) <= n^{-a}`` with
+    ``r_n^2 = (tr Gamma + 2 sqrt(tr(Gamma^2) t) + 2 ||Gamma|| t) / n``, ``t = a log n``.
+
+    The quadratic-form tail of Hsu, Kakade and Zhang (2012, Thm 1) for the score, a linear map of
+    independent sub-Gaussian labels, with each label's proxy ``s_e^2`` (:func:`subgaussian_proxy`)
+    in ``Gamma`` (``BoundConstants.score_proxy_eigs``). No net and no range term: smaller than
+    Lemma 9.1's radius where the margins are moderate (``Gamma`` near ``P_V``), larger where a
+    direction rests on edges of large margin (``s_e^2 >> sigma'``). ``inf`` without the eigenvalues.
+    """
+    g = c.score_proxy_eigs
+    if g is None:
+        return math.inf
+    t = tail * math.log(n)
+    return math.sqrt((float(np.sum(g)) + 2.0 * math.sqrt(float(np.sum(g * g)) * t) + 2.0 * float(np.max(g)) * t) / n)
+
+
 def _bernstein_conditions(c, n, tail):
-    """Theorem 4's condition: A1, ``n >= 3`` and ``tau r_n < 1``; returns ``(valid, r_n, eps, s_n)``."""
+    """Theorem 4's condition: A1, ``n >= 3`` and ``tau r_n < 1``; returns ``(valid, r_n, eps, s_n)``.
+
+    ``r_n`` is the smaller of Lemma 9.1's net radius and Lemma 9.1b's quadratic-form radius (each
+    holds with probability ``>= 1 - n^{-a}`` and the choice depends on ``(n, a)`` and the design
+    only); ``eps`` is ``nan`` where Lemma 9.1b's is the smaller.
+    """
     r, eps = score_radius_bernstein(c, n, tail)
+    r_q = score_radius_subgaussian(c, n, tail)
+    if r_q < r:
+        r, eps = r_q, math.nan
     if not (c.identifiable and n >= 3 and c.tau * r < 1.0):
         return False, r, eps, math.inf
     return True, r, eps, -math.log1p(-c.tau * r) / c.tau
@@ -1012,7 +1065,7 @@ def upper_bound_bernstein(c: BoundConstants, n, tail: float = 2.0) -> BernsteinU
        \\mathbb E\\,G \\le \\frac\\beta2\\Big(\\sqrt{\\Phi/n + e_1\\sqrt{d_V/n}\\sqrt{M_X}}
          + e_2\\sqrt{(1 + e_1 r_n) M_R}\\Big)^2 + G_{\\sup} n^{-a}
 
-    for ``n >= n_0`` (``tau r_n < 1`` with the net-Bernstein radius ``r_n`` and the
+    for ``n >= n_0`` (``tau r_n < 1`` with the score radius ``r_n`` of Lemma 9.1 or 9.1b and the
     third-moment constant ``tau <= zeta`` of Lemma 9.3).
 
     Args:
@@ -1042,7 +1095,7 @@ def upper_bound_bernstein_high_probability(c: BoundConstants, n, tail: float = 2
     ``s_n = -log(1 - tau r_n) / tau``, ``eta_n`` the perturbation bound of Lemmas 5.2 and 9.3 and
     ``gamma`` Lemma 9.4's (:func:`_loss_perturbation`).
 
-    Theorem 1' on the event of Lemma 9.1 (net-Bernstein radius ``r_n``).
+    Theorem 1' on the event of Lemma 9.1 or 9.1b (the smaller radius ``r_n``).
     """
     valid, r, _, s = _bernstein_conditions(c, n, tail)
     if not valid:
@@ -1057,7 +1110,7 @@ def upper_bound_bernstein_high_probability(c: BoundConstants, n, tail: float = 2
 def upper_bound_bernstein_valid_from(c: BoundConstants, tail: float = 2.0) -> float:
     """``n_0`` of Theorem 4: the smallest integer ``n >= 3`` with ``tau r_n < 1`` (``inf`` if none).
 
-    Each net radius decreases in ``n >= 3``, so their minimum does and the condition is
+    Each net radius and Lemma 9.1b's radius decrease in ``n >= 3``, so their minimum does and the condition is
     monotone; found by doubling and bisection.
     """
     if not c.identifiable:
@@ -1221,74 +1274,78 @@ def _tilt_sums(c, spreads):
     return acc.reshape(m, k), top, w_i, w_j
 
 
+def _tilts_from_sums(acc, top):
+    """``t_x = max(top_x + log max_{y'} acc[x, y'], 0)`` (0 for a prompt without completions), and the maximiser ``y'``."""
+    m = acc.shape[0]
+    ystar = acc.argmax(axis=1) if acc.shape[1] else np.zeros(m, int)
+    best = acc[np.arange(m), ystar] if acc.shape[1] else np.zeros(m)
+    with np.errstate(divide="ignore"):
+        return np.where(best > 0, np.maximum(top + np.log(best), 0.0), 0.0), ystar, best
+
+
 def _prompt_tilts(c, spreads):
     """``t_x = max_{y'} log sum_y pi*(y|x) e^{s(y, y')}`` per prompt (``s(y, y) = 0``), from the
     target pairs' spreads ``[P]`` (0 for a prompt without completions)."""
     acc, top, _, _ = _tilt_sums(c, spreads)
-    best = acc.max(axis=1, initial=0.0)
-    with np.errstate(divide="ignore"):
-        return np.where(best > 0, np.maximum(top + np.log(best), 0.0), 0.0)
+    return _tilts_from_sums(acc, top)[0]
 
 
-def _jensen_objective(log_a, c, n, shape):
-    """``-log`` of Theorem 5's value at ``a = e^{log_a}`` and its gradient in ``log_a`` (where a maximum over
-    prompts' ``y'`` or over edges is tied, the gradient of the maximiser that ``argmax`` picks: a subgradient).
-    Used by the refinement of :func:`lower_bound_jensen`; any widths give a valid bound."""
-    a = np.exp(log_a)
+def _jensen_core(c, n, a, shape, gradient):
+    """Theorem 5's value at widths ``a`` with ``(rho_N, mu_N, t_N)``, and (``gradient``) its gradient in ``log a``
+    (where a maximum over prompts' ``y'`` or over edges is tied, the gradient of the maximiser that ``argmax``
+    picks: a subgradient); ``None`` otherwise. The value is 0 where ``mu_N > 700`` (``e^{mu_N}`` overflows)."""
     spreads, info = _pair_spreads(c, a, shape)
+    rho_box = float(spreads.max()) if spreads.size else 0.0
+    acc, top, w_i, w_j = _tilt_sums(c, spreads)
+    tilt, ystar, best = _tilts_from_sums(acc, top)
+    tilt_box = float(tilt.max(initial=0.0))
+    if c.edge_coords.size:
+        sq = c.edge_coords**2
+        mus = 0.5 * (sq @ (a**2))
+        top_e = int(np.argmax(mus))
+        mu_box, dmu = float(mus[top_e]), sq[top_e] * a**2
+    else:
+        mu_box, dmu = 0.0, np.zeros(a.size)
+    if mu_box > 700.0:
+        return 0.0, rho_box, mu_box, tilt_box, (np.zeros(a.size) if gradient else None)
+    expt = np.exp(-tilt)
+    loss = expt @ c.prompt_loss  # [d_p]: sum_x e^{-t_x,N} rho(x) Var_x(b_j . phi)
+    fisher = n * math.exp(mu_box) * c.prior_info
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # a_j -> 0: the prior pins direction j, its term -> 0
+        denom = fisher + info / a**2
+        value = 0.5 * c.beta * float(np.sum(loss / denom))
+    if not gradient:
+        return value, rho_box, mu_box, tilt_box, None
     if shape == "box":
         ds = c.pair_coords * a  # d s_p / d log a_k
     else:
         with np.errstate(divide="ignore", invalid="ignore"):
             ds = np.where(spreads[:, None] > 0, (c.pair_coords**2) * (a**2) / spreads[:, None], 0.0)
-    acc, top, w_i, w_j = _tilt_sums(c, spreads)
-    m = acc.shape[0]
-    ystar = acc.argmax(axis=1)
-    best = acc[np.arange(m), ystar]
-    with np.errstate(divide="ignore"):
-        tilt = np.where(best > 0, np.maximum(top + np.log(best), 0.0), 0.0)
     x, i, j = c.pair_prompt, c.pair_ends[:, 0], c.pair_ends[:, 1]
     # d t_x = sum_y softmax_y d s(y, y*): the pairs with an end at y*, weighted by their term in column y*
     term = np.where(i == ystar[x], w_i, 0.0) + np.where(j == ystar[x], w_j, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         coef = np.where(best[x] > 0, term / best[x], 0.0)
-    dtilt = np.zeros((m, a.size))
+    dtilt = np.zeros((acc.shape[0], a.size))
     np.add.at(dtilt, x, coef[:, None] * ds)
-    if c.edge_coords.size:
-        sq = c.edge_coords**2
-        mus = 0.5 * (sq @ (a**2))
-        top_e = int(np.argmax(mus))
-        mu, dmu = float(mus[top_e]), sq[top_e] * a**2
-    else:
-        mu, dmu = 0.0, np.zeros(a.size)
-    if mu > 700.0:
-        return 1e300, np.zeros(a.size)
-    expt = np.exp(-tilt)
-    loss = expt @ c.prompt_loss  # [d_p]
     dloss = -(c.prompt_loss.T * expt) @ dtilt  # [j, k]: d loss_j / d log a_k
-    fisher = n * math.exp(mu) * c.prior_info
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        denom = fisher + info / a**2
-        value = 0.5 * c.beta * float(np.sum(loss / denom))
         grad = 0.5 * c.beta * (dloss.T @ (1.0 / denom) - np.sum(loss * fisher / denom**2) * dmu
                                + 2.0 * info * loss / (a**2 * denom**2))
+    return value, rho_box, mu_box, tilt_box, grad
+
+
+def _jensen_objective(log_a, c, n, shape):
+    """``-log`` of Theorem 5's value at ``a = e^{log_a}`` and its gradient in ``log_a`` (:func:`_jensen_core`).
+    Used by the refinement of :func:`lower_bound_jensen`; any widths give a valid bound."""
+    value, _, _, _, grad = _jensen_core(c, n, np.exp(log_a), shape, True)
     if not (value > 0 and math.isfinite(value)) or not np.all(np.isfinite(grad)):
-        return 1e300, np.zeros(a.size)
+        return 1e300, np.zeros(log_a.size)
     return -math.log(value), -grad / value
 
 
 def _jensen_terms(c, n, a, shape):
-    spreads, info = _pair_spreads(c, a, shape)
-    rho_box = float(spreads.max()) if spreads.size else 0.0
-    tilt = _prompt_tilts(c, spreads)
-    mu_box = float(0.5 * ((c.edge_coords**2) @ (a**2)).max()) if c.edge_coords.size else 0.0
-    tilt_box = float(tilt.max(initial=0.0))
-    if mu_box > 700.0:
-        return 0.0, rho_box, mu_box, tilt_box
-    loss = np.exp(-tilt) @ c.prompt_loss  # [d_p]: sum_x e^{-t_x,N} rho(x) Var_x(b_j . phi)
-    with np.errstate(over="ignore", divide="ignore"):  # a_j -> 0: the prior pins direction j, its term -> 0
-        trace = float(np.sum(loss / (n * math.exp(mu_box) * c.prior_info + info / a**2)))
-    return 0.5 * c.beta * trace, rho_box, mu_box, tilt_box
+    return _jensen_core(c, n, a, shape, False)[:4]
 
 
 @checked(n=BUDGET, refine="bool")
