@@ -287,14 +287,19 @@ def _upper_expected(dc, beta, n, tail, high_probability=False):
     return beta * dc["phi"] / (2 * n) * psi * (1 + eta * math.sqrt(dc["kappa"] * dc["dim"] / dc["phi"])) ** 2 + dc["gap_sup"] * n ** (-tail)
 
 
-def _contextual_instance():
-    world = contextual_world(jax.random.key(3), prompt_dim=2, action_dim=2, num_train_prompts=20, num_eval_prompts=30, num_completions=4)
+def _uniform_instance(world):
+    """The uniform design on ``world``: ``(world, problem, w, constants, dense constants)``."""
     prob = design_problem(world)
     ev = world.eval
     w = np.full(prob.num_edges, 1.0 / prob.num_edges)
     c = TB.instance_constants(w, world.theta_star, ev.features, ev.log_ref, prob.edges.diffs, world.beta, prompt_weights=ev.prompt_weights)
     dense = _dense_constants(w, world.theta_star, ev.features, ev.log_ref, prob.edges.diffs, world.beta, ev.prompt_weights)
     return world, prob, w, c, dense
+
+
+def _contextual_instance():
+    return _uniform_instance(contextual_world(jax.random.key(3), prompt_dim=2, action_dim=2, num_train_prompts=20, num_eval_prompts=30,
+                                              num_completions=4))
 
 
 @pytest.mark.parametrize("instance", ["subspace", "contextual"])
@@ -891,13 +896,7 @@ def test_subgaussian_proxy_is_the_smallest_constant_of_the_bernoulli_moment_gene
 
 
 def _tabular_instance():
-    world = tabular_world(jax.random.key(0), num_completions=16)
-    prob = design_problem(world)
-    ev = world.eval
-    w = np.full(prob.num_edges, 1.0 / prob.num_edges)
-    c = TB.instance_constants(w, world.theta_star, ev.features, ev.log_ref, prob.edges.diffs, world.beta, prompt_weights=ev.prompt_weights)
-    dense = _dense_constants(w, world.theta_star, ev.features, ev.log_ref, prob.edges.diffs, world.beta, ev.prompt_weights)
-    return world, prob, w, c, dense
+    return _uniform_instance(tabular_world(jax.random.key(0), num_completions=16))
 
 
 @pytest.mark.parametrize("instance", ["subspace", "contextual", "tabular"])
