@@ -17,6 +17,7 @@
 * the plug-in factor against the measured criterion ratio for random ``theta*``.
 """
 
+import decimal
 import itertools
 import math
 import types
@@ -76,6 +77,12 @@ def test_constants_match_dense_pseudo_inverses(seed):
     assert c.coverage == pytest.approx(np.linalg.eigvalsh(s)[-c.dim], rel=1e-8)
     assert c.gap_sup == pytest.approx(_dense_gap_sup(theta, feats, log_ref, beta, rho), rel=1e-12)
     _assert_prior_basis(c, s, curv)
+    # Lemma 9.1b's Gamma at beta != 1 (b_e = beta S^{+1/2} z_e): sum_e w_e sigma'_e b_e b_e^T = P_V, Gamma its s_e^2 version
+    b, ce = _dense_whitened_edges(w, theta, z, beta, s)
+    lam, vec = np.linalg.eigh(s)
+    span = vec[:, lam > 1e-10 * lam.max()]
+    np.testing.assert_allclose((b.T * ce) @ b, span @ span.T, atol=1e-8)
+    np.testing.assert_allclose(c.score_proxy_eigs, _dense_proxy_eigs(b, w[w > 0], beta * z[w > 0] @ theta, s), rtol=1e-8)
 
 
 def _assert_prior_basis(c, s, curv):
@@ -879,6 +886,13 @@ def test_subgaussian_proxy_is_the_smallest_constant_of_the_bernoulli_moment_gene
     margins = np.concatenate([[0.0, 1e-5, -7e-4, 2e-3], np.linspace(-12, 12, 25), [30.0, -60.0]])
     s2 = TB.subgaussian_proxy(margins)
     np.testing.assert_allclose(s2, _kearns_saul(margins), rtol=1e-10)
+    # near 0 (the series branch) never below tanh(mu/2)/(2 mu) computed with 50 digits
+    with decimal.localcontext() as ctx:
+        ctx.prec = 50
+        for mu in [1e-9, 3e-6, -2e-4, 9.99e-4]:
+            e = (decimal.Decimal(mu)).exp()  # tanh(mu/2) = (e^mu - 1) / (e^mu + 1)
+            exact = (e - 1) / (e + 1) / (2 * decimal.Decimal(mu))
+            assert decimal.Decimal(float(TB.subgaussian_proxy(np.array([mu]))[0])) >= exact * (1 - decimal.Decimal("1e-16")), mu
     lam = np.linspace(-200, 200, 4001)
     lam = lam[lam != 0]
     for mu, sq in zip(margins, s2):
@@ -893,6 +907,31 @@ def test_subgaussian_proxy_is_the_smallest_constant_of_the_bernoulli_moment_gene
             best = max(-optimize.minimize_scalar(lambda x: -ratio(x), bounds=b, method="bounded", options={"xatol": 1e-10}).fun
                        for b in [(-60.0, -1e-3), (1e-3, 60.0)])
             assert best >= sq * (1 - 1e-6), mu
+
+
+@pytest.mark.parametrize("margin", [0.0, 0.5, 2.0, 4.0, 6.0])
+def test_subgaussian_radius_against_exact_binomial_tails_on_one_edge(margin):
+    """Lemma 9.1b against the exact law of the score on one edge in one dimension: R = |K - n p| / (n sqrt(sigma'))
+    with K ~ Binomial(n, p), p = sigma(margin), and P(R > r_n) <= n^-a = e^-t for every n and t tried (exact
+    binomial tails, independent of the Hsu-Kakade-Zhang formula the code and the dense recomputation share)."""
+    beta = 1.3
+    feats = np.array([[[0.0], [1.0]]])
+    theta = np.array([margin / beta])
+    diffs = np.array([[1.0]])
+    c = TB.instance_constants(np.ones(1), theta, feats, np.zeros((1, 2)), diffs, beta)
+    p = 1 / (1 + math.exp(-margin))
+    v = p * (1 - p)
+    worst = 0.0
+    for n in [5, 12, 40, 200, 1000]:
+        k = np.arange(n + 1)
+        r = np.abs(k - n * p) / (n * math.sqrt(v))
+        pmf = stats.binom.pmf(k, n, p)
+        for t in np.linspace(0.5, 15.0, 30):
+            rad = TB.score_radius_subgaussian(c, n, t / math.log(n))
+            prob = float(pmf[r > rad * (1 + 1e-12)].sum())
+            assert prob <= math.exp(-t), (n, t, prob)
+            worst = max(worst, prob / math.exp(-t))
+    assert worst > 1e-4  # the check is not vacuous: some (n, t) comes within four orders of magnitude of the bound
 
 
 def _tabular_instance():

@@ -460,7 +460,8 @@ def subgaussian_proxy(margin: Float[ArrayLike, " E"]) -> np.ndarray:
     m = np.abs(np.asarray(margin, np.float64))
     small = m < 1e-3
     safe = np.where(small, 1.0, m)
-    return np.where(small, 0.25 - m * m / 48.0, np.tanh(0.5 * safe) / (2.0 * safe))
+    # below 1e-3 the alternating series 1/4 - m^2/48 + m^4/480 - ..., cut after a positive term: not below the value
+    return np.where(small, 0.25 - m * m / 48.0 + m**4 / 480.0, np.tanh(0.5 * safe) / (2.0 * safe))
 
 
 def _gap_sup(theta_star, features, log_ref, beta, prompt_weights) -> float:
