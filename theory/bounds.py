@@ -533,9 +533,9 @@ def instance_constants(
     k_eigs = np.clip(k_eigs, 0.0, None)
     kappa = float(k_eigs.max())
     zeta = beta * _max_mahalanobis(z_edges, ws, lam_s)
-    b_edges = beta * (z_edges @ s_half_inv)
+    b_edges = beta * (z_edges @ s_half_inv)  # b_e = beta S^{+1/2} z_e in V's whitened coordinates (Lemmas 9.1b, 9.3, 9.4)
     proxy = (b_edges.T * (np.asarray(weights, f64)[labelled] * subgaussian_proxy.kernel(margin))) @ b_edges
-    tau_a, tau_am = _loss_third_moments(beta * (z_edges @ s_half_inv), edge_info, margin, (q * np.sqrt(k_eigs)) @ q.T)
+    tau_a, tau_am = _loss_third_moments(b_edges, edge_info, margin, (q * np.sqrt(k_eigs)) @ q.T)
     zeta_eval = _max_mahalanobis(z_pairs, ws, lam_s)
     theta_norm = float(np.linalg.norm(ws.T @ ts))
     diameter = float(np.linalg.norm(z_pairs, axis=1).max()) if z_pairs.shape[0] else 0.0
@@ -568,7 +568,7 @@ def instance_constants(
         dim=dim,
         kappa=kappa,
         zeta=zeta,
-        tau=min(zeta, math.sqrt(_fourth_moment_bound(beta * (z_edges @ s_half_inv), edge_info))),
+        tau=min(zeta, math.sqrt(_fourth_moment_bound(b_edges, edge_info))),
         zeta_eval=zeta_eval,
         coverage=float(lam_s.min()),
         theta_norm=theta_norm,
