@@ -159,7 +159,9 @@ _LEGEND = [
     "Bayes risk under Theorem 5's own prior (`prior 5`: a box or an ellipsoid, whichever gave `lower 5`), which `lower 5` bounds.",
     "`2nd order / MC`: the second-order prediction",
     "(theory/SECOND_ORDER.md) over MC. `no MLE >=`: the separation floor, a lower bound on the no-MLE probability",
-    "(theory/DERIVATIONS.md section 11.3). `tests`: every test of the row (Theorems 1, 1', 2, 4, 5, ratio, floor).\n",
+    "(theory/DERIVATIONS.md section 11.3). `upper 4*` (`a*`): Theorem 4 at the tail a of a fixed grid (0.05-4) that gives",
+    "the smallest bound at that n (section 9.6), `u/l*` it over `lower 5`.",
+    "`tests`: every test of the row (Theorems 1, 1', 2, 4 at a = 2 and at a*, 5, ratio, floor).\n",
 ]
 
 
@@ -167,6 +169,7 @@ def compute_table(results, replicates: int = 400, max_budget: float = 1e10, plug
     """The bounds table from its items under ``results`` (computed where missing or made by other code)."""
     from experiments.cell import float64
     from experiments.figure_items import run_item
+    from synthetic.bounds_check import BoundRow
     from theory import bounds as TB
 
     t0 = time.time()
@@ -177,8 +180,8 @@ def compute_table(results, replicates: int = 400, max_budget: float = 1e10, plug
         lines.append(f"\n### {wname}\n")
         lines.append(None)  # G_sup, once the world is built
         g_sup_at = len(lines) - 1
-        lines.append("| design | n | lower | bayes (se) | MC (se) | upper | hp upper (>hp) | n0 | upper/lower | lower 5 | prior 5 | bayes 5 (se) | upper 4 | n0 4 | u/l new | ratio (se) | 2nd order / MC | no MLE | no MLE >= | tests |")
-        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        lines.append("| design | n | lower | bayes (se) | MC (se) | upper | hp upper (>hp) | n0 | upper/lower | lower 5 | prior 5 | bayes 5 (se) | upper 4 | n0 4 | u/l new | upper 4* (a*) | u/l* | ratio (se) | 2nd order / MC | no MLE | no MLE >= | tests |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for design in DESIGNS:
             cols = run_item(next(item), results)
             seconds += cols["seconds"]
@@ -190,6 +193,7 @@ def compute_table(results, replicates: int = 400, max_budget: float = 1e10, plug
                     f"{_fmt(r.mc_mean)} ({r.mc_se:.1g}) | {_fmt(r.upper)} | {_fmt(r.hp_upper)} ({r.hp_exceed}) | {_fmt(r.valid_from)} | "
                     f"{_fmt(r.upper_over_lower)} | {_fmt(r.lower_new)} | {r.lower_new_shape} | {_fmt(r.bayes_new_mean)} ({r.bayes_new_se:.1g}) | "
                     f"{_fmt(r.upper_new)} | {_fmt(r.valid_from_new)} | {_fmt(r.upper_over_lower_new)} | "
+                    f"{_fmt(r.upper_tuned)} ({r.tail_tuned:.2f}) | {_fmt(r.upper_over_lower_tuned)} | "
                     f"{r.ratio:.3f} ({r.ratio_se:.3f}) | {r.second_order / r.mc_mean:.3f} | {r.no_mle_rate:.3g} | {r.separation_floor:.3g} | {ok} |"
                 )
                 records.append({"world": wname, **r._asdict()})
@@ -206,15 +210,19 @@ def compute_table(results, replicates: int = 400, max_budget: float = 1e10, plug
     head.append("n0: the smallest n from which the upper bound holds (at n = 1e6's empirical design; tail a = 2). `n0 floor`: the")
     head.append("largest n (20 a decade from 1e2) at which the design leaves the MLE undefined with probability above n^-2 (a")
     head.append("completion winning or losing all its comparisons; section 11.3): no event of probability >= 1 - n^-2 keeps the")
-    head.append("MLE finite there, so Theorem 1' fails there and Theorems 1 and 4 cannot start there (`-`: none on the grid).\n")
-    head.append("| world | design | n0 floor | n0 old | n0 new | upper/lower 1e6 old | new | upper/lower 1e8 old | new |")
-    head.append("|---|---|---|---|---|---|---|---|---|")
+    head.append("MLE finite there, so Theorem 1' fails there and Theorems 1 and 4 cannot start there (`-`: none on the grid).")
+    head.append("`n0 a*`: where Theorem 4 at the best tail (section 9.6) starts to hold (the n0 of a = 0.05: valid, but vacuous")
+    head.append("there); `2x from`: the smallest n (20 a decade) from which it is at most twice (beta/2n) tr(I S^+). `u/l*`: upper/lower")
+    head.append("with Theorem 4 at the best tail.\n")
+    head.append("| world | design | n0 floor | n0 old | n0 new | n0 a* | 2x from | upper/lower 1e6 old | new | u/l* | upper/lower 1e8 old | new | u/l* |")
+    head.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for (wname, design), by_n in summary.items():
         ref = by_n.get(10**6, next(iter(by_n.values())))
-        cells = [_fmt(ref.n0_floor) if ref.n0_floor > 0 else "-", _fmt(ref.valid_from), _fmt(ref.valid_from_new)]
+        cells = [_fmt(ref.n0_floor) if ref.n0_floor > 0 else "-", _fmt(ref.valid_from), _fmt(ref.valid_from_new),
+                 _fmt(ref.valid_from_tuned), _fmt(ref.within2_from)]
         for n in (10**6, 10**8):
             r = by_n.get(n)
-            cells += [_fmt(r.upper_over_lower), _fmt(r.upper_over_lower_new)] if r else ["-", "-"]
+            cells += [_fmt(r.upper_over_lower), _fmt(r.upper_over_lower_new), _fmt(r.upper_over_lower_tuned)] if r else ["-"] * 3
         head.append(f"| {wname.split(' (')[0]} | {design} | " + " | ".join(cells) + " |")
     lines[header_end:header_end] = head + [""]
     if plug_in_draws > 0:
@@ -227,8 +235,7 @@ def compute_table(results, replicates: int = 400, max_budget: float = 1e10, plug
             lines.append(f"| {wname} | {float(r0)} | {float(ratio):.4f} | {float(factor):.4f} | {bool(ok)} |")
     lines.append(f"\nComputing time {seconds:.0f} s (`python -m experiments.bounds_table` from empty records: the sum of its items' "
                  "times, as their records hold them).")
-    fails = sum(1 for r in records if not all(r[k] for k in ("lower_ok", "upper_ok", "ratio_ok", "hp_ok", "upper_new_ok", "lower_new_ok",
-                                                              "floor_ok")))
+    fails = sum(1 for r in records if not all(r[k] for k in BoundRow.TESTS))
     return Table(records, "\n".join(lines) + "\n", fails)
 
 

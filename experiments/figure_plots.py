@@ -147,12 +147,13 @@ def plot_fig2(rows: list[dict]):
             for key, colour, style, lab in (("lower", "#009E73", "-", "lower bound (Thm 2)"),
                                             ("upper", "#D55E00", "-", "upper bound (Thm 1)"),
                                             ("lower_new", "#009E73", "-", "lower bound (Thm 5)"),
-                                            ("upper_new", "#D55E00", "-", "upper bound (Thm 4)")):
+                                            ("upper_new", "#D55E00", "-", "upper bound (Thm 4, $a = 2$)"),
+                                            ("upper_tuned", "#D55E00", "--", "upper bound (Thm 4, best $a$)")):
                 if key not in rs[0]:
                     continue
                 b = np.array([r[key] for r in rs])
                 keep = np.isfinite(b) & (b > 0)
-                new = key.endswith("_new")
+                new = key.endswith(("_new", "_tuned"))
                 ax.plot(n[keep], (n * b)[keep], style, color=colour, lw=1.1 if new else 0.6, alpha=1.0 if new else 0.45, label=lab)
             ax.set_xscale("log")
             ax.set_yscale("log")

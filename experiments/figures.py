@@ -178,10 +178,11 @@ BAND_DESIGNS = ("oracle", "plug_in", "uniform", "a_optimal", "d_optimal", "refer
 
 def bound_band(cfg, designs, budgets, job_cfgs=()) -> tuple[list[dict], dict]:
     """Theorems 4-5 around Figure 1's curves: for each design of :data:`BAND_DESIGNS` in
-    ``designs``, the upper bound (:func:`theory.bounds.upper_bound_bernstein`) and the
-    lower bound (:func:`theory.bounds.lower_bound_jensen`) at every budget where the
-    upper bound holds and says more than ``G_sup`` (the gap no policy exceeds; just above
-    ``n0`` the bound is valid but can be larger), for the empirical design of the
+    ``designs``, the upper bound (:func:`theory.bounds.upper_bound_bernstein_tuned`: Theorem 4
+    at the best tail of a fixed grid) and the lower bound (:func:`theory.bounds.lower_bound_jensen`)
+    at every budget where the upper bound holds and is below the gap of ``pi0`` itself (the dotted
+    line of the panel, :func:`reference_gap`: not training is a policy every user has, so a larger
+    bound says nothing; just above ``n0`` the bound is valid but can be far larger), for the empirical design of the
     allocation the design makes at that budget (efficient rounding of its weights, as in
     the bounds table).
 
@@ -189,7 +190,7 @@ def bound_band(cfg, designs, budgets, job_cfgs=()) -> tuple[list[dict], dict]:
     parameters (its ``max_labels_per_edge``, say) come from its config. Returns the rows
     ``{design, budget, lower, upper, prediction, n0}`` and ``{design: n0}``, ``n0`` the
     smallest budget from which the upper bound holds for the design's weights at the
-    largest budget.
+    largest budget (that of the grid's smallest tail).
     """
     from experiments.cell import float64
     from experiments.worlds import make_world
@@ -214,15 +215,16 @@ def bound_band(cfg, designs, budgets, job_cfgs=()) -> tuple[list[dict], dict]:
             return TB.instance_constants(w_hat, world.theta_star, ev.features, ev.log_ref, prob.edges.diffs, world.beta,
                                          prompt_weights=ev.prompt_weights)
 
+        g0 = reference_gap(cfg)
         for design in [d for d in BAND_DESIGNS if d in designs]:
             at_max = constants(design, max(budgets))
-            n0[design] = float(TB.upper_bound_bernstein_valid_from(at_max))
+            n0[design] = float(TB.upper_bound_bernstein_valid_from(at_max, min(TB.TAIL_GRID)))
             for n in budgets:
                 if n < n0[design]:
                     continue
                 c = at_max if n == max(budgets) else constants(design, n)
-                up = TB.upper_bound_bernstein(c, int(n))
-                if not up.valid or up.value >= c.gap_sup:  # G_sup: no policy has a larger gap, so says nothing
+                up = TB.upper_bound_bernstein_tuned(c, int(n))
+                if not up.valid or up.value >= g0:  # not below what not training gives: says nothing
                     continue
                 lo = TB.lower_bound_jensen(c, int(n))
                 rows.append({"design": design, "budget": int(n), "lower": float(lo.value), "upper": float(up.value),

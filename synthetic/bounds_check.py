@@ -216,12 +216,25 @@ class BoundRow(NamedTuple):
     # the largest budget (grid of 20 a decade, 1e2-1e8, the design's rounding) at which the floor
     # exceeds n^-tail: no event of probability >= 1 - n^-tail keeps the MLE finite there (0: none)
     n0_floor: float = 0.0
+    # Theorem 4 at the best tail a of theory.bounds.TAIL_GRID (upper_bound_bernstein_tuned; section 9.6),
+    # tested against MC like upper_new; valid_from_tuned: where it starts to hold (the smallest tail's n0)
+    upper_tuned: float = math.inf
+    tail_tuned: float = math.nan
+    upper_over_lower_tuned: float = math.inf
+    upper_tuned_ok: bool = True
+    valid_from_tuned: float = math.inf
+    # the smallest budget (20 a decade) from which the tuned bound is within 2x of beta Phi / (2 n), for the
+    # design's empirical design at the reference budget (1e6 if among the budgets, else the largest), as n0_floor once a design
+    within2_from: float = math.inf
+
+    #: the row's tests (each a bool field); :attr:`all_ok` is their conjunction
+    TESTS = ("lower_ok", "upper_ok", "ratio_ok", "hp_ok", "upper_new_ok", "lower_new_ok", "floor_ok", "upper_tuned_ok")
 
     @property
     def all_ok(self) -> bool:
-        """Every test of the row passes (Theorems 1, 1', 2, 4, 5 and the asymptotic ratio)."""
-        return (self.lower_ok and self.upper_ok and self.ratio_ok and self.hp_ok and self.upper_new_ok and self.lower_new_ok
-                and self.floor_ok)
+        """Every test of the row passes (Theorems 1, 1', 2, 4 at a = 2 and at the tuned tail, 5, the asymptotic ratio
+        and the separation floor)."""
+        return all(getattr(self, k) for k in self.TESTS)
 
 
 def floor_test_ok(no_mle: int, replicates: int, floor: float, alpha: float) -> bool:
@@ -262,6 +275,13 @@ def _allocation_weights(problem: DesignProblem, design: str, key, budget: int) -
     return w / w.sum()
 
 
+def _empirical_constants(world, problem, counts):
+    """:func:`theory.bounds.instance_constants` of the empirical design ``n_e / n`` of an allocation ``counts``."""
+    ev = world.eval
+    return TB.instance_constants(counts / counts.sum(), world.theta_star, ev.features, ev.log_ref, problem.edges.diffs, world.beta,
+                                 prompt_weights=ev.prompt_weights)
+
+
 def check_design_bounds(
     key,
     world: World,
@@ -297,6 +317,9 @@ def check_design_bounds(
     w = _allocation_weights(problem, design, k_design, int(max(budgets)))
     ev = world.eval
     n0_floor = separation_n0_floor(w, world.theta_star, problem.edges.diffs, world.beta, tail)
+    n_ref = 10**6 if 10**6 in [int(n) for n in budgets] else int(max(budgets))
+    within2 = TB.upper_bound_bernstein_within(
+        _empirical_constants(world, problem, efficient_rounding(w, n_ref).dense_counts(problem.num_edges)), 2.0)
     z_one = NormalDist().inv_cdf(1.0 - alpha)
     z_two = NormalDist().inv_cdf(1.0 - alpha / 2.0)
     rows = []
@@ -304,8 +327,7 @@ def check_design_bounds(
         n = int(n)
         counts = efficient_rounding(w, n).dense_counts(problem.num_edges)
         w_hat = counts / counts.sum()
-        c = TB.instance_constants(w_hat, world.theta_star, ev.features, ev.log_ref, problem.edges.diffs, world.beta,
-                                  prompt_weights=ev.prompt_weights)
+        c = _empirical_constants(world, problem, counts)
         ub = TB.upper_bound(c, n, tail)
         hp = TB.upper_bound_high_probability(c, n, tail)
         lb = TB.lower_bound(c, n)
@@ -316,6 +338,7 @@ def check_design_bounds(
         g, exists = dpo_gaps(k_point, world, problem.edges.diffs, counts, num_replicates)
         gb, _ = safeguarded_gaps(k_bayes, world, problem.edges.diffs, counts, num_replicates, math.inf, prior=(c, n, lb.alpha))
         ub2 = TB.upper_bound_bernstein(c, n, tail)
+        ub3 = TB.upper_bound_bernstein_tuned(c, n)
         lb2 = TB.lower_bound_jensen(c, n)
         gb2, _ = safeguarded_gaps(jax.random.fold_in(k_bayes, 1), world, problem.edges.diffs, counts, num_replicates,
                                   math.inf, prior=(c, lb2))
@@ -364,6 +387,12 @@ def check_design_bounds(
                 separation_floor=floor,
                 floor_ok=floor_test_ok(no_mle, int(g.size), floor, alpha),
                 n0_floor=n0_floor,
+                upper_tuned=ub3.value,
+                tail_tuned=ub3.tail,
+                upper_over_lower_tuned=ub3.value / lb2.value if lb2.value > 0 else math.inf,
+                upper_tuned_ok=bool((not ub3.valid) or (mean - ub3.value) <= z_one * se),
+                valid_from_tuned=TB.upper_bound_bernstein_valid_from(c, min(TB.TAIL_GRID)),
+                within2_from=within2,
             )
         )
     return rows

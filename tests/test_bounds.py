@@ -568,13 +568,15 @@ def test_monte_carlo_gap_between_the_bounds_for_six_designs(make):
     world = make()
     prob = design_problem(world)
     budgets = [10**3, 10**4, 10**5, 10**6, 10**7]
-    failures, tested_upper, tested_ratio, tested_new = [], 0, 0, 0
+    failures, tested_upper, tested_ratio, tested_new, tested_tuned = [], 0, 0, 0, 0
     for i, design in enumerate(SIX):
         for row in check_design_bounds(jax.random.key(i), world, prob, design, budgets, num_replicates=300, alpha=1e-3):
             tested_upper += row.upper_valid
             tested_ratio += row.upper_valid
             assert row.lower <= row.asymptotic
             tested_new += row.upper_new_valid
+            tested_tuned += math.isfinite(row.upper_tuned)
+            assert row.upper_tuned <= row.upper_new  # a = 2 is one of the tuned bound's tails
             assert 0 < row.lower_new < row.asymptotic
             if not row.all_ok:  # Theorems 1, 1', 2, 4, 5 and the ratio
                 failures.append(row)
@@ -583,6 +585,7 @@ def test_monte_carlo_gap_between_the_bounds_for_six_designs(make):
     assert not failures, failures
     assert tested_upper >= 6  # the upper bound is valid, hence tested, somewhere for these designs
     assert tested_new > tested_upper  # Theorem 4 holds from smaller n, so it is tested in more cells
+    assert tested_tuned > tested_new  # and at its best tail from smaller n still
 
 
 def test_safeguard_falls_back_to_the_reference_on_separable_labels():
@@ -978,6 +981,51 @@ def test_bernstein_upper_bound_and_valid_from_recomputed_from_dense_constants(in
             eta = _eta_dense(s, dc["tau"], dc["zeta"], r)
             error = min(math.sqrt(dc["kappa"]) * eta * r, _loss_perturbation_dense(dc, s))
             assert hp.valid and hp.value == pytest.approx(0.5 * beta * psi * (math.sqrt(dc["kappa"]) * r + error) ** 2, rel=1e-9)
+
+
+@pytest.mark.parametrize("instance", ["subspace", "tabular"])
+def test_tuned_bernstein_bound_is_the_smallest_over_its_tail_grid(instance):
+    """Theorem 4 at the best tail (section 9.6): the minimum of the bounds of TAIL_GRID, recomputed
+    tail by tail through the dense-tested upper_bound_bernstein, at its argmin; valid from the
+    smallest tail's n0, below a = 2's, strictly below it where a = 2 is not the best."""
+    makers = {"subspace": _subspace_instance, "tabular": _tabular_instance}
+    world, prob, w, c, dc = makers[instance]()
+    assert TB.TAIL_GRID == tuple(round(0.05 * k, 2) for k in range(1, 81))
+    n0_min, n0_2 = TB.upper_bound_bernstein_valid_from(c, 0.05), TB.upper_bound_bernstein_valid_from(c, 2.0)
+    assert n0_min < n0_2
+    below = 0
+    for n in [n0_min - 1, n0_min, math.sqrt(n0_min * n0_2), n0_2, 2 * n0_2, 10 * n0_2, 1e3 * n0_2, 1e8]:
+        each = [TB.upper_bound_bernstein(c, n, a) for a in TB.TAIL_GRID]
+        best = min(range(len(each)), key=lambda i: (each[i].value, i))
+        tuned = TB.upper_bound_bernstein_tuned(c, n)
+        assert tuned.value == each[best].value and tuned.tail == TB.TAIL_GRID[best] and tuned == each[best]
+        assert tuned.valid == (n >= n0_min)
+        assert tuned.value <= TB.upper_bound_bernstein(c, n, 2.0).value
+        below += tuned.value < TB.upper_bound_bernstein(c, n, 2.0).value
+        assert tuned.remainder == pytest.approx(dc["gap_sup"] * n ** (-tuned.tail), rel=1e-12) or not tuned.valid
+    assert below >= 5  # the grid's other tails matter: a = 2 is not the best at most of these budgets
+    # a grid of one tail is that tail's bound; tails are checked before any work
+    assert TB.upper_bound_bernstein_tuned(c, 1e6, tails=[2.0]) == TB.upper_bound_bernstein(c, 1e6, 2.0)
+    for bad in ([], [0.5, -1.0], [float("nan")], "a", None):
+        with pytest.raises(ValueError, match="tails must be"):
+            TB.upper_bound_bernstein_tuned(c, 1e6, tails=bad)
+
+
+def test_tuned_bound_within_a_factor_of_the_prediction_from_the_first_budget_of_its_grid():
+    """upper_bound_bernstein_within against a brute-force scan of the same grid: every grid budget from
+    it on has the tuned bound <= factor * beta Phi / (2n), the grid budget before it does not."""
+    world, prob, w, c, dc = _tabular_instance()
+    firsts = []
+    grid = np.unique(np.round(np.logspace(math.log10(3.0), 10.0, int(20 * math.log10(1e10 / 3.0)) + 1)))
+    for factor in (1.2, 1.5, 2.0, 4.0):
+        first = TB.upper_bound_bernstein_within(c, factor, n_max=1e10, per_decade=20)
+        ok = np.array([TB.upper_bound_bernstein_tuned(c, m).value <= factor * 0.5 * world.beta * dc["phi"] / m for m in grid])
+        i = int(np.searchsorted(grid, first))
+        assert grid[i] == first and ok[i:].all() and not ok[i - 1], (factor, first)
+        firsts.append(first)
+    assert firsts == sorted(firsts, reverse=True) and len(set(firsts)) == 4
+    with pytest.raises(ValueError, match="factor"):
+        TB.upper_bound_bernstein_within(c, 1.0)
 
 
 def test_bernstein_factor_and_jensen_factor_tend_to_one_at_the_proved_rates():

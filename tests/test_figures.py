@@ -460,10 +460,10 @@ def test_figure1_draws_each_band_design_as_a_bar_beside_the_others_and_notes_a_b
 
 
 def test_bound_band_gives_theorems_4_5_only_where_the_upper_bound_holds_and_brackets_the_prediction():
-    """Figure 1's band on its contextual world (n0 = 2,985 for the oracle): rows only for
-    fixed-weight designs at budgets >= their n0 where the upper bound is below G_sup (at
-    n = 3,000 it holds but exceeds G_sup: no row), each lower <= (beta/2n) Phi <= upper, and
-    the oracle's row at n = 10,000 equal to Theorems 4-5 recomputed from its own allocation."""
+    """Figure 1's band on its contextual world: rows only for fixed-weight designs, at budgets >= their
+    n0 (that of the tuned Theorem 4's smallest tail: 411 for the oracle) where the tuned upper bound is
+    below the gap of pi0 (at n = 1,000 it holds but exceeds it: no row), each equal to Theorems 4 (best
+    tail) and 5 recomputed from the design's own allocation, lower <= (beta/2n) Phi <= upper."""
     from experiments import sweep
     from experiments.worlds import make_world
     from synthetic import design_problem
@@ -473,15 +473,12 @@ def test_bound_band_gives_theorems_4_5_only_where_the_upper_bound_holds_and_brac
 
     jobs = [["experiment=figure1_contextual", f"design={d}", "budget=1000"] for d in ("oracle", "best_vs_worst")]
     cfg = sweep.compose_job(jobs[0])
-    budgets = [1000, 3000, 10000]
+    budgets = [300, 1000, 3000, 10000]
     rows, n0 = figures.bound_band(cfg, ["oracle", "best_vs_worst"], budgets, [sweep.compose_job(j) for j in jobs])
     assert set(n0) == {"oracle"}  # best-vs-worst reads a reward model: not a fixed-weight design
-    assert 1000 < n0["oracle"] <= 3000
-    assert [(r["design"], r["budget"]) for r in rows] == [("oracle", 10000)]
-    (r,) = rows
-    assert r["lower"] < r["prediction"] < r["upper"]
     world = make_world(cfg.world, jax.random.key(cfg.world_seed))
     prob, ev = design_problem(world), world.eval
+    g0 = figures.reference_gap(cfg)
 
     def constants(n):  # Theorems 4-5's constants for the oracle's own allocation at budget n
         out = run_design("oracle", jax.random.key(cfg.seed), prob, n, **dict(cfg.design.params))
@@ -489,13 +486,19 @@ def test_bound_band_gives_theorems_4_5_only_where_the_upper_bound_holds_and_brac
         return TB.instance_constants(w_hat, world.theta_star, ev.features, ev.log_ref, prob.edges.diffs, world.beta,
                                      prompt_weights=ev.prompt_weights)
 
-    c = constants(10000)
-    assert math.isclose(r["upper"], TB.upper_bound_bernstein(c, 10000).value, rel_tol=1e-12)
-    assert math.isclose(r["lower"], TB.lower_bound_jensen(c, 10000).value, rel_tol=1e-12)
-    # at n = 3,000 Theorem 4 holds but says less than G_sup, so the band leaves it out
-    c3 = constants(3000)
-    up3 = TB.upper_bound_bernstein(c3, 3000)
-    assert up3.valid and up3.value >= c3.gap_sup
+    assert n0["oracle"] == TB.upper_bound_bernstein_valid_from(constants(10000), 0.05) and 300 < n0["oracle"] <= 1000
+    expected, held_above = [], 0
+    for n in budgets:
+        c = constants(n)
+        up = TB.upper_bound_bernstein_tuned(c, n)
+        if n >= n0["oracle"] and up.valid and up.value < g0:
+            expected.append(("oracle", n, up.value, TB.lower_bound_jensen(c, n).value, TB.asymptotic_prediction(c, n)))
+        held_above += n >= n0["oracle"] and up.valid and up.value >= g0
+    assert held_above == 1  # n = 1,000: valid, above pi0's gap, so left out
+    assert [(r["design"], r["budget"]) for r in rows] == [e[:2] for e in expected] == [("oracle", 3000), ("oracle", 10000)]
+    for r, (_, n, up, lo, pred) in zip(rows, expected):
+        assert math.isclose(r["upper"], up, rel_tol=1e-12) and math.isclose(r["lower"], lo, rel_tol=1e-12)
+        assert r["lower"] < r["prediction"] == pytest.approx(pred, rel=1e-12) and r["prediction"] < r["upper"]
 
 
 def test_bounds_table_csv_reads_back_with_each_fields_type(tmp_path):

@@ -286,7 +286,8 @@ PUBLIC_FUNCTIONS = [n for n in theory.__all__ if inspect.isfunction(getattr(theo
 BOUNDS_ENTRY_POINTS = ["pair_diameter", "gap_sup", "instance_constants", "check_boundedness", "asymptotic_prediction",
                        "upper_bound", "upper_bound_high_probability", "upper_bound_valid_from", "lower_bound",
                        "plug_in_factor", "plug_in_factor_radius", "score_radius_bernstein", "upper_bound_bernstein",
-                       "upper_bound_bernstein_high_probability", "upper_bound_bernstein_valid_from", "jensen_terms",
+                       "upper_bound_bernstein_high_probability", "upper_bound_bernstein_valid_from", "upper_bound_bernstein_tuned",
+                       "upper_bound_bernstein_within", "jensen_terms",
                        "lower_bound_jensen", "second_order_column", "separation_floor"]
 
 

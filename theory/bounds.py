@@ -84,6 +84,9 @@ __all__ = [
     "upper_bound_bernstein",
     "upper_bound_bernstein_high_probability",
     "upper_bound_bernstein_valid_from",
+    "upper_bound_bernstein_tuned",
+    "upper_bound_bernstein_within",
+    "TAIL_GRID",
     "lower_bound_jensen",
     "jensen_terms",
     "sample_box_kernel",
@@ -923,6 +926,8 @@ class BernsteinUpperBound(NamedTuple):
         ``min(sqrt(kappa) eta_n / r_n, gamma(s_n) / r_n^2)``, ``eta_n`` the perturbation bound of
         Lemmas 5.2 and 9.3 at ``r_n`` and ``gamma`` Lemma 9.4's.
       moment_r4, moment_x4: the bounds ``M_R >= E ||u||^4`` and ``M_X >= E ||A u||^4`` (Lemma 9.2).
+      tail: the tail exponent ``a`` the bound was computed at (for :func:`upper_bound_bernstein_tuned`,
+        the one of :data:`TAIL_GRID` that gave the smallest bound).
     """
 
     value: float
@@ -937,6 +942,7 @@ class BernsteinUpperBound(NamedTuple):
     e2: float
     moment_r4: float
     moment_x4: float
+    tail: float = math.nan
 
 
 class JensenLowerBound(NamedTuple):
@@ -1077,7 +1083,7 @@ def upper_bound_bernstein(c: BoundConstants, n, tail: float = 2.0) -> BernsteinU
     leading = c.beta * c.criterion / (2.0 * n)
     valid, r, eps, s = _bernstein_conditions(c, n, tail)
     if not valid:
-        return BernsteinUpperBound(math.inf, False, leading, math.inf, math.inf, r, eps, s, math.inf, math.inf, math.inf, math.inf)
+        return BernsteinUpperBound(math.inf, False, leading, math.inf, math.inf, r, eps, s, math.inf, math.inf, math.inf, math.inf, tail)
     e1 = (sandwich_factors(c.zeta_eval * s)[1] - 1.0) / r
     e2 = _e2(c, r, s)
     m_r, m_x = _score_fourth_moments(c, n)
@@ -1085,7 +1091,70 @@ def upper_bound_bernstein(c: BoundConstants, n, tail: float = 2.0) -> BernsteinU
     second = e2 * math.sqrt((1.0 + e1 * r) * m_r)
     main = 0.5 * c.beta * (first + second) ** 2
     remainder = c.gap_sup * n ** (-tail)
-    return BernsteinUpperBound(main + remainder, True, leading, main / leading, remainder, r, eps, s, e1, e2, m_r, m_x)
+    return BernsteinUpperBound(main + remainder, True, leading, main / leading, remainder, r, eps, s, e1, e2, m_r, m_x, tail)
+
+
+#: The tail exponents over which :func:`upper_bound_bernstein_tuned` takes the smallest Theorem 4
+#: bound: ``a = 0.05, 0.10, ..., 4.00``, fixed in advance (it depends on nothing random).
+TAIL_GRID = tuple(round(0.05 * k, 2) for k in range(1, 81))
+
+
+def _check_tails(tails) -> tuple:
+    try:
+        out = tuple(float(a) for a in tails)
+    except (TypeError, ValueError):
+        raise ValueError(f"tails must be a non-empty sequence of numbers > 0, got {tails!r}") from None
+    if not out or not all(math.isfinite(a) and a > 0 for a in out):
+        raise ValueError(f"tails must be a non-empty sequence of finite numbers > 0, got {tails!r}")
+    return out
+
+
+@checked(n=BUDGET)
+def upper_bound_bernstein_tuned(c: BoundConstants, n, tails=TAIL_GRID) -> BernsteinUpperBound:
+    """Theorem 4 at the tail exponent that gives the smallest bound at this ``n`` (section 9.6).
+
+    Theorem 4 bounds ``E G`` for *every* ``a > 0``, and ``E G`` does not depend on ``a``; so the
+    smallest of the bounds over a set of tails fixed in advance is again a bound (no union
+    bound: each is a statement about the same expectation). A small ``a`` gives a small score
+    radius (valid from a smaller ``n``) and a large remainder ``G_sup n^{-a}``; a large ``a`` the
+    converse. Theorem 4' (a statement at probability ``1 - n^{-a}``) keeps its own ``a``.
+
+    Args:
+      c: :func:`instance_constants` of the empirical design.
+      n: number of labels.
+      tails: the candidate ``a`` (default :data:`TAIL_GRID`).
+
+    Returns:
+      the :class:`BernsteinUpperBound` of the best tail (its ``tail`` field); where no tail
+      gives a valid bound, the invalid bound at the smallest tail.
+    """
+    tails = _check_tails(tails)
+    bounds = [upper_bound_bernstein.kernel(c, n, a) for a in sorted(tails)]
+    return min(bounds, key=lambda b: b.value)  # the first (smallest a) among ties, e.g. all inf
+
+
+@checked(factor="number > 1 as float", n_max="number >= 3 as float")
+def upper_bound_bernstein_within(c: BoundConstants, factor: float = 2.0, tails=TAIL_GRID, n_max: float = 1e12,
+                                 per_decade: int = 20) -> float:
+    """The smallest budget of a grid (``per_decade`` a decade from 3 to ``n_max``) from which the tuned
+    Theorem 4 bound (:func:`upper_bound_bernstein_tuned`) is at most ``factor`` times the
+    asymptotic prediction ``beta Phi / (2 n)`` at that grid point and every larger one (``inf`` if
+    not even at ``n_max``).
+
+    Where :func:`upper_bound_bernstein_valid_from` says where the bound starts to hold, this
+    says where it starts to say something close to the truth (the prediction is the limit of
+    ``n E G``, section 3). A statement about the grid's points, not between them.
+    """
+    tails = _check_tails(tails)
+    if not c.identifiable:
+        return math.inf
+    grid = np.unique(np.round(np.logspace(math.log10(3.0), math.log10(n_max), int(per_decade * math.log10(n_max / 3.0)) + 1)))
+    first = math.inf
+    for m in grid[::-1]:  # down from n_max to the first grid point that fails
+        if upper_bound_bernstein_tuned.kernel(c, float(m), tails).value > factor * asymptotic_prediction(c, float(m)):
+            break
+        first = float(m)
+    return first
 
 
 @checked(n=BUDGET, tail=TAIL)
