@@ -87,7 +87,7 @@ def _draw_band(ax, band, first, first_design, largest) -> str:
     if band:
         ax.plot([], [], color="0.5", lw=2.2, alpha=0.45, label="Theorems 4-5: lower to upper bound")
     if first_design and first > largest:
-        return f"upper bound holds from n = {first:.2g}\n({first_design.replace('_', ' ')}), beyond this panel"
+        return f"upper bound finite from n = {first:.2g}\n({first_design.replace('_', ' ')}), beyond this panel"
     return ""
 
 

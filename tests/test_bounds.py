@@ -1003,29 +1003,53 @@ def test_tuned_bernstein_bound_is_the_smallest_over_its_tail_grid(instance):
         assert tuned.value <= TB.upper_bound_bernstein(c, n, 2.0).value
         below += tuned.value < TB.upper_bound_bernstein(c, n, 2.0).value
         assert tuned.remainder == pytest.approx(dc["gap_sup"] * n ** (-tuned.tail), rel=1e-12) or not tuned.valid
-    assert below >= 5  # the grid's other tails matter: a = 2 is not the best at most of these budgets
+    assert below >= 5  # the grid's other tails matter: a = 2 is not the best at most of these budgets (5 and 6 here)
     # a grid of one tail is that tail's bound; tails are checked before any work
     assert TB.upper_bound_bernstein_tuned(c, 1e6, tails=[2.0]) == TB.upper_bound_bernstein(c, 1e6, 2.0)
-    for bad in ([], [0.5, -1.0], [float("nan")], "a", None):
+    # ties (here: no tail valid, every bound inf) go to the smallest tail, whatever the order given
+    assert TB.upper_bound_bernstein_tuned(c, n0_min - 1, tails=[2.0, 0.05]).tail == 0.05
+    assert TB.upper_bound_bernstein_tuned(c, 2 * n0_2, tails=[2.0, 0.05, 1.0]) == min(
+        (TB.upper_bound_bernstein(c, 2 * n0_2, a) for a in (0.05, 1.0, 2.0)), key=lambda b: b.value)
+    for bad in ([], [0.5, -1.0], [float("nan")], "a", "12", [True, 2.0], None):
         with pytest.raises(ValueError, match="tails must be"):
             TB.upper_bound_bernstein_tuned(c, 1e6, tails=bad)
 
 
-def test_tuned_bound_within_a_factor_of_the_prediction_from_the_first_budget_of_its_grid():
-    """upper_bound_bernstein_within against a brute-force scan of the same grid: every grid budget from
-    it on has the tuned bound <= factor * beta Phi / (2n), the grid budget before it does not."""
+def test_tuned_bound_within_a_factor_of_the_prediction_from_the_first_budget_of_its_grid(monkeypatch):
+    """upper_bound_bernstein_within against a brute-force scan of its grid: every grid budget from
+    it on has the tuned bound <= factor * beta Phi / (2n), the grid budget before it does not; the grid
+    from 3 to n_max at per_decade a decade; a pattern that passes, fails and passes again answers
+    with the last run of passes."""
     world, prob, w, c, dc = _tabular_instance()
+    grid = TB._budget_grid(1e10, 20)
+    steps = np.diff(np.log10(grid))
+    assert grid[0] == 3 and grid[-1] == 1e10 and np.all(steps > 0) and 180 <= len(grid) <= 191  # 20 a decade; rounding merges a few below 10
+    assert np.all(np.abs(steps[grid[1:] > 100] - steps[-1]) < 0.01) and abs(steps[-1] - 1 / 20) < 2e-3
     firsts = []
-    grid = np.unique(np.round(np.logspace(math.log10(3.0), 10.0, int(20 * math.log10(1e10 / 3.0)) + 1)))
     for factor in (1.2, 1.5, 2.0, 4.0):
         first = TB.upper_bound_bernstein_within(c, factor, n_max=1e10, per_decade=20)
         ok = np.array([TB.upper_bound_bernstein_tuned(c, m).value <= factor * 0.5 * world.beta * dc["phi"] / m for m in grid])
         i = int(np.searchsorted(grid, first))
-        assert grid[i] == first and ok[i:].all() and not ok[i - 1], (factor, first)
+        assert grid[i] == first and ok[i:].all() and (i == 0 or not ok[i - 1]), (factor, first)
         firsts.append(first)
     assert firsts == sorted(firsts, reverse=True) and len(set(firsts)) == 4
-    with pytest.raises(ValueError, match="factor"):
-        TB.upper_bound_bernstein_within(c, 1.0)
+    # not monotone: passes at 30-100, fails at 100-1000, passes from 1000 on: the answer is the first grid
+    # budget from 1000, not from 30
+    real = TB.upper_bound_bernstein_tuned
+
+    class Fake:
+        @staticmethod
+        def kernel(c_, m, tails):
+            ratio = 1.0 if 30 <= m < 100 or m >= 1000 else 3.0
+            return real.kernel(c_, 1e6, tails)._replace(value=ratio * TB.asymptotic_prediction(c_, m))
+
+    monkeypatch.setattr(TB, "upper_bound_bernstein_tuned", Fake)
+    small = TB._budget_grid(1e6, 20)
+    assert TB.upper_bound_bernstein_within(c, 2.0, n_max=1e6, per_decade=20) == small[small >= 1000][0] < 1100
+    monkeypatch.setattr(TB, "upper_bound_bernstein_tuned", real)
+    for kwargs, field in (({"factor": 1.0}, "factor"), ({"per_decade": 0}, "per_decade"), ({"n_max": 2}, "n_max")):
+        with pytest.raises(ValueError, match=field):
+            TB.upper_bound_bernstein_within(c, **kwargs)
 
 
 def test_bernstein_factor_and_jensen_factor_tend_to_one_at_the_proved_rates():

@@ -447,7 +447,7 @@ def test_figure1_draws_each_band_design_as_a_bar_beside_the_others_and_notes_a_b
     # no design's upper bound holds inside the panel: no bar, a note naming where it starts
     fig = figures.plot_fig1(_fig1_records([], 1.0e5, "reference_weighted"))
     assert [t.get_text() for t in fig.axes[0].texts if "beyond" in t.get_text()] == [
-        "upper bound holds from n = 1e+05\n(reference weighted), beyond this panel"]
+        "upper bound finite from n = 1e+05\n(reference weighted), beyond this panel"]
     # the capped budgets n <= E = 300 shaded, from below the smallest budget to E
     (span,) = [p for p in fig.axes[0].patches if p.get_facecolor()[:3] == (0.92, 0.92, 0.92)]
     x0, x1 = span.get_x(), span.get_x() + span.get_width()  # a Rectangle from axvspan

@@ -1100,7 +1100,10 @@ TAIL_GRID = tuple(round(0.05 * k, 2) for k in range(1, 81))
 
 
 def _check_tails(tails) -> tuple:
+    """The tails as floats; a clear error for anything but a non-empty sequence of finite numbers > 0."""
     try:
+        if isinstance(tails, (str, bytes)) or any(isinstance(a, (bool, np.bool_)) for a in tails):
+            raise TypeError
         out = tuple(float(a) for a in tails)
     except (TypeError, ValueError):
         raise ValueError(f"tails must be a non-empty sequence of numbers > 0, got {tails!r}") from None
@@ -1113,9 +1116,10 @@ def _check_tails(tails) -> tuple:
 def upper_bound_bernstein_tuned(c: BoundConstants, n, tails=TAIL_GRID) -> BernsteinUpperBound:
     """Theorem 4 at the tail exponent that gives the smallest bound at this ``n`` (section 9.6).
 
-    Theorem 4 bounds ``E G`` for *every* ``a > 0``, and ``E G`` does not depend on ``a``; so the
-    smallest of the bounds over a set of tails fixed in advance is again a bound (no union
-    bound: each is a statement about the same expectation). A small ``a`` gives a small score
+    Theorem 4 bounds ``E G`` for *every* ``a > 0``, ``E G`` does not depend on ``a`` and each bound
+    is a number (nothing in it is random); so the smallest of the bounds over any set of tails is
+    again a bound (no union bound: each is a statement about the same expectation; the grid is a
+    computational choice, and ``n_0`` keeps falling as its smallest tail does). A small ``a`` gives a small score
     radius (valid from a smaller ``n``) and a large remainder ``G_sup n^{-a}``; a large ``a`` the
     converse. Theorem 4' (a statement at probability ``1 - n^{-a}``) keeps its own ``a``.
 
@@ -1133,7 +1137,12 @@ def upper_bound_bernstein_tuned(c: BoundConstants, n, tails=TAIL_GRID) -> Bernst
     return min(bounds, key=lambda b: b.value)  # the first (smallest a) among ties, e.g. all inf
 
 
-@checked(factor="number > 1 as float", n_max="number >= 3 as float")
+def _budget_grid(n_max: float, per_decade: int) -> np.ndarray:
+    """Budgets from 3 to ``n_max``, about ``per_decade`` a decade, log-spaced and rounded to integers."""
+    return np.unique(np.round(np.logspace(math.log10(3.0), math.log10(n_max), int(per_decade * math.log10(n_max / 3.0)) + 1)))
+
+
+@checked(factor="number > 1 as float", n_max="number >= 3 as float", per_decade="int >= 1")
 def upper_bound_bernstein_within(c: BoundConstants, factor: float = 2.0, tails=TAIL_GRID, n_max: float = 1e12,
                                  per_decade: int = 20) -> float:
     """The smallest budget of a grid (``per_decade`` a decade from 3 to ``n_max``) from which the tuned
@@ -1148,9 +1157,8 @@ def upper_bound_bernstein_within(c: BoundConstants, factor: float = 2.0, tails=T
     tails = _check_tails(tails)
     if not c.identifiable:
         return math.inf
-    grid = np.unique(np.round(np.logspace(math.log10(3.0), math.log10(n_max), int(per_decade * math.log10(n_max / 3.0)) + 1)))
     first = math.inf
-    for m in grid[::-1]:  # down from n_max to the first grid point that fails
+    for m in _budget_grid(n_max, per_decade)[::-1]:  # down from n_max to the first grid point that fails
         if upper_bound_bernstein_tuned.kernel(c, float(m), tails).value > factor * asymptotic_prediction(c, float(m)):
             break
         first = float(m)
