@@ -361,6 +361,29 @@ def test_csv_round_trip_gives_back_the_same_text_and_typed_values(name, tmp_path
                 assert isinstance(r[k], (int, float)) and not isinstance(r[k], bool), (name, k, r[k])
 
 
+def test_fig2_draws_theorem_4_at_a_2_and_at_the_best_tail_from_the_table(no_computing):
+    """Each panel of Figure 2 draws n x upper_new and n x upper_tuned where finite, from the table's rows."""
+    import matplotlib.pyplot as plt
+
+    rows = figures.read_records(FIXTURE, "fig2")
+    fig = figures.PLOTS["fig2"](rows)
+    try:
+        worlds = list(dict.fromkeys(r["world"] for r in rows))
+        designs = list(dict.fromkeys(r["design"] for r in rows))
+        drawn = 0
+        for ax, (world, design) in zip(fig.axes, [(w, d) for w in worlds for d in designs]):
+            rs = sorted((r for r in rows if r["world"] == world and r["design"] == design), key=lambda r: r["n"])
+            lines = {line.get_label(): line.get_xydata() for line in ax.get_lines()}
+            for key, label in (("upper_new", "upper bound (Thm 4, $a = 2$)"), ("upper_tuned", "upper bound (Thm 4, best $a$)")):
+                want = np.array([(r["n"], r["n"] * r[key]) for r in rs if np.isfinite(r[key]) and r[key] > 0]).reshape(-1, 2)
+                np.testing.assert_array_equal(lines[label], want)
+                drawn += len(want)
+            assert all(r["upper_tuned"] <= r["upper_new"] for r in rs)
+        assert drawn > 0
+    finally:
+        plt.close("all")
+
+
 def test_parse_cell_makes_numbers_only_where_they_write_back_as_the_same_text():
     p = figures.parse_cell
     assert p("200") == 200 and isinstance(p("200"), int)
