@@ -318,8 +318,8 @@ def check_design_bounds(
     ev = world.eval
     n0_floor = separation_n0_floor(w, world.theta_star, problem.edges.diffs, world.beta, tail)
     n_ref = 10**6 if 10**6 in [int(n) for n in budgets] else int(max(budgets))
-    within2 = TB.upper_bound_bernstein_within(
-        _empirical_constants(world, problem, efficient_rounding(w, n_ref).dense_counts(problem.num_edges)), 2.0)
+    c_ref = _empirical_constants(world, problem, efficient_rounding(w, n_ref).dense_counts(problem.num_edges))
+    within2 = TB.upper_bound_bernstein_within(c_ref, 2.0)
     z_one = NormalDist().inv_cdf(1.0 - alpha)
     z_two = NormalDist().inv_cdf(1.0 - alpha / 2.0)
     rows = []
@@ -327,7 +327,7 @@ def check_design_bounds(
         n = int(n)
         counts = efficient_rounding(w, n).dense_counts(problem.num_edges)
         w_hat = counts / counts.sum()
-        c = _empirical_constants(world, problem, counts)
+        c = c_ref if n == n_ref else _empirical_constants(world, problem, counts)
         ub = TB.upper_bound(c, n, tail)
         hp = TB.upper_bound_high_probability(c, n, tail)
         lb = TB.lower_bound(c, n)

@@ -1035,18 +1035,16 @@ def test_tuned_bound_within_a_factor_of_the_prediction_from_the_first_budget_of_
     assert firsts == sorted(firsts, reverse=True) and len(set(firsts)) == 4
     # not monotone: passes at 30-100, fails at 100-1000, passes from 1000 on: the answer is the first grid
     # budget from 1000, not from 30
-    real = TB.upper_bound_bernstein_tuned
+    real = TB._tuned
 
-    class Fake:
-        @staticmethod
-        def kernel(c_, m, tails):
-            ratio = 1.0 if 30 <= m < 100 or m >= 1000 else 3.0
-            return real.kernel(c_, 1e6, tails)._replace(value=ratio * TB.asymptotic_prediction(c_, m))
+    def fake(c_, m, tails):
+        ratio = 1.0 if 30 <= m < 100 or m >= 1000 else 3.0
+        return real(c_, 1e6, tails)._replace(value=ratio * TB.asymptotic_prediction(c_, m))
 
-    monkeypatch.setattr(TB, "upper_bound_bernstein_tuned", Fake)
+    monkeypatch.setattr(TB, "_tuned", fake)
     small = TB._budget_grid(1e6, 20)
     assert TB.upper_bound_bernstein_within(c, 2.0, n_max=1e6, per_decade=20) == small[small >= 1000][0] < 1100
-    monkeypatch.setattr(TB, "upper_bound_bernstein_tuned", real)
+    monkeypatch.setattr(TB, "_tuned", real)
     for kwargs, field in (({"factor": 1.0}, "factor"), ({"per_decade": 0}, "per_decade"), ({"n_max": 2}, "n_max")):
         with pytest.raises(ValueError, match=field):
             TB.upper_bound_bernstein_within(c, **kwargs)

@@ -1095,7 +1095,7 @@ def upper_bound_bernstein(c: BoundConstants, n, tail: float = 2.0) -> BernsteinU
 
 
 #: The tail exponents over which :func:`upper_bound_bernstein_tuned` takes the smallest Theorem 4
-#: bound: ``a = 0.05, 0.10, ..., 4.00``, fixed in advance (it depends on nothing random).
+#: bound: ``a = 0.05, 0.10, ..., 4.00`` (a computational choice: the minimum over any set of tails is a bound).
 TAIL_GRID = tuple(round(0.05 * k, 2) for k in range(1, 81))
 
 
@@ -1132,7 +1132,11 @@ def upper_bound_bernstein_tuned(c: BoundConstants, n, tails=TAIL_GRID) -> Bernst
       the :class:`BernsteinUpperBound` of the best tail (its ``tail`` field); where no tail
       gives a valid bound, the invalid bound at the smallest tail.
     """
-    tails = _check_tails(tails)
+    return _tuned(c, n, _check_tails(tails))
+
+
+def _tuned(c, n, tails) -> BernsteinUpperBound:
+    """:func:`upper_bound_bernstein_tuned` for checked ``n`` and ``tails``."""
     bounds = [upper_bound_bernstein.kernel(c, n, a) for a in sorted(tails)]
     return min(bounds, key=lambda b: b.value)  # the first (smallest a) among ties, e.g. all inf
 
@@ -1159,7 +1163,7 @@ def upper_bound_bernstein_within(c: BoundConstants, factor: float = 2.0, tails=T
         return math.inf
     first = math.inf
     for m in _budget_grid(n_max, per_decade)[::-1]:  # down from n_max to the first grid point that fails
-        if upper_bound_bernstein_tuned.kernel(c, float(m), tails).value > factor * asymptotic_prediction(c, float(m)):
+        if _tuned(c, float(m), tails).value > factor * asymptotic_prediction(c, float(m)):
             break
         first = float(m)
     return first
