@@ -274,4 +274,7 @@ def main(argv=None) -> Table:
 
 
 if __name__ == "__main__":
+    from experiments.compiled import use_classic_emitters
+
+    use_classic_emitters()  # before the first computation: records are computed so by every app
     main()

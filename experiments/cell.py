@@ -37,6 +37,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from experiments.compiled import use_classic_emitters
 from experiments.worlds import WORLDS, make_world
 from synthetic.adaptive import run_adaptive
 from synthetic.designs import DESIGNS, design_problem, run_design
@@ -232,7 +233,10 @@ def _design_cache(cfg: DictConfig):
 def run_cell(cfg: DictConfig, progress: bool = False) -> dict:
     """Compute one cell's records in float64 (see :func:`_run_cell`), with solved designs
     read from and written to ``cfg.design_cache`` (checked first, before any work), with
-    one BLAS thread (:func:`one_blas_thread`)."""
+    one BLAS thread (:func:`one_blas_thread`), and with XLA's classic CPU emitters where this
+    process has not computed yet (:func:`experiments.compiled.use_classic_emitters`; the apps
+    set them before their first computation)."""
+    use_classic_emitters()
     with _design_cache(cfg), float64(), one_blas_thread():
         return _run_cell(cfg, progress)
 

@@ -13,19 +13,27 @@ launcher, which computes its cells in one process.
 once the process holds more than half the limit; the next calls recompile what they
 need. Compilation is deterministic, so numbers do not change. The sweep calls it after
 each cell, and the figure script after each figure and each cached item.
+
+:func:`use_classic_emitters` makes a process and the processes it starts compile with
+XLA's classic CPU emitters (:data:`CLASSIC_EMITTERS`) where the installed jaxlib has them:
+the apps that write records (the sweep, the items app, the figures command and its
+workers) and the test suite call it before their first computation.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
 
 from theory.checked import check_argument
 
-__all__ = ["mapped_regions", "max_map_count", "release_compiled"]
+__all__ = ["CLASSIC_EMITTERS", "mapped_regions", "max_map_count", "release_compiled", "use_classic_emitters"]
 
 log = logging.getLogger(__name__)
 
@@ -60,4 +68,59 @@ def release_compiled(fraction: float = 0.5) -> bool:
     jax.clear_caches()
     gc.collect()
     log.info("cleared JAX's compiled code: %d of the %d memory maps allowed were in use, %d now", used, limit, mapped_regions())
+    return True
+
+
+#: XLA's classic CPU emitters instead of its newer fusion emitters. On these 2-core CPUs
+#: most of a record's time is compiling its programs, which this makes 1.4-1.7x faster
+#: (BENCHMARKS.md sections 4d and 4i: the test suite 1.35x, the figure set's records
+#: 1.2-1.45x a task). Computed values agree to the last bit or within a few ulps; where a
+#: capped design's rounded allocation is nearly tied, a few ulps in the solver can move a
+#: label (then the Monte-Carlo numbers move within their error). The numbers of a record
+#: therefore depend on this setting: every app that writes records uses it.
+CLASSIC_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
+
+#: Environment variable holding the probe's answer ("1": this jaxlib accepts the flag, "0":
+#: it does not), so that the processes a process starts do not probe again.
+_PROBED = "WHICHPAIRS_XLA_CLASSIC_EMITTERS"
+
+
+def _backends_initialized() -> bool:
+    try:
+        from jax._src import xla_bridge
+
+        return bool(xla_bridge.backends_are_initialized())
+    except (ImportError, AttributeError):  # a JAX without this (private) query: assume too late
+        return True
+
+
+def _accepts(flags: str) -> bool:
+    """Whether a child process with ``XLA_FLAGS=flags`` compiles and runs a program (XLA aborts
+    the process on a flag it does not know, so it cannot be tried here)."""
+    probe = "import jax, jax.numpy as jnp; jax.jit(lambda x: jnp.exp(x).sum())(jnp.ones(3)).block_until_ready()"
+    try:
+        return subprocess.run([sys.executable, "-c", probe], env={**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"},
+                              capture_output=True, timeout=120).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def use_classic_emitters() -> bool:
+    """Add :data:`CLASSIC_EMITTERS` to ``XLA_FLAGS`` (this process and every process it starts)
+    if the installed jaxlib accepts it; returns whether this process compiles with them.
+
+    Call it before the first JAX computation: XLA reads its flags when JAX creates its CPU
+    backend, so a process whose backend exists keeps what it started with (returns whether
+    that included the flag). A setting of the emitters already in ``XLA_FLAGS`` (the user's)
+    is left alone. The first call tries the flag in a child process (about 2 s) and leaves
+    the answer in the environment for the processes started later.
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_cpu_use_fusion_emitters" in flags or _backends_initialized():
+        return CLASSIC_EMITTERS in flags.split()
+    if os.environ.get(_PROBED) not in ("0", "1"):
+        os.environ[_PROBED] = "1" if _accepts((flags + " " + CLASSIC_EMITTERS).strip()) else "0"
+    if os.environ[_PROBED] == "0":
+        return False
+    os.environ["XLA_FLAGS"] = (flags + " " + CLASSIC_EMITTERS).strip()
     return True

@@ -94,7 +94,9 @@ def cached_item(cache, prefix: str, ident: dict, code: str, compute) -> dict:
     got = read_item(path, code)
     if got is None:
         from experiments.cell import one_blas_thread
+        from experiments.compiled import use_classic_emitters
 
+        use_classic_emitters()  # as the apps: before this process's first computation, else a no-op
         with one_blas_thread():  # numbers independent of the process's BLAS threads, as the cells'
             got = compute()
         write_atomic(path, {k: np.asarray(v) for k, v in got.items()}, {**ident, "code_version": code})

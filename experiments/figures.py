@@ -54,7 +54,7 @@ from omegaconf import OmegaConf
 
 from experiments import sweep  # noqa: E402
 from experiments.cell import one_blas_thread  # noqa: E402
-from experiments.compiled import release_compiled  # noqa: E402
+from experiments.compiled import release_compiled, use_classic_emitters  # noqa: E402
 from experiments.figure_items import FigureItem, in_float64, run_item  # noqa: E402
 from experiments.figure_plots import FIG1_WORLDS, POOL_SIZE_DESIGNS, plot_fig1, plot_fig2, plot_fig3, plot_fig4, plot_fig5, plot_fig6  # noqa: E402, F401
 from experiments.plotting import save_figure, write_csv  # noqa: E402
@@ -934,6 +934,7 @@ def main(argv=None) -> dict:
     import matplotlib
 
     matplotlib.use("Agg")  # files only; set here, not on import, so notebooks keep their backend
+    use_classic_emitters()  # before the first computation (the workers inherit it): records are computed so by every app
     jax.config.update("jax_enable_x64", True)  # this script computes in float64 (importing the module does not switch)
     out, results = Path(args.out), Path(args.results)
     if args.small:

@@ -95,6 +95,9 @@ def _items(figure: str, small: bool):
 
 
 def _start_worker(cache_dir: str | None) -> None:
+    from experiments.compiled import use_classic_emitters
+
+    use_classic_emitters()  # inherited from the figures command; set here too for any other caller
     import jax
 
     jax.config.update("jax_enable_x64", True)  # as the figures command computes

@@ -82,8 +82,13 @@ class ValidateItems(Callback):
 
 def job(cfg: DictConfig, items: list | None = None) -> dict:
     """Compute (or find) item ``cfg.index`` of ``cfg.figure``; returns its values. ``items``:
-    :func:`check_item`'s result where the caller has already checked ``cfg``."""
+    :func:`check_item`'s result where the caller has already checked ``cfg``. A process whose
+    first computation this is (a launcher's worker) compiles with XLA's classic CPU emitters,
+    as the app's main process does."""
+    from experiments.compiled import use_classic_emitters
     from experiments.figure_items import item_done, run_item
+
+    use_classic_emitters()
 
     items = check_item(cfg) if items is None else items
     jax.config.update("jax_enable_x64", True)  # the figures compute in float64 (as their command does)
@@ -107,4 +112,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from experiments.compiled import use_classic_emitters
+
+    use_classic_emitters()  # before the first computation: records are computed so by every app
     main()

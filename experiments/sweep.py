@@ -45,7 +45,7 @@ from experiments.records import (  # noqa: F401 - re-exported
     write_atomic,
 )
 from experiments import records as _records
-from experiments.compiled import release_compiled
+from experiments.compiled import release_compiled, use_classic_emitters
 from experiments.worlds import check_world_config, make_world
 from synthetic.designs import DESIGNS, check_design_budget, check_design_params, design_problem
 from synthetic.monte_carlo import ESTIMATORS
@@ -162,7 +162,11 @@ def job(cfg: DictConfig) -> Path:
     A record made by other code (another code version, see :mod:`experiments.cell`)
     is recomputed, unless ``reuse_stale_records=true``. An unreadable record is moved
     aside to ``<file>.corrupt`` and recomputed; both are logged with the path.
+
+    A process whose first computation this is (a launcher's worker) compiles with XLA's
+    classic CPU emitters, as the app's main process does (:func:`use_classic_emitters`).
     """
+    use_classic_emitters()
     validate(cfg)
     cid, ident = cell_id(cfg)
     code = record_code_version(cfg)
@@ -419,4 +423,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    use_classic_emitters()  # before the first computation: records are computed so by every app
     main()

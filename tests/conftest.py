@@ -12,42 +12,15 @@ The tests compile with XLA's classic CPU emitters where the installed jaxlib has
 import atexit
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 
-#: XLA's classic CPU emitters instead of its newer fusion emitters: the suite is mostly
-#: compilation of small programs, which this makes about 1.35x faster (797 s -> 589 s
-#: for the whole suite on 2 cores, BENCHMARKS.md section 4d); computed values agree to
-#: the last bit or within a few ulps (a quick-start sweep: every gap identical, 3 of 20
-#: predicted gaps 1 ulp apart). Tests only: the sweep, the figures and the notebooks run
-#: with XLA's defaults. Set XLA_FLAGS=--xla_cpu_use_fusion_emitters=true to test with them.
-CLASSIC_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
+# XLA's classic CPU emitters, as the apps that write records use them
+# (experiments.compiled.use_classic_emitters: the suite is mostly compilation of small
+# programs, which they make about 1.35x faster, BENCHMARKS.md section 4d). Set
+# XLA_FLAGS=--xla_cpu_use_fusion_emitters=true to test with XLA's default emitters.
+from experiments.compiled import CLASSIC_EMITTERS, use_classic_emitters  # noqa: E402
 
-
-def _use_classic_emitters() -> None:
-    """Add :data:`CLASSIC_EMITTERS` to ``XLA_FLAGS`` if this jaxlib accepts it.
-
-    XLA aborts the process on a flag it does not know, and older or newer jaxlibs may not
-    have this one, so a child process tries it first (once: the pytest-xdist workers and
-    the tests' subprocesses inherit the result through the environment). A flag the user
-    set about the emitters is left alone.
-    """
-    if os.environ.get("WHICHPAIRS_TEST_XLA_PROBED") or "xla_cpu_use_fusion_emitters" in os.environ.get("XLA_FLAGS", ""):
-        return
-    os.environ["WHICHPAIRS_TEST_XLA_PROBED"] = "1"
-    flags = (os.environ.get("XLA_FLAGS", "") + " " + CLASSIC_EMITTERS).strip()
-    probe = "import jax, jax.numpy as jnp; jax.jit(lambda x: jnp.exp(x).sum())(jnp.ones(3)).block_until_ready()"
-    try:
-        ok = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"},
-                            capture_output=True, timeout=60).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        ok = False
-    if ok:
-        os.environ["XLA_FLAGS"] = flags
-
-
-_use_classic_emitters()
+use_classic_emitters()
 
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _CACHE = tempfile.mkdtemp(prefix="jax-cache-tests-")

@@ -225,3 +225,41 @@ def test_each_computed_cell_releases_compiled_code_when_needed(tmp_path, monkeyp
     assert len(calls) == 2
     sweep.run_jobs(jobs, tmp_path, progress=False)
     assert len(calls) == 2
+
+
+def test_classic_emitters_are_set_before_the_first_computation_and_only_then():
+    """``use_classic_emitters`` in fresh processes (the suite's own setting removed): it adds the
+    flag to ``XLA_FLAGS`` for this process and its children and says so; a process whose JAX
+    backend exists keeps what it started with (nothing added, and it answers whether that had
+    the flag); a user's own setting of the emitters is left alone; where the probe found a
+    jaxlib without the flag ("0" in the environment) nothing is added."""
+    from experiments.compiled import CLASSIC_EMITTERS
+
+    code = """
+import os, subprocess, sys
+from experiments.compiled import use_classic_emitters
+case = sys.argv[1]
+if case == "late":
+    import jax.numpy as jnp
+    float(jnp.ones(2).sum())  # the backend exists now
+on = use_classic_emitters()
+child = subprocess.run([sys.executable, "-c", "import os; print(os.environ.get('XLA_FLAGS', ''))"], capture_output=True, text=True).stdout.strip()
+print(on, repr(os.environ.get("XLA_FLAGS", "")), repr(child), os.environ.get("WHICHPAIRS_XLA_CLASSIC_EMITTERS"))
+"""
+    base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "WHICHPAIRS_XLA_CLASSIC_EMITTERS")}
+
+    def run(case, **env):
+        out = subprocess.run([sys.executable, "-c", code, case], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                             env={**base, **env})
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.strip().splitlines()[-1]
+
+    flag = repr(CLASSIC_EMITTERS)
+    assert run("fresh") == f"True {flag} {flag} 1"
+    assert run("fresh", XLA_FLAGS="--xla_cpu_enable_fast_math=false") == (
+        f"True '--xla_cpu_enable_fast_math=false {CLASSIC_EMITTERS}' '--xla_cpu_enable_fast_math=false {CLASSIC_EMITTERS}' 1")
+    assert run("late") == "False '' '' None"
+    assert run("late", XLA_FLAGS=CLASSIC_EMITTERS) == f"True {flag} {flag} None"
+    user = "--xla_cpu_use_fusion_emitters=true"
+    assert run("fresh", XLA_FLAGS=user) == f"False {user!r} {user!r} None"
+    assert run("fresh", WHICHPAIRS_XLA_CLASSIC_EMITTERS="0") == "False '' '' 0"
