@@ -37,7 +37,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from experiments.compiled import use_classic_emitters
+from experiments.compiled import emitters, use_classic_emitters
 from experiments.worlds import WORLDS, make_world
 from synthetic.adaptive import run_adaptive
 from synthetic.designs import DESIGNS, design_problem, run_design
@@ -132,12 +132,16 @@ def code_version(imports: tuple = (), design: str | None = None) -> str:
 
     Covers :data:`CELL_CODE`, the user modules in ``imports`` (where a custom design
     is registered), the source of ``design`` when it is registered anywhere else (a
-    notebook, an interactive session), and the JAX, jaxlib and NumPy versions. Any
-    edit to these, committed or not, gives a new version. Raises ``KeyError`` if
-    ``design`` is given but not registered in this process.
+    notebook, an interactive session), the JAX, jaxlib and NumPy versions, and the CPU
+    emitters XLA compiles with in this process (:func:`experiments.compiled.emitters`:
+    the apps use XLA's classic ones, a process that computed with JAX before asking keeps
+    the default ones, and the two can differ at a capped design's near ties). Any edit to
+    these, committed or not, gives a new version. Raises ``KeyError`` if ``design`` is
+    given but not registered in this process.
     """
     imports = tuple(imports)
     h = hashlib.sha256(_files_version(imports).encode())
+    h.update(f"xla cpu emitters: {emitters()}".encode())
     if design is not None:
         h.update(_design_source(design, imports))
     return h.hexdigest()[:12]

@@ -33,7 +33,7 @@ import jax
 
 from theory.checked import check_argument
 
-__all__ = ["CLASSIC_EMITTERS", "mapped_regions", "max_map_count", "release_compiled", "use_classic_emitters"]
+__all__ = ["CLASSIC_EMITTERS", "emitters", "mapped_regions", "max_map_count", "release_compiled", "use_classic_emitters"]
 
 log = logging.getLogger(__name__)
 
@@ -72,17 +72,32 @@ def release_compiled(fraction: float = 0.5) -> bool:
 
 
 #: XLA's classic CPU emitters instead of its newer fusion emitters. On these 2-core CPUs
-#: most of a record's time is compiling its programs, which this makes 1.4-1.7x faster
-#: (BENCHMARKS.md sections 4d and 4i: the test suite 1.35x, the figure set's records
-#: 1.2-1.45x a task). Computed values agree to the last bit or within a few ulps; where a
-#: capped design's rounded allocation is nearly tied, a few ulps in the solver can move a
-#: label (then the Monte-Carlo numbers move within their error). The numbers of a record
-#: therefore depend on this setting: every app that writes records uses it.
+#: most of a record's time is compiling its programs, which this makes 1.5-1.75x faster
+#: (BENCHMARKS.md sections 4d and 4i: the test suite 1.35x; two of the figure set's tasks
+#: 1.20x and 1.45x, its records 1.27x in one pair of runs). Computed values agree to the
+#: last bit or within a few ulps, but where a capped design's rounded allocation is nearly
+#: tied a few ulps in the solver can move a label, and then the Monte-Carlo numbers move
+#: within their error. So a record's numbers depend on this setting: it is part of every
+#: record's code version (:func:`experiments.cell.code_version`, through :func:`emitters`)
+#: and every app that writes records sets it.
 CLASSIC_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
+_FLAG = "--xla_cpu_use_fusion_emitters"
 
-#: Environment variable holding the probe's answer ("1": this jaxlib accepts the flag, "0":
-#: it does not), so that the processes a process starts do not probe again.
+#: Environment variable holding the probe's answer, ``"<jaxlib version>:1"`` (this jaxlib
+#: accepts the flag) or ``":0"``, so that the processes a process starts do not probe again.
 _PROBED = "WHICHPAIRS_XLA_CLASSIC_EMITTERS"
+
+
+def emitters() -> str:
+    """``"classic"`` or ``"default"``: the CPU emitters ``XLA_FLAGS`` asks for (its last
+    setting of the flag; none means XLA's default). :func:`use_classic_emitters` changes
+    ``XLA_FLAGS`` only before JAX starts its backend (or to make the processes it starts
+    match this one), so this is what the process compiles with."""
+    setting = "default"
+    for tok in os.environ.get("XLA_FLAGS", "").split():
+        if tok == _FLAG or tok.startswith(_FLAG + "="):
+            setting = "classic" if tok.partition("=")[2].strip().lower() in ("false", "0") else "default"
+    return setting
 
 
 def _backends_initialized() -> bool:
@@ -91,12 +106,15 @@ def _backends_initialized() -> bool:
 
         return bool(xla_bridge.backends_are_initialized())
     except (ImportError, AttributeError):  # a JAX without this (private) query: assume too late
+        log.warning("cannot tell whether JAX's backend has started (jax._src.xla_bridge.backends_are_initialized is gone): "
+                    "XLA's default CPU emitters are kept")
         return True
 
 
-def _accepts(flags: str) -> bool:
-    """Whether a child process with ``XLA_FLAGS=flags`` compiles and runs a program (XLA aborts
-    the process on a flag it does not know, so it cannot be tried here)."""
+def _accepts(extra: str) -> bool:
+    """Whether a child process with ``extra`` added to ``XLA_FLAGS`` compiles and runs a program
+    (XLA aborts the process on a flag it does not know, so it cannot be tried here)."""
+    flags = (os.environ.get("XLA_FLAGS", "") + " " + extra).strip()
     probe = "import jax, jax.numpy as jnp; jax.jit(lambda x: jnp.exp(x).sum())(jnp.ones(3)).block_until_ready()"
     try:
         return subprocess.run([sys.executable, "-c", probe], env={**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"},
@@ -105,22 +123,46 @@ def _accepts(flags: str) -> bool:
         return False
 
 
-def use_classic_emitters() -> bool:
-    """Add :data:`CLASSIC_EMITTERS` to ``XLA_FLAGS`` (this process and every process it starts)
-    if the installed jaxlib accepts it; returns whether this process compiles with them.
+def _supported() -> bool:
+    """Whether the installed jaxlib accepts :data:`CLASSIC_EMITTERS` (probed once a jaxlib, the
+    answer kept in the environment). A probe that fails without the flag too says nothing
+    (a warning; tried again at the next call)."""
+    import jaxlib
 
-    Call it before the first JAX computation: XLA reads its flags when JAX creates its CPU
-    backend, so a process whose backend exists keeps what it started with (returns whether
-    that included the flag). A setting of the emitters already in ``XLA_FLAGS`` (the user's)
-    is left alone. The first call tries the flag in a child process (about 2 s) and leaves
-    the answer in the environment for the processes started later.
+    version = jaxlib.__version__
+    got_version, _, answer = os.environ.get(_PROBED, "").rpartition(":")
+    if got_version == version and answer in ("0", "1"):
+        return answer == "1"
+    if _accepts(CLASSIC_EMITTERS):
+        answer = "1"
+    elif _accepts(""):
+        answer = "0"
+        log.info("jaxlib %s does not accept %s: XLA's default CPU emitters", version, CLASSIC_EMITTERS)
+    else:
+        log.warning("a child process could not run JAX to try %s: XLA's default CPU emitters for now", CLASSIC_EMITTERS)
+        return False
+    os.environ[_PROBED] = f"{version}:{answer}"
+    return answer == "1"
+
+
+def use_classic_emitters() -> bool:
+    """Compile with :data:`CLASSIC_EMITTERS` in this process and the processes it starts, where
+    the installed jaxlib accepts it; returns whether this process compiles with them.
+
+    Call it before the first JAX computation: XLA reads its flags when JAX starts its CPU
+    backend. A process whose backend has started without a setting keeps XLA's default
+    emitters, and then the flag is set to the default explicitly for the processes it
+    starts, so that one run never mixes the two. A setting of the emitters already in
+    ``XLA_FLAGS`` (the user's) is left alone. The first call tries the flag in a child
+    process (about 2 s) and keeps the answer in the environment for later calls and children.
     """
     flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_cpu_use_fusion_emitters" in flags or _backends_initialized():
-        return CLASSIC_EMITTERS in flags.split()
-    if os.environ.get(_PROBED) not in ("0", "1"):
-        os.environ[_PROBED] = "1" if _accepts((flags + " " + CLASSIC_EMITTERS).strip()) else "0"
-    if os.environ[_PROBED] == "0":
+    if any(tok == _FLAG or tok.startswith(_FLAG + "=") for tok in flags.split()):
+        return emitters() == "classic"
+    if not _supported():
+        return False
+    if _backends_initialized():
+        os.environ["XLA_FLAGS"] = (flags + " " + _FLAG + "=true").strip()  # what this process has: its children match it
         return False
     os.environ["XLA_FLAGS"] = (flags + " " + CLASSIC_EMITTERS).strip()
     return True

@@ -227,24 +227,34 @@ def test_each_computed_cell_releases_compiled_code_when_needed(tmp_path, monkeyp
     assert len(calls) == 2
 
 
+def _classic_emitters_supported():
+    from experiments.compiled import _supported
+
+    return _supported()
+
+
+@pytest.mark.skipif(not _classic_emitters_supported(), reason="this jaxlib does not accept XLA's classic-emitter flag")
 def test_classic_emitters_are_set_before_the_first_computation_and_only_then():
     """``use_classic_emitters`` in fresh processes (the suite's own setting removed): it adds the
     flag to ``XLA_FLAGS`` for this process and its children and says so; a process whose JAX
-    backend exists keeps what it started with (nothing added, and it answers whether that had
-    the flag); a user's own setting of the emitters is left alone; where the probe found a
-    jaxlib without the flag ("0" in the environment) nothing is added."""
-    from experiments.compiled import CLASSIC_EMITTERS
+    backend has started keeps XLA's defaults and sets them explicitly for its children (one run
+    never mixes the two); a setting already in ``XLA_FLAGS`` (the user's) is left alone; a kept
+    probe answer of this jaxlib is used, another jaxlib's is not. The probe's premise: XLA
+    aborts a process on a flag it does not know."""
+    import jaxlib
+
+    from experiments.compiled import CLASSIC_EMITTERS, _accepts
 
     code = """
 import os, subprocess, sys
-from experiments.compiled import use_classic_emitters
+from experiments.compiled import emitters, use_classic_emitters
 case = sys.argv[1]
 if case == "late":
     import jax.numpy as jnp
     float(jnp.ones(2).sum())  # the backend exists now
 on = use_classic_emitters()
 child = subprocess.run([sys.executable, "-c", "import os; print(os.environ.get('XLA_FLAGS', ''))"], capture_output=True, text=True).stdout.strip()
-print(on, repr(os.environ.get("XLA_FLAGS", "")), repr(child), os.environ.get("WHICHPAIRS_XLA_CLASSIC_EMITTERS"))
+print(on, emitters(), repr(os.environ.get("XLA_FLAGS", "")), repr(child), os.environ.get("WHICHPAIRS_XLA_CLASSIC_EMITTERS"))
 """
     base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "WHICHPAIRS_XLA_CLASSIC_EMITTERS")}
 
@@ -254,12 +264,37 @@ print(on, repr(os.environ.get("XLA_FLAGS", "")), repr(child), os.environ.get("WH
         assert out.returncode == 0, out.stderr[-2000:]
         return out.stdout.strip().splitlines()[-1]
 
-    flag = repr(CLASSIC_EMITTERS)
-    assert run("fresh") == f"True {flag} {flag} 1"
-    assert run("fresh", XLA_FLAGS="--xla_cpu_enable_fast_math=false") == (
-        f"True '--xla_cpu_enable_fast_math=false {CLASSIC_EMITTERS}' '--xla_cpu_enable_fast_math=false {CLASSIC_EMITTERS}' 1")
-    assert run("late") == "False '' '' None"
-    assert run("late", XLA_FLAGS=CLASSIC_EMITTERS) == f"True {flag} {flag} None"
-    user = "--xla_cpu_use_fusion_emitters=true"
-    assert run("fresh", XLA_FLAGS=user) == f"False {user!r} {user!r} None"
-    assert run("fresh", WHICHPAIRS_XLA_CLASSIC_EMITTERS="0") == "False '' '' 0"
+    flag, probed = repr(CLASSIC_EMITTERS), f"{jaxlib.__version__}:1"
+    assert run("fresh") == f"True classic {flag} {flag} {probed}"
+    other = "--xla_cpu_enable_fast_math=false"
+    assert run("fresh", XLA_FLAGS=other) == f"True classic '{other} {CLASSIC_EMITTERS}' '{other} {CLASSIC_EMITTERS}' {probed}"
+    default = "'--xla_cpu_use_fusion_emitters=true'"
+    assert run("late") == f"False default {default} {default} {probed}"
+    assert run("late", XLA_FLAGS=CLASSIC_EMITTERS) == f"True classic {flag} {flag} None"
+    for user, setting in (("--xla_cpu_use_fusion_emitters=true", "default"), ("--xla_cpu_use_fusion_emitters=0", "classic"),
+                          ("--xla_cpu_use_fusion_emitters=False", "classic"), ("--xla_cpu_use_fusion_emitters", "default")):
+        assert run("fresh", XLA_FLAGS=user) == f"{setting == 'classic'} {setting} {user!r} {user!r} None"
+    assert run("fresh", WHICHPAIRS_XLA_CLASSIC_EMITTERS=f"{jaxlib.__version__}:0") == f"False default '' '' {jaxlib.__version__}:0"
+    assert run("fresh", WHICHPAIRS_XLA_CLASSIC_EMITTERS="0.0.0:0") == f"True classic {flag} {flag} {probed}"
+    assert _accepts(CLASSIC_EMITTERS) and not _accepts("--xla_no_such_flag_whichpairs=1")
+
+
+@pytest.mark.skipif(not _classic_emitters_supported(), reason="this jaxlib does not accept XLA's classic-emitter flag")
+def test_the_sweep_app_computes_its_records_with_classic_emitters_and_keys_them_so(tmp_path, monkeypatch):
+    """The sweep app started without any XLA setting computes with the classic emitters: its
+    record's code version is the one this process (the suite: classic emitters) computes, and a
+    process with XLA's default emitters would not reuse it (its code version differs)."""
+    from experiments.cell import record_code_version
+    from experiments.records import read_cell
+
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "WHICHPAIRS_XLA_CLASSIC_EMITTERS")}
+    cmd = [sys.executable, "-m", "experiments.sweep", "world=tabular", "world.params.num_completions=4", "num_replicates=2",
+           "design=uniform", "budget=20", f"results_dir={tmp_path}", "hydra/job_logging=disabled", f"hydra.run.dir={tmp_path / 'h'}"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (path,) = tmp_path.glob("*.npz")
+    _, meta = read_cell(path)
+    assert "--xla_cpu_use_fusion_emitters=false" in os.environ.get("XLA_FLAGS", "")
+    assert meta["code_version"] == record_code_version(meta)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_fusion_emitters=true")
+    assert meta["code_version"] != record_code_version(meta)

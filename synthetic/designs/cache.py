@@ -165,7 +165,9 @@ def runtime() -> dict:
     """What besides the code may change the bits of a solve: library versions, the float
     width JAX computes in now, the backend and the machine, and the thread counts of BLAS
     and of XLA's CPU kernels (a threaded product sums in another order: a solve made with
-    two BLAS threads is not reused by a sweep cell, which solves with one)."""
+    two BLAS threads is not reused by a sweep cell, which solves with one), and ``XLA_FLAGS``
+    (XLA's code generation: the apps compile with its classic CPU emitters, a process that
+    computed with JAX before choosing keeps its defaults)."""
     import jaxlib
 
     return {
@@ -178,6 +180,7 @@ def runtime() -> dict:
         "backend": jax.default_backend(),
         "device_kind": jax.devices()[0].device_kind,
         "machine": platform.machine(),
+        "xla_flags": " ".join(os.environ.get("XLA_FLAGS", "").split()),
     }
 
 
