@@ -74,7 +74,7 @@ def release_compiled(fraction: float = 0.5) -> bool:
 #: XLA's classic CPU emitters instead of its newer fusion emitters. On these 2-core CPUs
 #: most of a record's time is compiling its programs, which this makes 1.5-1.75x faster
 #: (BENCHMARKS.md sections 4d and 4i: the test suite 1.35x; two of the figure set's tasks
-#: 1.20x and 1.45x, its records 1.27x in one pair of runs). Computed values agree to the
+#: 1.20x and 1.45x, its records 1.27-1.36x in two runs against one). Computed values agree to the
 #: last bit or within a few ulps, but where a capped design's rounded allocation is nearly
 #: tied a few ulps in the solver can move a label, and then the Monte-Carlo numbers move
 #: within their error. So a record's numbers depend on this setting: it is part of every
