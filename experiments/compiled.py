@@ -88,16 +88,21 @@ _FLAG = "--xla_cpu_use_fusion_emitters"
 _PROBED = "WHICHPAIRS_XLA_CLASSIC_EMITTERS"
 
 
-def emitters() -> str:
-    """``"classic"`` or ``"default"``: the CPU emitters ``XLA_FLAGS`` asks for (its last
-    setting of the flag; none means XLA's default). :func:`use_classic_emitters` changes
-    ``XLA_FLAGS`` only before JAX starts its backend (or to make the processes it starts
-    match this one), so this is what the process compiles with."""
-    setting = "default"
+def _setting() -> str | None:
+    """The CPU emitters ``XLA_FLAGS`` sets (its last setting of the flag), or ``None``."""
+    setting = None
     for tok in os.environ.get("XLA_FLAGS", "").split():
         if tok == _FLAG or tok.startswith(_FLAG + "="):
             setting = "classic" if tok.partition("=")[2].strip().lower() in ("false", "0") else "default"
     return setting
+
+
+def emitters() -> str:
+    """``"classic"`` or ``"default"``: the CPU emitters ``XLA_FLAGS`` asks for (no setting means
+    XLA's default). :func:`use_classic_emitters` changes ``XLA_FLAGS`` only before JAX starts its
+    backend (or to make the processes it starts match this one), so this is what the process
+    compiles with."""
+    return _setting() or "default"
 
 
 def _backends_initialized() -> bool:
@@ -156,11 +161,11 @@ def use_classic_emitters() -> bool:
     ``XLA_FLAGS`` (the user's) is left alone. The first call tries the flag in a child
     process (about 2 s) and keeps the answer in the environment for later calls and children.
     """
-    flags = os.environ.get("XLA_FLAGS", "")
-    if any(tok == _FLAG or tok.startswith(_FLAG + "=") for tok in flags.split()):
-        return emitters() == "classic"
+    if _setting() is not None:
+        return _setting() == "classic"
     if not _supported():
         return False
+    flags = os.environ.get("XLA_FLAGS", "")
     if _backends_initialized():
         os.environ["XLA_FLAGS"] = (flags + " " + _FLAG + "=true").strip()  # what this process has: its children match it
         return False

@@ -258,6 +258,7 @@ def run_jobs(jobs, results_dir, progress: bool = True, desc: str = "cells") -> l
     cells with a record made by the current code are skipped. Returns the record
     files, in the order of ``jobs``.
     """
+    use_classic_emitters()  # before check_jobs, whose checks are this process's first computation
     cfgs = [compose_job([*o, f"results_dir={results_dir}", f"progress={str(progress).lower()}"], hydra_node=True) for o in jobs]
     check_jobs(cfgs, [" ".join(o) for o in jobs], jobs)
     for cfg in cfgs:

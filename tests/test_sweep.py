@@ -281,8 +281,8 @@ print(on, emitters(), repr(os.environ.get("XLA_FLAGS", "")), repr(child), os.env
 
 @pytest.mark.skipif(not _classic_emitters_supported(), reason="this jaxlib does not accept XLA's classic-emitter flag")
 def test_the_sweep_app_computes_its_records_with_classic_emitters_and_keys_them_so(tmp_path, monkeypatch):
-    """The sweep app started without any XLA setting computes with the classic emitters: its
-    record's code version is the one this process (the suite: classic emitters) computes, and a
+    """The sweep app, and ``run_jobs`` in a fresh process, started without any XLA setting compute
+    with the classic emitters: each record's code version is the one this process (the suite: classic emitters) computes, and a
     process with XLA's default emitters would not reuse it (its code version differs)."""
     from experiments.cell import record_code_version
     from experiments.records import read_cell
@@ -292,9 +292,14 @@ def test_the_sweep_app_computes_its_records_with_classic_emitters_and_keys_them_
            "design=uniform", "budget=20", f"results_dir={tmp_path}", "hydra/job_logging=disabled", f"hydra.run.dir={tmp_path / 'h'}"]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
-    (path,) = tmp_path.glob("*.npz")
-    _, meta = read_cell(path)
+    # and in-process, through run_jobs (whose checks compute before any cell), in a fresh process
+    code = (f"from experiments import sweep; sweep.run_jobs([['world=tabular', 'world.params.num_completions=4', 'num_replicates=2', "
+            f"'design=uniform', 'budget=40', 'hydra/job_logging=disabled']], {str(tmp_path)!r}, progress=False)")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    metas = [read_cell(path)[1] for path in sorted(tmp_path.glob("*.npz"))]
+    assert len(metas) == 2
     assert "--xla_cpu_use_fusion_emitters=false" in os.environ.get("XLA_FLAGS", "")
-    assert meta["code_version"] == record_code_version(meta)
+    assert all(meta["code_version"] == record_code_version(meta) for meta in metas)
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_fusion_emitters=true")
-    assert meta["code_version"] != record_code_version(meta)
+    assert all(meta["code_version"] != record_code_version(meta) for meta in metas)
