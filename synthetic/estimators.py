@@ -366,7 +366,7 @@ def fit_dpo_optax(
 
 
 def fit_newton_shared(diffs, counts, wins, beta, ridge=0.0, max_iter=100, tol=None, curvature_floor=None,
-                      anchor=None, chord_iter=40, fallback_size=None):
+                      anchor=None, chord_iter=40, fallback_size=None, fallback_iter=None):
     r"""``vmap(fit_newton)`` over replicates that share their label counts, by a shared-curvature chord iteration.
 
     Monte-Carlo replicates of one design redraw the wins ``W [R, A]`` but keep the
@@ -405,6 +405,12 @@ def fit_newton_shared(diffs, counts, wins, beta, ridge=0.0, max_iter=100, tol=No
         other replicates share its call.
       chord_iter: cap on chord steps.
       fallback_size: replicates refitted by Newton in one batch; default ``max(1, R // 8)``.
+      fallback_iter: Newton iteration cap of the refits; default ``max_iter``. A lower cap
+        stops refits of separable labels early (Newton runs them to the cap while the
+        iterates run off), at the price of flagging an existing MLE that needs more
+        Newton steps than the cap: only for callers that settle every flagged replicate
+        exactly themselves (``synthetic.monte_carlo``: the ridge-path limit, which is the
+        MLE where it exists).
 
     Returns:
       :class:`NewtonResult` with a leading ``[R]`` axis; ``num_iter`` counts chord
@@ -420,7 +426,8 @@ def fit_newton_shared(diffs, counts, wins, beta, ridge=0.0, max_iter=100, tol=No
     chord = _chord_setup(diffs, counts, wins, beta, ridge, anchor, dtype)
     final = _chord_iterate(chord, diffs, counts, wins, beta, ridge, tol, eps, chord_iter, dtype)
     result, accept = _chord_result(chord, final, diffs, counts, wins, beta, ridge, curvature_floor)
-    newton = jax.vmap(lambda w: fit_newton(diffs, counts, w, beta, ridge, max_iter, tol, curvature_floor))
+    refit_iter = max_iter if fallback_iter is None else min(int(fallback_iter), max_iter)
+    newton = jax.vmap(lambda w: fit_newton(diffs, counts, w, beta, ridge, refit_iter, tol, curvature_floor))
     return _refit_flagged(result, ~accept, newton, wins, final.iters, fallback_size)
 
 

@@ -11,7 +11,7 @@ from synthetic import dpo_loss, fit_dpo_optax, fit_newton, simulate_wins
 from synthetic.estimators import fit_newton_shared as _fit_newton_shared
 
 fit_newton_shared = jax.jit(_fit_newton_shared, static_argnames=(
-    "beta", "ridge", "max_iter", "tol", "curvature_floor", "chord_iter", "fallback_size"))
+    "beta", "ridge", "max_iter", "tol", "curvature_floor", "chord_iter", "fallback_size", "fallback_iter"))
 from theory import enumerate_edges
 
 
@@ -199,6 +199,22 @@ def test_shared_count_fit_flags_separation_like_the_lp_oracle(fallback_size, tol
     # observed contraction (at most 1/2); the contraction is an estimate, hence the factor 2
     assert np.all(err <= 2 * (1e-9 if tol is None else tol) * (1 + np.linalg.norm(mle, axis=1)))
 
+
+def test_capped_refits_stop_on_separable_labels_and_never_claim_a_missing_mle():
+    """fallback_iter caps the Newton refits: on samples that separate often, the refits of
+    separable labels run far past 10 steps uncapped and stop at 10 capped; a capped refit may
+    flag an existing MLE (too few steps) but never accepts a separable sample, and what it
+    accepts is the uncapped answer."""
+    diffs, counts, wins, beta = _shared_data(4, e=12, d=3, c=1, r=300)
+    full = fit_newton_shared(diffs, counts, wins, beta, fallback_size=300)
+    capped = fit_newton_shared(diffs, counts, wins, beta, fallback_size=300, fallback_iter=10)
+    refitted = np.asarray(full.num_iter) >= 40  # not accepted by the 40 chord steps
+    assert int(np.max(np.asarray(full.num_iter)[refitted])) > 40 + 10
+    assert int(np.max(np.asarray(capped.num_iter))) <= 40 + 10
+    separable = np.array([_separable_lp(np.asarray(diffs), counts, np.asarray(w)) for w in wins])
+    exists = np.asarray(capped.mle_exists)
+    assert not np.any(exists & separable) and np.any(exists & refitted)
+    np.testing.assert_array_equal(np.asarray(capped.theta)[exists], np.asarray(full.theta)[exists])
 
 def test_shared_count_fit_curvature_flag_equals_newtons():
     """A curvature floor at the median of the replicates' lambda_min(H) / lambda_max(H(0)) makes

@@ -175,6 +175,52 @@ def test_float32_fit_within_its_stated_accuracy():
 
 
 
+@pytest.fixture
+def refit_iter(monkeypatch):
+    """Set ``monte_carlo.REFIT_ITER`` (read when the replicate function is traced); the
+    compiled functions are dropped before and after, so no other test sees a changed cap."""
+    from synthetic import monte_carlo
+
+    def set_cap(cap):
+        monkeypatch.setattr(monte_carlo, "REFIT_ITER", cap)
+        monte_carlo._core.cache_clear()
+
+    yield set_cap
+    monte_carlo._core.cache_clear()
+
+
+def test_refits_stop_early_only_where_the_host_settles_every_flagged_replicate(refit_iter):
+    """Replicates the chord iteration leaves flagged are refitted by Newton for at most
+    REFIT_ITER steps when the host settles every flagged replicate (no safeguard): the
+    ridge-path limit is exact, and is the MLE where it exists. A curvature floor of 1e-4
+    makes the chord's certificate fail on every replicate here while Newton's exact test
+    passes, so with no refit at all (cap 0) the host settles all 32: gaps, estimates and
+    flags must equal those of full refits to rounding. With the safeguard the refit's flag
+    is final (the estimate or theta = 0), so the cap must not apply there: capping those
+    refits (the premise, checked) would make every replicate invalid."""
+    from synthetic.monte_carlo import replicate_gaps
+
+    world = contextual_world(jax.random.PRNGKey(0), num_train_prompts=10, num_eval_prompts=20)
+    edges = enumerate_edges(world.train.features, world.train.log_ref)
+    counts = np.asarray(sample_allocation(jax.random.PRNGKey(13), uniform_weights(edges), 100).dense_counts(edges.num_edges))
+    keys = jax.random.split(jax.random.PRNGKey(5), 32)
+    args = (world.theta_star, edges.diffs, counts, world.beta, world.eval)
+    params = {"curvature_floor": 1e-4}
+    runs = {}
+    for cap in (100, 0):
+        refit_iter(cap)
+        runs[cap] = [replicate_gaps(keys, *args, estimator_params=params, safeguard_radius=b) for b in (None, 1e3)]
+    (full, full_guarded), (capped, capped_guarded) = runs[100], runs[0]
+    assert bool(jnp.all(full.mle_exists)) and bool(jnp.all(full_guarded.valid))
+    refits_capped = replicate_gaps(keys, *args, estimator_params={**params, "fallback_iter": 0}, safeguard_radius=1e3)
+    assert not bool(jnp.any(refits_capped.valid))  # every replicate needed its refit
+    np.testing.assert_array_equal(capped.mle_exists, full.mle_exists)
+    np.testing.assert_allclose(capped.gap, full.gap, rtol=1e-9, atol=0)
+    np.testing.assert_allclose(capped.theta_hat, full.theta_hat, rtol=0, atol=1e-7)
+    for a, b in zip(capped_guarded, full_guarded):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.slow
 def test_every_replicate_has_a_gap_at_a_budget_below_separation():
     """60 labels on a 6-completion tabular world: about half the replicates are separable.
