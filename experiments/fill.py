@@ -14,6 +14,11 @@ thread, :func:`experiments.cell.one_blas_thread`), not on which process made it.
   temporary folder, removed at the end, unless ``JAX_COMPILATION_CACHE_DIR`` is set), so a
   program compiled by one is loaded by the others. It is keyed by the computation and
   the JAX version and changes no number.
+* Tasks of one *group* (the cells of one experiment, the items of one figure on one world)
+  compile the same programs. A group's first task runs alone; the others start once it has
+  finished and left its programs in the cache, and until then the workers take other groups'
+  tasks (:func:`next_task`). Two workers compiling the same programs at the same time took
+  a third of the figure set's compiling before (``BENCHMARKS.md``). Only the order changes.
 * An interrupted run keeps every record already written; the next run computes the rest.
 """
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import multiprocessing
 import os
 import shutil
@@ -30,7 +36,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["Task", "tasks", "fill", "run_tasks", "run_task", "compile_cache"]
+__all__ = ["Task", "tasks", "fill", "run_tasks", "run_task", "compile_cache", "next_task"]
 
 #: Relative cost of one cell of each experiment and of one item of each figure, to start the
 #: longest first (measured on the full figure set, 2026-11-28; only the order depends on it,
@@ -44,7 +50,8 @@ class Task(NamedTuple):
 
     ``kind`` is ``"cells"`` (``jobs``: sweep override lists run in order into ``results``) or
     ``"item"`` (item ``index`` of figure ``figure``'s list for ``small``, cached under ``results``).
-    ``label`` names it in messages; ``cost`` orders the tasks (largest first).
+    ``label`` names it in messages; ``cost`` orders the tasks (largest first); tasks of one
+    ``group`` share compiled programs (``""``: none), see :func:`next_task`.
     """
 
     kind: str
@@ -55,6 +62,7 @@ class Task(NamedTuple):
     figure: str = ""
     small: bool = False
     index: int = -1
+    group: str = ""
 
 
 def _cell_tasks(label: str, jobs, results: Path, cost: float) -> list[Task]:
@@ -63,7 +71,8 @@ def _cell_tasks(label: str, jobs, results: Path, cost: float) -> list[Task]:
     for job in jobs:
         design = next((o.split("=", 1)[1] for o in job if o.startswith("design=")), "")
         groups.setdefault(design, []).append(tuple(job))
-    return [Task("cells", f"{label} {design} ({len(js)} cells)", str(results), cost * len(js), tuple(js)) for design, js in groups.items()]
+    return [Task("cells", f"{label} {design} ({len(js)} cells)", str(results), cost * len(js), tuple(js), group=label)
+            for design, js in groups.items()]
 
 
 def tasks(names, results: Path, small: bool) -> list[Task]:
@@ -82,9 +91,25 @@ def tasks(names, results: Path, small: bool) -> list[Task]:
             out += _cell_tasks(f"practical {panel}", [j for _, j in p["jobs"]], results / "practical" / panel, _CELL_COST["practical"])
     for name in ("fig2", "fig4", "fig5"):
         if name in names:
-            out += [Task("item", f"{name} item {i}", str(results), _ITEM_COST[name], figure=name, small=small, index=i)
-                    for i in range(len(_items(name, small)))]
+            out += [Task("item", f"{name} item {i}", str(results), _ITEM_COST[name], figure=name, small=small, index=i,
+                         group=_item_group(name, it.ident)) for i, it in enumerate(_items(name, small))]
     return sorted(out, key=lambda t: -t.cost)
+
+
+def _item_group(figure: str, ident: dict) -> str:
+    """The items of one figure on one world (or of one kind where they have no world) share programs."""
+    world = ident.get("world", ident.get("item", ""))
+    return f"{figure} {json.dumps(world, sort_keys=True, default=str)}"
+
+
+def next_task(queue: list, started: set, finished: set) -> int:
+    """Index in ``queue`` (in order of preference) of the task a free worker starts: the first whose
+    group has no task started yet, or has one finished (its programs are in the compilation cache),
+    or has no group; failing that the first (one more compile at once rather than an idle worker)."""
+    for i, t in enumerate(queue):
+        if not t.group or t.group not in started or t.group in finished:
+            return i
+    return 0
 
 
 @functools.lru_cache(maxsize=4)
@@ -169,8 +194,8 @@ def fill(names, results: Path, small: bool, jobs: int, progress: bool = True, ca
 
 
 def run_tasks(todo, jobs: int, progress: bool = True, cache_dir: str | None = None) -> list[tuple[str, float]]:
-    """Run ``todo`` (:class:`Task`) in ``jobs`` spawned worker processes, in order as workers
-    free up; returns ``(label, seconds)`` per task in the order they finished.
+    """Run ``todo`` (:class:`Task`) in ``jobs`` spawned worker processes, each free worker taking
+    the next task by :func:`next_task`; returns ``(label, seconds)`` per task in the order they finished.
 
     ``cache_dir``: a persistent XLA compilation cache the workers share (:func:`compile_cache`).
     A failing task (its error is raised here) or an interrupt stops the run at once: tasks
@@ -183,14 +208,19 @@ def run_tasks(todo, jobs: int, progress: bool = True, cache_dir: str | None = No
         return done
     ctx = multiprocessing.get_context("spawn")  # JAX is not fork-safe
     pool = ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx, initializer=_start_worker, initargs=(cache_dir,))
+    queue, running, started, ended = list(todo), {}, set(), set()
+    workers = min(jobs, len(todo))
     try:
-        futures = [pool.submit(run_task, t) for t in todo]
-        with tqdm(total=len(futures), desc=f"records ({jobs} workers)", unit="task", disable=not progress) as bar:
-            pending = set(futures)
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+        with tqdm(total=len(queue), desc=f"records ({jobs} workers)", unit="task", disable=not progress) as bar:
+            while queue or running:
+                while queue and len(running) < workers:  # one task a free worker, chosen when it frees
+                    task = queue.pop(next_task(queue, started, ended))
+                    started.add(task.group)
+                    running[pool.submit(run_task, task)] = task
+                finished, _ = wait(set(running), return_when=FIRST_COMPLETED)
                 for f in finished:
                     done.append(f.result())  # a task's error is raised here
+                    ended.add(running.pop(f).group)
                     bar.update()
     except BaseException:  # a failed task or Ctrl-C: stop now, keep what is written
         _stop(pool)

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import jax
@@ -202,6 +203,35 @@ def test_fill_tasks_cover_every_record_of_the_figures_and_keep_a_designs_cells_t
     items = [t for t in tasks if t.kind == "item"]
     assert sorted(t.index for t in items) == list(range(len(figures.figure_items("fig4", True))))
     assert {t.figure for t in items} == {"fig4"} and all(t.small for t in items)
+
+    # groups: the cells of one experiment; the items of one figure on one world (Figure 4's are all on one)
+    assert {t.group for t in cells} == {t.label.rsplit(" ", 3)[0] for t in cells}
+    assert all(t.results.endswith(t.group.replace("practical ", "practical/")) for t in cells)
+    assert len({t.group for t in items}) == 1 and items[0].group.startswith("fig4 ")
+    bounds = fill.tasks(["fig2"], tmp_path, small=True)  # the bounds table's items: six designs on each of three worlds
+    worlds = {it.ident["world"] for it in figures.figure_items("fig2", True)}
+    assert len(worlds) == 3 and sorted(Counter(t.group for t in bounds).values()) == [6, 6, 6]
+
+
+def test_a_groups_first_task_runs_alone_while_the_workers_take_other_groups():
+    """experiments.fill.next_task, two workers: a1 starts; a2 waits for it (its programs are
+    not compiled yet) while b1 and the ungrouped n run; once only a2 is left it runs anyway,
+    and once a1 has finished it is free to run."""
+    from experiments import fill
+
+    def task(label, group):
+        return fill.Task("item", label, "", 1.0, group=group)
+
+    queue = [task("a1", "A"), task("a2", "A"), task("a3", "A"), task("b1", "B"), task("n", ""), task("b2", "B")]
+    started, order = set(), []
+    for _ in range(3):
+        t = queue.pop(fill.next_task(queue, started, set()))
+        started.add(t.group)
+        order.append(t.label)
+    assert order == ["a1", "b1", "n"]
+    assert queue[fill.next_task(queue, started, set())].label == "a2"  # only followers left: no idle worker
+    assert queue[fill.next_task(queue, started, {"B"})].label == "b2"  # B's first task has finished
+    assert queue[fill.next_task(queue, started, {"A"})].label == "a2"
 
 
 @pytest.mark.parametrize("bad", ["0", "-1", "two"])
