@@ -17,8 +17,9 @@ thread, :func:`experiments.cell.one_blas_thread`), not on which process made it.
 * Tasks of one *group* (the cells of one experiment, the items of one figure on one world)
   compile the same programs. A group's first task runs alone; the others start once it has
   finished and left its programs in the cache, and until then the workers take other groups'
-  tasks (:func:`next_task`). Two workers compiling the same programs at the same time took
-  a third of the figure set's compiling before (``BENCHMARKS.md``). Only the order changes.
+  tasks (:func:`next_task`). Bounds-table items of one world took 35-45 s each when two
+  started together, 3-7 s once one had finished (``BENCHMARKS.md``, section 4j). Only the
+  order changes.
 * An interrupted run keeps every record already written; the next run computes the rest.
 """
 
@@ -97,9 +98,9 @@ def tasks(names, results: Path, small: bool) -> list[Task]:
 
 
 def _item_group(figure: str, ident: dict) -> str:
-    """The items of one figure on one world (or of one kind where they have no world) share programs."""
-    world = ident.get("world", ident.get("item", ""))
-    return f"{figure} {json.dumps(world, sort_keys=True, default=str)}"
+    """The items of one figure on one world (or of one kind where they have no world) share programs; ``""``: neither."""
+    world = ident.get("world", ident.get("item"))
+    return "" if world is None else f"{figure} {json.dumps(world, sort_keys=True, default=str)}"
 
 
 def next_task(queue: list, started: set, finished: set) -> int:

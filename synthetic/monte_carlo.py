@@ -14,9 +14,12 @@ the fit to the expected wins and factored once, preconditions a chord iteration 
 costs two ``[R, A] x [A, d]`` products a step for all replicates together; replicates it
 cannot certify are refitted by :func:`~synthetic.estimators.fit_newton`, at most
 ``REFIT_ITER`` Newton steps each where the host settles every replicate still flagged
-(no safeguard): the ridge-path limit below is exact, and is the MLE where it exists, so
-the cap changes no answer beyond rounding; it stops the refits of separable labels, which
-Newton otherwise runs to ``max_iter`` while the iterates run off. The curvature
+(the unpenalised fit without the safeguard): the ridge-path limit below is exact, and is
+the MLE where it exists, so the cap changes no answer beyond the fit's tolerance (a
+float32 fit may get the float64 MLE instead); it stops the refits of separable labels,
+which Newton otherwise runs to ``max_iter`` while the iterates run off. With the
+safeguard, or a ridge (``estimator_params={"ridge": r > 0}``), the refit's answer is
+final and keeps ``max_iter``. The curvature
 is formed at ``theta*`` (projected on the labelled span), so each replicate's answer
 depends only on its own key (chunking changes nothing).
 
@@ -107,7 +110,8 @@ _MIN_BUCKET = 16
 
 
 @functools.lru_cache(maxsize=64)
-def _core(estimator: str, params_json: str, safeguard: bool, prior: str | None, fit_dtype: str | None, sampler: str) -> Callable:
+def _core(estimator: str, params_json: str, safeguard: bool, prior: str | None, fit_dtype: str | None, sampler: str,
+          refit_iter: int | None = None) -> Callable:
     fit = ESTIMATORS[estimator]
     params = json.loads(params_json)
 
@@ -135,9 +139,8 @@ def _core(estimator: str, params_json: str, safeguard: bool, prior: str | None, 
         if estimator == "newton":
             # The counts are shared: one curvature, factored once, serves every replicate.
             # Anchored at theta* (the centre of the prior, if any), which no draw changes.
-            # Without the safeguard the host settles every flagged replicate exactly
-            # (_settle), so the refits may stop early; with it, their flags are final.
-            p = dict(params) if safeguard else {"fallback_iter": REFIT_ITER, **params}
+            # refit_iter: set where the host settles every flagged replicate exactly (_settle)
+            p = dict(params) if refit_iter is None else {"fallback_iter": refit_iter, **params}
             res = fit_newton_shared(zf, cf, wf, beta, anchor=theta_star.astype(fd), **p)
             exists = res.mle_exists
             valid = exists
@@ -265,7 +268,12 @@ def replicate_gaps(
     # the label sampler is chosen here, from the concrete counts, so only one is compiled
     sampler = "inverse" if np.max(counts - p_counts) <= INVERSE_CDF_MAX_COUNT else "btrs"
     prior_shape = None if truth_prior is None else ("ball" if len(truth_prior) == 3 else "box")
-    run = _core(estimator, json.dumps(params, sort_keys=True), safeguard_radius is not None, prior_shape, fit_dtype, sampler)
+    # The host replaces flagged replicates by the unpenalised ridge-path limit only for the
+    # plain MLE: without the safeguard (whose flags are final) and without a ridge.
+    flagged_only = estimator == "newton" and not float(params.get("ridge", 0.0)) > 0
+    host_limit = flagged_only and safeguard_radius is None
+    run = _core(estimator, json.dumps(params, sort_keys=True), safeguard_radius is not None, prior_shape, fit_dtype, sampler,
+                REFIT_ITER if host_limit else None)
     rho = jnp.asarray(eval_pool.prompt_weights, dtype) / jnp.sum(eval_pool.prompt_weights)
     args = (jnp.asarray(theta_star, dtype), diffs[idx], sub(counts), sub(p_counts), sub(p_wins), float(beta),
             eval_pool.features, eval_pool.log_ref, rho, radius, basis, widths, radial)
@@ -284,7 +292,7 @@ def replicate_gaps(
             ks = jnp.concatenate([ks, jnp.repeat(ks[:1], pad, axis=0)])
         res, wins, truths = run(ks, *args)
         res = jax.tree_util.tree_map(lambda a: a[: step - pad], res)
-        parts.append(_settle(estimator, safeguard_radius is not None, res, wins, truths, host))
+        parts.append(_settle(host_limit, flagged_only, res, wins, truths, host))
         if progress is not None:
             progress(step - pad)
     return ReplicateResult(*(jnp.concatenate(xs) for xs in zip(*parts)))
@@ -298,20 +306,24 @@ class _HostData(NamedTuple):
     rho: np.ndarray
 
 
-def _settle(estimator: str, safeguard: bool, res: ReplicateResult, wins, truths, host: _HostData) -> ReplicateResult:
+def _settle(host_limit: bool, flagged_only: bool, res: ReplicateResult, wins, truths, host: _HostData) -> ReplicateResult:
     """Host-side completion of a chunk: exact ``mle_exists``, and the ridge-path limit where the MLE does not exist.
 
-    Only replicates the compiled fit could not settle are touched: ``newton``'s flagged
-    ones (separable labels, or an MLE beyond float64's resolution), and for ``map`` and
-    ``optax`` the existence test (a rank check, and a linear program only where edges
-    with both outcomes do not span the labelled differences).
+    ``host_limit`` (the plain MLE: ``newton`` without safeguard or ridge): the replicates its
+    compiled fit flagged (separable labels, an MLE beyond float64's resolution, or a refit
+    stopped at ``REFIT_ITER``) get the ridge-path limit, which is the MLE where it exists.
+    Otherwise only ``mle_exists`` is made exact (the unpenalised MLE's existence: a rank
+    check, and a linear program only where edges with both outcomes do not span the
+    labelled differences): for every replicate of ``map``, ``optax`` and a ridged
+    ``newton``, for the flagged ones of the safeguarded ``newton`` (``flagged_only``: the
+    compiled flag of an unpenalised fit is exact where it says the MLE exists).
     """
     exists = np.asarray(res.mle_exists, bool).copy()
-    todo = np.flatnonzero(~exists) if estimator == "newton" else np.arange(exists.size)
+    todo = np.flatnonzero(~exists) if flagged_only else np.arange(exists.size)
     if todo.size == 0:
         return res
     wins = np.asarray(wins[: exists.size][todo], np.float64)
-    if estimator != "newton" or safeguard:
+    if not host_limit:
         for j, r in enumerate(todo):
             exists[r] = mle_exists_exact(host.diffs, host.counts, wins[j])
         return res._replace(mle_exists=jnp.asarray(exists))

@@ -175,31 +175,27 @@ def test_float32_fit_within_its_stated_accuracy():
 
 
 
-@pytest.fixture
-def refit_iter(monkeypatch):
-    """Set ``monte_carlo.REFIT_ITER`` (read when the replicate function is traced); the
-    compiled functions are dropped before and after, so no other test sees a changed cap."""
-    from synthetic import monte_carlo
-
-    def set_cap(cap):
-        monkeypatch.setattr(monte_carlo, "REFIT_ITER", cap)
-        monte_carlo._core.cache_clear()
-
-    yield set_cap
-    monte_carlo._core.cache_clear()
-
-
-def test_refits_stop_early_only_where_the_host_settles_every_flagged_replicate(refit_iter):
+def test_refits_stop_early_only_where_the_host_settles_every_flagged_replicate(monkeypatch):
     """Replicates the chord iteration leaves flagged are refitted by Newton for at most
-    REFIT_ITER steps when the host settles every flagged replicate (no safeguard): the
-    ridge-path limit is exact, and is the MLE where it exists. A curvature floor of 1e-4
-    makes the chord's certificate fail on every replicate here while Newton's exact test
-    passes, so with no refit at all (cap 0) the host settles all 32: gaps, estimates and
-    flags must equal those of full refits to rounding. With the safeguard the refit's flag
-    is final (the estimate or theta = 0), so the cap must not apply there: capping those
-    refits (the premise, checked) would make every replicate invalid."""
+    REFIT_ITER steps only where the host settles every flagged replicate (the plain MLE, no
+    safeguard): the ridge-path limit is exact, and is the MLE where it exists. A curvature
+    floor of 1e-4 makes the chord's certificate fail on every replicate here while Newton's
+    exact test passes, so with no refit at all (cap 0) the host settles all 32: gaps,
+    estimates and flags must equal those of full refits to rounding. With the safeguard the
+    refit's flag is final, so the cap must not apply there: capping those refits (the
+    premise, checked) would make every replicate invalid. Likewise with a ridge, whose fit the
+    host's unpenalised limit is not: on separable labels the ridged fits must not change."""
+    from synthetic import monte_carlo
     from synthetic.monte_carlo import replicate_gaps
 
+    caps_traced = []
+    shared = monte_carlo.fit_newton_shared
+
+    def recording(*args, **kwargs):  # runs when a replicate function is traced
+        caps_traced.append(kwargs.get("fallback_iter"))
+        return shared(*args, **kwargs)
+
+    monkeypatch.setattr(monte_carlo, "fit_newton_shared", recording)
     world = contextual_world(jax.random.PRNGKey(0), num_train_prompts=10, num_eval_prompts=20)
     edges = enumerate_edges(world.train.features, world.train.log_ref)
     counts = np.asarray(sample_allocation(jax.random.PRNGKey(13), uniform_weights(edges), 100).dense_counts(edges.num_edges))
@@ -208,17 +204,38 @@ def test_refits_stop_early_only_where_the_host_settles_every_flagged_replicate(r
     params = {"curvature_floor": 1e-4}
     runs = {}
     for cap in (100, 0):
-        refit_iter(cap)
+        monkeypatch.setattr(monte_carlo, "REFIT_ITER", cap)
+        caps_traced.clear()
         runs[cap] = [replicate_gaps(keys, *args, estimator_params=params, safeguard_radius=b) for b in (None, 1e3)]
+        # a function per cap (the cap is part of its key), none under the safeguard (traced once, in the first pass)
+        assert caps_traced == ([100, None] if cap == 100 else [0])
     (full, full_guarded), (capped, capped_guarded) = runs[100], runs[0]
     assert bool(jnp.all(full.mle_exists)) and bool(jnp.all(full_guarded.valid))
     refits_capped = replicate_gaps(keys, *args, estimator_params={**params, "fallback_iter": 0}, safeguard_radius=1e3)
     assert not bool(jnp.any(refits_capped.valid))  # every replicate needed its refit
     np.testing.assert_array_equal(capped.mle_exists, full.mle_exists)
     np.testing.assert_allclose(capped.gap, full.gap, rtol=1e-9, atol=0)
-    np.testing.assert_allclose(capped.theta_hat, full.theta_hat, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(capped.theta_hat, full.theta_hat, rtol=1e-9, atol=1e-9)
     for a, b in zip(capped_guarded, full_guarded):
         np.testing.assert_array_equal(a, b)
+    # a ridge: 20 labels on a 6-completion tabular world, half the replicates separable
+    tab = tabular_world(jax.random.PRNGKey(12), num_completions=6, theta_scale=0.5)
+    e6 = enumerate_edges(tab.train.features, tab.train.log_ref)
+    c6 = np.asarray(sample_allocation(jax.random.PRNGKey(13), uniform_weights(e6), 20).dense_counts(e6.num_edges))
+    args6 = (tab.theta_star, e6.diffs, c6, tab.beta, tab.eval)
+    k6 = jax.random.split(jax.random.PRNGKey(14), 40)
+    ridged = {}
+    for cap in (100, 0):
+        monkeypatch.setattr(monte_carlo, "REFIT_ITER", cap)
+        ridged[cap] = replicate_gaps(k6, *args6, estimator_params={"ridge": 1e-6})
+    plain = replicate_gaps(k6, *args6)
+    assert 0.2 < float(jnp.mean(plain.mle_exists)) < 0.8 and bool(jnp.all(ridged[0].valid))
+    for a, b in zip(ridged[0], ridged[100]):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ridged[0].mle_exists, plain.mle_exists)  # the unpenalised MLE's existence
+    exists = np.asarray(plain.mle_exists)  # where the MLE exists, a ridge of 1e-6 a label barely moves it
+    assert np.all(np.isfinite(np.asarray(ridged[0].theta_hat)))
+    np.testing.assert_allclose(np.asarray(ridged[0].theta_hat)[exists], np.asarray(plain.theta_hat)[exists], rtol=0, atol=1e-3)
 
 
 @pytest.mark.slow
