@@ -161,8 +161,9 @@ def use_classic_emitters() -> bool:
     ``XLA_FLAGS`` (the user's) is left alone. The first call tries the flag in a child
     process (about 2 s) and keeps the answer in the environment for later calls and children.
     """
-    if _setting() is not None:
-        return _setting() == "classic"
+    setting = _setting()
+    if setting is not None:
+        return setting == "classic"
     if not _supported():
         return False
     flags = os.environ.get("XLA_FLAGS", "")

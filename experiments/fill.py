@@ -208,9 +208,9 @@ def run_tasks(todo, jobs: int, progress: bool = True, cache_dir: str | None = No
     if not todo:
         return done
     ctx = multiprocessing.get_context("spawn")  # JAX is not fork-safe
-    pool = ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx, initializer=_start_worker, initargs=(cache_dir,))
-    queue, running, started, ended = list(todo), {}, set(), set()
     workers = min(jobs, len(todo))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_start_worker, initargs=(cache_dir,))
+    queue, running, started, ended = list(todo), {}, set(), set()
     try:
         with tqdm(total=len(queue), desc=f"records ({jobs} workers)", unit="task", disable=not progress) as bar:
             while queue or running:

@@ -12,6 +12,7 @@ import pytest
 from hydra import compose, initialize_config_module
 
 from experiments import sweep
+from experiments.compiled import _supported
 from synthetic.designs import DESIGNS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -227,13 +228,7 @@ def test_each_computed_cell_releases_compiled_code_when_needed(tmp_path, monkeyp
     assert len(calls) == 2
 
 
-def _classic_emitters_supported():
-    from experiments.compiled import _supported
-
-    return _supported()
-
-
-@pytest.mark.skipif(not _classic_emitters_supported(), reason="this jaxlib does not accept XLA's classic-emitter flag")
+@pytest.mark.skipif(not _supported(), reason="this jaxlib does not accept XLA's classic-emitter flag")
 def test_classic_emitters_are_set_before_the_first_computation_and_only_then():
     """``use_classic_emitters`` in fresh processes (the suite's own setting removed): it adds the
     flag to ``XLA_FLAGS`` for this process and its children and says so; a process whose JAX
@@ -279,7 +274,7 @@ print(on, emitters(), repr(os.environ.get("XLA_FLAGS", "")), repr(child), os.env
     assert _accepts(CLASSIC_EMITTERS) and not _accepts("--xla_no_such_flag_whichpairs=1")
 
 
-@pytest.mark.skipif(not _classic_emitters_supported(), reason="this jaxlib does not accept XLA's classic-emitter flag")
+@pytest.mark.skipif(not _supported(), reason="this jaxlib does not accept XLA's classic-emitter flag")
 def test_the_sweep_app_computes_its_records_with_classic_emitters_and_keys_them_so(tmp_path, monkeypatch):
     """The sweep app, and ``run_jobs`` in a fresh process, started without any XLA setting compute
     with the classic emitters: each record's code version is the one this process (the suite: classic emitters) computes, and a
