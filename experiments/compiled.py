@@ -116,7 +116,7 @@ def _backends_initialized() -> bool:
         return True
 
 
-def _accepts(extra: str) -> bool:
+def accepts_flags(extra: str) -> bool:
     """Whether a child process with ``extra`` added to ``XLA_FLAGS`` compiles and runs a program
     (XLA aborts the process on a flag it does not know, so it cannot be tried here)."""
     flags = (os.environ.get("XLA_FLAGS", "") + " " + extra).strip()
@@ -138,9 +138,9 @@ def _supported() -> bool:
     got_version, _, answer = os.environ.get(_PROBED, "").rpartition(":")
     if got_version == version and answer in ("0", "1"):
         return answer == "1"
-    if _accepts(CLASSIC_EMITTERS):
+    if accepts_flags(CLASSIC_EMITTERS):
         answer = "1"
-    elif _accepts(""):
+    elif accepts_flags(""):
         answer = "0"
         log.info("jaxlib %s does not accept %s: XLA's default CPU emitters", version, CLASSIC_EMITTERS)
     else:

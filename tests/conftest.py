@@ -6,7 +6,7 @@ tests that build the same computation again load it instead of compiling it. The
 is keyed by the computation and the JAX version, so it changes no number; it lives in
 a temporary folder removed at exit unless ``JAX_COMPILATION_CACHE_DIR`` is already set.
 The tests compile with XLA's classic CPU emitters where the installed jaxlib has them
-(:data:`CLASSIC_EMITTERS`).
+(:data:`CLASSIC_EMITTERS`), and with XLA's cheapest code generation (:data:`FAST_COMPILE`).
 """
 
 import atexit
@@ -18,9 +18,20 @@ import tempfile
 # (experiments.compiled.use_classic_emitters: the suite is mostly compilation of small
 # programs, which they make about 1.35x faster, BENCHMARKS.md section 4d). Set
 # XLA_FLAGS=--xla_cpu_use_fusion_emitters=true to test with XLA's default emitters.
-from experiments.compiled import CLASSIC_EMITTERS, use_classic_emitters  # noqa: E402
+from experiments.compiled import CLASSIC_EMITTERS, accepts_flags, use_classic_emitters  # noqa: E402
 
 use_classic_emitters()
+
+# XLA's cheapest code generation (LLVM at -O0, its expensive passes off), for the tests and
+# their subprocesses: compiling small programs is most of the suite, and this compiles them
+# about 3x faster (the whole suite 1.17x faster on 2 cores, BENCHMARKS.md section 4k) at the
+# price of slower compiled loops. The apps keep XLA's optimisation, so the suite checks the
+# same code at another optimisation level: numbers agree to rounding, not bit for bit, with
+# records the apps write. Set XLA_FLAGS=--xla_backend_optimization_level=3 to test with
+# the apps' setting (the suite passes with both).
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", "") and accepts_flags(FAST_COMPILE):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + FAST_COMPILE).strip()
 
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _CACHE = tempfile.mkdtemp(prefix="jax-cache-tests-")
@@ -49,7 +60,9 @@ jax.config.update(
 def pytest_report_header(config):
     flags = os.environ.get("XLA_FLAGS", "")
     used = CLASSIC_EMITTERS in flags
-    return f"XLA_FLAGS: {flags or '(none)'} ({'classic CPU emitters' if used else 'XLA default emitters'})"
+    fast = FAST_COMPILE in flags
+    return (f"XLA_FLAGS: {flags or '(none)'} ({'classic CPU emitters' if used else 'XLA default emitters'}; "
+            f"{'LLVM -O0, as the suite sets it' if fast else 'the optimisation level XLA_FLAGS gives'})")
 
 
 @pytest.fixture

@@ -175,12 +175,15 @@ def test_certificate_shrinks_to_requested_tolerance_and_bounds_every_iterate():
     rng = np.random.default_rng(9)
     diffs, theta, curv, _ = _instance(rng, m=6, k=5, d=4)
     ref, _ = _cvxpy_optimum(diffs, theta, curv, 1.0, "L")
-    previous = np.inf
     for tol in [1e-1, 1e-2, 1e-3, 1e-5]:
         sol = optimal_design(jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), 1.0, tol=tol)
         assert sol.converged and sol.relative_certificate <= tol
-        assert sol.certificate <= previous + 1e-12
-        previous = sol.certificate
+        # No order between the runs' final certificates: a looser run may stop at a better
+        # point (its Newton polish, tried only while the certificate exceeds tol, can land on
+        # the optimum: with LLVM -O0 the 1e-2 run ended at 9e-15, the 1e-3 run at 4e-5).
+        # What each run promises is its own: the certificate within tol, and below it the
+        # true suboptimality against cvxpy's optimum.
+        assert sol.value - ref <= sol.certificate + 1e-9 * ref
         hist = sol.history
         # Valid at every iterate: Phi(w_t) - Phi* <= cert(w_t).
         assert np.all(hist.value - ref <= hist.certificate + 1e-9 * ref)

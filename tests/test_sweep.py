@@ -238,7 +238,7 @@ def test_classic_emitters_are_set_before_the_first_computation_and_only_then():
     aborts a process on a flag it does not know."""
     import jaxlib
 
-    from experiments.compiled import CLASSIC_EMITTERS, _accepts
+    from experiments.compiled import CLASSIC_EMITTERS, accepts_flags
 
     code = """
 import os, subprocess, sys
@@ -271,7 +271,7 @@ print(on, emitters(), repr(os.environ.get("XLA_FLAGS", "")), repr(child), os.env
         assert run("fresh", XLA_FLAGS=user) == f"{setting == 'classic'} {setting} {user!r} {user!r} None"
     assert run("fresh", WHICHPAIRS_XLA_CLASSIC_EMITTERS=f"{jaxlib.__version__}:0") == f"False default '' '' {jaxlib.__version__}:0"
     assert run("fresh", WHICHPAIRS_XLA_CLASSIC_EMITTERS="0.0.0:0") == f"True classic {flag} {flag} {probed}"
-    assert _accepts(CLASSIC_EMITTERS) and not _accepts("--xla_no_such_flag_whichpairs=1")
+    assert accepts_flags(CLASSIC_EMITTERS) and not accepts_flags("--xla_no_such_flag_whichpairs=1")
 
 
 @pytest.mark.skipif(not _supported(), reason="this jaxlib does not accept XLA's classic-emitter flag")
