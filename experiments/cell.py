@@ -37,7 +37,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from experiments.compiled import emitters, use_classic_emitters
+from experiments.compiled import emitters, other_flags, use_classic_emitters
 from experiments.worlds import WORLDS, make_world
 from synthetic.adaptive import run_adaptive
 from synthetic.designs import DESIGNS, design_problem, run_design
@@ -135,13 +135,18 @@ def code_version(imports: tuple = (), design: str | None = None) -> str:
     notebook, an interactive session), the JAX, jaxlib and NumPy versions, and the CPU
     emitters XLA compiles with in this process (:func:`experiments.compiled.emitters`:
     the apps use XLA's classic ones, a process that computed with JAX before asking keeps
-    the default ones, and the two can differ at a capped design's near ties). Any edit to
+    the default ones, and the two can differ at a capped design's near ties) and any other
+    setting in ``XLA_FLAGS`` (:func:`experiments.compiled.other_flags`: the test suite's
+    ``--xla_backend_optimization_level=0``, for one, so its records never pass for the
+    apps'). Any edit to
     these, committed or not, gives a new version. Raises ``KeyError`` if ``design`` is
     given but not registered in this process.
     """
     imports = tuple(imports)
     h = hashlib.sha256(_files_version(imports).encode())
     h.update(f"xla cpu emitters: {emitters()}".encode())
+    if other_flags():  # none in the apps' default runs, whose versions this leaves as they were
+        h.update(f"xla flags: {' '.join(other_flags())}".encode())
     if design is not None:
         h.update(_design_source(design, imports))
     return h.hexdigest()[:12]

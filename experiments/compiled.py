@@ -33,7 +33,7 @@ import jax
 
 from theory.checked import check_argument
 
-__all__ = ["CLASSIC_EMITTERS", "emitters", "mapped_regions", "max_map_count", "release_compiled", "use_classic_emitters"]
+__all__ = ["CLASSIC_EMITTERS", "accepts_flags", "emitters", "other_flags", "mapped_regions", "max_map_count", "release_compiled", "use_classic_emitters"]
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,25 @@ def emitters() -> str:
     backend (or to make the processes it starts match this one), so this is what the process
     compiles with."""
     return _setting() or "default"
+
+
+def other_flags() -> tuple[str, ...]:
+    """The settings in ``XLA_FLAGS`` other than the CPU emitters' (which :func:`emitters`
+    reports), one ``--name=value`` per flag (its last setting), sorted by name; ``()`` where
+    there are none, as for the apps run without ``XLA_FLAGS``.
+
+    Part of every record's code version (:func:`experiments.cell.code_version`): a flag such
+    as ``--xla_backend_optimization_level`` changes the compiled code and so, by rounding, a
+    capped design's nearly tied allocation, as the emitters do. Flags that change no number
+    (a dump folder) also give a new version: a needless recomputation, never a mix. A
+    ``--flagfile`` is seen by its name, not its contents.
+    """
+    last: dict[str, str] = {}
+    for tok in os.environ.get("XLA_FLAGS", "").split():
+        name = tok.partition("=")[0]
+        if name != _FLAG:
+            last[name] = tok
+    return tuple(last[name] for name in sorted(last))
 
 
 def _backends_initialized() -> bool:

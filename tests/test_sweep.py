@@ -229,6 +229,25 @@ def test_each_computed_cell_releases_compiled_code_when_needed(tmp_path, monkeyp
 
 
 @pytest.mark.skipif(not _supported(), reason="this jaxlib does not accept XLA's classic-emitter flag")
+def test_other_xla_flags_are_each_flags_last_setting_without_the_emitters(monkeypatch):
+    from experiments.cell import code_version
+    from experiments.compiled import other_flags
+
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert other_flags() == ()
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_fusion_emitters=false")
+    assert other_flags() == ()
+    base = code_version()
+    monkeypatch.setenv("XLA_FLAGS", " --xla_llvm_disable_expensive_passes=true --xla_cpu_use_fusion_emitters=false "
+                       "--xla_backend_optimization_level=0 --xla_backend_optimization_level=3")
+    assert other_flags() == ("--xla_backend_optimization_level=3", "--xla_llvm_disable_expensive_passes=true")
+    changed = code_version()
+    assert changed != base
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=3 --xla_llvm_disable_expensive_passes=true "
+                       "--xla_cpu_use_fusion_emitters=false")
+    assert code_version() == changed  # the same settings in another order: the same compiled code
+
+
 def test_classic_emitters_are_set_before_the_first_computation_and_only_then():
     """``use_classic_emitters`` in fresh processes (the suite's own setting removed): it adds the
     flag to ``XLA_FLAGS`` for this process and its children and says so; a process whose JAX
@@ -295,6 +314,11 @@ def test_the_sweep_app_computes_its_records_with_classic_emitters_and_keys_them_
     metas = [read_cell(path)[1] for path in sorted(tmp_path.glob("*.npz"))]
     assert len(metas) == 2
     assert "--xla_cpu_use_fusion_emitters=false" in os.environ.get("XLA_FLAGS", "")
+    # the apps' setting: the classic emitters and no other XLA flag
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_fusion_emitters=false")
     assert all(meta["code_version"] == record_code_version(meta) for meta in metas)
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_fusion_emitters=true")
+    assert all(meta["code_version"] != record_code_version(meta) for meta in metas)
+    # another XLA flag changes the compiled code, so the version too (the suite's LLVM -O0 among them)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_fusion_emitters=false --xla_backend_optimization_level=0")
     assert all(meta["code_version"] != record_code_version(meta) for meta in metas)
