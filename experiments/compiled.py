@@ -33,7 +33,7 @@ import jax
 
 from theory.checked import check_argument
 
-__all__ = ["CLASSIC_EMITTERS", "accepts_flags", "emitters", "other_flags", "mapped_regions", "max_map_count", "release_compiled", "use_classic_emitters"]
+__all__ = ["CLASSIC_EMITTERS", "accepts_flags", "emitters", "other_flags", "mapped_regions", "xla_flags", "max_map_count", "release_compiled", "use_classic_emitters"]
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +88,18 @@ _FLAG = "--xla_cpu_use_fusion_emitters"
 _PROBED = "WHICHPAIRS_XLA_CLASSIC_EMITTERS"
 
 
+def xla_flags() -> dict[str, str]:
+    """``XLA_FLAGS`` as ``{name: its last setting}``, e.g. ``{"--xla_cpu_use_fusion_emitters":
+    "--xla_cpu_use_fusion_emitters=false"}`` (XLA keeps a flag's last setting)."""
+    return {tok.partition("=")[0]: tok for tok in os.environ.get("XLA_FLAGS", "").split()}
+
+
 def _setting() -> str | None:
     """The CPU emitters ``XLA_FLAGS`` sets (its last setting of the flag), or ``None``."""
-    setting = None
-    for tok in os.environ.get("XLA_FLAGS", "").split():
-        if tok == _FLAG or tok.startswith(_FLAG + "="):
-            setting = "classic" if tok.partition("=")[2].strip().lower() in ("false", "0") else "default"
-    return setting
+    tok = xla_flags().get(_FLAG)
+    if tok is None:
+        return None
+    return "classic" if tok.partition("=")[2].strip().lower() in ("false", "0") else "default"
 
 
 def emitters() -> str:
@@ -116,12 +121,8 @@ def other_flags() -> tuple[str, ...]:
     (a dump folder) also give a new version: a needless recomputation, never a mix. A
     ``--flagfile`` is seen by its name, not its contents.
     """
-    last: dict[str, str] = {}
-    for tok in os.environ.get("XLA_FLAGS", "").split():
-        name = tok.partition("=")[0]
-        if name != _FLAG:
-            last[name] = tok
-    return tuple(last[name] for name in sorted(last))
+    flags = xla_flags()
+    return tuple(flags[name] for name in sorted(flags) if name != _FLAG)
 
 
 def _backends_initialized() -> bool:

@@ -18,7 +18,7 @@ import tempfile
 # (experiments.compiled.use_classic_emitters: the suite is mostly compilation of small
 # programs, which they make about 1.35x faster, BENCHMARKS.md section 4d). Set
 # XLA_FLAGS=--xla_cpu_use_fusion_emitters=true to test with XLA's default emitters.
-from experiments.compiled import CLASSIC_EMITTERS, accepts_flags, use_classic_emitters  # noqa: E402
+from experiments.compiled import CLASSIC_EMITTERS, accepts_flags, use_classic_emitters, xla_flags  # noqa: E402
 
 use_classic_emitters()
 
@@ -42,8 +42,7 @@ def _fast_compile_accepted() -> bool:
     return os.environ[_FAST_PROBED] == "1"
 
 
-_set = {tok.partition("=")[0] for tok in os.environ.get("XLA_FLAGS", "").split()}
-if not _set & {flag.partition("=")[0] for flag in FAST_COMPILE.split()} and _fast_compile_accepted():
+if not xla_flags().keys() & {flag.partition("=")[0] for flag in FAST_COMPILE.split()} and _fast_compile_accepted():
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + FAST_COMPILE).strip()
 
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:

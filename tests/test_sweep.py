@@ -228,7 +228,6 @@ def test_each_computed_cell_releases_compiled_code_when_needed(tmp_path, monkeyp
     assert len(calls) == 2
 
 
-@pytest.mark.skipif(not _supported(), reason="this jaxlib does not accept XLA's classic-emitter flag")
 def test_other_xla_flags_are_each_flags_last_setting_without_the_emitters(monkeypatch):
     from experiments.cell import code_version
     from experiments.compiled import other_flags
@@ -248,6 +247,7 @@ def test_other_xla_flags_are_each_flags_last_setting_without_the_emitters(monkey
     assert code_version() == changed  # the same settings in another order: the same compiled code
 
 
+@pytest.mark.skipif(not _supported(), reason="this jaxlib does not accept XLA's classic-emitter flag")
 def test_classic_emitters_are_set_before_the_first_computation_and_only_then():
     """``use_classic_emitters`` in fresh processes (the suite's own setting removed): it adds the
     flag to ``XLA_FLAGS`` for this process and its children and says so; a process whose JAX
