@@ -21,6 +21,7 @@ share them whichever process runs them; the numbers do not depend on it.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import hashlib
@@ -56,6 +57,12 @@ REPLICATE_CHUNK = 50
 #: code version of every record). Plotting, records I/O and the summary are not here.
 CELL_CODE = ("theory", "synthetic", "experiments.cell", "experiments.worlds")
 _VERSIONED = ("jax", "jaxlib", "numpy")
+
+#: An adaptive design's runs, per chunk of replicates, kept for the next cells of this process
+#: (:func:`_adaptive_runs`): its labels do not depend on the estimator, and the figures fit the
+#: same runs with several (MAP at every budget, the plain MLE at the largest).
+_ADAPTIVE_RUNS: collections.OrderedDict = collections.OrderedDict()
+_ADAPTIVE_RUNS_MAX = 8
 
 
 def _defaults(fn, skip=()) -> dict:
@@ -289,12 +296,39 @@ def _run_cell(cfg: DictConfig, progress: bool = False) -> dict:
     }
 
 
+def _adaptive_runs(cfg, start: int, run):
+    """``run()`` (an adaptive design's outputs for the chunk of replicates from ``start``), or the
+    outputs an earlier cell of this process got for the same chunk.
+
+    The outputs depend on everything that sets the design's inputs in :func:`_run_cell`: the
+    world and its seed, the design and its parameters, the budget, the seed and the number of
+    replicates (the keys), and not on the estimator, which only fits the labels bought. The
+    last :data:`_ADAPTIVE_RUNS_MAX` chunks are kept, their arrays read-only."""
+    key = json.dumps({"world": OmegaConf.to_container(cfg.world, resolve=True), "world_seed": cfg.world_seed,
+                      "design": cfg.design.name, "params": OmegaConf.to_container(cfg.design.params, resolve=True),
+                      "budget": cfg.budget, "seed": cfg.seed, "replicates": cfg.num_replicates, "start": start},
+                     sort_keys=True, default=str)
+    if key in _ADAPTIVE_RUNS:
+        _ADAPTIVE_RUNS.move_to_end(key)
+        return _ADAPTIVE_RUNS[key]
+    outs = run()
+    for out in outs:
+        for a in out.pilot or ():
+            if isinstance(a, np.ndarray):
+                a.setflags(write=False)
+    _ADAPTIVE_RUNS[key] = outs
+    while len(_ADAPTIVE_RUNS) > _ADAPTIVE_RUNS_MAX:
+        _ADAPTIVE_RUNS.popitem(last=False)
+    return outs
+
+
 def _run_adaptive_cell(cfg, world, problem, name, params, keys, est, progress) -> dict:
     """An adaptive design's records: the design runs once per replicate (its selections
     depend on the labels it buys), with the replicate's key, all replicates of a chunk in
     lock-step (:func:`synthetic.adaptive.run_adaptive`); each replicate trains on exactly
-    the labels it bought (passed as its pilot, so nothing is redrawn). Same columns as
-    the non-adaptive path; ``predicted_gap`` is the asymptotic gap of the mean allocation
+    the labels it bought (passed as its pilot, so nothing is redrawn); a chunk's runs are
+    shared with the next cells of this process that differ only in the estimator
+    (:func:`_adaptive_runs`). Same columns as the non-adaptive path; ``predicted_gap`` is the asymptotic gap of the mean allocation
     over replicates (one value for the cell)."""
     r, e = cfg.num_replicates, problem.num_edges
     chunk = min(REPLICATE_CHUNK, r)
@@ -302,7 +336,7 @@ def _run_adaptive_cell(cfg, world, problem, name, params, keys, est, progress) -
     mean_counts = np.zeros(e)
     with tqdm(total=r, desc=f"{name} n={cfg.budget}", unit="rep", leave=False, disable=not progress) as bar:
         for start in range(0, r, chunk):
-            outs = run_adaptive(name, keys[start : start + chunk], problem, cfg.budget, **params)
+            outs = _adaptive_runs(cfg, start, lambda: run_adaptive(name, keys[start : start + chunk], problem, cfg.budget, **params))
             for i, out in enumerate(outs):
                 c, w = (np.asarray(a, np.float64) for a in out.pilot)
                 mean_counts += c / r

@@ -252,3 +252,38 @@ def test_an_adaptive_cell_runs_per_replicate_with_the_usual_columns():
     assert np.all(np.isfinite(rec["gap"])) and np.all(rec["gap"] >= 0) and np.all(rec["valid"])
     assert np.all(rec["labels_spent"] == 60) and np.all(rec["predicted_gap"] == rec["predicted_gap"][0])
     assert len(set(np.round(rec["gap"], 12))) == 3  # each replicate bought its own labels
+
+
+def test_an_adaptive_cells_runs_serve_the_next_estimator_and_equal_a_fresh_run(monkeypatch):
+    """The figures fit one adaptive run with MAP and with the plain MLE: the second cell takes the
+    first one's runs (the design runs once), and its records equal those it gets with no runs kept."""
+    from hydra import compose, initialize_config_module
+
+    import experiments.cell as cell
+
+    calls = []
+    real = cell.run_adaptive
+
+    def counted(name, keys, *args, **kwargs):
+        calls.append((name, tuple(np.asarray(jax.random.key_data(keys)).ravel().tolist())))
+        return real(name, keys, *args, **kwargs)
+
+    monkeypatch.setattr(cell, "run_adaptive", counted)
+    monkeypatch.setattr(cell, "_ADAPTIVE_RUNS", type(cell._ADAPTIVE_RUNS)())
+    base = ["design=adpo_adaptive", "budget=60", "num_replicates=3", "design.params.round_size=20",
+            "world.params.num_train_prompts=6", "world.params.num_eval_prompts=10", "world.params.num_completions=5"]
+    with initialize_config_module(config_module="experiments.conf", version_base=None):
+        cfg_map = compose(config_name="sweep", overrides=[*base, "estimator=map"])
+        cfg_mle = compose(config_name="sweep", overrides=[*base, "estimator=newton"])
+        cfg_other = compose(config_name="sweep", overrides=[*base, "estimator=newton", "seed=1"])
+        rec_map = cell.run_cell(cfg_map)
+        rec_mle = cell.run_cell(cfg_mle)
+        assert len(calls) == 1  # the design ran once for both estimators
+        cell.run_cell(cfg_other)
+        assert len(calls) == 2 and calls[1] != calls[0]  # another seed: other keys, run again
+        cell._ADAPTIVE_RUNS.clear()
+        fresh = cell.run_cell(cfg_mle)
+        assert len(calls) == 3
+    for k in rec_mle:
+        assert np.array_equal(rec_mle[k], fresh[k]), k
+    assert not np.array_equal(rec_map["gap"], rec_mle["gap"])  # another estimator on the same labels
