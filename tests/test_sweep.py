@@ -119,6 +119,31 @@ def test_sweep_expands_experiment_grids_and_command_line_lists():
     assert len({tuple(sorted(j)) for j in jobs}) == len(jobs)  # no job twice
 
 
+def test_jobs_composed_once_per_group_equal_jobs_composed_one_by_one():
+    """run_jobs composes a job that differs from an earlier one only in budget= and seed= values
+    as a copy with those values set; each config must equal Hydra's own composition of the job."""
+    from omegaconf import OmegaConf
+
+    jobs = [["design=uniform", "budget=100", "seed=0"], ["design=uniform", "budget=300", "seed=0"],
+            ["design=uniform", "budget=300", "seed=2"], ["design=oracle", "budget=300"], ["design=oracle", "budget=1000"],
+            ["design=uniform", "seed=1", "budget=100"], ["design=uniform", "budget=100"], ["design=uniform", "budget=100", "estimator=map"],
+            ["design=uniform", "budget=30", "estimator=map", "world=tabular"], ["design=uniform", "budget=60", "estimator=map", "world=tabular"],
+            ["experiment=figure1_tabular", "design=first_two", "budget=3000", "seed=5"],
+            ["experiment=figure1_tabular", "design=first_two", "budget=100", "seed=0"],
+            ["experiment=figure1_tabular", "design=first_two", "budget=300"]]
+    fast = sweep._compose_jobs(jobs)
+    assert sum(1 for i, c in enumerate(fast) if any(c is f for f in fast[:i])) == 0  # no config shared
+    for job, got in zip(jobs, fast):
+        want = sweep.compose_job(job, hydra_node=True)
+        a, b = OmegaConf.to_container(got), OmegaConf.to_container(want)
+        ha, hb = a.pop("hydra"), b.pop("hydra")
+        assert a == b, job
+        assert ha["runtime"]["choices"] == hb["runtime"]["choices"], job
+        assert [type(got[k]) for k in ("budget", "seed")] == [int, int]
+    assert [c.budget for c in fast] == [100, 300, 300, 300, 1000, 100, 100, 100, 30, 60, 3000, 100, 300]
+    assert [c.seed for c in fast[:3]] == [0, 0, 2] and fast[5].seed == 1 and [c.seed for c in fast[-3:]] == [5, 0, 0]
+
+
 def test_every_registered_design_has_a_config_with_its_defaults():
     with initialize_config_module(config_module="experiments.conf", version_base=None):
         for name, spec in DESIGNS.items():
