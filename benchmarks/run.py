@@ -527,6 +527,8 @@ def bench_figures(quick: bool, out: str | None = None, jobs: int = 1) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "experiments.figures", "--no-progress", "--out", out or f"{tmp}/fig", "--results", f"{tmp}/res",
                "--jobs", str(jobs)]
+        if jobs > 1:
+            cmd += ["--task-times", f"{tmp}/tasks.json"]
         if quick:
             cmd.append("--small")
         t0 = time.perf_counter()
@@ -540,7 +542,10 @@ def bench_figures(quick: bool, out: str | None = None, jobs: int = 1) -> dict:
             if m:
                 per[m[1]] = float(m[2])
         cells = sum(1 for _ in Path(tmp, "res").rglob("*.npz"))
-    return {"wall_s": wall, "per_figure_s": per, "cells": cells, "s_per_cell": wall / max(cells, 1), "small": quick, "jobs": jobs}
+        done = json.loads(Path(tmp, "tasks.json").read_text()) if Path(tmp, "tasks.json").exists() else []
+    longest = sorted(done, key=lambda t: -t[1])[:12]
+    return {"wall_s": wall, "per_figure_s": per, "cells": cells, "s_per_cell": wall / max(cells, 1), "small": quick, "jobs": jobs,
+            "task_sum_s": sum(t[1] for t in done), "tasks": len(done), "longest_tasks": longest}
 
 
 # ---------------------------------------------------------------------------- report
@@ -719,6 +724,11 @@ def markdown(res: dict) -> str:
         for k, v in fg["per_figure_s"].items():
             L.append(f"| {k} | {v:.0f} |")
         L.append("")
+        if fg.get("longest_tasks"):
+            L += [f"The records' {fg['tasks']} tasks took {fg['task_sum_s']:.0f} s in all ({fg['jobs']} workers sharing the machine's cores); the longest:", "",
+                  "| task | s |", "|---|---:|"]
+            L += [f"| {label} | {sec:.0f} |" for label, sec in fg["longest_tasks"]]
+            L.append("")
         # measured by hand around this section (before/after runs, the design cache): kept in a file of their own
         history = ROOT / "benchmarks" / "figures_history.md"
         if history.exists() and not res.get("quick"):
