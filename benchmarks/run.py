@@ -545,7 +545,8 @@ def bench_figures(quick: bool, out: str | None = None, jobs: int = 1) -> dict:
         done = json.loads(Path(tmp, "tasks.json").read_text()) if Path(tmp, "tasks.json").exists() else []
     longest = sorted(done, key=lambda t: -t[1])[:12]
     return {"wall_s": wall, "per_figure_s": per, "cells": cells, "s_per_cell": wall / max(cells, 1), "small": quick, "jobs": jobs,
-            "task_sum_s": sum(t[1] for t in done), "tasks": len(done), "longest_tasks": longest}
+            "task_sum_s": sum(t[1] for t in done), "tasks": len(done), "longest_tasks": longest,
+            "task_groups_s": {g: round(sum(t[1] for t in done if t[0].split()[0] == g), 1) for g in sorted({t[0].split()[0] for t in done})}}
 
 
 # ---------------------------------------------------------------------------- report
@@ -729,6 +730,8 @@ def markdown(res: dict) -> str:
                   "| task | s |", "|---|---:|"]
             L += [f"| {label} | {sec:.0f} |" for label, sec in fg["longest_tasks"]]
             L.append("")
+            if fg.get("task_groups_s"):
+                L += ["Task time by experiment or figure: " + ", ".join(f"{g} {v:.0f} s" for g, v in fg["task_groups_s"].items()) + ".", ""]
         # measured by hand around this section (before/after runs, the design cache): kept in a file of their own
         history = ROOT / "benchmarks" / "figures_history.md"
         if history.exists() and not res.get("quick"):
