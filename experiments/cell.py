@@ -301,22 +301,28 @@ def _adaptive_runs(cfg, start: int, run):
     outputs an earlier cell of this process got for the same chunk.
 
     The outputs depend on everything that sets the design's inputs in :func:`_run_cell`: the
-    world and its seed, the design and its parameters, the budget, the seed and the number of
-    replicates (the keys), and not on the estimator, which only fits the labels bought. The
-    last :data:`_ADAPTIVE_RUNS_MAX` chunks are kept, their arrays read-only."""
+    world and its seed, the design and its parameters completed by its defaults, the budget,
+    the seed and the number of replicates (the keys), and not on the estimator, which only fits
+    the labels bought. An entry also holds the registered design and world constructor it was
+    made with, and serves only while both are still the registered ones (a design or world
+    registered again, with other code, runs afresh). The last :data:`_ADAPTIVE_RUNS_MAX` chunks
+    are kept, their arrays read-only."""
+    spec, maker = DESIGNS[cfg.design.name], WORLDS[cfg.world.name]
+    params = {**spec.params, **OmegaConf.to_container(cfg.design.params, resolve=True)}
     key = json.dumps({"world": OmegaConf.to_container(cfg.world, resolve=True), "world_seed": cfg.world_seed,
-                      "design": cfg.design.name, "params": OmegaConf.to_container(cfg.design.params, resolve=True),
-                      "budget": cfg.budget, "seed": cfg.seed, "replicates": cfg.num_replicates, "start": start},
-                     sort_keys=True, default=str)
-    if key in _ADAPTIVE_RUNS:
+                      "design": cfg.design.name, "params": params, "budget": cfg.budget, "seed": cfg.seed,
+                      "replicates": cfg.num_replicates, "start": start}, sort_keys=True, default=str)
+    kept = _ADAPTIVE_RUNS.get(key)
+    if kept is not None and kept[0] is spec and kept[1] is maker:
         _ADAPTIVE_RUNS.move_to_end(key)
-        return _ADAPTIVE_RUNS[key]
+        return kept[2]
     outs = run()
     for out in outs:
         for a in out.pilot or ():
             if isinstance(a, np.ndarray):
                 a.setflags(write=False)
-    _ADAPTIVE_RUNS[key] = outs
+    _ADAPTIVE_RUNS[key] = (spec, maker, outs)
+    _ADAPTIVE_RUNS.move_to_end(key)
     while len(_ADAPTIVE_RUNS) > _ADAPTIVE_RUNS_MAX:
         _ADAPTIVE_RUNS.popitem(last=False)
     return outs

@@ -2,6 +2,7 @@
 re-implementation of its source rule, the loop against the two-stage design as its
 one-round special case, every bought label used, parameter errors, and a sweep cell."""
 
+import dataclasses
 import math
 
 import jax
@@ -284,6 +285,13 @@ def test_an_adaptive_cells_runs_serve_the_next_estimator_and_equal_a_fresh_run(m
         cell._ADAPTIVE_RUNS.clear()
         fresh = cell.run_cell(cfg_mle)
         assert len(calls) == 3
+        # the design registered again (another spec, as register_design(..., replace=True) makes): run afresh
+        monkeypatch.setitem(cell.DESIGNS, "adpo_adaptive", dataclasses.replace(cell.DESIGNS["adpo_adaptive"]))
+        again = cell.run_cell(cfg_mle)
+        assert len(calls) == 4
+        cell.run_cell(cfg_mle)
+        assert len(calls) == 4
     for k in rec_mle:
         assert np.array_equal(rec_mle[k], fresh[k]), k
+        assert np.array_equal(rec_mle[k], again[k]), k
     assert not np.array_equal(rec_map["gap"], rec_mle["gap"])  # another estimator on the same labels
