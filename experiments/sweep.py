@@ -293,7 +293,11 @@ def _compose_jobs(jobs) -> list[DictConfig]:
     for o in jobs:
         o = [str(x) for x in o]
         values = [x for x in o if _VALUE_OVERRIDE.fullmatch(x)]
-        key = (tuple(x for x in o if not _VALUE_OVERRIDE.fullmatch(x)), tuple(x.split("=", 1)[0] for x in values))
+        rest = tuple(x for x in o if not _VALUE_OVERRIDE.fullmatch(x))
+        if any(x.lstrip("+~").split("=", 1)[0].split("@", 1)[0] in ("budget", "seed") for x in rest):
+            out.append(compose_job(o, hydra_node=True))  # another form of override sets them too: Hydra's order decides
+            continue
+        key = (rest, tuple(x.split("=", 1)[0] for x in values))
         if key not in first:
             first[key] = compose_job(o, hydra_node=True)
             out.append(first[key])

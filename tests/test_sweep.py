@@ -130,7 +130,8 @@ def test_jobs_composed_once_per_group_equal_jobs_composed_one_by_one():
             ["design=uniform", "budget=30", "estimator=map", "world=tabular"], ["design=uniform", "budget=60", "estimator=map", "world=tabular"],
             ["experiment=figure1_tabular", "design=first_two", "budget=3000", "seed=5"],
             ["experiment=figure1_tabular", "design=first_two", "budget=100", "seed=0"],
-            ["experiment=figure1_tabular", "design=first_two", "budget=300"]]
+            ["experiment=figure1_tabular", "design=first_two", "budget=300"],
+            ["design=uniform", "++budget=7", "budget=9"], ["design=uniform", "budget=5", "++budget=7"]]
     fast = sweep._compose_jobs(jobs)
     assert sum(1 for i, c in enumerate(fast) if any(c is f for f in fast[:i])) == 0  # no config shared
     for job, got in zip(jobs, fast):
@@ -139,9 +140,10 @@ def test_jobs_composed_once_per_group_equal_jobs_composed_one_by_one():
         ha, hb = a.pop("hydra"), b.pop("hydra")
         assert a == b, job
         assert ha["runtime"]["choices"] == hb["runtime"]["choices"], job
+        assert OmegaConf.is_struct(got) == OmegaConf.is_struct(want) and OmegaConf.is_readonly(got) == OmegaConf.is_readonly(want), job
         assert [type(got[k]) for k in ("budget", "seed")] == [int, int]
-    assert [c.budget for c in fast] == [100, 300, 300, 300, 1000, 100, 100, 100, 30, 60, 3000, 100, 300]
-    assert [c.seed for c in fast[:3]] == [0, 0, 2] and fast[5].seed == 1 and [c.seed for c in fast[-3:]] == [5, 0, 0]
+    assert [c.budget for c in fast] == [100, 300, 300, 300, 1000, 100, 100, 100, 30, 60, 3000, 100, 300, 9, 7]
+    assert [c.seed for c in fast[:3]] == [0, 0, 2] and fast[5].seed == 1 and [c.seed for c in fast[10:13]] == [5, 0, 0]
 
 
 def test_every_registered_design_has_a_config_with_its_defaults():
