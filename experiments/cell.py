@@ -152,8 +152,9 @@ def code_version(imports: tuple = (), design: str | None = None) -> str:
     imports = tuple(imports)
     h = hashlib.sha256(_files_version(imports).encode())
     h.update(f"xla cpu emitters: {emitters()}".encode())
-    if other_flags():  # none in the apps' default runs, whose versions this leaves as they were
-        h.update(f"xla flags: {' '.join(other_flags())}".encode())
+    flags = other_flags()
+    if flags:  # none in the apps' default runs, whose versions this leaves as they were
+        h.update(f"xla flags: {' '.join(flags)}".encode())
     if design is not None:
         h.update(_design_source(design, imports))
     return h.hexdigest()[:12]

@@ -138,7 +138,7 @@ def fig1_records(results: Path, small: bool, progress: bool = True) -> dict:
         rows += got
         designs = sorted({r["design"] for r in got})
         with using_design_cache(results / exp / "design_cache"):  # the cells' solves, wherever they ran
-            band, n0 = bound_band(cfg, designs, sorted({r["budget"] for r in got}), [sweep.compose_job(j) for j in _first_per_design(jobs)])
+            band, n0 = bound_band(cfg, designs, sorted({r["budget"] for r in got}), sweep.compose_jobs(jobs))
         bands += [{"world": world, **b} for b in band]
         first = min(n0, key=n0.get) if n0 else ""
         panels.append({
@@ -150,19 +150,6 @@ def fig1_records(results: Path, small: bool, progress: bool = True) -> dict:
             "num_edges": _num_edges(cfg),
         })
     return {"gap": rows, "band": bands, "panels": panels}
-
-
-def _first_per_design(jobs) -> list:
-    """The first job of each set of overrides other than ``budget`` and ``seed``: a design's
-    parameters are those of its first job (:func:`bound_band`), so its other budgets and seeds
-    need not be composed (about 0.1 s each)."""
-    seen, out = set(), []
-    for job in jobs:
-        rest = tuple(o for o in job if not o.startswith(("budget=", "seed=")))
-        if rest not in seen:
-            seen.add(rest)
-            out.append(job)
-    return out
 
 
 def fig1_grids(world: str, small: bool) -> list[tuple[str, list[list[str]]]]:

@@ -261,7 +261,7 @@ def run_jobs(jobs, results_dir, progress: bool = True, desc: str = "cells") -> l
     files, in the order of ``jobs``.
     """
     use_classic_emitters()  # before check_jobs, whose checks are this process's first computation
-    cfgs = _compose_jobs([[*o, f"results_dir={results_dir}", f"progress={str(progress).lower()}"] for o in jobs])
+    cfgs = compose_jobs([[*o, f"results_dir={results_dir}", f"progress={str(progress).lower()}"] for o in jobs])
     check_jobs(cfgs, [" ".join(o) for o in jobs], jobs)
     for cfg in cfgs:
         with open_dict(cfg):
@@ -269,12 +269,12 @@ def run_jobs(jobs, results_dir, progress: bool = True, desc: str = "cells") -> l
     return [job(cfg) for cfg in tqdm(cfgs, desc=desc, unit="cell", disable=not progress)]
 
 
-#: Overrides :func:`_compose_jobs` applies to an earlier job's composed config instead of composing
+#: Overrides :func:`compose_jobs` applies to an earlier job's composed config instead of composing
 #: again: a plain integer for ``budget`` or ``seed``, top-level values that choose no config file.
 _VALUE_OVERRIDE = re.compile(r"(budget|seed)=[0-9]+")
 
 
-def _compose_jobs(jobs) -> list[DictConfig]:
+def compose_jobs(jobs) -> list[DictConfig]:
     """The composed config of every job (override lists), Hydra node included, as
     :func:`compose_job` gives it, composing once per set of overrides other than
     :data:`_VALUE_OVERRIDE` ones (Hydra composes in about 0.08 s; a sweep's jobs differ mostly

@@ -132,7 +132,7 @@ def test_jobs_composed_once_per_group_equal_jobs_composed_one_by_one():
             ["experiment=figure1_tabular", "design=first_two", "budget=100", "seed=0"],
             ["experiment=figure1_tabular", "design=first_two", "budget=300"],
             ["design=uniform", "++budget=7", "budget=9"], ["design=uniform", "budget=5", "++budget=7"]]
-    fast = sweep._compose_jobs(jobs)
+    fast = sweep.compose_jobs(jobs)
     assert sum(1 for i, c in enumerate(fast) if any(c is f for f in fast[:i])) == 0  # no config shared
     for job, got in zip(jobs, fast):
         want = sweep.compose_job(job, hydra_node=True)
