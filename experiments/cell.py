@@ -46,7 +46,7 @@ from synthetic.designs.cache import using_design_cache
 from synthetic.monte_carlo import ESTIMATORS, replicate_gaps
 from theory import asymptotic_gap
 
-__all__ = ["CELL_CODE", "REPLICATE_CHUNK", "cell_identity", "cell_id", "code_version", "record_code_version", "git_version", "run_cell", "float64", "one_blas_thread",
+__all__ = ["CELL_CODE", "REPLICATE_CHUNK", "cell_identity", "cell_id", "code_version", "record_code_version", "git_version", "run_cell", "allocation_draws", "float64", "one_blas_thread",
            "check_design_cache"]
 
 #: Replicates per compiled call: bounds memory and drives the progress bar; the
@@ -88,7 +88,13 @@ def cell_identity(cfg: DictConfig) -> dict:
         "budget": cfg.budget,
         "seed": cfg.seed,
         "num_replicates": cfg.num_replicates,
+        "allocation_draws": allocation_draws(cfg),
     }
+
+
+def allocation_draws(cfg) -> int:
+    """``cfg.allocation_draws`` (1 where the config has no such key): the allocations a cell draws from its design."""
+    return int(cfg.get("allocation_draws", 1) if "allocation_draws" in cfg else 1)
 
 
 def cell_id(cfg: DictConfig) -> tuple[str, dict]:
@@ -259,7 +265,12 @@ def run_cell(cfg: DictConfig, progress: bool = False) -> dict:
 
 
 def _run_cell(cfg: DictConfig, progress: bool = False) -> dict:
-    """Compute one cell's records (no record I/O; solved designs may come from the design cache): columns ``replicate``, ``gap``, ``valid``, ``mle_exists``, ``predicted_gap``, ``labels_spent``."""
+    """Compute one cell's records (no record I/O; solved designs may come from the design cache): columns ``replicate``, ``gap``, ``valid``, ``mle_exists``, ``predicted_gap``, ``labels_spent``,
+    ``allocation`` (the draw of the design's allocation the replicate was labelled on: the
+    replicates are split evenly among ``allocation_draws`` draws, each with its own key split
+    from the cell's design key; one draw uses that key itself) and ``allocation_random`` (the
+    allocation is a draw: a pilot, or draws that differ; with one draw, a second key's
+    allocation is compared)."""
     world = make_world(cfg.world, jax.random.key(cfg.world_seed))
     problem = design_problem(world)
     name = cfg.design.name
@@ -272,29 +283,43 @@ def _run_cell(cfg: DictConfig, progress: bool = False) -> dict:
                fit_dtype=cfg.estimator.get("fit_dtype"))
     if DESIGNS[name].adaptive:
         return _run_adaptive_cell(cfg, world, problem, name, params, keys, est, progress)
-    out = run_design(name, k_design, problem, cfg.budget, **params)
-    counts = out.dense_counts(problem.num_edges).astype(np.float64)
-    with tqdm(total=cfg.num_replicates, desc=f"{name} n={cfg.budget}", unit="rep", leave=False, disable=not progress) as bar:
-        res = replicate_gaps(
-            keys, world.theta_star, problem.edges.diffs, counts, world.beta, world.eval,
-            pilot=out.pilot, **est,
-            chunk_size=min(REPLICATE_CHUNK, cfg.num_replicates), progress=bar.update,
-        )
+    draws = allocation_draws(cfg)
+    if draws == 1:  # the design's one allocation, drawn with the cell's design key
+        groups, design_keys = [np.arange(cfg.num_replicates)], [k_design]
+    else:
+        groups, design_keys = np.array_split(np.arange(cfg.num_replicates), draws), list(jax.random.split(k_design, draws))
     ev = world.eval
-    w_hat = counts / counts.sum()
-    predicted = float(asymptotic_gap(w_hat, world.theta_star, ev.features, ev.log_ref, problem.edges.diffs, world.beta, cfg.budget, ev.prompt_weights))
     r = cfg.num_replicates
-    return {
-        "replicate": np.arange(r),
-        "gap": np.asarray(res.gap, np.float64),
-        "valid": np.asarray(res.valid, bool),
-        # the unpenalised MLE exists (no separation); reported, never used to drop replicates
-        "mle_exists": np.asarray(getattr(res, "mle_exists", res.valid), bool),
-        "predicted_gap": np.full(r, predicted),
-        # labels the design paid for: the budget, or more for designs that label a
-        # larger set and train on part of it (seed 004's protocol)
-        "labels_spent": np.full(r, int((out.info or {}).get("labels_spent", cfg.budget))),
-    }
+    cols = {"gap": np.zeros(r), "valid": np.zeros(r, bool), "mle_exists": np.zeros(r, bool), "predicted_gap": np.zeros(r),
+            "labels_spent": np.zeros(r, np.int64), "allocation": np.zeros(r, np.int64)}
+    drawn = []  # each draw's counts (None: a pilot's, random)
+    with tqdm(total=r, desc=f"{name} n={cfg.budget}", unit="rep", leave=False, disable=not progress) as bar:
+        for a, (group, kd) in enumerate(zip(groups, design_keys)):
+            out = run_design(name, kd, problem, cfg.budget, **params)
+            counts = out.dense_counts(problem.num_edges).astype(np.float64)
+            res = replicate_gaps(
+                keys[group], world.theta_star, problem.edges.diffs, counts, world.beta, world.eval,
+                pilot=out.pilot, **est,
+                chunk_size=min(REPLICATE_CHUNK, group.size), progress=bar.update,
+            )
+            w_hat = counts / counts.sum()
+            cols["gap"][group] = np.asarray(res.gap, np.float64)
+            cols["valid"][group] = np.asarray(res.valid, bool)
+            # the unpenalised MLE exists (no separation); reported, never used to drop replicates
+            cols["mle_exists"][group] = np.asarray(getattr(res, "mle_exists", res.valid), bool)
+            cols["predicted_gap"][group] = float(asymptotic_gap(w_hat, world.theta_star, ev.features, ev.log_ref, problem.edges.diffs,
+                                                                world.beta, cfg.budget, ev.prompt_weights))
+            # labels the design paid for: the budget, or more for designs that label a
+            # larger set and train on part of it (seed 004's protocol)
+            cols["labels_spent"][group] = int((out.info or {}).get("labels_spent", cfg.budget))
+            cols["allocation"][group] = a
+            drawn.append(None if out.pilot is not None else counts)
+    # Is the allocation itself a draw (a pilot's labels; a rounding the key decides)? With one
+    # draw the summary then says that its interval leaves the design's own randomness out.
+    if draws == 1 and drawn[0] is not None:
+        drawn.append(run_design(name, jax.random.fold_in(k_design, 1), problem, cfg.budget, **params).dense_counts(problem.num_edges))
+    random = any(c is None for c in drawn) or any(not np.array_equal(drawn[0], c) for c in drawn[1:])
+    return {"replicate": np.arange(r), **cols, "allocation_random": np.full(r, random)}
 
 
 def _adaptive_runs(cfg, start: int, run):
@@ -363,6 +388,8 @@ def _run_adaptive_cell(cfg, world, problem, name, params, keys, est, progress) -
         "mle_exists": exists,
         "predicted_gap": np.full(r, predicted),
         "labels_spent": np.full(r, int(cfg.budget)),
+        "allocation": np.arange(r),  # each replicate's own run of the design
+        "allocation_random": np.ones(r, bool),
     }
 
 

@@ -45,7 +45,7 @@ RECORD_FIELDS = ["replicate", "gap", "valid", "predicted_gap"]  # required; othe
 
 #: Columns of a summary row, in order (also the CSV header).
 SUMMARY_FIELDS = [
-    "world", "design", "config", "estimator", "budget", "labels_spent", "seed", "replicates", "valid_fraction", "mle_fraction",
+    "world", "design", "config", "estimator", "budget", "labels_spent", "seed", "replicates", "allocations", "valid_fraction", "mle_fraction",
     "mean_gap", "se", "ci_low", "ci_high", "predicted_gap", "ratio_to_prediction", "ratio_to_uniform",
     "code_version", "current_code", "cell", "note",
 ]
@@ -118,7 +118,7 @@ def _flatten(d, prefix=""):
     return out
 
 
-_IDENTITY = ("world", "world_seed", "design", "estimator", "budget", "seed", "num_replicates")
+_IDENTITY = ("world", "world_seed", "design", "estimator", "budget", "seed", "num_replicates", "allocation_draws")
 
 
 def _identity(meta) -> dict:
@@ -163,19 +163,67 @@ def _note(gap, valid, pred, code: CodeCheck, mle=None, estimator="newton") -> st
     return "; ".join(notes)
 
 
+def draws_mean_and_ci(gap, valid, allocation, level: float = 0.95) -> tuple[float, float, float, float, int]:
+    """``(mean, se, lo, hi, draws)`` of a cell's gap over its valid replicates, the design's
+    allocation draws taken into account.
+
+    ``allocation[i]`` is the draw of the design's allocation replicate ``i`` was labelled on.
+    Where every valid replicate has its own draw (adaptive designs), or all share one (a cell
+    of ``allocation_draws = 1``), the replicates are independent given what they share:
+    :func:`synthetic.monte_carlo.mean_and_ci` (over one draw, the interval is over label
+    sets given that allocation and says nothing of the design's own randomness). Otherwise
+    the replicates are clustered by draw, ``S`` draws with ``N_s`` valid replicates and sum
+    ``Y_s``: the mean is ``sum Y_s / N`` and its standard error the cluster-robust (CR1)
+    ``sqrt(S / (S - 1) * sum_s (Y_s - mean N_s)^2) / N`` (with equal ``N_s``, the standard
+    deviation of the draws' means over ``sqrt(S)``), which estimates the variance from the
+    draws and the labels together; the interval is ``mean -+ t se``, ``t`` the quantile of
+    Student's t with ``S - 1`` degrees of freedom. ``draws``: the number of draws with a
+    valid replicate. Fewer than two valid replicates, or a clustered cell with valid
+    replicates in one draw only: no number (``nan``).
+    """
+    gap, valid = np.asarray(gap, np.float64), np.asarray(valid, bool)
+    ok = gap[valid]
+    alloc = np.zeros(gap.size, np.int64) if allocation is None else np.asarray(allocation, np.int64)
+    labels, sizes = np.unique(alloc[valid], return_counts=True)
+    s = int(labels.size)
+    if ok.size < 2:
+        return (np.nan,) * 4 + (s,)
+    if np.unique(alloc).size == 1 or np.all(sizes == 1):
+        return (*mean_and_ci(ok, level), s)
+    if s < 2:
+        return (np.nan,) * 4 + (s,)
+    from scipy import stats
+
+    n = ok.size
+    mean = float(ok.sum() / n)
+    sums = np.bincount(np.searchsorted(labels, alloc[valid]), weights=ok, minlength=s)
+    se = float(np.sqrt(s / (s - 1) * np.sum((sums - mean * sizes) ** 2)) / n)
+    q = float(stats.t.ppf(0.5 + level / 2, s - 1))
+    return mean, se, mean - q * se, mean + q * se, s
+
+
 def summarise_cell(cols, meta, current_code="", level: float = 0.95) -> dict:
-    """One summary row of one record."""
+    """One summary row of one record (its interval: :func:`draws_mean_and_ci`)."""
     gap = np.asarray(cols["gap"], np.float64)
     valid = np.asarray(cols["valid"], bool)
     pred = float(np.mean(cols["predicted_gap"]))
     ok = gap[valid]
-    mean, se, lo, hi = mean_and_ci(ok, level) if ok.size >= 2 else (np.nan,) * 4
+    mean, se, lo, hi, draws = draws_mean_and_ci(gap, valid, cols.get("allocation"), level)
     # current_code: the version the current code gives this cell; None if it cannot be
     # computed here (design or module unavailable); "" to skip the check.
     stale = current_code != "" and meta["code_version"] != current_code
     code = CodeCheck.UNKNOWN if current_code is None else CodeCheck.STALE if stale else CodeCheck.CURRENT
     mle = np.asarray(cols["mle_exists"], bool) if "mle_exists" in cols else None
     note = _note(gap, valid, pred, code, mle, meta["estimator"]["name"])
+    made = 1 if cols.get("allocation") is None else int(np.unique(cols["allocation"]).size)
+    if 1 < made < gap.size:
+        why = (f"interval over {draws} draws of the design's allocation (t, {draws - 1} df)" if draws >= 2
+               else f"no interval: valid replicates in {draws} of {made} allocation draws")
+        note = "; ".join(x for x in (why, note) if x)
+    elif made == 1 and gap.size > 1 and bool(np.any(cols.get("allocation_random", False))):
+        why = ("interval over labels given one draw of the design's allocation, which is random here (a pilot, or a "
+               "rounding its key decides): the design's own randomness is not in it; allocation_draws >= 2 puts it in")
+        note = "; ".join(x for x in (why, note) if x)
     spent = int(cols["labels_spent"][0]) if "labels_spent" in cols and len(cols["labels_spent"]) else meta["budget"]
     if spent != meta["budget"]:
         note = "; ".join(x for x in (f"trained on {meta['budget']} of {spent} labels spent", note) if x)
@@ -184,7 +232,7 @@ def summarise_cell(cols, meta, current_code="", level: float = 0.95) -> dict:
         "estimator": meta["estimator"]["name"], "budget": meta["budget"],
         "labels_spent": spent,
         "seed": meta.get("seed"),
-        "replicates": int(gap.size), "valid_fraction": float(valid.mean()),
+        "replicates": int(gap.size), "allocations": draws, "valid_fraction": float(valid.mean()),
         "mle_fraction": float((valid if mle is None else mle).mean()),
         "mean_gap": mean, "se": se, "ci_low": lo, "ci_high": hi,
         "predicted_gap": pred, "ratio_to_prediction": mean / pred if pred > 0 and np.isfinite(pred) else np.nan,

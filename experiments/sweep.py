@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 
 
 #: The sweep's scalar settings and what each allows (specs of :mod:`theory.checked`).
-_SETTINGS = {"budget": "int >= 1", "num_replicates": "int >= 2", "seed": "int >= 0", "world_seed": "int >= 0",
+_SETTINGS = {"budget": "int >= 1", "num_replicates": "int >= 2", "allocation_draws": "int >= 1", "seed": "int >= 0", "world_seed": "int >= 0",
              "progress": "bool", "reuse_stale_records": "bool", "summary_only": "bool"}
 
 
@@ -84,6 +84,9 @@ def validate(cfg: DictConfig) -> None:
     check_argument("estimator.fit_dtype", cfg.estimator.get("fit_dtype"), "optional one of float32, float64", config=True)
     for key, spec in _SETTINGS.items():
         check_argument(key, cfg.get(key, False) if spec == "bool" else cfg[key], spec, config=True)
+    if cfg.allocation_draws > cfg.num_replicates:
+        raise ValueError(f"allocation_draws = {cfg.allocation_draws} exceeds num_replicates = {cfg.num_replicates}; "
+                         "allowed: an integer from 1 to num_replicates (the replicates are split among the draws)")
     if cfg.get("figure") is not None and not isinstance(cfg.figure, str):
         raise ValueError(f"figure must be null or a path prefix (a string), got {cfg.figure!r}")
     check_design_cache(cfg, writable=False)  # its writability: check_jobs, after results_dir's

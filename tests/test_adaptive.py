@@ -248,8 +248,9 @@ def test_an_adaptive_cell_runs_per_replicate_with_the_usual_columns():
             "world.params.num_train_prompts=6", "world.params.num_eval_prompts=10", "world.params.num_completions=5",
         ])
         rec = run_cell(cfg)
-    assert set(rec) == {"replicate", "gap", "valid", "mle_exists", "predicted_gap", "labels_spent"}
+    assert set(rec) == {"replicate", "gap", "valid", "mle_exists", "predicted_gap", "labels_spent", "allocation", "allocation_random"}
     assert all(len(v) == 3 for v in rec.values())
+    assert list(rec["allocation"]) == [0, 1, 2]  # each replicate its own draw of the design: the summary's plain interval
     assert np.all(np.isfinite(rec["gap"])) and np.all(rec["gap"] >= 0) and np.all(rec["valid"])
     assert np.all(rec["labels_spent"] == 60) and np.all(rec["predicted_gap"] == rec["predicted_gap"][0])
     assert len(set(np.round(rec["gap"], 12))) == 3  # each replicate bought its own labels

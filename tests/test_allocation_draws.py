@@ -1,0 +1,101 @@
+"""A cell's interval covers the design's own randomness (``allocation_draws``).
+
+Below one label per comparison (``budget <= E``) every design's allocation is a random
+draw (rounding at the caps), and a pilot's labels are random at every budget. A cell of one
+allocation gives an interval over label sets given that draw: across seeds its mean moves by
+more than its standard error says (measured on Figure 1's tabular world: up to 2.2 times).
+With ``allocation_draws = S`` the cell draws ``S`` allocations and the summary's interval is
+cluster-robust over them.
+"""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from experiments import records, sweep
+from experiments.cell import run_cell
+
+# d = 8 completions, E = 28 comparisons, 10 labels: uniform's allocation is a pivotal draw
+# of 10 of the 28 edges, and the gap depends strongly on which.
+CAPPED = ["world=tabular", "world.params.num_completions=8", "world.params.theta_scale=1.0", "design=uniform",
+          "design.params.max_labels_per_edge=auto", "budget=10", "estimator=map"]
+
+
+def test_the_cluster_robust_interval_matches_statsmodels_and_the_anova_pooling():
+    """The summary's mean, CR1 standard error and t interval over draws equal statsmodels' OLS of
+    the gaps on a constant with errors clustered by draw (unbalanced draws, invalid replicates
+    left out); with balanced draws the error equals Figure 6's between-cell error
+    (:func:`experiments.practical.pool_cells`, written independently)."""
+    import statsmodels.api as sm
+
+    from experiments.practical import pool_cells
+
+    rng = np.random.default_rng(3)
+    alloc = np.repeat(np.arange(6), [5, 9, 4, 7, 6, 9])
+    gap = rng.normal(size=alloc.size) + rng.normal(size=6)[alloc]
+    valid = rng.uniform(size=alloc.size) > 0.15
+    mean, se, lo, hi, draws = records.draws_mean_and_ci(gap, valid, alloc, level=0.9)
+    fit = sm.OLS(gap[valid], np.ones(valid.sum())).fit(cov_type="cluster", cov_kwds={"groups": alloc[valid]}, use_t=True)
+    assert draws == 6
+    np.testing.assert_allclose([mean, se], [fit.params[0], fit.bse[0]], rtol=1e-12)
+    np.testing.assert_allclose([lo, hi], fit.conf_int(alpha=0.1)[0], rtol=1e-12)
+    g = rng.normal(size=(5, 8)) + rng.normal(size=(5, 1))
+    m = records.draws_mean_and_ci(g.ravel(), np.ones(40, bool), np.repeat(np.arange(5), 8))
+    pooled = pool_cells(g)
+    np.testing.assert_allclose([m[0], m[1]], [pooled["mean"], pooled["se_between"]], rtol=1e-12)
+    # every replicate its own draw (adaptive designs), or one draw: the plain interval
+    for a in (np.arange(40), np.zeros(40, int)):
+        np.testing.assert_allclose(records.draws_mean_and_ci(g.ravel(), np.ones(40, bool), a)[:4],
+                                   [g.mean(), g.std(ddof=1) / np.sqrt(40), *stats.norm.interval(0.95, g.mean(), g.std(ddof=1) / np.sqrt(40))])
+    # valid replicates in one of several draws: no interval, and the row says why
+    one = records.draws_mean_and_ci(gap, alloc == 2, alloc)
+    assert np.all(np.isnan(one[:4])) and one[4] == 1
+    meta = {"world": {"name": "w"}, "design": {"name": "d"}, "estimator": {"name": "map"}, "budget": 5, "code_version": "x"}
+    row = records.summarise_cell({"gap": gap, "valid": alloc == 2, "predicted_gap": np.ones(gap.size), "allocation": alloc}, meta)
+    assert np.isnan(row["se"]) and "no interval: valid replicates in 1 of 6 allocation draws" in row["note"]
+
+
+def test_a_capped_cells_interval_over_draws_matches_the_spread_across_seeds():
+    """Across K = 24 seeds of a capped cell, the variance of the cell means is what the cells'
+    standard errors say with S = 6 draws (ratio within its chi-square range at level 1e-3),
+    and several times larger with one draw (the interval over labels given one allocation):
+    the test fails on a summary that ignores the draws, or a cell that draws one allocation
+    S times."""
+    k = 24
+    ratio = {}
+    for draws in (1, 6):
+        means, ses = [], []
+        for seed in range(k):
+            cfg = sweep.compose_job([*CAPPED, f"seed={seed}", "num_replicates=24", f"allocation_draws={draws}", "design_cache=null",
+                                     "progress=false"])
+            cols = run_cell(cfg)
+            assert np.unique(cols["allocation"]).size == draws
+            mean, se, *_ = records.draws_mean_and_ci(cols["gap"], cols["valid"], cols["allocation"])
+            means.append(mean)
+            ses.append(se)
+        ratio[draws] = np.var(means, ddof=1) / np.mean(np.square(ses))
+    # (K - 1) var / sigma^2 ~ chi^2_{K-1} where the standard errors are right (their mean square
+    # estimates sigma^2 from K x S draws, far better than the K means do)
+    lo, hi = stats.chi2.ppf([5e-4, 1 - 5e-4], k - 1) / (k - 1)
+    assert lo < ratio[6] < hi, ratio
+    assert ratio[1] > hi, ratio  # the world has allocation noise to find
+
+
+@pytest.mark.parametrize("value, message", [(0, "allocation_draws"), (11, "allocation_draws = 11 exceeds num_replicates = 10")])
+def test_allocation_draws_are_checked_before_any_job(tmp_path, value, message):
+    with pytest.raises(ValueError, match=message):
+        sweep.run_jobs([[*CAPPED, "num_replicates=10", f"allocation_draws={value}"]], tmp_path, progress=False)
+    assert not list(tmp_path.glob("*.npz"))
+
+
+def test_a_one_draw_cell_of_a_random_allocation_says_its_interval_leaves_that_out(tmp_path):
+    """Capped uniform (10 of 28 edges, drawn) with one draw: the row says its interval is given one
+    draw of a random allocation; uncapped uniform at n = 56 (two labels on every edge, no draw) and
+    the same capped cell with 5 draws do not say it."""
+    base = [c for c in CAPPED if not c.startswith("budget")]
+    jobs = [[*base, "budget=10", "num_replicates=10"], [*base, "budget=56", "num_replicates=10", "design.params.max_labels_per_edge=null"],
+            [*base, "budget=10", "num_replicates=10", "allocation_draws=5"]]
+    sweep.run_jobs(jobs, tmp_path, progress=False)
+    rows = {(r["budget"], r["allocations"]): r for r in sweep.aggregate(tmp_path)}
+    assert "random here" in rows[10, 1]["note"] and "random here" not in rows[56, 1]["note"]
+    assert "random here" not in rows[10, 5]["note"] and "interval over 5 draws" in rows[10, 5]["note"]
