@@ -66,6 +66,11 @@ FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig5", "fig6")
 #: Figure 1's adaptive designs (experiment per world): the contextual panel only (in the
 #: tabular world, d = 100, a replicate refits a 100-dimensional MAP every round).
 FIG1_ADAPTIVE = {"contextual": "figure1_contextual_adaptive"}
+#: Figure 1's allocation draws per cell where a design's draw costs a design solve (the
+#: panel's ``allocation_draws`` elsewhere): two-stage's pilot gives each draw its own
+#: L-optimal solve, ~14 s at d = 100 (2026-11-29), against milliseconds for a rounding.
+#: Its intervals then use Student's t with 3 degrees of freedom.
+FIG1_DRAWS = {"tabular": {"two_stage": 4}}
 
 # What Figure 5 computes. "check": the issue's world (contextual_world(key(0)), 16
 # completions, default parameters, index order, n = 2,000). "seed003": pools up to 200
@@ -94,8 +99,8 @@ FIG5_SMALL = {
 
 # --small: the same pipeline on small worlds, few replicates and budgets (tests, smoke runs).
 SMALL = {
-    "fig1_tabular": ["world.params.num_completions=8", "num_replicates=20", "design=oracle,uniform,first_two,two_stage", "budget=200,2000"],
-    "fig1_contextual": ["num_replicates=20", "design=oracle,plug_in,uniform,best_vs_worst", "budget=200,2000"],
+    "fig1_tabular": ["world.params.num_completions=8", "num_replicates=20", "allocation_draws=4", "design=oracle,uniform,first_two,two_stage", "budget=200,2000"],
+    "fig1_contextual": ["num_replicates=20", "allocation_draws=4", "design=oracle,plug_in,uniform,best_vs_worst", "budget=200,2000"],
     "figure1_contextual_adaptive": ["num_replicates=6", "design=adpo_adaptive", "budget=200"],
     "fig4": {"radii": [0.0, 0.5, 2.0], "directions": 2, "replicates": 20, "budget": 1000},
     "fig5": FIG5_SMALL,
@@ -155,9 +160,16 @@ def fig1_records(results: Path, small: bool, progress: bool = True) -> dict:
 def fig1_grids(world: str, small: bool) -> list[tuple[str, list[list[str]]]]:
     """Figure 1's sweep grids for the panel of ``world``: ``(experiment, jobs)``, the panel's own
     first, then its adaptive designs' (run once per replicate: their own grid, fewer budgets
-    and replicates). Each experiment's records go to ``<results>/<experiment>``."""
+    and replicates). Each experiment's records go to ``<results>/<experiment>``. A design of
+    :data:`FIG1_DRAWS` gets its number of allocation draws (full figure only)."""
     exps = [(f"figure1_{world}", f"fig1_{world}")] + ([(FIG1_ADAPTIVE[world], FIG1_ADAPTIVE[world])] if world in FIG1_ADAPTIVE else [])
-    return [(exp, sweep.grid(exp, SMALL[key] if small else ())) for exp, key in exps]
+    draws = {} if small else FIG1_DRAWS.get(world, {})
+
+    def with_draws(job):
+        extra = [f"allocation_draws={draws[o.split('=', 1)[1]]}" for o in job if o.startswith("design=") and o.split("=", 1)[1] in draws]
+        return [*job, *extra]
+
+    return [(exp, [with_draws(j) for j in sweep.grid(exp, SMALL[key] if small else ())]) for exp, key in exps]
 
 
 def _num_edges(cfg) -> int:
