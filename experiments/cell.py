@@ -283,7 +283,8 @@ def _run_cell(cfg: DictConfig, progress: bool = False) -> dict:
                fit_dtype=cfg.estimator.get("fit_dtype"))
     if DESIGNS[name].adaptive:
         return _run_adaptive_cell(cfg, world, problem, name, params, keys, est, progress)
-    draws = allocation_draws(cfg)
+    # a keyless design's one allocation stands for every draw (one run, its plain interval complete)
+    draws = 1 if DESIGNS[name].keyless else allocation_draws(cfg)
     if draws == 1:  # the design's one allocation, drawn with the cell's design key
         groups, design_keys = [np.arange(cfg.num_replicates)], [k_design]
     else:
@@ -316,7 +317,7 @@ def _run_cell(cfg: DictConfig, progress: bool = False) -> dict:
             drawn.append(None if out.pilot is not None else counts)
     # Is the allocation itself a draw (a pilot's labels; a rounding the key decides)? With one
     # draw the summary then says that its interval leaves the design's own randomness out.
-    if draws == 1 and drawn[0] is not None:
+    if draws == 1 and drawn[0] is not None and not DESIGNS[name].keyless:
         drawn.append(run_design(name, jax.random.fold_in(k_design, 1), problem, cfg.budget, **params).dense_counts(problem.num_edges))
     random = any(c is None for c in drawn) or any(not np.array_equal(drawn[0], c) for c in drawn[1:])
     return {"replicate": np.arange(r), **cols, "allocation_random": np.full(r, random)}

@@ -99,3 +99,38 @@ def test_a_one_draw_cell_of_a_random_allocation_says_its_interval_leaves_that_ou
     rows = {(r["budget"], r["allocations"]): r for r in sweep.aggregate(tmp_path)}
     assert "random here" in rows[10, 1]["note"] and "random here" not in rows[56, 1]["note"]
     assert "random here" not in rows[10, 5]["note"] and "interval over 5 draws" in rows[10, 5]["note"]
+
+
+@pytest.mark.parametrize("budget, cap", [(10, "auto"), (20, "null")])
+def test_designs_declared_keyless_give_one_allocation_whatever_the_key(budget, cap):
+    """``keyless=True`` lets a cell run a design once for all its draws, so the declaration must
+    hold: two keys give the same allocation, capped and uncapped (below E: apo_sequential labels
+    each edge at most once). Uniform, which
+    draws (the control), gives another."""
+    import jax
+
+    from experiments.cell import float64
+    from experiments.worlds import make_world
+    from synthetic.designs import DESIGNS, design_problem, run_design
+
+    keyless = sorted(n for n, spec in DESIGNS.items() if spec.keyless)
+    assert {"apo_greedy", "apo_sequential"} <= set(keyless)
+    cfg = sweep.compose_job([*CAPPED, f"budget={budget}"])
+    with float64():
+        problem = design_problem(make_world(cfg.world, jax.random.key(0)))
+        cap = None if cap == "null" else cap
+
+        def counts(name, k):
+            return run_design(name, jax.random.key(k), problem, budget, max_labels_per_edge=cap).dense_counts(problem.num_edges)
+
+        for name in keyless:
+            np.testing.assert_array_equal(counts(name, 1), counts(name, 2), err_msg=name)
+        if cap == "auto":
+            assert not np.array_equal(counts("uniform", 1), counts("uniform", 2))
+
+
+def test_a_keyless_design_runs_once_for_all_draws(tmp_path):
+    """apo_greedy with 5 draws: one allocation, the plain interval, no note of a random allocation."""
+    sweep.run_jobs([[*CAPPED, "design=apo_greedy", "num_replicates=10", "allocation_draws=5"]], tmp_path, progress=False)
+    (row,) = sweep.aggregate(tmp_path)
+    assert row["allocations"] == 1 and "random here" not in row["note"] and "draws" not in row["note"]

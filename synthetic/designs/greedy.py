@@ -158,6 +158,7 @@ def _batch_greedy(vecs, budget, gamma, batch_size, with_replacement, max_labels_
     summary="APO as its code runs it: rounds of batch_size edges of largest ||z||_{V^-1} (V frozen in a round), V = gamma Id + sum z z^T, repeats allowed.",
     source="Das et al. (2024), Active Preference Optimization; nirjhar-das/active-preference-optimization, scripts/reward_learning.py (V = 1e-5 Id, top-K a round)",
     checks={"batch_size": integer_check(1)},
+    keyless=True,
 )
 def apo_greedy(key, problem, budget, gamma=1e-5, batch_size=20, with_replacement=True, max_labels_per_edge=None):
     _check_positive("gamma", gamma)
@@ -170,6 +171,7 @@ def apo_greedy(key, problem, budget, gamma=1e-5, batch_size=20, with_replacement
     check_budget=_each_edge_once_budget,
     summary="Sequential variant of APO: one edge at a time, largest ||z||_{H^-1}, each edge at most once.",
     source="Das et al. (2024), APO's selection rule with batch size 1 and no repeats (this project's earlier apo_greedy)",
+    keyless=True,
 )
 def apo_sequential(key, problem, budget, gamma=1.0, with_replacement=False, max_labels_per_edge=None):
     _check_positive("gamma", gamma)

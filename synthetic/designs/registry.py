@@ -54,6 +54,9 @@ class DesignSpec:
     # support(params, problem) -> int or None: how many distinct comparisons the design
     # can label with these parameters (None: every candidate edge)
     support: Optional[Callable[[DesignProblem, dict], Optional[int]]] = None
+    # its output does not depend on its key (a deterministic rule: greedy selections,
+    # no rounding draw, no pilot), so one run stands for every draw of its allocation
+    keyless: bool = False
 
     def support_size(self, problem: DesignProblem, params: dict) -> int:
         """Distinct comparisons the design can label (every candidate edge unless it registered ``support``)."""
@@ -75,7 +78,7 @@ DESIGNS: dict[str, DesignSpec] = {}
 
 def register_design(name: str, *, summary: str, source: str, replace: bool = False, checks: Optional[dict] = None,
                     adaptive: bool = False, needs_truth: Union[bool, Callable[[dict], bool]] = False,
-                    check_budget: Optional[BudgetCheck] = None, support: Optional[Callable] = None):
+                    check_budget: Optional[BudgetCheck] = None, support: Optional[Callable] = None, keyless: bool = False):
     """Decorator registering ``fn(key, problem, budget, **params)`` under ``name``.
 
     ``adaptive=True`` flags a design whose selections depend on the labels it buys
@@ -100,6 +103,12 @@ def register_design(name: str, *, summary: str, source: str, replace: bool = Fal
     fewer than the candidate edges. With ``max_labels_per_edge = c`` a budget above
     ``c`` times it is refused before any label, and ``max_labels_per_edge="auto"``
     labels each comparison at most once only where the budget fits it.
+
+    ``keyless=True`` declares that the design's output does not depend on ``key`` (a
+    deterministic rule: no rounding draw, no pilot, no random tie-break). A sweep cell then
+    runs it once however many ``allocation_draws`` it has, and its interval is complete
+    with one draw. The declaration is tested (two keys, capped and uncapped budgets); a
+    design left without it is drawn as if random, which is never wrong, only slower.
     """
 
     def deco(fn):
@@ -120,7 +129,7 @@ def register_design(name: str, *, summary: str, source: str, replace: bool = Fal
             raise ValueError(f"design {name!r}: check_budget must be a function (name, problem, budget, params), got {check_budget!r}")
         hooks = ((rounding_budget_check,) if "rounding" in params else ()) + ((check_budget,) if check_budget else ())
         DESIGNS[name] = DesignSpec(name, fn, summary, source, params, {p: c for p, c in own.items() if c is not None},
-                                   bool(adaptive), needs_truth, hooks, support)
+                                   bool(adaptive), needs_truth, hooks, support, bool(keyless))
         return fn
 
     return deco
