@@ -1,7 +1,8 @@
 """One sweep cell: what identifies it, which code made it, and how it is computed.
 
 A *cell* is one (world, design, estimator, budget, seed) configuration and its
-``num_replicates`` Monte-Carlo label sets. Two runs are the same cell exactly when
+``num_replicates`` Monte-Carlo label sets, on ``allocation_draws`` draws of the design's
+allocation (:func:`_run_cell`). Two runs are the same cell exactly when
 
 * their **identity** is equal: every config value that changes the numbers, with
   each design's, estimator's and world's parameters completed by their defaults
@@ -88,7 +89,8 @@ def cell_identity(cfg: DictConfig) -> dict:
         "budget": cfg.budget,
         "seed": cfg.seed,
         "num_replicates": cfg.num_replicates,
-        "allocation_draws": allocation_draws(cfg),
+        # only where it is not the default, so cells of one draw keep the ids they had
+        **({"allocation_draws": allocation_draws(cfg)} if allocation_draws(cfg) != 1 else {}),
     }
 
 
@@ -270,7 +272,7 @@ def _run_cell(cfg: DictConfig, progress: bool = False) -> dict:
     replicates are split evenly among ``allocation_draws`` draws, each with its own key split
     from the cell's design key; one draw uses that key itself) and ``allocation_random`` (the
     allocation is a draw: a pilot, or draws that differ; with one draw, a second key's
-    allocation is compared)."""
+    allocations of up to three more keys are compared)."""
     world = make_world(cfg.world, jax.random.key(cfg.world_seed))
     problem = design_problem(world)
     name = cfg.design.name
@@ -317,8 +319,12 @@ def _run_cell(cfg: DictConfig, progress: bool = False) -> dict:
             drawn.append(None if out.pilot is not None else counts)
     # Is the allocation itself a draw (a pilot's labels; a rounding the key decides)? With one
     # draw the summary then says that its interval leaves the design's own randomness out.
+    # Three more keys: a rounding with a few fractional edges can repeat an allocation by chance.
     if draws == 1 and drawn[0] is not None and not DESIGNS[name].keyless:
-        drawn.append(run_design(name, jax.random.fold_in(k_design, 1), problem, cfg.budget, **params).dense_counts(problem.num_edges))
+        for i in range(1, 4):
+            drawn.append(run_design(name, jax.random.fold_in(k_design, i), problem, cfg.budget, **params).dense_counts(problem.num_edges))
+            if not np.array_equal(drawn[0], drawn[-1]):
+                break
     random = any(c is None for c in drawn) or any(not np.array_equal(drawn[0], c) for c in drawn[1:])
     return {"replicate": np.arange(r), **cols, "allocation_random": np.full(r, random)}
 

@@ -41,7 +41,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-RECORD_FIELDS = ["replicate", "gap", "valid", "predicted_gap"]  # required; others (labels_spent) are read too
+# required; the others (mle_exists, labels_spent, allocation, allocation_random) are read where present
+RECORD_FIELDS = ["replicate", "gap", "valid", "predicted_gap"]
 
 #: Columns of a summary row, in order (also the CSV header).
 SUMMARY_FIELDS = [
@@ -168,7 +169,7 @@ def draws_mean_and_ci(gap, valid, allocation, level: float = 0.95) -> tuple[floa
     allocation draws taken into account.
 
     ``allocation[i]`` is the draw of the design's allocation replicate ``i`` was labelled on.
-    Where every valid replicate has its own draw (adaptive designs), or all share one (a cell
+    Where every replicate has its own draw (adaptive designs), or all share one (a cell
     of ``allocation_draws = 1``), the replicates are independent given what they share:
     :func:`synthetic.monte_carlo.mean_and_ci` (over one draw, the interval is over label
     sets given that allocation and says nothing of the design's own randomness). Otherwise
@@ -188,7 +189,8 @@ def draws_mean_and_ci(gap, valid, allocation, level: float = 0.95) -> tuple[floa
     s = int(labels.size)
     if ok.size < 2:
         return (np.nan,) * 4 + (s,)
-    if np.unique(alloc).size == 1 or np.all(sizes == 1):
+    made = np.unique(alloc).size
+    if made == 1 or made == alloc.size:  # one allocation, or each replicate its own: independent replicates
         return (*mean_and_ci(ok, level), s)
     if s < 2:
         return (np.nan,) * 4 + (s,)
@@ -208,14 +210,17 @@ def summarise_cell(cols, meta, current_code="", level: float = 0.95) -> dict:
     valid = np.asarray(cols["valid"], bool)
     pred = float(np.mean(cols["predicted_gap"]))
     ok = gap[valid]
-    mean, se, lo, hi, draws = draws_mean_and_ci(gap, valid, cols.get("allocation"), level)
+    alloc = cols.get("allocation")
+    if alloc is not None and "allocation_random" in cols and not np.any(cols["allocation_random"]):
+        alloc = None  # every draw gave the same allocation: one allocation, the plain interval is exact
+    mean, se, lo, hi, draws = draws_mean_and_ci(gap, valid, alloc, level)
     # current_code: the version the current code gives this cell; None if it cannot be
     # computed here (design or module unavailable); "" to skip the check.
     stale = current_code != "" and meta["code_version"] != current_code
     code = CodeCheck.UNKNOWN if current_code is None else CodeCheck.STALE if stale else CodeCheck.CURRENT
     mle = np.asarray(cols["mle_exists"], bool) if "mle_exists" in cols else None
     note = _note(gap, valid, pred, code, mle, meta["estimator"]["name"])
-    made = 1 if cols.get("allocation") is None else int(np.unique(cols["allocation"]).size)
+    made = 1 if alloc is None else int(np.unique(alloc).size)
     if 1 < made < gap.size:
         why = (f"interval over {draws} draws of the design's allocation (t, {draws - 1} df)" if draws >= 2
                else f"no interval: valid replicates in {draws} of {made} allocation draws")
@@ -272,15 +277,17 @@ def _label_differences(rows, idents) -> None:
 
 
 def _attach_uniform(rows, idents) -> None:
-    """``ratio_to_uniform``: against the uniform cell with the same world, estimator, budget and seeds.
+    """``ratio_to_uniform``: against the uniform cell with the same world, estimator, budget and seeds
+    (whatever its ``allocation_draws``, which change the interval, not what the mean estimates).
 
-    When several uniform cells match (uniform with different parameters), the one
-    with the registry's default parameters is used, or none.
+    When several uniform cells match, the one with the row's ``allocation_draws`` is used if
+    there is one; then, among uniform cells with different parameters, the one with the
+    registry's default parameters, or none.
     """
     from synthetic.designs import DESIGNS
 
-    def context(ident):
-        return json.dumps({k: v for k, v in ident.items() if k != "design"}, sort_keys=True, default=str)
+    def context(ident):  # the allocation draws change the interval, not what the mean estimates
+        return json.dumps({k: v for k, v in ident.items() if k not in ("design", "allocation_draws")}, sort_keys=True, default=str)
 
     base: dict = {}
     for r, ident in zip(rows, idents):
@@ -289,6 +296,9 @@ def _attach_uniform(rows, idents) -> None:
     defaults = DESIGNS["uniform"].params if "uniform" in DESIGNS else None
     for r, ident in zip(rows, idents):
         cands = base.get(context(ident), [])
+        if len(cands) > 1:  # uniform cells that differ in their draws only: the one with the row's, if there is one
+            draws = ident.get("allocation_draws", 1)
+            cands = [c for c in cands if c[1].get("allocation_draws", 1) == draws] or cands
         if len(cands) > 1:
             cands = [c for c in cands if c[1]["design"].get("params") == defaults]
         if len(cands) == 1 and r["current_code"]:

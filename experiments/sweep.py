@@ -1,7 +1,8 @@
 """The sweep app: one Hydra job per (world, design, estimator, budget) cell.
 
-A cell runs its design once, then ``num_replicates`` Monte-Carlo label sets in one
-compiled ``vmap`` (labels -> DPO fit -> exact gap), and writes one tidy record per
+A cell runs its design once (``allocation_draws`` times, with as many keys, where asked),
+then ``num_replicates`` Monte-Carlo label sets, split among the draws, in compiled
+``vmap`` chunks (labels -> DPO fit -> exact gap), and writes one tidy record per
 replicate to ``<results_dir>/<cell id>.npz`` (columnar: one array per field). The
 write is atomic (temporary file, then ``os.replace``), so an interrupted sweep leaves
 either a complete cell file or none. A rerun skips the cells whose record was made by

@@ -134,3 +134,23 @@ def test_a_keyless_design_runs_once_for_all_draws(tmp_path):
     sweep.run_jobs([[*CAPPED, "design=apo_greedy", "num_replicates=10", "allocation_draws=5"]], tmp_path, progress=False)
     (row,) = sweep.aggregate(tmp_path)
     assert row["allocations"] == 1 and "random here" not in row["note"] and "draws" not in row["note"]
+
+
+def test_rows_with_other_draws_keep_their_ratio_to_uniform_and_one_draw_ids_are_unchanged(tmp_path):
+    """Figure 1 draws tabular two-stage 4 times and uniform 10 times: the ratio to uniform must
+    still be made (the draws change the interval, not the mean's target); two uniform cells that
+    differ in their draws each match themselves. A cell of one draw has the id it had before
+    ``allocation_draws`` existed (no such key in its identity), so old records stay its records."""
+    jobs = [[*CAPPED, "num_replicates=10", "allocation_draws=5"], [*CAPPED, "num_replicates=10", "allocation_draws=2", "design=plug_in"]]
+    sweep.run_jobs(jobs, tmp_path / "a", progress=False)
+    rows = {r["design"]: r for r in sweep.aggregate(tmp_path / "a")}
+    assert rows["plug_in"]["ratio_to_uniform"] == pytest.approx(rows["plug_in"]["mean_gap"] / rows["uniform"]["mean_gap"], rel=1e-12)
+    sweep.run_jobs([*jobs, [*CAPPED, "num_replicates=10"]], tmp_path / "b", progress=False)
+    for r in sweep.aggregate(tmp_path / "b"):
+        if r["design"] == "uniform":
+            assert r["ratio_to_uniform"] == 1.0
+    from experiments.cell import cell_identity
+
+    one = cell_identity(sweep.compose_job([*CAPPED, "num_replicates=10"]))
+    assert "allocation_draws" not in one
+    assert cell_identity(sweep.compose_job([*CAPPED, "num_replicates=10", "allocation_draws=2"]))["allocation_draws"] == 2
