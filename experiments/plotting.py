@@ -8,6 +8,7 @@ design from figure to figure. Figures are saved as PNG (300 dpi) and PDF (vector
 from __future__ import annotations
 
 import csv
+import math
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -113,6 +114,12 @@ def plot_gap_vs_budget(rows, title: str = "", ax=None, prediction: bool = True, 
     order = list(DESIGN_STYLE)
     styles = ["-", "-.", ":", (0, (5, 1))]
     seen: dict = {}
+    # An interval that reaches 0 or below (Student's t over a few allocation draws of a skewed
+    # gap) is drawn down to the panel's floor: a third of its smallest positive mean or
+    # interval end, which becomes the axis' bottom, instead of to 1e-300 (the old clip).
+    positive = [v for r in rows for v in (r["mean_gap"], r["ci_low"]) if math.isfinite(v) and v > 0]
+    floor = min(positive) / 3 if positive else 1e-300
+    clipped = False
     for (name, config), rs in sorted(series.items(), key=lambda kv: (order.index(kv[0][0]) if kv[0][0] in order else len(order), kv[0])):
         rs = sorted(rs, key=lambda r: r["budget"])
         n = [r["budget"] for r in rs]
@@ -121,13 +128,16 @@ def plot_gap_vs_budget(rows, title: str = "", ax=None, prediction: bool = True, 
         seen[name] += 1
         label = f"{design_label(name)} [{config}]" if config else design_label(name)
         ax.plot(n, [r["mean_gap"] for r in rs], marker=marker, ls=ls, color=color, label=label)
-        ax.fill_between(n, [max(r["ci_low"], 1e-300) for r in rs], [r["ci_high"] for r in rs], color=color, alpha=0.18, lw=0)
+        clipped |= any(not r["ci_low"] > 0 for r in rs)
+        ax.fill_between(n, [r["ci_low"] if r["ci_low"] > 0 else floor for r in rs], [r["ci_high"] for r in rs], color=color, alpha=0.18, lw=0)
         if prediction:
             ax.plot(n, [r["predicted_gap"] for r in rs], "--", color=color, lw=0.8)
     if prediction:
         ax.plot([], [], "k--", lw=0.8, label=r"$\frac{\beta}{2n}\,\mathrm{tr}(I\,\Sigma^+)$")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    if clipped:
+        ax.set_ylim(bottom=floor)
     budget_ticks(ax.xaxis, [r["budget"] for r in rows])
     ax.set_xlabel("label budget $n$ (comparisons)")
     ax.set_ylabel(r"gap $J(\pi^*) - J(\hat\pi_n)$ (nats)")

@@ -154,3 +154,16 @@ def test_rows_with_other_draws_keep_their_ratio_to_uniform_and_one_draw_ids_are_
     one = cell_identity(sweep.compose_job([*CAPPED, "num_replicates=10"]))
     assert "allocation_draws" not in one
     assert cell_identity(sweep.compose_job([*CAPPED, "num_replicates=10", "allocation_draws=2"]))["allocation_draws"] == 2
+
+
+def test_an_interval_reaching_zero_does_not_stretch_the_log_axis():
+    """A t interval over four draws of a skewed gap can reach below 0 (Figure 1's tabular two-stage at
+    n = 1,000: 1.06 +- 3.18 x 0.57). Its band is drawn down to a third of the panel's smallest positive
+    value, the axis' bottom, not to 1e-300, which squeezed every curve of the panel into one line."""
+    from experiments.plotting import plot_gap_vs_budget
+
+    rows = [{"design": "uniform", "budget": n, "mean_gap": m, "ci_low": lo, "ci_high": hi, "predicted_gap": m}
+            for n, m, lo, hi in ((100, 6.0, 5.5, 6.5), (1000, 1.06, -0.75, 2.87), (10000, 0.006, 0.005, 0.007))]
+    fig = plot_gap_vs_budget(rows, prediction=False)
+    bottom = fig.axes[0].get_ylim()[0]
+    assert bottom == pytest.approx(0.005 / 3)
