@@ -123,7 +123,9 @@ _IDENTITY = ("world", "world_seed", "design", "estimator", "budget", "seed", "nu
 
 
 def _identity(meta) -> dict:
-    return {k: meta[k] for k in _IDENTITY if k in meta}
+    ident = {k: meta[k] for k in _IDENTITY if k in meta}
+    ident.setdefault("allocation_draws", 1)  # not in the identity of a one-draw cell (its id is the one it had)
+    return ident
 
 
 class CodeCheck(enum.Enum):

@@ -167,3 +167,9 @@ def test_an_interval_reaching_zero_does_not_stretch_the_log_axis():
     fig = plot_gap_vs_budget(rows, prediction=False)
     bottom = fig.axes[0].get_ylim()[0]
     assert bottom == pytest.approx(0.005 / 3)
+
+
+def test_the_summary_labels_a_one_draw_cell_allocation_draws_1(tmp_path):
+    """Rows that differ in their draws say so with the number, 1 included (not None)."""
+    sweep.run_jobs([[*CAPPED, "num_replicates=10"], [*CAPPED, "num_replicates=10", "allocation_draws=5"]], tmp_path, progress=False)
+    assert sorted(r["config"] for r in sweep.aggregate(tmp_path)) == ["allocation_draws=1", "allocation_draws=5"]
