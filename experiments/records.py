@@ -351,13 +351,13 @@ def aggregate(results_dir, level: float = 0.95, problems: list | None = None, cu
 def format_summary(rows: list[dict], problems=()) -> str:
     """The summary as a text table; rows without a number say why in the last column."""
     wide = max([len(r["config"]) for r in rows] + [6])
-    head = (f"{'world':<11}{'design':<20}{'config':<{wide + 2}}{'estimator':<10}{'budget':>8}{'reps':>6}{'valid':>7}"
+    head = (f"{'world':<11}{'design':<20}{'config':<{wide + 2}}{'estimator':<10}{'budget':>8}{'reps':>6}{'draws':>6}{'valid':>7}"
             f"{'MLE':>6}{'mean gap':>12}{'95% CI':>24}{'/uniform':>9}{'/predicted':>11}  note")
     lines = [head, "-" * len(head)]
     for r in rows:
         ci = f"[{r['ci_low']:.3g}, {r['ci_high']:.3g}]" if np.isfinite(r["mean_gap"]) else "-"
         lines.append(
-            f"{r['world']:<11}{r['design']:<20}{r['config']:<{wide + 2}}{r['estimator']:<10}{r['budget']:>8}{r['replicates']:>6}"
+            f"{r['world']:<11}{r['design']:<20}{r['config']:<{wide + 2}}{r['estimator']:<10}{r['budget']:>8}{r['replicates']:>6}{r.get('allocations', 1):>6}"
             f"{r['valid_fraction']:>7.0%}{r['mle_fraction']:>6.0%}{r['mean_gap']:>12.4g}{ci:>24}{r['ratio_to_uniform']:>9.3f}{r['ratio_to_prediction']:>11.3f}"
             f"  {r['note']}"
         )

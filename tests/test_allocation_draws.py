@@ -172,4 +172,8 @@ def test_an_interval_reaching_zero_does_not_stretch_the_log_axis():
 def test_the_summary_labels_a_one_draw_cell_allocation_draws_1(tmp_path):
     """Rows that differ in their draws say so with the number, 1 included (not None)."""
     sweep.run_jobs([[*CAPPED, "num_replicates=10"], [*CAPPED, "num_replicates=10", "allocation_draws=5"]], tmp_path, progress=False)
-    assert sorted(r["config"] for r in sweep.aggregate(tmp_path)) == ["allocation_draws=1", "allocation_draws=5"]
+    rows = sweep.aggregate(tmp_path)
+    assert sorted(r["config"] for r in rows) == ["allocation_draws=1", "allocation_draws=5"]
+    table = sweep.format_summary(rows).splitlines()
+    at = table[0].index("draws") + len("draws")
+    assert sorted(line[:at].split()[-1] for line in table[2:]) == ["1", "5"]  # the printed table's draws column
