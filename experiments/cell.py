@@ -271,8 +271,8 @@ def _run_cell(cfg: DictConfig, progress: bool = False) -> dict:
     ``allocation`` (the draw of the design's allocation the replicate was labelled on: the
     replicates are split evenly among ``allocation_draws`` draws, each with its own key split
     from the cell's design key; one draw uses that key itself) and ``allocation_random`` (the
-    allocation is a draw: a pilot, or draws that differ; with one draw, a second key's
-    allocations of up to three more keys are compared)."""
+    allocation is a draw: a pilot, or draws that differ; with one draw, the allocations of
+    up to three more keys are compared with it)."""
     world = make_world(cfg.world, jax.random.key(cfg.world_seed))
     problem = design_problem(world)
     name = cfg.design.name

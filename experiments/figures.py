@@ -267,14 +267,23 @@ def labels_to_match(budgets, gaps, target: float, plateau_slope: float = -0.5) -
 
     Log-log linear interpolation between the measured budgets; beyond them, the end
     segment's power law is extended if it still falls at least like ``n^plateau_slope``,
-    otherwise the target is taken as not reached (``inf``).
+    otherwise the target is taken as not reached (``inf``). A value ``<= 0`` (the lower end
+    of an interval that reaches 0, as Student's t over a few allocation draws can) reaches
+    every target, but a log-log segment to it is undefined: a curve above the target at one
+    budget and ``<= 0`` at the next crosses it somewhere between, and the earlier budget,
+    the earliest it can, is returned (one ``<= 0`` at the first budget: that budget).
     """
+    gaps = np.asarray(gaps, np.float64)
     n = np.log(np.asarray(budgets, np.float64))
-    g = np.log(np.maximum(np.asarray(gaps, np.float64), 1e-300))
     if n.size < 2:
         raise ValueError("labels_to_match needs at least two budgets")
+    if gaps[0] <= 0:
+        return float(budgets[0])
+    g = np.log(np.where(gaps > 0, gaps, np.inf))
     t = math.log(target)
     for i in range(n.size - 1):
+        if gaps[i + 1] <= 0:
+            return float(budgets[i])
         lo, hi = sorted((g[i], g[i + 1]))
         if lo <= t <= hi and g[i] != g[i + 1]:
             return float(math.exp(n[i] + (t - g[i]) * (n[i + 1] - n[i]) / (g[i + 1] - g[i])))

@@ -31,6 +31,10 @@ def test_labels_to_match_inverts_a_power_law_inside_and_outside_the_budgets():
     assert figures.labels_to_match(n, flat, 1e-3) == math.inf
     with pytest.raises(ValueError, match="two budgets"):
         figures.labels_to_match([1e3], [1.0], 0.5)
+    # an interval's lower end that reaches 0 at n = 1,000 (t over four pilots): the curve crosses
+    # the target between 300 and 1,000, earliest at 300 (a log-log segment to 0 is undefined)
+    assert figures.labels_to_match([100, 300, 1000, 3000], [6.0, 6.4, -0.7, 0.02], 3e-3) == 300.0
+    assert figures.labels_to_match([100, 300], [0.0, 1.0], 3e-3) == 100.0
 
 
 def test_sample_efficiency_of_a_design_with_half_the_gap_is_one_half():
