@@ -128,8 +128,8 @@ def plot_gap_vs_budget(rows, title: str = "", ax=None, prediction: bool = True, 
         seen[name] += 1
         label = f"{design_label(name)} [{config}]" if config else design_label(name)
         ax.plot(n, [r["mean_gap"] for r in rs], marker=marker, ls=ls, color=color, label=label)
-        clipped |= any(not r["ci_low"] > 0 for r in rs)
-        ax.fill_between(n, [r["ci_low"] if r["ci_low"] > 0 else floor for r in rs], [r["ci_high"] for r in rs], color=color, alpha=0.18, lw=0)
+        clipped |= any(r["ci_low"] <= 0 for r in rs)  # a row without an interval (nan) has no band
+        ax.fill_between(n, [floor if r["ci_low"] <= 0 else r["ci_low"] for r in rs], [r["ci_high"] for r in rs], color=color, alpha=0.18, lw=0)
         if prediction:
             ax.plot(n, [r["predicted_gap"] for r in rs], "--", color=color, lw=0.8)
     if prediction:

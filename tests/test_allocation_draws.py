@@ -167,6 +167,10 @@ def test_an_interval_reaching_zero_does_not_stretch_the_log_axis():
     fig = plot_gap_vs_budget(rows, prediction=False)
     bottom = fig.axes[0].get_ylim()[0]
     assert bottom == pytest.approx(0.005 / 3)
+    # a row without an interval (valid replicates in one draw: nan) gets no band, not one to the floor
+    rows[1] = {**rows[1], "ci_low": float("nan"), "ci_high": float("nan")}
+    fig = plot_gap_vs_budget(rows, prediction=False)
+    assert fig.axes[0].get_ylim()[0] > 1.5 * 0.005 / 3
 
 
 def test_the_summary_labels_a_one_draw_cell_allocation_draws_1(tmp_path):
