@@ -23,12 +23,14 @@ random pair) and ``uniform`` (175 distinct comparisons drawn uniformly from all 
 
 Every cell is a cell of the sweep app (:mod:`experiments.sweep`: same ids, records and
 resumability; the experiment configs name the commands that fill them through any
-Hydra launcher). A cell runs its design once and ``num_replicates`` label sets; a
-design's own randomness (which comparisons its rounding, pilot or uniform draw picks)
-is averaged over ``seed = 0..S-1``. Rows pool the ``S`` cells of a (design, budget,
-estimator): the mean over all ``S R`` replicates and a standard error that covers the
-design draw and the label noise (:func:`pool_cells`, a one-way random-effects analysis
-of variance; ``draw_p`` tests whether the draws differ beyond the label noise). The estimator of the figure is
+Hydra launcher). A cell draws the design's allocation ``allocation_draws = D`` times
+(which comparisons its rounding, pilot or uniform draw picks; once for adaptive designs,
+whose replicates each run the design) and splits its ``num_replicates`` label sets among
+the draws; the cells are ``seed = 0..S-1``. Rows pool the ``S`` cells of a (design,
+budget, estimator): the mean over all ``S R`` replicates and a cluster-robust standard
+error over the ``S D`` draws with a Student t interval, which covers the design draw and
+the label noise (:func:`pool_draws`; ``draw_p`` tests whether the draws differ beyond the
+label noise). The estimator of the figure is
 MAP DPO (``estimator=map``, prior precision 1); the plain MLE (``estimator=newton``,
 the ridge-path limit where the MLE does not exist) is the ``mle_*`` columns, at the
 largest budget of (a) and in (b), on the same allocations and labels (a cell's keys do
@@ -46,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["HH_DESIGNS", "IMDB_DESIGNS", "FULL", "SMALL", "pool_cells", "jobs", "compute", "plot_practical", "main"]
+__all__ = ["HH_DESIGNS", "IMDB_DESIGNS", "FULL", "SMALL", "pool_draws", "jobs", "compute", "plot_practical", "main"]
 
 #: label -> (registered design, its overrides beyond the experiment config)
 HH_DESIGNS = {
@@ -70,7 +72,7 @@ IMDB_DESIGNS = {
 
 #: hh_fractions: budgets E / f; imdb_budget: labels (and prompts) of panel (b). From empty
 #: records the full figure costs about 155 s of CPU (E/8 and E/2; 190 s with E/4 too).
-FULL = {"hh_world": [], "hh_fractions": (8, 2), "imdb_world": [], "imdb_budget": 175, "seeds": 2, "replicates": 50}
+FULL = {"hh_world": [], "hh_fractions": (8, 2), "imdb_world": [], "imdb_budget": 175, "seeds": 2, "replicates": 50, "draws": 10}
 SMALL = {
     "hh_world": ["world.params.num_train_prompts=5", "world.params.num_eval_prompts=20"],
     "hh_fractions": (2,),
@@ -78,48 +80,67 @@ SMALL = {
     "imdb_budget": 24,
     "seeds": 2,
     "replicates": 6,
+    "draws": 3,
 }
 
 
 # ------------------------------------------------------------------ pooling
 
 
-def pool_cells(gaps, level: float = 0.95) -> dict:
-    """Pool the replicate gaps of ``S`` cells (one design draw each, ``R`` label sets each).
+def pool_draws(cells, level: float = 0.95) -> dict:
+    """Pool the records of the ``S`` cells (seeds) of one (design, budget, estimator).
 
-    One-way random-effects analysis of variance with the cells as groups: ``MSB = R
-    var(cell means)`` (design draws and labels) and ``MSW`` = the mean within-cell
-    variance (labels alone). The mean over all ``S R`` replicates has variance
-    ``(sigma_draw^2 R + sigma_labels^2) / (S R)``, estimated by ``max(MSB, MSW) / (S R)``
-    (the ANOVA estimate of ``sigma_draw^2``, truncated at 0).
+    Each cell holds ``R`` replicates on ``D = allocation_draws`` draws of the design's
+    allocation (its ``allocation`` column; a cell of old records without it is one draw).
+    The draws of all cells are the clusters, ``(seed, draw)`` pairs, ``S D`` in all, and the
+    interval is :func:`experiments.records.draws_mean_and_ci`'s: cluster-robust (CR1) over
+    the draws with Student's t at ``S D - 1`` degrees of freedom, so it covers the design's
+    own randomness (its rounding, pilot or uniform draw) as well as the label noise. Where
+    no cell's allocation is random (``allocation_random`` false: every draw gave one
+    allocation), all replicates share it and are independent: the plain interval. Where every
+    replicate has its own draw (adaptive designs), the same.
 
     Args:
-      gaps: ``[S, R]`` (``S >= 2`` cells with ``R >= 2`` replicates each).
-      level: confidence level of the (normal) interval.
+      cells: the cells' record columns (``gap``, ``valid``, and ``allocation``,
+        ``allocation_random`` where recorded).
+      level: confidence level.
 
     Returns:
-      ``mean``; ``se`` (as above) and ``ci_low``/``ci_high`` ``= mean -+ z se``;
-      ``se_between = sqrt(MSB / (S R))`` (the cluster-robust standard error, cells as
-      clusters), ``se_within = sqrt(MSW / (S R))`` (label noise alone, design draws held
-      fixed); ``draw_p``: the p-value of the one-way F test that the design draws do not
-      differ (small: the design's own randomness matters beyond the label noise).
+      ``mean``, ``se``, ``ci_low``, ``ci_high`` (over valid replicates); ``draws``: the
+      clusters with a valid replicate (1: one allocation; the replicates: adaptive);
+      ``se_within = sqrt(MSW / N)``, the error from label noise alone with the draws held
+      fixed (``MSW`` the pooled within-draw variance; ``nan`` for adaptive designs) and
+      ``draw_p``, the p-value of the one-way F test that the draws do not differ (small:
+      the design's own randomness matters beyond the label noise; ``nan`` without draws).
     """
     from scipy import stats
 
-    g = np.asarray(gaps, np.float64)
-    if g.ndim != 2 or g.shape[0] < 2 or g.shape[1] < 2:
-        raise ValueError(f"gaps must be [S, R] with S >= 2 cells and R >= 2 replicates, got shape {g.shape}")
-    if not np.all(np.isfinite(g)):
-        raise ValueError("gaps must be finite (every replicate has a gap: MAP, or the MLE's ridge-path limit)")
-    s, r = g.shape
-    msb = r * float(np.var(g.mean(axis=1), ddof=1))
-    msw = float(np.mean(np.var(g, axis=1, ddof=1)))
-    se = math.sqrt(max(msb, msw) / (s * r))
-    z = float(stats.norm.ppf(0.5 + level / 2))
-    mean = float(g.mean())
-    draw_p = float(stats.f.sf(msb / msw, s - 1, s * (r - 1))) if msw > 0 else (0.0 if msb > 0 else 1.0)
-    return {"mean": mean, "se": se, "ci_low": mean - z * se, "ci_high": mean + z * se,
-            "se_between": math.sqrt(msb / (s * r)), "se_within": math.sqrt(msw / (s * r)), "draw_p": draw_p}
+    from experiments.records import draws_mean_and_ci
+
+    if len(cells) < 1:
+        raise ValueError("cells must hold at least one cell's records")
+    gap = np.concatenate([np.asarray(c["gap"], np.float64) for c in cells])
+    valid = np.concatenate([np.asarray(c["valid"], bool) for c in cells])
+    if not np.all(np.isfinite(gap[valid])):
+        raise ValueError("gap must be finite on valid replicates (MAP, or the MLE's ridge-path limit)")
+    random = any(np.any(c.get("allocation_random", True)) for c in cells)
+    # cluster ids: (cell, draw) pairs, distinct across cells
+    width = max(len(c["gap"]) for c in cells)
+    alloc = np.concatenate([i * width + np.asarray(c.get("allocation", np.zeros(len(c["gap"]), np.int64)), np.int64)
+                            for i, c in enumerate(cells)]) if random else None
+    mean, se, lo, hi, draws = draws_mean_and_ci(gap, valid, alloc, level)
+    ok = gap[valid]
+    se_within, draw_p = np.nan, np.nan
+    if alloc is None:
+        se_within = se  # one allocation: label noise alone
+    elif 1 < draws < ok.size:
+        groups = [ok[alloc[valid] == a] for a in np.unique(alloc[valid])]
+        k = len(groups)
+        msw = sum(float(np.sum((g - g.mean()) ** 2)) for g in groups) / (ok.size - k)
+        msb = sum(g.size * (float(g.mean()) - float(ok.mean())) ** 2 for g in groups) / (k - 1)
+        se_within = math.sqrt(msw / ok.size)
+        draw_p = float(stats.f.sf(msb / msw, k - 1, ok.size - k)) if msw > 0 else (0.0 if msb > 0 else 1.0)
+    return {"mean": mean, "se": se, "ci_low": lo, "ci_high": hi, "draws": draws, "se_within": se_within, "draw_p": draw_p}
 
 
 # ------------------------------------------------------------------ cells
@@ -147,6 +168,7 @@ def jobs(small: bool = False, panels=("hh_like", "imdb_like")) -> dict:
     seeds = ",".join(str(s) for s in range(spec["seeds"]))
     common = [f"seed={seeds}", f"num_replicates={spec['replicates']}"]
     from experiments import sweep
+    from synthetic.designs import DESIGNS
 
     out = {}
     for panel, exp, designs in (("hh_like", "hh_like", HH_DESIGNS), ("imdb_like", "imdb_like", IMDB_DESIGNS)):
@@ -158,8 +180,12 @@ def jobs(small: bool = False, panels=("hh_like", "imdb_like")) -> dict:
         todo = []
         for label, (design, extra) in designs.items():
             # MAP at every budget; the plain MLE (newton) at the largest one
+            # each cell draws the design's allocation `draws` times (a keyless or adaptive design:
+            # once; an adaptive design's replicates each run it)
+            spec_d = DESIGNS[design]
+            draws = [f"allocation_draws={1 if spec_d.adaptive or spec_d.keyless else spec['draws']}"]
             for est, ns in (("map", budgets), ("newton", budgets[-1:])):
-                for job in sweep.grid(exp, [f"design={design}", *extra, *world, f"budget={','.join(map(str, ns))}", f"estimator={est}", *common]):
+                for job in sweep.grid(exp, [f"design={design}", *extra, *world, f"budget={','.join(map(str, ns))}", f"estimator={est}", *common, *draws]):
                     todo.append((label, job))
         out[panel] = {"experiment": exp, "budgets": budgets, "num_edges": e, "num_prompts": prompts, "dim": d,
                       "world_overrides": world, "jobs": todo}
@@ -195,16 +221,16 @@ def compute(results_dir, small: bool = False, progress: bool = True, reuse_stale
         for label in (HH_DESIGNS if panel == "hh_like" else IMDB_DESIGNS):
             for n in p["budgets"]:
                 cs = sorted(cells[(label, n, "map")], key=lambda c: c[0])
-                m = pool_cells([c["gap"] for _, c in cs])
+                m = pool_draws([c for _, c in cs])
                 mle_cs = sorted(cells.get((label, n, "newton"), []), key=lambda c: c[0])
-                mle = pool_cells([c["gap"] for _, c in mle_cs]) if mle_cs else nan
+                mle = pool_draws([c for _, c in mle_cs]) if mle_cs else nan
                 rows.append({
                     "panel": panel, "design": label, "registered_design": (HH_DESIGNS if panel == "hh_like" else IMDB_DESIGNS)[label][0],
                     "budget": n, "num_edges": p["num_edges"], "num_prompts": p["num_prompts"], "dim": p["dim"],
                     "budget_fraction": n / p["num_edges"], "seeds": len(cs), "replicates": sum(len(c["gap"]) for _, c in cs),
                     "labels_spent": int(cs[0][1]["labels_spent"][0]),
                     "estimator": "map", "mean_gap": m["mean"], "se": m["se"], "ci_low": m["ci_low"], "ci_high": m["ci_high"],
-                    "se_between": m["se_between"], "se_within": m["se_within"], "draw_p": m["draw_p"],
+                    "draws": m["draws"], "se_within": m["se_within"], "draw_p": m["draw_p"],
                     "mle_mean_gap": mle["mean"], "mle_se": mle["se"], "mle_ci_low": mle["ci_low"], "mle_ci_high": mle["ci_high"],
                     # the MLE exists (exact, by linear programming), from the MAP cells: the newton
                     # cells of a budget have the same allocations and labels
@@ -285,9 +311,10 @@ def plot_practical(rows):
         bx.set_xlabel(f"gap (nats): MAP filled, plain MLE open; n = {rs[0]['budget']}")
         bx.set_title(f"(b) IMDb-like: {im[0]['num_prompts']:,} prompts x 8 completions, E = {im[0]['num_edges']:,}", fontsize=7.5)
         bx.grid(True, axis="x", which="major", alpha=0.3, lw=0.4)
-    reps = {(r["seeds"], r["replicates"] // max(r["seeds"], 1)) for r in rows}
-    s, r = sorted(reps)[0]
-    fig.suptitle(f"the paper's practical regimes, synthetic analogues; means over {s} design draws x {r} label sets, 95% intervals", fontsize=7)
+    draws = sorted({r["draws"] for r in rows if 1 < r["draws"] < r["replicates"]})
+    over = f"{draws[0]}" if len(draws) == 1 else f"{draws[0]}-{draws[-1]}" if draws else "no"
+    fig.suptitle(f"the paper's practical regimes, synthetic analogues; means over {rows[0]['replicates']} label sets on {over} draws of the design's allocation, "
+                 "95% t intervals over the draws", fontsize=7)
     return fig
 
 
@@ -303,6 +330,11 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--reuse-stale-records", action="store_true",
                     help="keep records made by other code versions (named in the CSV's code_versions) instead of recomputing them")
     args = ap.parse_args(argv)
+    from experiments.compiled import use_classic_emitters
+
+    # before the first computation (jobs() builds the worlds): records are computed with the
+    # classic emitters by every app, so this one's are the figures command's, reused both ways
+    use_classic_emitters()
     import matplotlib
 
     matplotlib.use("Agg")

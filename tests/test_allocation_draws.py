@@ -24,11 +24,9 @@ CAPPED = ["world=tabular", "world.params.num_completions=8", "world.params.theta
 def test_the_cluster_robust_interval_matches_statsmodels_and_the_anova_pooling():
     """The summary's mean, CR1 standard error and t interval over draws equal statsmodels' OLS of
     the gaps on a constant with errors clustered by draw (unbalanced draws, invalid replicates
-    left out); with balanced draws the error equals Figure 6's between-cell error
-    (:func:`experiments.practical.pool_cells`, written independently)."""
+    left out); with balanced draws the error is the standard deviation of the draws' means
+    over sqrt(S)."""
     import statsmodels.api as sm
-
-    from experiments.practical import pool_cells
 
     rng = np.random.default_rng(3)
     alloc = np.repeat(np.arange(6), [5, 9, 4, 7, 6, 9])
@@ -41,8 +39,7 @@ def test_the_cluster_robust_interval_matches_statsmodels_and_the_anova_pooling()
     np.testing.assert_allclose([lo, hi], fit.conf_int(alpha=0.1)[0], rtol=1e-12)
     g = rng.normal(size=(5, 8)) + rng.normal(size=(5, 1))
     m = records.draws_mean_and_ci(g.ravel(), np.ones(40, bool), np.repeat(np.arange(5), 8))
-    pooled = pool_cells(g)
-    np.testing.assert_allclose([m[0], m[1]], [pooled["mean"], pooled["se_between"]], rtol=1e-12)
+    np.testing.assert_allclose([m[0], m[1]], [g.mean(), g.mean(axis=1).std(ddof=1) / np.sqrt(5)], rtol=1e-12)
     # every replicate its own draw (adaptive designs), or one draw: the plain interval
     for a in (np.arange(40), np.zeros(40, int)):
         np.testing.assert_allclose(records.draws_mean_and_ci(g.ravel(), np.ones(40, bool), a)[:4],

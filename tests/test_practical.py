@@ -14,6 +14,7 @@ from experiments import practical, sweep
 from experiments.cell import float64
 from experiments.worlds import make_world
 from synthetic.designs import DESIGNS, design_problem, run_design
+from synthetic.monte_carlo import mean_and_ci
 
 
 def _design_of(job):
@@ -48,6 +49,14 @@ def test_hh_like_pool_has_the_stated_structure():
         # each comparison capped at one label, except best-vs-worst (see the next test)
         _, name, params = _design_of(next(j for lab, j in hh["jobs"] if lab == label))
         assert params["max_labels_per_edge"] == (None if label == "best_vs_worst" else 1), label
+    # every cell draws the design's allocation several times, as the experiment's config does
+    # (its commands reproduce the figure's cells), but where it has no key to draw with
+    # (adaptive: each replicate its own run; keyless)
+    assert cfg.allocation_draws == spec["draws"] > 1
+    for label, job in hh["jobs"]:
+        spec_d = DESIGNS[practical.HH_DESIGNS[label][0]]
+        want = 1 if spec_d.adaptive or spec_d.keyless else spec["draws"]
+        assert [x for x in job if x.startswith("allocation_draws=")] == [f"allocation_draws={want}"], label
 
 
 def test_every_hh_design_labels_n_equal_half_of_e_comparisons_each_at_most_once():
@@ -73,7 +82,7 @@ def test_every_hh_design_labels_n_equal_half_of_e_comparisons_each_at_most_once(
 @pytest.mark.slow
 def test_imdb_like_selection_picks_175_prompts_with_one_pair_each():
     cfg = sweep.compose_job(["experiment=imdb_like"])
-    assert cfg.budget == 175 and cfg.world.params.num_train_prompts == 1000 and cfg.world.params.num_completions == 8
+    assert cfg.allocation_draws == practical.FULL["draws"] and cfg.budget == 175 and cfg.world.params.num_train_prompts == 1000 and cfg.world.params.num_completions == 8
     with float64():
         problem = _problem(cfg)
         assert problem.num_edges == 1000 * 28
@@ -91,33 +100,70 @@ def test_imdb_like_selection_picks_175_prompts_with_one_pair_each():
 
 
 @pytest.mark.parametrize("draw_sd", [0.0, 0.2])
-def test_pooled_standard_errors_match_statsmodels_and_scipy(draw_sd):
+def test_pooled_interval_clusters_every_seeds_draws_as_statsmodels_does(draw_sd):
+    """Two seeds' cells of five draws each: the pooled mean, error and t interval are
+    statsmodels' OLS on a constant with errors clustered by (seed, draw), ten clusters
+    (not five: a draw index is not shared across seeds); the within error and the F test
+    are those of the regression on cluster indicators and scipy's one-way ANOVA."""
     sm = pytest.importorskip("statsmodels.api")
     from scipy import stats
 
     rng = np.random.default_rng(0)
-    s, r = 5, 7
-    gaps = rng.gamma(2.0, 0.01, size=(s, r)) + draw_sd * rng.random(size=(s, 1))
-    got = practical.pool_cells(gaps)
-    y, groups = gaps.ravel(), np.repeat(np.arange(s), r)
-    # between: the cluster-robust standard error of the mean, the cells as clusters
-    fit = sm.OLS(y, np.ones((y.size, 1))).fit(cov_type="cluster", cov_kwds={"groups": groups})
-    assert math.isclose(got["mean"], float(fit.params[0]), rel_tol=1e-12)
-    assert math.isclose(got["se_between"], float(fit.bse[0]), rel_tol=1e-10)
-    # within: the mean of the cells' coefficients in a regression on cell indicators
-    dummies = (groups[:, None] == np.arange(s)[None, :]).astype(float)
-    contrast = sm.OLS(y, dummies).fit().t_test(np.full((1, s), 1.0 / s))
+    s, d, per = 2, 5, 6
+    cells, groups = [], []
+    for seed in range(s):
+        alloc = np.repeat(np.arange(d), per)
+        gap = rng.gamma(2.0, 0.01, size=d * per) + draw_sd * rng.random(size=d)[alloc]
+        cells.append({"gap": gap, "valid": np.ones(d * per, bool), "allocation": alloc, "allocation_random": np.ones(d * per, bool)})
+        groups.append(seed * d + alloc)
+    got = practical.pool_draws(cells, level=0.9)
+    y, groups = np.concatenate([c["gap"] for c in cells]), np.concatenate(groups)
+    fit = sm.OLS(y, np.ones((y.size, 1))).fit(cov_type="cluster", cov_kwds={"groups": groups}, use_t=True)
+    assert got["draws"] == s * d
+    np.testing.assert_allclose([got["mean"], got["se"]], [fit.params[0], fit.bse[0]], rtol=1e-10)
+    np.testing.assert_allclose([got["ci_low"], got["ci_high"]], fit.conf_int(alpha=0.1)[0], rtol=1e-10)
+    # within: the mean of the clusters' coefficients in a regression on cluster indicators
+    dummies = (groups[:, None] == np.arange(s * d)[None, :]).astype(float)
+    contrast = sm.OLS(y, dummies).fit().t_test(np.full((1, s * d), 1.0 / (s * d)))
     assert math.isclose(got["se_within"], float(np.squeeze(contrast.sd)), rel_tol=1e-10)
-    assert got["se"] == max(got["se_between"], got["se_within"])
-    assert math.isclose(got["draw_p"], float(stats.f_oneway(*gaps).pvalue), rel_tol=1e-10)
-    lo, hi = stats.norm.interval(0.95, loc=got["mean"], scale=got["se"])
-    assert math.isclose(got["ci_low"], lo, rel_tol=1e-12) and math.isclose(got["ci_high"], hi, rel_tol=1e-12)
+    assert math.isclose(got["draw_p"], float(stats.f_oneway(*[y[groups == g] for g in range(s * d)]).pvalue), rel_tol=1e-8)
     if draw_sd > 0:  # draws that differ by far more than the label noise are detected
-        assert got["draw_p"] < 1e-3 and got["se"] == got["se_between"]
-    with pytest.raises(ValueError, match="S >= 2"):
-        practical.pool_cells(gaps[:1])
+        assert got["draw_p"] < 1e-3 and got["se"] > 3 * got["se_within"]
+    # an invalid replicate is left out of every number
+    cells[1]["valid"] = cells[1]["valid"].copy()
+    cells[1]["valid"][3] = False
+    cells[1]["gap"] = cells[1]["gap"].copy()
+    cells[1]["gap"][3] = np.inf
+    keep = np.ones(y.size, bool)
+    keep[s * d * per // 2 + 3] = False
+    fit = sm.OLS(y[keep], np.ones((keep.sum(), 1))).fit(cov_type="cluster", cov_kwds={"groups": groups[keep]}, use_t=True)
+    got = practical.pool_draws(cells)
+    np.testing.assert_allclose([got["mean"], got["se"]], [fit.params[0], fit.bse[0]], rtol=1e-10)
+    cells[1]["valid"][3] = True
     with pytest.raises(ValueError, match="finite"):
-        practical.pool_cells(np.where(gaps > gaps.max() - 1e-12, np.inf, gaps))
+        practical.pool_draws(cells)
+
+
+def test_pooled_interval_without_draws_is_over_independent_replicates():
+    """No cell's allocation is random (every draw gave one allocation): all replicates share
+    it and the interval is the plain one over all of them. Adaptive cells (each replicate its
+    own draw, numbered 0..R-1 in every cell) are independent replicates too. Old records
+    without the allocation columns: each cell is one draw."""
+    rng = np.random.default_rng(1)
+    g = rng.gamma(2.0, 0.01, size=(2, 12))
+    plain = dict(zip(("mean", "se", "ci_low", "ci_high"), mean_and_ci(g.ravel())))
+    fixed = [{"gap": x, "valid": np.ones(12, bool), "allocation": np.repeat(np.arange(3), 4), "allocation_random": np.zeros(12, bool)} for x in g]
+    got = practical.pool_draws(fixed)
+    assert got["draws"] == 1 and got["se_within"] == got["se"] and np.isnan(got["draw_p"])
+    np.testing.assert_allclose([got[k] for k in plain], list(plain.values()), rtol=1e-12)
+    adaptive = [{"gap": x, "valid": np.ones(12, bool), "allocation": np.arange(12), "allocation_random": np.ones(12, bool)} for x in g]
+    got = practical.pool_draws(adaptive)
+    assert got["draws"] == 24 and np.isnan(got["se_within"]) and np.isnan(got["draw_p"])
+    np.testing.assert_allclose([got[k] for k in plain], list(plain.values()), rtol=1e-12)
+    old = [{"gap": x, "valid": np.ones(12, bool)} for x in g]
+    got = practical.pool_draws(old)
+    assert got["draws"] == 2
+    assert math.isclose(got["se"], abs(g[0].mean() - g[1].mean()) / 2, rel_tol=1e-12)  # CR1 over two equal clusters
 
 
 @pytest.mark.slow

@@ -321,6 +321,30 @@ print(on, emitters(), repr(os.environ.get("XLA_FLAGS", "")), repr(child), os.env
 
 
 @pytest.mark.skipif(not _supported(), reason="this jaxlib does not accept XLA's classic-emitter flag")
+def test_figure_6s_app_computes_with_classic_emitters_as_the_figures_command_does():
+    """``python -m experiments.practical`` builds its worlds (a computation) before any cell: it
+    sets the classic emitters first, so its records carry the figures command's code version
+    (found: they carried the default emitters', and neither command reused the other's)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "WHICHPAIRS_XLA_CLASSIC_EMITTERS")}
+    code = """
+import sys
+from experiments import practical
+from experiments.compiled import emitters
+
+def compute(*args, **kwargs):
+    practical.jobs(small=True, panels=("hh_like",))  # what the real compute does first: build a world
+    print("EMITTERS", emitters())
+    sys.exit(0)
+
+practical.compute = compute
+practical.main(["--small", "--no-progress"])
+"""
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "EMITTERS classic" in res.stdout
+
+
+@pytest.mark.skipif(not _supported(), reason="this jaxlib does not accept XLA's classic-emitter flag")
 def test_the_sweep_app_computes_its_records_with_classic_emitters_and_keys_them_so(tmp_path, monkeypatch):
     """The sweep app, and ``run_jobs`` in a fresh process, started without any XLA setting compute
     with the classic emitters: each record's code version is the one this process (the suite: classic emitters) computes, and a
