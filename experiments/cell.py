@@ -96,7 +96,7 @@ def cell_identity(cfg: DictConfig) -> dict:
 
 def allocation_draws(cfg) -> int:
     """``cfg.allocation_draws`` (1 where the config has no such key): the allocations a cell draws from its design."""
-    return int(cfg.get("allocation_draws", 1) if "allocation_draws" in cfg else 1)
+    return int(cfg.get("allocation_draws", 1))
 
 
 def cell_id(cfg: DictConfig) -> tuple[str, dict]:

@@ -296,7 +296,8 @@ def plot_fig5(rows: list[dict]):
             mc = [r for r in dr if np.isfinite(r["estimation_mc"])]
             if mc:
                 ax.errorbar([r["num_completions"] for r in mc], [r["estimation_mc"] for r in mc],
-                            yerr=[1.96 * r["estimation_mc_se"] for r in mc], fmt=marker, color=color, mfc="none", ms=4, lw=0.7)
+                            yerr=[[r["estimation_mc"] - r["estimation_mc_ci_low"] for r in mc],
+                                  [r["estimation_mc_ci_high"] - r["estimation_mc"] for r in mc]], fmt=marker, color=color, mfc="none", ms=4, lw=0.7)
         ax.set_xscale("log")
         ax.set_yscale("symlog", linthresh=1e-4, linscale=0.3)  # the approximation part is 0 at K_max
         ax.set_ylim(0.0, None)

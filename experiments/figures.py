@@ -78,19 +78,20 @@ FIG1_DRAWS = {"tabular": {"two_stage": 4}}
 # second axis (panel b and its Monte Carlo at theta_scale 3, where the trade-off between
 # the parts shows). "coincidence": Gaussian pools, 20,000 draws per K.
 FIG5_FULL = {
-    "check": {"world": {"num_completions": 16}, "pool_sizes": [2, 4, 8, 16], "budget": 2000, "replicates": 100,
+    "check": {"world": {"num_completions": 16}, "pool_sizes": [2, 4, 8, 16], "budget": 2000, "replicates": 100, "draws": 10,
               "designs": ["oracle", "plug_in", "uniform", "best_vs_worst", "sweet_spot"], "mc": ["oracle", "uniform", "best_vs_worst"]},
     "seed003": {"world": {"prompt_dim": 2, "action_dim": 2, "num_train_prompts": 100, "num_eval_prompts": 200, "num_completions": 200},
-                "pool_sizes": [8, 20, 50, 100, 200], "budget": 500, "replicates": 100, "scale": 3.0, "scales": [0.2, 0.5, 1.0, 2.0, 3.0],
+                "pool_sizes": [8, 20, 50, 100, 200], "budget": 500, "replicates": 100, "draws": 10, "scale": 3.0, "scales": [0.2, 0.5, 1.0, 2.0, 3.0],
                 "designs": ["plug_in", "uniform", "best_vs_worst", "sweet_spot", "sweet_spot_pm2sigma", "sweet_spot_scalable"],
                 "mc": ["best_vs_worst", "sweet_spot", "sweet_spot_pm2sigma", "sweet_spot_scalable"]},
     "coincidence": {"pool_sizes": [5, 8, 10, 11, 12, 15, 20, 50, 100, 200], "draws": 20000},
 }
 FIG5_SMALL = {
     "check": {**FIG5_FULL["check"], "world": {"num_completions": 6, "num_train_prompts": 20, "num_eval_prompts": 40},
-              "pool_sizes": [3, 6], "budget": 500, "replicates": 20, "designs": ["oracle", "uniform", "best_vs_worst"], "mc": ["uniform"]},
+              "pool_sizes": [3, 6], "budget": 500, "replicates": 20, "draws": 4, "designs": ["oracle", "uniform", "best_vs_worst"],
+              "mc": ["uniform"]},
     "seed003": {**FIG5_FULL["seed003"], "world": {"prompt_dim": 2, "action_dim": 2, "num_train_prompts": 20, "num_eval_prompts": 40,
-                                                   "num_completions": 24}, "pool_sizes": [6, 24], "replicates": 20,
+                                                   "num_completions": 24}, "pool_sizes": [6, 24], "replicates": 20, "draws": 4,
                 "designs": ["plug_in", "uniform", "best_vs_worst", "sweet_spot"],
                 "scales": [1.0, 3.0], "mc": ["best_vs_worst"]},
     "coincidence": {"pool_sizes": [6, 12, 24], "draws": 2000},
@@ -648,7 +649,7 @@ def _check_real_positive(name, value):
 
 
 def pool_size_item(world, k: int, design: str, budget: int, key, replicates: int = 0, edge_index=None, diffs_max=None,
-                   scales=(1.0,), mc_scale: float = 1.0, cut=None) -> dict:
+                   scales=(1.0,), mc_scale: float = 1.0, cut=None, draws: int = 1) -> dict:
     """One point of Figure 5: pool of the first ``k`` completions, ``design``, ``budget`` labels.
 
     For each ``s`` in ``scales`` (keys ``<name>@<s>``): the approximation part, the
@@ -658,16 +659,21 @@ def pool_size_item(world, k: int, design: str, budget: int, key, replicates: int
     (uniform, plug-in at ``0``, and the reward-rank rules best-vs-worst and seed 003's,
     whose proxy reward is standardised), not for the oracle (give it ``scales=(1.0,)``).
 
-    With ``replicates > 0``, in the world of scale ``mc_scale``: the Monte-Carlo estimation part (gap
-    of the DPO MLE, or its ridge-path limit, to the pool's own optimum; all replicates),
-    its sum with the approximation part and the fraction of replicates with an MLE. The
+    With ``replicates > 0``, in the world of scale ``mc_scale``: the Monte-Carlo estimation part,
+    the gap of the DPO MLE (or its ridge-path limit) to the pool's own optimum in every
+    replicate (``mc_gap``), on ``draws`` draws of the design's allocation (``mc_allocation``:
+    each replicate's draw; the replicates split evenly among the draws, each draw with its
+    own key split from the item's design key; one draw uses that key itself, as the
+    asymptotic part does), ``mc_allocation_random`` (a pilot, or draws that differ), the
+    approximation part at ``mc_scale`` (``mc_approximation``) and the fraction of replicates
+    with an MLE; :func:`_mc_summary` makes the mean and its interval over the draws. The
     labelled edges are mapped to the largest pool's edge ids (``edge_index``
     ``[m, Kmax, Kmax]``, ``diffs_max``) and the gap is taken on :func:`nested_pool`, so
     every ``k`` shares compiled shapes. ``cut``: ``(first_completions(world, k),
     its design problem)`` if already built (pools of millions of edges take seconds).
     """
     from synthetic.designs import design_problem, run_design
-    from synthetic.monte_carlo import mean_and_ci, replicate_gaps
+    from synthetic.monte_carlo import replicate_gaps
     from synthetic.worlds import first_completions
     from theory import asymptotic_gap
 
@@ -675,6 +681,8 @@ def pool_size_item(world, k: int, design: str, budget: int, key, replicates: int
     _check_pool_size(k, kmax)
     for s in (*scales, mc_scale):
         _check_real_positive("scales", s)
+    if replicates:
+        check_argument("draws", draws, f"int in [1, {replicates}]")  # each draw has a replicate
     if cut is None:
         wk = world if k == kmax else first_completions(world, k)
         cut = (wk, design_problem(wk))
@@ -690,7 +698,6 @@ def pool_size_item(world, k: int, design: str, budget: int, key, replicates: int
         est = float(asymptotic_gap(jnp.asarray(w), ws.theta_star, ev.features, ev.log_ref, problem.edges.diffs, ws.beta, budget,
                                    ev.prompt_weights))
         row.update({f"approximation@{s:g}": approx, f"estimation_asymptotic@{s:g}": est, f"total_asymptotic@{s:g}": approx + est})
-    row.update(estimation_mc=math.nan, estimation_mc_se=math.nan, total_mc=math.nan, mle_fraction=math.nan)
     if replicates:
         ids = np.asarray(edge_index)[problem.edges.prompt, problem.edges.first, problem.edges.second]
         e_max = int(diffs_max.shape[0])
@@ -700,21 +707,48 @@ def pool_size_item(world, k: int, design: str, budget: int, key, replicates: int
             full[ids] = np.asarray(a, np.float64)
             return full
 
-        pilot = None if out.pilot is None else tuple(lift(a) for a in out.pilot)
         wm = scaled_world(world, mc_scale)
-        res = replicate_gaps(jax.random.split(k_rep, replicates), wm.theta_star, diffs_max, lift(out.dense_counts(problem.num_edges)),
-                             wm.beta, nested_pool(wm.eval, k), pilot=pilot, chunk_size=min(50, replicates))
-        mean, se, _, _ = mean_and_ci(np.asarray(res.gap))
-        row.update(estimation_mc=mean, estimation_mc_se=se, total_mc=approximation_part(wm, k) + mean,
-                   mle_fraction=float(np.mean(res.mle_exists)))
+        rep_keys = jax.random.split(k_rep, replicates)
+        groups = np.array_split(np.arange(replicates), draws)
+        outs = [out] if draws == 1 else [run_design(design, kd, problem, budget) for kd in jax.random.split(k_design, draws)]
+        gap, exists, alloc = np.zeros(replicates), np.zeros(replicates, bool), np.zeros(replicates, np.int64)
+        for a, (group, o) in enumerate(zip(groups, outs)):
+            pilot = None if o.pilot is None else tuple(lift(x) for x in o.pilot)
+            res = replicate_gaps(rep_keys[group], wm.theta_star, diffs_max, lift(o.dense_counts(problem.num_edges)),
+                                 wm.beta, nested_pool(wm.eval, k), pilot=pilot, chunk_size=min(50, group.size))
+            gap[group], exists[group], alloc[group] = np.asarray(res.gap, np.float64), np.asarray(res.mle_exists, bool), a
+        counts = [o.dense_counts(problem.num_edges) for o in outs]
+        random = any(o.pilot is not None for o in outs) or any(not np.array_equal(counts[0], c) for c in counts[1:])
+        row.update(mc_gap=gap, mc_allocation=alloc, mc_allocation_random=bool(random), mc_approximation=approximation_part(wm, k),
+                   mle_fraction=float(np.mean(exists)))
     return row
+
+
+def _mc_summary(got: dict, level: float = 0.95) -> dict:
+    """The Monte-Carlo columns of a Figure 5 row from its item (:func:`pool_size_item`):
+    ``estimation_mc`` and its interval over the replicates, clustered by draw where the
+    allocation is random (:func:`experiments.records.draws_mean_and_ci`: CR1 error, Student t
+    over the draws; with one draw, or draws that all gave one allocation, the plain
+    interval, given that allocation), ``mc_draws`` (the draws in that interval: 1 for one
+    allocation), ``total_mc`` (with the approximation part) and ``mle_fraction``."""
+    from experiments.records import draws_mean_and_ci
+
+    if "mc_gap" not in got:
+        return dict.fromkeys(("estimation_mc", "estimation_mc_se", "estimation_mc_ci_low", "estimation_mc_ci_high", "mc_draws",
+                              "total_mc", "mle_fraction"), math.nan)
+    gap = np.asarray(got["mc_gap"], np.float64)
+    alloc = np.asarray(got["mc_allocation"]) if bool(got["mc_allocation_random"]) else None
+    mean, se, lo, hi, draws = draws_mean_and_ci(gap, np.ones(gap.size, bool), alloc, level)
+    return {"estimation_mc": mean, "estimation_mc_se": se, "estimation_mc_ci_low": lo, "estimation_mc_ci_high": hi,
+            "mc_draws": draws, "total_mc": float(got["mc_approximation"]) + mean, "mle_fraction": float(got["mle_fraction"])}
 
 
 #: Figure 5's CSV columns. Pool-size rows (panels ``check`` and ``seed003``) have one row per
 #: ``theta_scale``, with the Monte Carlo (``*_mc``) at the panel's ``mc_scale`` only;
 #: ``coincidence`` rows have the coincidence columns; a row leaves the others blank.
 _FIG5_COLUMNS = ("panel", "world", "order", "theta_scale", "num_completions", "design", "budget", "replicates", "approximation",
-                 "estimation_asymptotic", "total_asymptotic", "estimation_mc", "estimation_mc_se", "total_mc", "mle_fraction",
+                 "estimation_asymptotic", "total_asymptotic", "estimation_mc", "estimation_mc_se", "estimation_mc_ci_low",
+                 "estimation_mc_ci_high", "mc_draws", "total_mc", "mle_fraction",
                  "coincidence_gaussian", "coincidence_gaussian_se", "coincidence_world", "mc_scale")
 
 
@@ -776,13 +810,14 @@ def _fig5_plan(spec: dict) -> list[tuple[dict, FigureItem]]:
         for k in p["pool_sizes"]:
             for d in p["designs"]:
                 reps = p["replicates"] if d in p["mc"] else 0
+                draws = p["draws"] if reps else 1
                 ident = {"item": "pool_size", "world": p["world"], "order": order, "scales": scales, "k": k, "design": d,
-                         "budget": p["budget"], "replicates": reps, "mc_scale": mc_scale}
+                         "budget": p["budget"], "replicates": reps, "mc_scale": mc_scale, "draws": draws}
 
-                def compute(panel=panel, order=order, scales=scales, k=k, d=d, reps=reps, mc_scale=mc_scale):
+                def compute(panel=panel, order=order, scales=scales, k=k, d=d, reps=reps, mc_scale=mc_scale, draws=draws):
                     world, idx, diffs, _ = world_of(panel, order)
                     return pool_size_item(world, k, d, spec[panel]["budget"], key_for(panel, d, k), reps, idx, diffs, scales,
-                                          mc_scale, cut_of(panel, order, k))
+                                          mc_scale, cut_of(panel, order, k), draws)
 
                 add({"kind": "pool_size", "panel": panel, "order": order, "scales": scales, "k": k, "design": d, "reps": reps,
                      "mc_scale": mc_scale}, ident, compute)
@@ -824,7 +859,7 @@ def _fig5_rows(spec: dict, results: Path, progress: bool) -> list[dict]:
                              "replicates": meta["reps"] if mc else 0,
                              "approximation": got[f"approximation@{s:g}"], "estimation_asymptotic": got[f"estimation_asymptotic@{s:g}"],
                              "total_asymptotic": got[f"total_asymptotic@{s:g}"],
-                             **{c: (got[c] if mc else math.nan) for c in ("estimation_mc", "estimation_mc_se", "total_mc", "mle_fraction")},
+                             **{c: (v if mc else math.nan) for c, v in _mc_summary(got).items()},
                              "mc_scale": mc_scale})
     for k, frac in world_coincidence.items():
         hit = [r for r in rows if r["panel"] == "coincidence" and r["num_completions"] == k]
@@ -871,9 +906,9 @@ PLOT_COLUMNS = {
     ("fig4", None): ("kind", "direction", "radius", "gap_ratio", "gap_ratio_se", "criterion_ratio", "bound_factor", "budget", "dim",
                      "directions"),
     ("fig5", None): ("panel", "design", "num_completions", "theta_scale", "mc_scale", "budget", "approximation", "estimation_asymptotic",
-                     "total_asymptotic", "estimation_mc", "estimation_mc_se", "coincidence_world"),
+                     "total_asymptotic", "estimation_mc", "estimation_mc_ci_low", "estimation_mc_ci_high", "coincidence_world"),
     ("fig6", None): ("panel", "design", "registered_design", "budget", "budget_fraction", "num_edges", "num_prompts", "dim", "seeds",
-                     "replicates", "mean_gap", "ci_low", "ci_high", "mle_mean_gap", "mle_ci_low", "mle_ci_high", "reference_gap"),
+                     "replicates", "draws", "mean_gap", "ci_low", "ci_high", "mle_mean_gap", "mle_ci_low", "mle_ci_high", "reference_gap"),
 }
 PLOTS = {"fig1": plot_fig1, "fig2": plot_fig2, "fig3": plot_fig3, "fig4": plot_fig4, "fig5": plot_fig5, "fig6": plot_fig6}
 

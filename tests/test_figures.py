@@ -177,6 +177,40 @@ def test_gap_to_the_largest_pools_optimum_is_approximation_plus_estimation():
         assert math.isclose(figures.fixed_objective_gap(theta, world, k), total, rel_tol=1e-10), k
 
 
+def test_pool_size_monte_carlo_is_over_draws_of_the_allocation_with_a_clustered_interval():
+    """Figure 5's Monte-Carlo part below one label a comparison (uniform labels 60 of 126
+    comparisons, a random subset): the replicates are split among ``draws`` allocations that
+    differ, and the interval is statsmodels' OLS on a constant clustered by draw, with t;
+    a design whose allocation is fixed (best-vs-worst, 10 labels on each prompt's pair) gets
+    the plain interval whatever its draws; a bad ``draws`` is refused before any work."""
+    import statsmodels.api as sm
+
+    from synthetic.designs import design_problem
+
+    world = _small_world()
+    problem = design_problem(world)
+    idx, diffs = problem.edge_index(), problem.edges.diffs
+    assert problem.num_edges == 126
+    got = figures.pool_size_item(world, 7, "uniform", 60, jax.random.key(0), 12, idx, diffs, draws=4)
+    alloc = np.asarray(got["mc_allocation"])
+    assert np.array_equal(alloc, np.repeat(np.arange(4), 3)) and bool(got["mc_allocation_random"])
+    gap = np.asarray(got["mc_gap"])
+    row = figures._mc_summary(got, level=0.9)
+    fit = sm.OLS(gap, np.ones(gap.size)).fit(cov_type="cluster", cov_kwds={"groups": alloc}, use_t=True)
+    assert row["mc_draws"] == 4
+    np.testing.assert_allclose([row["estimation_mc"], row["estimation_mc_se"]], [fit.params[0], fit.bse[0]], rtol=1e-10)
+    np.testing.assert_allclose([row["estimation_mc_ci_low"], row["estimation_mc_ci_high"]], fit.conf_int(alpha=0.1)[0], rtol=1e-10)
+    assert math.isclose(row["total_mc"], figures.approximation_part(world, 7) + row["estimation_mc"], rel_tol=1e-12)
+    fixed = figures.pool_size_item(world, 7, "best_vs_worst", 60, jax.random.key(0), 12, idx, diffs, draws=4)
+    assert not bool(fixed["mc_allocation_random"])
+    row = figures._mc_summary(fixed)
+    g = np.asarray(fixed["mc_gap"])
+    assert row["mc_draws"] == 1
+    np.testing.assert_allclose([row["estimation_mc"], row["estimation_mc_se"]], [g.mean(), g.std(ddof=1) / np.sqrt(12)], rtol=1e-12)
+    with pytest.raises(ValueError, match=r"draws must be an integer in \[1, 12\], got 13"):
+        figures.pool_size_item(world, 7, "uniform", 60, jax.random.key(0), 12, idx, diffs, draws=13)
+
+
 def test_nested_pool_keeps_the_shape_and_gives_the_cut_worlds_gap_and_curvature():
     from synthetic import first_completions
     from theory import optimality_gap, policy_curvature
