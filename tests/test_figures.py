@@ -179,36 +179,54 @@ def test_gap_to_the_largest_pools_optimum_is_approximation_plus_estimation():
 
 def test_pool_size_monte_carlo_is_over_draws_of_the_allocation_with_a_clustered_interval():
     """Figure 5's Monte-Carlo part below one label a comparison (uniform labels 60 of 126
-    comparisons, a random subset): the replicates are split among ``draws`` allocations that
-    differ, and the interval is statsmodels' OLS on a constant clustered by draw, with t;
-    a design whose allocation is fixed (best-vs-worst, 10 labels on each prompt's pair) gets
-    the plain interval whatever its draws; a bad ``draws`` is refused before any work."""
+    comparisons, a random subset): the replicates are split among ``allocation_draws``
+    allocations, each draw's replicates labelled on its own allocation with their own keys
+    (recomputed directly), and the interval is statsmodels' OLS on a constant clustered by
+    draw, with t; one draw is the item's design key itself (the former computation) and is
+    still known to be random; a design whose allocation is fixed (best-vs-worst, 10 labels on
+    each prompt's pair) gets the plain interval whatever its draws; a bad number of draws is
+    refused before any work."""
     import statsmodels.api as sm
 
-    from synthetic.designs import design_problem
+    from synthetic.designs import design_problem, run_design
+    from synthetic.monte_carlo import replicate_gaps
 
     world = _small_world()
     problem = design_problem(world)
     idx, diffs = problem.edge_index(), problem.edges.diffs
     assert problem.num_edges == 126
-    got = figures.pool_size_item(world, 7, "uniform", 60, jax.random.key(0), 12, idx, diffs, draws=4)
+    got = figures.pool_size_item(world, 7, "uniform", 60, jax.random.key(0), 12, idx, diffs, allocation_draws=4)
     alloc = np.asarray(got["mc_allocation"])
     assert np.array_equal(alloc, np.repeat(np.arange(4), 3)) and bool(got["mc_allocation_random"])
     gap = np.asarray(got["mc_gap"])
+    k_design, k_rep = jax.random.split(jax.random.key(0))
+    rep_keys = jax.random.split(k_rep, 12)
+    pool = figures.nested_pool(world.eval, 7)
+    drawn = []
+    for a, kd in enumerate(jax.random.split(k_design, 4)):
+        drawn.append(run_design("uniform", kd, problem, 60).dense_counts(126))
+        res = replicate_gaps(rep_keys[3 * a : 3 * a + 3], world.theta_star, diffs, drawn[-1], world.beta, pool)
+        np.testing.assert_allclose(gap[alloc == a], np.asarray(res.gap), rtol=1e-9)
+    assert len({c.tobytes() for c in drawn}) == 4  # four different allocations
     row = figures._mc_summary(got, level=0.9)
     fit = sm.OLS(gap, np.ones(gap.size)).fit(cov_type="cluster", cov_kwds={"groups": alloc}, use_t=True)
-    assert row["mc_draws"] == 4
+    assert row["mc_allocations"] == 4
     np.testing.assert_allclose([row["estimation_mc"], row["estimation_mc_se"]], [fit.params[0], fit.bse[0]], rtol=1e-10)
     np.testing.assert_allclose([row["estimation_mc_ci_low"], row["estimation_mc_ci_high"]], fit.conf_int(alpha=0.1)[0], rtol=1e-10)
     assert math.isclose(row["total_mc"], figures.approximation_part(world, 7) + row["estimation_mc"], rel_tol=1e-12)
-    fixed = figures.pool_size_item(world, 7, "best_vs_worst", 60, jax.random.key(0), 12, idx, diffs, draws=4)
+    one = figures.pool_size_item(world, 7, "uniform", 60, jax.random.key(0), 12, idx, diffs)
+    res = replicate_gaps(rep_keys, world.theta_star, diffs, run_design("uniform", k_design, problem, 60).dense_counts(126), world.beta, pool)
+    np.testing.assert_allclose(np.asarray(one["mc_gap"]), np.asarray(res.gap), rtol=1e-9)
+    assert np.all(np.asarray(one["mc_allocation"]) == 0) and bool(one["mc_allocation_random"])
+    assert figures._mc_summary(one)["mc_allocations"] == 1  # its interval: given that one allocation
+    fixed = figures.pool_size_item(world, 7, "best_vs_worst", 60, jax.random.key(0), 12, idx, diffs, allocation_draws=4)
     assert not bool(fixed["mc_allocation_random"])
     row = figures._mc_summary(fixed)
     g = np.asarray(fixed["mc_gap"])
-    assert row["mc_draws"] == 1
+    assert row["mc_allocations"] == 1
     np.testing.assert_allclose([row["estimation_mc"], row["estimation_mc_se"]], [g.mean(), g.std(ddof=1) / np.sqrt(12)], rtol=1e-12)
-    with pytest.raises(ValueError, match=r"draws must be an integer in \[1, 12\], got 13"):
-        figures.pool_size_item(world, 7, "uniform", 60, jax.random.key(0), 12, idx, diffs, draws=13)
+    with pytest.raises(ValueError, match=r"allocation_draws must be an integer in \[1, 12\], got 13"):
+        figures.pool_size_item(world, 7, "uniform", 60, jax.random.key(0), 12, idx, diffs, allocation_draws=13)
 
 
 def test_nested_pool_keeps_the_shape_and_gives_the_cut_worlds_gap_and_curvature():

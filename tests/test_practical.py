@@ -52,10 +52,10 @@ def test_hh_like_pool_has_the_stated_structure():
     # every cell draws the design's allocation several times, as the experiment's config does
     # (its commands reproduce the figure's cells), but where it has no key to draw with
     # (adaptive: each replicate its own run; keyless)
-    assert cfg.allocation_draws == spec["draws"] > 1
+    assert cfg.allocation_draws == spec["allocation_draws"] > 1
     for label, job in hh["jobs"]:
         spec_d = DESIGNS[practical.HH_DESIGNS[label][0]]
-        want = 1 if spec_d.adaptive or spec_d.keyless else spec["draws"]
+        want = 1 if spec_d.adaptive or spec_d.keyless else spec["allocation_draws"]
         assert [x for x in job if x.startswith("allocation_draws=")] == [f"allocation_draws={want}"], label
 
 
@@ -82,7 +82,7 @@ def test_every_hh_design_labels_n_equal_half_of_e_comparisons_each_at_most_once(
 @pytest.mark.slow
 def test_imdb_like_selection_picks_175_prompts_with_one_pair_each():
     cfg = sweep.compose_job(["experiment=imdb_like"])
-    assert cfg.allocation_draws == practical.FULL["draws"] and cfg.budget == 175 and cfg.world.params.num_train_prompts == 1000 and cfg.world.params.num_completions == 8
+    assert cfg.allocation_draws == practical.FULL["allocation_draws"] and cfg.budget == 175 and cfg.world.params.num_train_prompts == 1000 and cfg.world.params.num_completions == 8
     with float64():
         problem = _problem(cfg)
         assert problem.num_edges == 1000 * 28
@@ -119,7 +119,7 @@ def test_pooled_interval_clusters_every_seeds_draws_as_statsmodels_does(draw_sd)
     got = practical.pool_draws(cells, level=0.9)
     y, groups = np.concatenate([c["gap"] for c in cells]), np.concatenate(groups)
     fit = sm.OLS(y, np.ones((y.size, 1))).fit(cov_type="cluster", cov_kwds={"groups": groups}, use_t=True)
-    assert got["draws"] == s * d
+    assert got["allocations"] == s * d
     np.testing.assert_allclose([got["mean"], got["se"]], [fit.params[0], fit.bse[0]], rtol=1e-10)
     np.testing.assert_allclose([got["ci_low"], got["ci_high"]], fit.conf_int(alpha=0.1)[0], rtol=1e-10)
     # within: the mean of the clusters' coefficients in a regression on cluster indicators
@@ -154,15 +154,25 @@ def test_pooled_interval_without_draws_is_over_independent_replicates():
     plain = dict(zip(("mean", "se", "ci_low", "ci_high"), mean_and_ci(g.ravel())))
     fixed = [{"gap": x, "valid": np.ones(12, bool), "allocation": np.repeat(np.arange(3), 4), "allocation_random": np.zeros(12, bool)} for x in g]
     got = practical.pool_draws(fixed)
-    assert got["draws"] == 1 and got["se_within"] == got["se"] and np.isnan(got["draw_p"])
+    assert got["allocations"] == 1 and got["se_within"] == got["se"] and np.isnan(got["draw_p"])
     np.testing.assert_allclose([got[k] for k in plain], list(plain.values()), rtol=1e-12)
     adaptive = [{"gap": x, "valid": np.ones(12, bool), "allocation": np.arange(12), "allocation_random": np.ones(12, bool)} for x in g]
     got = practical.pool_draws(adaptive)
-    assert got["draws"] == 24 and np.isnan(got["se_within"]) and np.isnan(got["draw_p"])
+    assert got["allocations"] == 24 and np.isnan(got["se_within"]) and np.isnan(got["draw_p"])
     np.testing.assert_allclose([got[k] for k in plain], list(plain.values()), rtol=1e-12)
+    # one seed's allocation fixed, the other's random: the design is random, every seed's draws are clusters
+    mixed = [fixed[0], {**fixed[1], "allocation_random": np.ones(12, bool)}]
+    got = practical.pool_draws(mixed)
+    ids = np.concatenate([np.repeat(np.arange(3), 4), 3 + np.repeat(np.arange(3), 4)])
+    sums = np.bincount(ids, weights=g.ravel())
+    se = math.sqrt(6 / 5 * np.sum((sums - g.mean() * 4) ** 2)) / 24
+    assert got["allocations"] == 6 and math.isclose(got["se"], se, rel_tol=1e-12)
+    # a random allocation drawn once in all: no interval can cover the design's draw, refused
+    with pytest.raises(ValueError, match="one draw of a random allocation"):
+        practical.pool_draws([{**fixed[0], "allocation": np.zeros(12, int), "allocation_random": np.ones(12, bool)}])
     old = [{"gap": x, "valid": np.ones(12, bool)} for x in g]
     got = practical.pool_draws(old)
-    assert got["draws"] == 2
+    assert got["allocations"] == 2
     assert math.isclose(got["se"], abs(g[0].mean() - g[1].mean()) / 2, rel_tol=1e-12)  # CR1 over two equal clusters
 
 
@@ -176,6 +186,9 @@ def test_small_path_writes_the_figure_and_csv_that_the_records_reproduce(tmp_pat
         written = list(csv.DictReader(fh))
     assert len(written) == len(rows) == len(practical.HH_DESIGNS) * len(practical.SMALL["hh_fractions"]) + len(practical.IMDB_DESIGNS)
     spec = practical.SMALL
+    from scipy import stats
+
+    clustered = set()
     # independent: the sweep's per-cell summary rows (records.aggregate) of each directory,
     # averaged over seeds, give the pooled MAP and MLE means and MLE fractions
     for panel in ("hh_like", "imdb_like"):
@@ -188,6 +201,15 @@ def test_small_path_writes_the_figure_and_csv_that_the_records_reproduce(tmp_pat
         for row in (r for r in rows if r["panel"] == panel):
             design, extra = (practical.HH_DESIGNS if panel == "hh_like" else practical.IMDB_DESIGNS)[row["design"]]
             at = next((x.split("=")[1] for x in extra if x.startswith("design.params.at=")), DESIGNS[design].params.get("at"))
+            # the interval's draws: each seed's allocation draws (random designs), every replicate
+            # (adaptive), or one allocation; clustered rows use Student t at draws - 1 df
+            if DESIGNS[design].adaptive:
+                assert row["allocations"] == spec["seeds"] * spec["replicates"], row["design"]
+            elif row["allocations"] != 1:
+                assert row["allocations"] == spec["seeds"] * spec["allocation_draws"], row["design"]
+                q = stats.t.ppf(0.975, row["allocations"] - 1)
+                assert math.isclose(row["ci_high"], row["mean_gap"] + q * row["se"], rel_tol=1e-12), row["design"]
+                clustered.add(row["design"])
             for est, key in (("map", "mean_gap"), ("newton", "mle_mean_gap")):
                 mine = cells[(design, at, row["budget"], est)]
                 assert len(mine) == spec["seeds"], (panel, row["design"], est)
@@ -195,6 +217,7 @@ def test_small_path_writes_the_figure_and_csv_that_the_records_reproduce(tmp_pat
                 if est == "newton":
                     assert math.isclose(row["mle_fraction"], np.mean([c["mle_fraction"] for c in mine]), rel_tol=1e-12)
         assert all(np.isfinite(float(r["mean_gap"])) and float(r["reference_gap"]) > 0 for r in written if r["panel"] == panel)
+    assert {"uniform", "two_stage"} <= clustered  # a uniform draw and a pilot are random
     # a rerun reuses every record: the same CSV
     before = (out / "fig6_practical_regimes.csv").read_text()
     practical.main(["--small", "--out", str(out), "--results", str(res), "--no-progress"])
