@@ -76,22 +76,24 @@ FIG1_DRAWS = {"tabular": {"two_stage": 4}}
 # completions, default parameters, index order, n = 2,000). "seed003": pools up to 200
 # completions in the order pi0 samples them, many prompts, the reward scale as a
 # second axis (panel b and its Monte Carlo at theta_scale 3, where the trade-off between
-# the parts shows). "coincidence": Gaussian pools, 20,000 draws per K.
+# the parts shows). "coincidence": Gaussian pools, 20,000 draws per K. "allocation_draws":
+# each Monte-Carlo replicate labels its own draw of the design's allocation (a uniform subset,
+# a sampled pair: no solve per draw), so the interval over the replicates covers that draw.
 FIG5_FULL = {
-    "check": {"world": {"num_completions": 16}, "pool_sizes": [2, 4, 8, 16], "budget": 2000, "replicates": 100, "draws": 10,
+    "check": {"world": {"num_completions": 16}, "pool_sizes": [2, 4, 8, 16], "budget": 2000, "replicates": 100, "allocation_draws": 100,
               "designs": ["oracle", "plug_in", "uniform", "best_vs_worst", "sweet_spot"], "mc": ["oracle", "uniform", "best_vs_worst"]},
     "seed003": {"world": {"prompt_dim": 2, "action_dim": 2, "num_train_prompts": 100, "num_eval_prompts": 200, "num_completions": 200},
-                "pool_sizes": [8, 20, 50, 100, 200], "budget": 500, "replicates": 100, "draws": 10, "scale": 3.0, "scales": [0.2, 0.5, 1.0, 2.0, 3.0],
+                "pool_sizes": [8, 20, 50, 100, 200], "budget": 500, "replicates": 100, "allocation_draws": 100, "scale": 3.0, "scales": [0.2, 0.5, 1.0, 2.0, 3.0],
                 "designs": ["plug_in", "uniform", "best_vs_worst", "sweet_spot", "sweet_spot_pm2sigma", "sweet_spot_scalable"],
                 "mc": ["best_vs_worst", "sweet_spot", "sweet_spot_pm2sigma", "sweet_spot_scalable"]},
     "coincidence": {"pool_sizes": [5, 8, 10, 11, 12, 15, 20, 50, 100, 200], "draws": 20000},
 }
 FIG5_SMALL = {
     "check": {**FIG5_FULL["check"], "world": {"num_completions": 6, "num_train_prompts": 20, "num_eval_prompts": 40},
-              "pool_sizes": [3, 6], "budget": 500, "replicates": 20, "draws": 4, "designs": ["oracle", "uniform", "best_vs_worst"],
+              "pool_sizes": [3, 6], "budget": 500, "replicates": 20, "allocation_draws": 20, "designs": ["oracle", "uniform", "best_vs_worst"],
               "mc": ["uniform"]},
     "seed003": {**FIG5_FULL["seed003"], "world": {"prompt_dim": 2, "action_dim": 2, "num_train_prompts": 20, "num_eval_prompts": 40,
-                                                   "num_completions": 24}, "pool_sizes": [6, 24], "replicates": 20, "draws": 4,
+                                                   "num_completions": 24}, "pool_sizes": [6, 24], "replicates": 20, "allocation_draws": 20,
                 "designs": ["plug_in", "uniform", "best_vs_worst", "sweet_spot"],
                 "scales": [1.0, 3.0], "mc": ["best_vs_worst"]},
     "coincidence": {"pool_sizes": [6, 12, 24], "draws": 2000},
@@ -649,7 +651,7 @@ def _check_real_positive(name, value):
 
 
 def pool_size_item(world, k: int, design: str, budget: int, key, replicates: int = 0, edge_index=None, diffs_max=None,
-                   scales=(1.0,), mc_scale: float = 1.0, cut=None, draws: int = 1) -> dict:
+                   scales=(1.0,), mc_scale: float = 1.0, cut=None, allocation_draws: int = 1) -> dict:
     """One point of Figure 5: pool of the first ``k`` completions, ``design``, ``budget`` labels.
 
     For each ``s`` in ``scales`` (keys ``<name>@<s>``): the approximation part, the
@@ -661,10 +663,12 @@ def pool_size_item(world, k: int, design: str, budget: int, key, replicates: int
 
     With ``replicates > 0``, in the world of scale ``mc_scale``: the Monte-Carlo estimation part,
     the gap of the DPO MLE (or its ridge-path limit) to the pool's own optimum in every
-    replicate (``mc_gap``), on ``draws`` draws of the design's allocation (``mc_allocation``:
-    each replicate's draw; the replicates split evenly among the draws, each draw with its
-    own key split from the item's design key; one draw uses that key itself, as the
-    asymptotic part does), ``mc_allocation_random`` (a pilot, or draws that differ), the
+    replicate (``mc_gap``), on ``allocation_draws`` draws of the design's allocation
+    (``mc_allocation``: each replicate's draw; the replicates split evenly among the draws,
+    each draw with its own key split from the item's design key; one draw uses that key
+    itself, as the asymptotic part does; ``allocation_draws = replicates``: each replicate
+    its own allocation), ``mc_allocation_random`` (a pilot, or draws that differ; one draw
+    is compared with the draws of up to three more keys), the
     approximation part at ``mc_scale`` (``mc_approximation``) and the fraction of replicates
     with an MLE; :func:`_mc_summary` makes the mean and its interval over the draws. The
     labelled edges are mapped to the largest pool's edge ids (``edge_index``
@@ -682,7 +686,7 @@ def pool_size_item(world, k: int, design: str, budget: int, key, replicates: int
     for s in (*scales, mc_scale):
         _check_real_positive("scales", s)
     if replicates:
-        check_argument("draws", draws, f"int in [1, {replicates}]")  # each draw has a replicate
+        check_argument("allocation_draws", allocation_draws, f"int in [1, {replicates}]")  # each draw has a replicate
     if cut is None:
         wk = world if k == kmax else first_completions(world, k)
         cut = (wk, design_problem(wk))
@@ -709,8 +713,9 @@ def pool_size_item(world, k: int, design: str, budget: int, key, replicates: int
 
         wm = scaled_world(world, mc_scale)
         rep_keys = jax.random.split(k_rep, replicates)
-        groups = np.array_split(np.arange(replicates), draws)
-        outs = [out] if draws == 1 else [run_design(design, kd, problem, budget) for kd in jax.random.split(k_design, draws)]
+        groups = np.array_split(np.arange(replicates), allocation_draws)
+        outs = [out] if allocation_draws == 1 else [run_design(design, kd, problem, budget)
+                                                    for kd in jax.random.split(k_design, allocation_draws)]
         gap, exists, alloc = np.zeros(replicates), np.zeros(replicates, bool), np.zeros(replicates, np.int64)
         for a, (group, o) in enumerate(zip(groups, outs)):
             pilot = None if o.pilot is None else tuple(lift(x) for x in o.pilot)
@@ -718,6 +723,11 @@ def pool_size_item(world, k: int, design: str, budget: int, key, replicates: int
                                  wm.beta, nested_pool(wm.eval, k), pilot=pilot, chunk_size=min(50, group.size))
             gap[group], exists[group], alloc[group] = np.asarray(res.gap, np.float64), np.asarray(res.mle_exists, bool), a
         counts = [o.dense_counts(problem.num_edges) for o in outs]
+        if allocation_draws == 1 and out.pilot is None:  # is the one allocation a draw? (as a sweep cell asks)
+            for i in range(1, 4):
+                counts.append(run_design(design, jax.random.fold_in(k_design, i), problem, budget).dense_counts(problem.num_edges))
+                if not np.array_equal(counts[0], counts[-1]):
+                    break
         random = any(o.pilot is not None for o in outs) or any(not np.array_equal(counts[0], c) for c in counts[1:])
         row.update(mc_gap=gap, mc_allocation=alloc, mc_allocation_random=bool(random), mc_approximation=approximation_part(wm, k),
                    mle_fraction=float(np.mean(exists)))
@@ -729,18 +739,19 @@ def _mc_summary(got: dict, level: float = 0.95) -> dict:
     ``estimation_mc`` and its interval over the replicates, clustered by draw where the
     allocation is random (:func:`experiments.records.draws_mean_and_ci`: CR1 error, Student t
     over the draws; with one draw, or draws that all gave one allocation, the plain
-    interval, given that allocation), ``mc_draws`` (the draws in that interval: 1 for one
-    allocation), ``total_mc`` (with the approximation part) and ``mle_fraction``."""
+    interval, given that allocation; each replicate its own draw: the plain interval over
+    independent replicates), ``mc_allocations`` (the allocations the interval is over: 1 for
+    one allocation), ``total_mc`` (with the approximation part) and ``mle_fraction``."""
     from experiments.records import draws_mean_and_ci
 
     if "mc_gap" not in got:
-        return dict.fromkeys(("estimation_mc", "estimation_mc_se", "estimation_mc_ci_low", "estimation_mc_ci_high", "mc_draws",
+        return dict.fromkeys(("estimation_mc", "estimation_mc_se", "estimation_mc_ci_low", "estimation_mc_ci_high", "mc_allocations",
                               "total_mc", "mle_fraction"), math.nan)
     gap = np.asarray(got["mc_gap"], np.float64)
     alloc = np.asarray(got["mc_allocation"]) if bool(got["mc_allocation_random"]) else None
     mean, se, lo, hi, draws = draws_mean_and_ci(gap, np.ones(gap.size, bool), alloc, level)
     return {"estimation_mc": mean, "estimation_mc_se": se, "estimation_mc_ci_low": lo, "estimation_mc_ci_high": hi,
-            "mc_draws": draws, "total_mc": float(got["mc_approximation"]) + mean, "mle_fraction": float(got["mle_fraction"])}
+            "mc_allocations": draws, "total_mc": float(got["mc_approximation"]) + mean, "mle_fraction": float(got["mle_fraction"])}
 
 
 #: Figure 5's CSV columns. Pool-size rows (panels ``check`` and ``seed003``) have one row per
@@ -748,7 +759,7 @@ def _mc_summary(got: dict, level: float = 0.95) -> dict:
 #: ``coincidence`` rows have the coincidence columns; a row leaves the others blank.
 _FIG5_COLUMNS = ("panel", "world", "order", "theta_scale", "num_completions", "design", "budget", "replicates", "approximation",
                  "estimation_asymptotic", "total_asymptotic", "estimation_mc", "estimation_mc_se", "estimation_mc_ci_low",
-                 "estimation_mc_ci_high", "mc_draws", "total_mc", "mle_fraction",
+                 "estimation_mc_ci_high", "mc_allocations", "total_mc", "mle_fraction",
                  "coincidence_gaussian", "coincidence_gaussian_se", "coincidence_world", "mc_scale")
 
 
@@ -810,9 +821,9 @@ def _fig5_plan(spec: dict) -> list[tuple[dict, FigureItem]]:
         for k in p["pool_sizes"]:
             for d in p["designs"]:
                 reps = p["replicates"] if d in p["mc"] else 0
-                draws = p["draws"] if reps else 1
+                draws = p["allocation_draws"] if reps else 1
                 ident = {"item": "pool_size", "world": p["world"], "order": order, "scales": scales, "k": k, "design": d,
-                         "budget": p["budget"], "replicates": reps, "mc_scale": mc_scale, "draws": draws}
+                         "budget": p["budget"], "replicates": reps, "mc_scale": mc_scale, "allocation_draws": draws}
 
                 def compute(panel=panel, order=order, scales=scales, k=k, d=d, reps=reps, mc_scale=mc_scale, draws=draws):
                     world, idx, diffs, _ = world_of(panel, order)
@@ -908,7 +919,7 @@ PLOT_COLUMNS = {
     ("fig5", None): ("panel", "design", "num_completions", "theta_scale", "mc_scale", "budget", "approximation", "estimation_asymptotic",
                      "total_asymptotic", "estimation_mc", "estimation_mc_ci_low", "estimation_mc_ci_high", "coincidence_world"),
     ("fig6", None): ("panel", "design", "registered_design", "budget", "budget_fraction", "num_edges", "num_prompts", "dim", "seeds",
-                     "replicates", "draws", "mean_gap", "ci_low", "ci_high", "mle_mean_gap", "mle_ci_low", "mle_ci_high", "reference_gap"),
+                     "replicates", "allocations", "mean_gap", "ci_low", "ci_high", "mle_mean_gap", "mle_ci_low", "mle_ci_high", "reference_gap"),
 }
 PLOTS = {"fig1": plot_fig1, "fig2": plot_fig2, "fig3": plot_fig3, "fig4": plot_fig4, "fig5": plot_fig5, "fig6": plot_fig6}
 

@@ -72,7 +72,7 @@ IMDB_DESIGNS = {
 
 #: hh_fractions: budgets E / f; imdb_budget: labels (and prompts) of panel (b). From empty
 #: records the full figure costs about 155 s of CPU (E/8 and E/2; 190 s with E/4 too).
-FULL = {"hh_world": [], "hh_fractions": (8, 2), "imdb_world": [], "imdb_budget": 175, "seeds": 2, "replicates": 50, "draws": 10}
+FULL = {"hh_world": [], "hh_fractions": (8, 2), "imdb_world": [], "imdb_budget": 175, "seeds": 2, "replicates": 50, "allocation_draws": 10}
 SMALL = {
     "hh_world": ["world.params.num_train_prompts=5", "world.params.num_eval_prompts=20"],
     "hh_fractions": (2,),
@@ -80,7 +80,7 @@ SMALL = {
     "imdb_budget": 24,
     "seeds": 2,
     "replicates": 6,
-    "draws": 3,
+    "allocation_draws": 3,
 }
 
 
@@ -105,9 +105,13 @@ def pool_draws(cells, level: float = 0.95) -> dict:
         ``allocation_random`` where recorded).
       level: confidence level.
 
+    A random allocation drawn once in all (one cell of one draw) is refused: no interval
+    from it covers the design's draw.
+
     Returns:
-      ``mean``, ``se``, ``ci_low``, ``ci_high`` (over valid replicates); ``draws``: the
-      clusters with a valid replicate (1: one allocation; the replicates: adaptive);
+      ``mean``, ``se``, ``ci_low``, ``ci_high`` (over valid replicates); ``allocations``: the
+      allocations with a valid replicate the interval is over (1: one allocation; the
+      replicates: adaptive);
       ``se_within = sqrt(MSW / N)``, the error from label noise alone with the draws held
       fixed (``MSW`` the pooled within-draw variance; ``nan`` for adaptive designs) and
       ``draw_p``, the p-value of the one-way F test that the draws do not differ (small:
@@ -128,6 +132,9 @@ def pool_draws(cells, level: float = 0.95) -> dict:
     width = max(len(c["gap"]) for c in cells)
     alloc = np.concatenate([i * width + np.asarray(c.get("allocation", np.zeros(len(c["gap"]), np.int64)), np.int64)
                             for i, c in enumerate(cells)]) if random else None
+    if alloc is not None and np.unique(alloc).size == 1:
+        raise ValueError("one draw of a random allocation: its interval would leave the design's draw out; "
+                         "pool two or more cells or draws (allocation_draws >= 2)")
     mean, se, lo, hi, draws = draws_mean_and_ci(gap, valid, alloc, level)
     ok = gap[valid]
     se_within, draw_p = np.nan, np.nan
@@ -140,7 +147,7 @@ def pool_draws(cells, level: float = 0.95) -> dict:
         msb = sum(g.size * (float(g.mean()) - float(ok.mean())) ** 2 for g in groups) / (k - 1)
         se_within = math.sqrt(msw / ok.size)
         draw_p = float(stats.f.sf(msb / msw, k - 1, ok.size - k)) if msw > 0 else (0.0 if msb > 0 else 1.0)
-    return {"mean": mean, "se": se, "ci_low": lo, "ci_high": hi, "draws": draws, "se_within": se_within, "draw_p": draw_p}
+    return {"mean": mean, "se": se, "ci_low": lo, "ci_high": hi, "allocations": draws, "se_within": se_within, "draw_p": draw_p}
 
 
 # ------------------------------------------------------------------ cells
@@ -183,7 +190,7 @@ def jobs(small: bool = False, panels=("hh_like", "imdb_like")) -> dict:
             # each cell draws the design's allocation `draws` times (a keyless or adaptive design:
             # once; an adaptive design's replicates each run it)
             spec_d = DESIGNS[design]
-            draws = [f"allocation_draws={1 if spec_d.adaptive or spec_d.keyless else spec['draws']}"]
+            draws = [f"allocation_draws={1 if spec_d.adaptive or spec_d.keyless else spec['allocation_draws']}"]
             for est, ns in (("map", budgets), ("newton", budgets[-1:])):
                 for job in sweep.grid(exp, [f"design={design}", *extra, *world, f"budget={','.join(map(str, ns))}", f"estimator={est}", *common, *draws]):
                     todo.append((label, job))
@@ -199,7 +206,8 @@ def compute(results_dir, small: bool = False, progress: bool = True, reuse_stale
     (the sweep's ``reuse_stale_records=true``) instead of recomputing them; the
     ``code_versions`` column names the code versions of the pooled records.
 
-    Columns: the pooled MAP gap (``mean_gap``, ``se``, ``ci_*``, ``se_within``), the plain
+    Columns: the pooled MAP gap (``mean_gap``, ``se``, ``ci_*``, ``se_within``,
+    ``allocations`` and ``draw_p``: :func:`pool_draws`), the plain
     MLE's (``mle_mean_gap``, ``mle_se``, ``mle_fraction``: replicates whose MLE exists),
     ``ratio_to_uniform`` (MAP), the gap of ``pi0`` (``reference_gap``), the pool sizes.
     """
@@ -230,7 +238,7 @@ def compute(results_dir, small: bool = False, progress: bool = True, reuse_stale
                     "budget_fraction": n / p["num_edges"], "seeds": len(cs), "replicates": sum(len(c["gap"]) for _, c in cs),
                     "labels_spent": int(cs[0][1]["labels_spent"][0]),
                     "estimator": "map", "mean_gap": m["mean"], "se": m["se"], "ci_low": m["ci_low"], "ci_high": m["ci_high"],
-                    "draws": m["draws"], "se_within": m["se_within"], "draw_p": m["draw_p"],
+                    "allocations": m["allocations"], "se_within": m["se_within"], "draw_p": m["draw_p"],
                     "mle_mean_gap": mle["mean"], "mle_se": mle["se"], "mle_ci_low": mle["ci_low"], "mle_ci_high": mle["ci_high"],
                     # the MLE exists (exact, by linear programming), from the MAP cells: the newton
                     # cells of a budget have the same allocations and labels
@@ -311,10 +319,10 @@ def plot_practical(rows):
         bx.set_xlabel(f"gap (nats): MAP filled, plain MLE open; n = {rs[0]['budget']}")
         bx.set_title(f"(b) IMDb-like: {im[0]['num_prompts']:,} prompts x 8 completions, E = {im[0]['num_edges']:,}", fontsize=7.5)
         bx.grid(True, axis="x", which="major", alpha=0.3, lw=0.4)
-    draws = sorted({r["draws"] for r in rows if 1 < r["draws"] < r["replicates"]})
+    draws = sorted({r["allocations"] for r in rows if 1 < r["allocations"] < r["replicates"]})
     over = f"{draws[0]}" if len(draws) == 1 else f"{draws[0]}-{draws[-1]}" if draws else "no"
-    fig.suptitle(f"the paper's practical regimes, synthetic analogues; means over {rows[0]['replicates']} label sets on {over} draws of the design's allocation, "
-                 "95% t intervals over the draws", fontsize=7)
+    fig.suptitle(f"the paper's practical regimes, synthetic analogues; means over {rows[0]['replicates']} label sets on {over} draws of each "
+                 "design's allocation; 95% intervals, t over the draws (over the label sets where every draw gave one allocation)", fontsize=7)
     return fig
 
 

@@ -21,7 +21,7 @@ CAPPED = ["world=tabular", "world.params.num_completions=8", "world.params.theta
           "design.params.max_labels_per_edge=auto", "budget=10", "estimator=map"]
 
 
-def test_the_cluster_robust_interval_matches_statsmodels_and_the_anova_pooling():
+def test_the_cluster_robust_interval_matches_statsmodels_and_the_draws_spread():
     """The summary's mean, CR1 standard error and t interval over draws equal statsmodels' OLS of
     the gaps on a constant with errors clustered by draw (unbalanced draws, invalid replicates
     left out); with balanced draws the error is the standard deviation of the draws' means

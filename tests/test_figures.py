@@ -219,6 +219,11 @@ def test_pool_size_monte_carlo_is_over_draws_of_the_allocation_with_a_clustered_
     np.testing.assert_allclose(np.asarray(one["mc_gap"]), np.asarray(res.gap), rtol=1e-9)
     assert np.all(np.asarray(one["mc_allocation"]) == 0) and bool(one["mc_allocation_random"])
     assert figures._mc_summary(one)["mc_allocations"] == 1  # its interval: given that one allocation
+    # each replicate its own allocation: independent replicates, the plain interval over them
+    own = figures.pool_size_item(world, 7, "uniform", 60, jax.random.key(0), 12, idx, diffs, allocation_draws=12)
+    row, g = figures._mc_summary(own), np.asarray(own["mc_gap"])
+    assert row["mc_allocations"] == 12 and np.array_equal(np.asarray(own["mc_allocation"]), np.arange(12))
+    np.testing.assert_allclose([row["estimation_mc"], row["estimation_mc_se"]], [g.mean(), g.std(ddof=1) / np.sqrt(12)], rtol=1e-12)
     fixed = figures.pool_size_item(world, 7, "best_vs_worst", 60, jax.random.key(0), 12, idx, diffs, allocation_draws=4)
     assert not bool(fixed["mc_allocation_random"])
     row = figures._mc_summary(fixed)
