@@ -171,6 +171,32 @@ def _hessian_vector(u, x, m, q, kind):
     return 2.0 * jnp.sum((m @ s) * right, axis=1)
 
 
+def _jacobi(state, x, kind, free):
+    """``1 / H_ii`` on the free edges (0 elsewhere): the diagonal of :func:`_support_hessian`'s
+    Hessian, ``(m_i . x_i)^2`` (D), ``2 (m_i . x_i)(m_i . m_i)`` (A), ``2 (m_i . x_i)(q_i . q_i)`` (L),
+    floored at ``1e-12`` of its largest entry."""
+    k = jnp.sum(state.m * x, axis=1)
+    if kind == "D":
+        diag = k * k
+    else:
+        right = state.q if kind == "L" else state.m
+        diag = 2.0 * k * jnp.sum(right * right, axis=1)
+    diag = jnp.where(free, diag, 0.0)
+    floor = 1e-12 * jnp.maximum(jnp.max(diag), jnp.finfo(diag.dtype).tiny)
+    return jnp.where(free, 1.0 / jnp.maximum(diag, floor), 0.0)
+
+
+def _project_groups_scaled(v, inv_diag, free, groups, num_groups):
+    """The Jacobi-preconditioned projection: ``D^-1 (v - lam_g)`` on the free weights, with each
+    group's ``lam_g`` making the result's sum over the group's free weights zero (the projection
+    on the constraints in the metric of ``D = diag(H)``; :func:`_project_groups` for ``D = I``)."""
+    v = jnp.where(free, v, 0.0)
+    num = jax.ops.segment_sum(v * inv_diag, groups, num_segments=num_groups)
+    den = jax.ops.segment_sum(inv_diag, groups, num_segments=num_groups)
+    lam = num / jnp.where(den > 0, den, 1.0)
+    return jnp.where(free, (v - lam[groups]) * inv_diag, 0.0)
+
+
 def _project_groups(v, free, groups, num_groups):
     """``v`` on the free weights, minus its mean over the free weights of each group."""
     v = jnp.where(free, v, 0.0)
@@ -227,7 +253,13 @@ def _newton_cg_direction(state, x, groups, kind, num_groups, max_iter=100, rtol=
     """
     free, at_cap = _free_edges(state, x, groups, num_groups, caps, thr)
     rhs = _project_groups(state.dd, free, groups, num_groups)
-    rr0 = rhs @ rhs
+    inv_diag = _jacobi(state, x, kind, free)
+
+    def precondition(r):
+        return _project_groups_scaled(r, inv_diag, free, groups, num_groups)
+
+    z0 = precondition(rhs)
+    rr0 = rhs @ z0
 
     def cond(c: _CGState):
         return (c.it < max_iter) & ~c.stop & (c.rr > (rtol * rtol) * rr0)
@@ -240,11 +272,12 @@ def _newton_cg_direction(state, x, groups, kind, num_groups, max_iter=100, rtol=
         alpha = jnp.where(ok, rr / jnp.where(ok, php, 1.0), 0.0)
         d = d + alpha * p
         r = r - alpha * hp
-        rrn = r @ r
-        p = r + (rrn / jnp.where(rr > 0, rr, 1.0)) * p
+        z = precondition(r)
+        rrn = r @ z
+        p = z + (rrn / jnp.where(rr > 0, rr, 1.0)) * p
         return _CGState(d, r, p, rrn, c.it + 1, ~ok)
 
-    init = _CGState(jnp.zeros_like(rhs), rhs, rhs, rr0, jnp.asarray(0), rr0 <= 0)
+    init = _CGState(jnp.zeros_like(rhs), rhs, z0, rr0, jnp.asarray(0), rr0 <= 0)
     delta = jax.lax.while_loop(cond, body, init).direction
     held = ~free & (state.w > 0)
     if caps is None:
