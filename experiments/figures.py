@@ -717,12 +717,20 @@ def pool_size_item(world, k: int, design: str, budget: int, key, replicates: int
         outs = [out] if allocation_draws == 1 else [run_design(design, kd, problem, budget)
                                                     for kd in jax.random.split(k_design, allocation_draws)]
         gap, exists, alloc = np.zeros(replicates), np.zeros(replicates, bool), np.zeros(replicates, np.int64)
-        for a, (group, o) in enumerate(zip(groups, outs)):
-            pilot = None if o.pilot is None else tuple(lift(x) for x in o.pilot)
-            res = replicate_gaps(rep_keys[group], wm.theta_star, diffs_max, lift(o.dense_counts(problem.num_edges)),
-                                 wm.beta, nested_pool(wm.eval, k), pilot=pilot, chunk_size=min(50, group.size))
-            gap[group], exists[group], alloc[group] = np.asarray(res.gap, np.float64), np.asarray(res.mle_exists, bool), a
         counts = [o.dense_counts(problem.num_edges) for o in outs]
+        # draws that gave one allocation (no pilot) label their replicates in one batch, each
+        # replicate with its own key as before: a fixed design costs one batch, not one a draw
+        batches: dict = {}
+        for a, (o, c) in enumerate(zip(outs, counts)):
+            batches.setdefault(("pilot", a) if o.pilot is not None else c.tobytes(), []).append(a)
+        for members in batches.values():
+            o, group = outs[members[0]], np.concatenate([groups[a] for a in members])
+            pilot = None if o.pilot is None else tuple(lift(x) for x in o.pilot)
+            res = replicate_gaps(rep_keys[group], wm.theta_star, diffs_max, lift(counts[members[0]]),
+                                 wm.beta, nested_pool(wm.eval, k), pilot=pilot, chunk_size=min(50, group.size))
+            gap[group], exists[group] = np.asarray(res.gap, np.float64), np.asarray(res.mle_exists, bool)
+        for a, group in enumerate(groups):
+            alloc[group] = a
         if allocation_draws == 1 and out.pilot is None:  # is the one allocation a draw? (as a sweep cell asks)
             for i in range(1, 4):
                 counts.append(run_design(design, jax.random.fold_in(k_design, i), problem, budget).dense_counts(problem.num_edges))

@@ -231,6 +231,10 @@ def summarise_cell(cols, meta, current_code="", level: float = 0.95) -> dict:
         why = ("interval over labels given one draw of the design's allocation, which is random here (a pilot, or a "
                "rounding its key decides): the design's own randomness is not in it; allocation_draws >= 2 puts it in")
         note = "; ".join(x for x in (why, note) if x)
+    elif made == 1 and gap.size > 1 and "allocation_random" not in cols:
+        why = ("interval over labels given one allocation; this record predates allocation draws, so whether that "
+               "allocation is a draw of the design (and the interval leaves it out) is unknown: rerun it")
+        note = "; ".join(x for x in (why, note) if x)
     spent = int(cols["labels_spent"][0]) if "labels_spent" in cols and len(cols["labels_spent"]) else meta["budget"]
     if spent != meta["budget"]:
         note = "; ".join(x for x in (f"trained on {meta['budget']} of {spent} labels spent", note) if x)

@@ -96,6 +96,13 @@ def test_a_one_draw_cell_of_a_random_allocation_says_its_interval_leaves_that_ou
     rows = {(r["budget"], r["allocations"]): r for r in sweep.aggregate(tmp_path)}
     assert "random here" in rows[10, 1]["note"] and "random here" not in rows[56, 1]["note"]
     assert "random here" not in rows[10, 5]["note"] and "interval over 5 draws" in rows[10, 5]["note"]
+    # a record made before allocations were recorded (no allocation columns): unknown, and said so
+    for path in tmp_path.glob("*.npz"):
+        cols, meta = sweep.read_cell(path)
+        old = {k: v for k, v in cols.items() if k not in ("allocation", "allocation_random")}
+        row = records.summarise_cell(old, meta)
+        assert "predates allocation draws" in row["note"] and "random here" not in row["note"]
+    assert "predates" not in rows[10, 1]["note"] and "predates" not in rows[56, 1]["note"]
 
 
 @pytest.mark.parametrize("budget, cap", [(10, "auto"), (20, "null")])
