@@ -1,7 +1,7 @@
 """Figure 6: the paper's two practical regimes as synthetic analogues (issue 19, section 4).
 
-    python -m experiments.practical            # figures/fig6_practical_regimes.{png,pdf,csv}, about 155 s of CPU from empty records
-    python -m experiments.practical --small    # a smoke run on small pools (about 90 s of CPU)
+    python -m experiments.practical            # figures/fig6_practical_regimes.{png,pdf,csv}, about 200 s from empty records
+    python -m experiments.practical --small    # a smoke run on small pools (about 35 s)
 
 (a) **HH-like** (``experiment=hh_like``): 40 prompts with 16 completions, so
 ``E = 40 * 120 = 4,800`` distinct within-prompt comparisons; ``n = E/8`` and ``E/2``
@@ -70,8 +70,9 @@ IMDB_DESIGNS = {
     "uniform": ("uniform", []),
 }
 
-#: hh_fractions: budgets E / f; imdb_budget: labels (and prompts) of panel (b). From empty
-#: records the full figure costs about 155 s of CPU (E/8 and E/2; 190 s with E/4 too).
+#: hh_fractions: budgets E / f; imdb_budget: labels (and prompts) of panel (b); allocation_draws:
+#: draws of each design's allocation a cell (seeds x draws a point). From empty records the full
+#: figure takes about 200 s of task time (2-core Intel Xeon, 2026-11-29; E/8 and E/2).
 FULL = {"hh_world": [], "hh_fractions": (8, 2), "imdb_world": [], "imdb_budget": 175, "seeds": 2, "replicates": 50, "allocation_draws": 10}
 SMALL = {
     "hh_world": ["world.params.num_train_prompts=5", "world.params.num_eval_prompts=20"],
