@@ -676,7 +676,7 @@ def pool_size_item(world, k: int, design: str, budget: int, key, replicates: int
     every ``k`` shares compiled shapes. ``cut``: ``(first_completions(world, k),
     its design problem)`` if already built (pools of millions of edges take seconds).
     """
-    from synthetic.designs import design_problem, run_design
+    from synthetic.designs import DESIGNS, design_problem, run_design
     from synthetic.monte_carlo import replicate_gaps
     from synthetic.worlds import first_completions
     from theory import asymptotic_gap
@@ -717,26 +717,27 @@ def pool_size_item(world, k: int, design: str, budget: int, key, replicates: int
         outs = [out] if allocation_draws == 1 else [run_design(design, kd, problem, budget)
                                                     for kd in jax.random.split(k_design, allocation_draws)]
         gap, exists, alloc = np.zeros(replicates), np.zeros(replicates, bool), np.zeros(replicates, np.int64)
-        counts = [o.dense_counts(problem.num_edges) for o in outs]
+
+        def digest(o):  # an allocation's fingerprint (pools of millions of edges: no dense copies kept)
+            return hashlib.blake2b(np.ascontiguousarray(o.dense_counts(problem.num_edges))).digest()
+
         # draws that gave one allocation (no pilot) label their replicates in one batch, each
         # replicate with its own key as before: a fixed design costs one batch, not one a draw
         batches: dict = {}
-        for a, (o, c) in enumerate(zip(outs, counts)):
-            batches.setdefault(("pilot", a) if o.pilot is not None else c.tobytes(), []).append(a)
+        for a, o in enumerate(outs):
+            batches.setdefault(("pilot", a) if o.pilot is not None else digest(o), []).append(a)
         for members in batches.values():
             o, group = outs[members[0]], np.concatenate([groups[a] for a in members])
             pilot = None if o.pilot is None else tuple(lift(x) for x in o.pilot)
-            res = replicate_gaps(rep_keys[group], wm.theta_star, diffs_max, lift(counts[members[0]]),
+            res = replicate_gaps(rep_keys[group], wm.theta_star, diffs_max, lift(o.dense_counts(problem.num_edges)),
                                  wm.beta, nested_pool(wm.eval, k), pilot=pilot, chunk_size=min(50, group.size))
             gap[group], exists[group] = np.asarray(res.gap, np.float64), np.asarray(res.mle_exists, bool)
         for a, group in enumerate(groups):
             alloc[group] = a
-        if allocation_draws == 1 and out.pilot is None:  # is the one allocation a draw? (as a sweep cell asks)
-            for i in range(1, 4):
-                counts.append(run_design(design, jax.random.fold_in(k_design, i), problem, budget).dense_counts(problem.num_edges))
-                if not np.array_equal(counts[0], counts[-1]):
-                    break
-        random = any(o.pilot is not None for o in outs) or any(not np.array_equal(counts[0], c) for c in counts[1:])
+        random = len(batches) > 1 or out.pilot is not None
+        if allocation_draws == 1 and not random and not DESIGNS[design].keyless:  # is the one allocation a draw? (as a cell asks)
+            first = digest(out)
+            random = any(digest(run_design(design, jax.random.fold_in(k_design, i), problem, budget)) != first for i in range(1, 4))
         row.update(mc_gap=gap, mc_allocation=alloc, mc_allocation_random=bool(random), mc_approximation=approximation_part(wm, k),
                    mle_fraction=float(np.mean(exists)))
     return row

@@ -99,15 +99,14 @@ def pool_draws(cells, level: float = 0.95) -> dict:
     own randomness (its rounding, pilot or uniform draw) as well as the label noise. Where
     no cell's allocation is random (``allocation_random`` false: every draw gave one
     allocation), all replicates share it and are independent: the plain interval. Where every
-    replicate has its own draw (adaptive designs), the same.
+    replicate has its own draw (adaptive designs), the same. A random allocation drawn once in
+    all (one cell of one draw) is refused: no interval from it covers the design's draw; so is
+    one cell of old records (whether its allocation is a draw is unknown).
 
     Args:
       cells: the cells' record columns (``gap``, ``valid``, and ``allocation``,
         ``allocation_random`` where recorded).
       level: confidence level.
-
-    A random allocation drawn once in all (one cell of one draw) is refused: no interval
-    from it covers the design's draw.
 
     Returns:
       ``mean``, ``se``, ``ci_low``, ``ci_high`` (over valid replicates); ``allocations``: the
@@ -134,6 +133,9 @@ def pool_draws(cells, level: float = 0.95) -> dict:
     alloc = np.concatenate([i * width + np.asarray(c.get("allocation", np.zeros(len(c["gap"]), np.int64)), np.int64)
                             for i, c in enumerate(cells)]) if random else None
     if alloc is not None and np.unique(alloc).size == 1:
+        if any("allocation_random" not in c for c in cells):
+            raise ValueError("one cell of records made before allocation draws were recorded: whether its allocation is a "
+                             "draw of the design is unknown; rerun it with allocation_draws >= 2")
         raise ValueError("one draw of a random allocation: its interval would leave the design's draw out; "
                          "pool two or more cells or draws (allocation_draws >= 2)")
     mean, se, lo, hi, draws = draws_mean_and_ci(gap, valid, alloc, level)
@@ -188,7 +190,7 @@ def jobs(small: bool = False, panels=("hh_like", "imdb_like")) -> dict:
         todo = []
         for label, (design, extra) in designs.items():
             # MAP at every budget; the plain MLE (newton) at the largest one
-            # each cell draws the design's allocation `draws` times (a keyless or adaptive design:
+            # each cell draws the design's allocation `allocation_draws` times (a keyless or adaptive design:
             # once; an adaptive design's replicates each run it)
             spec_d = DESIGNS[design]
             draws = [f"allocation_draws={1 if spec_d.adaptive or spec_d.keyless else spec['allocation_draws']}"]

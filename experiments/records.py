@@ -206,6 +206,16 @@ def draws_mean_and_ci(gap, valid, allocation, level: float = 0.95) -> tuple[floa
     return mean, se, mean - q * se, mean + q * se, s
 
 
+def _may_draw(design: str) -> bool:
+    """Whether one record of ``design`` may label one draw of a random allocation: not for an
+    adaptive design (each replicate runs the design: its draws are the replicates') nor a
+    keyless one (one allocation whatever the key); unknown designs may."""
+    from synthetic.designs import DESIGNS
+
+    spec = DESIGNS.get(design)
+    return spec is None or not (spec.adaptive or spec.keyless)
+
+
 def summarise_cell(cols, meta, current_code="", level: float = 0.95) -> dict:
     """One summary row of one record (its interval: :func:`draws_mean_and_ci`)."""
     gap = np.asarray(cols["gap"], np.float64)
@@ -231,7 +241,7 @@ def summarise_cell(cols, meta, current_code="", level: float = 0.95) -> dict:
         why = ("interval over labels given one draw of the design's allocation, which is random here (a pilot, or a "
                "rounding its key decides): the design's own randomness is not in it; allocation_draws >= 2 puts it in")
         note = "; ".join(x for x in (why, note) if x)
-    elif made == 1 and gap.size > 1 and "allocation_random" not in cols:
+    elif made == 1 and gap.size > 1 and "allocation_random" not in cols and _may_draw(meta["design"]["name"]):
         why = ("interval over labels given one allocation; this record predates allocation draws, so whether that "
                "allocation is a draw of the design (and the interval leaves it out) is unknown: rerun it")
         note = "; ".join(x for x in (why, note) if x)

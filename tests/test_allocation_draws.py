@@ -103,6 +103,11 @@ def test_a_one_draw_cell_of_a_random_allocation_says_its_interval_leaves_that_ou
         row = records.summarise_cell(old, meta)
         assert "predates allocation draws" in row["note"] and "random here" not in row["note"]
     assert "predates" not in rows[10, 1]["note"] and "predates" not in rows[56, 1]["note"]
+    # ...but not for designs whose records never label one draw of a random allocation
+    meta = {"world": {"name": "w"}, "estimator": {"name": "map"}, "budget": 5, "code_version": "x"}
+    bare = {"gap": np.arange(4.0), "valid": np.ones(4, bool), "predicted_gap": np.ones(4)}
+    for name, says in (("uniform", True), ("adpo_adaptive", False), ("apo_greedy", False)):
+        assert ("predates" in records.summarise_cell(bare, {**meta, "design": {"name": name}})["note"]) == says, name
 
 
 @pytest.mark.parametrize("budget, cap", [(10, "auto"), (20, "null")])

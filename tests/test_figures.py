@@ -230,6 +230,17 @@ def test_pool_size_monte_carlo_is_over_draws_of_the_allocation_with_a_clustered_
     g = np.asarray(fixed["mc_gap"])
     assert row["mc_allocations"] == 1
     np.testing.assert_allclose([row["estimation_mc"], row["estimation_mc_se"]], [g.mean(), g.std(ddof=1) / np.sqrt(12)], rtol=1e-12)
+    # its four draws, one allocation, are labelled in one batch, each replicate with its own key
+    bvw = run_design("best_vs_worst", k_design, problem, 60).dense_counts(126)
+    np.testing.assert_allclose(g, np.asarray(replicate_gaps(rep_keys, world.theta_star, diffs, bvw, world.beta, pool).gap), rtol=1e-9)
+    assert not bool(figures.pool_size_item(world, 7, "best_vs_worst", 60, jax.random.key(0), 12, idx, diffs)["mc_allocation_random"])
+    # a pilot's draws are never batched: each draw trains on its own pilot's labels
+    staged = figures.pool_size_item(world, 7, "two_stage", 60, jax.random.key(0), 12, idx, diffs, allocation_draws=3)
+    assert bool(staged["mc_allocation_random"])
+    for a, kd in enumerate(jax.random.split(k_design, 3)):
+        out = run_design("two_stage", kd, problem, 60)
+        res = replicate_gaps(rep_keys[4 * a : 4 * a + 4], world.theta_star, diffs, out.dense_counts(126), world.beta, pool, pilot=out.pilot)
+        np.testing.assert_allclose(np.asarray(staged["mc_gap"])[4 * a : 4 * a + 4], np.asarray(res.gap), rtol=1e-9)
     with pytest.raises(ValueError, match=r"allocation_draws must be an integer in \[1, 12\], got 13"):
         figures.pool_size_item(world, 7, "uniform", 60, jax.random.key(0), 12, idx, diffs, allocation_draws=13)
 

@@ -171,6 +171,8 @@ def test_pooled_interval_without_draws_is_over_independent_replicates():
     with pytest.raises(ValueError, match="one draw of a random allocation"):
         practical.pool_draws([{**fixed[0], "allocation": np.zeros(12, int), "allocation_random": np.ones(12, bool)}])
     old = [{"gap": x, "valid": np.ones(12, bool)} for x in g]
+    with pytest.raises(ValueError, match="before allocation draws were recorded"):
+        practical.pool_draws(old[:1])
     got = practical.pool_draws(old)
     assert got["allocations"] == 2
     assert math.isclose(got["se"], abs(g[0].mean() - g[1].mean()) / 2, rel_tol=1e-12)  # CR1 over two equal clusters

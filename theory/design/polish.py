@@ -174,7 +174,7 @@ def _hessian_vector(u, x, m, q, kind):
 def _jacobi(state, x, kind, free):
     """``1 / H_ii`` on the free edges (0 elsewhere): the diagonal of :func:`_support_hessian`'s
     Hessian, ``(m_i . x_i)^2`` (D), ``2 (m_i . x_i)(m_i . m_i)`` (A), ``2 (m_i . x_i)(q_i . q_i)`` (L),
-    floored at ``1e-12`` of its largest entry."""
+    floored at ``1e-12`` of its largest entry (all zero: 1, the unpreconditioned step)."""
     k = jnp.sum(state.m * x, axis=1)
     if kind == "D":
         diag = k * k
@@ -182,7 +182,10 @@ def _jacobi(state, x, kind, free):
         right = state.q if kind == "L" else state.m
         diag = 2.0 * k * jnp.sum(right * right, axis=1)
     diag = jnp.where(free, diag, 0.0)
-    floor = 1e-12 * jnp.maximum(jnp.max(diag), jnp.finfo(diag.dtype).tiny)
+    largest = jnp.max(diag)
+    # a floor relative to the largest entry; where every entry is 0 the floor is 1 (no scaling)
+    # rather than an underflow to 0 and an infinite inverse
+    floor = jnp.where(largest > 0, 1e-12 * largest, 1.0)
     return jnp.where(free, 1.0 / jnp.maximum(diag, floor), 0.0)
 
 
@@ -211,7 +214,7 @@ class _CGState(NamedTuple):
     direction: jax.Array  # the Newton direction so far
     residual: jax.Array
     search: jax.Array  # conjugate search direction
-    rr: jax.Array  # squared residual norm
+    rr: jax.Array  # r . z, the residual's squared norm in the preconditioner's metric
     it: jax.Array
     stop: jax.Array  # a direction of no curvature was met
 
@@ -246,8 +249,10 @@ def _newton_cg_direction(state, x, groups, kind, num_groups, max_iter=100, rtol=
 
     Projected conjugate gradients on ``P H P delta = -P g``, ``g = -d`` the gradient and
     ``P`` the projection on the free edges (:func:`_free_edges`) with zero mass change
-    per group. ``H`` is positive semi-definite (the criterion is convex); CG stops at a
-    residual of ``rtol`` relative, at ``max_iter`` steps, or at a direction of no curvature.
+    per group, preconditioned by ``H``'s diagonal (:func:`_jacobi`, the projection taken in
+    its metric: :func:`_project_groups_scaled`). ``H`` is positive semi-definite (the
+    criterion is convex); CG stops at a residual of ``rtol`` relative in the preconditioner's
+    norm (``sqrt(r . z)``), at ``max_iter`` steps, or at a direction of no curvature.
     Held edges take the projected gradient step, to zero (or to their cap): left in
     place, the tiny weights of a sparse optimum would never leave the support.
     """
