@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from experiments.compiled import emitters, other_flags, use_classic_emitters
 from experiments.worlds import WORLDS, make_world
 from synthetic.adaptive import run_adaptive
-from synthetic.designs import DESIGNS, design_problem, run_design
+from synthetic.designs import DESIGNS, allocation_is_random, design_problem, run_design
 from synthetic.designs.cache import using_design_cache
 from synthetic.monte_carlo import ESTIMATORS, replicate_gaps
 from theory import asymptotic_gap
@@ -95,8 +95,12 @@ def cell_identity(cfg: DictConfig) -> dict:
 
 
 def allocation_draws(cfg) -> int:
-    """``cfg.allocation_draws`` (1 where the config has no such key): the allocations a cell draws from its design."""
-    return int(cfg.get("allocation_draws", 1))
+    """The allocations a cell draws from its design: ``cfg.allocation_draws`` (1 where the config
+    has no such key), and 1 for a design whose allocation is no draw with the cell's key: adaptive
+    (each replicate runs the design) or keyless (one allocation whatever the key). So such a
+    cell runs once and has one id whatever the draws asked."""
+    spec = DESIGNS[cfg.design.name]
+    return 1 if spec.adaptive or spec.keyless else int(cfg.get("allocation_draws", 1))
 
 
 def cell_id(cfg: DictConfig) -> tuple[str, dict]:
@@ -285,8 +289,7 @@ def _run_cell(cfg: DictConfig, progress: bool = False) -> dict:
                fit_dtype=cfg.estimator.get("fit_dtype"))
     if DESIGNS[name].adaptive:
         return _run_adaptive_cell(cfg, world, problem, name, params, keys, est, progress)
-    # a keyless design's one allocation stands for every draw (one run, its plain interval complete)
-    draws = 1 if DESIGNS[name].keyless else allocation_draws(cfg)
+    draws = allocation_draws(cfg)
     if draws == 1:  # the design's one allocation, drawn with the cell's design key
         groups, design_keys = [np.arange(cfg.num_replicates)], [k_design]
     else:
@@ -295,7 +298,7 @@ def _run_cell(cfg: DictConfig, progress: bool = False) -> dict:
     r = cfg.num_replicates
     cols = {"gap": np.zeros(r), "valid": np.zeros(r, bool), "mle_exists": np.zeros(r, bool), "predicted_gap": np.zeros(r),
             "labels_spent": np.zeros(r, np.int64), "allocation": np.zeros(r, np.int64)}
-    drawn = []  # each draw's counts (None: a pilot's, random)
+    drawn, piloted = [], False  # each draw's counts; whether any came with a pilot's (random) labels
     with tqdm(total=r, desc=f"{name} n={cfg.budget}", unit="rep", leave=False, disable=not progress) as bar:
         for a, (group, kd) in enumerate(zip(groups, design_keys)):
             out = run_design(name, kd, problem, cfg.budget, **params)
@@ -316,16 +319,13 @@ def _run_cell(cfg: DictConfig, progress: bool = False) -> dict:
             # larger set and train on part of it (seed 004's protocol)
             cols["labels_spent"][group] = int((out.info or {}).get("labels_spent", cfg.budget))
             cols["allocation"][group] = a
-            drawn.append(None if out.pilot is not None else counts)
+            drawn.append(counts)
+            piloted |= out.pilot is not None
     # Is the allocation itself a draw (a pilot's labels; a rounding the key decides)? With one
     # draw the summary then says that its interval leaves the design's own randomness out.
-    # Three more keys: a rounding with a few fractional edges can repeat an allocation by chance.
-    if draws == 1 and drawn[0] is not None and not DESIGNS[name].keyless:
-        for i in range(1, 4):
-            drawn.append(run_design(name, jax.random.fold_in(k_design, i), problem, cfg.budget, **params).dense_counts(problem.num_edges))
-            if not np.array_equal(drawn[0], drawn[-1]):
-                break
-    random = any(c is None for c in drawn) or any(not np.array_equal(drawn[0], c) for c in drawn[1:])
+    random = piloted or any(not np.array_equal(drawn[0], c) for c in drawn[1:])
+    if draws == 1 and not random:
+        random = allocation_is_random(name, k_design, problem, cfg.budget, out, **params)
     return {"replicate": np.arange(r), **cols, "allocation_random": np.full(r, random)}
 
 

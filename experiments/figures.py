@@ -676,7 +676,7 @@ def pool_size_item(world, k: int, design: str, budget: int, key, replicates: int
     every ``k`` shares compiled shapes. ``cut``: ``(first_completions(world, k),
     its design problem)`` if already built (pools of millions of edges take seconds).
     """
-    from synthetic.designs import DESIGNS, design_problem, run_design
+    from synthetic.designs import allocation_is_random, design_problem, run_design
     from synthetic.monte_carlo import replicate_gaps
     from synthetic.worlds import first_completions
     from theory import asymptotic_gap
@@ -735,9 +735,8 @@ def pool_size_item(world, k: int, design: str, budget: int, key, replicates: int
         for a, group in enumerate(groups):
             alloc[group] = a
         random = len(batches) > 1 or out.pilot is not None
-        if allocation_draws == 1 and not random and not DESIGNS[design].keyless:  # is the one allocation a draw? (as a cell asks)
-            first = digest(out)
-            random = any(digest(run_design(design, jax.random.fold_in(k_design, i), problem, budget)) != first for i in range(1, 4))
+        if allocation_draws == 1 and not random:  # is the one allocation a draw? (as a cell asks)
+            random = allocation_is_random(design, k_design, problem, budget, out)
         row.update(mc_gap=gap, mc_allocation=alloc, mc_allocation_random=bool(random), mc_approximation=approximation_part(wm, k),
                    mle_fraction=float(np.mean(exists)))
     return row

@@ -178,7 +178,6 @@ def jobs(small: bool = False, panels=("hh_like", "imdb_like")) -> dict:
     seeds = ",".join(str(s) for s in range(spec["seeds"]))
     common = [f"seed={seeds}", f"num_replicates={spec['replicates']}"]
     from experiments import sweep
-    from synthetic.designs import DESIGNS
 
     out = {}
     for panel, exp, designs in (("hh_like", "hh_like", HH_DESIGNS), ("imdb_like", "imdb_like", IMDB_DESIGNS)):
@@ -190,10 +189,9 @@ def jobs(small: bool = False, panels=("hh_like", "imdb_like")) -> dict:
         todo = []
         for label, (design, extra) in designs.items():
             # MAP at every budget; the plain MLE (newton) at the largest one
-            # each cell draws the design's allocation `allocation_draws` times (a keyless or adaptive design:
-            # once; an adaptive design's replicates each run it)
-            spec_d = DESIGNS[design]
-            draws = [f"allocation_draws={1 if spec_d.adaptive or spec_d.keyless else spec['allocation_draws']}"]
+            # each cell draws the design's allocation `allocation_draws` times (the cell runs a
+            # keyless or adaptive design once whatever this asks: experiments.cell.allocation_draws)
+            draws = [f"allocation_draws={spec['allocation_draws']}"]
             for est, ns in (("map", budgets), ("newton", budgets[-1:])):
                 for job in sweep.grid(exp, [f"design={design}", *extra, *world, f"budget={','.join(map(str, ns))}", f"estimator={est}", *common, *draws]):
                     todo.append((label, job))

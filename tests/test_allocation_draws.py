@@ -139,10 +139,16 @@ def test_designs_declared_keyless_give_one_allocation_whatever_the_key(budget, c
 
 
 def test_a_keyless_design_runs_once_for_all_draws(tmp_path):
-    """apo_greedy with 5 draws: one allocation, the plain interval, no note of a random allocation."""
+    """apo_greedy with 5 draws: one allocation, the plain interval, no note of a random allocation,
+    and the one-draw cell's id (asking 5 draws or 1 is one cell); uniform's ids differ."""
+    from experiments.cell import cell_id
+
     sweep.run_jobs([[*CAPPED, "design=apo_greedy", "num_replicates=10", "allocation_draws=5"]], tmp_path, progress=False)
     (row,) = sweep.aggregate(tmp_path)
     assert row["allocations"] == 1 and "random here" not in row["note"] and "draws" not in row["note"]
+    for design, same in (("apo_greedy", True), ("adpo_adaptive", True), ("uniform", False)):
+        ids = [cell_id(sweep.compose_job([*CAPPED, f"design={design}", "num_replicates=10", f"allocation_draws={s}"]))[0] for s in (1, 5)]
+        assert (ids[0] == ids[1]) == same, design
 
 
 def test_rows_with_other_draws_keep_their_ratio_to_uniform_and_one_draw_ids_are_unchanged(tmp_path):

@@ -89,6 +89,7 @@ from synthetic.designs.problem import Annotator, DesignOutput, DesignProblem, Tr
 from synthetic.designs.registry import (  # noqa: F401
     DESIGNS,
     BudgetCheck,
+    allocation_is_random,
     DesignSpec,
     _curvature_rank,
     check_design_budget,
@@ -188,6 +189,7 @@ __all__ = [
     "register_design",
     "get_design",
     "run_design",
+    "allocation_is_random",
     "weighted_output",
     "selection_output",
     "allocation_criterion",

@@ -8,6 +8,7 @@ import inspect
 import warnings
 from typing import Callable, Optional, Union
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -17,7 +18,7 @@ from synthetic.rounding import CoverageWarning, check_budget, check_max_labels_p
 from theory.information import rank_threshold
 
 __all__ = ["DesignSpec", "DESIGNS", "register_design", "get_design", "check_design_params", "check_design_budget",
-           "run_design", "resolve_params", "preflight", "BudgetCheck"]
+           "run_design", "allocation_is_random", "resolve_params", "preflight", "BudgetCheck"]
 
 #: ``check(name, problem, budget, params) -> None``: a design's own budget check, run
 #: before any label with ``params`` completed by the design's defaults; raises
@@ -257,3 +258,18 @@ def run_design(name: str, key, problem: DesignProblem, budget: int, **params) ->
         raise RuntimeError(f"design {name!r} put {counts.max()} labels on an edge with max_labels_per_edge = {cap}")
     return out
 
+
+
+def allocation_is_random(name: str, key, problem: DesignProblem, budget: int, first: DesignOutput, tries: int = 3,
+                         **params) -> bool:
+    """Whether the allocation ``first`` (``run_design(name, key, ...)``'s) is a draw of the design:
+    it has a pilot (its labels are random), or one of ``tries`` more keys (``fold_in(key, i)``)
+    draws another allocation. Several keys: a rounding with few fractional edges can repeat an
+    allocation by chance. A design registered ``keyless`` is not random (no other key is run)."""
+    if first.pilot is not None:
+        return True
+    if get_design(name).keyless:
+        return False
+    counts = first.dense_counts(problem.num_edges)
+    return any(not np.array_equal(counts, run_design(name, jax.random.fold_in(key, i), problem, budget, **params).dense_counts(problem.num_edges))
+               for i in range(1, tries + 1))
