@@ -821,3 +821,88 @@ def test_capped_start_whose_spanning_support_lost_its_caps():
     prob = cp.Problem(cp.Minimize(objective), [w >= 0, w <= caps, cp.sum(w) == 1])
     prob.solve()
     assert abs(sol.value - prob.value) <= 1e-4 * prob.value
+
+
+def _support_bound_brute(diffs, groups, masses, caps):
+    """``r (r + 1) / 2`` (numpy's rank of the edges) plus, group by group, the fewest edges whose
+    caps (each at most the group's mass) reach the group's mass, by a loop over sorted caps."""
+    r = np.linalg.matrix_rank(diffs)
+    need = 0
+    for g, mass in enumerate(masses):
+        members = np.flatnonzero(groups == g)
+        if mass <= 0 or members.size == 0:
+            continue
+        held = 0.0
+        for count, c in enumerate(sorted(np.minimum(caps[members], mass), reverse=True), start=1):
+            held += c
+            if held >= mass * (1 - 1e-9):
+                need += count
+                break
+    return r * (r + 1) // 2 + need
+
+
+@pytest.mark.parametrize("case", ["free", "uniform caps", "ragged caps", "groups", "groups and caps"])
+def test_support_bound_matches_a_brute_force_count(case):
+    """theory.design.working_set.support_bound: the Caratheodory term r(r+1)/2 and the fewest edges
+    the caps need, group by group, against a loop over sorted caps and numpy's rank."""
+    from theory.design import reduce_problem
+    from theory.design.working_set import support_bound
+
+    rng = np.random.default_rng(31)
+    diffs, theta, curv, edges = _instance(rng, m=8, k=5, d=4)
+    e = diffs.shape[0]
+    groups, masses, caps = None, None, None
+    if case == "uniform caps":
+        caps = 1.0 / 23
+    elif case == "ragged caps":
+        caps = rng.uniform(0.0, 0.2, size=e)
+    elif case == "groups":
+        groups, masses = np.asarray(edges.prompt), rng.dirichlet(np.ones(8))
+    elif case == "groups and caps":
+        groups, masses = np.asarray(edges.prompt), np.r_[0.0, rng.dirichlet(np.ones(7))]
+        caps = rng.uniform(0.05, 0.5, size=e) * masses.max()
+    p = reduce_problem(jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), 1.0, groups=groups, group_weights=masses, caps=caps)
+    g = np.zeros(e, np.int64) if groups is None else groups
+    m = np.ones(1) if masses is None else masses / masses.sum()
+    c = np.full(e, np.inf) if caps is None else np.broadcast_to(np.asarray(caps, np.float64), (e,))
+    want = _support_bound_brute(diffs, g, m, c)
+    assert support_bound(p) == want
+    if case == "uniform caps":
+        assert want == 10 + 23  # r = 4: 10, and 23 caps of 1/23
+    if case == "free":
+        assert want == 10 + 1
+
+
+def test_a_tabular_pool_is_solved_on_every_edge_and_a_low_rank_pool_on_working_sets():
+    """The path: a tabular pool (one prompt, one-hot features: r (r + 1) / 2 >= E) is solved on
+    every edge (one pricing round) even with a small working_set; a pool of rank 4 and 120 edges
+    runs column generation (several rounds), with caps that need a fifth of the edges too, and on
+    every edge once the caps need half of them. Each reaches cvxpy's optimum."""
+    from theory.design import reduce_problem
+    from theory.design.working_set import uses_working_sets
+
+    k = 12
+    feats = np.eye(k)[None]
+    rng = np.random.default_rng(4)
+    log_ref = rng.normal(size=(1, k))
+    log_ref -= np.logaddexp.reduce(log_ref, axis=1, keepdims=True)
+    edges = enumerate_edges(feats, log_ref)
+    diffs = np.asarray(edges.diffs)
+    theta = 0.3 * rng.normal(size=k)
+    curv = np.asarray(policy_curvature(jnp.asarray(theta), feats, log_ref, np.ones(1)))
+    p = reduce_problem(jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), 1.0)
+    assert diffs.shape[0] == 66 and p.rank == 11 and not uses_working_sets(p, 8)
+    sol = optimal_design(jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), 1.0, tol=1e-7, working_set=8)
+    assert len(sol.history.pricing) == 1 and sol.converged
+    ref, _ = _cvxpy_optimum(diffs, theta, curv, 1.0, "L")
+    np.testing.assert_allclose(sol.value, ref, rtol=1e-6)
+
+    diffs, theta, curv, _ = _instance(np.random.default_rng(13), m=30, k=4, d=4)
+    e = diffs.shape[0]
+    for caps, working in ((None, True), (1.0 / 24, True), (1.0 / 90, False)):
+        p = reduce_problem(jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), 1.0, caps=caps)
+        assert e == 180 and uses_working_sets(p, 8) is working, caps
+        sol = optimal_design(jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), 1.0, tol=1e-8, caps=caps, working_set=8)
+        assert (len(sol.history.pricing) > 1) is working and sol.converged, caps
+        ref, _ = _cvxpy_optimum(diffs, theta, curv, 1.0, "L", caps=caps)
+        np.testing.assert_allclose(sol.value, ref, rtol=1e-6)

@@ -75,8 +75,10 @@ class DesignSolver:
       tol: stop when the relative certificate is ``<= tol``.
       max_iter: maximum number of pairwise steps.
       refresh_every: pairwise steps between exact recomputations (one block).
-      working_set: when ``E > 2 working_set`` the steps run on a working set that grows
-        by this many of the most violating edges after each pricing pass.
+      working_set: when ``E > 2 working_set`` and ``E`` is more than twice the support an
+        optimum may need (:func:`~theory.design.working_set.uses_working_sets`), the steps
+        run on a working set that grows by this many of the most violating edges after each
+        pricing pass.
       polish_max: largest support that the dense Newton polish factors.
       newton_cg: matrix-free Newton polish (projected CG) on larger supports.
       vertex_steps: Frank-Wolfe steps to the capped LMO vertex at the start of a block
@@ -278,8 +280,10 @@ def optimal_design(
       refresh_every: exact recomputation period (steps).
       init: optional ``[E]`` starting design (must satisfy the group masses and give a
         non-singular ``Sigma`` on the span when ``ridge = 0``).
-      working_set: when ``E > 2 working_set`` the steps run on a working set of edges
-        that grows by this many of the most violating edges after each pricing pass
+      working_set: when ``E > 2 working_set`` and ``E`` is more than twice the support an
+        optimum may need (``r (r + 1) / 2`` plus the edges the caps need:
+        :func:`~theory.design.working_set.uses_working_sets`), the steps run on a working set
+        of edges that grows by this many of the most violating edges after each pricing pass
         over all edges (column generation); the certificate is always over all edges.
       polish_max: after each block of ``refresh_every`` steps that has not converged,
         a projected Newton step on the weighted edges is tried when there are at most

@@ -1,5 +1,5 @@
-"""The starting design: uniform (small problems), a small spanning support chosen by
-pivoted Gram-Schmidt (large ones), or the caller's ``init``, checked."""
+"""The starting design: uniform (problems solved on every edge), a small spanning support
+chosen by pivoted Gram-Schmidt (problems solved on working sets), or the caller's ``init``, checked."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from theory.design.certificate import _capped_lmo_np
 from theory.design.problem import ReducedProblem
 from theory.design.simplex import _project_capped_np
 from theory.design.state import _price, _refresh_subset
+from theory.design.working_set import uses_working_sets
 
 
 class _GramSchmidt(NamedTuple):
@@ -87,8 +88,8 @@ def start_weights(p: ReducedProblem, working_set: int, init=None):
     """The starting design (in the problem's dtype): ``init`` checked, or the default start."""
     if init is not None:
         return check_init(p, init)
-    if p.num_edges <= 2 * int(working_set):
-        # Small problems: start from the uniform design (within groups); the
+    if not uses_working_sets(p, working_set):
+        # Problems solved on every edge: start from the uniform design (within groups); the
         # multiplicative and drop steps remove what the optimum does not use.
         counts = np.bincount(p.groups, minlength=p.num_groups)
         w0 = jnp.asarray(p.masses[p.groups] / counts[p.groups], dtype=p.dtype)

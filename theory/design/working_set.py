@@ -57,10 +57,48 @@ def _capacity(n, total):
     return min(_power_of_two(n, 256), total) if n <= total else n
 
 
+def support_bound(p: ReducedProblem) -> int:
+    """How many edges an optimal design may need: ``r (r + 1) / 2`` plus the fewest edges
+    whose caps can hold the design's mass (each group's, with groups; one edge a group
+    without caps).
+
+    The information matrices of designs form the convex hull of the ``E`` matrices
+    ``x_e x_e^T`` in the ``r (r + 1) / 2``-dimensional space of symmetric ``r x r``
+    matrices, so an uncapped criterion of ``Sigma`` has an optimum on at most
+    ``r (r + 1) / 2 + 1`` edges (Caratheodory; Pukelsheim, Optimal Design of Experiments,
+    section 8.2); every design that satisfies the caps has at least the second term in its
+    support. The sum is a size for choosing the solver's path, not a bound the solver relies on.
+    """
+    r = int(p.rank)
+    masses, groups = np.asarray(p.masses, dtype=np.float64), np.asarray(p.groups)
+    caps = np.full(p.num_edges, np.inf) if p.caps is None else np.asarray(p.caps, dtype=np.float64)
+    order = np.lexsort((-caps, groups))  # by group, the largest cap first
+    g = groups[order]
+    held = np.cumsum(np.minimum(caps[order], masses[g]))  # an edge holds at most its group's mass
+    start = np.searchsorted(g, np.arange(p.num_groups))  # each group's first position
+    held -= np.concatenate([[0.0], held])[start][g]  # what the group's largest caps hold, cumulatively
+    pos = np.arange(g.size) - start[g]
+    full = held >= masses[g] * (1 - 1e-9)
+    need = np.full(p.num_groups, g.size, dtype=np.int64)
+    np.minimum.at(need, g[full], pos[full] + 1)
+    need[(masses <= 0) | (np.bincount(groups, minlength=p.num_groups) == 0)] = 0
+    return r * (r + 1) // 2 + int(need.sum())
+
+
+def uses_working_sets(p: ReducedProblem, chunk: int) -> bool:
+    """Whether a solve runs on working sets (column generation): only when ``E`` is more than
+    twice both ``chunk`` and :func:`support_bound`. Where an optimum may need half the edges or
+    more (a tabular pool: ``r (r + 1) / 2 >= E``; caps that spread the mass over half the edges),
+    working sets grow to most of ``E`` over several pricing rounds, each from a poorer start than
+    the capped uniform design on all edges (tabular world, ``K = 100``: 3.2x slower, BENCHMARKS.md)."""
+    e = p.num_edges
+    return e > 2 * int(chunk) and e > 2 * support_bound(p)
+
+
 def first_working_set(p: ReducedProblem, w_full, chunk):
-    """Every edge when ``E <= 2 chunk``; else the start's support (and capped LMO vertex)
-    plus the ``chunk`` most violating edges."""
-    if p.num_edges <= 2 * chunk:
+    """Every edge unless :func:`uses_working_sets`; else the start's support (and capped LMO
+    vertex) plus the ``chunk`` most violating edges."""
+    if not uses_working_sets(p, chunk):
         return np.arange(p.num_edges)
     st0 = _refresh_subset(np.flatnonzero(w_full > 0), w_full, p.x, p.offset, p.b, p.kind)
     d0 = np.asarray(_price(p.x, st0.tinv, p.b, p.kind))
