@@ -841,7 +841,7 @@ def _support_bound_brute(diffs, groups, masses, caps):
     return r * (r + 1) // 2 + need
 
 
-@pytest.mark.parametrize("case", ["free", "uniform caps", "ragged caps", "groups", "groups and caps"])
+@pytest.mark.parametrize("case", ["free", "uniform caps", "ragged caps", "groups", "groups and caps", "a tiny group"])
 def test_support_bound_matches_a_brute_force_count(case):
     """theory.design.working_set.support_bound: the Caratheodory term r(r+1)/2 and the fewest edges
     the caps need, group by group, against a loop over sorted caps and numpy's rank."""
@@ -861,23 +861,26 @@ def test_support_bound_matches_a_brute_force_count(case):
     elif case == "groups and caps":
         groups, masses = np.asarray(edges.prompt), np.r_[0.0, rng.dirichlet(np.ones(7))]
         caps = rng.uniform(0.05, 0.5, size=e) * masses.max()
+    elif case == "a tiny group":  # its caps each hold its mass, after groups whose caps hold ~10 in all
+        groups, masses = np.asarray(edges.prompt), np.r_[rng.dirichlet(np.ones(7)), 5e-13]
+        caps = np.where(groups == 7, 5e-13 / (1 + 5e-13), 1.0)
     p = reduce_problem(jnp.asarray(diffs), jnp.asarray(theta), jnp.asarray(curv), 1.0, groups=groups, group_weights=masses, caps=caps)
-    g = np.zeros(e, np.int64) if groups is None else groups
-    m = np.ones(1) if masses is None else masses / masses.sum()
-    c = np.full(e, np.inf) if caps is None else np.broadcast_to(np.asarray(caps, np.float64), (e,))
-    want = _support_bound_brute(diffs, g, m, c)
+    c = np.full(e, np.inf) if p.caps is None else np.asarray(p.caps)
+    want = _support_bound_brute(diffs, np.asarray(p.groups), np.asarray(p.masses), c)
     assert support_bound(p) == want
     if case == "uniform caps":
         assert want == 10 + 23  # r = 4: 10, and 23 caps of 1/23
     if case == "free":
         assert want == 10 + 1
+    if case == "a tiny group":
+        assert want == 10 + 8  # one edge a group: every cap holds its group's mass
 
 
 def test_a_tabular_pool_is_solved_on_every_edge_and_a_low_rank_pool_on_working_sets():
     """The path: a tabular pool (one prompt, one-hot features: r (r + 1) / 2 >= E) is solved on
     every edge (one pricing round) even with a small working_set; a pool of rank 4 and 120 edges
-    runs column generation (several rounds), with caps that need a fifth of the edges too, and on
-    every edge once the caps need half of them. Each reaches cvxpy's optimum."""
+    runs column generation (several rounds), with caps too, and on
+    every edge once the caps need half of them (24 and 90 of 180 edges at their caps). Each reaches cvxpy's optimum."""
     from theory.design import reduce_problem
     from theory.design.working_set import uses_working_sets
 

@@ -60,8 +60,10 @@ certificate from 0.1 to 4e-4. A pairwise step is limited by ``min(w_a, c_j - w_j
 steps hold edges at either bound and project their trials on the capped simplex.
 Every ``refresh_every`` steps, and before convergence is declared, everything is
 recomputed from the weights (``O(E r^2)``), so the reported value and certificate
-never carry accumulated rounding. The start is a small spanning support chosen by
-pivoted Gram-Schmidt (plus one edge per group without one), uniform within groups.
+never carry accumulated rounding. Problems whose optimum may need half the edges or more
+(``r (r + 1) / 2`` plus the edges the caps need: a tabular pool) are solved on every edge
+from the (capped) uniform design; the others on working sets, from a small spanning support
+chosen by pivoted Gram-Schmidt (plus one edge per group without one), uniform within groups.
 
 Layout (one concern a module):
 

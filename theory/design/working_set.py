@@ -58,30 +58,33 @@ def _capacity(n, total):
 
 
 def support_bound(p: ReducedProblem) -> int:
-    """How many edges an optimal design may need: ``r (r + 1) / 2`` plus the fewest edges
-    whose caps can hold the design's mass (each group's, with groups; one edge a group
-    without caps).
+    """A size for the support an optimal design may need: ``r (r + 1) / 2`` plus the fewest
+    edges whose caps can hold the design's mass (each group's, with groups; one edge a
+    group without caps).
 
-    The information matrices of designs form the convex hull of the ``E`` matrices
-    ``x_e x_e^T`` in the ``r (r + 1) / 2``-dimensional space of symmetric ``r x r``
-    matrices, so an uncapped criterion of ``Sigma`` has an optimum on at most
-    ``r (r + 1) / 2 + 1`` edges (Caratheodory; Pukelsheim, Optimal Design of Experiments,
-    section 8.2); every design that satisfies the caps has at least the second term in its
-    support. The sum is a size for choosing the solver's path, not a bound the solver relies on.
+    Without groups and caps, the information matrices of designs form the convex hull of
+    the ``E`` matrices ``x_e x_e^T`` in the ``r (r + 1) / 2``-dimensional space of symmetric
+    ``r x r`` matrices, so the criterion has an optimum on at most ``r (r + 1) / 2 + 1``
+    edges (Caratheodory's theorem); every design that satisfies the caps has at least the
+    second term in its support. With both the sum bounds the optimum's support neither way:
+    it only chooses the solver's path (:func:`uses_working_sets`), and no result depends on it.
     """
     r = int(p.rank)
     masses, groups = np.asarray(p.masses, dtype=np.float64), np.asarray(p.groups)
     caps = np.full(p.num_edges, np.inf) if p.caps is None else np.asarray(p.caps, dtype=np.float64)
     order = np.lexsort((-caps, groups))  # by group, the largest cap first
     g = groups[order]
-    held = np.cumsum(np.minimum(caps[order], masses[g]))  # an edge holds at most its group's mass
+    m = np.where(masses > 0, masses, 1.0)[g]
+    # each cap as a share of its group's mass (at most 1): every group's target is 1, so the
+    # running sum over all groups stays within G of it and rounding cannot miss a target
+    held = np.cumsum(np.minimum(caps[order] / m, 1.0))
     start = np.searchsorted(g, np.arange(p.num_groups))  # each group's first position
     held -= np.concatenate([[0.0], held])[start][g]  # what the group's largest caps hold, cumulatively
     pos = np.arange(g.size) - start[g]
-    full = held >= masses[g] * (1 - 1e-9)
-    need = np.full(p.num_groups, g.size, dtype=np.int64)
+    full = held >= 1.0 - 1e-9
+    need = np.bincount(groups, minlength=p.num_groups).astype(np.int64)  # at most the group's edges
     np.minimum.at(need, g[full], pos[full] + 1)
-    need[(masses <= 0) | (np.bincount(groups, minlength=p.num_groups) == 0)] = 0
+    need[masses <= 0] = 0
     return r * (r + 1) // 2 + int(need.sum())
 
 
