@@ -973,10 +973,21 @@ class JensenLowerBound(NamedTuple):
     tilt: float = 0.0
 
 
-def _net_radius(c, n, tail, eps):
-    """``(sqrt(2 y / n) + zeta y / (3 n)) / (1 - eps^2 / 2)``, ``y = a log n + d_V log(1 + 2 / eps)`` (Lemma 9.1)."""
-    y = tail * math.log(n) + c.dim * math.log1p(2.0 / eps)
-    return (math.sqrt(2.0 * y / n) + c.zeta * y / (3.0 * n)) / (1.0 - 0.5 * eps * eps)
+#: Per net parameter ``epsilon`` of :data:`_NET_GRID`: ``log(1 + 2 / epsilon)`` and ``1 - epsilon^2 / 2``.
+_NET_LOG = np.array([math.log1p(2.0 / e) for e in _NET_GRID])
+_NET_DEN = np.array([1.0 - 0.5 * e * e for e in _NET_GRID])
+
+
+def _net_minima(c, n, tails) -> tuple[np.ndarray, np.ndarray]:
+    """Lemma 9.1's radius at each tail ``a``: the smallest over :data:`_NET_GRID` of
+    ``(sqrt(2 y / n) + zeta y / (3 n)) / (1 - eps^2 / 2)``, ``y = a log n + d_V log(1 + 2 / eps)``;
+    returns ``(r [T], eps [T])`` (the first ``eps`` of a tie). One array expression over
+    tails x grid, each element by the same IEEE operations (+, *, /, sqrt) in the same order as the
+    scalar formula, so the same numbers."""
+    y = np.asarray(tails, np.float64)[:, None] * math.log(n) + c.dim * _NET_LOG[None, :]
+    radii = (np.sqrt(2.0 * y / n) + c.zeta * y / (3.0 * n)) / _NET_DEN[None, :]
+    best = np.argmin(radii, axis=1)
+    return radii[np.arange(best.size), best], np.asarray(_NET_GRID)[best]
 
 
 @checked(n=BUDGET, tail=TAIL)
@@ -986,8 +997,8 @@ def score_radius_bernstein(c: BoundConstants, n, tail: float = 2.0):
     ``r_n`` is the smallest net-Bernstein radius over the fixed grid of net parameters
     ``epsilon`` (a deterministic choice, so the probability statement holds for it).
     """
-    radii = [(_net_radius(c, n, tail, e), e) for e in _NET_GRID]
-    return min(radii)
+    r, eps = _net_minima(c, n, (tail,))
+    return float(r[0]), float(eps[0])
 
 
 @checked(n=BUDGET, tail=TAIL)
@@ -1001,22 +1012,39 @@ def score_radius_subgaussian(c: BoundConstants, n, tail: float = 2.0) -> float:
     Lemma 9.1's radius where the margins are moderate (``Gamma`` near ``P_V``), larger where a
     direction rests on edges of large margin (``s_e^2 >> sigma'``). ``inf`` without the eigenvalues.
     """
+    return _subgaussian_radius(_subgaussian_parts(c), n, tail)
+
+
+def _subgaussian_parts(c):
+    """``(tr Gamma, tr(Gamma^2), ||Gamma||)`` of Lemma 9.1b, or ``None`` without the eigenvalues."""
     g = c.score_proxy_eigs
     if g is None:
+        return None
+    return float(np.sum(g)), float(np.sum(g * g)), float(np.max(g))
+
+
+def _subgaussian_radius(parts, n, tail) -> float:
+    """Lemma 9.1b's radius from :func:`_subgaussian_parts` (``inf`` for ``None``)."""
+    if parts is None:
         return math.inf
+    trace, squares, top = parts
     t = tail * math.log(n)
-    return math.sqrt((float(np.sum(g)) + 2.0 * math.sqrt(float(np.sum(g * g)) * t) + 2.0 * float(np.max(g)) * t) / n)
+    return math.sqrt((trace + 2.0 * math.sqrt(squares * t) + 2.0 * top * t) / n)
 
 
-def _bernstein_conditions(c, n, tail):
+def _bernstein_conditions(c, n, tail, radii=None):
     """Theorem 4's condition: A1, ``n >= 3`` and ``tau r_n < 1``; returns ``(valid, r_n, eps, s_n)``.
 
     ``r_n`` is the smaller of Lemma 9.1's net radius and Lemma 9.1b's quadratic-form radius (each
     holds with probability ``>= 1 - n^{-a}`` and the choice depends on ``(n, a)`` and the design
-    only); ``eps`` is ``nan`` where Lemma 9.1b's is the smaller.
+    only); ``eps`` is ``nan`` where Lemma 9.1b's is the smaller. ``radii``: ``(net radius, its eps,
+    Lemma 9.1b's radius)`` at ``(n, tail)`` if already computed (:func:`_tuned`, every tail at once).
     """
-    r, eps = score_radius_bernstein(c, n, tail)
-    r_q = score_radius_subgaussian(c, n, tail)
+    if radii is None:
+        r, eps = score_radius_bernstein.kernel(c, float(n), float(tail))  # as their checked forms take them
+        r_q = score_radius_subgaussian.kernel(c, float(n), float(tail))
+    else:
+        r, eps, r_q = float(radii[0]), float(radii[1]), radii[2]
     if r_q < r:
         r, eps = r_q, math.nan
     if not (c.identifiable and n >= 3 and c.tau * r < 1.0):
@@ -1080,8 +1108,13 @@ def upper_bound_bernstein(c: BoundConstants, n, tail: float = 2.0) -> BernsteinU
       n: number of labels.
       tail: ``a > 0``: the score leaves its ball with probability ``<= n^{-a}``.
     """
+    return _upper_bernstein(c, n, tail)
+
+
+def _upper_bernstein(c, n, tail, radii=None) -> BernsteinUpperBound:
+    """:func:`upper_bound_bernstein` for checked arguments (``radii``: see :func:`_bernstein_conditions`)."""
     leading = c.beta * c.criterion / (2.0 * n)
-    valid, r, eps, s = _bernstein_conditions(c, n, tail)
+    valid, r, eps, s = _bernstein_conditions(c, n, tail, radii)
     if not valid:
         return BernsteinUpperBound(math.inf, False, leading, math.inf, math.inf, r, eps, s, math.inf, math.inf, math.inf, math.inf, tail)
     e1 = (sandwich_factors(c.zeta_eval * s)[1] - 1.0) / r
@@ -1137,7 +1170,9 @@ def upper_bound_bernstein_tuned(c: BoundConstants, n, tails=TAIL_GRID) -> Bernst
 
 def _tuned(c, n, tails) -> BernsteinUpperBound:
     """:func:`upper_bound_bernstein_tuned` for checked ``n`` and ``tails``."""
-    bounds = [upper_bound_bernstein.kernel(c, n, a) for a in sorted(tails)]
+    tails = sorted(tails)
+    r_net, eps, parts = *_net_minima(c, n, tails), _subgaussian_parts(c)
+    bounds = [_upper_bernstein(c, n, a, (r_net[k], eps[k], _subgaussian_radius(parts, n, a))) for k, a in enumerate(tails)]
     return min(bounds, key=lambda b: b.value)  # the first (smallest a) among ties, e.g. all inf
 
 
