@@ -25,7 +25,7 @@ from theory.design.polish import _polish, _polish_cg
 from theory.design.problem import INSTANCE, ReducedProblem, check_curvature_for, reduce_problem
 from theory.design.start import start_weights
 from theory.design.steps import _multiplicative, _run_steps, _vertex_step
-from theory.design.working_set import _Restricted, first_working_set, next_working_set, price_round
+from theory.design.working_set import _Restricted, first_working_set, next_working_set, price_round, uses_working_sets
 from theory.shapes import Diffs, EdgeWeights, Scalar, Vector
 
 
@@ -106,8 +106,9 @@ class DesignSolver:
     def __call__(self, problem: ReducedProblem, init=None) -> DesignSolution:
         """Solve ``problem`` from ``init`` (an ``[E]`` design satisfying the group masses and
         caps) or from the default start."""
-        w_full = np.asarray(start_weights(problem, self.working_set, init), dtype=np.float64)
-        ws = first_working_set(problem, w_full, int(self.working_set))
+        on_sets = uses_working_sets(problem, self.working_set)  # the path, decided once
+        w_full = np.asarray(start_weights(problem, on_sets, init), dtype=np.float64)
+        ws = first_working_set(problem, w_full, int(self.working_set), on_sets)
         tol_inner = self._inner_tol(problem, ws)
         trace, it = _Trace(), 0
         while True:

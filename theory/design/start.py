@@ -14,7 +14,6 @@ from theory.design.certificate import _capped_lmo_np
 from theory.design.problem import ReducedProblem
 from theory.design.simplex import _project_capped_np
 from theory.design.state import _price, _refresh_subset
-from theory.design.working_set import uses_working_sets
 
 
 class _GramSchmidt(NamedTuple):
@@ -84,11 +83,12 @@ def check_init(p: ReducedProblem, init):
     return jnp.asarray(w0, dtype=p.dtype)
 
 
-def start_weights(p: ReducedProblem, working_set: int, init=None):
-    """The starting design (in the problem's dtype): ``init`` checked, or the default start."""
+def start_weights(p: ReducedProblem, on_working_sets: bool, init=None):
+    """The starting design (in the problem's dtype): ``init`` checked, or the default start
+    (``on_working_sets``: the solve's path, :func:`~theory.design.working_set.uses_working_sets`)."""
     if init is not None:
         return check_init(p, init)
-    if not uses_working_sets(p, working_set):
+    if not on_working_sets:
         # Problems solved on every edge: start from the uniform design (within groups); the
         # multiplicative and drop steps remove what the optimum does not use.
         counts = np.bincount(p.groups, minlength=p.num_groups)

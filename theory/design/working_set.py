@@ -98,10 +98,10 @@ def uses_working_sets(p: ReducedProblem, chunk: int) -> bool:
     return e > 2 * int(chunk) and e > 2 * support_bound(p)
 
 
-def first_working_set(p: ReducedProblem, w_full, chunk):
-    """Every edge unless :func:`uses_working_sets`; else the start's support (and capped LMO
-    vertex) plus the ``chunk`` most violating edges."""
-    if not uses_working_sets(p, chunk):
+def first_working_set(p: ReducedProblem, w_full, chunk, on_working_sets: bool):
+    """Every edge unless ``on_working_sets`` (the solve's path, :func:`uses_working_sets`); else
+    the start's support (and capped LMO vertex) plus the ``chunk`` most violating edges."""
+    if not on_working_sets:
         return np.arange(p.num_edges)
     st0 = _refresh_subset(np.flatnonzero(w_full > 0), w_full, p.x, p.offset, p.b, p.kind)
     d0 = np.asarray(_price(p.x, st0.tinv, p.b, p.kind))
