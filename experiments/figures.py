@@ -718,8 +718,11 @@ def pool_size_item(world, k: int, design: str, budget: int, key, replicates: int
                                                     for kd in jax.random.split(k_design, allocation_draws)]
         gap, exists, alloc = np.zeros(replicates), np.zeros(replicates, bool), np.zeros(replicates, np.int64)
 
-        def digest(o):  # an allocation's fingerprint (pools of millions of edges: no dense copies kept)
-            return hashlib.blake2b(np.ascontiguousarray(o.dense_counts(problem.num_edges))).digest()
+        def digest(o):  # an allocation's fingerprint: its labelled edges in order and their counts (no dense copy)
+            ids, n = np.asarray(o.allocation.edges, np.int64), np.asarray(o.allocation.counts, np.int64)
+            order = np.argsort(ids[n > 0], kind="stable")
+            return hashlib.blake2b(np.ascontiguousarray(ids[n > 0][order])).digest() + hashlib.blake2b(
+                np.ascontiguousarray(n[n > 0][order])).digest()
 
         # draws that gave one allocation (no pilot) label their replicates in one batch, each
         # replicate with its own key as before: a fixed design costs one batch, not one a draw

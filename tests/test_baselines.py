@@ -111,3 +111,32 @@ def test_scalable_sweet_spot_rejects_the_minimum_of_its_random_draws():
     # P(min not among 5 random of 6) = 1/6 (the minimum is the one left out)
     se = np.sqrt((1 / 6) * (5 / 6) / p.size)
     assert abs(differs - 1 / 6) < 3.29 * se, differs
+
+
+def test_edge_id_finds_every_pair_of_a_ragged_pool_and_nothing_else():
+    """The per-prompt rules look their pair up by binary search (``DesignProblem.edge_id``), not in a
+    dense ``[m, K, K]`` map: on a pool with completions missing anywhere (prompts with one, two or
+    all of them), every ``(prompt, i, j)`` in either order gives the id a dictionary of the edge list
+    gives, and ``-1`` for a pair with an absent end or ``i = j``."""
+    import jax.numpy as jnp
+
+    from synthetic.designs import DesignProblem
+    from synthetic.worlds import Pool
+    from theory import enumerate_edges
+
+    rng = np.random.default_rng(7)
+    m, k, d = 9, 7, 2
+    present = rng.random((m, k)) < 0.6
+    present[0], present[1], present[2] = True, np.arange(k) == 3, np.arange(k) >= 5  # all, one, the last two
+    log_ref = np.where(present, -1.0, -np.inf)
+    pool = Pool(jnp.asarray(rng.normal(size=(m, k, d))), jnp.asarray(log_ref), jnp.ones(m) / m)
+    problem = DesignProblem(enumerate_edges(pool.features, pool.log_ref), pool, pool, 1.0)
+    e = problem.edges
+    ids = {}
+    for n, (x, i, j) in enumerate(zip(np.asarray(e.prompt), np.asarray(e.first), np.asarray(e.second))):
+        ids[(x, i, j)] = ids[(x, j, i)] = n
+    assert len(ids) == 2 * problem.num_edges > 0
+    for x in range(m):
+        for i in range(k):
+            for j in range(k):
+                assert problem.edge_id(x, i, j) == ids.get((x, i, j), -1), (x, i, j)

@@ -75,12 +75,11 @@ def _nearest(scores_row, present_row, target, exclude):
 def _per_prompt_pairs(problem, pick):
     """One edge per prompt with >= 2 completions: ``pick(prompt) -> (i, j)``."""
     present = _present(problem)
-    idx = problem.edge_index()
     prompts = np.flatnonzero(present.sum(axis=1) >= 2)
     sel = []
     for x in prompts:
         i, j = pick(x)
-        sel.append(idx[x, i, j])
+        sel.append(problem.edge_id(x, i, j))
     sel = np.asarray(sel)
     assert np.all(sel >= 0)
     return prompts, sel

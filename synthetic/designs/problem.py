@@ -88,6 +88,17 @@ class DesignProblem(NamedTuple):
     def without_truth(self) -> "DesignProblem":
         return self._replace(annotator=None)
 
+    def edge_id(self, prompt: int, i: int, j: int) -> int:
+        """The id of the edge ``(prompt, i, j)`` (either order; ``-1`` where none), by binary
+        search on the edges' order (prompt, then first, then second: ``theory.enumerate_edges``):
+        no ``[m, K, K]`` map (:meth:`edge_index`) is built for a few lookups."""
+        p, first, second = (np.asarray(a) for a in (self.edges.prompt, self.edges.first, self.edges.second))
+        a, b = min(i, j), max(i, j)
+        lo, hi = np.searchsorted(p, prompt, "left"), np.searchsorted(p, prompt, "right")
+        lo, hi = lo + np.searchsorted(first[lo:hi], a, "left"), lo + np.searchsorted(first[lo:hi], a, "right")
+        k = int(lo + np.searchsorted(second[lo:hi], b, "left"))
+        return k if k < hi and second[k] == b else -1
+
     def edge_index(self) -> np.ndarray:
         """``[m, K, K]`` map from ``(prompt, i, j)`` to the edge id (``-1`` where none)."""
         m, k = self.pool.log_ref.shape
