@@ -93,7 +93,8 @@ class DesignProblem(NamedTuple):
         search on the edges' order (prompt, then first, then second: ``theory.enumerate_edges``):
         no ``[m, K, K]`` map (:meth:`edge_index`) is built for a few lookups."""
         p, first, second = (np.asarray(a) for a in (self.edges.prompt, self.edges.first, self.edges.second))
-        a, b = min(i, j), max(i, j)
+        # queries in the arrays' own dtype: another one (a Python int) makes numpy cast the whole array every search
+        prompt, a, b = p.dtype.type(prompt), first.dtype.type(min(i, j)), second.dtype.type(max(i, j))
         lo, hi = np.searchsorted(p, prompt, "left"), np.searchsorted(p, prompt, "right")
         lo, hi = lo + np.searchsorted(first[lo:hi], a, "left"), lo + np.searchsorted(first[lo:hi], a, "right")
         k = int(lo + np.searchsorted(second[lo:hi], b, "left"))
