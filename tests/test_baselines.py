@@ -132,6 +132,9 @@ def test_edge_id_finds_every_pair_of_a_ragged_pool_and_nothing_else():
     pool = Pool(jnp.asarray(rng.normal(size=(m, k, d))), jnp.asarray(log_ref), jnp.ones(m) / m)
     problem = DesignProblem(enumerate_edges(pool.features, pool.log_ref), pool, pool, 1.0)
     e = problem.edges
+    # the search's premise: enumerate_edges orders the edges by prompt, then first, then second
+    assert np.array_equal(np.lexsort((np.asarray(e.second), np.asarray(e.first), np.asarray(e.prompt))), np.arange(problem.num_edges))
+    assert np.all(np.asarray(e.first) < np.asarray(e.second))
     ids = {}
     for n, (x, i, j) in enumerate(zip(np.asarray(e.prompt), np.asarray(e.first), np.asarray(e.second))):
         ids[(x, i, j)] = ids[(x, j, i)] = n
