@@ -878,7 +878,7 @@ def test_support_bound_matches_a_brute_force_count(case):
 
 def test_a_tabular_pool_is_solved_on_every_edge_and_a_low_rank_pool_on_working_sets():
     """The path: a tabular pool (one prompt, one-hot features: r (r + 1) / 2 >= E) is solved on
-    every edge (one pricing round) even with a small working_set; a pool of rank 4 and 120 edges
+    every edge (one pricing round) even with a small working_set; a pool of rank 4 and 180 edges
     runs column generation (several rounds), with caps too, and on
     every edge once the caps need half of them (24 and 90 of 180 edges at their caps). Each reaches cvxpy's optimum."""
     from theory.design import reduce_problem
