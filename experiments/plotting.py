@@ -98,7 +98,8 @@ def plot_gap_vs_budget(rows, title: str = "", ax=None, prediction: bool = True, 
 
     Args:
       rows: iterable of dicts with keys ``design``, ``budget``, ``mean_gap``,
-        ``ci_low``, ``ci_high``, ``predicted_gap``.
+        ``ci_low``, ``ci_high``, ``predicted_gap`` (and ``world``, ``estimator``, ``config``:
+        rows that differ in any of them are separate curves, labelled by what differs).
       ax: axes to draw on (a new figure if ``None``).
       legend: put a legend to the right of the axes (outside the data).
 
@@ -106,9 +107,12 @@ def plot_gap_vs_budget(rows, title: str = "", ax=None, prediction: bool = True, 
       The matplotlib figure.
     """
     paper_style()
-    series = defaultdict(list)  # one curve per design and config (rows that share a design name but not a config)
+    # one curve per world, estimator, design and config (rows that share a design name but not the rest are
+    # other curves; experiments.records puts what else tells them apart in the config)
+    series = defaultdict(list)
     for r in rows:
-        series[(r["design"], r.get("config") or "")].append(r)
+        series[(r["design"], r.get("world", ""), r.get("estimator", ""), r.get("config") or "")].append(r)
+    several = {k: len({r.get(k, "") for r in rows}) > 1 for k in ("world", "estimator")}
     if ax is None:
         _, ax = plt.subplots(figsize=(5.6, 3.4), constrained_layout=True)
     order = list(DESIGN_STYLE)
@@ -120,13 +124,14 @@ def plot_gap_vs_budget(rows, title: str = "", ax=None, prediction: bool = True, 
     positive = [v for r in rows for v in (r["mean_gap"], r["ci_low"]) if math.isfinite(v) and v > 0]
     floor = min(positive) / 3 if positive else 1e-300
     clipped = False
-    for (name, config), rs in sorted(series.items(), key=lambda kv: (order.index(kv[0][0]) if kv[0][0] in order else len(order), kv[0])):
+    for (name, world, estimator, config), rs in sorted(series.items(), key=lambda kv: (order.index(kv[0][0]) if kv[0][0] in order else len(order), kv[0])):
         rs = sorted(rs, key=lambda r: r["budget"])
         n = [r["budget"] for r in rs]
         color, marker = design_style(name)
         ls = styles[seen.setdefault(name, 0) % len(styles)]
         seen[name] += 1
-        label = f"{design_label(name)} [{config}]" if config else design_label(name)
+        tags = [v for k, v in (("world", world), ("estimator", estimator)) if several[k]] + ([config] if config else [])
+        label = f"{design_label(name)} [{', '.join(tags)}]" if tags else design_label(name)
         ax.plot(n, [r["mean_gap"] for r in rs], marker=marker, ls=ls, color=color, label=label)
         clipped |= any(r["ci_low"] <= 0 for r in rs)  # a row without an interval (nan) has no band
         ax.fill_between(n, [floor if r["ci_low"] <= 0 else r["ci_low"] for r in rs], [r["ci_high"] for r in rs], color=color, alpha=0.18, lw=0)

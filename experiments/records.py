@@ -273,23 +273,50 @@ def _short(key: str, keys) -> str:
     return key
 
 
+#: Identity keys that change a cell's precision or its draw, not the quantity it estimates: rows that
+#: differ only in these (and the budget) are points of one curve.
+_PRECISION = ("budget", "seed", "num_replicates", "allocation_draws")
+
+
 def _label_differences(rows, idents) -> None:
-    """Fill ``config`` with the parameters that tell apart rows sharing (world, design, estimator, budget)."""
-    groups: dict = {}
+    """Fill ``config`` with the parameters that tell rows apart, so that rows with one
+    (world, design, estimator, config) are the points of one curve.
+
+    Among the rows of one world name, design and estimator (at any budget), every parameter
+    outside :data:`_PRECISION` that takes more than one value (the world's size, the design's
+    cap, ...) is in ``config``; where rows still share (world, design, estimator, config, budget),
+    the parameters that differ among them (a seed, a number of replicates) and, where records
+    of several code versions meet, ``code=<version>`` are added.
+    """
+    flat = [_flatten(i) for i in idents]
+
+    def differing(members, exclude):
+        keys = sorted(set().union(*(flat[i] for i in members)) - set(exclude))
+        return [k for k in keys if len({json.dumps(flat[i].get(k), sort_keys=True) for i in members}) > 1]
+
+    def label(i, keys):
+        return [f"{_short(k, keys)}={flat[i].get(k)}" for k in keys]
+
+    curves: dict = {}
     for i, r in enumerate(rows):
-        groups.setdefault((r["world"], r["design"], r["estimator"], r["budget"]), []).append(i)
-    for members in groups.values():
+        curves.setdefault((r["world"], r["design"], r["estimator"]), []).append(i)
+    parts = {}
+    for members in curves.values():
+        keys = differing(members, _PRECISION)
+        for i in members:
+            parts[i] = label(i, keys)
+    points: dict = {}
+    for i, r in enumerate(rows):
+        points.setdefault((r["world"], r["design"], r["estimator"], " ".join(parts[i]), r["budget"]), []).append(i)
+    for members in points.values():
         if len(members) < 2:
             continue
-        flat = [_flatten(idents[i]) for i in members]
-        keys = sorted(set().union(*flat))
-        differ = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1]
+        keys = differing(members, ())
         code = len({rows[i]["code_version"] for i in members}) > 1
-        for i, f in zip(members, flat):
-            parts = [f"{_short(k, differ)}={f.get(k)}" for k in differ]
-            if code:
-                parts.append(f"code={rows[i]['code_version']}")
-            rows[i]["config"] = " ".join(parts)
+        for i in members:
+            parts[i] = parts[i] + label(i, keys) + ([f"code={rows[i]['code_version']}"] if code else [])
+    for i, r in enumerate(rows):
+        r["config"] = " ".join(parts[i])
 
 
 def _attach_uniform(rows, idents) -> None:
