@@ -650,7 +650,7 @@ def _check_real_positive(name, value):
     check_argument(name, value, "number > 0")
 
 
-def pool_size_item(world, k: int, design: str, budget: int, key, replicates: int = 0, edge_index=None, diffs_max=None,
+def pool_size_item(world, k: int, design: str, budget: int, key, replicates: int = 0, full=None,
                    scales=(1.0,), mc_scale: float = 1.0, cut=None, allocation_draws: int = 1) -> dict:
     """One point of Figure 5: pool of the first ``k`` completions, ``design``, ``budget`` labels.
 
@@ -671,8 +671,8 @@ def pool_size_item(world, k: int, design: str, budget: int, key, replicates: int
     is compared with the draws of up to three more keys), the
     approximation part at ``mc_scale`` (``mc_approximation``) and the fraction of replicates
     with an MLE; :func:`_mc_summary` makes the mean and its interval over the draws. The
-    labelled edges are mapped to the largest pool's edge ids (``edge_index``
-    ``[m, Kmax, Kmax]``, ``diffs_max``) and the gap is taken on :func:`nested_pool`, so
+    labelled edges are mapped to the edge ids of the largest pool (``full``: its design problem,
+    ``design_problem(world)``) and the gap is taken on :func:`nested_pool`, so
     every ``k`` shares compiled shapes. ``cut``: ``(first_completions(world, k),
     its design problem)`` if already built (pools of millions of edges take seconds).
     """
@@ -703,8 +703,10 @@ def pool_size_item(world, k: int, design: str, budget: int, key, replicates: int
                                    ev.prompt_weights))
         row.update({f"approximation@{s:g}": approx, f"estimation_asymptotic@{s:g}": est, f"total_asymptotic@{s:g}": approx + est})
     if replicates:
-        ids = np.asarray(edge_index)[problem.edges.prompt, problem.edges.first, problem.edges.second]
-        e_max = int(diffs_max.shape[0])
+        ids = full.edge_ids(problem.edges.prompt, problem.edges.first, problem.edges.second)
+        if np.any(ids < 0):
+            raise ValueError("full: an edge of the pool of the first k completions is not in it; give design_problem(world)")
+        e_max, diffs_max = full.num_edges, full.edges.diffs
 
         def lift(a):
             full = np.zeros(e_max)
@@ -721,8 +723,7 @@ def pool_size_item(world, k: int, design: str, budget: int, key, replicates: int
         def digest(o):  # an allocation's fingerprint: its labelled edges in order and their counts (no dense copy)
             ids, n = np.asarray(o.allocation.edges, np.int64), np.asarray(o.allocation.counts, np.int64)
             order = np.argsort(ids[n > 0], kind="stable")
-            return hashlib.blake2b(np.ascontiguousarray(ids[n > 0][order])).digest() + hashlib.blake2b(
-                np.ascontiguousarray(n[n > 0][order])).digest()
+            return hashlib.blake2b(np.stack([ids[n > 0][order], n[n > 0][order]])).digest()
 
         # draws that gave one allocation (no pilot) label their replicates in one batch, each
         # replicate with its own key as before: a fixed design costs one batch, not one a draw
@@ -811,14 +812,14 @@ def _fig5_plan(spec: dict) -> list[tuple[dict, FigureItem]]:
             worlds.clear()  # one world at a time (the largest pools hold millions of edges)
             world = _fig5_world(spec[panel]["world"], order)
             pm = design_problem(world)
-            worlds[panel] = (world, pm.edge_index(), pm.edges.diffs, pm)
+            worlds[panel] = (world, pm)
         return worlds[panel]
 
     def cut_of(panel, order, k):
         """``(first_completions(world, k), its design problem)``, kept for one ``(panel, k)`` at a time."""
         if (panel, k) not in cuts:
             cuts.clear()
-            world, _, _, pm = world_of(panel, order)
+            world, pm = world_of(panel, order)
             kmax = spec[panel]["world"]["num_completions"]
             wk = world if k == kmax else first_completions(world, k)
             cuts[(panel, k)] = (wk, pm if k == kmax else design_problem(wk))
@@ -837,8 +838,8 @@ def _fig5_plan(spec: dict) -> list[tuple[dict, FigureItem]]:
                          "budget": p["budget"], "replicates": reps, "mc_scale": mc_scale, "allocation_draws": draws}
 
                 def compute(panel=panel, order=order, scales=scales, k=k, d=d, reps=reps, mc_scale=mc_scale, draws=draws):
-                    world, idx, diffs, _ = world_of(panel, order)
-                    return pool_size_item(world, k, d, spec[panel]["budget"], key_for(panel, d, k), reps, idx, diffs, scales,
+                    world, full = world_of(panel, order)
+                    return pool_size_item(world, k, d, spec[panel]["budget"], key_for(panel, d, k), reps, full, scales,
                                           mc_scale, cut_of(panel, order, k), draws)
 
                 add({"kind": "pool_size", "panel": panel, "order": order, "scales": scales, "k": k, "design": d, "reps": reps,

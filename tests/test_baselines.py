@@ -114,10 +114,10 @@ def test_scalable_sweet_spot_rejects_the_minimum_of_its_random_draws():
 
 
 def test_edge_id_finds_every_pair_of_a_ragged_pool_and_nothing_else():
-    """The per-prompt rules look their pair up by binary search (``DesignProblem.edge_id``), not in a
-    dense ``[m, K, K]`` map: on a pool with completions missing anywhere (prompts with one, two or
+    """The per-prompt rules and Figure 5 look edges up by binary search (``DesignProblem.edge_id``,
+    ``edge_ids``), not in a dense ``[m, K, K]`` map: on a pool with completions missing anywhere (prompts with one, two or
     all of them), every ``(prompt, i, j)`` in either order gives the id a dictionary of the edge list
-    gives, and ``-1`` for a pair with an absent end or ``i = j``."""
+    gives, and ``-1`` for a pair with an absent end, ``i = j`` or an index outside the pool."""
     import jax.numpy as jnp
 
     from synthetic.designs import DesignProblem
@@ -143,3 +143,8 @@ def test_edge_id_finds_every_pair_of_a_ragged_pool_and_nothing_else():
         for i in range(k):
             for j in range(k):
                 assert problem.edge_id(x, i, j) == ids.get((x, i, j), -1), (x, i, j)
+    # all at once (edge_ids, as Figure 5 lifts a cut pool's edges), with queries outside the pool too
+    x, i, j = (a.ravel() for a in np.meshgrid(np.arange(-1, m + 1), np.arange(-1, k + 1), np.arange(-1, k + 1), indexing="ij"))
+    want = [ids.get((a, b, c), -1) for a, b, c in zip(x, i, j)]
+    assert np.array_equal(problem.edge_ids(x, i, j), want)
+    assert np.array_equal(problem.edge_ids(x.reshape(-1, 3), i.reshape(-1, 3), j.reshape(-1, 3)), np.reshape(want, (-1, 3)))

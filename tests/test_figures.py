@@ -193,9 +193,9 @@ def test_pool_size_monte_carlo_is_over_draws_of_the_allocation_with_a_clustered_
 
     world = _small_world()
     problem = design_problem(world)
-    idx, diffs = problem.edge_index(), problem.edges.diffs
+    diffs = problem.edges.diffs
     assert problem.num_edges == 126
-    got = figures.pool_size_item(world, 7, "uniform", 60, jax.random.key(0), 12, idx, diffs, allocation_draws=4)
+    got = figures.pool_size_item(world, 7, "uniform", 60, jax.random.key(0), 12, problem, allocation_draws=4)
     alloc = np.asarray(got["mc_allocation"])
     assert np.array_equal(alloc, np.repeat(np.arange(4), 3)) and bool(got["mc_allocation_random"])
     gap = np.asarray(got["mc_gap"])
@@ -214,17 +214,17 @@ def test_pool_size_monte_carlo_is_over_draws_of_the_allocation_with_a_clustered_
     np.testing.assert_allclose([row["estimation_mc"], row["estimation_mc_se"]], [fit.params[0], fit.bse[0]], rtol=1e-10)
     np.testing.assert_allclose([row["estimation_mc_ci_low"], row["estimation_mc_ci_high"]], fit.conf_int(alpha=0.1)[0], rtol=1e-10)
     assert math.isclose(row["total_mc"], figures.approximation_part(world, 7) + row["estimation_mc"], rel_tol=1e-12)
-    one = figures.pool_size_item(world, 7, "uniform", 60, jax.random.key(0), 12, idx, diffs)
+    one = figures.pool_size_item(world, 7, "uniform", 60, jax.random.key(0), 12, problem)
     res = replicate_gaps(rep_keys, world.theta_star, diffs, run_design("uniform", k_design, problem, 60).dense_counts(126), world.beta, pool)
     np.testing.assert_allclose(np.asarray(one["mc_gap"]), np.asarray(res.gap), rtol=1e-9)
     assert np.all(np.asarray(one["mc_allocation"]) == 0) and bool(one["mc_allocation_random"])
     assert figures._mc_summary(one)["mc_allocations"] == 1  # its interval: given that one allocation
     # each replicate its own allocation: independent replicates, the plain interval over them
-    own = figures.pool_size_item(world, 7, "uniform", 60, jax.random.key(0), 12, idx, diffs, allocation_draws=12)
+    own = figures.pool_size_item(world, 7, "uniform", 60, jax.random.key(0), 12, problem, allocation_draws=12)
     row, g = figures._mc_summary(own), np.asarray(own["mc_gap"])
     assert row["mc_allocations"] == 12 and np.array_equal(np.asarray(own["mc_allocation"]), np.arange(12))
     np.testing.assert_allclose([row["estimation_mc"], row["estimation_mc_se"]], [g.mean(), g.std(ddof=1) / np.sqrt(12)], rtol=1e-12)
-    fixed = figures.pool_size_item(world, 7, "best_vs_worst", 60, jax.random.key(0), 12, idx, diffs, allocation_draws=4)
+    fixed = figures.pool_size_item(world, 7, "best_vs_worst", 60, jax.random.key(0), 12, problem, allocation_draws=4)
     assert not bool(fixed["mc_allocation_random"])
     row = figures._mc_summary(fixed)
     g = np.asarray(fixed["mc_gap"])
@@ -233,16 +233,16 @@ def test_pool_size_monte_carlo_is_over_draws_of_the_allocation_with_a_clustered_
     # its four draws, one allocation, are labelled in one batch, each replicate with its own key
     bvw = run_design("best_vs_worst", k_design, problem, 60).dense_counts(126)
     np.testing.assert_allclose(g, np.asarray(replicate_gaps(rep_keys, world.theta_star, diffs, bvw, world.beta, pool).gap), rtol=1e-9)
-    assert not bool(figures.pool_size_item(world, 7, "best_vs_worst", 60, jax.random.key(0), 12, idx, diffs)["mc_allocation_random"])
+    assert not bool(figures.pool_size_item(world, 7, "best_vs_worst", 60, jax.random.key(0), 12, problem)["mc_allocation_random"])
     # a pilot's draws are never batched: each draw trains on its own pilot's labels
-    staged = figures.pool_size_item(world, 7, "two_stage", 60, jax.random.key(0), 12, idx, diffs, allocation_draws=3)
+    staged = figures.pool_size_item(world, 7, "two_stage", 60, jax.random.key(0), 12, problem, allocation_draws=3)
     assert bool(staged["mc_allocation_random"])
     for a, kd in enumerate(jax.random.split(k_design, 3)):
         out = run_design("two_stage", kd, problem, 60)
         res = replicate_gaps(rep_keys[4 * a : 4 * a + 4], world.theta_star, diffs, out.dense_counts(126), world.beta, pool, pilot=out.pilot)
         np.testing.assert_allclose(np.asarray(staged["mc_gap"])[4 * a : 4 * a + 4], np.asarray(res.gap), rtol=1e-9)
     with pytest.raises(ValueError, match=r"allocation_draws must be an integer in \[1, 12\], got 13"):
-        figures.pool_size_item(world, 7, "uniform", 60, jax.random.key(0), 12, idx, diffs, allocation_draws=13)
+        figures.pool_size_item(world, 7, "uniform", 60, jax.random.key(0), 12, problem, allocation_draws=13)
 
 
 def test_nested_pool_keeps_the_shape_and_gives_the_cut_worlds_gap_and_curvature():

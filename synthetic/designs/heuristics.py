@@ -76,11 +76,8 @@ def _per_prompt_pairs(problem, pick):
     """One edge per prompt with >= 2 completions: ``pick(prompt) -> (i, j)``."""
     present = _present(problem)
     prompts = np.flatnonzero(present.sum(axis=1) >= 2)
-    sel = []
-    for x in prompts:
-        i, j = pick(x)
-        sel.append(problem.edge_id(x, i, j))
-    sel = np.asarray(sel)
+    pairs = np.asarray([pick(x) for x in prompts], np.int64).reshape(-1, 2)
+    sel = problem.edge_ids(prompts, pairs[:, 0], pairs[:, 1])
     assert np.all(sel >= 0)
     return prompts, sel
 

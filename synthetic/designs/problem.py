@@ -89,26 +89,23 @@ class DesignProblem(NamedTuple):
         return self._replace(annotator=None)
 
     def edge_id(self, prompt: int, i: int, j: int) -> int:
-        """The id of the edge ``(prompt, i, j)`` (either order; ``-1`` where none), by binary
-        search on the edges' order (prompt, then first, then second: ``theory.enumerate_edges``):
-        no ``[m, K, K]`` map (:meth:`edge_index`) is built for a few lookups."""
-        p, first, second = (np.asarray(a) for a in (self.edges.prompt, self.edges.first, self.edges.second))
-        # queries in the arrays' own dtype: another one (a Python int) makes numpy cast the whole array every search
-        prompt, a, b = p.dtype.type(prompt), first.dtype.type(min(i, j)), second.dtype.type(max(i, j))
-        lo, hi = np.searchsorted(p, prompt, "left"), np.searchsorted(p, prompt, "right")
-        lo, hi = lo + np.searchsorted(first[lo:hi], a, "left"), lo + np.searchsorted(first[lo:hi], a, "right")
-        k = int(lo + np.searchsorted(second[lo:hi], b, "left"))
-        return k if k < hi and second[k] == b else -1
+        """The id of the edge ``(prompt, i, j)`` (either order; ``-1`` where none): :meth:`edge_ids` of one query."""
+        return int(self.edge_ids(prompt, i, j))
 
-    def edge_index(self) -> np.ndarray:
-        """``[m, K, K]`` map from ``(prompt, i, j)`` to the edge id (``-1`` where none)."""
+    def edge_ids(self, prompt, i, j) -> np.ndarray:
+        """The ids of the edges ``(prompt[q], i[q], j[q])`` (arrays of one shape, or scalars; either order
+        of ``i`` and ``j``; ``-1`` where the pool has no such edge), by one binary search on the edges'
+        order (prompt, then first, then second: ``theory.enumerate_edges``), each edge read as the integer
+        ``(prompt K + first) K + second``, which that order sorts; no ``[m, K, K]`` map is built."""
         m, k = self.pool.log_ref.shape
-        idx = -np.ones((m, k, k), dtype=np.int64)
         e = self.edges
-        ids = np.arange(e.num_edges)
-        idx[e.prompt, e.first, e.second] = ids
-        idx[e.prompt, e.second, e.first] = ids
-        return idx
+        keys = (np.asarray(e.prompt, np.int64) * k + np.asarray(e.first, np.int64)) * k + np.asarray(e.second, np.int64)
+        prompt, i, j = np.broadcast_arrays(*(np.asarray(a, np.int64) for a in (prompt, i, j)))
+        a, b = np.minimum(i, j), np.maximum(i, j)
+        query = (prompt * k + a) * k + b
+        at = np.minimum(np.searchsorted(keys, query), keys.size - 1)
+        inside = (prompt >= 0) & (prompt < m) & (a >= 0) & (b < k)
+        return np.where(inside & (keys[at] == query), at, -1)
 
 
 def design_problem(world: World) -> DesignProblem:
