@@ -269,8 +269,9 @@ def labels_to_match(budgets, gaps, target: float, plateau_slope: float = -0.5) -
     """Budget at which a design's gap curve reaches ``target``.
 
     Log-log linear interpolation between the measured budgets; beyond them, the end
-    segment's power law is extended if it still falls at least like ``n^plateau_slope``,
-    otherwise the target is taken as not reached (``inf``). A value ``<= 0`` (the lower end
+    segment's power law is extended if it still falls at least like ``n^plateau_slope``;
+    otherwise a curve above the target at its last budget does not reach it (``inf``), and a
+    curve below it from its first budget on reached it there at the latest (that budget). A value ``<= 0`` (the lower end
     of an interval that reaches 0, as Student's t over a few allocation draws can) reaches
     every target, but a log-log segment to it is undefined: a curve above the target at one
     budget and ``<= 0`` at the next crosses it somewhere between, and the earlier budget,
@@ -293,8 +294,10 @@ def labels_to_match(budgets, gaps, target: float, plateau_slope: float = -0.5) -
     if t < g.min():
         slope = (g[-1] - g[-2]) / (n[-1] - n[-2])
         return float(math.exp(n[-1] + (t - g[-1]) / slope)) if slope <= plateau_slope else math.inf
+    # below the target from the first budget on: reached there at the latest (earlier along the first
+    # segment's power law where it falls at least like n^plateau_slope)
     slope = (g[1] - g[0]) / (n[1] - n[0])
-    return float(math.exp(n[0] + (t - g[0]) / slope)) if slope <= plateau_slope else math.inf
+    return float(math.exp(n[0] + (t - g[0]) / slope)) if slope <= plateau_slope else float(budgets[0])
 
 
 def sample_efficiency(rows: list[dict]) -> list[dict]:

@@ -29,6 +29,10 @@ def test_labels_to_match_inverts_a_power_law_inside_and_outside_the_budgets():
     assert math.isclose(figures.labels_to_match(n, g, c / 1e2), 1e2, rel_tol=1e-12)
     flat = [0.02, 0.019]  # slope -0.02: a plateau never reaches a lower target
     assert figures.labels_to_match(n, flat, 1e-3) == math.inf
+    # a plateau below the target from the first budget on reached it there at the latest (it was
+    # inf, drawn as 'not reached', for designs that beat the target at every budget)
+    assert figures.labels_to_match([100, 1000], [0.009, 0.0045], 0.01) == 100.0
+    assert figures.labels_to_match([100, 1000, 3000], [0.009, 0.0095, 0.002], 0.01) == 100.0  # rising first: the same
     with pytest.raises(ValueError, match="two budgets"):
         figures.labels_to_match([1e3], [1.0], 0.5)
     # an interval's lower end that reaches 0 at n = 1,000 (t over four pilots): the curve crosses
