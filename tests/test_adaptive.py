@@ -296,3 +296,29 @@ def test_an_adaptive_cells_runs_serve_the_next_estimator_and_equal_a_fresh_run(m
         assert np.array_equal(rec_mle[k], fresh[k]), k
         assert np.array_equal(rec_mle[k], again[k]), k
     assert not np.array_equal(rec_map["gap"], rec_mle["gap"])  # another estimator on the same labels
+
+
+def test_adaptive_tables_standard_error_holds_the_designs_own_randomness():
+    """experiments.adaptive_table labels each replicate of a design with a random allocation (here
+    two-stage's pilot) on its own draw by default, so its standard error is the plain one over
+    independent replicates (recomputed here from the cell's own gaps); with one draw for all,
+    the table marks the error as given that draw (it was reported unmarked, and the README's
+    z-test between two-stage and the sequential plug-in used it)."""
+    from hydra import compose, initialize_config_module
+
+    from experiments import adaptive_table
+    from experiments.cell import run_cell
+
+    res = adaptive_table.measure(["two_stage"], [60], 3, world="conf")[("two_stage", 60)]
+    assert res["draws"] == 3 and not res["given_one_draw"]
+    with initialize_config_module(config_module="experiments.conf", version_base=None):
+        cfg = compose(config_name="sweep", overrides=["design=two_stage", "budget=60", "num_replicates=3", "estimator=map", "seed=0",
+                                                      "allocation_draws=3", *adaptive_table.WORLD_OVERRIDES["conf"]])
+    rec = run_cell(cfg)
+    g = 1000 * np.asarray(rec["gap"])[np.asarray(rec["valid"])]
+    assert g.size == 3 and np.unique(rec["allocation"]).size == 3
+    assert res["gap"] == pytest.approx(g.mean(), rel=1e-12) and res["se"] == pytest.approx(g.std(ddof=1) / np.sqrt(3), rel=1e-12)
+    one = adaptive_table.measure(["two_stage"], [60], 3, world="conf", allocation_draws=1)
+    assert one[("two_stage", 60)]["given_one_draw"] and one[("two_stage", 60)]["draws"] == 1
+    table = adaptive_table.markdown(one, ["two_stage"], [60], 3, "map", "conf")
+    assert ")*" in table and "the design's own randomness is not in it" in table
