@@ -85,8 +85,8 @@ def _last_world(name: str):
 
 
 def budgets_to(max_budget: float) -> list[int]:
-    """The table's budgets: every power of ten from 1e3 to ``max_budget``."""
-    return [int(10**k) for k in range(3, int(round(math.log10(max_budget))) + 1)]
+    """The table's budgets: every power of ten from 1e3 to ``max_budget`` (none above it)."""
+    return [int(10**k) for k in range(3, math.floor(math.log10(max_budget) + 1e-12) + 1)]
 
 
 def _design_columns(wname: str, design: str, budgets, replicates: int, key: int) -> dict:
@@ -207,7 +207,9 @@ def compute_table(results, replicates: int = 400, max_budget: float = 1e10, plug
         lines[g_sup_at] = f"G_sup = {g_sup:.3g} (no policy has a larger gap).\n"
     # Summary: n0 and upper/lower at 1e6 and 1e8, Theorems 1-2 (old) against Theorems 4-5 (new).
     head = ["", "### Summary: where the bounds hold and how far apart they are (old: Theorems 1-2; new: Theorems 4-5)", ""]
-    head.append("n0: the smallest n from which the upper bound holds (at n = 1e6's empirical design; tail a = 2). `n0 floor`: the")
+    # the summary's design: n = 1e6's empirical design, or the largest n of a table that stops below 1e6
+    ref_n = min(10**6, max(n for by_n in summary.values() for n in by_n)) if summary else 10**6
+    head.append(f"n0: the smallest n from which the upper bound holds (at n = 1e{round(math.log10(ref_n))}'s empirical design; tail a = 2). `n0 floor`: the")
     head.append("largest n (20 a decade from 1e2) at which the design leaves the MLE undefined with probability above n^-2 (a")
     head.append("completion winning or losing all its comparisons; section 11.3): no event of probability >= 1 - n^-2 keeps the")
     head.append("MLE finite there, so Theorem 1' fails there and Theorems 1 and 4 cannot start there (`-`: none on the grid).")
@@ -217,7 +219,7 @@ def compute_table(results, replicates: int = 400, max_budget: float = 1e10, plug
     head.append("| world | design | n0 floor | n0 old | n0 new | n0 a* | 2x from | upper/lower 1e6 old | new | u/l* | upper/lower 1e8 old | new | u/l* |")
     head.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for (wname, design), by_n in summary.items():
-        ref = by_n.get(10**6, next(iter(by_n.values())))
+        ref = by_n[ref_n]
         cells = [_fmt(ref.n0_floor) if ref.n0_floor > 0 else "-", _fmt(ref.valid_from), _fmt(ref.valid_from_new),
                  _fmt(ref.valid_from_tuned), _fmt(ref.within2_from)]
         for n in (10**6, 10**8):

@@ -253,3 +253,12 @@ def test_a_failing_task_stops_the_fill_with_its_error_and_keeps_what_is_written(
         fill.run_tasks([bad, never], jobs=1, progress=False)
     assert not list(tmp_path.rglob("*.npz"))
     assert fill.run_tasks([], jobs=2, progress=False) == []  # nothing to do starts no worker
+
+
+def test_the_bounds_tables_budgets_stop_at_max_budget():
+    """Every power of ten from 1e3 up to --max-budget and none above it (4e3 gave 1e3 and 1e4; 5e9 gave 1e10)."""
+    from experiments.bounds_table import budgets_to
+
+    assert budgets_to(1e3) == [1000] and budgets_to(4e3) == [1000] and budgets_to(9.99e3) == [1000]
+    assert budgets_to(1e4) == [1000, 10000] and budgets_to(5e9) == [10**k for k in range(3, 10)]
+    assert budgets_to(1e10) == [10**k for k in range(3, 11)]
