@@ -10,7 +10,7 @@ allocation (:func:`_run_cell`). Two runs are the same cell exactly when
   while ``design.params.pilot_fraction=0.5`` is another), and
 * their **code version** is equal: a content hash of the code a cell's numbers come
   from (:data:`CELL_CODE`, the modules named in ``imports``, and the versions of
-  JAX, jaxlib and NumPy). Unlike a git commit it sees uncommitted edits, and it
+  JAX, jaxlib, NumPy, SciPy and optax). Unlike a git commit it sees uncommitted edits, and it
   does not change when plotting, the summary or documentation change.
 
 This module is itself part of :data:`CELL_CODE`: editing it recomputes every cell.
@@ -57,7 +57,9 @@ REPLICATE_CHUNK = 50
 #: Packages and modules whose source a cell's numbers depend on (hashed into the
 #: code version of every record). Plotting, records I/O and the summary are not here.
 CELL_CODE = ("theory", "synthetic", "experiments.cell", "experiments.worlds")
-_VERSIONED = ("jax", "jaxlib", "numpy")
+# every package whose code computes a record's numbers: SciPy (the exact separation checks, the ridge-path
+# limits, the bounds' searches) and optax (the gradient estimator) as well as JAX and NumPy
+_VERSIONED = ("jax", "jaxlib", "numpy", "scipy", "optax")
 
 #: An adaptive design's runs, per chunk of replicates, kept for the next cells of this process
 #: (:func:`_adaptive_runs`): its labels do not depend on the estimator, and the figures fit the
@@ -151,7 +153,7 @@ def code_version(imports: tuple = (), design: str | None = None) -> str:
 
     Covers :data:`CELL_CODE`, the user modules in ``imports`` (where a custom design
     is registered), the source of ``design`` when it is registered anywhere else (a
-    notebook, an interactive session), the JAX, jaxlib and NumPy versions, and the CPU
+    notebook, an interactive session), the JAX, jaxlib, NumPy, SciPy and optax versions, and the CPU
     emitters XLA compiles with in this process (:func:`experiments.compiled.emitters`:
     the apps use XLA's classic ones, a process that computed with JAX before asking keeps
     the default ones, and the two can differ at a capped design's near ties) and any other

@@ -138,6 +138,25 @@ def test_a_commit_that_changes_a_design_recomputes_its_records(tmp_path):
     assert "made by other code: rerun" not in res.stdout
 
 
+@pytest.mark.parametrize("package", ["jax", "jaxlib", "numpy", "scipy", "optax"])
+def test_code_version_changes_with_each_package_that_computes_numbers(monkeypatch, package):
+    """Records computed with another SciPy (separation checks, ridge-path limits) or optax (the
+    gradient estimator) are other code: their version changed only with JAX, jaxlib and NumPy."""
+    import importlib
+
+    from experiments import cell
+
+    base = cell.code_version()
+    cell._files_version.cache_clear()
+    monkeypatch.setattr(importlib.import_module(package), "__version__", "0.0.0-other")
+    try:
+        assert cell.code_version() != base
+    finally:
+        monkeypatch.undo()
+        cell._files_version.cache_clear()
+    assert cell.code_version() == base
+
+
 def test_code_version_sees_uncommitted_edits_and_notebook_designs(tmp_path, monkeypatch):
     from experiments import cell
     from synthetic.designs import DESIGNS, register_design, weighted_output
