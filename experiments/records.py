@@ -284,9 +284,9 @@ def _label_differences(rows, idents) -> None:
 
     Among the rows of one world name, design and estimator (at any budget), every parameter
     outside :data:`_PRECISION` that takes more than one value (the world's size, the design's
-    cap, ...) is in ``config``; where rows still share (world, design, estimator, config, budget),
-    the parameters that differ among them (a seed, a number of replicates) and, where records
-    of several code versions meet, ``code=<version>`` are added.
+    cap, ...) is in ``config``, and ``code=<version>`` where records of several code versions
+    were kept; where rows still share (world, design, estimator, config, budget), the
+    parameters that differ among them (a seed, a number of replicates) are added.
     """
     flat = [_flatten(i) for i in idents]
 
@@ -303,8 +303,9 @@ def _label_differences(rows, idents) -> None:
     parts = {}
     for members in curves.values():
         keys = differing(members, _PRECISION)
+        code = len({rows[i]["code_version"] for i in members}) > 1  # records of other code kept: not one curve
         for i in members:
-            parts[i] = label(i, keys)
+            parts[i] = label(i, keys) + ([f"code={rows[i]['code_version']}"] if code else [])
     points: dict = {}
     for i, r in enumerate(rows):
         points.setdefault((r["world"], r["design"], r["estimator"], " ".join(parts[i]), r["budget"]), []).append(i)
@@ -312,9 +313,8 @@ def _label_differences(rows, idents) -> None:
         if len(members) < 2:
             continue
         keys = differing(members, ())
-        code = len({rows[i]["code_version"] for i in members}) > 1
         for i in members:
-            parts[i] = parts[i] + label(i, keys) + ([f"code={rows[i]['code_version']}"] if code else [])
+            parts[i] = parts[i] + label(i, keys)
     for i, r in enumerate(rows):
         r["config"] = " ".join(parts[i])
 

@@ -341,14 +341,14 @@ def test_the_cell_progress_bar_ends_before_the_summary(tmp_path):
     assert "cells:" in out[:head] and "cells:" not in out[head:]
 
 
-def _fake_record(d: Path, world: str, k: int, n: int, level: float, estimator: str = "newton", reps: int = 20):
+def _fake_record(d: Path, world: str, k: int, n: int, level: float, estimator: str = "newton", reps: int = 20, code: str = "x"):
     """A record of the uniform design whose gaps average ``level * 300 / n`` (no computation)."""
     g = np.full(reps, level * 300.0 / n) + np.linspace(-1e-4, 1e-4, reps)
     cols = {"replicate": np.arange(reps), "gap": g, "valid": np.ones(reps, bool), "predicted_gap": np.full(reps, 300.0 / n),
             "mle_exists": np.ones(reps, bool), "labels_spent": np.full(reps, n), "allocation": np.zeros(reps, np.int64),
             "allocation_random": np.zeros(reps, bool)}
     meta = {"world": {"name": world, "params": {"num_completions": k}}, "world_seed": 0, "design": {"name": "uniform", "params": {}},
-            "estimator": {"name": estimator, "params": {}}, "budget": n, "seed": 0, "num_replicates": reps, "code_version": "x",
+            "estimator": {"name": estimator, "params": {}}, "budget": n, "seed": 0, "num_replicates": reps, "code_version": code,
             "cell": f"{world}_{k}_{n}_{estimator}_{reps}"}
     records.write_atomic(d / f"{meta['cell']}.npz", cols, meta)
 
@@ -365,11 +365,12 @@ def _curves(rows):
     return got
 
 
-@pytest.mark.parametrize("case", ["worlds", "pool_sizes", "estimators", "replicates"])
+@pytest.mark.parametrize("case", ["worlds", "pool_sizes", "estimators", "code", "replicates"])
 def test_a_summary_curve_joins_only_rows_of_one_quantity(tmp_path, case):
     """One curve of the summary figure is one world, estimator, design and config: rows of two
-    world names, of one world at other sizes (at different budgets, so no budget is shared) or of
-    two estimators in one results_dir are separate curves, labelled by what tells them apart;
+    world names, of one world at other sizes (at different budgets, so no budget is shared), of
+    two estimators or of two code versions (records kept) in one results_dir are separate curves,
+    labelled by what tells them apart;
     rows that differ only in their number of replicates are points of one curve."""
     if case == "worlds":
         for n in (300, 1000):
@@ -386,6 +387,10 @@ def test_a_summary_curve_joins_only_rows_of_one_quantity(tmp_path, case):
             _fake_record(tmp_path, "contextual", 6, n, 1.0)
             _fake_record(tmp_path, "contextual", 6, n, 0.5, estimator="map")
         want = {"uniform [newton]": ([300, 1000], [1.0, 0.3]), "uniform [map]": ([300, 1000], [0.5, 0.15])}
+    elif case == "code":
+        _fake_record(tmp_path, "contextual", 6, 300, 1.0, code="old")
+        _fake_record(tmp_path, "contextual", 6, 1000, 1.0, code="new")
+        want = {"uniform [code=old]": ([300], [1.0]), "uniform [code=new]": ([1000], [0.3])}
     else:
         _fake_record(tmp_path, "contextual", 6, 300, 1.0, reps=20)
         _fake_record(tmp_path, "contextual", 6, 1000, 1.0, reps=40)
