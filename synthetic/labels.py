@@ -43,9 +43,20 @@ class Allocation(NamedTuple):
         return int(np.sum(self.counts))
 
     def dense_counts(self, num_edges: int) -> np.ndarray:
-        """Counts ``[num_edges]`` over all candidate edges (zeros where unlabelled)."""
+        """Counts ``[num_edges]`` over all candidate edges (zeros where unlabelled).
+
+        Raises ``ValueError`` where ``edges`` repeats an edge (an assignment would keep one
+        of its counts and drop the others' labels) or lies outside ``[0, num_edges)``."""
+        edges = np.asarray(self.edges)
+        if edges.size and (edges.min() < 0 or edges.max() >= num_edges):
+            raise ValueError(f"Allocation.edges must be edge ids in [0, {num_edges}), got ids from {edges.min()} to {edges.max()}")
+        hits = np.bincount(edges.astype(np.int64), minlength=num_edges)
+        if edges.size and hits.max() > 1:
+            e = int(np.argmax(hits))
+            raise ValueError(f"Allocation.edges must be distinct: edge {e} appears {int(hits[e])} times (give each edge once, "
+                             "with its total count)")
         out = np.zeros(num_edges, dtype=np.int64)
-        out[self.edges] = self.counts
+        out[edges] = self.counts
         return out
 
 

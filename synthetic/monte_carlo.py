@@ -234,8 +234,9 @@ def replicate_gaps(
     counts = np.asarray(counts, np.float64)
     if counts.shape != (e,):
         raise ValueError(f"counts must have shape [{e}] (one entry per candidate edge), got {list(counts.shape)}")
-    if np.any(counts < 0) or not np.all(np.isfinite(counts)):
-        raise ValueError("counts must be finite and >= 0")
+    if np.any(counts < 0) or not np.all(np.isfinite(counts)) or np.any(counts != np.round(counts)):
+        raise ValueError("counts must be whole numbers of labels >= 0 per edge (design weights are not counts: "
+                         "round them, e.g. synthetic.rounding.efficient_rounding(w, n).dense_counts(E))")
     if pilot is None:
         p_counts, p_wins = np.zeros(e), np.zeros(e)
     else:

@@ -598,6 +598,23 @@ def test_safeguard_falls_back_to_the_reference_on_separable_labels():
     np.testing.assert_allclose(gaps, g0, rtol=1e-12)
 
 
+def test_float32_inputs_are_refused_not_read_as_labelled_directions():
+    """The constants take ranges at a float64 tolerance: a float32 world's rounding in S (1e-7) counted
+    as labelled directions, so a design that sees 9 of 12 directions got a finite Phi, dim 12 and a
+    'valid' Theorem 4 bound 150 times below the gap it bounds. Now refused; in float64 the same design is
+    not identifiable."""
+    world32 = contextual_world(jax.random.key(0), num_train_prompts=10, num_eval_prompts=20, dtype=jnp.float32)
+    edges = design_problem(world32).edges
+    w = np.where(np.asarray(edges.prompt) < 3, 1.0, 0.0)
+    w /= w.sum()
+    ev = world32.eval
+    with pytest.raises(ValueError, match="features: the bounds' constants need float64 \\(got float32\\)"):
+        TB.instance_constants(w, world32.theta_star, ev.features, ev.log_ref, edges.diffs, world32.beta)
+    f64 = lambda a: jnp.asarray(np.asarray(a, np.float64))  # noqa: E731
+    c = TB.instance_constants(w, f64(world32.theta_star), f64(ev.features), f64(ev.log_ref), f64(edges.diffs), world32.beta)
+    assert (c.identifiable, c.dim, c.criterion) == (False, 9, math.inf)
+
+
 def test_bad_inputs_name_the_field(rng):
     c, feats, log_ref, rho, edges, w, theta = _constants(rng)
     with pytest.raises(ValueError, match="radius"):

@@ -219,6 +219,17 @@ def test_allocation_from_counts_and_its_errors():
         sample_allocation(jax.random.PRNGKey(0), np.array([0.7, 0.7]), 10)
 
 
+def test_an_allocation_with_a_repeated_or_foreign_edge_is_refused_not_half_counted():
+    """dense_counts assigned each entry, so an edge given twice kept one count: 10 of 15 labels simulated."""
+    from synthetic.labels import Allocation
+
+    assert Allocation(np.array([2, 0]), np.array([5, 1])).dense_counts(3).tolist() == [1, 0, 5]
+    with pytest.raises(ValueError, match="Allocation.edges must be distinct: edge 0 appears 2 times"):
+        Allocation(np.array([0, 0, 1]), np.array([5, 5, 5])).dense_counts(3)
+    with pytest.raises(ValueError, match=r"Allocation.edges must be edge ids in \[0, 3\)"):
+        Allocation(np.array([0, 3]), np.array([5, 5])).dense_counts(3)
+
+
 def test_first_completions_cuts_pools_and_renormalises_pi0():
     from synthetic import contextual_world, first_completions
 

@@ -77,6 +77,12 @@ def test_same_key_same_numbers_and_estimator_name_checked():
         simulate_gaps(jax.random.PRNGKey(9), world, edges.diffs, alloc, 8, estimator="sgd-magic")
     with pytest.raises(ValueError, match="num_replicates"):
         simulate_gaps(jax.random.PRNGKey(9), world, edges.diffs, alloc, 0)
+    # design weights passed as counts (or any fractional count) are refused, not labelled as binomials of 0.07 trials
+    from synthetic.monte_carlo import replicate_gaps
+
+    for counts in (np.asarray(uniform_weights(edges)), alloc.dense_counts(edges.num_edges) + 0.5):
+        with pytest.raises(ValueError, match="counts must be whole numbers of labels"):
+            replicate_gaps(jax.random.split(jax.random.PRNGKey(9), 2), world.theta_star, edges.diffs, counts, world.beta, world.eval)
 
 
 def _small():

@@ -509,6 +509,11 @@ def instance_constants(
 
     f64 = np.float64
     dtype = jnp.result_type(features)
+    if dtype != jnp.float64:
+        # the ranges of S and I are taken at a float64 tolerance (_RANK_TOL): float32 rounding (1e-7) would count as
+        # labelled directions, and the constants (Phi, the bounds' validity) would say a design sees what it does not
+        raise ValueError(f"features: the bounds' constants need float64 (got {jnp.dtype(dtype).name}): enable jax_enable_x64 "
+                         "and give float64 arrays (experiments.cell.float64() does both)")
     rho = normalized_prompt_weights(prompt_weights, m, dtype)
     theta = jnp.asarray(theta_star, dtype)
     curv = np.asarray(policy_curvature_kernel(theta, jnp.asarray(features, dtype), jnp.asarray(log_ref, dtype), rho), f64)
