@@ -148,3 +148,8 @@ def test_edge_id_finds_every_pair_of_a_ragged_pool_and_nothing_else():
     want = [ids.get((a, b, c), -1) for a, b, c in zip(x, i, j)]
     assert np.array_equal(problem.edge_ids(x, i, j), want)
     assert np.array_equal(problem.edge_ids(x.reshape(-1, 3), i.reshape(-1, 3), j.reshape(-1, 3)), np.reshape(want, (-1, 3)))
+    # a per-prompt rule that picks one completion twice (ties) is refused by name, also under python -O
+    from synthetic.designs.heuristics import _per_prompt_pairs
+
+    with pytest.raises(ValueError, match="prompt 0: the rule picked completions \\(2, 2\\), which are no edge"):
+        _per_prompt_pairs(problem, lambda x: (2, 2))

@@ -78,7 +78,10 @@ def _per_prompt_pairs(problem, pick):
     prompts = np.flatnonzero(present.sum(axis=1) >= 2)
     pairs = np.asarray([pick(x) for x in prompts], np.int64).reshape(-1, 2)
     sel = problem.edge_ids(prompts, pairs[:, 0], pairs[:, 1])
-    assert np.all(sel >= 0)
+    if np.any(sel < 0):  # a rule that picked one completion twice, or an absent one (not an assert: python -O skips those)
+        x = int(np.flatnonzero(sel < 0)[0])
+        raise ValueError(f"prompt {int(prompts[x])}: the rule picked completions {tuple(int(v) for v in pairs[x])}, "
+                         "which are no edge of the pool (two distinct present completions are needed)")
     return prompts, sel
 
 
