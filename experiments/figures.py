@@ -477,7 +477,8 @@ def fig4_records(results: Path, small: bool, progress: bool = True) -> list[dict
     oracle = next(x for x in rows if x["kind"] == "random" and x["radius"] == 0.0)
     for x in rows:
         x["gap_ratio"] = x["gap_mean"] / oracle["gap_mean"]
-        x["gap_ratio_se"] = x["gap_ratio"] * math.hypot(x["gap_se"] / x["gap_mean"], oracle["gap_se"] / oracle["gap_mean"])
+        # the delta method for a ratio of two independent means; the oracle's ratio to itself is exactly 1
+        x["gap_ratio_se"] = 0.0 if x is oracle else x["gap_ratio"] * math.hypot(x["gap_se"] / x["gap_mean"], oracle["gap_se"] / oracle["gap_mean"])
         x["criterion_ratio"] = x["criterion"] / oracle["criterion"]
         x.update(budget=spec["budget"], replicates=spec["replicates"], dim=dim, directions=spec["directions"])
     return rows

@@ -66,7 +66,7 @@ def test_small_figure_run_writes_every_figure_with_its_data(tmp_path, monkeypatc
     with open(out / "fig4_plug_in_robustness.csv") as fh:
         rows = list(csv.DictReader(fh))
     oracle = [r for r in rows if r["kind"] == "random" and float(r["radius"]) == 0.0]
-    assert len(oracle) == 1 and float(oracle[0]["gap_ratio"]) == 1.0
+    assert len(oracle) == 1 and float(oracle[0]["gap_ratio"]) == 1.0 and float(oracle[0]["gap_ratio_se"]) == 0.0  # itself: exact
     # Theorem 3 holds for the exact criterion of every solved design (it bounds the weights' criterion)
     for r in rows:
         assert float(r["weights_criterion"]) / float(oracle[0]["weights_criterion"]) <= float(r["bound_factor"])
