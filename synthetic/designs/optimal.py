@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -72,10 +73,18 @@ def _solve(problem, theta, criterion, ridge, tol, groups=None, group_weights=Non
         sol = _solve_uncached(problem, theta, criterion, ridge, tol, groups, group_weights, d, caps, prior_precision, budget)
         if on_disk:
             _disk.store(key, sol)
+    if not sol.converged:  # once per solve in a process (a memo hit is not announced again)
+        warnings.warn(DesignNotConvergedWarning(
+            f"the {criterion}-optimal design stopped before its tolerance {tol:g}: relative certificate "
+            f"{float(sol.relative_certificate):.3g}; its allocation is that of a design this far from optimal"), stacklevel=3)
     _SOLVED[key] = sol
     while len(_SOLVED) > _SOLVED_MAX:
         _SOLVED.popitem(last=False)
     return sol
+
+
+class DesignNotConvergedWarning(UserWarning):
+    """An optimal design's solver stopped at its iteration limit before its tolerance (the design is used as it is)."""
 
 
 def _solve_uncached(problem, theta, criterion, ridge, tol, groups, group_weights, diffs, caps=None, prior_precision=None, budget=None):
