@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from experiments.cell import float64
 from experiments.worlds import make_world
 from synthetic.designs import design_problem, run_design
-from synthetic.monte_carlo import replicate_gaps
+from synthetic.monte_carlo import MAP_PRIOR_PRECISION, replicate_gaps
 from theory.second_order import second_order_coefficients
 
 
@@ -39,6 +39,13 @@ def row(world_name, design, budget, reps, est="newton", lam=None, chunk=250, see
     """Simulated ``n E G`` against the first- and second-order predictions for one cell."""
     if world_name not in WORLDS:
         raise ValueError(f"world_name must be one of {sorted(WORLDS)}, got {world_name!r}")
+    # the expansion and the simulation must be of one estimator: plain DPO, or MAP with one prior precision
+    if est == "map" and lam is None:
+        lam = MAP_PRIOR_PRECISION  # the map estimator's own default: the expansion needs it too
+    elif est == "newton" and lam is not None:
+        raise ValueError(f"lam = {lam} is the MAP prior precision: give est='map' with it, or lam=None for plain DPO (est='newton')")
+    elif est not in ("newton", "map"):
+        raise ValueError(f"est must be 'newton' (plain DPO) or 'map' (the expansion covers these two), got {est!r}")
     with float64():
         world = make_world(OmegaConf.create(WORLDS[world_name]()), jax.random.key(world_seed))
         problem = design_problem(world)

@@ -67,7 +67,7 @@ from synthetic.worlds import Pool, World
 from theory.checked import check_argument, one_of
 from theory.policy import optimality_gap_kernel
 
-__all__ = ["ReplicateResult", "replicate_gaps", "simulate_gaps", "mean_and_ci", "ESTIMATORS", "TRACE_COUNT"]
+__all__ = ["ReplicateResult", "replicate_gaps", "simulate_gaps", "mean_and_ci", "ESTIMATORS", "TRACE_COUNT", "MAP_PRIOR_PRECISION"]
 
 
 class ReplicateResult(NamedTuple):
@@ -100,6 +100,9 @@ ESTIMATORS = {"newton": fit_newton, "map": fit_map, "optax": fit_dpo_optax}
 
 #: Number of times the replicate core has been traced (compiled), per process.
 TRACE_COUNT = {"replicates": 0}
+
+#: ``estimator=map``'s prior precision ``Lambda`` when its params give none (ridge ``Lambda / n`` per label).
+MAP_PRIOR_PRECISION = 1.0
 
 # Newton steps of a refit when the host settles the flagged replicates. Measured on the
 # figure worlds (tabular and contextual, budgets 100-3,000): every existing MLE the chord
@@ -148,7 +151,7 @@ def _core(estimator: str, params_json: str, safeguard: bool, prior: str | None, 
             # Ridge prior_precision / n per label (n includes the pilot's labels): the
             # same shared-curvature path; the mode always exists.
             p = dict(params)
-            ridge = p.pop("prior_precision", 1.0) / jnp.sum(cf)
+            ridge = p.pop("prior_precision", MAP_PRIOR_PRECISION) / jnp.sum(cf)
             res = fit_newton_shared(zf, cf, wf, beta, ridge=ridge, anchor=theta_star.astype(fd), **p)
             exists = jnp.zeros(res.converged.shape, bool)  # not known here: decided on the host
             valid = res.converged
@@ -226,7 +229,7 @@ def replicate_gaps(
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {estimator!r}")
     params = dict(estimator_params or {})
-    if estimator == "map" and not float(params.get("prior_precision", 1.0)) > 0:
+    if estimator == "map" and not float(params.get("prior_precision", MAP_PRIOR_PRECISION)) > 0:
         raise ValueError(f"estimator.params.prior_precision must be > 0, got {params['prior_precision']!r}")
     diffs = jnp.asarray(diffs)
     dtype = diffs.dtype

@@ -300,3 +300,21 @@ def test_bad_budget_and_shapes_are_rejected():
         second_order_column(w, ts, f, lr, z, beta, [100, -1], rho)
     with pytest.raises(ValueError, match="weights"):
         second_order_coefficients(w[:-1], ts, f, lr, z, beta, rho)
+
+
+def test_second_order_table_predicts_the_estimator_it_simulates():
+    """est='map' without lam ran MAP at the default prior precision (1) beside the expansion of plain DPO
+    (prior_precision=None), under the label 'map'; both now take the map estimator's default, and a
+    prior precision for plain DPO, or an estimator the expansion does not cover, is refused."""
+    from experiments import second_order_table as T
+    from synthetic.monte_carlo import MAP_PRIOR_PRECISION
+
+    got = T.row("contextual", "uniform", 300, 2, est="map")
+    want = T.row("contextual", "uniform", 300, 2, est="map", lam=MAP_PRIOR_PRECISION)
+    assert got == want and got["estimator"] == f"map(L={MAP_PRIOR_PRECISION})"
+    plain = T.row("contextual", "uniform", 300, 2)
+    assert plain["c2"] != got["c2"]  # the prior changes the second-order term
+    with pytest.raises(ValueError, match="lam = 2.0 is the MAP prior precision"):
+        T.row("contextual", "uniform", 300, 2, est="newton", lam=2.0)
+    with pytest.raises(ValueError, match="est must be 'newton'"):
+        T.row("contextual", "uniform", 300, 2, est="optax")
