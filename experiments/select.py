@@ -181,6 +181,10 @@ def load_pool(table, renormalise_ref: bool = False) -> PoolTable:
         if not np.isfinite(lp).all():
             raise ValueError(f"ref_logprob: row {int(np.flatnonzero(~np.isfinite(lp))[0])} is NaN, inf or null; "
                              "give a finite log-probability on every row")
+        if lp.max() > NORMALISED_TOL:  # renormalise_ref would take any column, a negative log-likelihood reversed
+            r = int(np.argmax(lp))
+            raise ValueError(f"ref_logprob: row {r} is {lp[r]:.4g} > 0, and a log-probability is <= 0 (a negative "
+                             "log-likelihood? give log pi0(y|x), the reference model's sequence log-probability)")
     else:
         lp = None
     # group rows by prompt (first-appearance order), completions in input order
@@ -428,6 +432,8 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError(f"pilot: no file at {Path(cfg.pilot).resolve()}")
     if cfg.pilot is not None and cfg.design != "two_stage":
         raise ValueError(f"pilot: only design=two_stage uses pilot labels, got design={cfg.design}")
+    # > 0: a small pilot's unpenalised MLE often does not exist, and the design would be solved at a diverging estimate
+    _setting("pilot_ridge", cfg.get("pilot_ridge"), "number > 0")
     _setting("tol", cfg.get("tol"), "number in (0, 1)")  # the solver's relative certificate
     _setting("seed", cfg.seed, "int >= 0")
 

@@ -587,8 +587,11 @@ def test_pilot_config_defaults_are_the_only_pilot_numbers(problems):
         assert out.pilot[0].sum() == (num * budget) // den  # floor(fraction * budget) in integers
     with pytest.raises(ValueError, match=r"pilot_fraction must be in \(0.0, 1.0\), got 1.0"):
         PilotConfig(fraction=1.0).check()
-    with pytest.raises(ValueError, match=r"design.params.pilot_ridge must be in \[0, inf\), got -1"):
+    with pytest.raises(ValueError, match=r"design.params.pilot_ridge must be in \(0, inf\), got -1"):
         PilotConfig(ridge=-1).check()
+    # 0 too: a small pilot's unpenalised MLE often does not exist, and the design was solved at its diverging estimate
+    with pytest.raises(ValueError, match=r"design.params.pilot_ridge must be in \(0, inf\), got 0"):
+        PilotConfig(ridge=0.0).check()
     with pytest.raises(ValueError, match="leave at least one pilot and one designed label"):
         PilotConfig(fraction=0.2).size(4)
 

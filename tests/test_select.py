@@ -203,6 +203,11 @@ def test_unnormalised_reference_is_renormalised_on_request_and_single_completion
         rows[k].append(v)
     rep = S.select(_cfg(pool=_write(tmp_path / "p.parquet", rows), budget=5, out=str(tmp_path / "q.jsonl"), renormalise_ref=True), quiet=True)
     assert rep["skipped_single_completion_prompts"] == 1 and rep["prompts"] == 3 and "renormalised" in rep["ref_logprob"]
+    # renormalise_ref takes no column that cannot be log-probabilities (-log pi0 was taken, pi0 reversed)
+    rows = _rows()
+    rows["ref_logprob"] = [0.7, 1.2, 1.6] * 3  # -log of (0.5, 0.3, 0.2)
+    with pytest.raises(ValueError, match="ref_logprob: row 2 is 1.6 > 0, and a log-probability is <= 0"):
+        S.select(_cfg(pool=_write(tmp_path / "n.parquet", rows), budget=5, out=str(tmp_path / "n.jsonl"), renormalise_ref=True), quiet=True)
 
 
 @pytest.mark.parametrize(
@@ -212,6 +217,8 @@ def test_unnormalised_reference_is_renormalised_on_request_and_single_completion
         ({"design": "oracle"}, "design: 'oracle' is not available on a real pool"),
         ({"pca": 0}, "pca: must be null"),
         ({"max_labels_per_edge": 0}, "max_labels_per_edge: must be null"),
+        ({"pilot_ridge": 0.0}, "pilot_ridge: must be a finite number > 0"),
+        ({"pilot_ridge": -0.5}, "pilot_ridge: must be a finite number > 0"),
         ({"design": "two_stage"}, "pilot: design=two_stage needs pilot="),
     ],
 )

@@ -212,7 +212,7 @@ def test_design_parameters_and_sweep_settings_are_checked_by_the_same_layer(monk
     import experiments.worlds as worlds
 
     monkeypatch.setattr(checks, "check_argument", spy)
-    valid = {"rounding": "auto", "prior_precision": None, "ridge": 0.0, "tol": 1e-3, "pilot_fraction": 0.2, "pilot_ridge": 0.0,
+    valid = {"rounding": "auto", "prior_precision": None, "ridge": 0.0, "tol": 1e-3, "pilot_fraction": 0.2, "pilot_ridge": 1e-3,
              "gamma": 1.0, "with_replacement": True, "num_pairs": None, "reward": "proxy", "correlation": 0.0,
              "num_samples": 2, "fraction": 1.0, "at": "reference"}
     assert set(valid) == set(PARAM_CHECKS) - {"max_labels_per_edge"}

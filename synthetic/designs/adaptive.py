@@ -386,7 +386,7 @@ _COMMON_CHECKS = {
     "first_round": integer_check(1, optional=True, null_means="round_size"),
     "refit": choice_check(*REFITS),
     "prior_precision": interval_check(0.0, np.inf),
-    "pilot_ridge": interval_check(0.0, np.inf, lo_open=False),
+    "pilot_ridge": interval_check(0.0, np.inf),  # > 0: a small pilot's unpenalised MLE often does not exist
 }
 
 

@@ -76,7 +76,7 @@ PARAM_CHECKS: dict[str, Callable] = {
     "ridge": interval_check(0.0, np.inf, lo_open=False),
     "tol": interval_check(0.0, np.inf),
     "pilot_fraction": interval_check(0.0, 1.0),
-    "pilot_ridge": interval_check(0.0, np.inf, lo_open=False),
+    "pilot_ridge": interval_check(0.0, np.inf),  # > 0: a small pilot's unpenalised MLE often does not exist
     "gamma": interval_check(0.0, np.inf),
     "with_replacement": _bool_check,
     "num_pairs": integer_check(1, optional=True, null_means="min(budget, number of edges)"),

@@ -37,7 +37,7 @@ class PilotConfig:
     ridge: float = 1e-3
 
     def check(self) -> "PilotConfig":
-        """``fraction`` in ``(0, 1)`` and ``ridge`` a finite number ``>= 0``; errors name the design parameter."""
+        """``fraction`` in ``(0, 1)`` and ``ridge`` a finite number ``> 0``; errors name the design parameter."""
         _check_fraction("pilot_fraction", self.fraction)
         PARAM_CHECKS["pilot_ridge"]("pilot_ridge", self.ridge)
         return self
