@@ -331,6 +331,12 @@ def _select(cfg: DictConfig, quiet: bool = False) -> dict:
     with _Stage(f"reading {cfg.pool}", quiet) as st:
         table = read_table(cfg.pool)
         pool = load_pool(table, bool(cfg.renormalise_ref))
+    col = cfg.get("prompt_column")
+    if col in pool.extra and col not in pool.prompt_level:  # the queue would carry it per completion: no prompt text
+        vals = pool.extra[col]
+        x = next(i for i in range(len(pool.prompt_ids)) if len({json.dumps(vals[r], default=str) for r in pool.rows[i][pool.rows[i] >= 0]}) > 1)
+        raise ValueError(f"prompt_column: column {col!r} differs between the rows of prompt {pool.prompt_ids[x]!r}, so it is no "
+                         "prompt text; give each prompt's rows one value (or set prompt_column to the column that has one)")
     stages["read"] = st.seconds
     m, k, dim_in = pool.features.shape
     with _Stage(f"PCA {dim_in} -> {cfg.pca} dimensions" if cfg.pca is not None and cfg.pca < dim_in else "features as given", quiet) as st:
@@ -561,6 +567,22 @@ def report_paths(out) -> dict:
 # ------------------------------------------------------------------ TRL format
 
 
+def _prompt_text(r: dict, prompt_column: str, n: int):
+    """The prompt text of queue line ``r`` (line ``n``): its ``prompt_column``; or, where the pool's column
+    differed between rows of one prompt (so the queue holds it per completion, ``<col>_a`` and ``<col>_b``),
+    the pair's common value; the prompt id where the queue has neither."""
+    if prompt_column in r:
+        return r[prompt_column]
+    stem = queue_column(prompt_column)
+    if f"{stem}_a" in r or f"{stem}_b" in r:
+        a, b = r.get(f"{stem}_a"), r.get(f"{stem}_b")
+        if a != b:
+            raise ValueError(f"convert: line {n}: the pool's {prompt_column!r} differs between the rows of prompt {r['prompt_id']!r} "
+                             f"({a!r} and {b!r}), so it is no prompt text; make it one value per prompt in the pool")
+        return a
+    return r["prompt_id"]
+
+
 def convert_to_trl(labelled, out, prompt_column: str = "prompt", text_column: str = "completion") -> int:
     """A labelled queue (each line with ``preferred``: ``"a"``, ``"b"`` or a completion id)
     -> JSON Lines of ``{"prompt", "chosen", "rejected"}`` (TRL's preference format).
@@ -576,15 +598,21 @@ def convert_to_trl(labelled, out, prompt_column: str = "prompt", text_column: st
             pref = r.get("preferred")
             if pref is None:
                 raise ValueError(f"convert: line {n} of {labelled} has no 'preferred' field; allowed values: 'a', 'b', or a completion id")
-            if pref in ("a", r.get("completion_a")) and pref != r.get("completion_b"):
-                win, lose = "a", "b"
-            elif pref in ("b", r.get("completion_b")):
-                win, lose = "b", "a"
-            else:
+            # read as a position ('a', 'b') and as a completion id; where both readings exist they must agree
+            # (completion ids 'a' and 'b' in swapped slots would otherwise flip the label)
+            by_position = pref if pref in ("a", "b") else None
+            by_id = "a" if pref == r.get("completion_a") else "b" if pref == r.get("completion_b") else None
+            if by_position is None and by_id is None:
                 raise ValueError(f"convert: line {n}: preferred = {pref!r}; allowed: 'a', 'b', {r.get('completion_a')!r} or {r.get('completion_b')!r}")
+            if by_position is not None and by_id is not None and by_position != by_id:
+                raise ValueError(f"convert: line {n}: preferred = {pref!r} is ambiguous: as a position it names completion_{by_position} "
+                                 f"({r.get('completion_' + by_position)!r}), as an id completion_{by_id}; completion ids 'a' and 'b' "
+                                 "clash with the positions: rename those completions in the pool")
+            win = by_position or by_id
+            lose = "b" if win == "a" else "a"
             stem = queue_column(text_column)
             text = (lambda s: r.get(f"{stem}_{s}", r[f"completion_{s}"]))
-            fh.write(json.dumps({"prompt": r.get(prompt_column, r["prompt_id"]), "chosen": text(win), "rejected": text(lose),
+            fh.write(json.dumps({"prompt": _prompt_text(r, prompt_column, n), "chosen": text(win), "rejected": text(lose),
                                  "prompt_id": r["prompt_id"], "chosen_id": r[f"completion_{win}"], "rejected_id": r[f"completion_{lose}"]},
                                 default=str) + "\n")
     return len(rows)

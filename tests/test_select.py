@@ -185,6 +185,9 @@ def _rows(m=3, k=3, d=2):
         (lambda r: r["ref_logprob"].__setitem__(1, float("inf")), "ref_logprob: row 1 is NaN, inf or null"),
         (lambda r: r["completion_id"].__setitem__(1, "c0"), "duplicate pair (prompt_id='p0', completion_id='c0')"),
         (lambda r: r.__setitem__("ref_logprob", [-0.5] * 9), "ref_logprob: does not normalise within prompt 'p0'"),
+        # one trailing space made the prompt text a per-completion column, and convert wrote prompt ids as prompts
+        (lambda r: r.__setitem__("prompt", [f"text {i // 3}" + (" " if i == 4 else "") for i in range(9)]),
+         "prompt_column: column 'prompt' differs between the rows of prompt 'p1'"),
     ],
 )
 def test_bad_pools_fail_naming_the_column_before_any_solve(tmp_path, change, message, monkeypatch):
@@ -268,3 +271,29 @@ def test_the_command_line_selects_and_converts(pools, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "experiments.select", f"pool={tmp_path / 'none.parquet'}", "budget=5", f"out={q}"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "select: pool: no file at" in bad.stderr
+
+
+def test_convert_reads_preferred_as_a_position_or_an_id_and_refuses_a_clash(tmp_path):
+    """Completion ids 'a' and 'b' clash with the positions: the id reading silently won, so a line whose
+    pair the queue had swapped got its label flipped. Agreeing readings convert; disagreeing ones fail."""
+    lines = [
+        {"prompt_id": "p0", "completion_a": "x", "completion_b": "y", "preferred": "b"},  # a position
+        {"prompt_id": "p0", "completion_a": "x", "completion_b": "y", "preferred": "x"},  # an id
+        {"prompt_id": "p1", "completion_a": "a", "completion_b": "b", "preferred": "a"},  # both, agreeing
+    ]
+    src = tmp_path / "lab.jsonl"
+    src.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert S.convert_to_trl(src, tmp_path / "trl.jsonl") == 3
+    got = [json.loads(x) for x in (tmp_path / "trl.jsonl").read_text().splitlines()]
+    assert [(g["chosen_id"], g["rejected_id"]) for g in got] == [("y", "x"), ("x", "y"), ("a", "b")]
+    # a queue whose prompt text is per completion: the pair's common value, or an error where they differ
+    src.write_text(json.dumps({"prompt_id": "p3", "completion_a": "x", "completion_b": "y", "preferred": "a", "prompt_a": "hi", "prompt_b": "hi"}) + "\n")
+    S.convert_to_trl(src, tmp_path / "trl3.jsonl")
+    assert json.loads((tmp_path / "trl3.jsonl").read_text())["prompt"] == "hi"
+    src.write_text(json.dumps({"prompt_id": "p3", "completion_a": "x", "completion_b": "y", "preferred": "a", "prompt_a": "hi", "prompt_b": "hi "}) + "\n")
+    with pytest.raises(ValueError, match="the pool's 'prompt' differs between the rows of prompt 'p3'"):
+        S.convert_to_trl(src, tmp_path / "trl3.jsonl")
+    for swapped in ({"completion_a": "b", "completion_b": "a", "preferred": "a"}, {"completion_a": "b", "completion_b": "c", "preferred": "b"}):
+        src.write_text(json.dumps({"prompt_id": "p2", **swapped}) + "\n")
+        with pytest.raises(ValueError, match="is ambiguous: as a position it names completion_"):
+            S.convert_to_trl(src, tmp_path / "trl2.jsonl")
