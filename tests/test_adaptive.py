@@ -322,3 +322,15 @@ def test_adaptive_tables_standard_error_holds_the_designs_own_randomness():
     assert one[("two_stage", 60)]["given_one_draw"] and one[("two_stage", 60)]["draws"] == 1
     table = adaptive_table.markdown(one, ["two_stage"], [60], 3, "map", "conf")
     assert ")*" in table and "the design's own randomness is not in it" in table
+
+
+def test_adpo_greedy_without_replacement_labels_each_edge_once_pilot_included():
+    """at='pilot', with_replacement=False, no cap (the shipped config): the greedy part took pilot edges
+    again (3 edges with 2 labels at seed 1); now every edge has at most one label, and the budget is spent."""
+    from synthetic import tabular_world
+
+    prob = design_problem(tabular_world(jax.random.key(0), num_completions=8))
+    for seed in range(3):
+        out = run_design("adpo_greedy", jax.random.key(seed), prob, 20, at="pilot", with_replacement=False)
+        c, pc = out.dense_counts(prob.num_edges), np.asarray(out.pilot[0])
+        assert pc.sum() == 4 and c.sum() == 20 and c.max() == 1 and np.all(c >= pc)

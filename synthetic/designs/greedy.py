@@ -66,8 +66,9 @@ def _greedy_order(vecs, gamma, budget, caps):
 def _greedy(vecs, budget, gamma, with_replacement, max_labels_per_edge=None, pilot=None):
     """Repeatedly take the edge maximising ``v^T H^-1 v``; ``H = gamma Id + sum v v^T``.
 
-    The greedy part gives an edge at most one label when ``with_replacement=False``,
-    and no edge more than ``max_labels_per_edge`` labels with the pilot's included.
+    With ``with_replacement=False`` every edge gets at most one label, the pilot's included
+    (the greedy part skips an edge the pilot labelled), and with ``max_labels_per_edge`` no
+    edge more than that, the pilot's included.
     """
     e = vecs.shape[0]
     if not with_replacement and budget > e:
@@ -76,6 +77,8 @@ def _greedy(vecs, budget, gamma, with_replacement, max_labels_per_edge=None, pil
             "edge at most once (pass with_replacement=True to allow repeats)"
         )
     caps = np.full(e, budget if with_replacement else 1, dtype=np.int64)  # labels the greedy part may add
+    if not with_replacement and pilot is not None:
+        caps = caps - np.asarray(pilot[0], np.int64)  # each edge once in all: a pilot edge is taken
     left = _rest_caps(max_labels_per_edge, pilot)  # what the cap leaves after the pilot
     if left is not None:
         caps = np.minimum(caps, left)
