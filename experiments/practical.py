@@ -209,7 +209,8 @@ def compute(results_dir, small: bool = False, progress: bool = True, reuse_stale
 
     Columns: the pooled MAP gap (``mean_gap``, ``se``, ``ci_*``, ``se_within``,
     ``allocations`` and ``draw_p``: :func:`pool_draws`), the plain
-    MLE's (``mle_mean_gap``, ``mle_se``, ``mle_fraction``: replicates whose MLE exists),
+    MLE's (``mle_mean_gap``, ``mle_se``, over its replicates whose gap is defined, ``mle_valid_fraction``;
+    ``mle_fraction``: replicates whose MLE exists; ``map_valid_fraction``: the MAP's defined gaps),
     ``ratio_to_uniform`` (MAP), the gap of ``pi0`` (``reference_gap``), the pool sizes.
     """
     from experiments import sweep
@@ -241,6 +242,9 @@ def compute(results_dir, small: bool = False, progress: bool = True, reuse_stale
                     "estimator": "map", "mean_gap": m["mean"], "se": m["se"], "ci_low": m["ci_low"], "ci_high": m["ci_high"],
                     "allocations": m["allocations"], "se_within": m["se_within"], "draw_p": m["draw_p"],
                     "mle_mean_gap": mle["mean"], "mle_se": mle["se"], "mle_ci_low": mle["ci_low"], "mle_ci_high": mle["ci_high"],
+                    # the plain DPO cells' replicates whose gap is defined (the MLE, else its ridge-path limit): the
+                    # mle_* columns are over these only
+                    "mle_valid_fraction": float(np.mean(np.concatenate([c["valid"] for _, c in mle_cs]))) if mle_cs else np.nan,
                     # the MLE exists (exact, by linear programming), from the MAP cells: the newton
                     # cells of a budget have the same allocations and labels
                     "mle_fraction": float(np.mean(np.concatenate([c["mle_exists"] for _, c in cs]))),

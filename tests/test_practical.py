@@ -218,6 +218,7 @@ def test_small_path_writes_the_figure_and_csv_that_the_records_reproduce(tmp_pat
                 assert math.isclose(row[key], np.mean([c["mean_gap"] for c in mine]), rel_tol=1e-12)
                 if est == "newton":
                     assert math.isclose(row["mle_fraction"], np.mean([c["mle_fraction"] for c in mine]), rel_tol=1e-12)
+                    assert math.isclose(row["mle_valid_fraction"], np.mean([c["valid_fraction"] for c in mine]), rel_tol=1e-12)
         assert all(np.isfinite(float(r["mean_gap"])) and float(r["reference_gap"]) > 0 for r in written if r["panel"] == panel)
     assert {"uniform", "two_stage"} <= clustered  # a uniform draw and a pilot are random
     # a rerun reuses every record: the same CSV
