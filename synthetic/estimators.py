@@ -971,16 +971,20 @@ def ridge_limit_log_probs(limit: RidgeLimit, features, log_ref, tie_rtol=1e-9):
     On each prompt the mass goes to the completions that maximise ``v_1 . phi``, among
     them those that maximise ``v_2 . phi``, and so on (lexicographic); on the survivors
     ``pi ∝ pi0 exp(theta_finite . phi)``; elsewhere ``log pi = -inf``. Scores within
-    ``tie_rtol`` (relative to the prompt's largest ``|v_k . phi|``) count as tied: closer
-    differences are below double precision's resolution of the directions.
+    ``tie_rtol ||v_k|| max ||phi||`` (the largest feature norm of the pool's present
+    completions) count as tied: closer differences are below double precision's resolution
+    of the directions. (Relative to each prompt's own largest ``|v_k . phi|``, a prompt the
+    direction does not touch, where its scores are rounding noise of 1e-16, had its noise
+    decide the limit: all mass on one arbitrary completion.)
     """
     feats = np.asarray(features, np.float64)
     ref = np.asarray(log_ref, np.float64)
     keep = np.isfinite(ref)
+    phi_max = float(np.linalg.norm(feats, axis=-1)[keep].max(initial=0.0))
     for v in np.asarray(limit.directions):
         s = feats @ v
         top = np.where(keep, s, -np.inf).max(axis=1, keepdims=True)
-        tol = tie_rtol * np.where(np.isfinite(ref), np.abs(s), 0.0).max(axis=1, keepdims=True)
+        tol = tie_rtol * float(np.linalg.norm(v)) * phi_max
         keep = keep & (s >= top - tol)
     logits = np.where(keep, np.where(keep, ref, 0.0) + feats @ limit.finite, -np.inf)
     mx = logits.max(axis=1, keepdims=True)
