@@ -206,7 +206,9 @@ def _span(diffs, theta, beta):
     v = diffs * jnp.sqrt(c)[:, None]
     gram = v.T @ v
     lam, vec = np.linalg.eigh(np.asarray(0.5 * (gram + gram.T), dtype=np.float64))
-    keep = lam > float(rank_threshold(max(lam.max(), 0.0), d, np.float64))
+    # the rank at the precision the Gram matrix was computed in: float32 rounding (1e-8 of lambda_max in a
+    # tabular world's null direction) is far above float64's threshold and made a null direction count
+    keep = lam > float(rank_threshold(max(lam.max(), 0.0), d, gram.dtype))
     if int(keep.sum()) == 0:
         if not bool(jnp.any(diffs != 0)):
             raise ValueError("diffs: every candidate edge difference is zero; no design has information")
@@ -268,6 +270,6 @@ def _reduce_l(diffs, curvature, ridge, u64, vr):
         x = vr @ jnp.asarray(a, dtype=dtype)
         offset = jnp.asarray(np.diag(ridge / mu), dtype=dtype)
         return x, offset, None, "A", const, r
-    pos = mu > float(rank_threshold(mu_max, r, np.float64))
+    pos = mu > float(rank_threshold(mu_max, r, np.result_type(np.asarray(diffs).dtype, np.asarray(curvature).dtype)))
     b = jnp.asarray(w[:, pos] * np.sqrt(mu[pos])[None, :], dtype=dtype)
     return vr, ridge * jnp.eye(r, dtype=dtype), b, "L", const, r
