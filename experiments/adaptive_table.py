@@ -9,13 +9,13 @@ the others run once and draw ``R`` label sets). ``--world design_table`` is the 
 table's contextual world (50 training prompts, K = 8, d = 15, E = 1,400);
 ``--world conf`` is ``experiments/conf/world/contextual.yaml`` (30 prompts, K = 6,
 d = 8, E = 450). Reported: the mean gap (x 1000) with its Monte-Carlo standard
-error, its ratio to uniform's, and the seconds a replicate cost. Each replicate of a design
-whose allocation is random (a pilot, a rounding its key decides) is labelled on its own draw
-of the allocation (``--allocation-draws``, default one per replicate), so that the standard
-error holds the design's own randomness and two designs' gaps can be compared by a z-test
-(with one draw it is the error given that draw, too small for such a test: the table says so) (the cell's wall time
+error, its ratio to uniform's, and the seconds a replicate cost (the cell's wall time
 over ``R``; with ``--time`` each cell runs twice and the second run is timed, so that
-compilation is not counted).
+compilation is not counted). Each replicate of a design whose allocation is random (a
+pilot, a rounding its key decides) is labelled on its own draw of the allocation
+(``--allocation-draws``, default one per replicate), so that the standard error holds the
+design's own randomness and two designs' gaps can be compared by a z-test (with one draw
+it is the error given that draw, too small for such a test: the table says so).
 """
 
 from __future__ import annotations

@@ -316,6 +316,10 @@ def sample_efficiency(rows: list[dict]) -> list[dict]:
         for design in sorted({r["design"] for r in wr}):
             rs = sorted((r for r in wr if r["design"] == design), key=lambda r: r["budget"])
             b = [r["budget"] for r in rs]
+            if len(set(b)) < len(b) or len({(r.get("estimator"), r.get("config") or "") for r in rs}) > 1:
+                # one curve per (world, design) here: rows of two estimators or configs would be read as one
+                raise ValueError(f"sample_efficiency: the rows of design {design!r} in world {world!r} are not one curve "
+                                 "(a budget twice, or several estimators or configs); give one row per budget")
             if len(b) < 2:
                 continue
             out.append({

@@ -277,7 +277,12 @@ def fit_newton(diffs, counts, wins, beta, ridge=0.0, max_iter=100, tol=None, cur
     return NewtonResult(theta, final.loss, jnp.linalg.norm(g), final.it, converged, exists, max_margin)
 
 
-def fit_map(diffs, counts, wins, beta, prior_precision=1.0, max_iter=100, tol=None):
+#: MAP DPO's prior precision ``Lambda`` when none is given (ridge ``Lambda / n`` per label): :func:`fit_map`'s
+#: default and ``estimator=map``'s (synthetic.monte_carlo), so a prediction can ask for the same one.
+MAP_PRIOR_PRECISION = 1.0
+
+
+def fit_map(diffs, counts, wins, beta, prior_precision=MAP_PRIOR_PRECISION, max_iter=100, tol=None):
     """MAP (ridge) DPO: the posterior mode under the prior ``theta ~ N(0, Lambda^-1 Id)``.
 
     With ``n = sum_e c_e`` labels the negative log posterior is ``n L_n(theta) +

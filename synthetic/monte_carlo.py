@@ -54,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from synthetic.estimators import (
+    MAP_PRIOR_PRECISION,
     fit_dpo_optax,
     fit_map,
     fit_newton,
@@ -100,9 +101,6 @@ ESTIMATORS = {"newton": fit_newton, "map": fit_map, "optax": fit_dpo_optax}
 
 #: Number of times the replicate core has been traced (compiled), per process.
 TRACE_COUNT = {"replicates": 0}
-
-#: ``estimator=map``'s prior precision ``Lambda`` when its params give none (ridge ``Lambda / n`` per label).
-MAP_PRIOR_PRECISION = 1.0
 
 # Newton steps of a refit when the host settles the flagged replicates. Measured on the
 # figure worlds (tabular and contextual, budgets 100-3,000): every existing MLE the chord

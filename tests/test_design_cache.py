@@ -331,23 +331,23 @@ def test_a_solve_made_with_other_blas_threads_is_not_reused():
 
 def test_a_design_that_stops_before_its_tolerance_is_announced_once(prob, fresh, monkeypatch):
     """A solver that stopped at its iteration limit gave its design to the cell without a word
-    (only ``info['converged']``); now a DesignNotConvergedWarning names the certificate it reached,
-    once per solve in a process (a memo hit says nothing again), and a converged solve says nothing."""
+    (only ``info['converged']``); now theory.design.optimal_design warns (DesignNotConvergedWarning,
+    naming the certificate it reached) for every caller, once per solve: a memo hit says nothing
+    again, and a converged solve says nothing."""
+    import functools
     import warnings
 
-    real = optimal._solve_uncached
-
-    def stopped(*args, **kwargs):
-        return real(*args, **kwargs)._replace(converged=False)
+    from theory.design import DesignNotConvergedWarning
 
     cache.set_design_cache(None)  # every solve from the solver (the fixture puts the previous cache back)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", optimal.DesignNotConvergedWarning)
+        warnings.simplefilter("error", DesignNotConvergedWarning)
         run_design("oracle", jax.random.key(0), prob, 60)  # converged: silent
     _forget(monkeypatch)
-    monkeypatch.setattr(optimal, "_solve_uncached", stopped)
-    with pytest.warns(optimal.DesignNotConvergedWarning, match="stopped before its tolerance .*relative certificate"):
-        run_design("oracle", jax.random.key(0), prob, 60)
+    monkeypatch.setattr(optimal, "optimal_design", functools.partial(optimal.optimal_design, max_iter=0))
+    with pytest.warns(DesignNotConvergedWarning, match="stopped at max_iter = 0 before its tolerance .*relative certificate"):
+        out = run_design("oracle", jax.random.key(0), prob, 60)
+    assert not out.info["converged"]
     with warnings.catch_warnings():
-        warnings.simplefilter("error", optimal.DesignNotConvergedWarning)
+        warnings.simplefilter("error", DesignNotConvergedWarning)
         run_design("oracle", jax.random.key(0), prob, 60)  # the memo's: already announced

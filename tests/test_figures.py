@@ -52,6 +52,10 @@ def test_sample_efficiency_of_a_design_with_half_the_gap_is_one_half():
     assert math.isclose(eff["oracle"]["ratio"], 0.5, rel_tol=1e-12)
     assert math.isclose(eff["uniform"]["ratio"], 1.0, rel_tol=1e-12)
     assert eff["oracle"]["ratio_low"] < 0.5 < eff["oracle"]["ratio_high"]
+    # rows of one design that are not one curve (another estimator's at the same budgets) are refused, not merged
+    rows += [{**r, "estimator": "map"} for r in rows if r["design"] == "oracle"]
+    with pytest.raises(ValueError, match="the rows of design 'oracle' in world 'w' are not one curve"):
+        figures.sample_efficiency(rows)
 
 
 @pytest.mark.slow

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +21,7 @@ from synthetic.designs.problem import DesignOutput
 from synthetic.designs.registry import register_design
 from synthetic.labels import allocation_from_counts
 from synthetic.rounding import check_max_labels_per_edge, round_design
-from theory.design import optimal_design
+from theory.design import DesignNotConvergedWarning, optimal_design  # noqa: F401 - the warning its solves give
 
 __all__ = ["oracle", "plug_in", "two_stage", "d_optimal", "a_optimal", "response_selection", "prompt_selection"]
 
@@ -73,18 +72,10 @@ def _solve(problem, theta, criterion, ridge, tol, groups=None, group_weights=Non
         sol = _solve_uncached(problem, theta, criterion, ridge, tol, groups, group_weights, d, caps, prior_precision, budget)
         if on_disk:
             _disk.store(key, sol)
-    if not sol.converged:  # once per solve in a process (a memo hit is not announced again)
-        warnings.warn(DesignNotConvergedWarning(
-            f"the {criterion}-optimal design stopped before its tolerance {tol:g}: relative certificate "
-            f"{float(sol.relative_certificate):.3g}; its allocation is that of a design this far from optimal"), stacklevel=3)
     _SOLVED[key] = sol
     while len(_SOLVED) > _SOLVED_MAX:
         _SOLVED.popitem(last=False)
     return sol
-
-
-class DesignNotConvergedWarning(UserWarning):
-    """An optimal design's solver stopped at its iteration limit before its tolerance (the design is used as it is)."""
 
 
 def _solve_uncached(problem, theta, criterion, ridge, tol, groups, group_weights, diffs, caps=None, prior_precision=None, budget=None):

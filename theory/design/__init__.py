@@ -81,11 +81,12 @@ Layout (one concern a module):
 * :mod:`~theory.design.working_set`: working sets and pricing (column generation);
 * :mod:`~theory.design.solver`: :class:`DesignSolver`, configured once and called on
   a problem, and :func:`optimal_design`, which builds both;
-* :mod:`~theory.design.output`: :class:`DesignSolution`, :class:`SolverHistory`.
+* :mod:`~theory.design.output`: :class:`DesignSolution`, :class:`SolverHistory`,
+  :class:`DesignNotConvergedWarning` (a solve that stopped before its tolerance says so).
 """
 
 from theory.design.certificate import exact_certificate
-from theory.design.output import DesignSolution, SolverHistory
+from theory.design.output import DesignNotConvergedWarning, DesignSolution, SolverHistory
 from theory.design.problem import CRITERIA, ReducedProblem, reduce_problem
 from theory.design.solver import DesignSolver, optimal_design
 
@@ -96,6 +97,7 @@ from theory.design.state import _reduced_value, _refresh  # noqa: F401,E402
 from theory.design.steps import _line_search, _vertex_step  # noqa: F401,E402
 
 __all__ = [
+    "DesignNotConvergedWarning",
     "DesignSolution",
     "SolverHistory",
     "optimal_design",

@@ -8,6 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 
 
+class DesignNotConvergedWarning(UserWarning):
+    """:func:`~theory.design.optimal_design` stopped at its iteration limit before its tolerance;
+    the design it returns is this far from optimal (``relative_certificate``)."""
+
+
 class DesignSolution(NamedTuple):
     """Result of a :class:`DesignSolver` (and of :func:`optimal_design`).
 

@@ -270,6 +270,8 @@ def _reduce_l(diffs, curvature, ridge, u64, vr):
         x = vr @ jnp.asarray(a, dtype=dtype)
         offset = jnp.asarray(np.diag(ridge / mu), dtype=dtype)
         return x, offset, None, "A", const, r
-    pos = mu > float(rank_threshold(mu_max, r, np.result_type(np.asarray(diffs).dtype, np.asarray(curvature).dtype)))
+    # at the coarser precision of the two inputs (cur_r comes from the curvature, the span from the diffs)
+    coarse = max((np.asarray(diffs).dtype, np.asarray(curvature).dtype), key=lambda t: np.finfo(t).eps)
+    pos = mu > float(rank_threshold(mu_max, r, coarse))
     b = jnp.asarray(w[:, pos] * np.sqrt(mu[pos])[None, :], dtype=dtype)
     return vr, ridge * jnp.eye(r, dtype=dtype), b, "L", const, r

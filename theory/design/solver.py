@@ -12,6 +12,7 @@ the exact certificate (:func:`~theory.design.certificate.exact_certificate`).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import NamedTuple, Optional
 
 import jax.numpy as jnp
@@ -20,7 +21,7 @@ from jaxtyping import ArrayLike, Float, Int
 
 from theory.checked import check_argument, checked
 from theory.design.certificate import _capped_lmo_np, exact_certificate
-from theory.design.output import DesignSolution, SolverHistory
+from theory.design.output import DesignNotConvergedWarning, DesignSolution, SolverHistory
 from theory.design.polish import _polish, _polish_cg
 from theory.design.problem import INSTANCE, ReducedProblem, check_curvature_for, reduce_problem
 from theory.design.start import start_weights
@@ -323,4 +324,10 @@ def optimal_design(
                           polish_max=polish_max, newton_cg=bool(newton_cg))
     problem = reduce_problem(diffs, theta, curvature, beta, criterion, ridge, groups, group_weights, caps,
                              prior_precision, budget)
-    return solver(problem, init)
+    sol = solver(problem, init)
+    if not sol.converged:  # every caller's design is used as it is: say so, once per solve
+        warnings.warn(DesignNotConvergedWarning(
+            f"the {criterion}-optimal design stopped at max_iter = {max_iter} before its tolerance {tol:g}: relative "
+            f"certificate {float(sol.relative_certificate):.3g}; its allocation is that of a design this far from optimal"),
+            stacklevel=2)
+    return sol
