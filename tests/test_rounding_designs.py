@@ -663,3 +663,32 @@ def test_a_registered_budget_check_runs_before_the_design():
             register_design("test_budget_hook", summary="t", source="t", replace=True, check_budget=3)(hooked)
     finally:
         DESIGNS.pop("test_budget_hook", None)
+
+
+def test_run_design_refuses_fractional_counts_and_non_design_weights_and_edges_are_read_only():
+    """A user design that returned counts budget * w passed the budget check (int of their sum) and was
+    then truncated (1,400 of 2,100 labels simulated); weights of NaN or summing to 7,000 passed too; a
+    design could rewrite the problem's edge ids in place and change every later design on it."""
+    import jax
+
+    from synthetic.designs import DESIGNS, DesignOutput, design_problem, register_design, run_design
+    from synthetic.labels import Allocation
+    from synthetic.worlds import contextual_world
+
+    prob = design_problem(contextual_world(jax.random.key(0), num_train_prompts=5, num_eval_prompts=5, num_completions=4))
+    e = prob.num_edges
+    cases = {
+        "_fractional": lambda key, problem, budget: DesignOutput(Allocation(np.arange(e), np.full(e, budget / e)), None, None, None),
+        "_nan_weights": lambda key, problem, budget: DesignOutput(Allocation(np.array([0]), np.array([budget])), np.full(e, np.nan), None, None),
+        "_big_weights": lambda key, problem, budget: DesignOutput(Allocation(np.array([0]), np.array([budget])), np.full(e, 100.0), None, None),
+    }
+    try:
+        for name, fn in cases.items():
+            register_design(name, summary="t", source="t", replace=True)(fn)
+            with pytest.raises(RuntimeError, match="fractional label counts" if name == "_fractional" else "weights that are not a design"):
+                run_design(name, jax.random.key(0), prob, 2 * e + 1)
+    finally:
+        for name in cases:
+            DESIGNS.pop(name, None)
+    with pytest.raises(ValueError, match="read-only"):
+        prob.edges.prompt[:] = 0

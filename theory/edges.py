@@ -67,4 +67,7 @@ def enumerate_edges(features: Features, log_ref: LogRef) -> Edges:
     first, second = ii[pair], jj[pair]
     feats = jnp.asarray(features)
     diffs = feats[prompt, first] - feats[prompt, second]
-    return Edges(prompt.astype(np.int32), first.astype(np.int32), second.astype(np.int32), diffs)
+    ids = [a.astype(np.int32) for a in (prompt, first, second)]
+    for a in ids:  # read-only: a design that rewrote them in place changed every later design on the problem
+        a.setflags(write=False)
+    return Edges(*ids, diffs)

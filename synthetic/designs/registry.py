@@ -249,9 +249,17 @@ def run_design(name: str, key, problem: DesignProblem, budget: int, **params) ->
     out = spec.fn(key, problem, int(budget), **params)
     if not isinstance(out, DesignOutput):
         raise TypeError(f"design {name!r} must return a DesignOutput, got {type(out).__name__}")
-    counts = out.allocation.counts
+    counts = np.asarray(out.allocation.counts)
     if np.any(counts <= 0) or np.any(out.allocation.edges < 0) or np.any(out.allocation.edges >= problem.num_edges):
         raise RuntimeError(f"design {name!r} returned an invalid allocation")
+    if not np.all(np.isfinite(counts)) or np.any(counts != np.round(counts)):  # int(sum) passed, and dense_counts truncated
+        raise RuntimeError(f"design {name!r} returned fractional label counts (allocation.counts must be whole numbers)")
+    if out.weights is not None:
+        w = np.asarray(out.weights, np.float64)
+        if w.shape != (problem.num_edges,) or not np.all(np.isfinite(w)) or np.any(w < 0) or abs(w.sum() - 1.0) > 1e-6:
+            raise RuntimeError(f"design {name!r} returned weights that are not a design: shape {list(w.shape)} (want "
+                               f"[{problem.num_edges}]), finite and >= 0: {bool(np.all(np.isfinite(w)) and np.all(w >= 0))}, "
+                               f"sum {w.sum():.6g} (want 1)")
     if out.allocation.budget != int(budget):
         raise RuntimeError(f"design {name!r} returned {out.allocation.budget} labels for a budget of {budget}")
     if cap is not None and counts.max() > cap:
