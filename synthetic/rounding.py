@@ -366,7 +366,12 @@ def pivotal_rounding(key, weights, budget, caps=None) -> Allocation:
 
 
 def _rank(z) -> int:
-    """Numerical rank of the rows of ``z`` (the threshold of :func:`theory.information.rank_threshold`)."""
+    """Numerical rank of the rows of ``z`` (the threshold of :func:`theory.information.rank_threshold`).
+
+    At float64's threshold even for float32 ``diffs``: ``z^T z`` is formed in float64, so a
+    float32 rounding of relative size ``eps`` in ``z`` enters its eigenvalues as ``eps^2``
+    (below float64's threshold), while float32's threshold, ``10 d eps``, would drop genuine
+    directions of ``z`` whose singular values are below ``sqrt(10 d eps)`` of the largest."""
     if z.shape[0] == 0:
         return 0
     lam = np.linalg.eigvalsh(z.T @ z)

@@ -200,3 +200,25 @@ def test_blocked_information_matrix_equals_the_plain_sum_for_every_remainder():
         s = np.asarray(w) * np.exp(-np.logaddexp(0, u) - np.logaddexp(0, -u))
         dense = (np.asarray(z).T * s) @ np.asarray(z)
         np.testing.assert_allclose(information_matrix_kernel(th, z, w, 1.0), dense, rtol=1e-12, atol=1e-14)
+
+
+def test_numerical_rank_is_numpys_matrix_rank_at_the_stated_precision():
+    """``numerical_rank(a, dtype)`` counts the eigenvalues NumPy's ``matrix_rank`` counts with
+    the tolerance ``10 d eps(dtype) lambda_max``; an eigenvalue between float64's and float32's
+    thresholds is a direction at float64 and none at float32."""
+    from theory.information import numerical_range, numerical_rank
+
+    rng = np.random.default_rng(3)
+    q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    for gap in (1e-3, 1e-9, 1e-15, 0.0):
+        lam = np.array([1.0, 0.5, 0.2, 0.1, gap, 0.0])
+        a = (q * lam) @ q.T
+        for dt in (np.float64, np.float32):
+            tol = 10 * 6 * np.finfo(dt).eps * np.linalg.eigvalsh(a).max()
+            assert numerical_rank(a, dt) == np.linalg.matrix_rank(a, tol=tol, hermitian=True), (gap, dt)
+    a = (q * np.array([1.0, 0.5, 0.2, 0.1, 1e-9, 0.0])) @ q.T
+    assert numerical_rank(a) == 5 and numerical_rank(a, np.float32) == 4
+    assert numerical_rank(a.astype(np.float32)) == 4  # default: the matrix's own dtype
+    assert numerical_range(np.zeros(0), 0, np.float64).shape == (0,) and numerical_rank(np.zeros((0, 0))) == 0
+    with pytest.raises(ValueError, match="square"):
+        numerical_rank(np.zeros((2, 3)))

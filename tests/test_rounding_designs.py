@@ -692,3 +692,29 @@ def test_run_design_refuses_fractional_counts_and_non_design_weights_and_edges_a
             DESIGNS.pop(name, None)
     with pytest.raises(ValueError, match="read-only"):
         prob.edges.prompt[:] = 0
+
+
+def test_no_false_coverage_warning_on_a_float32_world_whose_budget_is_the_rank():
+    """A float32 tabular world's curvature keeps 1e-9 of its top eigenvalue in the exact null
+    direction (the softmax's constant shift); read at float64's rank threshold that counted as a
+    direction, and a budget equal to the rank (K - 1, enough to cover I) was warned "every design's
+    realised criterion is infinite". The rank is now read at the curvature's own precision."""
+    import warnings
+
+    from synthetic.designs import design_problem
+    from synthetic.rounding import CoverageWarning
+    from theory.information import numerical_rank
+
+    w = tabular_world(jax.random.PRNGKey(1), num_completions=30, dtype=jnp.float32)
+    prob = design_problem(w)
+    curv = np.asarray(prob.curvature(jnp.zeros(prob.dim, jnp.float32)))
+    assert curv.dtype == np.float32
+    lam = np.linalg.eigvalsh(curv.astype(np.float64))
+    # the world's trap: the null eigenvalue is above float64's threshold (10 d eps64 lam_max)
+    assert lam[0] > 10 * 30 * np.finfo(np.float64).eps * lam[-1]
+    assert numerical_rank(curv) == 29 and numerical_rank(np.asarray(w.train.features[0] @ w.train.features[0].T, np.float64)) == 30
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CoverageWarning)
+        run_design("uniform", jax.random.PRNGKey(0), prob, 29)
+    with pytest.warns(CoverageWarning, match="budget 28 is below 29, the rank of the curvature I"):
+        run_design("uniform", jax.random.PRNGKey(0), prob, 28)

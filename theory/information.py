@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from theory.checked import checked
@@ -39,6 +40,8 @@ __all__ = [
     "trace_criterion_kernel",
     "sigmoid_prime",
     "rank_threshold",
+    "numerical_range",
+    "numerical_rank",
 ]
 
 
@@ -50,6 +53,34 @@ def sigmoid_prime(u):
 def rank_threshold(lam_max, d, dtype):
     """Eigenvalues at or below ``10 d eps lam_max`` count as zero (numerical rank)."""
     return 10.0 * d * jnp.finfo(dtype).eps * lam_max
+
+
+def numerical_range(lam, d, dtype) -> np.ndarray:
+    """Which eigenvalues ``lam`` (numpy, any precision) of a ``d x d`` symmetric PSD matrix
+    computed in ``dtype`` are non-zero: above :func:`rank_threshold` at ``dtype``'s precision.
+
+    The threshold belongs to the precision the matrix was *computed* in, not the one its
+    eigenvalues are read in: a float32 matrix's rounding leaves about ``1e-8 lambda_max`` in
+    an exact null direction, far above float64's threshold, and read at float64's it counts
+    as a direction.
+    """
+    lam = np.asarray(lam, dtype=np.float64)
+    if lam.size == 0:
+        return np.zeros(0, bool)
+    return lam > float(rank_threshold(max(float(lam.max()), 0.0), d, dtype))
+
+
+def numerical_rank(matrix, dtype=None) -> int:
+    """Numerical rank of the symmetric PSD ``matrix`` computed in ``dtype`` (default: its own
+    dtype): its eigenvalues, in float64, counted by :func:`numerical_range`."""
+    a = np.asarray(matrix)
+    if a.ndim != 2 or a.shape[0] != a.shape[1]:
+        raise ValueError(f"matrix must be square, got shape {list(a.shape)}")
+    if a.shape[0] == 0:
+        return 0
+    a64 = a.astype(np.float64)
+    lam = np.linalg.eigvalsh(0.5 * (a64 + a64.T))
+    return int(numerical_range(lam, a.shape[0], a.dtype if dtype is None else dtype).sum())
 
 
 _GRAM_BLOCK = 2048

@@ -15,7 +15,7 @@ from jaxtyping import ArrayLike, Float, Int
 
 from theory import _validation as V
 from theory.checked import check_argument, checked, one_of
-from theory.information import rank_threshold, sigmoid_prime
+from theory.information import numerical_range, sigmoid_prime
 from theory.shapes import Diffs, EdgeWeights, Scalar, Vector
 
 CRITERIA = ("L", "A", "D")
@@ -208,7 +208,7 @@ def _span(diffs, theta, beta):
     lam, vec = np.linalg.eigh(np.asarray(0.5 * (gram + gram.T), dtype=np.float64))
     # the rank at the precision the Gram matrix was computed in: float32 rounding (1e-8 of lambda_max in a
     # tabular world's null direction) is far above float64's threshold and made a null direction count
-    keep = lam > float(rank_threshold(max(lam.max(), 0.0), d, gram.dtype))
+    keep = numerical_range(lam, d, gram.dtype)
     if int(keep.sum()) == 0:
         if not bool(jnp.any(diffs != 0)):
             raise ValueError("diffs: every candidate edge difference is zero; no design has information")
@@ -272,6 +272,6 @@ def _reduce_l(diffs, curvature, ridge, u64, vr):
         return x, offset, None, "A", const, r
     # at the coarser precision of the two inputs (cur_r comes from the curvature, the span from the diffs)
     coarse = max((np.asarray(diffs).dtype, np.asarray(curvature).dtype), key=lambda t: np.finfo(t).eps)
-    pos = mu > float(rank_threshold(mu_max, r, coarse))
+    pos = numerical_range(mu, r, coarse)
     b = jnp.asarray(w[:, pos] * np.sqrt(mu[pos])[None, :], dtype=dtype)
     return vr, ridge * jnp.eye(r, dtype=dtype), b, "L", const, r
