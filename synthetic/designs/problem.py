@@ -89,8 +89,18 @@ class DesignProblem(NamedTuple):
         return self._replace(annotator=None)
 
     def edge_id(self, prompt: int, i: int, j: int) -> int:
-        """The id of the edge ``(prompt, i, j)`` (either order; ``-1`` where none): :meth:`edge_ids` of one query."""
-        return int(self.edge_ids(prompt, i, j))
+        """The id of the edge ``(prompt, i, j)`` (either order; ``-1`` where none), in ``O(log E)``:
+        three binary searches on the edges' order (prompt, then first, then second), no ``[E]`` array
+        built (:meth:`edge_ids` builds one per call; use it for many queries at once)."""
+        m, k = self.pool.log_ref.shape
+        prompt, a, b = int(prompt), min(int(i), int(j)), max(int(i), int(j))
+        if not (0 <= prompt < m and 0 <= a and b < k):
+            return -1
+        e = self.edges
+        lo, hi = np.searchsorted(e.prompt, prompt, "left"), np.searchsorted(e.prompt, prompt, "right")
+        lo, hi = lo + np.searchsorted(e.first[lo:hi], a, "left"), lo + np.searchsorted(e.first[lo:hi], a, "right")
+        at = lo + int(np.searchsorted(e.second[lo:hi], b, "left"))
+        return int(at) if at < hi and int(e.second[at]) == b else -1
 
     def edge_ids(self, prompt, i, j) -> np.ndarray:
         """The ids of the edges ``(prompt[q], i[q], j[q])`` (arrays of one shape, or scalars; either order
