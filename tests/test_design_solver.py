@@ -11,6 +11,8 @@ import dataclasses
 
 import cvxpy as cp
 import jax.numpy as jnp
+import sys
+
 import numpy as np
 import pytest
 from scipy.optimize import minimize_scalar
@@ -941,3 +943,24 @@ def test_a_tabular_pool_is_solved_on_every_edge_and_a_low_rank_pool_on_working_s
         assert (len(sol.history.pricing) > 1) is working and sol.converged, caps
         ref, _ = _cvxpy_optimum(diffs, theta, curv, 1.0, "L", caps=caps)
         np.testing.assert_allclose(sol.value, ref, rtol=1e-6)
+
+
+def test_non_convergence_is_reported_at_each_callers_line():
+    """The warning named theory/checked.py (the checked wrapper's frame) for every caller, so
+    Python's default once-per-location filter showed one caller's non-convergence and hid every
+    other's; it now names the line that called optimal_design, and a real solve stopped after a
+    few iterations (not max_iter = 0) reports a positive certificate."""
+    import warnings
+
+    from theory.design import DesignNotConvergedWarning
+
+    rng = np.random.default_rng(0)
+    z = jnp.asarray(rng.normal(size=(60, 4)))
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        sol = optimal_design(z, jnp.zeros(4), None, 1.0, criterion="D", tol=1e-12, max_iter=2, polish_max=0)
+        line = sys._getframe().f_lineno - 1
+    mine = [w for w in got if issubclass(w.category, DesignNotConvergedWarning)]
+    assert not sol.converged and len(mine) == 1
+    assert mine[0].filename == __file__ and mine[0].lineno == line, (mine[0].filename, mine[0].lineno)
+    assert sol.relative_certificate > 1e-12

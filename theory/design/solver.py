@@ -329,5 +329,7 @@ def optimal_design(
         warnings.warn(DesignNotConvergedWarning(
             f"the {criterion}-optimal design stopped at max_iter = {max_iter} before its tolerance {tol:g}: relative "
             f"certificate {float(sol.relative_certificate):.3g}; its allocation is that of a design this far from optimal"),
-            stacklevel=2)
+            # the caller of optimal_design, past the checked wrapper: one location per call site, so Python's
+            # once-per-location filter does not hide a second caller's non-convergence behind the first's
+            stacklevel=3)
     return sol
