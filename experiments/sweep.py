@@ -65,6 +65,27 @@ log = logging.getLogger(__name__)
 #: The sweep's scalar settings and what each allows (specs of :mod:`theory.checked`).
 _SETTINGS = {"budget": "int >= 1", "num_replicates": "int >= 2", "allocation_draws": "int >= 1", "seed": "int >= 0", "world_seed": "int >= 0",
              "progress": "bool", "reuse_stale_records": "bool", "summary_only": "bool"}
+#: Every key a sweep's config may have (conf/sweep.yaml and its groups); any other is a
+#: typo or a misplaced key (``+num_replicate=5``, ``+estimator.prior_precision=100`` for
+#: ``estimator.params.prior_precision``) that would be recorded and never applied.
+_TOP_KEYS = frozenset(_SETTINGS) | {"world", "design", "estimator", "results_dir", "design_cache", "imports", "figure", "hydra"}
+_GROUP_KEYS = {"design": ("name", "params"), "estimator": ("name", "params", "fit_dtype")}
+
+
+def _check_keys(cfg: DictConfig) -> None:
+    """No key the sweep would ignore: at the top level and in ``design`` and ``estimator``."""
+    extra = sorted(set(cfg.keys()) - _TOP_KEYS)
+    if extra:
+        raise ValueError(f"{extra[0]} is not a sweep setting (it would be recorded and never applied); allowed: "
+                         f"{sorted(_TOP_KEYS - {'hydra'})}")
+    for group, allowed in _GROUP_KEYS.items():
+        node = cfg.get(group)
+        if not isinstance(node, DictConfig):
+            raise ValueError(f"{group} must be a config group ({group}=<name>), got {node!r}")
+        extra = sorted(set(node.keys()) - set(allowed))
+        if extra:
+            hint = f" (a parameter is {group}.params.{extra[0]})" if extra[0] not in allowed else ""
+            raise ValueError(f"{group}.{extra[0]} is not a key of {group}{hint}; allowed: {list(allowed)}")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -74,6 +95,7 @@ def validate(cfg: DictConfig) -> None:
             importlib.import_module(module)  # registers user designs (register_design)
         except ImportError as err:
             raise ValueError(f"imports: cannot import {module!r} ({err}); allowed: importable module names") from None
+    _check_keys(cfg)
     check_world_config(cfg.world)
     check_argument("design.name", cfg.design.name, one_of(sorted(DESIGNS)), config=True)
     check_design_params(cfg.design.name, dict(cfg.design.params))

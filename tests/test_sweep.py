@@ -96,6 +96,12 @@ def test_an_invalid_job_anywhere_in_a_sweep_stops_it_before_the_first_job(tmp_pa
         (["+world.params.nope=1"], "allowed: ["),
         (["design_cache=false"], "design_cache must be null or a directory path"),
         (["estimator=optax", "+estimator.params.nope=1"], "allowed: ["),
+        # keys the sweep never reads were recorded in the cell's config column and ignored: the
+        # summary said prior_precision=100 beside the default prior's numbers
+        (["estimator=map", "+estimator.prior_precision=100"],
+         "estimator.prior_precision is not a key of estimator (a parameter is estimator.params.prior_precision)"),
+        (["design=two_stage", "+design.pilot_fraction=0.5"], "design.pilot_fraction is not a key of design"),
+        (["+num_replicate=5"], "num_replicate is not a sweep setting (it would be recorded and never applied)"),
     ],
 )
 def test_invalid_configs_name_the_key_and_the_allowed_values(overrides, message):
