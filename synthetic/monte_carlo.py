@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import functools
 import json
-from statistics import NormalDist
 from typing import Callable, NamedTuple
 
 import jax
@@ -362,7 +361,11 @@ def simulate_gaps(key, world: World, edge_diffs, allocation: Allocation, num_rep
 
 
 def mean_and_ci(x, level: float = 0.95):
-    """Mean, standard error and normal-approximation confidence interval of ``x``.
+    """Mean, standard error and Student-t confidence interval of ``x`` (``n - 1`` degrees of freedom).
+
+    The normal quantile's interval covered 81% at n = 3 and 92% at n = 10 for a nominal
+    95%; Student's t is exact for normal samples at any n and tends to the normal one
+    (1.984 against 1.960 at n = 100).
 
     Returns:
       ``(mean, se, lo, hi)`` as floats.
@@ -372,5 +375,7 @@ def mean_and_ci(x, level: float = 0.95):
         raise ValueError(f"x must be a 1-d sample of size >= 2, got shape {list(a.shape)}")
     mean = float(a.mean())
     se = float(a.std(ddof=1) / np.sqrt(a.size))
-    q = NormalDist().inv_cdf(0.5 + level / 2)
+    from scipy import stats
+
+    q = float(stats.t.ppf(0.5 + level / 2, a.size - 1))
     return mean, se, mean - q * se, mean + q * se

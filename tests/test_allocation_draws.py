@@ -40,10 +40,10 @@ def test_the_cluster_robust_interval_matches_statsmodels_and_the_draws_spread():
     g = rng.normal(size=(5, 8)) + rng.normal(size=(5, 1))
     m = records.draws_mean_and_ci(g.ravel(), np.ones(40, bool), np.repeat(np.arange(5), 8))
     np.testing.assert_allclose([m[0], m[1]], [g.mean(), g.mean(axis=1).std(ddof=1) / np.sqrt(5)], rtol=1e-12)
-    # every replicate its own draw (adaptive designs), or one draw: the plain interval
+    # every replicate its own draw (adaptive designs), or one draw: the plain interval, Student's t over the replicates
     for a in (np.arange(40), np.zeros(40, int)):
         np.testing.assert_allclose(records.draws_mean_and_ci(g.ravel(), np.ones(40, bool), a)[:4],
-                                   [g.mean(), g.std(ddof=1) / np.sqrt(40), *stats.norm.interval(0.95, g.mean(), g.std(ddof=1) / np.sqrt(40))])
+                                   [g.mean(), g.std(ddof=1) / np.sqrt(40), *stats.t.interval(0.95, 39, g.mean(), g.std(ddof=1) / np.sqrt(40))])
     # valid replicates in one of several draws: no interval, and the row says why
     one = records.draws_mean_and_ci(gap, alloc == 2, alloc)
     assert np.all(np.isnan(one[:4])) and one[4] == 1
