@@ -276,7 +276,8 @@ def _run_cell(cfg: DictConfig, progress: bool = False) -> dict:
     """Compute one cell's records (no record I/O; solved designs may come from the design cache): columns ``replicate``, ``gap``, ``valid``, ``mle_exists``, ``predicted_gap``, ``labels_spent``,
     ``allocation`` (the draw of the design's allocation the replicate was labelled on: the
     replicates are split evenly among ``allocation_draws`` draws, each with its own key split
-    from the cell's design key; one draw uses that key itself) and ``allocation_random`` (the
+    from the cell's design key; one draw uses that key itself; a design that observes every label
+    it allocates runs once per replicate, each with its own key) and ``allocation_random`` (the
     allocation is a draw: a pilot, or draws that differ; with one draw, the allocations of
     up to three more keys are compared with it)."""
     world = make_world(cfg.world, jax.random.key(cfg.world_seed))
@@ -298,12 +299,18 @@ def _run_cell(cfg: DictConfig, progress: bool = False) -> dict:
         groups, design_keys = np.array_split(np.arange(cfg.num_replicates), draws), list(jax.random.split(k_design, draws))
     ev = world.eval
     r = cfg.num_replicates
+    first = run_design(name, design_keys[0], problem, cfg.budget, **params)
+    if _all_observed(first, problem) and len(groups) < r:
+        # every label was observed while designing (a pilot of the whole budget, as seed 004's filter of an
+        # already labelled set): the replicates of one run are copies of one gap and their interval has width 0.
+        # Each replicate runs the design with its own key, as an adaptive design's do.
+        groups, design_keys, first = [np.array([i]) for i in range(r)], list(jax.random.split(k_design, r)), None
     cols = {"gap": np.zeros(r), "valid": np.zeros(r, bool), "mle_exists": np.zeros(r, bool), "predicted_gap": np.zeros(r),
             "labels_spent": np.zeros(r, np.int64), "allocation": np.zeros(r, np.int64)}
     drawn, piloted = [], False  # each draw's counts; whether any came with a pilot's (random) labels
     with tqdm(total=r, desc=f"{name} n={cfg.budget}", unit="rep", leave=False, disable=not progress) as bar:
         for a, (group, kd) in enumerate(zip(groups, design_keys)):
-            out = run_design(name, kd, problem, cfg.budget, **params)
+            out = first if (a == 0 and first is not None) else run_design(name, kd, problem, cfg.budget, **params)
             counts = out.dense_counts(problem.num_edges).astype(np.float64)
             res = replicate_gaps(
                 keys[group], world.theta_star, problem.edges.diffs, counts, world.beta, world.eval,
@@ -329,6 +336,13 @@ def _run_cell(cfg: DictConfig, progress: bool = False) -> dict:
     if draws == 1 and not random:
         random = allocation_is_random(name, k_design, problem, cfg.budget, out, **params)
     return {"replicate": np.arange(r), **cols, "allocation_random": np.full(r, random)}
+
+
+def _all_observed(out, problem) -> bool:
+    """Whether a design's output observed every label of its allocation (nothing left to draw)."""
+    if out.pilot is None:
+        return False
+    return float(np.sum(out.pilot[0])) >= float(out.dense_counts(problem.num_edges).sum())
 
 
 def _adaptive_runs(cfg, start: int, run):

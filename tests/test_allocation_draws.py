@@ -196,3 +196,17 @@ def test_the_summary_labels_a_one_draw_cell_allocation_draws_1(tmp_path):
     table = sweep.format_summary(rows).splitlines()
     at = table[0].index("draws") + len("draws")
     assert sorted(line[:at].split()[-1] for line in table[2:]) == ["1", "5"]  # the printed table's draws column
+
+
+def test_a_design_that_observes_every_label_runs_once_per_replicate():
+    """Seed 004's filter (reference_filter_labelled) returns its whole training set as observed
+    labels, so nothing is redrawn: with one allocation draw the cell's replicates were copies of
+    one gap and the summary gave an interval of width 0 (40 identical gaps on a Gaussian world).
+    Each replicate now runs the design with its own key: independent gaps, each its own draw."""
+    cfg = sweep.compose_job(["world=gaussian", "design=reference_filter_labelled", "budget=60", "num_replicates=12",
+                             "allocation_draws=1", "design_cache=null", "progress=false"])
+    cols = run_cell(cfg)
+    assert np.unique(cols["gap"]).size == 12 and np.array_equal(cols["allocation"], np.arange(12))
+    mean, se, lo, hi, draws = records.draws_mean_and_ci(cols["gap"], cols["valid"], cols["allocation"])
+    assert se > 0 and hi > lo and draws == 12
+    assert cols["allocation_random"].all()
