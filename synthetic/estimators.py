@@ -787,12 +787,33 @@ def _svm(b):
     m, dim = b.shape
     mat = np.vstack([b.T, np.ones((1, m))])
     target = np.r_[np.zeros(dim), 1.0]
-    lam, _ = scipy.optimize.nnls(mat, target, maxiter=50 * (m + dim))
-    kappa = 1.0 - lam.sum()
-    if not kappa > 0:
-        return None, None
-    eta = lam / kappa
-    return b.T @ eta, eta
+
+    def solution(lam, clean=False):
+        kappa = 1.0 - lam.sum()
+        if not kappa > 0:
+            return None, None, np.inf
+        eta = lam / kappa
+        # multipliers below 1e-12 of the largest are the solver's rounding (BVLS leaves 1e-31 on inactive rows)
+        support = eta > 1e-12 * max(float(eta.max(initial=0.0)), 0.0)
+        if clean:
+            eta = np.where(support, eta, 0.0)
+        v = b.T @ eta
+        marg = b @ v
+        # the KKT conditions' worst violation: primal (b v >= 1) and complementary slackness
+        slack = max(float(1.0 - marg.min()), float(np.max(np.abs(marg - 1.0)[support], initial=0.0)))
+        return v, eta, slack
+
+    # SciPy's NNLS (reimplemented since 1.12) can stop at a point that is not the minimiser, silently
+    # (scipy/scipy#25389; here SVM margins 0.53-0.93 on 0.8% of the separable replicates of Figure 1's
+    # tabular world at n = 100, whose gaps were then dropped): its KKT conditions are checked, and
+    # where they fail the bounded-variable least squares of lsq_linear (BVLS) solves it again.
+    v, eta, slack = solution(scipy.optimize.nnls(mat, target, maxiter=50 * (m + dim))[0])
+    if not slack <= 1e-9:
+        res = scipy.optimize.lsq_linear(mat, target, bounds=(0.0, np.inf), method="bvls", tol=1e-15, max_iter=50 * (m + dim))
+        v2, eta2, slack2 = solution(np.maximum(res.x, 0.0), clean=True)
+        if slack2 < slack:
+            v, eta = v2, eta2
+    return v, eta
 
 
 def _damped_newton(value, grad_hess, y0, max_iter=200):
