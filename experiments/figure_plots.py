@@ -195,10 +195,13 @@ def plot_fig3(eff: list[dict]):
         for yi, r in zip(y, er):
             color, _ = design_style(r["design"])
             if math.isfinite(r["ratio"]):
-                ax.barh(yi, r["ratio"], color=color, height=0.7, left=0, edgecolor="k", lw=0.3)
+                extra = bool(r.get("extrapolated", False))  # past the design's last budget: hatched, and the label says so
+                ax.barh(yi, r["ratio"], color=color, height=0.7, left=0, edgecolor="k", lw=0.3,
+                        alpha=0.45 if extra else 1.0, hatch="..." if extra else None)
                 lo, hi = r["ratio_low"], min(r["ratio_high"], right)
                 ax.plot([lo, hi], [yi, yi], color="k", lw=0.8)
-                ax.text(max(r["ratio"], hi) * 1.1, yi, f"{r['ratio']:.2g}", va="center", fontsize=6)
+                ax.text(max(r["ratio"], hi) * 1.1, yi, f"{r['ratio']:.2g}" + (f" (extrapolated past n = {r['last_budget']:,})" if extra else ""),
+                        va="center", fontsize=6)
             else:
                 ax.barh(yi, right, color=color, height=0.7, alpha=0.25, hatch="///", edgecolor="k", lw=0.3)
                 ax.text(right / 1.1, yi, "not reached", va="center", ha="right", fontsize=6)

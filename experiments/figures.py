@@ -265,11 +265,14 @@ def reference_gap(cfg) -> float:
                                     ev.prompt_weights))
 
 
-def labels_to_match(budgets, gaps, target: float, plateau_slope: float = -0.5) -> float:
+def labels_to_match(budgets, gaps, target: float, plateau_slope: float = -0.5, rate_slope: float = -1.0) -> float:
     """Budget at which a design's gap curve reaches ``target``.
 
     Log-log linear interpolation between the measured budgets; beyond them, the end
-    segment's power law is extended if it still falls at least like ``n^plateau_slope``;
+    segment's power law is extended if it still falls at least like ``n^plateau_slope``,
+    and no faster than ``n^rate_slope`` (the gap's asymptotic rate ``1/n``: an end segment
+    steeper than that is pre-asymptotic, and extending it claimed that a curve measured to
+    n = 1,000 falling like ``n^-1.66`` reached uniform's gap at 30,000 with 0.13 of its labels);
     otherwise a curve above the target at its last budget does not reach it (``inf``), and a
     curve below it from its first budget on reached it there at the latest (that budget). A value ``<= 0`` (the lower end
     of an interval that reaches 0, as Student's t over a few allocation draws can) reaches
@@ -293,7 +296,7 @@ def labels_to_match(budgets, gaps, target: float, plateau_slope: float = -0.5) -
             return float(math.exp(n[i] + (t - g[i]) * (n[i + 1] - n[i]) / (g[i + 1] - g[i])))
     if t < g.min():
         slope = (g[-1] - g[-2]) / (n[-1] - n[-2])
-        return float(math.exp(n[-1] + (t - g[-1]) / slope)) if slope <= plateau_slope else math.inf
+        return float(math.exp(n[-1] + (t - g[-1]) / max(slope, rate_slope))) if slope <= plateau_slope else math.inf
     # below the target from the first budget on: reached there at the latest (earlier along the first
     # segment's power law where it falls at least like n^plateau_slope)
     slope = (g[1] - g[0]) / (n[1] - n[0])
@@ -322,11 +325,15 @@ def sample_efficiency(rows: list[dict]) -> list[dict]:
                                  "(a budget twice, or several estimators or configs); give one row per budget")
             if len(b) < 2:
                 continue
+            ratio = labels_to_match(b, [r["mean_gap"] for r in rs], target) / n_max
             out.append({
                 "world": world, "design": design, "target_gap": target, "uniform_budget": n_max,
-                "ratio": labels_to_match(b, [r["mean_gap"] for r in rs], target) / n_max,
+                "ratio": ratio,
                 "ratio_low": labels_to_match(b, [r["ci_low"] for r in rs], target) / n_max,
                 "ratio_high": labels_to_match(b, [r["ci_high"] for r in rs], target) / n_max,
+                # the ratio's budget lies past the design's last measured one: a power-law extension, not a measurement
+                "extrapolated": bool(math.isfinite(ratio) and ratio * n_max > max(b) * (1 + 1e-9)),
+                "last_budget": max(b),
             })
     return out
 

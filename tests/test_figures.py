@@ -39,6 +39,11 @@ def test_labels_to_match_inverts_a_power_law_inside_and_outside_the_budgets():
     # the target between 300 and 1,000, earliest at 300 (a log-log segment to 0 is undefined)
     assert figures.labels_to_match([100, 300, 1000, 3000], [6.0, 6.4, -0.7, 0.02], 3e-3) == 300.0
     assert figures.labels_to_match([100, 300], [0.0, 1.0], 3e-3) == 100.0
+    # an end segment steeper than the 1/n rate is extended at 1/n: sequential plug-in measured at 300 and
+    # 1,000 falling like n^-1.66 was extended to reach uniform's gap at 30,000 with 0.13 of its labels
+    g2 = [1.0, 1.0 * (1000 / 300) ** -1.66]
+    assert math.isclose(figures.labels_to_match([300, 1000], g2, g2[1] / 10), 1e4, rel_tol=1e-12)
+    assert math.isclose(figures.labels_to_match([300, 1000], g2, g2[1] / 10, rate_slope=-2.0), 1000 * 10 ** (1 / 1.66), rel_tol=1e-12)
 
 
 def test_sample_efficiency_of_a_design_with_half_the_gap_is_one_half():
@@ -52,6 +57,12 @@ def test_sample_efficiency_of_a_design_with_half_the_gap_is_one_half():
     assert math.isclose(eff["oracle"]["ratio"], 0.5, rel_tol=1e-12)
     assert math.isclose(eff["uniform"]["ratio"], 1.0, rel_tol=1e-12)
     assert eff["oracle"]["ratio_low"] < 0.5 < eff["oracle"]["ratio_high"]
+    assert not eff["oracle"]["extrapolated"] and eff["oracle"]["last_budget"] == 1e5
+    # a design measured only to 1e4 reaches the target past it: flagged as an extrapolation
+    short = [r for r in rows if not (r["design"] == "oracle" and r["budget"] == 1e5)]
+    eff = {r["design"]: r for r in figures.sample_efficiency(short)}
+    assert eff["oracle"]["extrapolated"] and eff["oracle"]["last_budget"] == 1e4 and not eff["uniform"]["extrapolated"]
+    assert math.isclose(eff["oracle"]["ratio"], 0.5, rel_tol=1e-12)
     # rows of one design that are not one curve (another estimator's at the same budgets) are refused, not merged
     rows += [{**r, "estimator": "map"} for r in rows if r["design"] == "oracle"]
     with pytest.raises(ValueError, match="the rows of design 'oracle' in world 'w' are not one curve"):
