@@ -32,6 +32,7 @@ import json
 import marshal
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -120,6 +121,103 @@ def _module_files(name: str) -> list[tuple[str, Path]]:
     return [(name, path)]
 
 
+def _library_dirs() -> tuple[Path, ...]:
+    """Where the interpreter's standard library and installed packages live (their code is
+    versioned by :data:`_VERSIONED`, or not a record's concern)."""
+    import sysconfig
+
+    return tuple({Path(p).resolve() for k in ("stdlib", "platstdlib", "purelib", "platlib") if (p := sysconfig.get_paths().get(k))})
+
+
+def _user_module_file(module) -> Path | None:
+    """The source file of a module a user wrote (outside the installed libraries and :data:`CELL_CODE`), else ``None``."""
+    name = getattr(module, "__name__", "") or ""
+    if name.split(".")[0] in _PROJECT:  # this project's: what computes a record is CELL_CODE, hashed on its own
+        return None
+    file = getattr(module, "__file__", None)
+    if not file or not str(file).endswith(".py"):
+        return None
+    path = Path(file).resolve()
+    if any(path.is_relative_to(d) for d in _library_dirs()):
+        return None
+    return path
+
+
+_PROJECT = ("theory", "synthetic", "experiments", "benchmarks")
+_PLAIN = (bool, int, float, complex, str, bytes, type(None))
+
+
+def _value_bytes(value) -> bytes:
+    """A value a design reads, as bytes that do not depend on the process: plain data by value
+    (numbers, strings, arrays, tuples and frozensets of them), anything else by its type only
+    (its state may change as the program runs, e.g. a cache, and its repr may hold an address)."""
+    if isinstance(value, _PLAIN):
+        return repr(value).encode()
+    if isinstance(value, np.ndarray):
+        return str(value.dtype).encode() + repr(value.shape).encode() + np.ascontiguousarray(value).tobytes()
+    if isinstance(value, np.generic):
+        return repr(value).encode()
+    if isinstance(value, (tuple, list)):
+        return b"(" + b",".join(_value_bytes(v) for v in value) + b")"
+    if isinstance(value, (frozenset, set)):
+        return b"{" + b",".join(sorted(_value_bytes(v) for v in value)) + b"}"
+    if isinstance(value, dict) and all(isinstance(k, _PLAIN) for k in value):
+        return b"{" + b",".join(sorted(repr(k).encode() + b":" + _value_bytes(v) for k, v in value.items())) + b"}"
+    return f"<{type(value).__module__}.{type(value).__qualname__}>".encode()
+
+
+def _dependency_digest(roots) -> bytes:
+    """A hash of what the functions and modules ``roots`` reach that a user wrote: the source
+    files of user modules they import (transitively), and for functions defined outside them
+    (a notebook, a script, a factory's closure) their code, the values of their closure cells
+    and of the globals they name. A design that reads a helper module, a data constant or a
+    closure variable then gets a new version when any of those changes (the record of the old
+    one was reused as current)."""
+    h = hashlib.sha256()
+    seen: set[int] = set()
+    todo = list(roots)
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if inspect.ismodule(obj):
+            path = _user_module_file(obj)
+            if path is None:
+                continue
+            h.update(f"module {obj.__name__}\0".encode() + path.read_bytes())
+            todo.extend(v for v in vars(obj).values() if inspect.ismodule(v) or inspect.isfunction(v) or inspect.isclass(v))
+            continue
+        if inspect.isclass(obj) or inspect.isfunction(obj) or inspect.ismethod(obj):
+            module = sys.modules.get(getattr(obj, "__module__", "") or "")
+            if module is not None and (_user_module_file(module) is not None):
+                todo.append(module)  # its file covers the object's code
+                if not inspect.isfunction(obj):
+                    continue
+            elif module is None or module.__name__ != "__main__" and getattr(module, "__file__", None) and _user_module_file(module) is None:
+                continue  # a library's or CELL_CODE's
+            fn = obj.__func__ if inspect.ismethod(obj) else obj
+            if inspect.isclass(fn):
+                try:
+                    h.update(inspect.getsource(fn).encode())
+                except (OSError, TypeError):
+                    h.update(fn.__qualname__.encode())
+                continue
+            h.update(marshal.dumps(fn.__code__))
+            try:
+                cv = inspect.getclosurevars(fn)
+            except (TypeError, ValueError):
+                continue
+            for name, value in sorted({**cv.nonlocals, **cv.globals}.items()):
+                h.update(name.encode() + b"=")
+                if inspect.ismodule(value) or inspect.isfunction(value) or inspect.isclass(value) or inspect.ismethod(value):
+                    h.update(getattr(value, "__qualname__", getattr(value, "__name__", "")).encode())
+                    todo.append(value)
+                else:
+                    h.update(_value_bytes(value))
+    return h.digest()
+
+
 @functools.lru_cache(maxsize=None)
 def _files_version(imports: tuple) -> str:
     # Cached per process: a process runs the code it imported, so the hash is taken
@@ -130,6 +228,8 @@ def _files_version(imports: tuple) -> str:
             h.update(label.encode() + b"\0" + f.read_bytes() + b"\0")
     for pkg in _VERSIONED:
         h.update(f"{pkg}=={importlib.import_module(pkg).__version__}".encode())
+    if imports:  # the user modules they import, transitively (a helper module a design reads)
+        h.update(_dependency_digest([importlib.import_module(m) for m in sorted(imports)]))
     return h.hexdigest()
 
 
@@ -143,9 +243,12 @@ def _design_source(name: str, imports: tuple) -> bytes:
     if any(module == c or module.startswith(c + ".") for c in covered):
         return b""
     try:
-        return inspect.getsource(spec.fn).encode()
+        source = inspect.getsource(spec.fn).encode()
     except (OSError, TypeError):
-        return marshal.dumps(spec.fn.__code__)
+        source = marshal.dumps(spec.fn.__code__)
+    # what it reads: its closure's values, the globals it names, the user modules those come from
+    # (a factory's make(sharp) registered again with another sharp had one source and one version)
+    return source + _dependency_digest([spec.fn])
 
 
 def code_version(imports: tuple = (), design: str | None = None) -> str:

@@ -401,3 +401,43 @@ def test_a_summary_curve_joins_only_rows_of_one_quantity(tmp_path, case):
         assert sorted(r["config"] for r in rows) == ["num_completions=50", "num_completions=6", "num_completions=6"]
     if case == "replicates":
         assert [r["config"] for r in rows] == ["", ""]
+
+
+def test_code_version_sees_what_a_design_reads_helper_modules_and_closures(tmp_path, monkeypatch):
+    """A design's version covered its own source and the files of ``imports`` only: a helper
+    module the imported module reads, and the closure of a design made by a factory, could
+    change while the version did not, and the sweep served the old record as current (mean
+    gap 0.0200 for SHARPNESS 8, whose fresh value is 0.0151). Both are in the version now,
+    which stays the same in one process and for the same values."""
+    import importlib
+
+    from experiments import cell
+    from synthetic import uniform_weights
+    from synthetic.designs import DESIGNS, register_design, weighted_output
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "ver_helper_probe.py").write_text("SHARPNESS = 0.0\n")
+    (tmp_path / "ver_designs_probe.py").write_text("import ver_helper_probe\n\ndef weights(n):\n    return ver_helper_probe.SHARPNESS\n")
+    importlib.invalidate_caches()
+    cell._files_version.cache_clear()
+    v0 = cell.code_version(("ver_designs_probe",))
+    assert v0 == cell.code_version(("ver_designs_probe",))
+    (tmp_path / "ver_helper_probe.py").write_text("SHARPNESS = 8.0\n")
+    cell._files_version.cache_clear()  # a new process: the helper's file as it is now
+    assert cell.code_version(("ver_designs_probe",)) != v0
+
+    def make(sharp, table):
+        def probe(key, problem, budget, rounding="auto"):
+            return weighted_output(key, problem, budget, uniform_weights(problem.edges) ** sharp * table[0], rounding)
+        return probe
+
+    try:
+        versions = []
+        for sharp, table in ((1.0, np.ones(2)), (1.0, np.ones(2)), (2.0, np.ones(2)), (1.0, np.full(2, 3.0))):
+            register_design("_closure_probe", summary="t", source="t", replace=True)(make(sharp, table))
+            versions.append(cell.code_version((), "_closure_probe"))
+        assert versions[0] == versions[1]  # the same values: the same version (records are reused)
+        assert len(set(versions[1:])) == 3, versions  # a closure's number or array changed: a new version
+    finally:
+        DESIGNS.pop("_closure_probe", None)
+        cell._files_version.cache_clear()
