@@ -147,6 +147,12 @@ _PROJECT = ("theory", "synthetic", "experiments", "benchmarks")
 _PLAIN = (bool, int, float, complex, str, bytes, type(None))
 
 
+def is_project_design(name: str) -> bool:
+    """Whether the design ``name`` is registered by this project's code (tested there), not a user's."""
+    module = getattr(DESIGNS[name].fn, "__module__", "") or ""
+    return module.split(".")[0] in _PROJECT
+
+
 def _value_bytes(value) -> bytes:
     """A value a design reads, as bytes that do not depend on the process: plain data by value
     (numbers, strings, arrays, tuples and frozensets of them), anything else by its type only

@@ -37,7 +37,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 
-from experiments.cell import REPLICATE_CHUNK, check_design_cache, cell_id, cell_identity, code_version, float64, git_version, record_code_version, run_cell  # noqa: F401 - re-exported
+from experiments.cell import REPLICATE_CHUNK, check_design_cache, cell_id, cell_identity, code_version, float64, git_version, is_project_design, record_code_version, run_cell  # noqa: F401 - re-exported
 from experiments.records import (  # noqa: F401 - re-exported
     RECORD_FIELDS,
     RecordError,
@@ -50,7 +50,7 @@ from experiments.records import (  # noqa: F401 - re-exported
 from experiments import records as _records
 from experiments.compiled import release_compiled, use_classic_emitters
 from experiments.worlds import check_world_config, make_world
-from synthetic.designs import DESIGNS, check_design_budget, check_design_params, design_problem
+from synthetic.designs import DESIGNS, check_design_budget, check_design_params, check_reproducible, design_problem
 from synthetic.monte_carlo import ESTIMATORS
 from theory.checked import check_argument, one_of
 
@@ -121,6 +121,10 @@ def validate(cfg: DictConfig) -> None:
         # the design's own budget checks (caps, each edge or prompt labelled at most once,
         # rounding without replacement), as run_design makes them
         check_design_budget(cfg.design.name, problem, cfg.budget, **dict(cfg.design.params))
+        spec = DESIGNS[cfg.design.name]
+        if not spec.adaptive and not is_project_design(cfg.design.name):
+            # a design of the user's: its allocation a function of its key (twice; another key if keyless)
+            check_reproducible(cfg.design.name, jax.random.key(cfg.seed), problem, cfg.budget, **dict(cfg.design.params))
 
 
 # ------------------------------------------------------------------- the cell

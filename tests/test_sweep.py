@@ -379,3 +379,36 @@ def test_the_sweep_app_computes_its_records_with_classic_emitters_and_keys_them_
     # another XLA flag changes the compiled code, so the version too (the suite's LLVM -O0 among them)
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_fusion_emitters=false --xla_backend_optimization_level=0")
     assert all(meta["code_version"] != record_code_version(meta) for meta in metas)
+
+
+def test_a_users_design_that_is_no_function_of_its_key_is_refused_before_any_job(tmp_path):
+    """A design drawing with np.random gave records the same config and seed do not reproduce,
+    and one falsely registered keyless ran once for all of a cell's draws, its interval leaving
+    its randomness out; both went unnoticed. The sweep now runs a user's design twice with one
+    key (and with another key if it says keyless) before any job; project designs are tested
+    for the same in tests/test_rounding_designs.py and tests/test_allocation_draws.py."""
+    from synthetic import uniform_weights
+    from synthetic.designs import register_design, weighted_output
+
+    def drifting(key, problem, budget, rounding="auto"):
+        w = np.asarray(uniform_weights(problem.edges)) * np.random.default_rng().uniform(0.5, 1.5, problem.num_edges)
+        return weighted_output(key, problem, budget, w / w.sum(), rounding)
+
+    def keyed(key, problem, budget, rounding="auto"):
+        return weighted_output(key, problem, budget, uniform_weights(problem.edges), rounding)
+
+    try:
+        register_design("_drifting_probe", summary="t", source="t", replace=True)(drifting)
+        register_design("_false_keyless_probe", summary="t", source="t", keyless=True, replace=True)(keyed)
+        register_design("_keyed_probe", summary="t", source="t", replace=True)(keyed)
+        base = [*SMALL, "design=custom", "budget=6", "num_replicates=2", "progress=false"]
+        with pytest.raises(ValueError, match="gave two allocations for one key: it draws randomness outside its key"):
+            sweep.run_jobs([[*base, "design.name=_drifting_probe"]], tmp_path, progress=False)
+        with pytest.raises(ValueError, match="registered keyless=True but another key gave another allocation"):
+            sweep.run_jobs([[*base, "design.name=_false_keyless_probe"]], tmp_path, progress=False)
+        assert not list(tmp_path.glob("*.npz"))  # refused before any job
+        (path,) = sweep.run_jobs([[*base, "design.name=_keyed_probe"]], tmp_path, progress=False)
+        assert path.exists()
+    finally:
+        for name in ("_drifting_probe", "_false_keyless_probe", "_keyed_probe"):
+            DESIGNS.pop(name, None)

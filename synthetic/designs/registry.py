@@ -268,6 +268,32 @@ def run_design(name: str, key, problem: DesignProblem, budget: int, **params) ->
 
 
 
+def check_reproducible(name: str, key, problem: DesignProblem, budget: int, **params) -> None:
+    """Raise ``ValueError`` unless the design is a function of its key: ``run_design`` twice with
+    ``key`` gives one allocation, and a design registered ``keyless`` gives it with another key too.
+
+    A design that draws outside its JAX key (``np.random``, Python's ``random``, the clock) makes
+    records that the same config and seed do not reproduce; one falsely declared ``keyless`` is
+    run once for all of a cell's allocation draws, so the cell's interval leaves its randomness
+    out. The sweep checks the designs registered outside this project before any job.
+    """
+    spec = get_design(name)
+    one = run_design(name, key, problem, budget, **params).dense_counts(problem.num_edges)
+    two = run_design(name, key, problem, budget, **params).dense_counts(problem.num_edges)
+    if not np.array_equal(one, two):
+        raise ValueError(
+            f"design {name!r} gave two allocations for one key: it draws randomness outside its key (np.random, "
+            "random, time), so its records cannot be reproduced from the config and seed; allowed: randomness only "
+            "through the key argument (jax.random)")
+    if spec.keyless:
+        other = run_design(name, jax.random.fold_in(key, 1), problem, budget, **params).dense_counts(problem.num_edges)
+        if not np.array_equal(one, other):
+            raise ValueError(
+                f"design {name!r} is registered keyless=True but another key gave another allocation: a cell would "
+                "run it once for all its allocation draws and its interval would leave that randomness out; "
+                "allowed: keyless=True only for a design whose output does not depend on the key")
+
+
 def allocation_is_random(name: str, key, problem: DesignProblem, budget: int, first: DesignOutput, tries: int = 3,
                          **params) -> bool:
     """Whether the allocation ``first`` (``run_design(name, key, ...)``'s) is a draw of the design:
