@@ -47,7 +47,7 @@ RECORD_FIELDS = ["replicate", "gap", "valid", "predicted_gap"]
 #: Columns of a summary row, in order (also the CSV header).
 SUMMARY_FIELDS = [
     "world", "design", "config", "estimator", "budget", "labels_spent", "seed", "replicates", "allocations", "valid_fraction", "mle_fraction",
-    "mean_gap", "se", "ci_low", "ci_high", "predicted_gap", "ratio_to_prediction", "ratio_to_uniform",
+    "mean_gap", "se", "ci_low", "ci_high", "predicted_gap", "ratio_to_prediction", "z_to_prediction", "ratio_to_uniform",
     "code_version", "current_code", "cell", "note",
 ]
 
@@ -257,6 +257,9 @@ def summarise_cell(cols, meta, current_code="", level: float = 0.95) -> dict:
         "mle_fraction": float((valid if mle is None else mle).mean()),
         "mean_gap": mean, "se": se, "ci_low": lo, "ci_high": hi,
         "predicted_gap": pred, "ratio_to_prediction": mean / pred if pred > 0 and np.isfinite(pred) else np.nan,
+        # (mean - prediction) / se: |z| > 3.29 says the gap differs from the asymptotic prediction at level 1e-3
+        # (a z-test against the first-order theory; at small budgets the second order is not small)
+        "z_to_prediction": (mean - pred) / se if np.isfinite(pred) and np.isfinite(se) and se > 0 else np.nan,
         "ratio_to_uniform": np.nan,
         "code_version": meta["code_version"], "current_code": not stale, "cell": meta.get("cell", ""),
         "note": note,
@@ -393,14 +396,14 @@ def format_summary(rows: list[dict], problems=()) -> str:
     """The summary as a text table; rows without a number say why in the last column."""
     wide = max([len(r["config"]) for r in rows] + [6])
     head = (f"{'world':<11}{'design':<20}{'config':<{wide + 2}}{'estimator':<10}{'budget':>8}{'reps':>6}{'draws':>6}{'valid':>7}"
-            f"{'MLE':>6}{'mean gap':>12}{'95% CI':>24}{'/uniform':>9}{'/predicted':>11}  note")
+            f"{'MLE':>6}{'mean gap':>12}{'95% CI':>24}{'/uniform':>9}{'/predicted':>11}{'z':>7}  note")
     lines = [head, "-" * len(head)]
     for r in rows:
         ci = f"[{r['ci_low']:.3g}, {r['ci_high']:.3g}]" if np.isfinite(r["mean_gap"]) else "-"
         lines.append(
             f"{r['world']:<11}{r['design']:<20}{r['config']:<{wide + 2}}{r['estimator']:<10}{r['budget']:>8}{r['replicates']:>6}{r.get('allocations', 1):>6}"
             f"{r['valid_fraction']:>7.0%}{r['mle_fraction']:>6.0%}{r['mean_gap']:>12.4g}{ci:>24}{r['ratio_to_uniform']:>9.3f}{r['ratio_to_prediction']:>11.3f}"
-            f"  {r['note']}"
+            f"{r.get('z_to_prediction', np.nan):>+7.1f}  {r['note']}"
         )
     for err in problems:
         lines.append(f"unreadable record, not in the table (recomputed by the next run of its cell): {err.path} ({err.reason})")

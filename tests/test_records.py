@@ -44,6 +44,9 @@ def test_summary_has_one_row_per_config_and_never_pools_two(tmp_path):
         (row,) = [r for r in rows if r["cell"] == meta["cell"]]
         ok = cols["gap"][cols["valid"]]
         assert row["replicates"] == 10 and row["mean_gap"] == pytest.approx(mean_and_ci(ok)[0], rel=1e-12)
+        # the z-test against the asymptotic prediction, recomputed from the record
+        pred = float(np.mean(cols["predicted_gap"]))
+        assert row["z_to_prediction"] == pytest.approx((ok.mean() - pred) / (ok.std(ddof=1) / np.sqrt(ok.size)), rel=1e-9)
     # ratio to uniform: against the uniform cell of the same world (K = 5), not K = 6
     assert by[("two_stage", "pilot_fraction=0.5")]["ratio_to_uniform"] == pytest.approx(
         by[("two_stage", "pilot_fraction=0.5")]["mean_gap"] / by[("uniform", "num_completions=5")]["mean_gap"])
