@@ -133,6 +133,7 @@ class PoolTable:
     skipped_prompts: int = 0
     renormalised: bool = False
     notes: list = field(default_factory=list)
+    varies_in: dict = field(default_factory=dict)  # extra column -> the first prompt (index) whose rows differ in it
 
 
 def load_pool(table, renormalise_ref: bool = False) -> PoolTable:
@@ -230,13 +231,16 @@ def load_pool(table, renormalise_ref: bool = False) -> PoolTable:
     log_ref = logits - lse[:, None]
     extra_cols = [c for c in table.column_names if c not in (*REQUIRED, "ref_logprob")]
     extra = {c: table.column(c).to_pylist() for c in extra_cols}
-    prompt_level = []
+    prompt_level, varies_in = [], {}
     for c in extra_cols:
         vals = extra[c]
-        if all(len({json.dumps(vals[r], default=str) for r in rows[i][rows[i] >= 0]}) == 1 for i in range(m)):
+        x = next((i for i in range(m) if len({json.dumps(vals[r], default=str) for r in rows[i][rows[i] >= 0]}) > 1), None)
+        if x is None:
             prompt_level.append(c)
+        else:
+            varies_in[c] = x
     return PoolTable([pid[rows[i, 0]] for i in range(m)], [[cid[r] for r in rows[i] if r >= 0] for i in range(m)],
-                     features, log_ref, rows, extra, prompt_level, skipped, renormalised)
+                     features, log_ref, rows, extra, prompt_level, skipped, renormalised, varies_in=varies_in)
 
 
 def pca_reduce(features, log_ref, dim, key):
@@ -332,9 +336,8 @@ def _select(cfg: DictConfig, quiet: bool = False) -> dict:
         table = read_table(cfg.pool)
         pool = load_pool(table, bool(cfg.renormalise_ref))
     col = cfg.get("prompt_column")
-    if col in pool.extra and col not in pool.prompt_level:  # the queue would carry it per completion: no prompt text
-        vals = pool.extra[col]
-        x = next(i for i in range(len(pool.prompt_ids)) if len({json.dumps(vals[r], default=str) for r in pool.rows[i][pool.rows[i] >= 0]}) > 1)
+    if col in pool.varies_in:  # the queue would carry it per completion: no prompt text
+        x = pool.varies_in[col]
         raise ValueError(f"prompt_column: column {col!r} differs between the rows of prompt {pool.prompt_ids[x]!r}, so it is no "
                          "prompt text; give each prompt's rows one value (or set prompt_column to the column that has one)")
     stages["read"] = st.seconds
