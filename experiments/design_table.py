@@ -36,7 +36,16 @@ def worlds(seed: int = 0):
 
 def table(budget: int = 1000, num_keys: int = 2, seed: int = 0, tol: float = 1e-3, designs=None, world_names=None):
     """``designs`` (default: every registered one) and ``world_names`` (prefixes of the
-    world labels, e.g. ``["contextual"]``; default both) restrict the table."""
+    world labels, e.g. ``["contextual"]``; default both) restrict the table. Computed in
+    float64 whatever the process's default (called without x64 it built float32 worlds, and
+    only JAX's dtype warning said so)."""
+    from experiments.cell import float64
+
+    with float64():
+        return _table(budget, num_keys, seed, tol, designs, world_names)
+
+
+def _table(budget, num_keys, seed, tol, designs, world_names):
     rows, notes = {}, []
     names = list(DESIGNS) if designs is None else list(designs)
     if "uniform" not in names:
