@@ -15,7 +15,7 @@ defined in :mod:`experiments.cell`; records and the summary in :mod:`experiments
     python -m experiments.sweep summary_only=true                 # the table of results_dir
 
 Config groups (``experiments/conf/``): ``world/``, ``design/`` (one file per
-registered design), ``estimator/`` (newton, optax), ``experiment/`` (``@package
+registered design), ``estimator/`` (newton, map, optax), ``experiment/`` (``@package
 _global_``, one per figure). Every key is checked before any work starts.
 """
 
