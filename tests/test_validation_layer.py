@@ -358,3 +358,38 @@ def test_bounds_budget_and_tail_specs_keep_their_contract():
     for bad in (0, -1.0, False, float("nan")):
         with pytest.raises(ValueError, match="^tail must be"):
             bounds._check_tail(bad)
+
+
+def test_integer_inputs_are_read_as_reals_not_as_integer_arithmetic():
+    """The float spec accepts integer dtypes, and kernels that take their dtype from an input made
+    every pool quantity 0 from int64 features: uniform prompt weights 1/m in int64 are 0, so the
+    curvature's trace, the gap, the asymptotic gap, G_sup and the second-order terms were all 0
+    (0.534, 0.199, 0.00978, 2.23 with the same features as floats). Integer arrays for real
+    arguments now reach the kernels as the default float dtype: every value equals the float call's,
+    and the curvature's trace equals a numpy computation."""
+    from theory import asymptotic_gap, design_criterion, enumerate_edges, optimality_gap, policy_curvature
+    from theory.bounds import gap_sup
+    from theory.second_order import second_order_gap
+
+    fi = np.array([[[0, 0], [1, 0], [0, 1]], [[1, 1], [0, 1], [2, 0]]])
+    ff = fi.astype(np.float64)
+    lr = np.log(np.array([[0.2, 0.3, 0.5], [0.6, 0.3, 0.1]]))
+    th, ts = np.array([0.7, -0.4]), np.array([0.2, 0.5])
+    e = enumerate_edges(ff, lr)
+    w = np.full(e.num_edges, 1 / e.num_edges)
+    zi = np.asarray(e.diffs).astype(np.int64)
+
+    def values(f, z):
+        return [float(jnp.trace(policy_curvature(th, f, lr))), float(optimality_gap(th, ts, f, lr, 1.0)),
+                float(asymptotic_gap(w, ts, f, lr, z, 1.0, 100)), float(gap_sup(ts, f, lr, 1.0)),
+                float(design_criterion(w, ts, z, policy_curvature(ts, f, lr), 1.0)),
+                float(second_order_gap(w, ts, f, lr, z, 1.0, 100))]
+
+    want = values(ff, np.asarray(e.diffs))
+    got = values(fi, zi)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert min(want) > 0
+    p = np.exp(lr + ff @ th)
+    p /= p.sum(1, keepdims=True)
+    c = ff - np.einsum("mk,mkd->md", p, ff)[:, None]
+    assert want[0] == pytest.approx(np.einsum("mk,mkd->", p, c**2) / 2, rel=1e-12)

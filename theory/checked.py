@@ -16,7 +16,8 @@ Specs (one string per argument, checked in the order they are given):
   arguments of one call: the first argument that shows a dimension fixes it and a
   later one that disagrees is named in the error (``"diffs must have shape [E, d] with
   d = 2 columns to match theta ..."``); every dimension must be ``>= 1``. Words:
-  ``float`` (the default: real numbers, float or integer dtype), ``int`` (integer
+  ``float`` (the default: real numbers, float or integer dtype; integers reach the kernel
+  as the default float dtype), ``int`` (integer
   dtype), ``finite`` (no NaN or inf), ``logprob`` (log-probabilities, ``-inf`` for an
   absent entry, each row with at least one finite entry), ``probability`` (finite,
   ``>= 0``, sums to 1), ``symmetric`` (finite and symmetric);
@@ -262,6 +263,12 @@ def check_argument(name: str, value, spec: Spec | str, dims: dict | None = None,
         return None
     if spec.is_array:
         _check_array(name, value, spec, {} if dims is None else dims)
+        if spec.kind == "float" and np.dtype(getattr(value, "dtype", None) or np.asarray(value).dtype).kind in "biu":
+            # integers for reals: the kernel gets the default float dtype (kernels that take a dtype from their
+            # inputs, e.g. uniform prompt weights 1/m, made every pool quantity 0 from int64 features)
+            import jax.numpy as jnp
+
+            return jnp.asarray(value).astype(jnp.result_type(float))
         return value
     return _check_scalar(name, value, spec, config, null_means)
 
