@@ -222,3 +222,49 @@ def test_numerical_rank_is_numpys_matrix_rank_at_the_stated_precision():
     assert numerical_range(np.zeros(0), 0, np.float64).shape == (0,) and numerical_rank(np.zeros((0, 0))) == 0
     with pytest.raises(ValueError, match="square"):
         numerical_rank(np.zeros((2, 3)))
+
+
+def test_directions_below_sigmas_resolution_are_announced_not_dropped_silently():
+    """Two prompts of two completions, one along e1 at margin 0 and one along e2 at margin M,
+    equal weights: I and Sigma are diagonal and tr(I Sigma^+) = 2 for every M. From M = 35
+    sigmoid'(M) (6e-16) is below float64's rank threshold of Sigma, and design_criterion,
+    asymptotic_gap and the second order gave 1, silently; instance_constants (1e-9 tolerance)
+    called the design non-identifiable from M = 25. Each now warns SaturationWarning there, and
+    stays silent where it resolves the direction. optimal_design on a tabular world at
+    theta_scale 20 returned a design 300x worse than it reported (weights 2e-9 on edges that alone
+    see a direction), certified; it warns too."""
+    import warnings
+
+    from synthetic import tabular_world
+    from theory import asymptotic_gap, design_criterion, enumerate_edges, optimal_design, policy_curvature
+    from theory.bounds import instance_constants
+    from theory.information import SaturationWarning, check_saturation
+    from theory.second_order import second_order_coefficients
+
+    f = jnp.array([[[0.0, 0.0], [1.0, 0.0]], [[0.0, 0.0], [0.0, 1.0]]])
+    lr = jnp.log(jnp.full((2, 2), 0.5))
+    e = enumerate_edges(f, lr)
+    w = jnp.array([0.5, 0.5])
+
+    def run(m):
+        th = jnp.array([0.0, m])
+        cur = policy_curvature(th, f, lr)
+        return (float(design_criterion(w, th, e.diffs, cur, 1.0)), 2000 * float(asymptotic_gap(w, th, f, lr, e.diffs, 1.0, 1000)),
+                2 * float(second_order_coefficients(w, th, f, lr, e.diffs, 1.0).first))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SaturationWarning)
+        np.testing.assert_allclose(run(20.0), 2.0, rtol=1e-9)  # resolved: exact, and silent
+        instance_constants(w, jnp.array([0.0, 20.0]), f, lr, e.diffs, 1.0)
+    with pytest.warns(SaturationWarning) as got:
+        values = run(40.0)
+    assert values == pytest.approx((1.0, 1.0, 1.0))  # the computed value leaves the direction out ...
+    assert {str(x.message).split(":")[0] for x in got} == {"design_criterion", "asymptotic_gap", "second-order coefficients"}
+    assert check_saturation(jnp.array([0.0, 40.0]), e.diffs, w, 1.0) == 1  # ... and says so
+    with pytest.warns(SaturationWarning, match="instance_constants: 1 of the 2 labelled directions"):
+        c = instance_constants(w, jnp.array([0.0, 25.0]), f, lr, e.diffs, 1.0)
+    assert not c.identifiable
+    wd = tabular_world(jax.random.PRNGKey(1), num_prompts=3, num_completions=4, theta_scale=20.0, ref_concentration=1.0)
+    ed = enumerate_edges(wd.train.features, wd.train.log_ref)
+    with pytest.warns(SaturationWarning, match="optimal_design's design"):
+        optimal_design(ed.diffs, wd.theta_star, policy_curvature(wd.theta_star, wd.train.features, wd.train.log_ref), wd.beta)

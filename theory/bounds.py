@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -45,7 +46,7 @@ from jaxtyping import ArrayLike, Float
 
 
 from theory.checked import check_argument, checked, one_of
-from theory.information import DESIGN_INSTANCE, information_matrix_kernel
+from theory.information import DESIGN_INSTANCE, SaturationWarning, information_matrix_kernel, numerical_rank
 from theory.policy import POOL, normalized_prompt_weights, policy_curvature_kernel, policy_log_probs_kernel
 
 from theory.second_order import second_order_coefficients, second_order_column, second_order_gap  # noqa: E402,F401 (issue 18, goal 3)
@@ -534,6 +535,17 @@ def instance_constants(
     dim = int(lam_s.size)
     if dim == 0:
         raise ValueError("weights put no mass on a non-zero edge difference: the design sees nothing")
+    nonzero = np.linalg.norm(z_edges, axis=1) > 0
+    if nonzero.any():  # range(S) is span{z_e : w_e > 0} in exact arithmetic: a smaller range is S's resolution
+        unit = z_edges[nonzero] / np.linalg.norm(z_edges[nonzero], axis=1)[:, None]
+        seen = numerical_rank(unit.T @ unit, np.float64)
+        if dim < seen:
+            m_top = float(np.abs(margin).max())
+            warnings.warn(SaturationWarning(
+                f"instance_constants: {seen - dim} of the {seen} labelled directions are below {_RANK_TOL:g} of S's top "
+                f"eigenvalue (sigmoid'(beta theta*.z_e) down to {float(np.exp(-np.logaddexp(0.0, m_top) - np.logaddexp(0.0, -m_top))):.3g}"
+                f", margins up to {float(np.abs(margin).max()):.3g}), so the constants treat them as unlabelled: identifiable, "
+                "the criterion and the bounds' validity are those of a design that does not see them"), stacklevel=3)
     s_half_inv = ws / np.sqrt(lam_s)
     # ... and diagonalise S^{+1/2} I S^{+1/2}: b_j = S^{+1/2} q_j, b^T S b = Id, b^T I b = diag(k).
     a_mat = s_half_inv.T @ curv @ s_half_inv

@@ -22,6 +22,8 @@ curvature but that the design does not cover makes the criterion ``+inf``.
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,6 +44,8 @@ __all__ = [
     "rank_threshold",
     "numerical_range",
     "numerical_rank",
+    "SaturationWarning",
+    "check_saturation",
 ]
 
 
@@ -81,6 +85,60 @@ def numerical_rank(matrix, dtype=None) -> int:
     a64 = a.astype(np.float64)
     lam = np.linalg.eigvalsh(0.5 * (a64 + a64.T))
     return int(numerical_range(lam, a.shape[0], a.dtype if dtype is None else dtype).sum())
+
+
+class SaturationWarning(UserWarning):
+    """Directions the weighted edges label lie below floating-point resolution of ``Sigma``.
+
+    ``sigmoid'(beta theta . z_e)`` falls like ``exp(-|margin|)``: an edge of margin 35 carries
+    ``6e-16`` of an edge of margin 0, below float64's rank threshold of ``Sigma``, and a direction
+    only such edges see is counted as unlabelled, though ``I`` shrinks with it and its share of
+    ``tr(I Sigma^+)`` is of order one (two prompts of margins 0 and 40, equal weights: the exact
+    criterion is 2, the computed one 1). The computed value then leaves those directions out.
+    """
+
+
+def check_saturation(theta, diffs, weights, beta, what: str = "the criterion", stacklevel: int = 3) -> int:
+    """Warn :class:`SaturationWarning` and return how many directions of ``span{z_e : w_e > 0}``
+    fall below the resolution of ``Sigma_w(theta)`` at the inputs' precision (``0``: none; also
+    ``0`` under tracing, where values are unknown).
+
+    In exact arithmetic ``range(Sigma_w) = span{z_e : w_e > 0}`` (``sigmoid' > 0``), so a numerical
+    rank of ``Sigma_w`` below that of the edges (unit rows, float64) is rounding alone. Cheap when
+    every weighted edge's share ``w_e sigmoid'_e ||z_e||^2`` of ``tr Sigma`` is far above the rank
+    threshold (the usual case): one pass over the edges, no eigen-decomposition.
+    """
+    from theory import _validation as V
+
+    if not V.is_concrete(theta, diffs, weights, beta):
+        return 0
+    z_in = np.asarray(diffs)
+    dtype = z_in.dtype if z_in.dtype.kind == "f" else np.float64
+    z, w = z_in.astype(np.float64), np.asarray(weights, np.float64)
+    norms = np.linalg.norm(z, axis=1)
+    sup = (w > 0) & (norms > 0)
+    if not sup.any():
+        return 0
+    z, w, norms = z[sup], w[sup], norms[sup]
+    u = float(beta) * (z @ np.asarray(theta, np.float64))
+    a = np.exp(-np.abs(u))
+    c = a / (1.0 + a) ** 2
+    share = w * c * norms**2
+    d = z.shape[1]
+    eps = float(np.finfo(dtype).eps)
+    if share.min() > 1e3 * 10 * d * eps * share.sum():
+        return 0
+    unit = z / norms[:, None]
+    labelled = numerical_rank(unit.T @ unit, np.float64)
+    sig = (z.astype(dtype) * (w * c).astype(dtype)[:, None]).T @ z.astype(dtype)
+    lost = labelled - numerical_rank(sig, dtype)
+    if lost > 0:
+        warnings.warn(SaturationWarning(
+            f"{what}: {lost} of the {labelled} directions the weighted edges label are below {np.dtype(dtype).name}'s "
+            f"resolution of Sigma (sigmoid'(beta theta.z_e) from {c.min():.3g} to {c.max():.3g} on those edges, margins "
+            f"up to {np.abs(u).max():.3g}), so the value leaves them out and may be far from tr(I Sigma^+), which counts "
+            "them; smaller margins (theta, beta or the features' scale) resolve them"), stacklevel=stacklevel)
+    return max(lost, 0)
 
 
 _GRAM_BLOCK = 2048
@@ -215,6 +273,8 @@ def design_criterion(
       Scalar in ``(0, inf]``.
     """
     sigma = information_matrix_kernel(theta, diffs, weights, beta)
+    if ridge == 0:
+        check_saturation(theta, diffs, weights, beta, "design_criterion", stacklevel=4)
     return trace_criterion_kernel(curvature, sigma, ridge)
 
 
@@ -263,6 +323,7 @@ def asymptotic_gap(
     rho = normalized_prompt_weights(prompt_weights, m, jnp.result_type(features))
     curvature = policy_curvature_kernel(theta_star, features, log_ref, rho)
     sigma = information_matrix_kernel(theta_star, diffs, weights, beta)
+    check_saturation(theta_star, diffs, weights, beta, "asymptotic_gap", stacklevel=4)
     return beta / (2.0 * n) * trace_criterion_kernel(curvature, sigma, 0.0)
 
 

@@ -60,7 +60,7 @@ from jaxtyping import Array, ArrayLike, Float, Real
 
 from theory import _validation as V
 from theory.checked import check_argument, checked
-from theory.information import DESIGN_INSTANCE, rank_threshold, sigmoid_prime, trace_criterion_kernel
+from theory.information import DESIGN_INSTANCE, check_saturation, rank_threshold, sigmoid_prime, trace_criterion_kernel
 from theory.policy import normalized_prompt_weights, policy_curvature_kernel, policy_log_probs_kernel
 from theory.shapes import Diffs, EdgeWeights, Features, LogRef, PromptWeights, Scalar, Vector
 
@@ -308,6 +308,8 @@ def _coefficients(weights, theta_star, features, log_ref, diffs, beta, prompt_we
         keep = np.flatnonzero(np.asarray(weights) > 0)
         w, z = w[keep], z[keep]
     block = int(min(_PAIR_BLOCK, max(1, w.shape[0])))
+    if prior_precision is None or prior_precision == 0:
+        check_saturation(theta_star, diffs, weights, beta, "second-order coefficients", stacklevel=5)
     return second_order_kernel(w, jnp.asarray(theta_star, dtype), jnp.asarray(features, dtype), jnp.asarray(log_ref),
                      z, beta, rho, jnp.asarray(lam, dtype), block=block)
 

@@ -7,6 +7,7 @@ groups, caps) and reduces it once; the solver only ever sees a :class:`ReducedPr
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Optional
 
 import jax.numpy as jnp
@@ -15,7 +16,7 @@ from jaxtyping import ArrayLike, Float, Int
 
 from theory import _validation as V
 from theory.checked import check_argument, checked, one_of
-from theory.information import numerical_range, sigmoid_prime
+from theory.information import SaturationWarning, numerical_range, numerical_rank, sigmoid_prime
 from theory.shapes import Diffs, EdgeWeights, Scalar, Vector
 
 CRITERIA = ("L", "A", "D")
@@ -198,6 +199,24 @@ def _check_caps(caps, groups, masses, num_groups, e):
     return c
 
 
+def _warn_if_saturated(diffs, theta, beta, rank):
+    """:class:`~theory.information.SaturationWarning` when the candidates' span (unit rows) has more
+    directions than the ``sigmoid'``-weighted one the solver works on: directions only edges of
+    huge margin see are invisible to it, and the design it returns may leave them uncovered."""
+    z = np.asarray(diffs, np.float64)
+    norms = np.linalg.norm(z, axis=1)
+    z = z[norms > 0] / norms[norms > 0][:, None]
+    seen = numerical_rank(z.T @ z, np.float64) if z.shape[0] else 0
+    if rank < seen:
+        u = np.abs(float(beta) * (np.asarray(diffs, np.float64) @ np.asarray(theta, np.float64)))
+        warnings.warn(SaturationWarning(
+            f"optimal_design: {seen - rank} of the {seen} directions the candidate edges span are below "
+            f"{np.asarray(diffs).dtype}'s resolution of their information at theta (margins up to {u.max():.3g}, "
+            f"sigmoid' down to {float(np.exp(-u.max()) / (1 + np.exp(-u.max())) ** 2):.3g}): the solver does not see "
+            "them, and its design and certificate leave them out; smaller margins (theta, beta or the features' scale) "
+            "resolve them"), stacklevel=6)
+
+
 def _span(diffs, theta, beta):
     """``v_e`` and the eigen-decomposition of ``sum_e v_e v_e^T``: ``(v, vec, keep)`` with
     ``vec[:, keep]`` an orthonormal basis of ``span{z_e}``; errors when it is empty."""
@@ -209,6 +228,7 @@ def _span(diffs, theta, beta):
     # the rank at the precision the Gram matrix was computed in: float32 rounding (1e-8 of lambda_max in a
     # tabular world's null direction) is far above float64's threshold and made a null direction count
     keep = numerical_range(lam, d, gram.dtype)
+    _warn_if_saturated(diffs, theta, beta, int(keep.sum()))
     if int(keep.sum()) == 0:
         if not bool(jnp.any(diffs != 0)):
             raise ValueError("diffs: every candidate edge difference is zero; no design has information")

@@ -20,6 +20,7 @@ import numpy as np
 from jaxtyping import ArrayLike, Float, Int
 
 from theory.checked import check_argument, checked
+from theory.information import check_saturation
 from theory.design.certificate import _capped_lmo_np, exact_certificate
 from theory.design.output import DesignNotConvergedWarning, DesignSolution, SolverHistory
 from theory.design.polish import _polish, _polish_cg
@@ -325,6 +326,9 @@ def optimal_design(
     problem = reduce_problem(diffs, theta, curvature, beta, criterion, ridge, groups, group_weights, caps,
                              prior_precision, budget)
     sol = solver(problem, init)
+    # the design's own labelled directions: a weight far below the others' on an edge that alone sees a
+    # direction puts it below Sigma's resolution, and the reported value leaves it out
+    check_saturation(theta, diffs, sol.weights, beta, "optimal_design's design", stacklevel=4)
     if not sol.converged:  # every caller's design is used as it is: say so, once per solve
         warnings.warn(DesignNotConvergedWarning(
             f"the {criterion}-optimal design stopped at max_iter = {max_iter} before its tolerance {tol:g}: relative "
