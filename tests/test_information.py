@@ -268,3 +268,11 @@ def test_directions_below_sigmas_resolution_are_announced_not_dropped_silently()
     ed = enumerate_edges(wd.train.features, wd.train.log_ref)
     with pytest.warns(SaturationWarning, match="optimal_design's design"):
         optimal_design(ed.diffs, wd.theta_star, policy_curvature(wd.theta_star, wd.train.features, wd.train.log_ref), wd.beta)
+    # the solver's own span misses the margin-40 direction: said at the caller's line
+    th = jnp.array([0.0, 40.0])
+    with pytest.warns(SaturationWarning, match="optimal_design: 1 of the directions the candidate edges span") as got:
+        optimal_design(e.diffs, th, policy_curvature(th, f, lr), 1.0)
+    assert any(x.filename == __file__ for x in got if "candidate edges span" in str(x.message))
+    # eager only: under jit the check has no values and design_criterion compiles as before
+    assert float(jax.jit(design_criterion)(w, jnp.array([0.0, 20.0]), e.diffs, policy_curvature(jnp.array([0.0, 20.0]), f, lr), 1.0, 0.0)) \
+        == pytest.approx(2.0, rel=1e-9)

@@ -273,7 +273,7 @@ def design_criterion(
       Scalar in ``(0, inf]``.
     """
     sigma = information_matrix_kernel(theta, diffs, weights, beta)
-    if ridge == 0:
+    if not isinstance(ridge, jax.core.Tracer) and float(ridge) == 0:  # eager only: under jit there are no values
         check_saturation(theta, diffs, weights, beta, "design_criterion", stacklevel=4)
     return trace_criterion_kernel(curvature, sigma, ridge)
 

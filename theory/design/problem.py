@@ -199,22 +199,37 @@ def _check_caps(caps, groups, masses, num_groups, e):
     return c
 
 
-def _warn_if_saturated(diffs, theta, beta, rank):
-    """:class:`~theory.information.SaturationWarning` when the candidates' span (unit rows) has more
-    directions than the ``sigmoid'``-weighted one the solver works on: directions only edges of
-    huge margin see are invisible to it, and the design it returns may leave them uncovered."""
+def saturated_directions(diffs, theta, beta, rank: int) -> tuple[int, float]:
+    """``(k, margin)``: how many directions of the candidates' span (unit rows, float64) the
+    ``sigmoid'``-weighted span of rank ``rank`` that the solver works on misses, and the largest
+    ``|beta theta.z_e|``. In exact arithmetic the two spans are one (``sigmoid' > 0``): ``k > 0``
+    is floating point's resolution at huge margins. A one-pass screen first: when every edge's
+    information is far above the rank threshold nothing can be missed."""
     z = np.asarray(diffs, np.float64)
     norms = np.linalg.norm(z, axis=1)
-    z = z[norms > 0] / norms[norms > 0][:, None]
-    seen = numerical_rank(z.T @ z, np.float64) if z.shape[0] else 0
-    if rank < seen:
-        u = np.abs(float(beta) * (np.asarray(diffs, np.float64) @ np.asarray(theta, np.float64)))
+    nz = norms > 0
+    if not nz.any():
+        return 0, 0.0
+    u = np.abs(float(beta) * (z[nz] @ np.asarray(theta, np.float64)))
+    a = np.exp(-u)
+    share = a / (1.0 + a) ** 2 * norms[nz] ** 2
+    eps = float(np.finfo(np.asarray(diffs).dtype if np.asarray(diffs).dtype.kind == "f" else np.float64).eps)
+    if share.min() > 1e3 * 10 * z.shape[1] * eps * share.sum():
+        return 0, float(u.max())
+    unit = z[nz] / norms[nz][:, None]
+    return max(numerical_rank(unit.T @ unit, np.float64) - int(rank), 0), float(u.max())
+
+
+def warn_if_saturated(diffs, theta, beta, rank: int, stacklevel: int) -> None:
+    """:class:`~theory.information.SaturationWarning` when :func:`saturated_directions` finds any."""
+    k, margin = saturated_directions(diffs, theta, beta, rank)
+    if k:
         warnings.warn(SaturationWarning(
-            f"optimal_design: {seen - rank} of the {seen} directions the candidate edges span are below "
-            f"{np.asarray(diffs).dtype}'s resolution of their information at theta (margins up to {u.max():.3g}, "
-            f"sigmoid' down to {float(np.exp(-u.max()) / (1 + np.exp(-u.max())) ** 2):.3g}): the solver does not see "
-            "them, and its design and certificate leave them out; smaller margins (theta, beta or the features' scale) "
-            "resolve them"), stacklevel=6)
+            f"optimal_design: {k} of the directions the candidate edges span are below {np.asarray(diffs).dtype}'s "
+            f"resolution of their information at theta (margins up to {margin:.3g}, sigmoid' down to "
+            f"{float(np.exp(-margin) / (1 + np.exp(-margin)) ** 2):.3g}): the solver does not see them, and its design "
+            "and certificate leave them out; smaller margins (theta, beta or the features' scale) resolve them"),
+            stacklevel=stacklevel)
 
 
 def _span(diffs, theta, beta):
@@ -228,7 +243,6 @@ def _span(diffs, theta, beta):
     # the rank at the precision the Gram matrix was computed in: float32 rounding (1e-8 of lambda_max in a
     # tabular world's null direction) is far above float64's threshold and made a null direction count
     keep = numerical_range(lam, d, gram.dtype)
-    _warn_if_saturated(diffs, theta, beta, int(keep.sum()))
     if int(keep.sum()) == 0:
         if not bool(jnp.any(diffs != 0)):
             raise ValueError("diffs: every candidate edge difference is zero; no design has information")
@@ -259,10 +273,18 @@ def _reduce(diffs, theta, curvature, beta, criterion, ridge):
     if criterion == "A":
         const = (d - r) / ridge if (ridge > 0 and r < d) else 0.0
         return vr, ridge * eye, None, "A", const, r
-    return _reduce_l(diffs, curvature, ridge, vec[:, keep], vr)
+    return _reduce_l(diffs, curvature, ridge, vec[:, keep], vr, theta, beta)
 
 
-def _reduce_l(diffs, curvature, ridge, u64, vr):
+def _saturation_note(diffs, theta, beta, rank) -> str:
+    if theta is None:
+        return ""
+    k, margin = saturated_directions(diffs, theta, beta, rank)
+    return ("" if not k else f" (or it is seen only by edges of huge margin: {k} direction(s) of the candidates' span are "
+            f"below floating-point resolution of their information at theta, margins up to {margin:.3g})")
+
+
+def _reduce_l(diffs, curvature, ridge, u64, vr, theta=None, beta=None):
     """The L criterion on the span: whitened to an A problem when ``I_r`` is well conditioned."""
     dtype = diffs.dtype
     r = u64.shape[1]
@@ -277,6 +299,7 @@ def _reduce_l(diffs, curvature, ridge, u64, vr):
             "curvature: a direction with curvature is not spanned by any candidate edge "
             f"(curvature mass {outside:.3g} of {tr_i:.3g} lies outside span{{z_e}}), so every "
             "design has criterion +inf; add edges that see it or use ridge > 0"
+            + _saturation_note(diffs, theta, beta, r)
         )
     const = max(outside, 0.0) / ridge if ridge > 0 else 0.0
     mu, w = np.linalg.eigh(cur_r)

@@ -24,7 +24,7 @@ from theory.information import check_saturation
 from theory.design.certificate import _capped_lmo_np, exact_certificate
 from theory.design.output import DesignNotConvergedWarning, DesignSolution, SolverHistory
 from theory.design.polish import _polish, _polish_cg
-from theory.design.problem import INSTANCE, ReducedProblem, check_curvature_for, reduce_problem
+from theory.design.problem import INSTANCE, ReducedProblem, check_curvature_for, reduce_problem, warn_if_saturated
 from theory.design.start import start_weights
 from theory.design.steps import _multiplicative, _run_steps, _vertex_step
 from theory.design.working_set import _Restricted, first_working_set, next_working_set, price_round, uses_working_sets
@@ -325,6 +325,7 @@ def optimal_design(
                           polish_max=polish_max, newton_cg=bool(newton_cg))
     problem = reduce_problem(diffs, theta, curvature, beta, criterion, ridge, groups, group_weights, caps,
                              prior_precision, budget)
+    warn_if_saturated(diffs, theta, beta, problem.rank, stacklevel=4)  # directions the solver cannot see (at the caller)
     sol = solver(problem, init)
     # the design's own labelled directions: a weight far below the others' on an edge that alone sees a
     # direction puts it below Sigma's resolution, and the reported value leaves it out
