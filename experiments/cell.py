@@ -29,7 +29,6 @@ import hashlib
 import importlib
 import inspect
 import json
-import marshal
 import os
 import subprocess
 import sys
@@ -154,22 +153,41 @@ def is_project_design(name: str) -> bool:
 
 
 def _value_bytes(value) -> bytes:
-    """A value a design reads, as bytes that do not depend on the process: plain data by value
-    (numbers, strings, arrays, tuples and frozensets of them), anything else by its type only
-    (its state may change as the program runs, e.g. a cache, and its repr may hold an address)."""
+    """A value a design reads, as bytes that do not depend on the process: immutable data by value
+    (numbers, strings, NumPy and JAX arrays, tuples and frozensets of them), anything else by its
+    type only: a list, dict or set may be a memo the design fills as it runs, and hashing its
+    contents moved the version within one process (records then read as stale); an object's repr
+    may hold an address."""
     if isinstance(value, _PLAIN):
         return repr(value).encode()
-    if isinstance(value, np.ndarray):
-        return str(value.dtype).encode() + repr(value.shape).encode() + np.ascontiguousarray(value).tobytes()
+    if isinstance(value, (np.ndarray, jax.Array)) and not isinstance(value, jax.core.Tracer):
+        a = np.asarray(value)
+        return str(a.dtype).encode() + repr(a.shape).encode() + np.ascontiguousarray(a).tobytes()
     if isinstance(value, np.generic):
         return repr(value).encode()
-    if isinstance(value, (tuple, list)):
+    if isinstance(value, tuple):
         return b"(" + b",".join(_value_bytes(v) for v in value) + b")"
-    if isinstance(value, (frozenset, set)):
+    if isinstance(value, frozenset):
         return b"{" + b",".join(sorted(_value_bytes(v) for v in value)) + b"}"
-    if isinstance(value, dict) and all(isinstance(k, _PLAIN) for k in value):
-        return b"{" + b",".join(sorted(repr(k).encode() + b":" + _value_bytes(v) for k, v in value.items())) + b"}"
     return f"<{type(value).__module__}.{type(value).__qualname__}>".encode()
+
+
+def _decorated(obj) -> bool:
+    return not (inspect.ismodule(obj) or inspect.isclass(obj)) and callable(obj) and hasattr(obj, "__wrapped__")
+
+
+def _code_like(obj) -> bool:
+    """Modules, functions, classes, methods and decorated callables: followed by their code, not hashed as values."""
+    return inspect.ismodule(obj) or inspect.isfunction(obj) or inspect.isclass(obj) or inspect.ismethod(obj) or _decorated(obj)
+
+
+def _code_bytes(code) -> bytes:
+    """A code object as bytes that depend on its code only (``marshal.dumps`` also writes whether a
+    constant is shared, i.e. reference counts, and changed with them)."""
+    parts = [code.co_code, repr((code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars)).encode()]
+    for c in code.co_consts:
+        parts.append(_code_bytes(c) if hasattr(c, "co_code") else repr(c).encode())
+    return b"\0".join(parts)
 
 
 def _dependency_digest(roots) -> bytes:
@@ -184,6 +202,11 @@ def _dependency_digest(roots) -> bytes:
     todo = list(roots)
     while todo:
         obj = todo.pop()
+        if _decorated(obj):  # jax.jit, functools.lru_cache, functools.wraps: the function they wrap
+            try:
+                obj = inspect.unwrap(obj)
+            except ValueError:
+                continue
         if id(obj) in seen:
             continue
         seen.add(id(obj))
@@ -192,7 +215,7 @@ def _dependency_digest(roots) -> bytes:
             if path is None:
                 continue
             h.update(f"module {obj.__name__}\0".encode() + path.read_bytes())
-            todo.extend(v for v in vars(obj).values() if inspect.ismodule(v) or inspect.isfunction(v) or inspect.isclass(v))
+            todo.extend(v for v in vars(obj).values() if _code_like(v))
             continue
         if inspect.isclass(obj) or inspect.isfunction(obj) or inspect.ismethod(obj):
             module = sys.modules.get(getattr(obj, "__module__", "") or "")
@@ -209,14 +232,14 @@ def _dependency_digest(roots) -> bytes:
                 except (OSError, TypeError):
                     h.update(fn.__qualname__.encode())
                 continue
-            h.update(marshal.dumps(fn.__code__))
+            h.update(_code_bytes(fn.__code__))
             try:
                 cv = inspect.getclosurevars(fn)
             except (TypeError, ValueError):
                 continue
             for name, value in sorted({**cv.nonlocals, **cv.globals}.items()):
                 h.update(name.encode() + b"=")
-                if inspect.ismodule(value) or inspect.isfunction(value) or inspect.isclass(value) or inspect.ismethod(value):
+                if _code_like(value):
                     h.update(getattr(value, "__qualname__", getattr(value, "__name__", "")).encode())
                     todo.append(value)
                 else:
@@ -251,7 +274,7 @@ def _design_source(name: str, imports: tuple) -> bytes:
     try:
         source = inspect.getsource(spec.fn).encode()
     except (OSError, TypeError):
-        source = marshal.dumps(spec.fn.__code__)
+        source = _code_bytes(spec.fn.__code__)
     # what it reads: its closure's values, the globals it names, the user modules those come from
     # (a factory's make(sharp) registered again with another sharp had one source and one version)
     return source + _dependency_digest([spec.fn])

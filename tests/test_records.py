@@ -444,3 +444,42 @@ def test_code_version_sees_what_a_design_reads_helper_modules_and_closures(tmp_p
     finally:
         DESIGNS.pop("_closure_probe", None)
         cell._files_version.cache_clear()
+
+
+def test_a_user_designs_version_follows_jax_arrays_and_jitted_helpers_and_is_stable_across_processes():
+    """Review of the dependency walk: a closure's jax array was hashed by type only, a jitted or
+    lru_cached helper (not a plain function) was not followed, a memo list the design fills moved
+    the version within one process, and marshal's bytes of a code object depend on reference
+    counts. Now: jax arrays by value, decorated helpers through __wrapped__, mutable containers by
+    type, code by its instructions and constants; two processes (other hash seeds) agree."""
+    import subprocess
+    import sys
+
+    code = '''
+import sys, jax, jax.numpy as jnp
+from experiments import cell
+from synthetic import uniform_weights
+from synthetic.designs import register_design, weighted_output
+memo = []
+def make(table, helper):
+    def probe(key, problem, budget, rounding="auto"):
+        memo.append(1)
+        return weighted_output(key, problem, budget, uniform_weights(problem.edges) * float(table[0] * helper(1.0)), rounding)
+    return probe
+g = {"__name__": "__main__"}
+exec("import jax\\n@jax.jit\\ndef helper(x):\\n    return x * %s\\n" % sys.argv[1], g)
+register_design("_walk_probe", summary="t", source="t", replace=True)(make(jnp.array([float(sys.argv[2]), 2.0]), g["helper"]))
+a = cell.code_version((), "_walk_probe")
+memo.append(2)
+assert cell.code_version((), "_walk_probe") == a
+print(a)
+'''
+
+    def version(factor, first):
+        out = subprocess.run([sys.executable, "-c", code, factor, first], capture_output=True, text=True, check=True)
+        return out.stdout.strip().splitlines()[-1]
+
+    base = version("2.0", "1.0")
+    assert version("2.0", "1.0") == base  # another process, another hash seed: the same version
+    assert version("3.0", "1.0") != base  # the jitted helper's code changed
+    assert version("2.0", "5.0") != base  # the closure's jax array changed
