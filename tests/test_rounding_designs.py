@@ -718,3 +718,13 @@ def test_no_false_coverage_warning_on_a_float32_world_whose_budget_is_the_rank()
         run_design("uniform", jax.random.PRNGKey(0), prob, 29)
     with pytest.warns(CoverageWarning, match="budget 28 is below 29, the rank of the curvature I"):
         run_design("uniform", jax.random.PRNGKey(0), prob, 28)
+    # Figure 1's tabular world in float32 (K = 100, theta_scale 0.2): its smallest genuine curvature
+    # eigenvalue is 6e-6 of the top, below float32's threshold (10 d eps = 1.2e-4), and a rank read
+    # from the curvature at float32's precision was 96: budgets 96-98 went unwarned. The rank is the
+    # span of the pool's within-prompt feature differences: 99.
+    big = design_problem(tabular_world(jax.random.PRNGKey(0), num_completions=100, theta_scale=0.2, dtype=jnp.float32))
+    with pytest.warns(CoverageWarning, match="budget 98 is below 99, the rank of the curvature I"):
+        run_design("uniform", jax.random.PRNGKey(0), big, 98)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CoverageWarning)
+        run_design("uniform", jax.random.PRNGKey(0), big, 99)

@@ -160,10 +160,28 @@ def check_design_params(name: str, params: dict) -> None:
 
 
 def _curvature_rank(problem) -> int:
-    """Rank of ``I`` on the target pool (its range is the same at every ``theta``: ``pi_theta > 0``)."""
-    # at the precision the curvature was computed in (float32 rounding in a tabular world's null
-    # direction, 1e-9 of the top, counted as a direction at float64's threshold: a false CoverageWarning)
-    return numerical_rank(problem.curvature(jnp.zeros(problem.dim, problem.edges.diffs.dtype)))
+    """Rank of ``I`` on the target pool, from its features alone: ``I(theta) = sum_x rho_x
+    Cov_{pi_theta(.|x)}(phi)`` and ``pi_theta > 0`` on the present completions, so its range is
+    the span of the within-prompt differences ``phi(x, y) - phi(x, y')`` of the prompts with
+    ``rho_x > 0``, whatever ``theta``. Read from the unit differences in float64 (well scaled):
+    the curvature's own eigenvalues mix rounding with the softmax's small probabilities (a float32
+    curvature's null direction read as one at float64's threshold; genuine directions at 6e-6 of
+    the top dropped at float32's), and either way a budget was warned or not wrongly."""
+    t = problem.target
+    feats = np.asarray(t.features, np.float64)
+    present = np.isfinite(np.asarray(t.log_ref, np.float64))
+    rho = np.asarray(t.prompt_weights, np.float64) if t.prompt_weights is not None else np.ones(feats.shape[0])
+    rows = []
+    for x in np.flatnonzero(rho > 0):
+        f = feats[x][present[x]]
+        if f.shape[0] >= 2:
+            rows.append(f[1:] - f[0])
+    if not rows:
+        return 0
+    z = np.concatenate(rows)
+    norms = np.linalg.norm(z, axis=1)
+    z = z[norms > 0] / norms[norms > 0][:, None]
+    return numerical_rank(z.T @ z, np.float64) if z.shape[0] else 0
 
 
 def resolve_params(name: str, problem: DesignProblem, budget, params: dict) -> dict:
