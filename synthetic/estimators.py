@@ -356,12 +356,14 @@ def fit_dpo_optax(
     def loss(th):
         return dpo_loss(th, diffs, counts, wins, beta, ridge, label_smoothing)
 
-    # The optimiser moves the margins' scale u = beta theta (the loss is a function of beta theta . z):
-    # Adam's steps are about learning_rate whatever the gradient's size, and the minimiser's theta
-    # grows like 1/beta, so in theta it stopped at |theta| = 85 of the MLE's 744 at beta = 1e-3 (gap
-    # 0.16 against 4e-17), its gradient small. In u the run does not depend on beta; at beta = 1 it is
-    # the same computation bit for bit.
-    value_and_grad_u = jax.value_and_grad(lambda u: loss(u / beta))
+    # Adam and RMSprop move the margins' scale u = beta theta (the loss is a function of beta theta . z):
+    # their steps are about learning_rate whatever the gradient's size, and the minimiser's theta
+    # grows like 1/beta, so in theta Adam stopped at |theta| = 85 of the MLE's 744 at beta = 1e-3 (gap
+    # 0.16 against 4e-17), its gradient small. In u their run does not depend on beta; at beta = 1 it
+    # is the same computation bit for bit. SGD's step scales with the gradient, so it stays in theta
+    # (in u its step would shrink like 1/beta^2).
+    scale = beta if optimizer in ("adam", "rmsprop") else 1.0
+    value_and_grad_u = jax.value_and_grad(lambda u: loss(u / scale))
 
     def step(carry, _):
         u, state = carry
@@ -371,7 +373,7 @@ def fit_dpo_optax(
 
     u0 = jnp.zeros((diffs.shape[1],), diffs.dtype)
     (u, _), history = jax.lax.scan(step, (u0, opt.init(u0)), None, length=num_steps)
-    theta = u / beta
+    theta = u / scale
     f, g = jax.value_and_grad(loss)(theta)
     return DPOResult(theta, f, jnp.linalg.norm(g), history)
 

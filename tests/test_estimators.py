@@ -332,3 +332,13 @@ def test_optax_dpo_reaches_the_minimiser_at_any_beta(beta, scale):
     dpo = fit_dpo_optax(e.diffs, counts, wins, beta)
     np.testing.assert_allclose(beta * np.asarray(dpo.theta), beta * np.asarray(newton.theta), rtol=1e-6, atol=1e-8)
     assert float(dpo.loss) - float(newton.loss) < 1e-10
+
+
+def test_sgd_steps_in_theta_as_before():
+    """SGD's step scales with the gradient, so it stays in theta: at beta = 10 and 300 steps it
+    reaches fit_newton's minimum (in u = beta theta its step shrank like 1/beta^2 and it stopped at
+    a loss 8e-4 above it, gradient 0.15)."""
+    diffs, counts, wins, _ = _data(3)
+    newton = fit_newton(jnp.asarray(diffs), counts, wins, 10.0)
+    sgd = fit_dpo_optax(jnp.asarray(diffs), counts, wins, 10.0, optimizer="sgd", num_steps=300)
+    assert abs(float(sgd.loss) - float(newton.loss)) < 1e-12 and float(sgd.grad_norm) < 1e-10
