@@ -47,7 +47,7 @@ RECORD_FIELDS = ["replicate", "gap", "valid", "predicted_gap"]
 #: Columns of a summary row, in order (also the CSV header).
 SUMMARY_FIELDS = [
     "world", "design", "config", "estimator", "budget", "labels_spent", "seed", "replicates", "allocations", "valid_fraction", "mle_fraction",
-    "mean_gap", "se", "ci_low", "ci_high", "predicted_gap", "ratio_to_prediction", "z_to_prediction", "ratio_to_uniform",
+    "mean_gap", "se", "ci_low", "ci_high", "predicted_gap", "ratio_to_prediction", "z_to_prediction", "p_to_prediction", "ratio_to_uniform",
     "code_version", "current_code", "cell", "note",
 ]
 
@@ -245,6 +245,13 @@ def summarise_cell(cols, meta, current_code="", level: float = 0.95) -> dict:
         why = ("interval over labels given one allocation; this record predates allocation draws, so whether that "
                "allocation is a draw of the design (and the interval leaves it out) is unknown: rerun it")
         note = "; ".join(x for x in (why, note) if x)
+    z_pred = p_pred = np.nan
+    if np.isfinite(pred) and np.isfinite(se) and se > 0:
+        from scipy import stats
+
+        z_pred = (mean - pred) / se
+        df = draws - 1 if 1 < made < gap.size else int(valid.sum()) - 1
+        p_pred = float(2 * stats.t.sf(abs(z_pred), df))
     spent = int(cols["labels_spent"][0]) if "labels_spent" in cols and len(cols["labels_spent"]) else meta["budget"]
     if spent != meta["budget"]:
         note = "; ".join(x for x in (f"trained on {meta['budget']} of {spent} labels spent", note) if x)
@@ -257,9 +264,10 @@ def summarise_cell(cols, meta, current_code="", level: float = 0.95) -> dict:
         "mle_fraction": float((valid if mle is None else mle).mean()),
         "mean_gap": mean, "se": se, "ci_low": lo, "ci_high": hi,
         "predicted_gap": pred, "ratio_to_prediction": mean / pred if pred > 0 and np.isfinite(pred) else np.nan,
-        # (mean - prediction) / se: |z| > 3.29 says the gap differs from the asymptotic prediction at level 1e-3
-        # (a z-test against the first-order theory; at small budgets the second order is not small)
-        "z_to_prediction": (mean - pred) / se if np.isfinite(pred) and np.isfinite(se) and se > 0 else np.nan,
+        # (mean - prediction) / se, and its two-sided p-value under Student's t with the interval's degrees of
+        # freedom (draws - 1 over clustered draws, else valid replicates - 1): the test against the first-order
+        # theory (at small budgets the second order is not small)
+        "z_to_prediction": z_pred, "p_to_prediction": p_pred,
         "ratio_to_uniform": np.nan,
         "code_version": meta["code_version"], "current_code": not stale, "cell": meta.get("cell", ""),
         "note": note,

@@ -50,6 +50,11 @@ def test_the_cluster_robust_interval_matches_statsmodels_and_the_draws_spread():
     meta = {"world": {"name": "w"}, "design": {"name": "d"}, "estimator": {"name": "map"}, "budget": 5, "code_version": "x"}
     row = records.summarise_cell({"gap": gap, "valid": alloc == 2, "predicted_gap": np.ones(gap.size), "allocation": alloc}, meta)
     assert np.isnan(row["se"]) and "no interval: valid replicates in 1 of 6 allocation draws" in row["note"]
+    # the test against the prediction over clustered draws: Student's t with S - 1 = 5 df (the normal's
+    # 3.29 at 1e-3 is a 0.02 test there)
+    full = records.summarise_cell({"gap": gap, "valid": valid, "predicted_gap": np.full(gap.size, 0.1), "allocation": alloc}, meta)
+    assert full["z_to_prediction"] == pytest.approx((full["mean_gap"] - 0.1) / full["se"], rel=1e-12)
+    assert full["p_to_prediction"] == pytest.approx(2 * stats.t.sf(abs(full["z_to_prediction"]), 5), rel=1e-9)
 
 
 def test_a_capped_cells_interval_over_draws_matches_the_spread_across_seeds():

@@ -47,6 +47,9 @@ def test_summary_has_one_row_per_config_and_never_pools_two(tmp_path):
         # the z-test against the asymptotic prediction, recomputed from the record
         pred = float(np.mean(cols["predicted_gap"]))
         assert row["z_to_prediction"] == pytest.approx((ok.mean() - pred) / (ok.std(ddof=1) / np.sqrt(ok.size)), rel=1e-9)
+        from scipy import stats
+
+        assert row["p_to_prediction"] == pytest.approx(2 * stats.t.sf(abs(row["z_to_prediction"]), ok.size - 1), rel=1e-9)
     # ratio to uniform: against the uniform cell of the same world (K = 5), not K = 6
     assert by[("two_stage", "pilot_fraction=0.5")]["ratio_to_uniform"] == pytest.approx(
         by[("two_stage", "pilot_fraction=0.5")]["mean_gap"] / by[("uniform", "num_completions=5")]["mean_gap"])
