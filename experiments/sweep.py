@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import importlib
 import inspect
+import json
 import logging
 import re
 from pathlib import Path
@@ -88,6 +89,9 @@ def _check_keys(cfg: DictConfig) -> None:
             raise ValueError(f"{group}.{extra[0]} is not a key of {group}{hint}; allowed: {list(allowed)}")
 
 
+_REPRODUCIBLE: set = set()  # user designs' cells this process found reproducible (validate)
+
+
 def validate(cfg: DictConfig) -> None:
     """Check every key before any work; errors name the key and the allowed values."""
     for module in cfg.get("imports") or []:
@@ -123,8 +127,14 @@ def validate(cfg: DictConfig) -> None:
         check_design_budget(cfg.design.name, problem, cfg.budget, **dict(cfg.design.params))
         spec = DESIGNS[cfg.design.name]
         if not spec.adaptive and not is_project_design(cfg.design.name):
-            # a design of the user's: its allocation a function of its key (twice; another key if keyless)
-            check_reproducible(cfg.design.name, jax.random.key(cfg.seed), problem, cfg.budget, **dict(cfg.design.params))
+            # a design of the user's: its allocation a function of its key (twice; another key if keyless),
+            # once per process and cell (the multirun's pre-flight pass and the job itself both validate)
+            seen = json.dumps([OmegaConf.to_container(cfg.world, resolve=True), cfg.world_seed, cfg.design.name,
+                               OmegaConf.to_container(cfg.design.params, resolve=True), cfg.budget, cfg.seed,
+                               code_version(tuple(cfg.get("imports") or ()), cfg.design.name)], sort_keys=True, default=str)
+            if seen not in _REPRODUCIBLE:
+                check_reproducible(cfg.design.name, jax.random.key(cfg.seed), problem, cfg.budget, **dict(cfg.design.params))
+                _REPRODUCIBLE.add(seen)
 
 
 # ------------------------------------------------------------------- the cell
