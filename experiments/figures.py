@@ -326,13 +326,17 @@ def sample_efficiency(rows: list[dict]) -> list[dict]:
             if len(b) < 2:
                 continue
             ratio = labels_to_match(b, [r["mean_gap"] for r in rs], target) / n_max
+            high = labels_to_match(b, [r["ci_high"] for r in rs], target) / n_max
+
+            def past(x):  # the budget lies past the design's last measured one: a power-law extension, not a measurement
+                return bool(math.isfinite(x) and x * n_max > max(b) * (1 + 1e-9))
+
             out.append({
                 "world": world, "design": design, "target_gap": target, "uniform_budget": n_max,
                 "ratio": ratio,
                 "ratio_low": labels_to_match(b, [r["ci_low"] for r in rs], target) / n_max,
-                "ratio_high": labels_to_match(b, [r["ci_high"] for r in rs], target) / n_max,
-                # the ratio's budget lies past the design's last measured one: a power-law extension, not a measurement
-                "extrapolated": bool(math.isfinite(ratio) and ratio * n_max > max(b) * (1 + 1e-9)),
+                "ratio_high": high,
+                "extrapolated": past(ratio), "band_extrapolated": past(high),
                 "last_budget": max(b),
             })
     return out

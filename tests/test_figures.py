@@ -62,6 +62,7 @@ def test_sample_efficiency_of_a_design_with_half_the_gap_is_one_half():
     short = [r for r in rows if not (r["design"] == "oracle" and r["budget"] == 1e5)]
     eff = {r["design"]: r for r in figures.sample_efficiency(short)}
     assert eff["oracle"]["extrapolated"] and eff["oracle"]["last_budget"] == 1e4 and not eff["uniform"]["extrapolated"]
+    assert eff["uniform"]["band_extrapolated"]  # its upper curve reaches its own target past 1e5 only
     assert math.isclose(eff["oracle"]["ratio"], 0.5, rel_tol=1e-12)
     # rows of one design that are not one curve (another estimator's at the same budgets) are refused, not merged
     rows += [{**r, "estimator": "map"} for r in rows if r["design"] == "oracle"]
