@@ -55,6 +55,10 @@ def _table(budget, num_keys, seed, tol, designs, world_names):
         raise ValueError(f"designs {unknown} are not registered; allowed: {sorted(DESIGNS)}")
     all_worlds = worlds(seed)
     if world_names is not None:
+        allowed = sorted({w.split(" ")[0] for w in all_worlds})
+        unknown = [p for p in world_names if not any(w.startswith(p) for w in all_worlds) or not p.strip()]
+        if unknown:  # an unmatched prefix gave an empty table, written over the output file
+            raise ValueError(f"worlds {unknown} match no world of the table; allowed prefixes: {allowed}")
         all_worlds = {w: v for w, v in all_worlds.items() if any(w.startswith(p) for p in world_names)}
     for wname, world in all_worlds.items():
         prob = design_problem(world)

@@ -51,14 +51,17 @@ def row(world_name, design, budget, reps, est="newton", lam=None, chunk=250, see
         problem = design_problem(world)
         salt = int(hashlib.sha256(f"{design}|{budget}".encode()).hexdigest()[:7], 16)
         k_design, k_labels = jax.random.split(jax.random.fold_in(jax.random.key(seed), salt))
-        counts = run_design(design, k_design, problem, budget).dense_counts(problem.num_edges).astype(np.float64)
+        design_out = run_design(design, k_design, problem, budget)
+        counts = design_out.dense_counts(problem.num_edges).astype(np.float64)
         ev = world.eval
         so = second_order_coefficients(counts / counts.sum(), world.theta_star, ev.features, ev.log_ref,
                                        problem.edges.diffs, world.beta, ev.prompt_weights, prior_precision=lam)
         out = dict(world=world_name, design=design, n=budget, estimator=est if lam is None else f"map(L={lam})",
-                   first=float(so.first), c2=float(so.c2), second=float(so.first + so.c2 / budget), reps=reps)
+                   first=float(so.first), c2=float(so.c2), second=float(so.first + so.c2 / budget), reps=reps,
+                   # a pilot's labels are kept, as the cell keeps them (the expansions are of a fixed design)
+                   pilot=design_out.pilot is not None)
         res = replicate_gaps(jax.random.split(k_labels, reps), world.theta_star, problem.edges.diffs, counts,
-                             world.beta, ev, estimator=est,
+                             world.beta, ev, pilot=design_out.pilot, estimator=est,
                              estimator_params={} if lam is None else {"prior_precision": lam},
                              chunk_size=min(chunk, reps))
         g = budget * np.asarray(res.gap, np.float64)
