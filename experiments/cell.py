@@ -153,11 +153,10 @@ def is_project_design(name: str) -> bool:
 
 
 def _value_bytes(value) -> bytes:
-    """A value a design reads, as bytes that do not depend on the process: immutable data by value
-    (numbers, strings, NumPy and JAX arrays, tuples and frozensets of them), anything else by its
-    type only: a list, dict or set may be a memo the design fills as it runs, and hashing its
-    contents moved the version within one process (records then read as stale); an object's repr
-    may hold an address."""
+    """A value a design reads, as bytes that do not depend on the process: data by value (numbers,
+    strings, NumPy and JAX arrays, and tuples, lists, sets and dicts of them), anything else by its
+    type only (its repr may hold an address). A design's values are read once per registration
+    (:func:`_design_source`), so a memo it fills as it runs moves no version."""
     if isinstance(value, _PLAIN):
         return repr(value).encode()
     if isinstance(value, (np.ndarray, jax.Array)) and not isinstance(value, jax.core.Tracer):
@@ -165,10 +164,12 @@ def _value_bytes(value) -> bytes:
         return str(a.dtype).encode() + repr(a.shape).encode() + np.ascontiguousarray(a).tobytes()
     if isinstance(value, np.generic):
         return repr(value).encode()
-    if isinstance(value, tuple):
-        return b"(" + b",".join(_value_bytes(v) for v in value) + b")"
-    if isinstance(value, frozenset):
+    if isinstance(value, (tuple, list)):
+        return (b"(" if isinstance(value, tuple) else b"[") + b",".join(_value_bytes(v) for v in value) + b")"
+    if isinstance(value, (frozenset, set)):
         return b"{" + b",".join(sorted(_value_bytes(v) for v in value)) + b"}"
+    if isinstance(value, dict):
+        return b"{" + b",".join(sorted(_value_bytes(k) + b":" + _value_bytes(v) for k, v in value.items())) + b"}"
     return f"<{type(value).__module__}.{type(value).__qualname__}>".encode()
 
 
@@ -276,8 +277,14 @@ def _design_source(name: str, imports: tuple) -> bytes:
     except (OSError, TypeError):
         source = _code_bytes(spec.fn.__code__)
     # what it reads: its closure's values, the globals it names, the user modules those come from
-    # (a factory's make(sharp) registered again with another sharp had one source and one version)
-    return source + _dependency_digest([spec.fn])
+    # (a factory's make(sharp) registered again with another sharp had one source and one version),
+    # taken once per registration (the spec), before the design runs: a memo it fills as it runs then
+    # moves no version, while a design registered again with other values gets its own
+    cached = getattr(spec, "_version_source", None)
+    if cached is None:
+        cached = source + _dependency_digest([spec.fn])
+        object.__setattr__(spec, "_version_source", cached)  # DesignSpec is frozen: one snapshot per spec
+    return cached
 
 
 def code_version(imports: tuple = (), design: str | None = None) -> str:

@@ -486,3 +486,30 @@ print(a)
     assert version("2.0", "1.0") == base  # another process, another hash seed: the same version
     assert version("3.0", "1.0") != base  # the jitted helper's code changed
     assert version("2.0", "5.0") != base  # the closure's jax array changed
+
+
+def test_a_user_designs_list_and_dict_values_are_in_its_version_read_once_per_registration():
+    """Lists and dicts a design closes over were hashed by type only (a factory registered again
+    over another list kept its version, and the sweep reused the old record). They are hashed by
+    value now, once per registration: a list the design appends to as it runs moves nothing."""
+    from experiments import cell
+    from synthetic import uniform_weights
+    from synthetic.designs import DESIGNS, register_design, weighted_output
+
+    def make(table, memo):
+        def probe(key, problem, budget, rounding="auto"):
+            memo.append(len(memo))
+            return weighted_output(key, problem, budget, uniform_weights(problem.edges) * table["scale"][0], rounding)
+        return probe
+
+    try:
+        versions = []
+        for table in ({"scale": [1.0]}, {"scale": [1.0]}, {"scale": [2.0]}):
+            memo = []  # each registration's own, empty when it is registered
+            register_design("_list_probe", summary="t", source="t", replace=True)(make(table, memo))
+            versions.append(cell.code_version((), "_list_probe"))
+            memo.extend(range(5))  # filled as the design runs: the registration's version stays
+            assert cell.code_version((), "_list_probe") == versions[-1]
+        assert versions[0] == versions[1] != versions[2]
+    finally:
+        DESIGNS.pop("_list_probe", None)
