@@ -186,12 +186,21 @@ def _code_bytes(code) -> bytes:
     """A code object as bytes that depend on its code only (``marshal.dumps`` also writes whether a
     constant is shared, i.e. reference counts, and changed with them)."""
     parts = [code.co_code, repr((code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars)).encode()]
-    for c in code.co_consts:
-        parts.append(_code_bytes(c) if hasattr(c, "co_code") else repr(c).encode())
+    for c in code.co_consts:  # a frozenset of strings prints in hash-seed order: its bytes are sorted
+        parts.append(_code_bytes(c) if hasattr(c, "co_code") else _value_bytes(c))
     return b"\0".join(parts)
 
 
-def _dependency_digest(roots) -> bytes:
+def _closure_data(fn) -> bytes:
+    """The data a function closes over (its closure cells that are no code), by value."""
+    try:
+        cells = inspect.getclosurevars(fn).nonlocals
+    except (TypeError, ValueError):
+        return b""
+    return b"".join(name.encode() + b"=" + _value_bytes(v) for name, v in sorted(cells.items()) if not _code_like(v))
+
+
+def _dependency_digest(roots, root_data: bool = True) -> bytes:
     """A hash of what the functions and modules ``roots`` reach that a user wrote: the source
     files of user modules they import (transitively), and for functions defined outside them
     (a notebook, a script, a factory's closure) their code, the values of their closure cells
@@ -238,7 +247,10 @@ def _dependency_digest(roots) -> bytes:
                 cv = inspect.getclosurevars(fn)
             except (TypeError, ValueError):
                 continue
-            for name, value in sorted({**cv.nonlocals, **cv.globals}.items()):
+            named = {**cv.nonlocals, **cv.globals}
+            if not root_data and any(fn is r for r in roots):  # its closure's data: the caller's snapshot
+                named = {k: v for k, v in named.items() if k in cv.globals or _code_like(v)}
+            for name, value in sorted(named.items()):
                 h.update(name.encode() + b"=")
                 if _code_like(value):
                     h.update(getattr(value, "__qualname__", getattr(value, "__name__", "")).encode())
@@ -276,15 +288,15 @@ def _design_source(name: str, imports: tuple) -> bytes:
         source = inspect.getsource(spec.fn).encode()
     except (OSError, TypeError):
         source = _code_bytes(spec.fn.__code__)
-    # what it reads: its closure's values, the globals it names, the user modules those come from
-    # (a factory's make(sharp) registered again with another sharp had one source and one version),
-    # taken once per registration (the spec), before the design runs: a memo it fills as it runs then
-    # moves no version, while a design registered again with other values gets its own
-    cached = getattr(spec, "_version_source", None)
-    if cached is None:
-        cached = source + _dependency_digest([spec.fn])
-        object.__setattr__(spec, "_version_source", cached)  # DesignSpec is frozen: one snapshot per spec
-    return cached
+    # what it reads: the data its closure holds, taken once per registration (the spec) before the
+    # design runs, so a memo it fills moves nothing while a factory's make(sharp) registered again with
+    # another sharp gets its own version; and, read on every call, the globals it names, the helpers it
+    # calls and the user modules those come from (a notebook's edited SCALE or redefined helper)
+    frozen = getattr(spec, "_closure_data", None)
+    if frozen is None:
+        frozen = _closure_data(spec.fn)
+        object.__setattr__(spec, "_closure_data", frozen)  # DesignSpec is frozen: one snapshot per spec
+    return source + frozen + _dependency_digest([spec.fn], root_data=False)
 
 
 def code_version(imports: tuple = (), design: str | None = None) -> str:

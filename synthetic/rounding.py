@@ -67,6 +67,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from synthetic.labels import Allocation, allocation_from_counts
+from theory.information import rows_rank
 
 __all__ = [
     "ROUNDINGS",
@@ -365,17 +366,13 @@ def pivotal_rounding(key, weights, budget, caps=None) -> Allocation:
     return allocation_from_counts(_round_expected(key, m))
 
 
-def _rank(z) -> int:
-    """Numerical rank of the rows of ``z`` (the threshold of :func:`theory.information.rank_threshold`).
-
-    At float64's threshold even for float32 ``diffs``: ``z^T z`` is formed in float64, so a
-    float32 rounding of relative size ``eps`` in ``z`` enters its eigenvalues as ``eps^2``
-    (below float64's threshold), while float32's threshold, ``10 d eps``, would drop genuine
-    directions of ``z`` whose singular values are below ``sqrt(10 d eps)`` of the largest."""
+def _rank(z, dtype=None) -> int:
+    """Numerical rank of the rows of ``z``, data in ``dtype`` (:func:`theory.information.rows_rank`:
+    float32 differences built as sums carry 1e-7 of rounding in null directions, which float64's
+    threshold alone counted as directions to cover)."""
     if z.shape[0] == 0:
         return 0
-    lam = np.linalg.eigvalsh(z.T @ z)
-    return int(np.sum(lam > 10.0 * z.shape[1] * np.finfo(np.float64).eps * max(lam.max(), 0.0)))
+    return rows_rank(z, dtype)
 
 
 def _orthonormal_add(q, k, v, tol):
@@ -416,15 +413,16 @@ def spanning_edges(key, weights, diffs, covered=None) -> tuple[np.ndarray, int]:
     """
     w = np.asarray(weights, dtype=np.float64)
     z = np.asarray(diffs, dtype=np.float64)
+    data = np.asarray(diffs).dtype if np.asarray(diffs).dtype.kind == "f" else np.dtype(np.float64)
     if z.ndim != 2 or z.shape[0] != w.size:
         raise ValueError(f"diffs must have shape [E, d] with E = {w.size}, got shape {list(z.shape)}")
     done = np.zeros(w.size, bool) if covered is None else np.asarray(covered) > 0
     d = z.shape[1]
-    base_rank = _rank(z[done])
-    need = _rank(z[done | (w > 0)]) - base_rank
+    base_rank = _rank(z[done], data)
+    need = _rank(z[done | (w > 0)], data) - base_rank
     q = np.zeros((d, d))
     k = 0
-    tol = 1e-8
+    tol = max(1e-8, 100.0 * float(np.finfo(data).eps))  # a new direction is above the data's rounding
     for v in z[done]:  # the span already labelled
         if k == base_rank:
             break

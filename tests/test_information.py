@@ -276,3 +276,41 @@ def test_directions_below_sigmas_resolution_are_announced_not_dropped_silently()
     # eager only: under jit the check has no values and design_criterion compiles as before
     assert float(jax.jit(design_criterion)(w, jnp.array([0.0, 20.0]), e.diffs, policy_curvature(jnp.array([0.0, 20.0]), f, lr), 1.0, 0.0)) \
         == pytest.approx(2.0, rel=1e-9)
+
+
+def test_float32_features_built_as_sums_raise_no_false_rank_warnings():
+    """Review: float32 features built as a prompt offset plus a completion part in a 2-dimensional
+    subspace carry 1e-7 of rounding in the null directions, 1e-14 in the unit rows' Gram matrix:
+    at float64's threshold the coverage rank was 4 (true 2; a false CoverageWarning at budget 3) and
+    check_saturation and optimal_design warned of saturation at margins below 2. The rows' rank is
+    now read above (10 d eps(dtype))^2 too: 2, and no warning; float64 as before."""
+    import warnings
+
+    from synthetic.designs import design_problem, run_design
+    from synthetic.designs.registry import _curvature_rank
+    from synthetic.worlds import Pool, World
+    from theory import enumerate_edges, optimal_design
+    from theory.information import check_saturation, rows_rank
+
+    rng = np.random.default_rng(0)
+    m, k, d = 20, 6, 4
+    c = rng.normal(size=(m, 1, d)) * 30.0
+    q = np.linalg.qr(rng.normal(size=(d, d)))[0][:, :2]
+    b = rng.normal(size=(m, k, 2)) @ q.T
+    for dt in (np.float64, np.float32):
+        f = jnp.asarray((c + b).astype(dt))
+        lr = jnp.full((m, k), -np.log(k), dt)
+        pool = Pool(f, lr, jnp.full(m, 1.0 / m, dt))
+        th = jnp.asarray((q @ np.r_[0.5, -0.3]).astype(dt))
+        p = design_problem(World(pool, pool, th, 1.0))
+        e = enumerate_edges(f, lr)
+        assert _curvature_rank(p) == 2 and rows_rank(np.asarray(e.diffs)) == 2
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert check_saturation(th, e.diffs, jnp.full(e.num_edges, 1.0 / e.num_edges, dt), 1.0) == 0
+            optimal_design(e.diffs, th, policy_curvature(th, f, lr), 1.0)
+            run_design("uniform", jax.random.PRNGKey(0), p, 2)
+    # a genuine direction at 1e-3 of the others in float32 data is kept (its singular value is far above eps32)
+    z = rng.normal(size=(50, 3)).astype(np.float32)
+    z[:, 2] *= 1e-3
+    assert rows_rank(z) == 3

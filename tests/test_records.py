@@ -455,6 +455,7 @@ def test_a_user_designs_version_follows_jax_arrays_and_jitted_helpers_and_is_sta
     the version within one process, and marshal's bytes of a code object depend on reference
     counts. Now: jax arrays by value, decorated helpers through __wrapped__, mutable containers by
     type, code by its instructions and constants; two processes (other hash seeds) agree."""
+    import os
     import subprocess
     import sys
 
@@ -464,26 +465,29 @@ from experiments import cell
 from synthetic import uniform_weights
 from synthetic.designs import register_design, weighted_output
 memo = []
-def make(table, helper):
+def make(table, helper, memo):
     def probe(key, problem, budget, rounding="auto"):
         memo.append(1)
+        if problem.num_edges in {"a", "b"}:  # a frozenset of strings among its constants (hash-seed order)
+            return None
         return weighted_output(key, problem, budget, uniform_weights(problem.edges) * float(table[0] * helper(1.0)), rounding)
     return probe
 g = {"__name__": "__main__"}
 exec("import jax\\n@jax.jit\\ndef helper(x):\\n    return x * %s\\n" % sys.argv[1], g)
-register_design("_walk_probe", summary="t", source="t", replace=True)(make(jnp.array([float(sys.argv[2]), 2.0]), g["helper"]))
+register_design("_walk_probe", summary="t", source="t", replace=True)(make(jnp.array([float(sys.argv[2]), 2.0]), g["helper"], memo))
 a = cell.code_version((), "_walk_probe")
 memo.append(2)
 assert cell.code_version((), "_walk_probe") == a
 print(a)
 '''
 
-    def version(factor, first):
-        out = subprocess.run([sys.executable, "-c", code, factor, first], capture_output=True, text=True, check=True)
+    def version(factor, first, seed="1"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run([sys.executable, "-c", code, factor, first], capture_output=True, text=True, check=True, env=env)
         return out.stdout.strip().splitlines()[-1]
 
     base = version("2.0", "1.0")
-    assert version("2.0", "1.0") == base  # another process, another hash seed: the same version
+    assert version("2.0", "1.0", seed="2") == base  # another process, another hash seed: the same version
     assert version("3.0", "1.0") != base  # the jitted helper's code changed
     assert version("2.0", "5.0") != base  # the closure's jax array changed
 
@@ -513,3 +517,27 @@ def test_a_user_designs_list_and_dict_values_are_in_its_version_read_once_per_re
         assert versions[0] == versions[1] != versions[2]
     finally:
         DESIGNS.pop("_list_probe", None)
+
+
+def test_a_user_designs_version_follows_the_globals_it_names_on_every_call():
+    """The whole dependency walk was cached at its first call, so a notebook's edited global (SCALE
+    1.0 -> 7.0) or redefined helper left the version unchanged and the sweep reused the old records.
+    Only the closure's data is read once per registration; globals and helpers on every call."""
+    from experiments import cell
+    from synthetic import uniform_weights
+    from synthetic.designs import DESIGNS, register_design, weighted_output
+
+    g = {"__name__": "__main__", "uniform_weights": uniform_weights, "weighted_output": weighted_output}
+    exec("SCALE = 1.0\ndef helper():\n    return SCALE\n"
+         "def probe(key, problem, budget, rounding='auto'):\n"
+         "    return weighted_output(key, problem, budget, uniform_weights(problem.edges) * helper(), rounding)\n", g)
+    try:
+        register_design("_global_probe", summary="t", source="t", replace=True)(g["probe"])
+        a = cell.code_version((), "_global_probe")
+        g["SCALE"] = 7.0
+        b = cell.code_version((), "_global_probe")
+        exec("def helper():\n    return 2 * SCALE\n", g)
+        c = cell.code_version((), "_global_probe")
+        assert len({a, b, c}) == 3
+    finally:
+        DESIGNS.pop("_global_probe", None)

@@ -44,6 +44,7 @@ __all__ = [
     "rank_threshold",
     "numerical_range",
     "numerical_rank",
+    "rows_rank",
     "SaturationWarning",
     "check_saturation",
 ]
@@ -87,6 +88,26 @@ def numerical_rank(matrix, dtype=None) -> int:
     return int(numerical_range(lam, a.shape[0], a.dtype if dtype is None else dtype).sum())
 
 
+def rows_rank(rows, dtype=None) -> int:
+    """Numerical rank of the rows of ``rows`` (data in ``dtype``, default its own), from the Gram
+    matrix of the unit rows formed in float64: an eigenvalue counts above float64's threshold and
+    above ``(10 d eps(dtype))^2`` of the top, since rounding of relative size ``eps`` in the data
+    enters the Gram matrix squared (float32 features built as sums carry 1e-7 in null directions,
+    1e-14 in the Gram matrix, which float64's threshold alone counted)."""
+    z_in = np.asarray(rows)
+    dt = np.dtype(dtype) if dtype is not None else (z_in.dtype if z_in.dtype.kind == "f" else np.dtype(np.float64))
+    z = z_in.astype(np.float64)
+    norms = np.linalg.norm(z, axis=1) if z.ndim == 2 else np.zeros(0)
+    z = z[norms > 0] / norms[norms > 0][:, None] if z.ndim == 2 else z
+    if z.ndim != 2 or z.shape[0] == 0:
+        return 0
+    d = z.shape[1]
+    lam = np.linalg.eigvalsh(z.T @ z)
+    top = max(float(lam.max()), 0.0)
+    thr = max(float(rank_threshold(top, d, np.float64)), (10.0 * d * float(np.finfo(dt).eps)) ** 2 * top)
+    return int(np.sum(lam > thr))
+
+
 class SaturationWarning(UserWarning):
     """Directions the weighted edges label lie below floating-point resolution of ``Sigma``.
 
@@ -128,8 +149,7 @@ def check_saturation(theta, diffs, weights, beta, what: str = "the criterion", s
     eps = float(np.finfo(dtype).eps)
     if share.min() > 1e3 * 10 * d * eps * share.sum():
         return 0
-    unit = z / norms[:, None]
-    labelled = numerical_rank(unit.T @ unit, np.float64)
+    labelled = rows_rank(z, dtype)
     sig = (z.astype(dtype) * (w * c).astype(dtype)[:, None]).T @ z.astype(dtype)
     lost = labelled - numerical_rank(sig, dtype)
     if lost > 0:

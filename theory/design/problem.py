@@ -16,7 +16,7 @@ from jaxtyping import ArrayLike, Float, Int
 
 from theory import _validation as V
 from theory.checked import check_argument, checked, one_of
-from theory.information import SaturationWarning, numerical_range, numerical_rank, sigmoid_prime
+from theory.information import SaturationWarning, numerical_range, rows_rank, sigmoid_prime
 from theory.shapes import Diffs, EdgeWeights, Scalar, Vector
 
 CRITERIA = ("L", "A", "D")
@@ -216,8 +216,7 @@ def saturated_directions(diffs, theta, beta, rank: int) -> tuple[int, float]:
     eps = float(np.finfo(np.asarray(diffs).dtype if np.asarray(diffs).dtype.kind == "f" else np.float64).eps)
     if share.min() > 1e3 * 10 * z.shape[1] * eps * share.sum():
         return 0, float(u.max())
-    unit = z[nz] / norms[nz][:, None]
-    return max(numerical_rank(unit.T @ unit, np.float64) - int(rank), 0), float(u.max())
+    return max(rows_rank(z[nz], np.asarray(diffs).dtype if np.asarray(diffs).dtype.kind == "f" else None) - int(rank), 0), float(u.max())
 
 
 def warn_if_saturated(diffs, theta, beta, rank: int, stacklevel: int) -> None:
