@@ -46,7 +46,7 @@ import scipy.optimize
 import scipy.sparse
 import scipy.special
 
-from theory.information import rank_threshold
+from theory.information import rank_threshold, rows_rank
 from theory.checked import check_argument, one_of
 
 __all__ = [
@@ -628,8 +628,12 @@ def _label_rows(diffs, counts, wins, beta):
 
 
 def _span_basis(x, rtol=1e-10):
-    """Orthonormal basis ``[d, r]`` of the row span of ``x [m, d]`` (numerical rank at ``rtol``)."""
+    """Orthonormal basis ``[d, r]`` of the row span of ``x [m, d]`` (numerical rank at ``rtol``), from
+    its unit rows: a threshold relative to the largest row left out a direction only rows 1e-10 as
+    long see (rows of very different scales), and the fits on the span ignored it."""
     d = x.shape[1]
+    norms = np.linalg.norm(x, axis=1)
+    x = x[norms > 0] / norms[norms > 0][:, None]
     if x.shape[0] == 0:
         return np.zeros((d, 0))
     if x.shape[0] > 4 * d:  # tall: the d x d Gram's eigenvectors (40x faster than an SVD at 1000 x 100)
@@ -756,18 +760,25 @@ def mle_exists_exact(diffs, counts, wins) -> bool:
     w = np.asarray(wins, np.float64)
     labelled = c > 0
     two_sided = labelled & (w > 0) & (c - w > 0)
-    if _gram_rank(z[two_sided]) == _gram_rank(z[labelled]):
+    dt = _data_dtype(diffs)
+    if _gram_rank(z[two_sided], dt) == _gram_rank(z[labelled], dt):
         return True
     rows, _, _, _ = _label_rows(z, c, w, 1.0)
     return not _any_separable(rows)
 
 
-def _gram_rank(x) -> int:
-    """Numerical rank of ``x [m, d]`` from the eigenvalues of ``x^T x`` (cheap for ``m >> d``)."""
-    if x.shape[0] == 0:
-        return 0
-    lam = np.linalg.eigvalsh(x.T @ x)
-    return int(np.sum(lam > 1e-10 * max(lam[-1], 1e-300)))
+def _data_dtype(x):
+    """The precision ``x`` was given in (float64 for integer data): the rank threshold's."""
+    dt = np.asarray(x).dtype
+    return dt if dt.kind == "f" else np.dtype(np.float64)
+
+
+def _gram_rank(x, dtype=np.float64) -> int:
+    """Numerical rank of the rows of ``x [m, d]`` (:func:`theory.information.rows_rank`: unit rows,
+    so a direction only small edge differences see counts like any other; a threshold relative to
+    the largest eigenvalue of ``x^T x`` dropped it and the shortcut called separable labels
+    non-separable)."""
+    return rows_rank(x, dtype)
 
 
 def _any_separable(rows) -> bool:
@@ -791,7 +802,15 @@ def _svm(b):
     ``min_{lam >= 0} ||b^T lam||^2 + (1^T lam - 1)^2`` (Lawson and Hanson): its KKT
     conditions with ``eta = lam / (1 - 1^T lam)`` are the SVM's (``v = b^T eta``,
     ``b v >= 1``, ``eta >= 0``, ``eta_i (b_i . v - 1) = 0``).
+
+    Solved for ``b / s`` (``s``: the largest row norm), then ``v = v' / s``, ``eta = eta' / s^2``:
+    with rows of norm ``1e-6`` the unscaled program's ``1 - 1^T lam`` is ``1e-12``, left with
+    ``eta``'s relative error ``1e-4``, and the margin check failed.
     """
+    scale = float(np.linalg.norm(b, axis=1).max(initial=0.0))
+    if scale > 0 and scale != 1.0:
+        v, eta = _svm(b / scale)
+        return (None, None) if v is None else (v / scale, eta / scale**2)
     m, dim = b.shape
     mat = np.vstack([b.T, np.ones((1, m))])
     target = np.r_[np.zeros(dim), 1.0]
@@ -820,7 +839,18 @@ def _svm(b):
         res = scipy.optimize.lsq_linear(mat, target, bounds=(0.0, np.inf), method="bvls", tol=1e-15, max_iter=50 * (m + dim))
         v2, eta2, slack2 = solution(np.maximum(res.x, 0.0), clean=True)
         if slack2 < slack:
-            v, eta = v2, eta2
+            v, eta, slack = v2, eta2, slack2
+    if not slack <= 1e-9 and eta is not None:
+        # large ||v|| (a direction only short rows see) leaves 1 - 1^T lam ~ 1 / ||v||^2 to cancellation:
+        # the support is right, the values are not; v is then the least-norm solution of b_S v = 1
+        sup = eta > 1e-12 * float(eta.max(initial=0.0))
+        v3 = np.linalg.lstsq(b[sup], np.ones(int(sup.sum())), rcond=None)[0]
+        eta3 = np.zeros(m)
+        eta3[sup] = np.linalg.lstsq(b[sup].T, v3, rcond=None)[0]
+        marg = b @ v3
+        slack3 = max(float(1.0 - marg.min()), float(np.max(np.abs(marg - 1.0)[sup], initial=0.0)))
+        if eta3.min() >= 0 and slack3 < slack:
+            v, eta = v3, eta3
     return v, eta
 
 
@@ -838,11 +868,24 @@ def _damped_newton(value, grad_hess, y0, max_iter=200):
     fy, aux = f(y)
     g, h = grad_hess(y, aux)
     for _ in range(max_iter):
-        try:
-            step = -np.linalg.solve(h, g)
+        try:  # Jacobi-scaled: a coordinate only short rows see has curvature 1e-24 of the others at length 1e-12
+            sc = 1.0 / np.sqrt(np.maximum(np.diag(h), 1e-300))
+            step = -sc * np.linalg.solve(sc[:, None] * h * sc[None, :], sc * g)
         except np.linalg.LinAlgError:
             break
         t, slope = 1.0, float(g @ step)
+        if -slope <= 1e-24 * (1.0 + abs(fy)):  # Newton decrement: affine invariant, so short rows count like long ones
+            break
+        if -slope <= 1e-12 * (1.0 + abs(fy)):
+            # the decrease is below f's rounding, so Armijo cannot see it (an ill-conditioned h stalled here with a
+            # gradient 1e-7): full Newton steps, well inside their quadratic region, while the gradient falls
+            y1 = y + step
+            f1, aux1 = f(y1)
+            g1, h1 = grad_hess(y1, aux1) if np.isfinite(f1) else (g, h)
+            if not (np.isfinite(f1) and np.linalg.norm(g1) < np.linalg.norm(g)):
+                break
+            y, fy, aux, g, h = y1, f1, aux1, g1, h1
+            continue
         while t > 1e-12:
             f1, aux1 = f(y + t * step)
             if np.isfinite(f1) and f1 <= fy + 0.25 * t * slope + 1e-15 * (1 + abs(fy)):
@@ -852,7 +895,7 @@ def _damped_newton(value, grad_hess, y0, max_iter=200):
             break
         y, fy, aux = y + t * step, f1, aux1
         g, h = grad_hess(y, aux)
-        if np.linalg.norm(t * step) <= 1e-13 * (1 + np.linalg.norm(y)):
+        if np.linalg.norm(t * step) <= 1e-15 * (1 + np.linalg.norm(y)):  # rounding: a huge coordinate stops nothing else
             break
     return y, float(np.linalg.norm(g))
 
@@ -938,7 +981,8 @@ def ridge_path_limit(diffs, counts, wins, beta, tol=1e-8) -> RidgeLimit:
 
     labelled = c > 0
     two_sided = labelled & (w > 0) & (c - w > 0)
-    if _gram_rank(z[two_sided]) == _gram_rank(z[labelled]):  # nothing can separate (as in mle_exists_exact)
+    dt = _data_dtype(diffs)
+    if _gram_rank(z[two_sided], dt) == _gram_rank(z[labelled], dt):  # nothing can separate (as in mle_exists_exact)
         separable, d_lp = np.zeros(rows.shape[0], bool), np.zeros(dim)
     else:  # one LP finds the separable rows, or none (callers come here mostly with separable labels)
         separable, d_lp = _separable_one_sided(rows, z[two_sided], two_sided[edge])
@@ -965,9 +1009,9 @@ def ridge_path_limit(diffs, counts, wins, beta, tol=1e-8) -> RidgeLimit:
     b = rows[separable] - (rows[separable] @ q_n) @ q_n.T
     logq = np.log(weight[separable]) - rows[separable] @ u
     finite, dirs = u.copy(), []
+    own = np.linalg.norm(rows[separable], axis=1)  # each row's own length: edges of any scale alike
     while b.shape[0]:
-        scale = np.linalg.norm(b, axis=1)
-        if scale.min() <= tol * np.linalg.norm(rows, axis=1).max():
+        if np.any(np.linalg.norm(b, axis=1) <= tol * own):
             return fail(f"level {len(dirs) + 1}: a separated row has no component left", finite, dirs)
         v, eta = _svm(b)
         if v is None:
@@ -994,7 +1038,7 @@ def ridge_path_limit(diffs, counts, wins, beta, tol=1e-8) -> RidgeLimit:
             return fail(f"level {len(dirs)}: the finite fit did not converge (gradient {gnorm:.3g})", finite, dirs)
         r = basis @ y
         finite = finite + r
-        logq = logq[nxt] - b[nxt] @ r
+        logq, own = logq[nxt] - b[nxt] @ r, own[nxt]
         b = b[nxt] - (b[nxt] @ basis) @ basis.T
     return RidgeLimit(finite, np.asarray(dirs).reshape(-1, dim), sep_edges, False, True, "")
 
