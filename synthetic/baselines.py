@@ -7,6 +7,7 @@ the candidate :class:`theory.Edges` (and the pool) to a probability vector ``[E]
 from __future__ import annotations
 
 import numpy as np
+import scipy.special
 
 from theory.edges import Edges
 
@@ -20,8 +21,14 @@ def uniform_weights(edges: Edges) -> np.ndarray:
 
 
 def reference_weights(edges: Edges, log_ref) -> np.ndarray:
-    """Reference-weighted: ``w_e proportional to pi0(y|x) pi0(y'|x)`` (the heuristic the paper finds poor)."""
+    """Reference-weighted: ``w_e proportional to pi0(y|x) pi0(y'|x)`` (the heuristic the paper finds poor).
+
+    ``log_ref`` is normalised within each prompt first (over its present completions), as every
+    other use of ``pi0`` is: a pool of raw sequence log-probabilities (a constant per prompt
+    away from ``log pi0``) otherwise moved the labels between prompts (99.8% on one prompt of
+    three, against 38%)."""
     lr = np.asarray(log_ref, dtype=np.float64)
+    lr = lr - scipy.special.logsumexp(lr, axis=1, keepdims=True)
     logw = lr[edges.prompt, edges.first] + lr[edges.prompt, edges.second]
     w = np.exp(logw - logw.max())
     return w / w.sum()

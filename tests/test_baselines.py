@@ -153,3 +153,26 @@ def test_edge_id_finds_every_pair_of_a_ragged_pool_and_nothing_else():
 
     with pytest.raises(ValueError, match="prompt 0: the rule picked completions \\(2, 2\\), which are no edge"):
         _per_prompt_pairs(problem, lambda x: (2, 2))
+
+
+def test_reference_weighted_reads_pi0_not_the_offsets_of_raw_log_probabilities():
+    """``log_ref`` a constant per prompt away from ``log pi0`` (raw sequence log-probabilities)
+    is the same reference for every other quantity (the policy normalises within the prompt);
+    reference_weighted put 99.8% of its weight on one prompt of three with offsets 0, -3, -6
+    (38% normalised). Oracle: ``pi0(y|x) pi0(y'|x)`` from a per-prompt loop, normalised."""
+    from synthetic import reference_weights
+    from theory import enumerate_edges
+
+    world = gaussian_world(jax.random.key(1), num_prompts=3, num_completions=4, dim=2)
+    lr = np.asarray(world.train.log_ref, np.float64)
+    shifted = lr + np.array([[0.0], [-3.0], [-6.0]])
+    edges = enumerate_edges(world.train.features, world.train.log_ref)
+    want = np.array([np.exp(lr[p, a] - np.log(np.exp(lr[p]).sum())) * np.exp(lr[p, b] - np.log(np.exp(lr[p]).sum()))
+                     for p, a, b in zip(np.asarray(edges.prompt), np.asarray(edges.first), np.asarray(edges.second))])
+    for raw in (lr, shifted):
+        np.testing.assert_allclose(reference_weights(edges, raw), want / want.sum(), rtol=1e-12)
+    prob = design_problem(world._replace(train=world.train._replace(log_ref=shifted)))
+    out = run_design("reference_weighted", jax.random.key(2), prob, 300)
+    per_prompt = np.bincount(np.asarray(edges.prompt)[out.allocation.edges], weights=out.allocation.counts, minlength=3)
+    masses = np.bincount(np.asarray(edges.prompt), weights=want / want.sum(), minlength=3)
+    assert per_prompt.min() >= 0.5 * 300 * masses.min()  # the old weights gave the third prompt 3 labels of 300
