@@ -176,3 +176,22 @@ def test_reference_weighted_reads_pi0_not_the_offsets_of_raw_log_probabilities()
     per_prompt = np.bincount(np.asarray(edges.prompt)[out.allocation.edges], weights=out.allocation.counts, minlength=3)
     masses = np.bincount(np.asarray(edges.prompt), weights=want / want.sum(), minlength=3)
     assert per_prompt.min() >= 0.5 * 300 * masses.min()  # the old weights gave the third prompt 3 labels of 300
+
+
+@pytest.mark.parametrize("name", ["uncertainty", "most_certain"])
+def test_pilot_uncertainty_labels_the_edges_nearest_one_half_once_each(name):
+    """At a pilot fit, the ``budget - n0`` labels left go to the edges with room (pilot edges at
+    the cap of 1 have none) whose predicted preference is nearest 1/2 (farthest: most_certain),
+    one each: a direct recomputation from the fit's theta. The default num_pairs was ``budget``:
+    the 40 labels were spread over a random part of the 50 nearest edges (7 of 40 elsewhere)."""
+    world = gaussian_world(jax.random.key(0), num_prompts=10, num_completions=6, dim=4, theta_scale=3.0)
+    prob = design_problem(world)
+    out = run_design(name, jax.random.key(3), prob, 50, at="pilot", max_labels_per_edge=1)
+    pilot = np.asarray(out.pilot[0])
+    designed = out.dense_counts(prob.num_edges) - pilot
+    p = 1.0 / (1.0 + np.exp(-prob.beta * np.asarray(prob.edges.diffs, np.float64) @ np.asarray(out.info["theta"], np.float64)))
+    score = np.abs(p - 0.5) * (-1 if name == "most_certain" else 1)
+    free = np.flatnonzero(pilot == 0)
+    want = free[np.argsort(score[free], kind="stable")[: 50 - int(pilot.sum())]]
+    assert pilot.sum() == 10 and designed.max() == 1
+    assert set(np.flatnonzero(designed)) == set(want.tolist())

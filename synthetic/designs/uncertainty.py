@@ -10,6 +10,7 @@ from synthetic.designs.checks import _check_choice, choice_check
 from synthetic.designs.outputs import selection_output
 from synthetic.designs.pilot import PILOT, PilotConfig, _at_truth_or_pilot, _theta_at
 from synthetic.designs.registry import register_design
+from synthetic.rounding import check_max_labels_per_edge
 
 __all__ = ["uncertainty", "most_certain"]
 
@@ -19,13 +20,20 @@ def _uncertainty(key, problem, budget, at, num_pairs, rounding, pilot_fraction, 
     k_theta, k_tie, k_round = jax.random.split(key, 3)
     theta, pilot = _theta_at(at, k_theta, problem, budget, PilotConfig(pilot_fraction, pilot_ridge))
     e = problem.num_edges
-    n = min(budget, e) if num_pairs is None else num_pairs
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= e:
-        raise ValueError(f"num_pairs must be an integer in [1, {e}] (the number of candidate edges), got {num_pairs!r}")
+    # the labels left after the pilot go to the edges with room left: by default one edge each (the paper's
+    # HH setting); num_pairs = budget spread the budget - pilot labels over a random part of budget edges
+    cap = check_max_labels_per_edge(max_labels_per_edge)
+    room = np.ones(e, bool) if pilot is None or cap is None else np.asarray(pilot[0]) < cap
+    rest = budget - (0 if pilot is None else int(np.asarray(pilot[0]).sum()))
+    n = min(max(rest, 1), int(room.sum())) if num_pairs is None else num_pairs
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= int(room.sum()):
+        raise ValueError(f"num_pairs must be an integer in [1, {int(room.sum())}] (the candidate edges with room for a label "
+                         f"after the pilot), got {num_pairs!r}")
     p = np.asarray(jax.nn.sigmoid(problem.beta * (problem.edges.diffs @ theta)), dtype=np.float64)
     score = np.abs(p - 0.5)
     tie = np.asarray(jax.random.uniform(k_tie, (e,)))
     order = np.lexsort((tie, -score if most_certain else score))
+    order = order[room[order]]
     return selection_output(k_round, problem, budget, order[:n], rounding, pilot, {"theta": np.asarray(theta)}, max_labels_per_edge)
 
 
