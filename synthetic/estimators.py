@@ -808,9 +808,14 @@ def _svm(b):
     ``eta``'s relative error ``1e-4``, and the margin check failed.
     """
     scale = float(np.linalg.norm(b, axis=1).max(initial=0.0))
-    if scale > 0 and scale != 1.0:
-        v, eta = _svm(b / scale)
-        return (None, None) if v is None else (v / scale, eta / scale**2)
+    if not scale > 0:
+        return None, None
+    v, eta = _svm_unit(b / scale)
+    return (None, None) if v is None else (v / scale, eta / scale**2)
+
+
+def _svm_unit(b):
+    """:func:`_svm` for rows whose largest norm is 1."""
     m, dim = b.shape
     mat = np.vstack([b.T, np.ones((1, m))])
     target = np.r_[np.zeros(dim), 1.0]

@@ -412,3 +412,17 @@ def test_existence_does_not_depend_on_the_scale_of_a_feature_or_of_edges(how, sc
             assert got.ok, got.message
         seen.add((exists, bool(got.separated[6:].any() and not got.separated[:6].any())))
     assert (True, False) in seen and (False, True) in seen  # both kinds, and samples separated by z_3 alone
+
+
+def test_svm_of_parallel_rows_is_the_shorter_rows_own_direction():
+    """Two parallel rows ``b_2 = s b_1`` (``s > 1``): only ``b_1 . v >= 1`` binds, so the
+    minimum-norm ``v`` is ``b_1 / |b_1|^2`` (closed form). These two (from a separable 9-edge
+    sample) rescaled to norms that round to 0.9999999999999999 and 1.0000000000000002 in
+    turn: a rescale-until-the-largest-norm-is-1 loop recursed without end."""
+    from synthetic.estimators import _svm
+
+    b1 = np.array([-0.06598563320283257, 0.10702168232718912, -0.10990053160172351, 0.11927458137360634])
+    b = np.array([b1, [-0.09902762873193371, 0.16061228648342987, -0.16493270599440807, 0.17900076710812410]])
+    v, eta = _svm(b)
+    np.testing.assert_allclose(v, b1 / (b1 @ b1), rtol=1e-9)
+    assert eta[1] == 0 and eta[0] > 0
