@@ -73,7 +73,8 @@ class NewtonResult(NamedTuple):
       loss: final ``L_n``.
       grad_norm: Euclidean norm of the final gradient.
       num_iter: Newton iterations taken.
-      converged: the last accepted step was below ``tol (1 + ||theta||)``.
+      converged: the last accepted step moved the labelled margins ``beta z_e . theta`` by at most
+        ``tol (1 + max_e |beta z_e . theta|)``.
       mle_exists: ``converged`` and the Hessian on the labelled span is not
         degenerate (see :func:`fit_newton`). ``False`` flags separable labels (the
         unpenalised MLE is at infinity); the returned ``theta`` is then the last
@@ -142,8 +143,11 @@ def _grad_hess(theta, diffs, counts, wins, beta, ridge):
 
 
 def _null_projector(diffs, counts):
-    """Projector onto the orthogonal complement of span{z_e : c_e > 0}."""
-    z = diffs * (counts > 0)[:, None]
+    """Projector onto the orthogonal complement of span{z_e : c_e > 0}, from the unit rows: the
+    Gram matrix of the rows themselves squares their scales, and a direction only edges 1e-3 as
+    long see fell below float32's threshold (its component of theta was then left at 0)."""
+    norms = jnp.linalg.norm(diffs, axis=1)
+    z = diffs * jnp.where((counts > 0) & (norms > 0), 1.0 / jnp.where(norms > 0, norms, 1.0), 0.0)[:, None]
     gram = z.T @ z
     lam, vec = jnp.linalg.eigh(gram)
     eps = jnp.finfo(diffs.dtype).eps
@@ -228,8 +232,9 @@ def fit_newton(diffs, counts, wins, beta, ridge=0.0, max_iter=100, tol=None, cur
       beta: ``> 0``.
       ridge: per-label ridge ``>= 0``.
       max_iter: Newton iteration cap.
-      tol: relative step tolerance; default ``eps^0.6`` of the dtype (4e-10 in
-        float64, 7e-5 in float32).
+      tol: tolerance on a step's change of the labelled margins, relative to the largest margin
+        plus 1 (so alike at any beta and any scale of the features); default ``eps^0.6`` of the
+        dtype (4e-10 in float64, 7e-5 in float32).
       curvature_floor: smallest believable ``lambda_min(H(theta_hat)) / lambda_max(H(0))``
         on the labelled span; default ``sqrt(eps)`` (1.5e-8 in float64, 3.5e-4 in float32).
 
@@ -239,6 +244,7 @@ def fit_newton(diffs, counts, wins, beta, ridge=0.0, max_iter=100, tol=None, cur
     dtype, eps, tol, curvature_floor, counts, wins = _newton_setup(diffs, counts, wins, tol, curvature_floor)
     d = diffs.shape[1]
     p_null = _null_projector(diffs, counts)
+    labelled = counts > 0
 
     def loss(th):
         return dpo_loss(th, diffs, counts, wins, beta, ridge)
@@ -250,13 +256,17 @@ def fit_newton(diffs, counts, wins, beta, ridge=0.0, max_iter=100, tol=None, cur
         theta, f0 = state.theta, state.loss
         g, h = _grad_hess(theta, diffs, counts, wins, beta, ridge)
         delta = -jnp.linalg.solve(h + p_null, g)
+        delta = delta - p_null @ delta  # in the labelled span (a solve of condition (beta |z|)^2 leaks rounding out of it)
         delta = jnp.where(jnp.all(jnp.isfinite(delta)), delta, 0.0)
         t, f1, accepted = _armijo(loss, theta, delta, f0, jnp.dot(g, delta), eps, dtype)
         t = jnp.where(accepted, t, 0.0)
         new_theta = theta + t * delta
         step_norm = jnp.linalg.norm(t * delta)
-        # Converged: step below tolerance; stored as step = 0 to stop the loop.
-        done = step_norm <= tol * (1.0 + jnp.linalg.norm(new_theta))
+        # Converged: the step's change of the labelled margins beta z_e . theta below tolerance (relative to the
+        # margins, plus 1: in theta's own norm it was absolute when |theta| ~ 1 / beta << 1, and beta = 1e8
+        # stopped with margins off by 1e-6); stored as step = 0 to stop the loop.
+        moved = jnp.max(jnp.where(labelled, jnp.abs(beta * (diffs @ (t * delta))), 0.0))
+        done = moved <= tol * (1.0 + jnp.max(jnp.where(labelled, jnp.abs(beta * (diffs @ new_theta)), 0.0)))
         return _NewtonState(new_theta, jnp.where(done, 0.0, step_norm + 1.0), state.it + 1, jnp.where(accepted, f1, f0))
 
     theta0 = jnp.zeros((d,), dtype)
@@ -392,8 +402,8 @@ def fit_newton_shared(diffs, counts, wins, beta, ridge=0.0, max_iter=100, tol=No
 
     The answer and the flags are those of :func:`fit_newton`:
 
-    * A replicate is accepted from the chord iteration when its last accepted step is
-      below ``tol (1 + ||theta||)`` *and* at most half the step before it. The iteration
+    * A replicate is accepted from the chord iteration when its last accepted step moved
+      the labelled margins by at most ``tol (1 + max_e |u_e|)`` *and* at most half the step before it. The iteration
       converges linearly, so the remaining error is about ``step rho / (1 - rho)``, below
       the step for an observed contraction ``rho <= 1/2`` (Newton's last step leaves a
       quadratically small error instead; with the default ``tol`` both are far below
@@ -454,6 +464,7 @@ class _Chord(NamedTuple):
     chol_ok: jax.Array
     scale: jax.Array  # lambda_max(H(0))
     lam_m: jax.Array  # lambda_min of M on the labelled span
+    p_null: jax.Array  # [d, d] projector on the directions no labelled edge sees
 
 
 class _ChordState(NamedTuple):
@@ -490,7 +501,7 @@ def _chord_setup(diffs, counts, wins, beta, ridge, anchor, dtype) -> _Chord:
     _, h0 = _grad_hess(jnp.zeros((d,), dtype), diffs, counts, wins[0], beta, 0.0)
     scale = jnp.max(jnp.linalg.eigvalsh(h0))
     lam_m = jnp.min(jnp.linalg.eigvalsh(m + scale * p_null))
-    return _Chord(anchor, u_bar, s_bar, chol, jnp.all(jnp.isfinite(chol)), scale, lam_m)
+    return _Chord(anchor, u_bar, s_bar, chol, jnp.all(jnp.isfinite(chol)), scale, lam_m, p_null)
 
 
 def _chord_stats(u, theta, counts, wins, ridge, n):
@@ -509,6 +520,7 @@ def _chord_stats(u, theta, counts, wins, ridge, n):
 def _chord_iterate(chord: _Chord, diffs, counts, wins, beta, ridge, tol, eps, chord_iter, dtype) -> _ChordState:
     """Preconditioned steps ``theta <- theta - t M^-1 g`` with per-replicate Armijo backtracking."""
     r, n = wins.shape[0], jnp.sum(counts)
+    labelled = counts > 0
 
     def stats(u, theta):
         return _chord_stats(u, theta, counts, wins, ridge, n)
@@ -517,6 +529,7 @@ def _chord_iterate(chord: _Chord, diffs, counts, wins, beta, ridge, tol, eps, ch
         theta, u, f, done = state.theta, state.margins, state.loss, state.done
         g = beta * ((counts * state.sig - wins) @ diffs) / n + ridge * theta
         delta = -jax.scipy.linalg.cho_solve((chord.chol, True), g.T).T
+        delta = delta - delta @ chord.p_null  # in the labelled span, as fit_newton's steps
         delta = jnp.where(jnp.all(jnp.isfinite(delta), axis=1, keepdims=True), delta, 0.0)
         zd = beta * (delta @ diffs.T)
         slope = jnp.sum(g * delta, axis=1)
@@ -534,8 +547,10 @@ def _chord_iterate(chord: _Chord, diffs, counts, wins, beta, ridge, tol, eps, ch
         t = jnp.where(ok(ls.t, ls.loss) & ~done, ls.t, 0.0)
         moved = t > 0
         new_theta = theta + t[:, None] * delta
-        step = t * jnp.linalg.norm(delta, axis=1)
-        now_done = ~done & moved & (step <= tol * (1.0 + jnp.linalg.norm(new_theta, axis=1))) & (step <= 0.5 * state.last)
+        # the step's change of the labelled margins, relative to them (as fit_newton)
+        step = t * jnp.max(jnp.where(labelled, jnp.abs(zd), 0.0), axis=1)
+        reach = jnp.max(jnp.where(labelled, jnp.abs(u + t[:, None] * zd), 0.0), axis=1)
+        now_done = ~done & moved & (step <= tol * (1.0 + reach)) & (step <= 0.5 * state.last)
         return _ChordState(new_theta, u + t[:, None] * zd, jnp.where(moved, ls.loss, f),
                            jnp.where(moved[:, None], ls.sig, state.sig), state.it + 1,
                            jnp.where(moved, step, state.last), done | now_done, state.iters + (~done).astype(jnp.int32))

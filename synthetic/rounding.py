@@ -366,15 +366,6 @@ def pivotal_rounding(key, weights, budget, caps=None) -> Allocation:
     return allocation_from_counts(_round_expected(key, m))
 
 
-def _rank(z, dtype=None) -> int:
-    """Numerical rank of the rows of ``z``, data in ``dtype`` (:func:`theory.information.rows_rank`:
-    float32 differences built as sums carry 1e-7 of rounding in null directions, which float64's
-    threshold alone counted as directions to cover)."""
-    if z.shape[0] == 0:
-        return 0
-    return rows_rank(z, dtype)
-
-
 def _orthonormal_add(q, k, v, tol):
     """Add ``v`` to the orthonormal rows ``q[:k]`` if it leaves their span (two Gram-Schmidt passes)."""
     norm = np.linalg.norm(v)
@@ -418,8 +409,8 @@ def spanning_edges(key, weights, diffs, covered=None) -> tuple[np.ndarray, int]:
         raise ValueError(f"diffs must have shape [E, d] with E = {w.size}, got shape {list(z.shape)}")
     done = np.zeros(w.size, bool) if covered is None else np.asarray(covered) > 0
     d = z.shape[1]
-    base_rank = _rank(z[done], data)
-    need = _rank(z[done | (w > 0)], data) - base_rank
+    base_rank = rows_rank(z[done], data)
+    need = rows_rank(z[done | (w > 0)], data) - base_rank
     q = np.zeros((d, d))
     k = 0
     tol = max(1e-8, 100.0 * float(np.finfo(data).eps))  # a new direction is above the data's rounding

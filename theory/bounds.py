@@ -46,7 +46,7 @@ from jaxtyping import ArrayLike, Float
 
 
 from theory.checked import check_argument, checked, one_of
-from theory.information import DESIGN_INSTANCE, SaturationWarning, information_matrix_kernel, numerical_rank
+from theory.information import DESIGN_INSTANCE, SaturationWarning, information_matrix_kernel, rows_rank
 from theory.policy import POOL, normalized_prompt_weights, policy_curvature_kernel, policy_log_probs_kernel
 
 from theory.second_order import second_order_coefficients, second_order_column, second_order_gap  # noqa: E402,F401 (issue 18, goal 3)
@@ -535,10 +535,8 @@ def instance_constants(
     dim = int(lam_s.size)
     if dim == 0:
         raise ValueError("weights put no mass on a non-zero edge difference: the design sees nothing")
-    nonzero = np.linalg.norm(z_edges, axis=1) > 0
-    if nonzero.any():  # range(S) is span{z_e : w_e > 0} in exact arithmetic: a smaller range is S's resolution
-        unit = z_edges[nonzero] / np.linalg.norm(z_edges[nonzero], axis=1)[:, None]
-        seen = numerical_rank(unit.T @ unit, np.float64)
+    if z_edges.shape[0]:  # range(S) is span{z_e : w_e > 0} in exact arithmetic: a smaller range is S's resolution
+        seen = rows_rank(z_edges, np.float64)
         if dim < seen:
             m_top = float(np.abs(margin).max())
             warnings.warn(SaturationWarning(
