@@ -249,7 +249,10 @@ def pca_reduce(features, log_ref, dim, key):
     (Halko, Martinsson and Tropp 2011; 10 extra columns, 4 power iterations).
 
     Returns ``(features [m, K, dim], explained_fraction)``; with ``dim`` at or above the
-    feature count the features are returned as they are.
+    feature count the features are returned as they are, and with ``dim`` at or above the
+    number of completions ``N`` (more features than completions: a small pool of embeddings)
+    they are projected on the whole span of the centred features (exact SVD; ``r <= N``
+    columns, every edge difference and the policy's curvature unchanged).
     """
     m, k, big = features.shape
     if dim is None or dim >= big:
@@ -257,6 +260,11 @@ def pca_reduce(features, log_ref, dim, key):
     present = np.isfinite(log_ref)
     mean = (features * present[..., None]).sum(1) / present.sum(1)[:, None]
     x = (features - mean[:, None, :])[present]  # [N, D]
+    if dim >= x.shape[0]:  # the randomized SVD has at most N directions to give
+        _, s, vt = np.linalg.svd(x, full_matrices=False)
+        r = int(np.sum(s > max(x.shape) * np.finfo(np.float64).eps * s[0])) if s.size and s[0] > 0 else 0
+        basis = vt[:max(r, 1)].T
+        return np.where(present[..., None], (features.reshape(-1, big) @ basis).reshape(m, k, basis.shape[1]), 0.0), 1.0
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().astype(np.uint32))
     q = np.linalg.qr(x @ rng.normal(size=(big, dim + 10)))[0]
     for _ in range(4):
@@ -553,7 +561,11 @@ def _write_report(out: Path, report: dict, crit: dict) -> None:
     for i, v in enumerate(vals):
         ax.text(v, i, f" {v:.3g}", va="center", fontsize=7)
     ax.set_yticks(range(len(names)), names)
-    ax.set_xlim(0, max(vals) * 1.2)
+    if vals:
+        ax.set_xlim(0, max(vals) * 1.2)
+    else:  # a budget below the rank of I: no design covers it (the CoverageWarning said so)
+        ax.text(0.5, 0.5, "every criterion is infinite:\nthe budget is below the rank of I", ha="center", va="center",
+                transform=ax.transAxes, fontsize=8)
     ax.set_xlabel(r"criterion $\mathrm{tr}(I\,\Sigma^+)$ of the realised selection (lower is better)")
     ax.set_title(f"{report['lines']:,} comparisons, {report['candidate_comparisons']:,} candidates")
     fig.savefig(paths["png"], dpi=200)

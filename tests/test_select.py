@@ -297,3 +297,37 @@ def test_convert_reads_preferred_as_a_position_or_an_id_and_refuses_a_clash(tmp_
         src.write_text(json.dumps({"prompt_id": "p2", **swapped}) + "\n")
         with pytest.raises(ValueError, match="is ambiguous: as a position it names completion_"):
             S.convert_to_trl(src, tmp_path / "trl2.jsonl")
+
+
+def test_pca_of_a_pool_with_fewer_completions_than_the_dimension_keeps_the_criterion():
+    """20 prompts x 4 completions of 200-dimensional features with the default pca = 128: the
+    randomized SVD has only 80 directions to give, and select failed ("cannot reshape array of
+    size 6400 into shape (20,4,128)"). Now the whole span of the centred features: every edge
+    difference and the policy's curvature are unchanged, so tr(I Sigma^+) of a design is that
+    of the full features (the oracle: design_criterion on the 200-dimensional pool)."""
+    rng = np.random.default_rng(1)
+    f = rng.normal(size=(20, 4, 200))
+    lr = np.log(rng.dirichlet(np.ones(4), size=20))
+    red, explained = S.pca_reduce(f, lr, 128, jax.random.key(0))
+    assert red.shape[:2] == (20, 4) and red.shape[2] <= 80 and explained == 1.0
+    crit = []
+    for feats in (f, red):
+        edges = enumerate_edges(jnp.asarray(feats), jnp.asarray(lr))
+        w = jnp.full(edges.num_edges, 1.0 / edges.num_edges)
+        curv = policy_curvature(jnp.zeros(feats.shape[2]), jnp.asarray(feats), jnp.asarray(lr), jnp.full(20, 1 / 20))
+        crit.append(float(design_criterion(w, jnp.zeros(feats.shape[2]), edges.diffs, curv, 1.0)))
+    np.testing.assert_allclose(crit[1], crit[0], rtol=1e-8)
+
+
+def test_a_budget_below_the_rank_writes_the_queue_and_a_report_of_infinite_criteria(tmp_path):
+    """Budget 1 on three prompts of three completions in R^2 (rank of I: 2): no selection covers I,
+    every criterion is infinite (CoverageWarning), and the report's bar chart took max() of no
+    finite value ("select: max() arg is an empty sequence") after the queue was written."""
+    out = tmp_path / "q.jsonl"
+    with pytest.warns(UserWarning, match="below 2, the rank of the curvature I"):
+        rep = S.select(_cfg(pool=_write(tmp_path / "p.parquet", _rows()), budget=1, out=str(out)), quiet=True)
+    assert len(_read_queue(out)) == 1
+    paths = S.report_paths(out)
+    assert all(p.exists() for p in paths.values())
+    crit = json.loads(paths["json"].read_text())["criterion"]
+    assert crit == rep["criterion"] and crit and all(v == float("inf") for v in crit.values() if v is not None)
