@@ -222,8 +222,13 @@ def fit_newton(diffs, counts, wins, beta, ridge=0.0, max_iter=100, tol=None, cur
     dtype: margins so large (past about 20 in float64) that the curvature along the
     weakest direction is below the floor and Newton stalls (about 1 in 300 of the
     tests' tiny near-separable samples). Such an estimate predicts preferences of
-    ``1 - 1e-9`` and is treated as not existing. With ``ridge > 0`` the minimiser always
-    exists and only convergence is required.
+    ``1 - 1e-9`` and is treated as not existing. The floor is relative to the largest
+    curvature, so a direction whose curvature is far below it for another reason is flagged
+    too: features of very different scales (a column of scale 1e-4 next to one of 1, the
+    curvature ratio 1e-8) give ``mle_exists = False`` for an MLE that exists. The flag
+    errs only that way; :func:`mle_exists_exact` answers exactly, and the Monte Carlo
+    path applies it (or :func:`ridge_path_limit`) to every flagged replicate. With
+    ``ridge > 0`` the minimiser always exists and only convergence is required.
 
     Args:
       diffs: ``[A, d]``.
