@@ -728,3 +728,21 @@ def test_no_false_coverage_warning_on_a_float32_world_whose_budget_is_the_rank()
     with warnings.catch_warnings():
         warnings.simplefilter("error", CoverageWarning)
         run_design("uniform", jax.random.PRNGKey(0), big, 99)
+
+
+@pytest.mark.parametrize("name", ["best_vs_worst", "response_selection", "sweet_spot"])
+def test_auto_cap_counts_only_the_prompts_a_pair_rule_weights(name):
+    """Prompt weights (1/2, 1/2, 0, 0): a one-pair-per-prompt rule labels two pairs, so 4 labels are
+    above its support and "auto" is unlimited (2 labels on each weighted prompt). Its support
+    counted the zero-weight prompts (4), "auto" became a cap of 1, and the design failed for
+    want of room."""
+    from synthetic import gaussian_world
+    from synthetic.worlds import Pool, World
+
+    w = gaussian_world(jax.random.PRNGKey(1), num_prompts=4, num_completions=4, dim=3)
+    pool = Pool(w.train.features, w.train.log_ref, jnp.array([0.5, 0.5, 0.0, 0.0]))
+    prob = design_problem(World(pool, pool, w.theta_star, w.beta))
+    assert get_design(name).support_size(prob, {}) == 2
+    out = run_design(name, jax.random.PRNGKey(0), prob, 4, max_labels_per_edge="auto")
+    per_prompt = np.bincount(np.asarray(prob.edges.prompt), weights=out.dense_counts(prob.num_edges), minlength=4)
+    np.testing.assert_array_equal(per_prompt, [2, 2, 0, 0])

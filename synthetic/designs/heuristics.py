@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from synthetic.designs.checks import _check_choice, choice_check
-from synthetic.designs.outputs import _present, _prompt_masses, weighted_output
+from synthetic.designs.outputs import _present, _prompt_masses, _prompts_with_pairs, weighted_output
 from synthetic.designs.pilot import PILOT, PilotConfig, _pilot
 from synthetic.designs.registry import register_design
 from theory.checked import check_argument
@@ -85,12 +85,13 @@ def _per_prompt_pairs(problem, pick):
     return prompts, sel
 
 
-def _prompts_with_pairs(params, problem):
-    """Support of a one-pair-per-prompt rule: the prompts with two completions (and,
-    with a pilot reward, every edge, which the pilot may label)."""
+def _pair_rule_support(params, problem):
+    """Support of a one-pair-per-prompt rule: the prompts with two completions and positive
+    weight (their pair's weight is the prompt's; with a pilot reward, every edge, which the
+    pilot may label)."""
     if params.get("reward") == "pilot":
         return None
-    return int(np.sum(_present(problem).sum(axis=1) >= 2))
+    return _prompts_with_pairs(problem)
 
 
 def _per_prompt_output(key, problem, budget, prompts, sel, rounding, pilot, info=None, max_labels_per_edge=None):
@@ -102,7 +103,7 @@ def _per_prompt_output(key, problem, budget, prompts, sel, rounding, pilot, info
 @register_design(
     "best_vs_worst",
     needs_truth=True,
-    support=_prompts_with_pairs,
+    support=_pair_rule_support,
     summary="Per prompt, the highest- against the lowest-reward completion under a reward model.",
     source="common practice in iterative DPO (e.g. the baseline of Finding the Sweet Spot, 2025)",
 )
@@ -116,7 +117,7 @@ def best_vs_worst(key, problem, budget, reward="proxy", correlation=1.0, pilot_f
 @register_design(
     "sweet_spot",
     needs_truth=True,
-    support=_prompts_with_pairs,
+    support=_pair_rule_support,
     summary="Chosen at one reward position, rejected nearest another (default max vs mu - 2 sigma); 7 positions, 21 pairs.",
     source="Finding the Sweet Spot (2025, seed 003): rejected at mu - 2 sigma beats the minimum",
     checks={"chosen": choice_check(*REWARD_POSITIONS), "rejected": choice_check(*REWARD_POSITIONS)},
@@ -145,7 +146,7 @@ def sweet_spot(
 @register_design(
     "sweet_spot_pm2sigma",
     needs_truth=True,
-    support=_prompts_with_pairs,
+    support=_pair_rule_support,
     summary="Chosen nearest mu + 2 sigma, rejected nearest mu - 2 sigma of the prompt's rewards.",
     source="Finding the Sweet Spot (2025, seed 003): the (mu + 2 sigma, mu - 2 sigma) pair, best in most of its settings",
 )
@@ -158,7 +159,7 @@ def sweet_spot_pm2sigma(key, problem, budget, reward="proxy", correlation=1.0, p
 @register_design(
     "sweet_spot_scalable",
     needs_truth=True,
-    support=_prompts_with_pairs,
+    support=_pair_rule_support,
     summary="Chosen = highest reward; rejected = lowest of num_samples (default 5) completions drawn at random from the pool.",
     source="Finding the Sweet Spot (2025, seed 003), the scalable construction",
 )

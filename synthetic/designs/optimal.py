@@ -15,7 +15,7 @@ import numpy as np
 
 from synthetic.designs import cache as _disk
 from synthetic.designs.checks import _check_choice, choice_check
-from synthetic.designs.outputs import _present, _prompt_masses, _rest_caps, weighted_output
+from synthetic.designs.outputs import _present, _prompt_masses, _prompts_with_pairs, _rest_caps, weighted_output
 from synthetic.designs.pilot import PILOT, PilotConfig, _at_truth_or_pilot, _theta_at
 from synthetic.designs.problem import DesignOutput
 from synthetic.designs.registry import register_design
@@ -185,6 +185,7 @@ def a_optimal(key, problem, budget, at="reference", rounding="auto", ridge=0.0, 
 @register_design(
     "response_selection",
     needs_truth=_at_truth_or_pilot,
+    support=lambda params, problem: _prompts_with_pairs(problem),
     summary="Exactly one labelled pair per prompt, drawn from the L-optimal design normalised within each prompt.",
     source="Which Pairs to Compare (arXiv 2606.19607), IMDb response selection",
 )

@@ -67,6 +67,11 @@ def selection_output(key, problem, budget, selected, rounding="auto", pilot=None
 def _present(problem):
     return np.isfinite(np.asarray(problem.pool.log_ref))
 
+def _prompts_with_pairs(problem) -> int:
+    """Prompts a one-pair-per-prompt rule labels: two present completions and positive weight."""
+    rho = np.asarray(problem.pool.prompt_weights, np.float64)
+    return int(np.sum((_present(problem).sum(axis=1) >= 2) & (rho > 0)))
+
 def _prompt_masses(problem, prompts):
     rho = np.asarray(problem.pool.prompt_weights, dtype=np.float64)[prompts]
     return rho / rho.sum()
