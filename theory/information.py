@@ -23,6 +23,7 @@ curvature but that the design does not cover makes the criterion ``+inf``.
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -119,6 +120,41 @@ class SaturationWarning(UserWarning):
     """
 
 
+class _Screen(NamedTuple):
+    """:func:`saturation_screen`'s answer: the support's rows (float64), weights, ``sigmoid'``,
+    ``|margins|``, the data's precision, and ``clear`` (no direction can be below resolution)."""
+
+    z: np.ndarray
+    w: np.ndarray
+    c: np.ndarray
+    margins: np.ndarray
+    dtype: np.dtype
+    clear: bool
+
+
+def saturation_screen(theta, diffs, weights, beta) -> _Screen | None:
+    """The one-pass screen shared by :func:`check_saturation` and the design solver's: ``None``
+    when no edge has weight and a non-zero difference, else the support with ``clear`` true when
+    every edge's share ``w_e sigmoid'_e ||z_e||^2`` of ``tr Sigma`` is above ``1e3`` times the rank
+    threshold (then no direction of the edges' span can fall below ``Sigma``'s resolution, and no
+    eigen-decomposition is needed). ``weights=None``: every edge, weight 1."""
+    z_in = np.asarray(diffs)
+    dtype = z_in.dtype if z_in.dtype.kind == "f" else np.dtype(np.float64)
+    z = z_in.astype(np.float64)
+    w = np.ones(z.shape[0]) if weights is None else np.asarray(weights, np.float64)
+    norms = np.linalg.norm(z, axis=1)
+    sup = (w > 0) & (norms > 0)
+    if not sup.any():
+        return None
+    z, w, norms = z[sup], w[sup], norms[sup]
+    u = np.abs(float(beta) * (z @ np.asarray(theta, np.float64)))
+    a = np.exp(-u)
+    c = a / (1.0 + a) ** 2
+    share = w * c * norms**2
+    clear = bool(share.min() > 1e3 * 10 * z.shape[1] * float(np.finfo(dtype).eps) * share.sum())
+    return _Screen(z, w, c, u, dtype, clear)
+
+
 def check_saturation(theta, diffs, weights, beta, what: str = "the criterion", stacklevel: int = 3) -> int:
     """Warn :class:`SaturationWarning` and return how many directions of ``span{z_e : w_e > 0}``
     fall below the resolution of ``Sigma_w(theta)`` at the inputs' precision (``0``: none; also
@@ -126,37 +162,23 @@ def check_saturation(theta, diffs, weights, beta, what: str = "the criterion", s
 
     In exact arithmetic ``range(Sigma_w) = span{z_e : w_e > 0}`` (``sigmoid' > 0``), so a numerical
     rank of ``Sigma_w`` below that of the edges (unit rows, float64) is rounding alone. Cheap when
-    every weighted edge's share ``w_e sigmoid'_e ||z_e||^2`` of ``tr Sigma`` is far above the rank
-    threshold (the usual case): one pass over the edges, no eigen-decomposition.
+    :func:`saturation_screen` clears the edges (the usual case): no eigen-decomposition.
     """
     from theory import _validation as V
 
     if not V.is_concrete(theta, diffs, weights, beta):
         return 0
-    z_in = np.asarray(diffs)
-    dtype = z_in.dtype if z_in.dtype.kind == "f" else np.float64
-    z, w = z_in.astype(np.float64), np.asarray(weights, np.float64)
-    norms = np.linalg.norm(z, axis=1)
-    sup = (w > 0) & (norms > 0)
-    if not sup.any():
+    sc = saturation_screen(theta, diffs, weights, beta)
+    if sc is None or sc.clear:
         return 0
-    z, w, norms = z[sup], w[sup], norms[sup]
-    u = float(beta) * (z @ np.asarray(theta, np.float64))
-    a = np.exp(-np.abs(u))
-    c = a / (1.0 + a) ** 2
-    share = w * c * norms**2
-    d = z.shape[1]
-    eps = float(np.finfo(dtype).eps)
-    if share.min() > 1e3 * 10 * d * eps * share.sum():
-        return 0
-    labelled = rows_rank(z, dtype)
-    sig = (z.astype(dtype) * (w * c).astype(dtype)[:, None]).T @ z.astype(dtype)
-    lost = labelled - numerical_rank(sig, dtype)
+    labelled = rows_rank(sc.z, sc.dtype)
+    sig = (sc.z.astype(sc.dtype) * (sc.w * sc.c).astype(sc.dtype)[:, None]).T @ sc.z.astype(sc.dtype)
+    lost = labelled - numerical_rank(sig, sc.dtype)
     if lost > 0:
         warnings.warn(SaturationWarning(
-            f"{what}: {lost} of the {labelled} directions the weighted edges label are below {np.dtype(dtype).name}'s "
-            f"resolution of Sigma (sigmoid'(beta theta.z_e) from {c.min():.3g} to {c.max():.3g} on those edges, margins "
-            f"up to {np.abs(u).max():.3g}), so the value leaves them out and may be far from tr(I Sigma^+), which counts "
+            f"{what}: {lost} of the {labelled} directions the weighted edges label are below {np.dtype(sc.dtype).name}'s "
+            f"resolution of Sigma (sigmoid'(beta theta.z_e) from {sc.c.min():.3g} to {sc.c.max():.3g} on those edges, margins "
+            f"up to {sc.margins.max():.3g}), so the value leaves them out and may be far from tr(I Sigma^+), which counts "
             "them; smaller margins (theta, beta or the features' scale) resolve them"), stacklevel=stacklevel)
     return max(lost, 0)
 

@@ -16,7 +16,7 @@ from jaxtyping import ArrayLike, Float, Int
 
 from theory import _validation as V
 from theory.checked import check_argument, checked, one_of
-from theory.information import SaturationWarning, numerical_range, rows_rank, sigmoid_prime
+from theory.information import SaturationWarning, numerical_range, rows_rank, saturation_screen, sigmoid_prime
 from theory.shapes import Diffs, EdgeWeights, Scalar, Vector
 
 CRITERIA = ("L", "A", "D")
@@ -203,20 +203,14 @@ def saturated_directions(diffs, theta, beta, rank: int) -> tuple[int, float]:
     """``(k, margin)``: how many directions of the candidates' span (unit rows, float64) the
     ``sigmoid'``-weighted span of rank ``rank`` that the solver works on misses, and the largest
     ``|beta theta.z_e|``. In exact arithmetic the two spans are one (``sigmoid' > 0``): ``k > 0``
-    is floating point's resolution at huge margins. A one-pass screen first: when every edge's
-    information is far above the rank threshold nothing can be missed."""
-    z = np.asarray(diffs, np.float64)
-    norms = np.linalg.norm(z, axis=1)
-    nz = norms > 0
-    if not nz.any():
+    is floating point's resolution at huge margins. :func:`theory.information.saturation_screen`
+    first: when it clears the edges nothing can be missed."""
+    sc = saturation_screen(theta, diffs, None, beta)
+    if sc is None:
         return 0, 0.0
-    u = np.abs(float(beta) * (z[nz] @ np.asarray(theta, np.float64)))
-    a = np.exp(-u)
-    share = a / (1.0 + a) ** 2 * norms[nz] ** 2
-    eps = float(np.finfo(np.asarray(diffs).dtype if np.asarray(diffs).dtype.kind == "f" else np.float64).eps)
-    if share.min() > 1e3 * 10 * z.shape[1] * eps * share.sum():
-        return 0, float(u.max())
-    return max(rows_rank(z[nz], np.asarray(diffs).dtype if np.asarray(diffs).dtype.kind == "f" else None) - int(rank), 0), float(u.max())
+    if sc.clear:
+        return 0, float(sc.margins.max())
+    return max(rows_rank(sc.z, sc.dtype) - int(rank), 0), float(sc.margins.max())
 
 
 def warn_if_saturated(diffs, theta, beta, rank: int, stacklevel: int) -> None:
