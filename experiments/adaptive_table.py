@@ -27,8 +27,7 @@ import time
 import numpy as np
 from hydra import compose, initialize_config_module
 
-from experiments import cell as _cell
-from experiments.cell import run_cell
+from experiments.cell import forget_adaptive_runs, run_cell
 from experiments.records import draws_mean_and_ci
 from synthetic.designs import DESIGNS
 
@@ -68,7 +67,7 @@ def measure(designs, budgets, replicates, estimator="map", world="design_table",
                         # the first run's adaptive label-buying is kept in memory for cells that differ only in
                         # the estimator: the timed run would reuse it and time the fits alone (0.0076 against
                         # 0.030 s a replicate for adpo_adaptive at n = 200)
-                        _cell._ADAPTIVE_RUNS.clear()
+                        forget_adaptive_runs()
                     t = time.perf_counter()
                     rec = run_cell(cfg)
                     sec = (time.perf_counter() - t) / replicates

@@ -47,7 +47,7 @@ from synthetic.designs.cache import using_design_cache
 from synthetic.monte_carlo import ESTIMATORS, replicate_gaps
 from theory import asymptotic_gap
 
-__all__ = ["CELL_CODE", "REPLICATE_CHUNK", "cell_identity", "cell_id", "code_version", "record_code_version", "git_version", "run_cell", "allocation_draws", "float64", "one_blas_thread",
+__all__ = ["CELL_CODE", "REPLICATE_CHUNK", "cell_identity", "cell_id", "code_version", "record_code_version", "git_version", "run_cell", "forget_adaptive_runs", "allocation_draws", "float64", "one_blas_thread",
            "check_design_cache"]
 
 #: Replicates per compiled call: bounds memory and drives the progress bar; the
@@ -494,6 +494,12 @@ def _all_observed(out, problem) -> bool:
     if out.pilot is None:
         return False
     return float(np.sum(out.pilot[0])) >= float(out.dense_counts(problem.num_edges).sum())
+
+
+def forget_adaptive_runs() -> None:
+    """Drop the adaptive designs' outputs this process keeps for later cells (:func:`_adaptive_runs`):
+    the next cell buys its labels afresh (a timed run must, or it times the fits alone)."""
+    _ADAPTIVE_RUNS.clear()
 
 
 def _adaptive_runs(cfg, start: int, run):

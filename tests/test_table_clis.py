@@ -41,7 +41,7 @@ def test_the_timed_adaptive_table_times_the_designs_own_label_buying(monkeypatch
     calls = []
     real = cell.run_adaptive
     monkeypatch.setattr(cell, "run_adaptive", lambda *a, **k: calls.append(1) or real(*a, **k))
-    cell._ADAPTIVE_RUNS.clear()
+    cell.forget_adaptive_runs()
     out = adaptive_table.measure(["adpo_adaptive"], [60], 2, timed=True)
     assert "error" not in out[("adpo_adaptive", 60)] and len(calls) == 2
 
