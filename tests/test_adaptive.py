@@ -334,3 +334,23 @@ def test_adpo_greedy_without_replacement_labels_each_edge_once_pilot_included():
         out = run_design("adpo_greedy", jax.random.key(seed), prob, 20, at="pilot", with_replacement=False)
         c, pc = out.dense_counts(prob.num_edges), np.asarray(out.pilot[0])
         assert pc.sum() == 4 and c.sum() == 20 and c.max() == 1 and np.all(c >= pc)
+
+
+def test_lock_step_replicates_equal_single_runs_when_their_counts_straddle_the_samplers_switch():
+    """One round of 6,400 uniform candidates on 80 comparisons: some replicates put more than
+    INVERSE_CDF_MAX_COUNT = 100 labels on a comparison, some do not. The annotator's sampler was
+    chosen for the whole chunk, so a replicate under 100 got BTRS's wins in lock-step and
+    inversion's alone (2,731 against 2,753 wins): its numbers depended on its chunk's company."""
+    from synthetic import contextual_world
+    from synthetic.labels import INVERSE_CDF_MAX_COUNT
+
+    prob = design_problem(contextual_world(jax.random.PRNGKey(7), num_train_prompts=8, num_eval_prompts=20, num_completions=5))
+    keys = jax.random.split(jax.random.PRNGKey(5), 6)
+    kw = dict(round_size=6400, first_round=1, over_generate_factor=1, candidates="uniform")
+    outs = A.run_adaptive("uncertainty_adaptive", keys, prob, 6401, **kw)
+    tops = [int(o.pilot[0].max()) for o in outs]
+    assert min(tops) <= INVERSE_CDF_MAX_COUNT < max(tops), tops
+    for i, out in enumerate(outs):
+        one = run_design("uncertainty_adaptive", keys[i], prob, 6401, **kw)
+        np.testing.assert_array_equal(out.pilot[0], one.pilot[0])
+        np.testing.assert_array_equal(out.pilot[1], one.pilot[1])

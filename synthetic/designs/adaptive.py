@@ -123,11 +123,20 @@ def _batched_label(method: str):
 
 
 def _label(problem, keys, counts):
-    """The annotator (:meth:`DesignProblem.label`) for ``[R]`` keys and ``[R, E]`` counts, in one call."""
+    """The annotator (:meth:`DesignProblem.label`) for ``[R]`` keys and ``[R, E]`` counts, in one call.
+
+    The sampler is each replicate's own (inversion up to ``INVERSE_CDF_MAX_COUNT`` labels an edge,
+    as :func:`synthetic.labels.simulate_wins` chooses for it alone): chosen for the batch, a
+    replicate's wins changed with the other replicates of its chunk. Both run where the rows differ."""
     z = problem.edges.diffs
-    method = "inverse" if np.max(counts) <= INVERSE_CDF_MAX_COUNT else "btrs"
-    w = _batched_label(method)(keys, problem.theta_star, z, jnp.asarray(counts, z.dtype), float(problem.beta))
-    return np.rint(np.asarray(w)).astype(np.int64)
+    small = np.max(np.asarray(counts), axis=1) <= INVERSE_CDF_MAX_COUNT
+    c = jnp.asarray(counts, z.dtype)
+    args = (keys, problem.theta_star, z, c, float(problem.beta))
+    if small.all() or not small.any():
+        w = np.asarray(_batched_label("inverse" if small.all() else "btrs")(*args))
+    else:
+        w = np.where(small[:, None], np.asarray(_batched_label("inverse")(*args)), np.asarray(_batched_label("btrs")(*args)))
+    return np.rint(w).astype(np.int64)
 
 
 # ------------------------------------------------------------------------ rules
