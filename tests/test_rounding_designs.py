@@ -746,3 +746,16 @@ def test_auto_cap_counts_only_the_prompts_a_pair_rule_weights(name):
     out = run_design(name, jax.random.PRNGKey(0), prob, 4, max_labels_per_edge="auto")
     per_prompt = np.bincount(np.asarray(prob.edges.prompt), weights=out.dense_counts(prob.num_edges), minlength=4)
     np.testing.assert_array_equal(per_prompt, [2, 2, 0, 0])
+
+
+def test_response_selection_at_a_pilot_may_label_more_comparisons_than_prompts():
+    """At a pilot, response selection's labels are the pilot's (on any edge) plus one pair a
+    prompt: 12 labels on 12 distinct comparisons of 10 prompts with a cap of 1. Registering its
+    support as the prompts' count alone refused that run before it started."""
+    from synthetic import gaussian_world
+
+    prob = design_problem(gaussian_world(jax.random.key(0), num_prompts=10, num_completions=6, dim=4))
+    assert get_design("response_selection").support_size(prob, {"at": "pilot"}) == prob.num_edges
+    out = run_design("response_selection", jax.random.key(3), prob, 12, at="pilot", max_labels_per_edge=1)
+    c = out.dense_counts(prob.num_edges)
+    assert c.sum() == 12 and c.max() == 1 and np.all(c >= out.pilot[0])

@@ -185,7 +185,8 @@ def a_optimal(key, problem, budget, at="reference", rounding="auto", ridge=0.0, 
 @register_design(
     "response_selection",
     needs_truth=_at_truth_or_pilot,
-    support=lambda params, problem: _prompts_with_pairs(problem),
+    # one pair a prompt; at a pilot its labels fall on any edge too (no support then, as the pair rules')
+    support=lambda params, problem: None if params.get("at") == "pilot" else _prompts_with_pairs(problem),
     summary="Exactly one labelled pair per prompt, drawn from the L-optimal design normalised within each prompt.",
     source="Which Pairs to Compare (arXiv 2606.19607), IMDb response selection",
 )
