@@ -563,8 +563,8 @@ def _write_report(out: Path, report: dict, crit: dict) -> None:
     ax.set_yticks(range(len(names)), names)
     if vals:
         ax.set_xlim(0, max(vals) * 1.2)
-    else:  # a budget below the rank of I: no design covers it (the CoverageWarning said so)
-        ax.text(0.5, 0.5, "every criterion is infinite:\nthe budget is below the rank of I", ha="center", va="center",
+    else:  # no selection covers I's range (a budget below its rank: the CoverageWarning said so)
+        ax.text(0.5, 0.5, "every criterion is infinite:\nno selection covers the range of I", ha="center", va="center",
                 transform=ax.transAxes, fontsize=8)
     ax.set_xlabel(r"criterion $\mathrm{tr}(I\,\Sigma^+)$ of the realised selection (lower is better)")
     ax.set_title(f"{report['lines']:,} comparisons, {report['candidate_comparisons']:,} candidates")

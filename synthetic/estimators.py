@@ -46,7 +46,6 @@ import scipy.optimize
 import scipy.sparse
 import scipy.special
 
-from theory.information import rank_threshold, rows_rank
 from theory.checked import check_argument, one_of
 
 __all__ = [
@@ -143,16 +142,19 @@ def _grad_hess(theta, diffs, counts, wins, beta, ridge):
 
 
 def _null_projector(diffs, counts):
-    """Projector onto the orthogonal complement of span{z_e : c_e > 0}, from the unit rows: the
-    Gram matrix of the rows themselves squares their scales, and a direction only edges 1e-3 as
-    long see fell below float32's threshold (its component of theta was then left at 0)."""
+    """Projector onto the orthogonal complement of span{z_e : c_e > 0}, from the singular values of
+    the unit rows at the data's precision (above ``10 d eps`` of the largest): the rows' Gram matrix
+    squares scales and angles, and a direction only edges 1e-3 as long see, or rows 3e-3 apart in
+    angle, fell below float32's threshold there (its component of theta was then left at 0, and
+    separable labels along it were fitted as if the MLE existed)."""
     norms = jnp.linalg.norm(diffs, axis=1)
     z = diffs * jnp.where((counts > 0) & (norms > 0), 1.0 / jnp.where(norms > 0, norms, 1.0), 0.0)[:, None]
-    gram = z.T @ z
-    lam, vec = jnp.linalg.eigh(gram)
+    d = diffs.shape[1]
+    _, sv, vt = jnp.linalg.svd(z, full_matrices=False)  # vt [min(A, d), d]
     eps = jnp.finfo(diffs.dtype).eps
-    null = lam <= rank_threshold(jnp.maximum(jnp.max(lam), eps), gram.shape[0], diffs.dtype)
-    return (vec * null) @ vec.T
+    keep = sv > 10.0 * d * eps * jnp.maximum(sv[0], eps)
+    v = vt * keep[:, None]
+    return jnp.eye(d, dtype=diffs.dtype) - v.T @ v
 
 
 def _newton_setup(diffs, counts, wins, tol, curvature_floor):
@@ -770,7 +772,8 @@ def mle_exists_exact(diffs, counts, wins) -> bool:
 
     Exact up to the linear program's tolerance (HiGHS, 1e-7). Shortcut: when the edges
     with both a win and a loss already span every labelled edge difference, no direction
-    can separate (it would have to be orthogonal to all of them), and no program is solved.
+    can separate (it would have to be orthogonal to all of them), and no program is solved
+    (:func:`_covered_by_two_sided`: each one-sided row against the span, at its own length).
 
     Args:
       diffs: ``[A, d]``; counts: ``[A]``; wins: ``[A]`` (``beta > 0`` does not matter).
@@ -780,8 +783,7 @@ def mle_exists_exact(diffs, counts, wins) -> bool:
     w = np.asarray(wins, np.float64)
     labelled = c > 0
     two_sided = labelled & (w > 0) & (c - w > 0)
-    dt = _data_dtype(diffs)
-    if _gram_rank(z[two_sided], dt) == _gram_rank(z[labelled], dt):
+    if _covered_by_two_sided(z, labelled, two_sided, _data_dtype(diffs)):
         return True
     rows, _, _, _ = _label_rows(z, c, w, 1.0)
     return not _any_separable(rows)
@@ -793,12 +795,30 @@ def _data_dtype(x):
     return dt if dt.kind == "f" else np.dtype(np.float64)
 
 
-def _gram_rank(x, dtype=np.float64) -> int:
-    """Numerical rank of the rows of ``x [m, d]`` (:func:`theory.information.rows_rank`: unit rows,
-    so a direction only small edge differences see counts like any other; a threshold relative to
-    the largest eigenvalue of ``x^T x`` dropped it and the shortcut called separable labels
-    non-separable)."""
-    return rows_rank(x, dtype)
+def _covered_by_two_sided(z, labelled, two_sided, dtype) -> bool:
+    """Whether every labelled edge difference lies in the span of the edges with both outcomes
+    (then no direction can separate, and no program is needed): each one-sided row's part outside
+    that span, relative to the row's own length, at most 1e-9. The span's basis is of unit rows
+    (directions above ``(10 d eps)^2`` of the top eigenvalue at the data's precision, and 1e-14:
+    noise cannot enter it, so the shortcut never hides a separating direction; a direction it
+    drops only sends the question to the program). A rank comparison had thresholds relative to
+    the top eigenvalue, which grows with the number of rows: with 1,000 two-sided edges a
+    one-sided edge 1e-6 out of their plane was called covered."""
+    one = labelled & ~two_sided
+    rows = z[one]
+    if rows.shape[0] == 0:
+        return True
+    norms = np.linalg.norm(rows, axis=1)
+    base = z[two_sided]
+    bn = np.linalg.norm(base, axis=1)
+    base = base[bn > 0] / bn[bn > 0][:, None]
+    if base.shape[0] == 0:
+        return bool(np.all(norms == 0))
+    lam, vec = np.linalg.eigh(base.T @ base)
+    floor = max(1e-14, (10.0 * z.shape[1] * float(np.finfo(dtype).eps)) ** 2)
+    q = vec[:, lam > floor * max(float(lam[-1]), 1e-300)]
+    resid = np.linalg.norm(rows - (rows @ q) @ q.T, axis=1)
+    return bool(np.all(resid <= 1e-9 * norms))
 
 
 def _any_separable(rows) -> bool:
@@ -1006,8 +1026,7 @@ def ridge_path_limit(diffs, counts, wins, beta, tol=1e-8) -> RidgeLimit:
 
     labelled = c > 0
     two_sided = labelled & (w > 0) & (c - w > 0)
-    dt = _data_dtype(diffs)
-    if _gram_rank(z[two_sided], dt) == _gram_rank(z[labelled], dt):  # nothing can separate (as in mle_exists_exact)
+    if _covered_by_two_sided(z, labelled, two_sided, _data_dtype(diffs)):  # nothing can separate (as in mle_exists_exact)
         separable, d_lp = np.zeros(rows.shape[0], bool), np.zeros(dim)
     else:  # one LP finds the separable rows, or none (callers come here mostly with separable labels)
         separable, d_lp = _separable_one_sided(rows, z[two_sided], two_sided[edge])

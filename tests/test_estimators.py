@@ -390,3 +390,20 @@ def test_newton_steps_stay_in_the_labelled_span_at_large_beta(dtype, beta):
     null = np.linalg.svd(z)[2][3:]
     assert np.linalg.norm(null @ theta) <= (1e-5 if dtype == jnp.float32 else 1e-12) * np.linalg.norm(theta)
     np.testing.assert_allclose(beta * (z @ theta), _scipy_margins(z, counts, wins), rtol=1e-3 if dtype == jnp.float32 else 1e-6)
+
+
+def test_newton_in_float32_sees_rows_close_in_angle():
+    """Rows (1, 0) and (1, 3e-3) in float32: their unit rows' Gram matrix has its second eigenvalue
+    at 4.5e-6 of the first, under float32's threshold, so the null projector called the second
+    direction unlabelled. Separable labels along it (the second edge always won) were then fitted
+    as converged with mle_exists True (the LP and float64 say it does not exist), and with a
+    third edge the MLE's margins came out near 0 (against 0.87, -0.80, -0.12: scipy)."""
+    from synthetic.estimators import mle_exists_exact
+
+    z = np.array([[1.0, 0.0], [1.0, 3e-3]])
+    sep = fit_newton(jnp.asarray(z, jnp.float32), np.array([10.0, 10.0]), np.array([5.0, 10.0]), 1.0)
+    assert not mle_exists_exact(z, np.array([10.0, 10.0]), np.array([5.0, 10.0])) and not bool(sep.mle_exists)
+    z3 = np.array([[1.0, 0.0], [1.0, 3e-3], [0.5, 1e-3]])
+    counts, wins = np.full(3, 10.0), np.array([7.0, 3.0, 5.0])
+    fit = fit_newton(jnp.asarray(z3, jnp.float32), counts, wins, 1.0)
+    np.testing.assert_allclose(z3 @ np.asarray(fit.theta, np.float64), _scipy_margins(z3, counts, wins), rtol=1e-3, atol=1e-4)

@@ -426,3 +426,20 @@ def test_svm_of_parallel_rows_is_the_shorter_rows_own_direction():
     v, eta = _svm(b)
     np.testing.assert_allclose(v, b1 / (b1 @ b1), rtol=1e-9)
     assert eta[1] == 0 and eta[0] > 0
+
+
+@pytest.mark.parametrize("m", [2, 1000])
+def test_the_no_program_shortcut_does_not_depend_on_how_many_edges_overlap(m):
+    """``m`` edges (1, a_i, 0) with both outcomes and one edge (1, 0, 1e-6) that always wins: the
+    direction e_3 separates (the LP says so) whatever ``m``. The shortcut compared ranks with a
+    threshold relative to the top eigenvalue, which grows with ``m``: at m = 1,000 it called the
+    labels non-separable and the MLE existing."""
+    from synthetic.estimators import _any_separable
+
+    a = np.random.default_rng(0).normal(size=m)
+    z = np.r_[np.c_[np.ones(m), a, np.zeros(m)], [[1.0, 0.0, 1e-6]]]
+    counts, wins = np.full(m + 1, 4.0), np.r_[np.full(m, 2.0), 4.0]
+    assert _any_separable(_label_rows(z, counts, wins, 1.0)[0])
+    assert not mle_exists_exact(z, counts, wins)
+    lim = ridge_path_limit(z, counts, wins, 1.0)
+    assert not lim.mle_exists and lim.separated[-1] and not lim.separated[:-1].any()

@@ -48,6 +48,8 @@ __all__ = [
     "rows_rank",
     "SaturationWarning",
     "check_saturation",
+    "saturation_screen",
+    "SaturationScreen",
 ]
 
 
@@ -120,7 +122,7 @@ class SaturationWarning(UserWarning):
     """
 
 
-class _Screen(NamedTuple):
+class SaturationScreen(NamedTuple):
     """:func:`saturation_screen`'s answer: the support's rows (float64), weights, ``sigmoid'``,
     ``|margins|``, the data's precision, and ``clear`` (no direction can be below resolution)."""
 
@@ -132,7 +134,7 @@ class _Screen(NamedTuple):
     clear: bool
 
 
-def saturation_screen(theta, diffs, weights, beta) -> _Screen | None:
+def saturation_screen(theta, diffs, weights, beta) -> SaturationScreen | None:
     """The one-pass screen shared by :func:`check_saturation` and the design solver's: ``None``
     when no edge has weight and a non-zero difference, else the support with ``clear`` true when
     every edge's share ``w_e sigmoid'_e ||z_e||^2`` of ``tr Sigma`` is above ``1e3`` times the rank
@@ -152,7 +154,7 @@ def saturation_screen(theta, diffs, weights, beta) -> _Screen | None:
     c = a / (1.0 + a) ** 2
     share = w * c * norms**2
     clear = bool(share.min() > 1e3 * 10 * z.shape[1] * float(np.finfo(dtype).eps) * share.sum())
-    return _Screen(z, w, c, u, dtype, clear)
+    return SaturationScreen(z, w, c, u, dtype, clear)
 
 
 def check_saturation(theta, diffs, weights, beta, what: str = "the criterion", stacklevel: int = 3) -> int:
