@@ -318,17 +318,22 @@ def test_float32_features_built_as_sums_raise_no_false_rank_warnings():
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_saturation_screen_clears_only_edges_whose_span_sigma_resolves(dtype):
-    """The one-pass screen skips the eigen-decomposition when every edge's share of tr Sigma is
-    above 1e3 times the rank threshold. Sound: wherever it clears, Sigma's numerical rank (dense,
-    at the data's precision) is the edges' rank. And it is no blanket pass: margins up to 40 leave
-    cases it does not clear, among them some where Sigma really loses a direction."""
+    """The screen skips Sigma's eigen-decomposition when a lower bound on its smallest eigenvalue on
+    the edges' span is above 1e3 times the rank threshold. Sound: wherever it clears, Sigma's
+    numerical rank (dense, at the data's precision) is the edges' rank, with huge margins and with
+    nearly parallel edges (half the instances: rows 1e-2 to 1e-6 apart in angle; the first screen,
+    on each edge's share alone, cleared such edges whose Sigma had lost a direction). And it is no
+    blanket pass: it leaves cases uncleared, among them some where Sigma really loses a direction."""
     from theory.information import numerical_rank, rows_rank, saturation_screen
 
     rng = np.random.default_rng(0)
     cleared = lost = uncleared = 0
     for i in range(300):
         d = int(rng.integers(2, 5))
-        z = rng.normal(size=(int(rng.integers(d, 3 * d)), d)).astype(dtype)
+        z = rng.normal(size=(int(rng.integers(d, 3 * d)), d))
+        if i % 2:  # nearly parallel rows
+            z = rng.normal(size=d) + 10.0 ** rng.uniform(-6, -2) * z
+        z = z.astype(dtype)
         theta = rng.normal(size=d) * rng.choice([0.1, 1.0, 5.0, 20.0])
         w = rng.dirichlet(np.ones(z.shape[0]))
         sc = saturation_screen(theta, z, w, 1.0)
@@ -343,3 +348,26 @@ def test_saturation_screen_clears_only_edges_whose_span_sigma_resolves(dtype):
             uncleared += 1
             lost += k > 0
     assert cleared > 50 and uncleared > 20 and lost > 0, (cleared, uncleared, lost)
+
+
+def test_a_float32_criterion_of_nearly_parallel_edges_warns():
+    """Edges (1, 0) and (1, 1e-3) in float32, margins 0: Sigma's second eigenvalue is 2.5e-7 of the
+    first, below float32's resolution, and the criterion left that direction out (0.44 against
+    tr(I Sigma^+) = 535.1 from numpy in float64) without a word: each edge's share of tr Sigma was
+    large, so the screen cleared it. Now SaturationWarning; float64 gives 535.1 and no warning."""
+    import warnings
+
+    from theory import design_criterion
+    from theory.information import SaturationWarning
+
+    z = np.array([[1.0, 0.0], [1.0, 1e-3]])
+    w = np.array([0.5, 0.5])
+    curv = np.array([[1 / 3, 1 / 3], [1 / 3, 1 / 3 + 1e-6]])  # any I seeing both directions
+    want = float(np.trace(curv @ np.linalg.pinv((z.T * (0.25 * w)) @ z)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SaturationWarning)
+        got = float(design_criterion(jnp.asarray(w), jnp.zeros(2), jnp.asarray(z), jnp.asarray(curv), 1.0))
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+    with pytest.warns(SaturationWarning, match="1 of the 2 directions"):
+        design_criterion(jnp.asarray(w, jnp.float32), jnp.zeros(2, jnp.float32), jnp.asarray(z, jnp.float32),
+                         jnp.asarray(curv, jnp.float32), 1.0)

@@ -135,11 +135,16 @@ class SaturationScreen(NamedTuple):
 
 
 def saturation_screen(theta, diffs, weights, beta) -> SaturationScreen | None:
-    """The one-pass screen shared by :func:`check_saturation` and the design solver's: ``None``
-    when no edge has weight and a non-zero difference, else the support with ``clear`` true when
-    every edge's share ``w_e sigmoid'_e ||z_e||^2`` of ``tr Sigma`` is above ``1e3`` times the rank
-    threshold (then no direction of the edges' span can fall below ``Sigma``'s resolution, and no
-    eigen-decomposition is needed). ``weights=None``: every edge, weight 1."""
+    """The screen shared by :func:`check_saturation` and the design solver's: ``None`` when no edge
+    has weight and a non-zero difference, else the support with ``clear`` true when a lower bound on
+    ``Sigma``'s smallest eigenvalue on the edges' span is above ``1e3`` times the rank threshold
+    (then no direction of the span can fall below ``Sigma``'s resolution, and ``Sigma`` itself is
+    not decomposed). The bound: with unit rows ``u_e`` and shares ``s_e = w_e sigmoid'_e ||z_e||^2``,
+    ``Sigma = sum_e s_e u_e u_e^T >= (min_e s_e) U^T U``, so ``lambda_min^+(Sigma) >= min_e s_e
+    lambda_min^+(U^T U)`` (one ``d x d`` eigen-decomposition of the unit rows' Gram matrix). The
+    shares alone (the first screen) are no bound: two edges 1e-3 apart in angle have large shares
+    and span a direction of ``Sigma`` 1e-7 of the top, below float32's resolution (the criterion was
+    then 0.44 for 535, unwarned). ``weights=None``: every edge, weight 1."""
     z_in = np.asarray(diffs)
     dtype = z_in.dtype if z_in.dtype.kind == "f" else np.dtype(np.float64)
     z = z_in.astype(np.float64)
@@ -153,7 +158,15 @@ def saturation_screen(theta, diffs, weights, beta) -> SaturationScreen | None:
     a = np.exp(-u)
     c = a / (1.0 + a) ** 2
     share = w * c * norms**2
-    clear = bool(share.min() > 1e3 * 10 * z.shape[1] * float(np.finfo(dtype).eps) * share.sum())
+    d = z.shape[1]
+    thr = 1e3 * 10 * d * float(np.finfo(dtype).eps) * share.sum()
+    clear = False
+    if share.min() > thr:  # else no bound from the shares can clear it
+        unit = z / norms[:, None]
+        lam = np.linalg.eigvalsh(unit.T @ unit)
+        span = lam[lam > max(float(rank_threshold(max(float(lam[-1]), 0.0), d, np.float64)),
+                              (10.0 * d * float(np.finfo(dtype).eps)) ** 2 * float(lam[-1]))]  # rows_rank's count
+        clear = bool(span.size and share.min() * float(span.min()) > thr)
     return SaturationScreen(z, w, c, u, dtype, clear)
 
 
@@ -180,8 +193,9 @@ def check_saturation(theta, diffs, weights, beta, what: str = "the criterion", s
         warnings.warn(SaturationWarning(
             f"{what}: {lost} of the {labelled} directions the weighted edges label are below {np.dtype(sc.dtype).name}'s "
             f"resolution of Sigma (sigmoid'(beta theta.z_e) from {sc.c.min():.3g} to {sc.c.max():.3g} on those edges, margins "
-            f"up to {sc.margins.max():.3g}), so the value leaves them out and may be far from tr(I Sigma^+), which counts "
-            "them; smaller margins (theta, beta or the features' scale) resolve them"), stacklevel=stacklevel)
+            f"up to {sc.margins.max():.3g}; or edges nearly parallel at this precision), so the value leaves them out and may "
+            "be far from tr(I Sigma^+), which counts them; smaller margins (theta, beta or the features' scale) or float64 "
+            "resolve them"), stacklevel=stacklevel)
     return max(lost, 0)
 
 
