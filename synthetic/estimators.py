@@ -47,6 +47,7 @@ import scipy.sparse
 import scipy.special
 
 from theory.checked import check_argument, one_of
+from theory.information import data_precision, unit_rows_eigh
 
 __all__ = [
     "NewtonResult",
@@ -783,24 +784,17 @@ def mle_exists_exact(diffs, counts, wins) -> bool:
     w = np.asarray(wins, np.float64)
     labelled = c > 0
     two_sided = labelled & (w > 0) & (c - w > 0)
-    if _covered_by_two_sided(z, labelled, two_sided, _data_dtype(diffs)):
+    if _covered_by_two_sided(z, labelled, two_sided, data_precision(diffs)):
         return True
     rows, _, _, _ = _label_rows(z, c, w, 1.0)
     return not _any_separable(rows)
-
-
-def _data_dtype(x):
-    """The precision ``x`` was given in (float64 for integer data): the rank threshold's."""
-    dt = np.asarray(x).dtype
-    return dt if dt.kind == "f" else np.dtype(np.float64)
 
 
 def _covered_by_two_sided(z, labelled, two_sided, dtype) -> bool:
     """Whether every labelled edge difference lies in the span of the edges with both outcomes
     (then no direction can separate, and no program is needed): each one-sided row's part outside
     that span, relative to the row's own length, at most 1e-9. The span's basis is of unit rows
-    (directions above ``(10 d eps)^2`` of the top eigenvalue at the data's precision, and 1e-14:
-    noise cannot enter it, so the shortcut never hides a separating direction; a direction it
+    (:func:`theory.information.unit_rows_eigh`: noise cannot enter it, so the shortcut never hides a separating direction; a direction it
     drops only sends the question to the program). A rank comparison had thresholds relative to
     the top eigenvalue, which grows with the number of rows: with 1,000 two-sided edges a
     one-sided edge 1e-6 out of their plane was called covered."""
@@ -809,14 +803,10 @@ def _covered_by_two_sided(z, labelled, two_sided, dtype) -> bool:
     if rows.shape[0] == 0:
         return True
     norms = np.linalg.norm(rows, axis=1)
-    base = z[two_sided]
-    bn = np.linalg.norm(base, axis=1)
-    base = base[bn > 0] / bn[bn > 0][:, None]
-    if base.shape[0] == 0:
+    eig = unit_rows_eigh(z[two_sided], dtype)
+    if eig is None:
         return bool(np.all(norms == 0))
-    lam, vec = np.linalg.eigh(base.T @ base)
-    floor = max(1e-14, (10.0 * z.shape[1] * float(np.finfo(dtype).eps)) ** 2)
-    q = vec[:, lam > floor * max(float(lam[-1]), 1e-300)]
+    q = eig[1][:, eig[2]]
     resid = np.linalg.norm(rows - (rows @ q) @ q.T, axis=1)
     return bool(np.all(resid <= 1e-9 * norms))
 
@@ -1026,7 +1016,7 @@ def ridge_path_limit(diffs, counts, wins, beta, tol=1e-8) -> RidgeLimit:
 
     labelled = c > 0
     two_sided = labelled & (w > 0) & (c - w > 0)
-    if _covered_by_two_sided(z, labelled, two_sided, _data_dtype(diffs)):  # nothing can separate (as in mle_exists_exact)
+    if _covered_by_two_sided(z, labelled, two_sided, data_precision(diffs)):  # nothing can separate (as in mle_exists_exact)
         separable, d_lp = np.zeros(rows.shape[0], bool), np.zeros(dim)
     else:  # one LP finds the separable rows, or none (callers come here mostly with separable labels)
         separable, d_lp = _separable_one_sided(rows, z[two_sided], two_sided[edge])

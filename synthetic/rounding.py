@@ -67,7 +67,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from synthetic.labels import Allocation, allocation_from_counts
-from theory.information import rows_rank
+from theory.information import data_precision, rows_rank
 
 __all__ = [
     "ROUNDINGS",
@@ -404,7 +404,7 @@ def spanning_edges(key, weights, diffs, covered=None) -> tuple[np.ndarray, int]:
     """
     w = np.asarray(weights, dtype=np.float64)
     z = np.asarray(diffs, dtype=np.float64)
-    data = np.asarray(diffs).dtype if np.asarray(diffs).dtype.kind == "f" else np.dtype(np.float64)
+    data = data_precision(diffs)
     if z.ndim != 2 or z.shape[0] != w.size:
         raise ValueError(f"diffs must have shape [E, d] with E = {w.size}, got shape {list(z.shape)}")
     done = np.zeros(w.size, bool) if covered is None else np.asarray(covered) > 0

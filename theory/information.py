@@ -46,6 +46,8 @@ __all__ = [
     "numerical_range",
     "numerical_rank",
     "rows_rank",
+    "unit_rows_eigh",
+    "data_precision",
     "SaturationWarning",
     "check_saturation",
     "saturation_screen",
@@ -91,24 +93,40 @@ def numerical_rank(matrix, dtype=None) -> int:
     return int(numerical_range(lam, a.shape[0], a.dtype if dtype is None else dtype).sum())
 
 
-def rows_rank(rows, dtype=None) -> int:
-    """Numerical rank of the rows of ``rows`` (data in ``dtype``, default its own), from the Gram
-    matrix of the unit rows formed in float64: an eigenvalue counts above float64's threshold and
-    above ``(10 d eps(dtype))^2`` of the top, since rounding of relative size ``eps`` in the data
+def data_precision(x) -> np.dtype:
+    """The precision data ``x`` carries: its floating dtype, float64 for integer data."""
+    dt = np.asarray(x).dtype
+    return dt if dt.kind == "f" else np.dtype(np.float64)
+
+
+def unit_rows_eigh(rows, dtype=None):
+    """``(lam, vec, keep)``: the eigen-decomposition of the Gram matrix of the non-zero rows of
+    ``rows`` made unit (formed in float64), and which eigenvalues count as directions: above
+    float64's threshold and above ``(10 d eps(dtype))^2`` of the top (``dtype``: the data's
+    precision, default :func:`data_precision`), since rounding of relative size ``eps`` in the data
     enters the Gram matrix squared (float32 features built as sums carry 1e-7 in null directions,
-    1e-14 in the Gram matrix, which float64's threshold alone counted)."""
-    z_in = np.asarray(rows)
-    dt = np.dtype(dtype) if dtype is not None else (z_in.dtype if z_in.dtype.kind == "f" else np.dtype(np.float64))
-    z = z_in.astype(np.float64)
-    norms = np.linalg.norm(z, axis=1) if z.ndim == 2 else np.zeros(0)
-    z = z[norms > 0] / norms[norms > 0][:, None] if z.ndim == 2 else z
-    if z.ndim != 2 or z.shape[0] == 0:
-        return 0
+    1e-14 in the Gram matrix, which float64's threshold alone counted). ``None`` without a row."""
+    z = np.asarray(rows)
+    dt = np.dtype(dtype) if dtype is not None else data_precision(z)
+    if z.ndim != 2:
+        return None
+    z = z.astype(np.float64)
+    norms = np.linalg.norm(z, axis=1)
+    z = z[norms > 0] / norms[norms > 0][:, None]
+    if z.shape[0] == 0:
+        return None
     d = z.shape[1]
-    lam = np.linalg.eigvalsh(z.T @ z)
-    top = max(float(lam.max()), 0.0)
+    lam, vec = np.linalg.eigh(z.T @ z)
+    top = max(float(lam[-1]), 0.0)
     thr = max(float(rank_threshold(top, d, np.float64)), (10.0 * d * float(np.finfo(dt).eps)) ** 2 * top)
-    return int(np.sum(lam > thr))
+    return lam, vec, lam > thr
+
+
+def rows_rank(rows, dtype=None) -> int:
+    """Numerical rank of the rows of ``rows`` (data in ``dtype``, default its own): the directions
+    :func:`unit_rows_eigh` counts."""
+    eig = unit_rows_eigh(rows, dtype)
+    return 0 if eig is None else int(eig[2].sum())
 
 
 class SaturationWarning(UserWarning):
@@ -124,13 +142,15 @@ class SaturationWarning(UserWarning):
 
 class SaturationScreen(NamedTuple):
     """:func:`saturation_screen`'s answer: the support's rows (float64), weights, ``sigmoid'``,
-    ``|margins|``, the data's precision, and ``clear`` (no direction can be below resolution)."""
+    ``|margins|``, the data's precision, the rows' rank (:func:`rows_rank`), and ``clear`` (no
+    direction can be below resolution)."""
 
     z: np.ndarray
     w: np.ndarray
     c: np.ndarray
     margins: np.ndarray
     dtype: np.dtype
+    rank: int
     clear: bool
 
 
@@ -141,13 +161,12 @@ def saturation_screen(theta, diffs, weights, beta) -> SaturationScreen | None:
     (then no direction of the span can fall below ``Sigma``'s resolution, and ``Sigma`` itself is
     not decomposed). The bound: with unit rows ``u_e`` and shares ``s_e = w_e sigmoid'_e ||z_e||^2``,
     ``Sigma = sum_e s_e u_e u_e^T >= (min_e s_e) U^T U``, so ``lambda_min^+(Sigma) >= min_e s_e
-    lambda_min^+(U^T U)`` (one ``d x d`` eigen-decomposition of the unit rows' Gram matrix). The
-    shares alone (the first screen) are no bound: two edges 1e-3 apart in angle have large shares
-    and span a direction of ``Sigma`` 1e-7 of the top, below float32's resolution (the criterion was
+    lambda_min^+(U^T U)`` (:func:`unit_rows_eigh`, which also gives the rows' rank). The shares
+    alone (the first screen) are no bound: two edges 1e-3 apart in angle have large shares and
+    span a direction of ``Sigma`` 1e-7 of the top, below float32's resolution (the criterion was
     then 0.44 for 535, unwarned). ``weights=None``: every edge, weight 1."""
-    z_in = np.asarray(diffs)
-    dtype = z_in.dtype if z_in.dtype.kind == "f" else np.dtype(np.float64)
-    z = z_in.astype(np.float64)
+    dtype = data_precision(diffs)
+    z = np.asarray(diffs).astype(np.float64)
     w = np.ones(z.shape[0]) if weights is None else np.asarray(weights, np.float64)
     norms = np.linalg.norm(z, axis=1)
     sup = (w > 0) & (norms > 0)
@@ -158,16 +177,10 @@ def saturation_screen(theta, diffs, weights, beta) -> SaturationScreen | None:
     a = np.exp(-u)
     c = a / (1.0 + a) ** 2
     share = w * c * norms**2
-    d = z.shape[1]
-    thr = 1e3 * 10 * d * float(np.finfo(dtype).eps) * share.sum()
-    clear = False
-    if share.min() > thr:  # else no bound from the shares can clear it
-        unit = z / norms[:, None]
-        lam = np.linalg.eigvalsh(unit.T @ unit)
-        span = lam[lam > max(float(rank_threshold(max(float(lam[-1]), 0.0), d, np.float64)),
-                              (10.0 * d * float(np.finfo(dtype).eps)) ** 2 * float(lam[-1]))]  # rows_rank's count
-        clear = bool(span.size and share.min() * float(span.min()) > thr)
-    return SaturationScreen(z, w, c, u, dtype, clear)
+    lam, _, keep = unit_rows_eigh(z, dtype)
+    thr = 1e3 * 10 * z.shape[1] * float(np.finfo(dtype).eps) * share.sum()
+    clear = bool(share.min() * float(lam[keep].min()) > thr)
+    return SaturationScreen(z, w, c, u, dtype, int(keep.sum()), clear)
 
 
 def check_saturation(theta, diffs, weights, beta, what: str = "the criterion", stacklevel: int = 3) -> int:
@@ -186,7 +199,7 @@ def check_saturation(theta, diffs, weights, beta, what: str = "the criterion", s
     sc = saturation_screen(theta, diffs, weights, beta)
     if sc is None or sc.clear:
         return 0
-    labelled = rows_rank(sc.z, sc.dtype)
+    labelled = sc.rank
     sig = (sc.z.astype(sc.dtype) * (sc.w * sc.c).astype(sc.dtype)[:, None]).T @ sc.z.astype(sc.dtype)
     lost = labelled - numerical_rank(sig, sc.dtype)
     if lost > 0:

@@ -15,7 +15,7 @@ import numpy as np
 from synthetic.designs.checks import PARAM_CHECKS
 from synthetic.designs.problem import DesignOutput, DesignProblem
 from synthetic.rounding import CoverageWarning, check_budget, check_max_labels_per_edge, resolve_max_labels_per_edge
-from theory.information import rows_rank
+from theory.information import data_precision, rows_rank
 
 __all__ = ["DesignSpec", "DESIGNS", "register_design", "get_design", "check_design_params", "check_design_budget",
            "run_design", "allocation_is_random", "resolve_params", "preflight", "BudgetCheck"]
@@ -178,8 +178,7 @@ def _curvature_rank(problem) -> int:
             rows.append(f[1:] - f[0])
     if not rows:
         return 0
-    dtype = np.asarray(t.features).dtype
-    return rows_rank(np.concatenate(rows), dtype if dtype.kind == "f" else None)
+    return rows_rank(np.concatenate(rows), data_precision(t.features))
 
 
 def resolve_params(name: str, problem: DesignProblem, budget, params: dict) -> dict:

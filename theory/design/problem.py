@@ -16,7 +16,7 @@ from jaxtyping import ArrayLike, Float, Int
 
 from theory import _validation as V
 from theory.checked import check_argument, checked, one_of
-from theory.information import SaturationWarning, numerical_range, rows_rank, saturation_screen, sigmoid_prime
+from theory.information import SaturationWarning, numerical_range, saturation_screen, sigmoid_prime
 from theory.shapes import Diffs, EdgeWeights, Scalar, Vector
 
 CRITERIA = ("L", "A", "D")
@@ -210,7 +210,7 @@ def saturated_directions(diffs, theta, beta, rank: int) -> tuple[int, float]:
         return 0, 0.0
     if sc.clear:
         return 0, float(sc.margins.max())
-    return max(rows_rank(sc.z, sc.dtype) - int(rank), 0), float(sc.margins.max())
+    return max(sc.rank - int(rank), 0), float(sc.margins.max())
 
 
 def warn_if_saturated(diffs, theta, beta, rank: int, stacklevel: int) -> None:
