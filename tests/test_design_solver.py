@@ -964,3 +964,65 @@ def test_non_convergence_is_reported_at_each_callers_line():
     assert not sol.converged and len(mine) == 1
     assert mine[0].filename == __file__ and mine[0].lineno == line, (mine[0].filename, mine[0].lineno)
     assert sol.relative_certificate > 1e-12
+
+
+@pytest.mark.parametrize("criterion", ["A", "D", "L"])
+def test_a_group_whose_edges_all_score_zero_keeps_its_mass(criterion):
+    """A group whose edges see nothing the criterion weighs (here z_e = 0) had lost its whole mass in the
+    multiplicative re-weighting (weights summing to 0.5, converged True). Its mass is fixed by the groups;
+    the other groups' part is the solution of the problem without it, scaled: Sigma = (1 - m_0) Sigma',
+    so A and L values scale by 1 / (1 - m_0) and D's by ``- d log(1 - m_0)`` (solved independently)."""
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(30, 4))
+    z[::3] = 0.0
+    groups = np.arange(30) % 3
+    masses = np.array([0.5, 0.3, 0.2])
+    curv = None
+    if criterion == "L":
+        a = rng.normal(size=(4, 4))
+        curv = a @ a.T
+    sol = optimal_design(z, np.zeros(4), curv, 1.0, criterion=criterion, groups=groups, group_weights=masses, tol=1e-8)
+    w = np.asarray(sol.weights)
+    np.testing.assert_allclose(np.bincount(groups, weights=w), masses, rtol=0, atol=1e-12)
+    keep = groups > 0
+    rest = optimal_design(z[keep], np.zeros(4), curv, 1.0, criterion=criterion, groups=groups[keep] - 1,
+                          group_weights=masses[1:] / masses[1:].sum(), tol=1e-8)
+    expected = (float(rest.value) / 0.5 if criterion != "D" else float(rest.value) - 4 * np.log(0.5))
+    assert sol.converged and abs(float(sol.value) - expected) <= 1e-6 * abs(expected)
+
+
+def test_an_indefinite_curvature_is_refused_and_a_rounded_psd_one_is_not():
+    """I = diag(1, 1, -0.5) had been taken for its positive part: the solver reported 11.03 where
+    tr(I Sigma^-1) at its weights is 1.66, converged, without a word."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(12, 3))
+    bad = np.diag([1.0, 1.0, -0.5])
+    w = np.full(12, 1 / 12)
+    with pytest.raises(ValueError, match="curvature must be positive semi-definite; its smallest eigenvalue is -0.5"):
+        optimal_design(z, np.zeros(3), bad, 1.0, criterion="L")
+    with pytest.raises(ValueError, match="curvature must be positive semi-definite"):
+        design_criterion(w, np.zeros(3), z, bad, 1.0)
+    from theory import trace_criterion
+
+    with pytest.raises(ValueError, match="sigma must be positive semi-definite"):
+        trace_criterion(np.eye(3), bad)
+    # a rank-deficient curvature computed in float32 has eigenvalues of about -eps lambda_max: accepted
+    v = rng.normal(size=(3, 2)).astype(np.float32)
+    psd32 = (v @ v.T).astype(np.float32)
+    design_criterion(w, np.zeros(3), z, psd32.astype(np.float64), 1.0)
+    optimal_design(z.astype(np.float32), np.zeros(3, np.float32), psd32, 1.0, criterion="L")
+
+
+def test_an_l_design_that_empties_edges_the_curvature_does_not_weigh_says_so():
+    """Edges along e1 and e2, I = diag(1, 0): the L-optimal design empties the e2 edges, where Sigma is
+    singular on the edges' span. The solver had blamed an ``init`` the caller never gave."""
+    rng = np.random.default_rng(0)
+    z = np.zeros((8, 2))
+    z[:4, 0] = rng.uniform(0.5, 2, 4)
+    z[4:, 1] = rng.uniform(0.5, 2, 4)
+    with pytest.raises(ValueError, match="iterate became singular on the span of the edges") as err:
+        optimal_design(z, np.zeros(2), np.diag([1.0, 0.0]), 1.0, criterion="L")
+    assert "init" not in str(err.value)
+    # the way out it names: a ridge; the design then puts (almost) nothing on the e2 edges
+    sol = optimal_design(z, np.zeros(2), np.diag([1.0, 0.0]), 1.0, criterion="L", ridge=1e-9)
+    assert sol.converged and float(np.sum(np.asarray(sol.weights)[4:])) < 1e-3

@@ -166,7 +166,24 @@ def check_curvature(curvature, d, name="curvature") -> None:
     if _shape(curvature) != (d, d):
         raise ValueError(f"{name} must have shape [d, d] = [{d}, {d}], got shape {list(_shape(curvature))}")
     if is_concrete(curvature):
-        check_symmetric_values(curvature, name)
+        check_psd_values(curvature, name)
+
+
+def check_psd_values(c, name) -> None:
+    """Values of a concrete square matrix: finite, symmetric, and positive semi-definite up to its
+    precision (no eigenvalue below ``-(1e-6 + 10 eps) d lambda_max``, the tolerance of the
+    symmetry test; ``eps`` of its dtype). A curvature with a negative direction had been taken
+    for its positive part by the design solver (a value of 11.0 for tr(I Sigma^-1) = 1.66)."""
+    check_symmetric_values(c, name)
+    a = np.asarray(c)
+    if a.size == 0:
+        return
+    lam = np.linalg.eigvalsh(0.5 * (a.astype(np.float64) + a.astype(np.float64).T))
+    eps = float(np.finfo(a.dtype).eps) if np.issubdtype(a.dtype, np.floating) else float(np.finfo(np.float64).eps)
+    top = max(float(np.abs(lam).max()), 1e-300)
+    if lam[0] < -(1e-6 + 10 * eps) * a.shape[0] * top:
+        raise ValueError(f"{name} must be positive semi-definite; its smallest eigenvalue is {lam[0]:.3g} "
+                         f"(largest {lam[-1]:.3g})")
 
 
 def check_symmetric_values(c, name) -> None:

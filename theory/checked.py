@@ -20,7 +20,8 @@ Specs (one string per argument, checked in the order they are given):
   as the default float dtype), ``int`` (integer
   dtype), ``finite`` (no NaN or inf), ``logprob`` (log-probabilities, ``-inf`` for an
   absent entry, each row with at least one finite entry), ``probability`` (finite,
-  ``>= 0``, sums to 1), ``symmetric`` (finite and symmetric);
+  ``>= 0``, sums to 1), ``symmetric`` (finite and symmetric), ``psd`` (finite, symmetric and
+  positive semi-definite at the symmetry test's tolerance);
 * scalars: ``"number"``, ``"int"`` or ``"bool"``, optionally followed by a bound
   ``> x`` or ``>= x``, or by an interval ``in [a, b)`` (brackets ``[`` ``]`` closed,
   ``(`` ``)`` open; ``inf`` allowed; the message writes ``a`` and ``b`` as given), and
@@ -57,7 +58,7 @@ from theory import _validation as V
 
 __all__ = ["Spec", "parse_spec", "one_of", "checked", "check_argument", "is_checked"]
 
-_VALUE_WORDS = ("finite", "logprob", "probability", "symmetric")
+_VALUE_WORDS = ("finite", "logprob", "probability", "symmetric", "psd")
 _ARRAY_KINDS = {"float": "fiu", "int": "iu"}
 # What an empty dimension means, where the message has a fixed wording callers rely on.
 _EMPTY = {"E": "is empty: there are no edges (E = 0); a design needs at least one edge"}
@@ -198,6 +199,8 @@ def _check_array(name: str, x, spec: Spec, dims: dict) -> None:
             V.check_probability_values(a, name)
         if word == "symmetric":
             V.check_symmetric_values(a, name)
+        if word == "psd":
+            V.check_psd_values(a, name)
 
 
 def _check_scalar(name: str, x, spec: Spec, config: bool = False, null_means: str = ""):

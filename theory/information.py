@@ -298,7 +298,7 @@ def trace_criterion_kernel(curvature, sigma, ridge):
     return jnp.where(ridge > 0, ridge_value, pinv_value)
 
 
-@checked(sigma="[d, d] symmetric", curvature="[d, d] symmetric", ridge="number >= 0")
+@checked(sigma="[d, d] psd", curvature="[d, d] psd", ridge="number >= 0")
 def trace_criterion(
     curvature: Float[ArrayLike, "d d"],
     sigma: Float[ArrayLike, "d d"],
@@ -314,7 +314,7 @@ def trace_criterion(
     return trace_criterion_kernel(curvature, sigma, ridge)
 
 
-@checked(theta="[d] finite", diffs="[E, d] finite", weights="[E] probability", curvature="[d, d] symmetric",
+@checked(theta="[d] finite", diffs="[E, d] finite", weights="[E] probability", curvature="[d, d] psd",
          beta="number > 0", ridge="number >= 0")
 def design_criterion(
     weights: EdgeWeights,

@@ -65,6 +65,17 @@ class _Trace:
                              pricing=np.asarray(self.pricing).reshape(-1, 2))
 
 
+def _singular_iterate():
+    """The steps emptied the only edges along a direction of the edges' span, which the criterion
+    allows where the curvature does not weigh it (an L criterion with ``I`` rank-deficient there):
+    the infimum is then on the boundary, where ``Sigma`` is singular on the span. (This had been
+    reported as a singular ``init`` the caller never gave.)"""
+    raise ValueError(
+        "the design solver's iterate became singular on the span of the edges: it emptied the only edges "
+        "along a direction that the curvature I does not weigh (their scores are 0); use ridge > 0 or "
+        "prior_precision > 0, or drop the edges that see only directions outside I's range")
+
+
 @dataclasses.dataclass(frozen=True)
 class DesignSolver:
     """Pairwise Frank-Wolfe with working sets and Newton polish, configured once.
@@ -114,7 +125,7 @@ class DesignSolver:
         tol_inner = self._inner_tol(problem, ws)
         trace, it = _Trace(), 0
         while True:
-            st, n_done, hv, hc = self.solve_restricted(problem, ws, w_full, tol_inner, self.max_iter - it)
+            st, n_done, hv, hc = self.solve_restricted(problem, ws, w_full, tol_inner, self.max_iter - it, first=it == 0)
             it += n_done
             w_full, d_full = price_round(problem, ws, st)
             val = float(st.value)
@@ -154,13 +165,16 @@ class DesignSolver:
             converged=bool(rel <= self.tol), num_iter=it, rank=problem.rank, history=trace.history(problem.constant),
         )
 
-    def solve_restricted(self, p: ReducedProblem, ws, w_full, tol, max_steps):
+    def solve_restricted(self, p: ReducedProblem, ws, w_full, tol, max_steps, first: bool = True):
         """Blocks on the edges ``ws`` until the working set's relative certificate is ``<= tol``
-        or ``max_steps`` pairwise steps: ``(state, steps, step values, step certificates)``."""
+        or ``max_steps`` pairwise steps: ``(state, steps, step values, step certificates)``.
+        ``first``: ``w_full`` is the start (the caller's ``init`` or the default), else an iterate."""
         sub = _Restricted.build(p, ws, w_full)
         state = sub.refresh(sub.w0)
         if not bool(jnp.isfinite(state.value)):
-            raise ValueError("init: the starting design is singular on the span of the edges; use ridge > 0")
+            if first:
+                raise ValueError("init: the starting design is singular on the span of the edges; use ridge > 0")
+            _singular_iterate()
         hist_v, hist_c, done, blocks, cg = [], [], 0, 0, _CGSchedule()
         tol_j, const_j = jnp.asarray(tol, p.x.dtype), jnp.asarray(p.scale_constant, p.x.dtype)
         state = self._reweight(sub, state)
@@ -181,7 +195,10 @@ class DesignSolver:
             hist_v.extend(np.asarray(hv[:n_done]).tolist())
             hist_c.extend(np.asarray(hc[:n_done]).tolist())
             done += n_done
-            state = self._reweight(sub, sub.refresh(state.w))
+            state = sub.refresh(state.w)
+            if not bool(jnp.isfinite(state.value)):
+                _singular_iterate()
+            state = self._reweight(sub, state)
             state, cg = self._polish(sub, state, tol, blocks, cg)
             blocks += 1
             if n_done == 0:

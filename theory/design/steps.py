@@ -193,7 +193,9 @@ def _multiplicative(state, x, offset, b, groups, masses, kind, num_groups, num_s
         w = st.w * jnp.power(jnp.maximum(st.dd, 0.0), power)
         if caps is None:
             tot = jax.ops.segment_sum(w, groups, num_segments=num_groups)
-            w = jnp.where(st.w > 0, w * (masses / jnp.where(tot > 0, tot, 1.0))[groups], 0.0)
+            # A group whose every weighted edge scores d_e = 0 (no edge of it sees what I weighs) keeps
+            # its weights: rescaled by 1 / 1 they had become 0, and its mass vanished from the design.
+            w = jnp.where(st.w > 0, jnp.where((tot > 0)[groups], w * (masses / jnp.where(tot > 0, tot, 1.0))[groups], st.w), 0.0)
             ok = True
         else:
             w, ok = _scale_to_caps(jnp.where(st.w > 0, w, 0.0), caps, groups, masses, num_groups)
