@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import importlib
-import inspect
 import json
 import logging
 import re
@@ -52,7 +51,7 @@ from experiments import records as _records
 from experiments.compiled import release_compiled, use_classic_emitters
 from experiments.worlds import check_world_config, make_world
 from synthetic.designs import DESIGNS, check_design_budget, check_design_params, check_reproducible, design_problem
-from synthetic.monte_carlo import ESTIMATORS
+from synthetic.monte_carlo import check_estimator_params
 from theory.checked import check_argument, one_of
 
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
@@ -103,11 +102,7 @@ def validate(cfg: DictConfig) -> None:
     check_world_config(cfg.world)
     check_argument("design.name", cfg.design.name, one_of(sorted(DESIGNS)), config=True)
     check_design_params(cfg.design.name, dict(cfg.design.params))
-    check_argument("estimator.name", cfg.estimator.name, one_of(sorted(ESTIMATORS)), config=True)
-    est_allowed = sorted(set(inspect.signature(ESTIMATORS[cfg.estimator.name]).parameters) - {"diffs", "counts", "wins", "beta"})
-    for p in cfg.estimator.params:
-        if p not in est_allowed:
-            raise ValueError(f"estimator.params.{p} is not a parameter of {cfg.estimator.name}; allowed: {est_allowed}")
+    check_estimator_params(cfg.estimator.name, OmegaConf.to_container(cfg.estimator.params, resolve=True), config=True)
     check_argument("estimator.fit_dtype", cfg.estimator.get("fit_dtype"), "optional one of float32, float64", config=True)
     for key, spec in _SETTINGS.items():
         check_argument(key, cfg.get(key, False) if spec == "bool" else cfg[key], spec, config=True)
@@ -254,12 +249,21 @@ def aggregate(results_dir, level: float = 0.95, problems: list | None = None) ->
 
     Rows never pool records; records made by other code than the current one are
     marked (``current_code`` false). Unreadable files go to ``problems``.
+
+    The current code is the apps' (XLA's classic CPU emitters where jaxlib has them,
+    :func:`use_classic_emitters`) when this process has not computed yet: a plain Python
+    process or a fresh notebook had marked every record of the apps as made by other code
+    (the emitters are part of a record's code version) and dropped their ratios to uniform.
+    A process that has computed with XLA's default emitters keeps them, and so its own view.
     """
+    use_classic_emitters()
     return _records.aggregate(results_dir, level, problems, current_code=_current_code)
 
 
 def aggregate_files(paths, level: float = 0.95, problems: list | None = None) -> list[dict]:
-    """One row per given record file, in order (see :func:`experiments.records.aggregate_files`)."""
+    """One row per given record file, in order (see :func:`experiments.records.aggregate_files`;
+    the current code as in :func:`aggregate`)."""
+    use_classic_emitters()
     return _records.aggregate_files(paths, level, problems, current_code=_current_code)
 
 

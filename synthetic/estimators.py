@@ -62,6 +62,7 @@ __all__ = [
     "ridge_limit_log_probs",
     "ridge_limit_gap",
     "mle_exists_exact",
+    "ESTIMATOR_PARAMS",
 ]
 
 
@@ -158,6 +159,34 @@ def _null_projector(diffs, counts):
     return jnp.eye(d, dtype=diffs.dtype) - v.T @ v
 
 
+_OPTIMIZERS = {"adam": optax.adam, "rmsprop": optax.rmsprop, "sgd": optax.sgd}
+
+#: Every estimator's parameters and the values each allows (specs of :mod:`theory.checked`):
+#: the sweep checks ``estimator.params`` with them before any job, and each fit checks the
+#: concrete values it is given. A negative ridge had fitted a non-minimiser reported as
+#: converged (gaps 80x the truth's) and a negative ``final_lr_fraction`` ended Adam's
+#: schedule in gradient ascent, both without a word.
+ESTIMATOR_PARAMS = {
+    "newton": {"ridge": "number >= 0", "max_iter": "int >= 1", "tol": "optional number > 0",
+               "curvature_floor": "optional number >= 0"},
+    "map": {"prior_precision": "number > 0", "max_iter": "int >= 1", "tol": "optional number > 0"},
+    "optax": {"optimizer": one_of(sorted(_OPTIMIZERS)), "learning_rate": "number > 0", "num_steps": "int >= 1",
+              "label_smoothing": "number in [0, 0.5)", "ridge": "number >= 0", "final_lr_fraction": "number in [0, 1]"},
+}
+
+
+def _check_fit_args(estimator: str, **values) -> None:
+    """Check the concrete values among ``values`` by :data:`ESTIMATOR_PARAMS` (traced ones are skipped:
+    the callers that trace them, the Monte-Carlo core, have checked the parameters they come from)."""
+    specs = ESTIMATOR_PARAMS[estimator]
+    for name, value in values.items():
+        if isinstance(value, jax.core.Tracer):
+            continue
+        if isinstance(value, (jax.Array, np.ndarray)) and value.ndim == 0:
+            value = value.item()
+        check_argument(name, value, specs[name])
+
+
 def _newton_setup(diffs, counts, wins, tol, curvature_floor):
     """dtype, eps, default tolerances (``eps^0.6`` step, ``eps^0.5`` curvature floor), typed counts and wins."""
     dtype = diffs.dtype
@@ -249,6 +278,7 @@ def fit_newton(diffs, counts, wins, beta, ridge=0.0, max_iter=100, tol=None, cur
     Returns:
       :class:`NewtonResult`.
     """
+    _check_fit_args("newton", ridge=ridge, max_iter=max_iter, tol=tol, curvature_floor=curvature_floor)
     dtype, eps, tol, curvature_floor, counts, wins = _newton_setup(diffs, counts, wins, tol, curvature_floor)
     d = diffs.shape[1]
     p_null = _null_projector(diffs, counts)
@@ -322,13 +352,9 @@ def fit_map(diffs, counts, wins, beta, prior_precision=MAP_PRIOR_PRECISION, max_
     Returns:
       :class:`NewtonResult` (``mle_exists`` then means "the mode was found").
     """
-    if isinstance(prior_precision, (int, float)) and not prior_precision > 0:
-        raise ValueError(f"prior_precision must be > 0, got {prior_precision!r}")
+    _check_fit_args("map", prior_precision=prior_precision, max_iter=max_iter, tol=tol)
     ridge = prior_precision / jnp.sum(jnp.asarray(counts, dtype=diffs.dtype))
     return fit_newton(diffs, counts, wins, beta, ridge=ridge, max_iter=max_iter, tol=tol)
-
-
-_OPTIMIZERS = {"adam": optax.adam, "rmsprop": optax.rmsprop, "sgd": optax.sgd}
 
 
 def fit_dpo_optax(
@@ -360,12 +386,10 @@ def fit_dpo_optax(
       num_steps: number of full-batch steps ``>= 1``.
       label_smoothing: ``eps in [0, 1/2)`` (cDPO).
       ridge: per-label ridge ``>= 0``.
-      final_lr_fraction: end of the cosine schedule, relative to the peak.
+      final_lr_fraction: end of the cosine schedule, relative to the peak, in ``[0, 1]``.
     """
-    check_argument("optimizer", optimizer, one_of(sorted(_OPTIMIZERS)))
-    check_argument("num_steps", num_steps, "int >= 1")
-    check_argument("label_smoothing", label_smoothing, "number in [0, 0.5)")
-    check_argument("learning_rate", learning_rate, "number > 0")
+    _check_fit_args("optax", optimizer=optimizer, num_steps=num_steps, label_smoothing=label_smoothing,
+                    learning_rate=learning_rate, ridge=ridge, final_lr_fraction=final_lr_fraction)
     schedule = optax.cosine_decay_schedule(learning_rate, num_steps, alpha=final_lr_fraction)
     opt = _OPTIMIZERS[optimizer](schedule)
     counts = jnp.asarray(counts, dtype=diffs.dtype)
@@ -447,6 +471,7 @@ def fit_newton_shared(diffs, counts, wins, beta, ridge=0.0, max_iter=100, tol=No
       :class:`NewtonResult` with a leading ``[R]`` axis; ``num_iter`` counts chord
       steps, plus Newton steps for refitted replicates.
     """
+    _check_fit_args("newton", ridge=ridge, max_iter=max_iter, tol=tol, curvature_floor=curvature_floor)
     dtype, eps, tol, curvature_floor, counts, wins = _newton_setup(diffs, counts, wins, tol, curvature_floor)
     if wins.ndim != 2 or wins.shape[1] != diffs.shape[0]:
         raise ValueError(f"wins must have shape [R, {diffs.shape[0]}] (one row per replicate), got {list(wins.shape)}")

@@ -53,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from synthetic.estimators import (
+    ESTIMATOR_PARAMS,
     MAP_PRIOR_PRECISION,
     fit_dpo_optax,
     fit_map,
@@ -67,7 +68,8 @@ from synthetic.worlds import Pool, World
 from theory.checked import check_argument, one_of
 from theory.policy import optimality_gap_kernel
 
-__all__ = ["ReplicateResult", "replicate_gaps", "simulate_gaps", "mean_and_ci", "ESTIMATORS", "TRACE_COUNT", "MAP_PRIOR_PRECISION"]
+__all__ = ["ReplicateResult", "replicate_gaps", "simulate_gaps", "mean_and_ci", "ESTIMATORS", "TRACE_COUNT", "MAP_PRIOR_PRECISION",
+           "check_estimator_params"]
 
 
 class ReplicateResult(NamedTuple):
@@ -97,6 +99,19 @@ class ReplicateResult(NamedTuple):
 
 
 ESTIMATORS = {"newton": fit_newton, "map": fit_map, "optax": fit_dpo_optax}
+
+
+def check_estimator_params(estimator: str, params, config: bool = False) -> None:
+    """``estimator`` one of :data:`ESTIMATORS` and each of ``params`` one of its parameters with an
+    allowed value (:data:`synthetic.estimators.ESTIMATOR_PARAMS`); errors name
+    ``estimator.params.<name>`` and what is allowed. Run before any replicate (and by the sweep
+    before any job)."""
+    check_argument("estimator" + (".name" if config else ""), estimator, one_of(sorted(ESTIMATORS)), config=config)
+    specs = ESTIMATOR_PARAMS[estimator]
+    for name, value in dict(params or {}).items():
+        if name not in specs:
+            raise ValueError(f"estimator.params.{name} is not a parameter of {estimator}; allowed: {sorted(specs)}")
+        check_argument(f"estimator.params.{name}", value, specs[name], config=config)
 
 #: Number of times the replicate core has been traced (compiled), per process.
 TRACE_COUNT = {"replicates": 0}
@@ -223,11 +238,8 @@ def replicate_gaps(
         ``1e-2`` (budgets to about ``1e5`` labels on the benchmark worlds, where the
         measured error is much smaller: see BENCHMARKS.md). ``None``: the dtype of ``diffs``.
     """
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {estimator!r}")
+    check_estimator_params(estimator, estimator_params)
     params = dict(estimator_params or {})
-    if estimator == "map" and not float(params.get("prior_precision", MAP_PRIOR_PRECISION)) > 0:
-        raise ValueError(f"estimator.params.prior_precision must be > 0, got {params['prior_precision']!r}")
     diffs = jnp.asarray(diffs)
     dtype = diffs.dtype
     e, d = diffs.shape

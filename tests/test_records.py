@@ -7,6 +7,7 @@ crashes, late write errors, 0600 files, an empty table with exit status 0).
 """
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -249,14 +250,54 @@ def test_an_unwritable_results_dir_is_refused_before_any_job(tmp_path, monkeypat
         (["design=uniform", "design.params.rounding=nope"], "design.params.rounding"),
         (["design=first_n", "design.params.num_pairs=-3"], "design.params.num_pairs"),
         (["design=oracle", "design.params.tol=-1"], "design.params.tol"),
+        # estimator parameters by value: a negative ridge fitted a non-minimiser reported as converged (mean gap
+        # 0.505 for 0.006), a negative final_lr_fraction ended Adam's schedule in gradient ascent (1.885), both in
+        # normal-looking rows; a non-positive prior precision failed only when its job ran
+        (["design=uniform", "+estimator.params.ridge=-0.05"], "estimator.params.ridge must be a finite number >= 0"),
+        (["design=uniform", "estimator=optax", "+estimator.params.final_lr_fraction=-1"],
+         r"estimator.params.final_lr_fraction must be in [0, 1]"),
+        (["design=uniform", "estimator=optax", "+estimator.params.final_lr_fraction=50"],
+         r"estimator.params.final_lr_fraction must be in [0, 1]"),
+        (["design=uniform", "estimator=map", "estimator.params.prior_precision=-5"],
+         "estimator.params.prior_precision must be a finite number > 0"),
+        (["design=uniform", "+estimator.params.max_iter=0"], "estimator.params.max_iter must be an integer >= 1"),
+        # a pilot too small for the budget failed only when its job ran (after the cells before it)
+        (["design=two_stage", "budget=1000", "design.params.pilot_fraction=1e-9"], "pilot_fraction * budget must leave"),
+        (["design=best_vs_worst", "budget=1000", "design.params.reward=pilot", "design.params.pilot_fraction=1e-9"],
+         "pilot_fraction * budget must leave"),
     ],
 )
 def test_design_parameter_values_are_checked_before_the_sweep(overrides, message):
     """Item 6: values, not only names, fail in the pre-flight pass with the key."""
     with initialize_config_module(config_module="experiments.conf", version_base=None):
         cfg = compose(config_name="sweep", overrides=["world=tabular", "world.params.num_completions=5", *overrides])
-    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         sweep.validate(cfg)
+
+
+def test_a_small_pilot_fraction_is_refused_only_where_the_design_takes_a_pilot():
+    """The pilot's budget check runs where the parameters take a pilot: at="reference" and reward="proxy" do not."""
+    for overrides in (["design=a_optimal"], ["design=best_vs_worst"]):
+        with initialize_config_module(config_module="experiments.conf", version_base=None):
+            cfg = compose(config_name="sweep", overrides=["world=tabular", "world.params.num_completions=5", "budget=1000",
+                                                          *overrides, "design.params.pilot_fraction=1e-9"])
+        sweep.validate(cfg)
+
+
+def test_a_second_file_of_a_cell_is_counted_once_and_named(tmp_path):
+    """A record copied under another name had shown as two identical rows (and their ratios to uniform as nan)."""
+    path = _one_record(tmp_path)
+    copy = tmp_path / "copy_of_cell.npz"
+    shutil.copy(path, copy)
+    problems = []
+    rows = sweep.aggregate(tmp_path, problems=problems)
+    assert len(rows) == 1 and len(problems) == 1 and isinstance(problems[0], records.DuplicateRecord)
+    assert {problems[0].path, problems[0].first} == {path, copy}
+    text = sweep.format_summary(rows, problems)
+    assert "second record of a cell" in text and problems[0].path.name in text
+    # the same file given twice is one row too
+    problems = []
+    assert len(sweep.aggregate_files([path, path], problems=problems)) == 1 and len(problems) == 1
 
 
 def test_a_row_says_why_it_has_no_number_or_how_its_mean_was_made(tmp_path):

@@ -210,6 +210,7 @@ def test_design_parameters_and_sweep_settings_are_checked_by_the_same_layer(monk
         return check_argument(name, value, spec, dims, **kw)
 
     import experiments.worlds as worlds
+    import synthetic.monte_carlo as monte_carlo
 
     monkeypatch.setattr(checks, "check_argument", spy)
     valid = {"rounding": "auto", "prior_precision": None, "ridge": 0.0, "tol": 1e-3, "pilot_fraction": 0.2, "pilot_ridge": 1e-3,
@@ -222,6 +223,7 @@ def test_design_parameters_and_sweep_settings_are_checked_by_the_same_layer(monk
     seen.clear()
     monkeypatch.setattr(sweep, "check_argument", spy)
     monkeypatch.setattr(worlds, "check_argument", spy)
+    monkeypatch.setattr(monte_carlo, "check_argument", spy)  # estimator.name and estimator.params.*
     cfg = sweep.compose_job(["budget=10"])
     sweep.validate(cfg)
     settings = {"world.name", "world.keep_completions", "design.name", "estimator.name", "estimator.fit_dtype", *sweep._SETTINGS}

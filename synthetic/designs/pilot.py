@@ -22,7 +22,7 @@ from synthetic.designs.checks import PARAM_CHECKS, _check_choice, _check_fractio
 from synthetic.estimators import fit_newton
 from synthetic.rounding import round_design
 
-__all__ = ["PilotConfig", "PILOT"]
+__all__ = ["PilotConfig", "PILOT", "pilot_budget_check"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +56,15 @@ class PilotConfig:
 
 #: The default pilot (``design.params.pilot_fraction = 0.2``, ``pilot_ridge = 1e-3``).
 PILOT = PilotConfig()
+
+
+def pilot_budget_check(name: str, problem, budget: int, params: dict) -> None:
+    """A design that takes a pilot with these parameters (``at="pilot"``, ``reward="pilot"``, or
+    two-stage, which always does) needs ``floor(pilot_fraction * budget)`` from 1 to ``budget - 1``
+    (:meth:`PilotConfig.size`): checked with the design's budget checks, so a sweep refuses the cell
+    before any job rather than when the job runs. Every design taking ``pilot_fraction`` gets it."""
+    if params.get("at", params.get("reward", "pilot")) == "pilot":
+        PilotConfig(params.get("pilot_fraction", PILOT.fraction), params.get("pilot_ridge", PILOT.ridge)).size(budget)
 
 
 def _at_truth_or_pilot(params: dict) -> bool:

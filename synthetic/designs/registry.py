@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from synthetic.designs.checks import PARAM_CHECKS
+from synthetic.designs.pilot import pilot_budget_check
 from synthetic.designs.problem import DesignOutput, DesignProblem
 from synthetic.rounding import CoverageWarning, check_budget, check_max_labels_per_edge, resolve_max_labels_per_edge
 from theory.information import data_precision, rows_rank
@@ -97,7 +98,8 @@ def register_design(name: str, *, summary: str, source: str, replace: bool = Fal
 
     ``check_budget``: the design's own budget check (:data:`BudgetCheck`), run by
     :func:`check_design_budget` before any label (and so by a sweep's pre-flight
-    pass); a design taking ``rounding`` also gets :func:`rounding_budget_check`.
+    pass); a design taking ``rounding`` also gets :func:`rounding_budget_check`, one taking
+    ``pilot_fraction`` :func:`~synthetic.designs.pilot.pilot_budget_check`.
 
     ``support(params, problem) -> int | None``: how many distinct comparisons the
     design can label with these parameters (e.g. one pair per prompt), where that is
@@ -128,7 +130,8 @@ def register_design(name: str, *, summary: str, source: str, replace: bool = Fal
             raise ValueError(f"design {name!r}: needs_truth must be a bool or a function of the parameters, got {needs_truth!r}")
         if check_budget is not None and not callable(check_budget):
             raise ValueError(f"design {name!r}: check_budget must be a function (name, problem, budget, params), got {check_budget!r}")
-        hooks = ((rounding_budget_check,) if "rounding" in params else ()) + ((check_budget,) if check_budget else ())
+        hooks = (((rounding_budget_check,) if "rounding" in params else ()) + ((pilot_budget_check,) if "pilot_fraction" in params else ())
+                 + ((check_budget,) if check_budget else ()))
         DESIGNS[name] = DesignSpec(name, fn, summary, source, params, {p: c for p, c in own.items() if c is not None},
                                    bool(adaptive), needs_truth, hooks, support, bool(keyless))
         return fn
