@@ -35,6 +35,7 @@ __all__ = [
     "check_writable",
     "aggregate",
     "aggregate_files",
+    "DuplicateRecord",
     "format_summary",
     "SUMMARY_FIELDS",
 ]
@@ -58,6 +59,16 @@ class RecordError(ValueError):
     def __init__(self, path, reason: str):
         self.path, self.reason = Path(path), reason
         super().__init__(f"record {self.path}: {reason}")
+
+
+class DuplicateRecord(RecordError):
+    """A second file holding the record of a cell already read (the same cell id and code
+    version: a copy under another name); the summary counts the cell once."""
+
+    def __init__(self, path, first):
+        self.first = Path(first)
+        super().__init__(path, f"a second record of the cell of {self.first.name} (the same cell and code version), "
+                               "not counted twice")
 
 
 def read_cell(path, fields=RECORD_FIELDS):
@@ -367,15 +378,26 @@ def aggregate_files(paths, level: float = 0.95, problems: list | None = None, cu
       paths: record files.
       level: confidence level of the interval.
       problems: if a list, unreadable files are appended to it as :class:`RecordError`
-        (and logged); they never stop the summary.
+        (and logged); they never stop the summary. So is a second file of a cell already
+        read (:class:`DuplicateRecord`: a copied record had shown as two rows, and the rows'
+        ratios to uniform as ``nan``, without a word).
       current_code: a function ``meta -> code version`` (``None`` where it cannot tell);
         records made by other code are marked (``current_code`` false, a note) and get
         no ratio to uniform.
     """
-    rows, idents = [], []
+    rows, idents, seen = [], [], {}
     for p in paths:
         try:
             cols, meta = read_cell(p)
+            key = (meta.get("cell"), meta.get("code_version"))
+            if key[0] is not None and key in seen:
+                raise DuplicateRecord(p, seen[key])
+            seen[key] = Path(p)
+        except DuplicateRecord as err:
+            log.warning("%s", err)
+            if problems is not None:
+                problems.append(err)
+            continue
         except RecordError as err:
             log.warning("%s; skipped in the summary, recomputed by the next run of its cell", err)
             if problems is not None:
@@ -414,5 +436,8 @@ def format_summary(rows: list[dict], problems=()) -> str:
             f"{r.get('z_to_prediction', np.nan):>+7.1f}  {r['note']}"
         )
     for err in problems:
-        lines.append(f"unreadable record, not in the table (recomputed by the next run of its cell): {err.path} ({err.reason})")
+        if isinstance(err, DuplicateRecord):
+            lines.append(f"second record of a cell, not in the table: {err.path} (the cell's row is {err.first}'s)")
+        else:
+            lines.append(f"unreadable record, not in the table (recomputed by the next run of its cell): {err.path} ({err.reason})")
     return "\n".join(lines)

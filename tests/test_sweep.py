@@ -412,3 +412,22 @@ def test_a_users_design_that_is_no_function_of_its_key_is_refused_before_any_job
     finally:
         for name in ("_drifting_probe", "_false_keyless_probe", "_keyed_probe"):
             DESIGNS.pop(name, None)
+
+
+@pytest.mark.skipif(not _supported(), reason="this jaxlib does not accept XLA's classic-emitter flag")
+def test_a_fresh_process_summarises_the_apps_records_as_current(tmp_path):
+    """``sweep.aggregate`` in a plain Python process (a notebook, a script) had marked every record the
+    apps made as made by other code (the process's XLA default emitters are part of the code version) and
+    blanked the rows' ratios to uniform; it now takes the apps' emitters before its first computation."""
+    base = ["world=tabular", "world.params.num_completions=5", "num_replicates=10", "budget=40"]
+    sweep.run_jobs([[*base, "design=uniform"], [*base, "design=oracle"]], tmp_path, progress=False)
+    # this suite's XLA flags, less the emitters' setting: what a fresh process of this installation starts with
+    flags = " ".join(tok for tok in os.environ.get("XLA_FLAGS", "").split() if not tok.startswith("--xla_cpu_use_fusion_emitters"))
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "WHICHPAIRS_XLA_CLASSIC_EMITTERS")}
+    env["XLA_FLAGS"] = flags
+    code = (f"from experiments import sweep; rows = sweep.aggregate({str(tmp_path)!r}); "
+            "print('CURRENT', [r['current_code'] for r in rows], [r['ratio_to_uniform'] for r in rows])")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("CURRENT"))
+    assert "CURRENT [True, True]" in line and "nan" not in line, line
