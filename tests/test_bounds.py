@@ -1633,3 +1633,25 @@ def test_theorem4_with_lemma_9_4_holds_on_a_world_of_huge_margins():
         assert exists.all()
         assert (g.mean() - ub.value) / (g.std(ddof=1) / math.sqrt(g.size)) <= Z
         assert np.sum(g > hp.value) == 0
+
+
+def test_a_prompt_of_weight_zero_is_no_part_of_the_constants():
+    """A prompt of weight rho(x) = 0 with a direction no label sees had made zeta_eval infinite and the
+    design "unidentifiable" (criterion inf, every bound inf) where tr(I S^+) is finite. The constants of
+    the pool with that prompt at weight 0 equal those of the pool without it, and the criterion is the
+    dense tr(I S^+)."""
+    rng = np.random.default_rng(11)
+    feats, log_ref, _ = random_pool(rng, m=3, k=4, d=4, pad=False)
+    feats[:2, :, 3] = 0.0  # the training prompts 0 and 1 vary in three features; prompt 2 in all four
+    rho = np.array([0.6, 0.4, 0.0])
+    edges = enumerate_edges(feats[:2], log_ref[:2])
+    w = rng.dirichlet(np.ones(edges.num_edges))
+    theta = 0.5 * rng.normal(size=4)
+    c0 = TB.instance_constants(w, theta, feats, log_ref, edges.diffs, 0.7, None, rho)
+    c1 = TB.instance_constants(w, theta, feats[:2], log_ref[:2], edges.diffs, 0.7, None, rho[:2])
+    for name in ("criterion", "zeta_eval", "diameter", "c_curv", "identifiable", "unseen_dim"):
+        assert getattr(c0, name) == pytest.approx(getattr(c1, name), rel=1e-12), name
+    curv = np.asarray(policy_curvature(theta, feats, log_ref, rho))
+    sigma = np.asarray(information_matrix(theta, edges.diffs, w, 0.7))
+    dense = np.trace(curv @ np.linalg.pinv(sigma, rcond=1e-12, hermitian=True))
+    assert c0.identifiable and c0.criterion == pytest.approx(dense, rel=1e-8)

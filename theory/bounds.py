@@ -128,7 +128,8 @@ class BoundConstants(NamedTuple):
         ``sum_e c_e m_e^2 vec(A b_e b_e^T) vec(A b_e b_e^T)^T`` (``m_e = 1`` for ``tau_A``). Both are
         at most ``sqrt(kappa) tau``; ``inf`` (Lemma 9.4 unused) where the eigenproblem is too large.
       zeta_eval: ``max_{target pairs} ||phi - phi'||_{S^+}`` [zeta_I]; ``inf`` when a
-        target pair leaves the labelled span.
+        target pair leaves the labelled span. Target pairs are those of the prompts of
+        weight ``rho(x) > 0``.
       coverage: smallest non-zero eigenvalue of ``S`` [lambda_S, assumption A3].
       theta_norm: ``||P_V theta*||``, the part of ``theta*`` the labels can see.
       radius: radius of the parameter ball of the safeguarded estimator [B]; ``inf``
@@ -268,13 +269,16 @@ def _psd_range(a):
     return vec[:, keep], lam[keep]
 
 
-def _target_pairs(features, log_ref, with_prompt=False):
+def _target_pairs(features, log_ref, with_prompt=False, prompts=None):
     """Differences ``phi(x, y) - phi(x, y')`` of all present target pairs ``[P, d]`` (and their
-    prompts ``[P]`` and completions ``[P, 2]``)."""
+    prompts ``[P]`` and completions ``[P, 2]``); ``prompts``: an optional ``[M]`` mask of the prompts
+    to take (the target's: ``rho(x) > 0``)."""
     f = np.asarray(features, dtype=np.float64)
     present = np.isfinite(np.asarray(log_ref))
     ii, jj = np.triu_indices(f.shape[1], 1)
     keep = present[:, ii] & present[:, jj]
+    if prompts is not None:
+        keep &= np.asarray(prompts, bool)[:, None]
     x, p = np.nonzero(keep)
     z = f[x, ii[p]] - f[x, jj[p]]
     return (z, x, np.stack([ii[p], jj[p]], axis=1)) if with_prompt else z
@@ -525,7 +529,9 @@ def instance_constants(
     # c_e = w_e sigma'(beta theta*^T z_e) on the labelled edges (S = sum_e c_e beta^2 z_e z_e^T).
     margin = beta_f * (z_edges @ np.asarray(theta_star, f64))
     edge_info = np.asarray(weights, f64)[labelled] * np.exp(-np.logaddexp(0.0, margin) - np.logaddexp(0.0, -margin))
-    z_pairs, pair_prompt, pair_ends = _target_pairs(features, log_ref, with_prompt=True)
+    # The target's pairs: prompts of weight rho(x) > 0 (a prompt of weight 0 is no part of the gap; its pairs had made
+    # zeta_eval infinite, and so the design "unidentifiable" with criterion inf, where tr(I S^+) is finite)
+    z_pairs, pair_prompt, pair_ends = _target_pairs(features, log_ref, with_prompt=True, prompts=np.asarray(rho) > 0)
     ts = np.asarray(theta_star, f64)
     beta = float(beta)
     d = ts.size
