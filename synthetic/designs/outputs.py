@@ -31,6 +31,17 @@ def _rest_caps(cap, pilot):
     return cap - np.asarray(pilot[0], dtype=np.int64)
 
 
+def _labels_left(budget, pilot) -> int:
+    """The labels of ``budget`` left after the pilot's (all of them without a pilot)."""
+    return int(budget) - (0 if pilot is None else int(np.asarray(pilot[0]).sum()))
+
+
+def _has_room(num_edges, cap, pilot) -> np.ndarray:
+    """``[E]`` which edges may still take a label after the pilot (:func:`_rest_caps` above 0)."""
+    caps = _rest_caps(cap, pilot)
+    return np.ones(num_edges, bool) if caps is None else np.broadcast_to(np.asarray(caps) > 0, (num_edges,)).copy()
+
+
 def weighted_output(key, problem, budget, weights, rounding="auto", pilot=None, info=None, max_labels_per_edge=None) -> DesignOutput:
     """Round ``weights`` to ``budget`` labels (plus pilot counts, if any) by ``rounding``.
 
@@ -46,7 +57,7 @@ def weighted_output(key, problem, budget, weights, rounding="auto", pilot=None, 
         info["rounding"] = resolve_rounding(w, budget, rounding, caps)
         alloc = round_design(key, w, budget, info["rounding"], diffs=diffs, caps=caps)
     else:
-        rest = budget - int(pilot[0].sum())
+        rest = _labels_left(budget, pilot)
         counts = np.asarray(pilot[0], dtype=np.int64).copy()
         if rest > 0:
             info["rounding"] = resolve_rounding(w, rest, rounding, caps)

@@ -7,10 +7,9 @@ import jax
 import numpy as np
 
 from synthetic.designs.checks import _check_choice, choice_check
-from synthetic.designs.outputs import selection_output
+from synthetic.designs.outputs import _has_room, _labels_left, selection_output
 from synthetic.designs.pilot import PILOT, PilotConfig, _at_truth_or_pilot, _theta_at
 from synthetic.designs.registry import register_design
-from synthetic.rounding import check_max_labels_per_edge
 
 __all__ = ["uncertainty", "most_certain"]
 
@@ -22,9 +21,8 @@ def _uncertainty(key, problem, budget, at, num_pairs, rounding, pilot_fraction, 
     e = problem.num_edges
     # the labels left after the pilot go to the edges with room left: by default one edge each (the paper's
     # HH setting); num_pairs = budget spread the budget - pilot labels over a random part of budget edges
-    cap = check_max_labels_per_edge(max_labels_per_edge)
-    room = np.ones(e, bool) if pilot is None or cap is None else np.asarray(pilot[0]) < cap
-    rest = budget - (0 if pilot is None else int(np.asarray(pilot[0]).sum()))
+    room = _has_room(e, max_labels_per_edge, pilot)
+    rest = _labels_left(budget, pilot)
     n = min(max(rest, 1), int(room.sum())) if num_pairs is None else num_pairs
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= int(room.sum()):
         raise ValueError(f"num_pairs must be an integer in [1, {int(room.sum())}] (the candidate edges with room for a label "
