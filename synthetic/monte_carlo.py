@@ -63,7 +63,7 @@ from synthetic.estimators import (
     ridge_limit_gap,
     ridge_path_limit,
 )
-from synthetic.labels import INVERSE_CDF_MAX_COUNT, Allocation, simulate_wins
+from synthetic.labels import INVERSE_CDF_MAX_COUNT, Allocation, check_pilot, simulate_wins
 from synthetic.worlds import Pool, World
 from theory.checked import check_argument, one_of
 from theory.policy import optimality_gap_kernel
@@ -252,11 +252,7 @@ def replicate_gaps(
     if pilot is None:
         p_counts, p_wins = np.zeros(e), np.zeros(e)
     else:
-        p_counts, p_wins = (np.asarray(a, np.float64) for a in pilot)
-        if p_counts.shape != (e,) or p_wins.shape != (e,):
-            raise ValueError(f"pilot must be (counts [{e}], wins [{e}])")
-        if np.any(p_counts > counts):
-            raise ValueError("pilot counts must not exceed counts on any edge")
+        p_counts, p_wins = check_pilot(pilot, counts)
     support = np.flatnonzero(counts > 0)
     size = _bucket(support.size, e)
     idx = np.zeros(size, np.int64)

@@ -759,3 +759,51 @@ def test_response_selection_at_a_pilot_may_label_more_comparisons_than_prompts()
     out = run_design("response_selection", jax.random.key(3), prob, 12, at="pilot", max_labels_per_edge=1)
     c = out.dense_counts(prob.num_edges)
     assert c.sum() == 12 and c.max() == 1 and np.all(c >= out.pilot[0])
+
+
+def test_run_design_refuses_mismatched_counts_bad_pilots_and_bad_selected_ids():
+    """A user's design returning counts [budget] for E edges had broadcast to budget labels on each edge (1,000
+    labels simulated for a budget of 100, the row's ratio to its prediction 1/10); a pilot with wins above its
+    counts or negative counts fitted impossible labels (gap 1.97 for 0.007); selection_output took -1 (edge_ids'
+    "no such edge") for the last edge and a boolean mask for edges 0 and 1. All silently."""
+    import jax
+
+    from synthetic.designs import DESIGNS, DesignOutput, design_problem, register_design, run_design, selection_output
+    from synthetic.labels import Allocation, allocation_from_counts
+    from synthetic.monte_carlo import replicate_gaps
+    from synthetic.worlds import contextual_world
+
+    world = contextual_world(jax.random.key(0), num_train_prompts=5, num_eval_prompts=5, num_completions=4)
+    prob = design_problem(world)
+    e = prob.num_edges
+
+    def with_pilot(counts, wins):
+        def fn(key, problem, budget):
+            total = np.full(e, 2) + np.r_[budget - 2 * e, np.zeros(e - 1, int)]  # the pilot's edges hold its counts
+            return DesignOutput(allocation_from_counts(total), None, (np.asarray(counts), np.asarray(wins)), None)
+        return fn
+
+    ones = np.ones(e, int)
+    cases = {
+        "_broadcast": (lambda key, problem, budget: DesignOutput(Allocation(np.arange(3), np.array([budget])), None, None, None),
+                       "invalid allocation: Allocation.edges and Allocation.counts must be 1-D arrays of one length"),
+        "_wins_above": (with_pilot(ones, 3 * ones), "invalid pilot: pilot wins must not exceed the pilot counts"),
+        "_negative_pilot": (with_pilot(-ones, 0 * ones), "invalid pilot: pilot counts must be whole numbers >= 0"),
+        "_minus_one": (lambda key, problem, budget: selection_output(key, problem, budget, np.array([0, 1, -1])),
+                       r"selected must be edge ids in \[0, "),
+        "_mask": (lambda key, problem, budget: selection_output(key, problem, budget, np.arange(e) >= e - 3),
+                  "selected must be integer edge ids, got dtype bool"),
+    }
+    try:
+        for name, (fn, message) in cases.items():
+            register_design(name, summary="t", source="t", needs_truth=True, replace=True)(fn)
+            with pytest.raises((RuntimeError, ValueError), match=message):
+                run_design(name, jax.random.key(0), prob, 2 * e + 3)
+    finally:
+        for name in cases:
+            DESIGNS.pop(name, None)
+    # the Monte Carlo checks a pilot too
+    counts = np.full(e, 4)
+    with pytest.raises(ValueError, match="pilot wins must not exceed the pilot counts"):
+        replicate_gaps(jax.random.split(jax.random.key(1), 2), world.theta_star, prob.edges.diffs, counts, world.beta,
+                       world.eval, pilot=(np.full(e, 2), np.full(e, 3)))

@@ -67,10 +67,20 @@ def weighted_output(key, problem, budget, weights, rounding="auto", pilot=None, 
 
 
 def selection_output(key, problem, budget, selected, rounding="auto", pilot=None, info=None, max_labels_per_edge=None) -> DesignOutput:
-    """Uniform weights over the ``selected`` edge ids, rounded."""
-    sel = np.unique(np.asarray(selected, dtype=np.int64))
+    """Uniform weights over the ``selected`` edge ids (integers in ``[0, E)``), rounded.
+
+    Ids are checked: ``-1`` (``problem.edge_ids``' "no such edge", a pair with an absent
+    completion) had labelled the last edge, a boolean mask edges 0 and 1, a float id its
+    truncation, all silently."""
+    a = np.asarray(selected)
+    if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or (a.size == 0 or np.all(a == np.round(a)))):
+        raise ValueError(f"selected must be integer edge ids, got dtype {a.dtype} (for a boolean mask pass np.flatnonzero(mask))")
+    sel = np.unique(a.astype(np.int64).ravel())
     if sel.size == 0:
         raise ValueError("the design selected no edge")
+    if sel[0] < 0 or sel[-1] >= problem.num_edges:
+        raise ValueError(f"selected must be edge ids in [0, {problem.num_edges}), got ids from {sel[0]} to {sel[-1]} "
+                         "(-1 is problem.edge_ids' answer for a pair with an absent completion)")
     w = np.zeros(problem.num_edges)
     w[sel] = 1.0
     return weighted_output(key, problem, budget, w, rounding, pilot, info, max_labels_per_edge)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import warnings
 from typing import Callable, Optional, Union
 
@@ -15,6 +16,7 @@ import numpy as np
 from synthetic.designs.checks import PARAM_CHECKS
 from synthetic.designs.pilot import pilot_budget_check
 from synthetic.designs.problem import DesignOutput, DesignProblem
+from synthetic.labels import check_pilot
 from synthetic.rounding import CoverageWarning, check_budget, check_max_labels_per_edge, resolve_max_labels_per_edge
 from theory.information import data_precision, rows_rank
 
@@ -122,6 +124,13 @@ def register_design(name: str, *, summary: str, source: str, replace: bool = Fal
         if names[:3] != ["key", "problem", "budget"]:
             raise ValueError(f"design {name!r}: the signature must start with (key, problem, budget), got {names[:3]}")
         params = {p.name: p.default for p in list(sig.parameters.values())[3:]}
+        for p, default in params.items():  # defaults enter the cell's identity and its record's JSON metadata
+            try:
+                json.dumps(default, allow_nan=True)
+            except (TypeError, ValueError):
+                raise ValueError(f"design {name!r}: the default of parameter {p!r} must be a JSON value (null, a bool, a "
+                                 f"number, a string, or a list or dict of them), got {type(default).__name__}; a record "
+                                 "could not be written after its cell had been computed") from None
         extra = sorted(set(checks or {}) - set(params))
         if extra:
             raise ValueError(f"design {name!r}: checks for parameter(s) {extra} it does not take")
@@ -268,10 +277,20 @@ def run_design(name: str, key, problem: DesignProblem, budget: int, **params) ->
     if not isinstance(out, DesignOutput):
         raise TypeError(f"design {name!r} must return a DesignOutput, got {type(out).__name__}")
     counts = np.asarray(out.allocation.counts)
-    if np.any(counts <= 0) or np.any(out.allocation.edges < 0) or np.any(out.allocation.edges >= problem.num_edges):
-        raise RuntimeError(f"design {name!r} returned an invalid allocation")
+    try:  # one count per edge (counts [budget] over E edges had broadcast to budget labels on each), ids in range, distinct
+        dense = out.allocation.dense_counts(problem.num_edges)
+    except ValueError as err:
+        raise RuntimeError(f"design {name!r} returned an invalid allocation: {err}") from None
+    if np.any(counts <= 0):
+        raise RuntimeError(f"design {name!r} returned an invalid allocation: a listed edge has {counts.min()} labels "
+                           "(allocation.counts must be >= 1; leave unlabelled edges out)")
     if not np.all(np.isfinite(counts)) or np.any(counts != np.round(counts)):  # int(sum) passed, and dense_counts truncated
         raise RuntimeError(f"design {name!r} returned fractional label counts (allocation.counts must be whole numbers)")
+    if out.pilot is not None:
+        try:
+            check_pilot(out.pilot, dense)
+        except ValueError as err:
+            raise RuntimeError(f"design {name!r} returned an invalid pilot: {err}") from None
     if out.weights is not None:
         w = np.asarray(out.weights, np.float64)
         if w.shape != (problem.num_edges,) or not np.all(np.isfinite(w)) or np.any(w < 0) or abs(w.sum() - 1.0) > 1e-6:
@@ -288,7 +307,8 @@ def run_design(name: str, key, problem: DesignProblem, budget: int, **params) ->
 
 def check_reproducible(name: str, key, problem: DesignProblem, budget: int, **params) -> None:
     """Raise ``ValueError`` unless the design is a function of its key: ``run_design`` twice with
-    ``key`` gives one allocation, and a design registered ``keyless`` gives it with another key too.
+    ``key`` gives one allocation and one pilot (counts and wins), and a design registered ``keyless``
+    gives them with another key too.
 
     A design that draws outside its JAX key (``np.random``, Python's ``random``, the clock) makes
     records that the same config and seed do not reproduce; one falsely declared ``keyless`` is
@@ -296,16 +316,23 @@ def check_reproducible(name: str, key, problem: DesignProblem, budget: int, **pa
     out. The sweep checks the designs registered outside this project before any job.
     """
     spec = get_design(name)
-    one = run_design(name, key, problem, budget, **params).dense_counts(problem.num_edges)
-    two = run_design(name, key, problem, budget, **params).dense_counts(problem.num_edges)
-    if not np.array_equal(one, two):
+
+    def draw(k):  # the allocation and the pilot's labels (a pilot drawn with np.random had passed the check)
+        out = run_design(name, k, problem, budget, **params)
+        pilot = () if out.pilot is None else tuple(np.asarray(a, np.float64) for a in out.pilot)
+        return out.dense_counts(problem.num_edges), pilot
+
+    def same(a, b):
+        return np.array_equal(a[0], b[0]) and len(a[1]) == len(b[1]) and all(np.array_equal(x, y) for x, y in zip(a[1], b[1]))
+
+    one, two = draw(key), draw(key)
+    if not same(one, two):
         raise ValueError(
-            f"design {name!r} gave two allocations for one key: it draws randomness outside its key (np.random, "
+            f"design {name!r} gave two allocations for one key (label counts or pilot labels): it draws randomness outside its key (np.random, "
             "random, time), so its records cannot be reproduced from the config and seed; allowed: randomness only "
             "through the key argument (jax.random)")
     if spec.keyless:
-        other = run_design(name, jax.random.fold_in(key, 1), problem, budget, **params).dense_counts(problem.num_edges)
-        if not np.array_equal(one, other):
+        if not same(one, draw(jax.random.fold_in(key, 1))):
             raise ValueError(
                 f"design {name!r} is registered keyless=True but another key gave another allocation: a cell would "
                 "run it once for all its allocation draws and its interval would leave that randomness out; "
