@@ -437,9 +437,11 @@ def _run_cell(cfg: DictConfig, progress: bool = False) -> dict:
     # Keys depend on the cell, not on the order jobs run in.
     salt = int(hashlib.sha256(f"{name}|{cfg.budget}".encode()).hexdigest()[:7], 16)
     k_design, k_labels = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), salt))
-    params = OmegaConf.to_container(cfg.design.params)
+    # resolved, as the cell's identity is: an interpolation (${oc.env:...}, ${budget}) had reached the design
+    # as its unresolved string while the record was filed under the resolved value
+    params = OmegaConf.to_container(cfg.design.params, resolve=True)
     keys = jax.random.split(k_labels, cfg.num_replicates)
-    est = dict(estimator=cfg.estimator.name, estimator_params=OmegaConf.to_container(cfg.estimator.params),
+    est = dict(estimator=cfg.estimator.name, estimator_params=OmegaConf.to_container(cfg.estimator.params, resolve=True),
                fit_dtype=cfg.estimator.get("fit_dtype"))
     if DESIGNS[name].adaptive:
         return _run_adaptive_cell(cfg, world, problem, name, params, keys, est, progress)

@@ -51,6 +51,7 @@ from experiments import records as _records
 from experiments.compiled import release_compiled, use_classic_emitters
 from experiments.worlds import check_world_config, make_world
 from synthetic.designs import DESIGNS, check_design_budget, check_design_params, check_reproducible, design_problem
+from synthetic.designs.adaptive import ADAPTIVE_RULES
 from synthetic.monte_carlo import check_estimator_params
 from theory.checked import check_argument, one_of
 
@@ -101,7 +102,8 @@ def validate(cfg: DictConfig) -> None:
     _check_keys(cfg)
     check_world_config(cfg.world)
     check_argument("design.name", cfg.design.name, one_of(sorted(DESIGNS)), config=True)
-    check_design_params(cfg.design.name, dict(cfg.design.params))
+    params = OmegaConf.to_container(cfg.design.params, resolve=True)  # plain and resolved, as the cell passes them
+    check_design_params(cfg.design.name, params)
     check_estimator_params(cfg.estimator.name, OmegaConf.to_container(cfg.estimator.params, resolve=True), config=True)
     check_argument("estimator.fit_dtype", cfg.estimator.get("fit_dtype"), "optional one of float32, float64", config=True)
     for key, spec in _SETTINGS.items():
@@ -119,8 +121,12 @@ def validate(cfg: DictConfig) -> None:
         problem = design_problem(world)
         # the design's own budget checks (caps, each edge or prompt labelled at most once,
         # rounding without replacement), as run_design makes them
-        check_design_budget(cfg.design.name, problem, cfg.budget, **dict(cfg.design.params))
+        check_design_budget(cfg.design.name, problem, cfg.budget, **params)
         spec = DESIGNS[cfg.design.name]
+        if spec.adaptive and cfg.design.name not in ADAPTIVE_RULES:
+            raise ValueError(f"design.name: {cfg.design.name!r} is registered adaptive=True, but a sweep runs adaptively only "
+                             f"the project's adaptive rules ({', '.join(sorted(ADAPTIVE_RULES))}); allowed: register it "
+                             "adaptive=False (needs_truth=True lets it buy labels: they are its pilot)")
         if not spec.adaptive and not is_project_design(cfg.design.name):
             # a design of the user's: its allocation a function of its key (twice; another key if keyless),
             # once per process and cell (the multirun's pre-flight pass and the job itself both validate)
@@ -128,7 +134,7 @@ def validate(cfg: DictConfig) -> None:
                                OmegaConf.to_container(cfg.design.params, resolve=True), cfg.budget, cfg.seed,
                                code_version(tuple(cfg.get("imports") or ()), cfg.design.name)], sort_keys=True, default=str)
             if seen not in _REPRODUCIBLE:
-                check_reproducible(cfg.design.name, jax.random.key(cfg.seed), problem, cfg.budget, **dict(cfg.design.params))
+                check_reproducible(cfg.design.name, jax.random.key(cfg.seed), problem, cfg.budget, **params)
                 _REPRODUCIBLE.add(seen)
 
 

@@ -402,7 +402,7 @@ def test_a_users_design_that_is_no_function_of_its_key_is_refused_before_any_job
         register_design("_false_keyless_probe", summary="t", source="t", keyless=True, replace=True)(keyed)
         register_design("_keyed_probe", summary="t", source="t", replace=True)(keyed)
         base = [*SMALL, "design=custom", "budget=6", "num_replicates=2", "progress=false"]
-        with pytest.raises(ValueError, match="gave two allocations for one key: it draws randomness outside its key"):
+        with pytest.raises(ValueError, match=r"gave two allocations for one key \(label counts or pilot labels\): it draws randomness outside its key"):
             sweep.run_jobs([[*base, "design.name=_drifting_probe"]], tmp_path, progress=False)
         with pytest.raises(ValueError, match="registered keyless=True but another key gave another allocation"):
             sweep.run_jobs([[*base, "design.name=_false_keyless_probe"]], tmp_path, progress=False)
@@ -431,3 +431,52 @@ def test_a_fresh_process_summarises_the_apps_records_as_current(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     line = next(ln for ln in res.stdout.splitlines() if ln.startswith("CURRENT"))
     assert "CURRENT [True, True]" in line and "nan" not in line, line
+
+
+def test_a_users_design_gets_resolved_parameters_and_its_pilot_is_checked_for_reproducibility(tmp_path, monkeypatch):
+    """Three ways a user's design gave silently wrong records: a parameter given as an interpolation
+    (``${oc.env:...}``) reached the design unresolved while the record was filed under the resolved value
+    (mode=focused's cell held mode=uniform's gaps); pilot wins drawn with np.random passed the
+    reproducibility check, which compared only the counts; and a design registered adaptive=True or with an
+    array default failed only when its job ran (the latter after computing its cell)."""
+    from synthetic import uniform_weights
+    from synthetic.designs import register_design, weighted_output
+
+    def moded(key, problem, budget, mode="uniform"):
+        w = np.asarray(uniform_weights(problem.edges))
+        if mode == "focused":
+            w = np.where(np.arange(w.size) < 4, 1.0, 0.0)
+        return weighted_output(key, problem, budget, w / w.sum())
+
+    def np_pilot(key, problem, budget):
+        counts = np.full(problem.num_edges, 2)
+        counts[0] += budget - counts.sum()
+        wins = np.random.default_rng().integers(0, 3, problem.num_edges).astype(np.float64)
+        wins[0] = 0.0
+        from synthetic.labels import allocation_from_counts
+        from synthetic.designs import DesignOutput
+        return DesignOutput(allocation_from_counts(counts), None, (counts.astype(np.float64), wins), None)
+
+    try:
+        register_design("_mode_probe", summary="t", source="t", replace=True)(moded)
+        register_design("_np_pilot_probe", summary="t", source="t", needs_truth=True, replace=True)(np_pilot)
+        base = [*SMALL, "design=custom", "budget=60", "num_replicates=4", "progress=false"]
+        monkeypatch.setenv("WP_MODE_PROBE", "focused")
+        (via_env,) = sweep.run_jobs([[*base, "design.name=_mode_probe", "+design.params.mode=${oc.env:WP_MODE_PROBE}"]],
+                                    tmp_path / "env", progress=False)
+        (direct,) = sweep.run_jobs([[*base, "design.name=_mode_probe", "+design.params.mode=focused"]], tmp_path / "direct",
+                                   progress=False)
+        assert via_env.name == direct.name
+        np.testing.assert_array_equal(sweep.read_cell(via_env)[0]["gap"], sweep.read_cell(direct)[0]["gap"])
+        with pytest.raises(ValueError, match=r"gave two allocations for one key \(label counts or pilot labels\)"):
+            sweep.run_jobs([[*base, "budget=80", "design.name=_np_pilot_probe"]], tmp_path / "pilot", progress=False)
+        register_design("_adaptive_probe", summary="t", source="t", adaptive=True, replace=True)(moded)
+        with pytest.raises(ValueError, match="is registered adaptive=True, but a sweep runs adaptively only the project's"):
+            sweep.run_jobs([[*base, "design.name=_adaptive_probe"]], tmp_path / "adaptive", progress=False)
+        assert not list((tmp_path / "pilot").glob("*.npz")) and not list((tmp_path / "adaptive").glob("*.npz"))
+        with pytest.raises(ValueError, match="the default of parameter 'table' must be a JSON value"):
+            register_design("_array_default_probe", summary="t", source="t", replace=True)(
+                lambda key, problem, budget, table=np.ones(3): None)
+    finally:
+        for name in ("_mode_probe", "_np_pilot_probe", "_adaptive_probe", "_array_default_probe"):
+            DESIGNS.pop(name, None)
