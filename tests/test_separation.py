@@ -443,3 +443,23 @@ def test_the_no_program_shortcut_does_not_depend_on_how_many_edges_overlap(m):
     assert not mle_exists_exact(z, counts, wins)
     lim = ridge_path_limit(z, counts, wins, 1.0)
     assert not lim.mle_exists and lim.separated[-1] and not lim.separated[:-1].any()
+
+
+def test_ties_of_the_limit_policy_are_judged_on_each_prompts_own_feature_scale():
+    """Ties along a divergent direction were judged relative to the pool's largest feature norm: one prompt
+    of features 1e6 (here of weight 0) made a real difference of 1e-3 on another prompt a tie, and the limit
+    gap 0.005 for 0.598 (the dense value: all mass on the winning completion, KL = -log pi*(y_0|x))."""
+    from synthetic.estimators import RidgeLimit, ridge_limit_gap
+
+    f = np.zeros((2, 2, 2))
+    f[0, 0], f[0, 1] = [1.0, 0.0], [1.0 - 1e-3, 1.0]
+    f[1, 0], f[1, 1] = [1e6, 0.0], [-1e6, 0.0]
+    lr = np.log(np.full((2, 2), 0.5))
+    lim = RidgeLimit(finite=np.zeros(2), directions=np.array([[1.0, 0.0]]), separated=np.zeros(0, bool), mle_exists=False,
+                     ok=True, message="")
+    ts = np.array([0.3, -0.2])
+    with_big = ridge_limit_gap(lim, ts, f, lr, 1.0, np.array([1.0, 0.0]))
+    alone = ridge_limit_gap(lim, ts, f[:1], lr[:1], 1.0, np.array([1.0]))
+    u = f[0] @ ts
+    dense = -(u[0] - np.logaddexp(u[0], u[1]))
+    assert with_big == pytest.approx(dense, rel=1e-12) and alone == pytest.approx(dense, rel=1e-12)
