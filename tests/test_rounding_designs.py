@@ -807,3 +807,29 @@ def test_run_design_refuses_mismatched_counts_bad_pilots_and_bad_selected_ids():
     with pytest.raises(ValueError, match="pilot wins must not exceed the pilot counts"):
         replicate_gaps(jax.random.split(jax.random.key(1), 2), world.theta_star, prob.edges.diffs, counts, world.beta,
                        world.eval, pilot=(np.full(e, 2), np.full(e, 3)))
+
+
+def test_response_selection_gives_a_prompt_of_weight_zero_no_label_and_no_division_by_zero():
+    """A prompt of weight 0 has group mass 0: its pick divided 0 by 0 (NaN probabilities handed to
+    jax.random.choice; numpy's warning). It takes no label, and every other prompt its rho share."""
+    import jax
+    import jax.numpy as jnp
+    import scipy.special
+
+    from synthetic.designs import design_problem, run_design
+    from synthetic.worlds import Pool, World, gaussian_world
+
+    w = gaussian_world(jax.random.PRNGKey(0), num_prompts=5, num_completions=4, dim=3, min_completions=2)
+    f, lr = np.array(w.train.features), np.array(w.train.log_ref)
+    pres = np.isfinite(lr)
+    lr = np.where(pres, lr - scipy.special.logsumexp(np.where(pres, lr, -np.inf), axis=1, keepdims=True), -np.inf)
+    rho = np.array([0.0, 0.4, 0.1, 0.3, 0.2])
+    pool = Pool(jnp.asarray(f), jnp.asarray(lr), jnp.asarray(rho))
+    prob = design_problem(World(pool, pool, w.theta_star, w.beta))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # numpy's "invalid value encountered in divide"
+        out = run_design("response_selection", jax.random.PRNGKey(1), prob, 400)
+    per_prompt = np.bincount(np.asarray(prob.edges.prompt), weights=out.dense_counts(prob.num_edges), minlength=5)
+    assert per_prompt[0] == 0 and np.all(np.abs(per_prompt - 400 * rho) <= 1)

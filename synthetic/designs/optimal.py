@@ -210,6 +210,7 @@ def response_selection(key, problem, budget, at="reference", ridge=0.0, tol=1e-4
     rest = budget - (0 if pilot is None else int(pilot[0].sum()))
     keys = jax.random.split(k_pick, present.shape[0])
     pair = -np.ones(present.shape[0], dtype=np.int64)
+    prompts = prompts[masses[prompts] > 0]  # a prompt of weight 0 takes no label (its pick had divided 0 by 0)
     for x in prompts:
         members = np.flatnonzero(groups == x)
         pw = w[members] / w[members].sum()
