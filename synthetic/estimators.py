@@ -167,9 +167,9 @@ _OPTIMIZERS = {"adam": optax.adam, "rmsprop": optax.rmsprop, "sgd": optax.sgd}
 #: converged (gaps 80x the truth's) and a negative ``final_lr_fraction`` ended Adam's
 #: schedule in gradient ascent, both without a word.
 ESTIMATOR_PARAMS = {
-    "newton": {"ridge": "number >= 0", "max_iter": "int >= 1", "tol": "optional number > 0",
+    "newton": {"ridge": "number >= 0", "max_iter": "int >= 0", "tol": "optional number > 0",
                "curvature_floor": "optional number >= 0"},
-    "map": {"prior_precision": "number > 0", "max_iter": "int >= 1", "tol": "optional number > 0"},
+    "map": {"prior_precision": "number > 0", "max_iter": "int >= 0", "tol": "optional number > 0"},
     "optax": {"optimizer": one_of(sorted(_OPTIMIZERS)), "learning_rate": "number > 0", "num_steps": "int >= 1",
               "label_smoothing": "number in [0, 0.5)", "ridge": "number >= 0", "final_lr_fraction": "number in [0, 1]"},
 }

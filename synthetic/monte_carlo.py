@@ -101,13 +101,18 @@ class ReplicateResult(NamedTuple):
 ESTIMATORS = {"newton": fit_newton, "map": fit_map, "optax": fit_dpo_optax}
 
 
-def check_estimator_params(estimator: str, params, config: bool = False) -> None:
+#: Options of the shared-count fit (:func:`fit_newton_shared`) that :func:`replicate_gaps` also passes on
+#: for ``newton`` and ``map`` (not sweep settings: a sweep's estimator is the fit's own signature).
+SHARED_FIT_PARAMS = {"chord_iter": "int >= 1", "fallback_size": "optional int >= 1", "fallback_iter": "optional int >= 0"}
+
+
+def check_estimator_params(estimator: str, params, config: bool = False, shared_fit: bool = False) -> None:
     """``estimator`` one of :data:`ESTIMATORS` and each of ``params`` one of its parameters with an
-    allowed value (:data:`synthetic.estimators.ESTIMATOR_PARAMS`); errors name
-    ``estimator.params.<name>`` and what is allowed. Run before any replicate (and by the sweep
-    before any job)."""
+    allowed value (:data:`synthetic.estimators.ESTIMATOR_PARAMS`; with ``shared_fit``, for ``newton``
+    and ``map``, also :data:`SHARED_FIT_PARAMS`); errors name ``estimator.params.<name>`` and what
+    is allowed. Run before any replicate (and by the sweep before any job)."""
     check_argument("estimator" + (".name" if config else ""), estimator, one_of(sorted(ESTIMATORS)), config=config)
-    specs = ESTIMATOR_PARAMS[estimator]
+    specs = {**ESTIMATOR_PARAMS[estimator], **(SHARED_FIT_PARAMS if shared_fit and estimator in ("newton", "map") else {})}
     for name, value in dict(params or {}).items():
         if name not in specs:
             raise ValueError(f"estimator.params.{name} is not a parameter of {estimator}; allowed: {sorted(specs)}")
@@ -238,7 +243,7 @@ def replicate_gaps(
         ``1e-2`` (budgets to about ``1e5`` labels on the benchmark worlds, where the
         measured error is much smaller: see BENCHMARKS.md). ``None``: the dtype of ``diffs``.
     """
-    check_estimator_params(estimator, estimator_params)
+    check_estimator_params(estimator, estimator_params, shared_fit=True)
     params = dict(estimator_params or {})
     diffs = jnp.asarray(diffs)
     dtype = diffs.dtype

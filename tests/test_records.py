@@ -260,7 +260,7 @@ def test_an_unwritable_results_dir_is_refused_before_any_job(tmp_path, monkeypat
          r"estimator.params.final_lr_fraction must be in [0, 1]"),
         (["design=uniform", "estimator=map", "estimator.params.prior_precision=-5"],
          "estimator.params.prior_precision must be a finite number > 0"),
-        (["design=uniform", "+estimator.params.max_iter=0"], "estimator.params.max_iter must be an integer >= 1"),
+        (["design=uniform", "+estimator.params.max_iter=-1"], "estimator.params.max_iter must be an integer >= 0"),
         # a pilot too small for the budget failed only when its job ran (after the cells before it)
         (["design=two_stage", "budget=1000", "design.params.pilot_fraction=1e-9"], "pilot_fraction * budget must leave"),
         (["design=best_vs_worst", "budget=1000", "design.params.reward=pilot", "design.params.pilot_fraction=1e-9"],

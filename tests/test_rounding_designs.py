@@ -366,8 +366,12 @@ def test_run_design_warns_before_any_label_when_the_budget_is_below_the_rank(pro
         warnings.simplefilter("error", CoverageWarning)
         out = run_design("uniform", jax.random.PRNGKey(0), prob, 20)  # exactly the rank: a spanning set, covered
     assert np.isfinite(allocation_criterion(prob, out.dense_counts(prob.num_edges)))
-    with pytest.warns(CoverageWarning, match="the rank of the curvature I"):
-        with pytest.raises(ValueError, match="pilot_fraction"):  # the warning comes before the pilot's labels
+    with pytest.warns(CoverageWarning, match="budget 19 is below 20, the rank of the curvature I"):
+        run_design("two_stage", jax.random.PRNGKey(0), prob, 19)  # a pilot design warns too
+    # a pilot too small for its budget is refused in the pre-flight, before the warning and any label
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CoverageWarning)
+        with pytest.raises(ValueError, match="pilot_fraction"):
             run_design("two_stage", jax.random.PRNGKey(0), prob, 3, pilot_fraction=0.1)
 
 
