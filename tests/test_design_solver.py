@@ -1026,3 +1026,29 @@ def test_an_l_design_that_empties_edges_the_curvature_does_not_weigh_says_so():
     # the way out it names: a ridge; the design then puts (almost) nothing on the e2 edges
     sol = optimal_design(z, np.zeros(2), np.diag([1.0, 0.0]), 1.0, criterion="L", ridge=1e-9)
     assert sol.converged and float(np.sum(np.asarray(sol.weights)[4:])) < 1e-3
+
+
+def test_the_capped_multiplicative_step_keeps_working_with_a_group_that_scores_zero():
+    """With caps, a group whose edges all score 0 made the re-weighted design infeasible (no room on
+    edges of u = 0), so every multiplicative step was refused for every group. It now keeps that
+    group's weights and re-weights the others: the criterion falls, masses and caps hold."""
+    from theory.design import reduce_problem
+    from theory.design.state import _refresh
+    from theory.design.steps import _multiplicative
+
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(30, 4))
+    z[::3] = 0.0
+    groups = np.arange(30) % 3
+    masses = np.array([0.5, 0.3, 0.2])
+    p = reduce_problem(z, np.zeros(4), None, 1.0, criterion="A", groups=groups, group_weights=masses, caps=np.full(30, 0.1))
+    w0 = masses[groups] / np.bincount(groups)[groups]
+    st = _refresh(jnp.asarray(w0), p.x, p.offset, p.b, p.kind)
+    new = _multiplicative(st, p.x, p.offset, p.b, jnp.asarray(p.groups), jnp.asarray(p.masses), p.kind, p.num_groups, 5,
+                          caps=jnp.asarray(p.caps))
+    w = np.asarray(new.w)
+    assert float(new.value) < 0.9 * float(st.value)
+    np.testing.assert_allclose(np.bincount(groups, weights=w), masses, rtol=0, atol=1e-12)
+    assert w.max() <= 0.1 + 1e-12
+    np.testing.assert_allclose(w[groups == 0], w0[groups == 0], rtol=1e-12)  # the zero-score group keeps its weights
+

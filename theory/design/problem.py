@@ -93,7 +93,7 @@ def check_instance(diffs, theta, curvature, beta, criterion, ridge):
 
 
 def check_curvature_for(criterion, curvature, d) -> None:
-    """``curvature`` ``[d, d]``, finite and symmetric, is required for ``"L"`` (ignored otherwise)."""
+    """``curvature`` ``[d, d]``, finite, symmetric and positive semi-definite, is required for ``"L"`` (ignored otherwise)."""
     if criterion == "L":
         if curvature is None:
             raise ValueError('curvature is required for criterion "L"')

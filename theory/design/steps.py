@@ -191,14 +191,16 @@ def _multiplicative(state, x, offset, b, groups, masses, kind, num_groups, num_s
 
     def body(_, st):
         w = st.w * jnp.power(jnp.maximum(st.dd, 0.0), power)
+        tot = jax.ops.segment_sum(w, groups, num_segments=num_groups)
+        # A group whose every weighted edge scores d_e = 0 (no edge of it sees what I weighs) keeps its
+        # weights: rescaled by 1 / 1 they had become 0 and its mass vanished from the design; with caps
+        # the group was infeasible and every step was refused.
+        scored = (tot > 0)[groups]
         if caps is None:
-            tot = jax.ops.segment_sum(w, groups, num_segments=num_groups)
-            # A group whose every weighted edge scores d_e = 0 (no edge of it sees what I weighs) keeps
-            # its weights: rescaled by 1 / 1 they had become 0, and its mass vanished from the design.
-            w = jnp.where(st.w > 0, jnp.where((tot > 0)[groups], w * (masses / jnp.where(tot > 0, tot, 1.0))[groups], st.w), 0.0)
+            w = jnp.where(st.w > 0, jnp.where(scored, w * (masses / jnp.where(tot > 0, tot, 1.0))[groups], st.w), 0.0)
             ok = True
         else:
-            w, ok = _scale_to_caps(jnp.where(st.w > 0, w, 0.0), caps, groups, masses, num_groups)
+            w, ok = _scale_to_caps(jnp.where(st.w > 0, jnp.where(scored, w, st.w), 0.0), caps, groups, masses, num_groups)
         new = _refresh(w, x, offset, b, kind)
         better = ok & jnp.isfinite(new.value) & (new.value < st.value)
         return jax.tree_util.tree_map(lambda a, c: jnp.where(better, a, c), new, st)
