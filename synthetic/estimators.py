@@ -1107,23 +1107,30 @@ def ridge_limit_log_probs(limit: RidgeLimit, features, log_ref, tie_rtol=1e-9):
 
     On each prompt the mass goes to the completions that maximise ``v_1 . phi``, among
     them those that maximise ``v_2 . phi``, and so on (lexicographic); on the survivors
-    ``pi ∝ pi0 exp(theta_finite . phi)``; elsewhere ``log pi = -inf``. Scores within
-    ``tie_rtol ||v_k|| max_y ||phi(x, y)||`` (the largest feature norm of the prompt's present
-    completions) count as tied: closer differences are below double precision's resolution
-    of the directions. (Relative to each prompt's own largest ``|v_k . phi|``, a prompt the
+    ``pi ∝ pi0 exp(theta_finite . phi)``; elsewhere ``log pi = -inf``. Scores, of the features
+    centred within each prompt, within ``||v_k|| max(tie_rtol D_x, 64 eps max_y ||phi(x, y)||)``
+    count as tied, ``D_x = max_y ||phi(x, y) - mean_y phi(x, y)||`` the prompt's own spread: closer
+    differences are below double precision's resolution of the directions, or the rounding of
+    the features themselves. (Relative to each prompt's own largest ``|v_k . phi|``, a prompt the
     direction does not touch, where its scores are rounding noise of 1e-16, had its noise
     decide the limit: all mass on one arbitrary completion. Relative to the pool's largest
     feature norm, one prompt of large features, even of weight 0, made real differences of
-    every other prompt ties: a gap of 0.005 for 0.598.)
+    every other prompt ties (a gap of 0.005 for 0.598); relative to the prompt's own largest
+    norm, so did a feature offset common to its completions, which moves no policy.)
     """
     feats = np.asarray(features, np.float64)
     ref = np.asarray(log_ref, np.float64)
     keep = np.isfinite(ref)
-    phi_max = np.where(keep, np.linalg.norm(feats, axis=-1), 0.0).max(axis=1, keepdims=True)  # [m, 1], per prompt
+    present = keep[..., None]
+    count = np.maximum(keep.sum(axis=1), 1)[:, None]
+    centred = feats - (np.where(present, feats, 0.0).sum(axis=1) / count)[:, None, :]
+    spread = np.where(keep, np.linalg.norm(centred, axis=-1), 0.0).max(axis=1, keepdims=True)  # [m, 1], per prompt
+    size = np.where(keep, np.linalg.norm(feats, axis=-1), 0.0).max(axis=1, keepdims=True)
+    scale = np.maximum(tie_rtol * spread, 64.0 * np.finfo(np.float64).eps * size)
     for v in np.asarray(limit.directions):
-        s = feats @ v
+        s = centred @ v
         top = np.where(keep, s, -np.inf).max(axis=1, keepdims=True)
-        tol = tie_rtol * float(np.linalg.norm(v)) * phi_max
+        tol = float(np.linalg.norm(v)) * scale
         keep = keep & (s >= top - tol)
     logits = np.where(keep, np.where(keep, ref, 0.0) + feats @ limit.finite, -np.inf)
     mx = logits.max(axis=1, keepdims=True)

@@ -463,3 +463,17 @@ def test_ties_of_the_limit_policy_are_judged_on_each_prompts_own_feature_scale()
     u = f[0] @ ts
     dense = -(u[0] - np.logaddexp(u[0], u[1]))
     assert with_big == pytest.approx(dense, rel=1e-12) and alone == pytest.approx(dense, rel=1e-12)
+
+
+def test_the_limit_policy_does_not_move_with_a_feature_offset_common_to_a_prompts_completions():
+    """An offset common to a prompt's completions moves no policy; relative to the prompt's largest feature
+    norm it had made a real difference of 1e-3 a tie at offset 1e6 (limit [0.5, 0.5, 0] for [0, 1, 0])."""
+    from synthetic.estimators import RidgeLimit, ridge_limit_log_probs
+
+    base = np.array([[[0.0, 0.0], [1e-3, 0.0], [-1.0, 0.5]]])
+    lr = np.log(np.full((1, 3), 1 / 3))
+    lim = RidgeLimit(finite=np.zeros(2), directions=np.array([[1.0, 0.0]]), separated=np.zeros(0, bool), mle_exists=False,
+                     ok=True, message="")
+    for offset in (0.0, 1e3, 1e6):
+        p = np.exp(ridge_limit_log_probs(lim, base + np.array([offset, -offset]), lr))
+        np.testing.assert_allclose(p, [[0.0, 1.0, 0.0]], atol=0)
