@@ -33,7 +33,7 @@ import jax
 
 from theory.checked import check_argument
 
-__all__ = ["CLASSIC_EMITTERS", "accepts_flags", "emitters", "other_flags", "mapped_regions", "xla_flags", "max_map_count", "release_compiled", "use_classic_emitters"]
+__all__ = ["CLASSIC_EMITTERS", "accepts_flags", "classic_emitters_if_fresh", "emitters", "other_flags", "mapped_regions", "xla_flags", "max_map_count", "release_compiled", "use_classic_emitters"]
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,14 @@ def _backends_initialized() -> bool:
         log.warning("cannot tell whether JAX's backend has started (jax._src.xla_bridge.backends_are_initialized is gone): "
                     "XLA's default CPU emitters are kept")
         return True
+
+
+def classic_emitters_if_fresh() -> None:
+    """:func:`use_classic_emitters` where this process has not computed yet; otherwise nothing, not even
+    the environment the processes it starts inherit (a summary read in a notebook that has computed
+    must not switch the sweeps it launches afterwards to XLA's default emitters)."""
+    if not _backends_initialized():
+        use_classic_emitters()
 
 
 def accepts_flags(extra: str) -> bool:

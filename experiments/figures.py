@@ -217,7 +217,7 @@ def bound_band(cfg, designs, budgets, job_cfgs=()) -> tuple[list[dict], dict]:
 
     params = {}
     for c in job_cfgs:
-        params.setdefault(c.design.name, OmegaConf.to_container(c.design.params))
+        params.setdefault(c.design.name, OmegaConf.to_container(c.design.params, resolve=True))
     rows, n0 = [], {}
     with float64():
         world = make_world(cfg.world, jax.random.key(cfg.world_seed))

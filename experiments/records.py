@@ -67,8 +67,9 @@ class DuplicateRecord(RecordError):
 
     def __init__(self, path, first):
         self.first = Path(first)
-        super().__init__(path, f"a second record of the cell of {self.first.name} (the same cell and code version), "
-                               "not counted twice")
+        same = Path(path).resolve() == self.first.resolve()
+        super().__init__(path, "given twice, counted once" if same else
+                         f"a second record of the cell of {self.first.name} (the same cell and code version), not counted twice")
 
 
 def read_cell(path, fields=RECORD_FIELDS):
@@ -437,7 +438,7 @@ def format_summary(rows: list[dict], problems=()) -> str:
         )
     for err in problems:
         if isinstance(err, DuplicateRecord):
-            lines.append(f"second record of a cell, not in the table: {err.path} (the cell's row is {err.first}'s)")
+            lines.append(f"second record of a cell, not in the table: {err.path} ({err.reason}; the cell's row is {err.first}'s)")
         else:
             lines.append(f"unreadable record, not in the table (recomputed by the next run of its cell): {err.path} ({err.reason})")
     return "\n".join(lines)

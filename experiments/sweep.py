@@ -48,7 +48,7 @@ from experiments.records import (  # noqa: F401 - re-exported
     write_atomic,
 )
 from experiments import records as _records
-from experiments.compiled import release_compiled, use_classic_emitters
+from experiments.compiled import classic_emitters_if_fresh, release_compiled, use_classic_emitters
 from experiments.worlds import check_world_config, make_world
 from synthetic.designs import DESIGNS, check_design_budget, check_design_params, check_reproducible, design_problem
 from synthetic.designs.adaptive import ADAPTIVE_RULES
@@ -123,7 +123,8 @@ def validate(cfg: DictConfig) -> None:
         # rounding without replacement), as run_design makes them
         check_design_budget(cfg.design.name, problem, cfg.budget, **params)
         spec = DESIGNS[cfg.design.name]
-        if spec.adaptive and cfg.design.name not in ADAPTIVE_RULES:
+        if spec.adaptive and (cfg.design.name not in ADAPTIVE_RULES or not is_project_design(cfg.design.name)):
+            # (a user's function re-registered under a project rule's name would have run the project's rule)
             raise ValueError(f"design.name: {cfg.design.name!r} is registered adaptive=True, but a sweep runs adaptively only "
                              f"the project's adaptive rules ({', '.join(sorted(ADAPTIVE_RULES))}); allowed: register it "
                              "adaptive=False (needs_truth=True lets it buy labels: they are its pilot)")
@@ -260,16 +261,17 @@ def aggregate(results_dir, level: float = 0.95, problems: list | None = None) ->
     :func:`use_classic_emitters`) when this process has not computed yet: a plain Python
     process or a fresh notebook had marked every record of the apps as made by other code
     (the emitters are part of a record's code version) and dropped their ratios to uniform.
-    A process that has computed with XLA's default emitters keeps them, and so its own view.
+    A process that has computed with XLA's default emitters keeps them, and so its own view;
+    its environment, which the sweeps it launches inherit, is left as it was.
     """
-    use_classic_emitters()
+    classic_emitters_if_fresh()
     return _records.aggregate(results_dir, level, problems, current_code=_current_code)
 
 
 def aggregate_files(paths, level: float = 0.95, problems: list | None = None) -> list[dict]:
     """One row per given record file, in order (see :func:`experiments.records.aggregate_files`;
     the current code as in :func:`aggregate`)."""
-    use_classic_emitters()
+    classic_emitters_if_fresh()
     return _records.aggregate_files(paths, level, problems, current_code=_current_code)
 
 

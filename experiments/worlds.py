@@ -35,6 +35,6 @@ def make_world(world_cfg: DictConfig, key):
     ``world.keep_completions = k`` cuts every pool to its first ``k`` completions
     (:func:`synthetic.first_completions`), so worlds of different ``k`` are nested.
     """
-    world = WORLDS[world_cfg.name](key, **OmegaConf.to_container(world_cfg.params))
+    world = WORLDS[world_cfg.name](key, **OmegaConf.to_container(world_cfg.params, resolve=True))
     keep = world_cfg.get("keep_completions")
     return world if keep is None else synthetic.first_completions(world, keep)

@@ -473,10 +473,50 @@ def test_a_users_design_gets_resolved_parameters_and_its_pilot_is_checked_for_re
         register_design("_adaptive_probe", summary="t", source="t", adaptive=True, replace=True)(moded)
         with pytest.raises(ValueError, match="is registered adaptive=True, but a sweep runs adaptively only the project's"):
             sweep.run_jobs([[*base, "design.name=_adaptive_probe"]], tmp_path / "adaptive", progress=False)
+        # a user's function registered under a project rule's name would have run the project's rule
+        project = DESIGNS["adpo_adaptive"]
+        try:
+            register_design("adpo_adaptive", summary="t", source="t", adaptive=True, replace=True)(moded)
+            with pytest.raises(ValueError, match="is registered adaptive=True, but a sweep runs adaptively only the project's"):
+                sweep.run_jobs([[*base, "design.name=adpo_adaptive"]], tmp_path / "adaptive", progress=False)
+        finally:
+            DESIGNS["adpo_adaptive"] = project
         assert not list((tmp_path / "pilot").glob("*.npz")) and not list((tmp_path / "adaptive").glob("*.npz"))
         with pytest.raises(ValueError, match="the default of parameter 'table' must be a JSON value"):
             register_design("_array_default_probe", summary="t", source="t", replace=True)(
                 lambda key, problem, budget, table=np.ones(3): None)
+        # a required parameter (no default) and **kwargs register as before
+        register_design("_array_default_probe", summary="t", source="t", replace=True)(
+            lambda key, problem, budget, alpha, *, beta_=(1, 2), **kw: None)
     finally:
         for name in ("_mode_probe", "_np_pilot_probe", "_adaptive_probe", "_array_default_probe"):
             DESIGNS.pop(name, None)
+
+
+def test_a_summary_read_after_computing_leaves_the_environment_of_later_processes_alone(tmp_path):
+    """In a process that has computed (a notebook), sweep.aggregate had set XLA_FLAGS to XLA's default
+    emitters for every process started afterwards, so a sweep launched from it judged the apps' records
+    stale and wrote records the apps would not take as current."""
+    code = f"""
+import os, jax.numpy as jnp
+float(jnp.ones(2).sum())  # the backend has started
+before = os.environ.get("XLA_FLAGS")
+from experiments import sweep
+sweep.aggregate({str(tmp_path)!r})
+print("SAME", os.environ.get("XLA_FLAGS") == before)
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "WHICHPAIRS_XLA_CLASSIC_EMITTERS")}
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "SAME True" in res.stdout
+
+
+def test_world_parameters_given_as_interpolations_are_resolved():
+    """``world.params.num_train_prompts=${...}`` was refused by the world's constructor, which got the
+    unresolved string, though the cell's identity resolves it (design parameters are resolved too)."""
+    cfg = sweep.compose_job(["world=contextual", "num_replicates=7", "world.params.num_train_prompts=${num_replicates}", "budget=50"])
+    sweep.validate(cfg)
+    from experiments.worlds import make_world
+    import jax
+
+    assert make_world(cfg.world, jax.random.key(0)).train.features.shape[0] == 7

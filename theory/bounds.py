@@ -627,10 +627,12 @@ def instance_constants(
 def check_boundedness(
     features: Features, log_ref: LogRef, diffs: Diffs
 ) -> dict:
-    """Assumption A2 (bounded features): the two diameters the constants use.
+    """Assumption A2 (bounded features): the pool's two diameters.
 
     Returns:
-      ``{"target_diameter": D_phi, "edge_diameter": max_e ||z_e||}``, both finite.
+      ``{"target_diameter": D_phi, "edge_diameter": max_e ||z_e||}``, both finite. ``D_phi`` is over
+      every prompt of the pool (no weights here); :func:`instance_constants`' ``diameter`` is over the
+      prompts of weight ``> 0``, so it is at most this one.
     """
     z = np.asarray(diffs, np.float64)
     return {"target_diameter": _pair_diameter(features, log_ref), "edge_diameter": float(np.linalg.norm(z, axis=1).max())}

@@ -29,6 +29,11 @@ __all__ = ["DesignSpec", "DESIGNS", "register_design", "get_design", "check_desi
 BudgetCheck = Callable[[str, DesignProblem, int, dict], None]
 
 
+def _is_project_fn(fn) -> bool:
+    """A design function of this project (whose ``pilot_fraction`` means :class:`PilotConfig`'s), not a user's."""
+    return (getattr(fn, "__module__", "") or "").split(".")[0] == "synthetic"
+
+
 def rounding_budget_check(name: str, problem: DesignProblem, budget: int, params: dict) -> None:
     """``rounding="without_replacement"`` labels each edge at most once (every design taking ``rounding``)."""
     if params.get("rounding") == "without_replacement" and budget > problem.num_edges:
@@ -100,8 +105,9 @@ def register_design(name: str, *, summary: str, source: str, replace: bool = Fal
 
     ``check_budget``: the design's own budget check (:data:`BudgetCheck`), run by
     :func:`check_design_budget` before any label (and so by a sweep's pre-flight
-    pass); a design taking ``rounding`` also gets :func:`rounding_budget_check`, one taking
-    ``pilot_fraction`` :func:`~synthetic.designs.pilot.pilot_budget_check`.
+    pass); a design taking ``rounding`` also gets :func:`rounding_budget_check`, one of this
+    project's taking ``pilot_fraction`` :func:`~synthetic.designs.pilot.pilot_budget_check` (a user's
+    ``pilot_fraction`` may mean something else: its own ``check_budget`` checks it).
 
     ``support(params, problem) -> int | None``: how many distinct comparisons the
     design can label with these parameters (e.g. one pair per prompt), where that is
@@ -124,7 +130,10 @@ def register_design(name: str, *, summary: str, source: str, replace: bool = Fal
         if names[:3] != ["key", "problem", "budget"]:
             raise ValueError(f"design {name!r}: the signature must start with (key, problem, budget), got {names[:3]}")
         params = {p.name: p.default for p in list(sig.parameters.values())[3:]}
-        for p, default in params.items():  # defaults enter the cell's identity and its record's JSON metadata
+        for q in list(sig.parameters.values())[3:]:  # defaults enter the cell's identity and its record's JSON metadata
+            if q.default is inspect.Parameter.empty or q.kind in (q.VAR_POSITIONAL, q.VAR_KEYWORD):
+                continue  # a required parameter (or **kwargs): the value comes from the config
+            p, default = q.name, q.default
             try:
                 json.dumps(default, allow_nan=True)
             except (TypeError, ValueError):
@@ -139,7 +148,7 @@ def register_design(name: str, *, summary: str, source: str, replace: bool = Fal
             raise ValueError(f"design {name!r}: needs_truth must be a bool or a function of the parameters, got {needs_truth!r}")
         if check_budget is not None and not callable(check_budget):
             raise ValueError(f"design {name!r}: check_budget must be a function (name, problem, budget, params), got {check_budget!r}")
-        hooks = (((rounding_budget_check,) if "rounding" in params else ()) + ((pilot_budget_check,) if "pilot_fraction" in params else ())
+        hooks = (((rounding_budget_check,) if "rounding" in params else ()) + ((pilot_budget_check,) if "pilot_fraction" in params and _is_project_fn(fn) else ())
                  + ((check_budget,) if check_budget else ()))
         DESIGNS[name] = DesignSpec(name, fn, summary, source, params, {p: c for p, c in own.items() if c is not None},
                                    bool(adaptive), needs_truth, hooks, support, bool(keyless))
