@@ -69,6 +69,17 @@ jax.config.update(
 )
 
 
+def pytest_runtest_teardown(item, nextitem):
+    """Clear JAX's compiled code once a worker maps half the kernel's limit of memory maps
+    (``vm.max_map_count``, 65,530 here): every compiled executable holds some, a worker runs about
+    450 tests, and past the limit XLA's next compilation or cache write segfaulted the worker (two
+    fresh-clone runs of 887 tests, in fit_newton's first compilations of two different tests). The
+    apps do the same after each cell (``experiments.compiled.release_compiled``)."""
+    from experiments.compiled import release_compiled
+
+    release_compiled(0.5)
+
+
 def pytest_report_header(config):
     flags = os.environ.get("XLA_FLAGS", "")
     used = CLASSIC_EMITTERS in flags
