@@ -390,20 +390,19 @@ def aggregate_files(paths, level: float = 0.95, problems: list | None = None, cu
     for p in paths:
         try:
             cols, meta = read_cell(p)
-            key = (meta.get("cell"), meta.get("code_version"))
-            if key[0] is not None and key in seen:
-                raise DuplicateRecord(p, seen[key])
-            seen[key] = Path(p)
-        except DuplicateRecord as err:
-            log.warning("%s", err)
-            if problems is not None:
-                problems.append(err)
-            continue
         except RecordError as err:
             log.warning("%s; skipped in the summary, recomputed by the next run of its cell", err)
             if problems is not None:
                 problems.append(err)
             continue
+        key = (meta.get("cell"), meta.get("code_version"))
+        if key[0] is not None and key in seen:
+            err = DuplicateRecord(p, seen[key])
+            log.warning("%s", err)
+            if problems is not None:
+                problems.append(err)
+            continue
+        seen[key] = Path(p)
         rows.append(summarise_cell(cols, meta, current_code(meta) if current_code else "", level))
         idents.append(_identity(meta))
     _label_differences(rows, idents)
